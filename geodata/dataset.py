@@ -1,0 +1,123 @@
+"""A torch Dataset of manifest tiles returning the project's sample dict, and its collate function.
+
+Sample: ``{"image": float32 [C, H, W] physical units, "bands": tuple[str, ...], "valid": bool [H, W],
+"id": str, "target": ...}``. Invalid pixels of ``image`` are filled with the band means of the given
+:class:`~geodata.stats.BandStats` (0 without stats). ``target`` (only with a ``task``) is an ``int``
+(classification), a float32 multi-hot ``[K]`` (multilabel) or an int64 ``[H, W]`` mask with the task's
+``ignore_index`` wherever the image is invalid (segmentation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geodata.errors import RasterError
+from geodata.manifest import Manifest, TaskSpec, TileEntry
+from geodata.raster import read_mask, read_source, tile_source
+from geodata.sensors import BandError, Sensor, get_sensor
+from geodata.stats import BandStats
+
+__all__ = ["TileDataset", "collate_samples"]
+
+
+def _check_labels(tile: TileEntry, task: str, spec: TaskSpec) -> Any:
+    """The tile's target for ``task``, checked against the class list (mask paths pass through)."""
+    value = tile.targets[task]
+    if spec.type == "segmentation":
+        return value
+    labels = [value] if spec.type == "classification" else value
+    if spec.type == "multilabel" and not isinstance(value, list):
+        raise RasterError(f"tile {tile.id!r}", f"multilabel target of task {task!r} must be a list, got {value!r}")
+    for label in labels:
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < spec.num_classes:
+            raise RasterError(f"tile {tile.id!r}", f"label {label!r} outside the {spec.num_classes} classes "
+                                                   f"of task {task!r}")
+    return value
+
+
+class TileDataset(Dataset):
+    """Tiles of one sensor from a manifest, optionally filtered, cropped to a centred ``size``."""
+
+    def __init__(
+        self,
+        manifest: Manifest | str | Path,
+        sensor: str | Sensor,
+        split: str | None = None,
+        task: str | None = None,
+        institution: str | None = None,
+        region: str | None = None,
+        size: int | None = None,
+        stats: BandStats | None = None,
+    ) -> None:
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        self.sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+        self.bands = self.sensor.bands
+        self.size = size
+        filters = dict(sensor=self.sensor.name, split=split, task=task, institution=institution, region=region)
+        self.tiles = self.manifest.select(**filters)
+        if not self.tiles:
+            given = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v is not None)
+            raise RasterError(f"manifest {self.manifest.name!r} in {self.manifest.root}", f"no tiles match {given}")
+        self.task = task
+        self.task_spec = self.manifest.task(task) if task is not None else None
+        self._sources = [tile_source(self.manifest, t) for t in self.tiles]
+        self._targets = [_check_labels(t, task, self.task_spec) for t in self.tiles] if task is not None else []
+        if stats is not None and tuple(stats.bands) != self.bands:
+            raise BandError(f"band stats are for {tuple(stats.bands)}, sensor {self.sensor.name} has {self.bands}")
+        mean = stats.mean if stats is not None else (0.0,) * len(self.bands)
+        self._fill = np.asarray(mean, dtype=np.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        tile = self.tiles[index]
+        raster = read_source(self._sources[index], self.sensor, size=self.size)
+        image = raster.data if raster.valid.all() else np.where(raster.valid, raster.data, self._fill)
+        sample = {
+            "image": torch.from_numpy(image),
+            "bands": self.bands,
+            "valid": torch.from_numpy(raster.valid),
+            "id": tile.id,
+        }
+        if self.task_spec is not None:
+            sample["target"] = self._target(index, raster.valid, raster.shape)
+        return sample
+
+    def _target(self, index: int, valid: np.ndarray, shape: tuple[int, int]) -> int | torch.Tensor:
+        spec, value = self.task_spec, self._targets[index]
+        if spec.type == "classification":
+            return value
+        if spec.type == "multilabel":
+            hot = torch.zeros(spec.num_classes, dtype=torch.float32)
+            hot[value] = 1.0
+            return hot
+        mask = read_mask(self.manifest.resolve(value), spec.num_classes, spec.ignore_index, shape=shape,
+                         size=self.size)
+        mask[~valid] = spec.ignore_index
+        return torch.from_numpy(mask)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch; all must carry the same band tuple."""
+    bands = samples[0]["bands"]
+    for s in samples:
+        if s["bands"] != bands:
+            raise BandError(f"cannot batch sample {s['id']!r} with bands {s['bands']} and sample "
+                            f"{samples[0]['id']!r} with bands {bands}")
+    batch = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "bands": bands,
+        "valid": torch.stack([s["valid"] for s in samples]),
+        "id": [s["id"] for s in samples],
+    }
+    if "target" in samples[0]:
+        targets = [s["target"] for s in samples]
+        batch["target"] = (torch.tensor(targets, dtype=torch.int64) if isinstance(targets[0], int)
+                           else torch.stack(targets))
+    return batch

@@ -1,0 +1,277 @@
+"""Reading GeoTIFF tiles into physical units with a validity mask, and writing them (rasterio).
+
+A tile is either one multi-band file (``read_tile``) or one single-band file per band
+(``read_band_files``, BigEarthNet's layout; coarse bands are resampled bilinearly onto the finest
+grid). Both return a :class:`Raster`: float32 ``[C, h, w]`` in physical units
+(``raw * scale + offset``) with NaN at invalid pixels, a bool ``[h, w]`` mask of pixels where every
+band has a value (not NaN, not nodata; the file's declared nodata wins over the sensor's), and the
+full grid shape the window was taken from. Windows are rasterio ``Window`` objects on the finest
+grid, or ``size`` for a centred square. Every problem raises :class:`RasterError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import rasterio
+from rasterio import windows
+from rasterio._err import CPLE_BaseError
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from geodata.errors import RasterError
+from geodata.manifest import Manifest, TileEntry
+from geodata.sensors import Sensor, get_sensor
+
+__all__ = [
+    "Raster",
+    "TileSource",
+    "center_window",
+    "read_tile",
+    "read_band_files",
+    "read_mask",
+    "read_source",
+    "tile_source",
+    "check_aligned",
+    "write_geotiff",
+]
+
+TileSource = Path | dict[str, Path]
+
+
+class Raster(NamedTuple):
+    data: np.ndarray  # float32 [C, h, w], physical units, NaN where invalid
+    valid: np.ndarray  # bool [h, w]
+    shape: tuple[int, int]  # (H, W) of the full grid the window was read from
+
+
+@contextmanager
+def _errors(path: str | Path) -> Iterator[None]:
+    """Turn rasterio/GDAL failures into a RasterError naming ``path``."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise RasterError(path, f"cannot read: {exc}{cause}") from exc
+
+
+def _open(path: str | Path) -> rasterio.DatasetReader:
+    if not os.path.isfile(path):
+        raise RasterError(path, "file not found")
+    with _errors(path):
+        return rasterio.open(path)
+
+
+def _sensor(sensor: str | Sensor) -> Sensor:
+    return get_sensor(sensor) if isinstance(sensor, str) else sensor
+
+
+def _nodata(src: rasterio.DatasetReader, sensor: Sensor) -> float | None:
+    return src.nodata if src.nodata is not None else sensor.nodata
+
+
+def _invalid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Bool mask of pixels where any band (leading axes) is NaN or nodata."""
+    bad = np.zeros(raw.shape[-2:], dtype=bool)
+    if raw.dtype.kind == "f":
+        bad |= np.isnan(raw).reshape(-1, *raw.shape[-2:]).any(0)
+    if nodata is not None and not math.isnan(nodata):
+        bad |= (raw == nodata).reshape(-1, *raw.shape[-2:]).any(0)
+    return bad
+
+
+def center_window(height: int, width: int, size: int) -> Window:
+    """The ``size`` x ``size`` window in the centre of a ``height`` x ``width`` grid."""
+    return Window((width - size) // 2, (height - size) // 2, size, size)
+
+
+def _window(height: int, width: int, window: Window | None, size: int | None, path: str | Path) -> Window | None:
+    if window is not None and size is not None:
+        raise ValueError("give either window or size, not both")
+    if size is not None:
+        if size > height or size > width:
+            raise RasterError(path, f"tile is {height}x{width}, smaller than the requested size {size}")
+        return center_window(height, width, size)
+    if window is not None and (
+        window.col_off < 0 or window.row_off < 0
+        or window.col_off + window.width > width or window.row_off + window.height > height
+    ):
+        raise RasterError(path, f"{window} is outside the {height}x{width} raster")
+    return window
+
+
+def _finish(
+    data: np.ndarray, invalid: np.ndarray, sensor: Sensor, where: str | Path,
+    shape: tuple[int, int], window: Window | None,
+) -> Raster:
+    if invalid.all():
+        part = f"window {window}" if window is not None else "tile"
+        raise RasterError(where, f"all pixels of the {part} are nodata or NaN")
+    if sensor.scale != 1.0:
+        data *= np.float32(sensor.scale)
+    if sensor.offset != 0.0:
+        data += np.float32(sensor.offset)
+    if invalid.any():
+        data[:, invalid] = np.nan
+    return Raster(data, ~invalid, shape)
+
+
+def read_tile(
+    path: str | Path, sensor: str | Sensor, window: Window | None = None, size: int | None = None
+) -> Raster:
+    """Read a multi-band GeoTIFF whose bands are ``sensor.bands`` in order."""
+    sensor = _sensor(sensor)
+    with _open(path) as src, _errors(path):
+        if src.count != sensor.num_bands:
+            raise RasterError(path, f"expected {sensor.num_bands} bands for sensor {sensor.name}, found {src.count}")
+        win = _window(src.height, src.width, window, size, path)
+        raw = src.read(window=win)
+        nodata = _nodata(src, sensor)
+        shape = (src.height, src.width)
+    return _finish(raw.astype(np.float32), _invalid(raw, nodata), sensor, path, shape, win)
+
+
+def _check_same_place(src: rasterio.DatasetReader, ref: rasterio.DatasetReader, path: Path, ref_path: Path) -> None:
+    if src.crs != ref.crs:
+        raise RasterError(path, f"CRS {src.crs} differs from CRS {ref.crs} of {ref_path}")
+    if not np.allclose(tuple(src.bounds), tuple(ref.bounds), rtol=0, atol=0.01 * abs(ref.res[0])):
+        raise RasterError(path, f"bounds {tuple(src.bounds)} differ from bounds {tuple(ref.bounds)} of {ref_path}")
+
+
+def read_band_files(
+    band_paths: Mapping[str, str | Path], sensor: str | Sensor,
+    window: Window | None = None, size: int | None = None,
+) -> Raster:
+    """Read one single-band file per band of ``sensor`` onto the finest grid among them.
+
+    Coarser bands are resampled bilinearly (``out_shape``); their validity comes from a
+    nearest-neighbour read so nodata never blends into valid pixels. All files must share the CRS
+    and footprint; ``window``/``size`` refer to the finest grid.
+    """
+    sensor = _sensor(sensor)
+    paths = {b: Path(p) for b, p in band_paths.items()}
+    where = next(iter(paths.values())).parent if paths else Path("band_paths")
+    missing = [b for b in sensor.bands if b not in paths]
+    if missing:
+        raise RasterError(where, f"missing band files for sensor {sensor.name}: {missing}")
+    extra = [b for b in paths if b not in sensor.bands]
+    if extra:
+        raise RasterError(where, f"bands {extra} are not bands of sensor {sensor.name} {sensor.bands}")
+    with ExitStack() as stack:
+        srcs = {b: stack.enter_context(_open(paths[b])) for b in sensor.bands}
+        for b, src in srcs.items():
+            if src.count != 1:
+                raise RasterError(paths[b], f"band file for {b} has {src.count} bands, expected 1")
+        ref_band = min(srcs, key=lambda b: abs(srcs[b].res[0]))
+        ref = srcs[ref_band]
+        for b, src in srcs.items():
+            _check_same_place(src, ref, paths[b], paths[ref_band])
+        win = _window(ref.height, ref.width, window, size, paths[ref_band])
+        out_shape = (int(win.height), int(win.width)) if win is not None else (ref.height, ref.width)
+        bounds = windows.bounds(win, ref.transform) if win is not None else ref.bounds
+        data = np.empty((sensor.num_bands, *out_shape), dtype=np.float32)
+        invalid = np.zeros(out_shape, dtype=bool)
+        for i, b in enumerate(sensor.bands):
+            src, nodata = srcs[b], _nodata(srcs[b], sensor)
+            with _errors(paths[b]):
+                if src.shape == ref.shape:
+                    raw = src.read(1, window=win)
+                    data[i] = raw
+                else:
+                    own = windows.from_bounds(*bounds, transform=src.transform)
+                    data[i] = src.read(1, window=own, out_shape=out_shape, resampling=Resampling.bilinear,
+                                       out_dtype="float32")
+                    raw = src.read(1, window=own, out_shape=out_shape, resampling=Resampling.nearest)
+            invalid |= _invalid(raw, nodata)
+        shape = (ref.height, ref.width)
+    return _finish(data, invalid, sensor, where, shape, win)
+
+
+def read_mask(
+    path: str | Path, num_classes: int, ignore_index: int = 255, shape: tuple[int, int] | None = None,
+    window: Window | None = None, size: int | None = None,
+) -> np.ndarray:
+    """Read a single-band class-index mask as int64 ``[h, w]``.
+
+    ``shape`` is the full grid of the image it labels (checked). The file's nodata becomes
+    ``ignore_index``; any other value outside ``0..num_classes-1`` raises.
+    """
+    with _open(path) as src, _errors(path):
+        if src.count != 1:
+            raise RasterError(path, f"mask has {src.count} bands, expected 1")
+        if shape is not None and (src.height, src.width) != tuple(shape):
+            raise RasterError(path, f"mask is {src.height}x{src.width} but its image is {shape[0]}x{shape[1]}")
+        win = _window(src.height, src.width, window, size, path)
+        raw = src.read(1, window=win)
+        nodata = src.nodata
+    labels = raw.astype(np.int64)
+    if nodata is not None:
+        labels[raw == nodata] = ignore_index
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        values = sorted(np.unique(labels[bad]).tolist())
+        raise RasterError(path, f"labels {values} outside the {num_classes} classes (0..{num_classes - 1}, "
+                                f"ignore {ignore_index})")
+    return labels
+
+
+def tile_source(manifest: Manifest, tile: TileEntry) -> TileSource:
+    """The absolute file (or band -> file mapping) of a manifest tile."""
+    if tile.path is not None:
+        return manifest.resolve(tile.path)
+    return {b: manifest.resolve(p) for b, p in (tile.band_paths or {}).items()}
+
+
+def read_source(
+    source: TileSource, sensor: str | Sensor, window: Window | None = None, size: int | None = None
+) -> Raster:
+    """``read_tile`` or ``read_band_files``, whichever ``source`` (from :func:`tile_source`) needs."""
+    if isinstance(source, dict):
+        return read_band_files(source, sensor, window, size)
+    return read_tile(source, sensor, window, size)
+
+
+def check_aligned(path_a: str | Path, path_b: str | Path) -> None:
+    """Check two rasters of the same place (e.g. S1/S2 twins) share CRS, shape and transform."""
+    with _open(path_a) as a, _open(path_b) as b:
+        if a.crs != b.crs:
+            raise RasterError(path_a, f"CRS {a.crs} does not match CRS {b.crs} of its twin {path_b}")
+        if a.shape != b.shape:
+            raise RasterError(path_a, f"shape {a.height}x{a.width} does not match shape {b.height}x{b.width} "
+                                      f"of its twin {path_b}")
+        if not a.transform.almost_equals(b.transform, precision=0.01 * abs(b.res[0])):
+            raise RasterError(path_a, f"transform {tuple(a.transform)[:6]} does not match "
+                                      f"{tuple(b.transform)[:6]} of its twin {path_b}")
+
+
+def write_geotiff(
+    path: str | Path, data: np.ndarray, transform: rasterio.Affine, crs: rasterio.crs.CRS | str,
+    nodata: float | None = None, band_names: Sequence[str] | None = None,
+) -> Path:
+    """Write ``data`` ``[C, H, W]`` (or ``[H, W]``) as a GeoTIFF atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = data[None] if data.ndim == 2 else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.tif")
+    os.close(fd)
+    try:
+        with rasterio.open(
+            tmp, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+            dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
+        ) as dst:
+            dst.write(data)
+            for i, name in enumerate(band_names or (), start=1):
+                dst.set_band_description(i, name)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

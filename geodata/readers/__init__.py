@@ -1,0 +1,1 @@
+"""Readers that turn real dataset layouts into a :class:`~geodata.manifest.Manifest`."""

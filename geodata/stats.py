@@ -1,0 +1,99 @@
+"""Per-band normalisation statistics of a manifest selection, computed once and stored as JSON.
+
+The file lives beside the manifest, ``<manifest_dir>/stats/<sensor>__<split>__<key>.json``, where
+``key`` hashes the selected tiles' ids and files: a changed selection gets a new file, an unchanged
+one is loaded instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from geodata.errors import RasterError
+from geodata.manifest import Manifest, TileEntry, atomic_write_text
+from geodata.raster import read_source, tile_source
+from geodata.sensors import Sensor, get_sensor
+
+__all__ = ["BandStats", "compute_band_stats", "load_or_compute_stats", "stats_path"]
+
+log = logging.getLogger(__name__)
+
+MIN_STD = 1e-6  # floor so that dividing by std is always safe
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Mean and standard deviation of each band over valid pixels, in physical units."""
+
+    bands: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bands": list(self.bands), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "BandStats":
+        stats = cls(tuple(raw["bands"]), tuple(map(float, raw["mean"])), tuple(map(float, raw["std"])))
+        if not len(stats.bands) == len(stats.mean) == len(stats.std):
+            raise ValueError(f"band stats: {len(stats.bands)} bands but {len(stats.mean)} means, "
+                             f"{len(stats.std)} stds")
+        return stats
+
+
+def _tiles_key(tiles: list[TileEntry]) -> str:
+    ident = [(t.id, t.path, t.band_paths) for t in tiles]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stats_path(manifest: Manifest, sensor: str, split: str, tiles: list[TileEntry],
+               stats_dir: str | Path | None = None) -> Path:
+    folder = Path(stats_dir) if stats_dir is not None else manifest.root / "stats"
+    return folder / f"{sensor}__{split}__{_tiles_key(tiles)}.json"
+
+
+def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str | Sensor) -> BandStats:
+    """Mean and std per band over the valid pixels of ``tiles`` (float64 accumulation)."""
+    sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+    total = np.zeros(sensor.num_bands)
+    total_sq = np.zeros(sensor.num_bands)
+    count = 0
+    for tile in tqdm(tiles, desc=f"band stats {sensor.name}", unit="tile", leave=False):
+        raster = read_source(tile_source(manifest, tile), sensor)
+        pixels = raster.data[:, raster.valid].astype(np.float64)
+        total += pixels.sum(1)
+        total_sq += np.square(pixels).sum(1)
+        count += pixels.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return BandStats(sensor.bands, tuple(mean.tolist()), tuple(np.maximum(std, MIN_STD).tolist()))
+
+
+def load_or_compute_stats(
+    manifest: Manifest | str | Path, sensor: str | Sensor, split: str = "train",
+    institution: str | None = None, region: str | None = None, stats_dir: str | Path | None = None,
+) -> BandStats:
+    """Band statistics of the ``split`` tiles of ``sensor``: loaded if stored, else computed and stored."""
+    manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+    tiles = manifest.select(sensor=sensor.name, split=split, institution=institution, region=region)
+    if not tiles:
+        raise RasterError(f"manifest {manifest.name!r} in {manifest.root}",
+                          f"no tiles for band stats (sensor={sensor.name!r}, split={split!r}, "
+                          f"institution={institution!r}, region={region!r})")
+    path = stats_path(manifest, sensor.name, split, tiles, stats_dir)
+    if path.is_file():
+        return BandStats.from_dict(json.loads(path.read_text()))
+    log.info("computing band stats of %d %s tiles (%s) into %s", len(tiles), sensor.name, split, path)
+    stats = compute_band_stats(manifest, tiles, sensor)
+    record = {"sensor": sensor.name, "split": split, "num_tiles": len(tiles), **stats.to_dict()}
+    atomic_write_text(path, json.dumps(record, indent=1))
+    return stats

@@ -1,0 +1,160 @@
+"""Raster reading: physical units, validity, windows, band files, and every bad-input error."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from geodata.errors import RasterError
+from geodata.raster import check_aligned, read_band_files, read_mask, read_tile, write_geotiff
+from geodata.sensors import get_sensor
+
+UTM33 = "EPSG:32633"
+
+
+def eurosat_tile(shared_data: Path) -> Path:
+    return shared_data / "eurosat-ms" / "Forest" / "Forest_1.tif"
+
+
+def ben_s2_bands(shared_data: Path) -> dict[str, Path]:
+    patch = shared_data / "bigearthnet-tiny" / "BigEarthNet-S2-Example" / "S2A_MSIL2A_20170613T101031_87_48"
+    return {b: patch / f"{patch.name}_{b}.tif" for b in get_sensor("sentinel2_l2a").bands}
+
+
+def write(path: Path, data: np.ndarray, res: float = 10.0, crs: str = UTM33, nodata=None) -> Path:
+    return write_geotiff(path, data, from_origin(400000, 5000000, res, res), crs, nodata=nodata)
+
+
+def s2_stack(value: int = 1000, bands: int = 13, size: int = 8) -> np.ndarray:
+    return np.full((bands, size, size), value, dtype=np.uint16)
+
+
+def test_read_tile_physical_units(shared_data):
+    raster = read_tile(eurosat_tile(shared_data), "sentinel2_l1c")
+    with rasterio.open(eurosat_tile(shared_data)) as src:
+        raw = src.read()
+    assert raster.data.dtype == np.float32 and raster.data.shape == (13, 64, 64)
+    assert raster.valid.all() and raster.shape == (64, 64)
+    np.testing.assert_allclose(raster.data, raw * 1e-4, rtol=1e-6)
+    assert 0 <= raster.data.min() and raster.data.max() < 1.5
+
+
+def test_windowed_and_centred_reads(shared_data):
+    full = read_tile(eurosat_tile(shared_data), "sentinel2_l1c").data
+    part = read_tile(eurosat_tile(shared_data), "sentinel2_l1c", window=Window(8, 4, 16, 32))
+    np.testing.assert_array_equal(part.data, full[:, 4:36, 8:24])
+    assert part.shape == (64, 64)
+    centre = read_tile(eurosat_tile(shared_data), "sentinel2_l1c", size=32)
+    np.testing.assert_array_equal(centre.data, full[:, 16:48, 16:48])
+
+
+def test_band_files_resampled_onto_finest_grid(shared_data):
+    paths = ben_s2_bands(shared_data)
+    raster = read_band_files(paths, "sentinel2_l2a")
+    assert raster.data.shape == (12, 120, 120) and raster.valid.all()
+    with rasterio.open(paths["B04"]) as src:
+        np.testing.assert_allclose(raster.data[3], src.read(1) * 1e-4, rtol=1e-6)
+    with rasterio.open(paths["B01"]) as src:  # 60 m band: upsampled mean stays the coarse mean
+        assert abs(raster.data[0].mean() - src.read(1).mean() * 1e-4) < 2e-3
+    window = Window(12, 24, 48, 36)  # aligned with the 60 m pixels
+    part = read_band_files(paths, "sentinel2_l2a", window=window)
+    np.testing.assert_allclose(part.data, raster.data[:, 24:60, 12:60], atol=1e-4)
+
+
+def test_nodata_and_nan_pixels_are_invalid(tmp_path):
+    stack = s2_stack()
+    stack[:, 0, 0] = 0  # sensor nodata
+    stack[4, 1, 1] = 0  # one band missing makes the pixel invalid
+    raster = read_tile(write(tmp_path / "s2.tif", stack), "sentinel2_l1c")
+    assert not raster.valid[0, 0] and not raster.valid[1, 1] and raster.valid.sum() == 62
+    assert np.isnan(raster.data[:, 0, 0]).all() and np.allclose(raster.data[:, 2, 2], 0.1)
+    sar = np.full((2, 8, 8), -12.0, dtype=np.float32)
+    sar[1, 3, 3] = np.nan
+    assert read_tile(write(tmp_path / "s1.tif", sar), "sentinel1_grd").valid.sum() == 63
+
+
+def test_write_geotiff_is_atomic_and_georeferenced(tmp_path):
+    path = write(tmp_path / "a.tif", s2_stack(), nodata=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tif"]
+    with rasterio.open(path) as src:
+        assert src.crs == UTM33 and src.nodata == 0 and src.transform.c == 400000
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_truncated_geotiff(tmp_path, shared_data):
+    data = eurosat_tile(shared_data).read_bytes()
+    half = tmp_path / "half.tif"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RasterError, match=r"half\.tif: cannot read"):
+        read_tile(half, "sentinel2_l1c")
+    header = tmp_path / "header.tif"
+    header.write_bytes(data[:100])
+    with pytest.raises(RasterError, match=r"header\.tif: cannot read"):
+        read_tile(header, "sentinel2_l1c")
+
+
+def test_wrong_band_count(tmp_path):
+    path = write(tmp_path / "three.tif", s2_stack(bands=3))
+    with pytest.raises(RasterError, match=r"three\.tif: expected 12 bands for sensor sentinel2_l2a, found 3"):
+        read_tile(path, "sentinel2_l2a")
+
+
+def test_missing_band_file(tmp_path, shared_data):
+    paths = ben_s2_bands(shared_data)
+    del paths["B8A"]
+    with pytest.raises(RasterError, match=r"missing band files for sensor sentinel2_l2a: \['B8A'\]"):
+        read_band_files(paths, "sentinel2_l2a")
+    paths["B8A"] = tmp_path / "gone_B8A.tif"
+    with pytest.raises(RasterError, match=r"gone_B8A\.tif: file not found"):
+        read_band_files(paths, "sentinel2_l2a")
+
+
+def test_band_files_on_different_grids(tmp_path):
+    vv = write(tmp_path / "vv.tif", np.zeros((1, 8, 8), np.float32))
+    vh = write(tmp_path / "vh.tif", np.zeros((1, 8, 8), np.float32), crs="EPSG:32632")
+    with pytest.raises(RasterError, match=r"vh\.tif: CRS EPSG:32632 differs from CRS EPSG:32633 of .*vv\.tif"):
+        read_band_files({"VV": vv, "VH": vh}, "sentinel1_grd")
+    vh = write(tmp_path / "vh.tif", np.zeros((1, 6, 6), np.float32))
+    with pytest.raises(RasterError, match=r"vh\.tif: bounds .* differ from bounds .* of .*vv\.tif"):
+        read_band_files({"VV": vv, "VH": vh}, "sentinel1_grd")
+
+
+def test_twins_with_mismatched_shape_or_crs(tmp_path):
+    s2 = write(tmp_path / "s2.tif", s2_stack(bands=1))
+    small = write(tmp_path / "s1_small.tif", np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(RasterError, match=r"s1_small\.tif: shape 4x4 does not match shape 8x8 of its twin .*s2\.tif"):
+        check_aligned(small, s2)
+    other = write(tmp_path / "s1_crs.tif", np.zeros((1, 8, 8), np.float32), crs="EPSG:4326", res=1e-4)
+    with pytest.raises(RasterError, match=r"s1_crs\.tif: CRS EPSG:4326 does not match CRS EPSG:32633 of its twin"):
+        check_aligned(other, s2)
+    check_aligned(write(tmp_path / "s1_ok.tif", np.zeros((1, 8, 8), np.float32)), s2)
+
+
+def test_all_nodata_tile(tmp_path):
+    path = write(tmp_path / "empty.tif", s2_stack(value=0))
+    with pytest.raises(RasterError, match=r"empty\.tif: all pixels of the tile are nodata or NaN"):
+        read_tile(path, "sentinel2_l1c")
+
+
+def test_window_outside_or_too_large(tmp_path):
+    path = write(tmp_path / "small.tif", s2_stack())
+    with pytest.raises(RasterError, match=r"small\.tif: .* is outside the 8x8 raster"):
+        read_tile(path, "sentinel2_l1c", window=Window(4, 4, 8, 8))
+    with pytest.raises(RasterError, match=r"small\.tif: tile is 8x8, smaller than the requested size 16"):
+        read_tile(path, "sentinel2_l1c", size=16)
+
+
+def test_mask_labels_outside_class_list_and_shape(tmp_path):
+    labels = np.zeros((1, 8, 8), np.uint8)
+    labels[0, 2, 2], labels[0, 3, 3] = 7, 255
+    path = write(tmp_path / "mask.tif", labels, nodata=255)
+    read = read_mask(path, num_classes=8, ignore_index=99)
+    assert read.dtype == np.int64 and read[2, 2] == 7 and read[3, 3] == 99
+    with pytest.raises(RasterError, match=r"mask\.tif: labels \[7\] outside the 5 classes"):
+        read_mask(path, num_classes=5)
+    with pytest.raises(RasterError, match=r"mask\.tif: mask is 8x8 but its image is 16x16"):
+        read_mask(path, num_classes=8, shape=(16, 16))
