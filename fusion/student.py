@@ -1,0 +1,322 @@
+"""The any-sensor student: a wavelength-conditioned spectral stem feeding one timm ConvNeXtV2 trunk.
+
+Stem (DOFA-style dynamic stem). Each input band becomes a descriptor token: optical bands by Fourier
+features of their log centre wavelength, SAR bands by a learned polarisation embedding. One
+transformer layer lets the tokens of the input's band set see each other; two linear heads turn each
+token into that band's ``patch x patch`` kernel slice (``out_dim`` filters) and the token mean into
+the bias. The generated conv replaces timm's ``stem_0``; timm's stem norm and stages follow, so the
+student returns the same 4 scales as a specialist of the same variant, for any band set.
+
+Normalisation. The card holds a per-band table ``band_stats = {band: [mean, std]}`` in physical
+units (from proxy data or teachers' cards). A band missing from the table takes statistics
+interpolated in log-wavelength between the known optical bands around it (clamped at the ends: the
+nearest known band), because surface reflectance statistics vary smoothly with wavelength and the
+absolute level carries class information; an unknown SAR polarisation takes the mean statistics of
+the known SAR bands. Only a band with no known band of its kind (optical vs SAR) is normalised per
+instance (its own mean and std over each image).
+
+On disk: ``weights.safetensors`` + ``card.json`` (``kind: "student"``, sha256 of the weights).
+Load in one line: ``from fusion import load_student; student = load_student("outputs/<run>/student")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from geodata.manifest import atomic_write_text
+from geodata.sensors import BandError, get_band
+from geodata.stats import BandStats
+from specialists.card import DEFAULT_VARIANT
+from specialists.io import CARD_FILE, WEIGHTS_FILE, atomic_write_bytes
+
+__all__ = [
+    "StudentCard",
+    "SpectralStem",
+    "Student",
+    "save_student",
+    "load_student",
+    "band_stats_table",
+    "POLARISATIONS",
+    "STUDENT_SCHEMA_VERSION",
+]
+
+logger = logging.getLogger(__name__)
+
+STUDENT_SCHEMA_VERSION = 1
+POLARISATIONS = ("VV", "VH", "HH", "HV")
+_LOG_WAVELENGTH_RANGE = (math.log(350.0), math.log(2600.0))  # mapped to [0, 1] before Fourier features
+_MIN_STD = 1e-6
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StudentCard:
+    """What a saved student is: trunk variant, stem settings, band statistics, provenance, hash."""
+
+    name: str = "student"
+    variant: str = DEFAULT_VARIANT
+    band_stats: dict[str, list[float]] = field(default_factory=dict)
+    stem: dict[str, int] = field(default_factory=lambda: {"embed_dim": 128, "num_freqs": 16})
+    feature_dims: list[int] = field(default_factory=list)
+    feature_reductions: list[int] = field(default_factory=list)
+    teachers: list[dict[str, str]] = field(default_factory=list)
+    distill: dict[str, Any] = field(default_factory=dict)
+    num_params: int = 0
+    weights_sha256: str = ""
+    created: str = field(default_factory=_utc_now)
+    kind: str = "student"
+    schema_version: int = STUDENT_SCHEMA_VERSION
+
+    def validate(self, source: str = "student card") -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if self.schema_version != STUDENT_SCHEMA_VERSION:
+            raise ValueError(f"{source}: field 'schema_version' is {self.schema_version!r}; "
+                             f"this eosfed reads version {STUDENT_SCHEMA_VERSION}")
+        if self.kind != "student":
+            raise ValueError(f"{source}: field 'kind' is {self.kind!r}, expected 'student'")
+        for band, pair in self.band_stats.items():
+            get_band(band)  # raises BandError naming an unknown band
+            if (not isinstance(pair, list) or len(pair) != 2 or not all(math.isfinite(v) for v in pair)
+                    or pair[1] <= 0):
+                raise ValueError(f"{source}: field 'band_stats' entry {band!r} must be [mean, std>0], got {pair!r}")
+        if set(self.stem) - {"embed_dim", "num_freqs"}:
+            raise ValueError(f"{source}: field 'stem' has unknown keys {sorted(set(self.stem) - {'embed_dim', 'num_freqs'})}")
+
+    def to_json(self) -> str:
+        self.validate()
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "student card") -> "StudentCard":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source}: not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: a card must be a JSON object")
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{source}: unknown fields {unknown}")
+        card = cls(**raw)
+        card.validate(source)
+        return card
+
+
+def band_stats_table(sources: Iterable[BandStats | Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Merge per-band statistics (``BandStats`` or ``{band: [mean, std]}``); later sources win."""
+    table: dict[str, list[float]] = {}
+    for source in sources:
+        if isinstance(source, BandStats):
+            source = {b: (m, s) for b, m, s in zip(source.bands, source.mean, source.std)}
+        for band, (mean, std) in source.items():
+            table[band] = [float(mean), max(float(std), _MIN_STD)]
+    return table
+
+
+def _resolve_stats(bands: Sequence[str], table: Mapping[str, Sequence[float]]) -> list[tuple[float, float, bool]]:
+    """``(mean, std, instance_norm)`` per band, with the fallbacks of the module docstring."""
+    optical = sorted((math.log(get_band(b).wavelength_nm), s) for b, s in table.items() if not get_band(b).is_sar)
+    sar = [s for b, s in table.items() if get_band(b).is_sar]
+    resolved = []
+    for name in bands:
+        band = get_band(name)
+        if name in table:
+            resolved.append((float(table[name][0]), float(table[name][1]), False))
+        elif band.is_sar and sar:
+            resolved.append((float(np.mean([s[0] for s in sar])), float(np.mean([s[1] for s in sar])), False))
+        elif not band.is_sar and optical:
+            x, xs = math.log(band.wavelength_nm), [o[0] for o in optical]
+            mean = float(np.interp(x, xs, [o[1][0] for o in optical]))
+            resolved.append((mean, float(np.interp(x, xs, [o[1][1] for o in optical])), False))
+        else:
+            resolved.append((0.0, 1.0, True))
+    return resolved
+
+
+class SpectralStem(nn.Module):
+    """Patchify conv whose kernel is generated from the input's band descriptors (module docstring)."""
+
+    def __init__(self, out_dim: int, patch: int, embed_dim: int = 128, num_freqs: int = 16) -> None:
+        super().__init__()
+        self.out_dim, self.patch = out_dim, patch
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.linspace(0, 6, num_freqs), persistent=False)
+        self.optical = nn.Sequential(nn.Linear(2 * num_freqs, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
+        self.polarisation = nn.Embedding(len(POLARISATIONS), embed_dim)
+        self.mixer = nn.TransformerEncoderLayer(
+            embed_dim, nhead=4, dim_feedforward=2 * embed_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.to_weight = nn.Linear(embed_dim, out_dim * patch * patch)
+        self.to_bias = nn.Linear(embed_dim, out_dim)
+        nn.init.normal_(self.to_weight.weight, std=embed_dim**-0.5)
+        nn.init.zeros_(self.to_weight.bias)
+        nn.init.zeros_(self.to_bias.weight)
+        nn.init.zeros_(self.to_bias.bias)
+
+    def tokens(self, bands: Sequence[str]) -> torch.Tensor:
+        """``[C, embed_dim]`` descriptor tokens of ``bands``, mixed across the band set."""
+        device = self.freqs.device
+        objects = [get_band(b) for b in bands]
+        tokens = [None] * len(objects)
+        optical = [i for i, b in enumerate(objects) if not b.is_sar]
+        if optical:
+            lo, hi = _LOG_WAVELENGTH_RANGE
+            t = torch.tensor([(math.log(objects[i].wavelength_nm) - lo) / (hi - lo) for i in optical], device=device)
+            angles = t[:, None] * self.freqs[None, :]
+            emb = self.optical(torch.cat([angles.sin(), angles.cos()], dim=1))
+            for j, i in enumerate(optical):
+                tokens[i] = emb[j]
+        for i, band in enumerate(objects):
+            if band.is_sar:
+                if band.polarisation not in POLARISATIONS:
+                    raise BandError(f"band {band.name!r}: polarisation {band.polarisation!r} is not one of {POLARISATIONS}")
+                tokens[i] = self.polarisation.weight[POLARISATIONS.index(band.polarisation)]
+        return self.norm(self.mixer(torch.stack(tokens)[None])[0])
+
+    def kernel(self, bands: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generated conv weight ``[out_dim, C, patch, patch]`` and bias ``[out_dim]``."""
+        tokens = self.tokens(bands)
+        c, p = len(bands), self.patch
+        weight = self.to_weight(tokens).view(c, self.out_dim, p, p).transpose(0, 1) / math.sqrt(c * p * p)
+        return weight.contiguous(), self.to_bias(tokens.mean(0))
+
+    def forward(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+        weight, bias = self.kernel(bands)
+        return F.conv2d(x, weight, bias, stride=self.patch)
+
+
+class Student(nn.Module):
+    """Any-sensor encoder: ``forward(x, bands) -> 4 scales``; ``x`` is ``[B, len(bands), H, W]`` physical."""
+
+    def __init__(self, card: StudentCard) -> None:
+        super().__init__()
+        card.validate()
+        trunk = timm.create_model(card.variant, pretrained=False, features_only=True, out_indices=(0, 1, 2, 3))
+        stem_conv = getattr(trunk, "stem_0", None)
+        if not isinstance(stem_conv, nn.Conv2d):
+            raise ValueError(f"student variant {card.variant!r}: expected a ConvNeXt-style 'stem_0' conv")
+        trunk.stem_0 = nn.Identity()
+        self.stem = SpectralStem(stem_conv.out_channels, stem_conv.kernel_size[0], **card.stem)
+        self.trunk = trunk
+        card.feature_dims = [int(c) for c in trunk.feature_info.channels()]
+        card.feature_reductions = [int(r) for r in trunk.feature_info.reduction()]
+        card.num_params = sum(p.numel() for p in self.parameters())
+        self.card = card
+        self._norm_cache: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def create(
+        cls,
+        variant: str = DEFAULT_VARIANT,
+        band_stats: Mapping[str, Sequence[float]] | None = None,
+        name: str = "student",
+        embed_dim: int = 128,
+        num_freqs: int = 16,
+        seed: int | None = None,
+    ) -> "Student":
+        """A fresh student (deterministic when ``seed`` is given)."""
+        card = StudentCard(name=name, variant=variant, band_stats=band_stats_table([band_stats or {}]),
+                           stem={"embed_dim": embed_dim, "num_freqs": num_freqs})
+        if seed is None:
+            return cls(card)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(card)
+
+    @property
+    def feature_dims(self) -> tuple[int, ...]:
+        return tuple(self.card.feature_dims)
+
+    @property
+    def feature_reductions(self) -> tuple[int, ...]:
+        return tuple(self.card.feature_reductions)
+
+    def set_band_stats(self, table: Mapping[str, Sequence[float]]) -> None:
+        """Replace the normalisation table (e.g. with statistics measured on proxy data)."""
+        self.card.band_stats = band_stats_table([table])
+        self.card.validate()
+        self._norm_cache.clear()
+
+    def normalise(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+        bands = tuple(bands)
+        if x.ndim != 4 or x.shape[1] != len(bands):
+            raise BandError(f"student input has shape {tuple(x.shape)} but {len(bands)} band names {bands}")
+        if bands not in self._norm_cache:
+            means, stds, instance = zip(*_resolve_stats(bands, self.card.band_stats))
+            fallback = [b for b, inst in zip(bands, instance) if inst]
+            unseen = [b for b in bands if b not in self.card.band_stats]
+            if unseen:
+                logger.info("student: bands %s have no stored statistics; %s", unseen,
+                            f"instance-normalising {fallback}" if fallback else "interpolating by wavelength")
+            shape = (1, len(bands), 1, 1)
+            self._norm_cache[bands] = (
+                torch.tensor(means).view(shape), torch.tensor(stds).view(shape), torch.tensor(instance).view(shape)
+            )
+        mean, std, instance = (t.to(x.device) for t in self._norm_cache[bands])
+        out = (x - mean) / std
+        if instance.any():
+            inst = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(_MIN_STD)
+            out = torch.where(instance, inst, out)
+        return out
+
+    def forward(self, x: torch.Tensor, bands: Sequence[str]) -> list[torch.Tensor]:
+        return list(self.trunk(self.stem(self.normalise(x, bands), bands)))
+
+    def pooled(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+        """``[B, feature_dims[-1]]``: global average of the last scale."""
+        return self.forward(x, bands)[-1].mean(dim=(-2, -1))
+
+
+def save_student(student: Student, directory: str | Path) -> Path:
+    """Write ``weights.safetensors`` and ``card.json`` (with the weights' sha256); return the folder."""
+    directory = Path(directory)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
+    data = save_safetensors_bytes(state, metadata={"variant": student.card.variant, "kind": "student"})
+    student.card.weights_sha256 = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(directory / WEIGHTS_FILE, data)
+    atomic_write_text(directory / CARD_FILE, student.card.to_json())
+    return directory
+
+
+def load_student(directory: str | Path, map_location: str | torch.device = "cpu") -> Student:
+    """Read a saved student, checking the weights against the card's sha256."""
+    directory = Path(directory)
+    card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
+    try:
+        card = StudentCard.from_json(card_path.read_text(), source=str(card_path))
+        data = weights_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"student not found: {exc.filename}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card.weights_sha256:
+        raise ValueError(f"{weights_path}: sha256 {digest} does not match field 'weights_sha256' of {card_path}")
+    try:
+        state = load_safetensors_bytes(data)
+    except SafetensorError as exc:
+        raise ValueError(f"{weights_path}: not a safetensors file: {exc}") from exc
+    student = Student(card)
+    try:
+        student.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights_path}: not a student of variant {card.variant!r}: {exc}") from exc
+    return student.to(map_location)

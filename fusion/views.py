@@ -1,0 +1,81 @@
+"""A specialist's *view* of an input: which input band feeds each of its bands, or why none can.
+
+Each band the specialist was trained on is taken from the input by name; failing that, a declared
+equivalence (:func:`geodata.sensors.equivalent_band`: same SAR polarisation, or the closest centre
+wavelength within a tolerance) may stand in. An input band stands in for at most one specialist
+band: bands are never repeated to fake a channel count. If any band has no source the specialist
+does not apply, and the plan's ``reason`` says which bands are missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from geodata.sensors import equivalent_band, select_bands
+
+__all__ = ["ViewPlan", "plan_view", "DEFAULT_TOLERANCE_NM"]
+
+DEFAULT_TOLERANCE_NM = 30.0
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """How one specialist reads an input with bands ``input_bands``.
+
+    ``source_bands[i]`` is the input band fed as the specialist's ``i``-th band (empty when not
+    applicable); ``substitutions`` lists ``(specialist band, input band)`` stand-ins.
+    """
+
+    specialist: str
+    input_bands: tuple[str, ...]
+    source_bands: tuple[str, ...]
+    substitutions: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+
+    @property
+    def applicable(self) -> bool:
+        return bool(self.source_bands)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (``[B, len(input_bands), H, W]``) reordered into the specialist's band order."""
+        if not self.applicable:
+            raise ValueError(f"specialist {self.specialist!r} cannot read bands {self.input_bands}: {self.reason}")
+        return select_bands(x, self.input_bands, self.source_bands)
+
+    def describe(self) -> str:
+        if not self.applicable:
+            return f"{self.specialist}: not applicable: {self.reason}"
+        subs = ", ".join(f"{want}<-{have}" for want, have in self.substitutions)
+        return f"{self.specialist}: applicable" + (f" with {subs}" if subs else "")
+
+
+def plan_view(
+    specialist: str,
+    wanted: Sequence[str],
+    input_bands: Sequence[str],
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+) -> ViewPlan:
+    """Plan how specialist ``specialist`` (trained on ``wanted``) reads an input of ``input_bands``."""
+    have = tuple(input_bands)
+    exact = set(wanted) & set(have)
+    free = [b for b in have if b not in exact]  # input bands still available as stand-ins
+    sources, subs, missing = [], [], []
+    for want in wanted:
+        if want in exact:
+            sources.append(want)
+            continue
+        stand_in = equivalent_band(want, free, tolerance_nm) if free else None
+        if stand_in is None:
+            missing.append(want)
+            continue
+        free.remove(stand_in)
+        sources.append(stand_in)
+        subs.append((want, stand_in))
+    if missing:
+        reason = (f"no input band for {missing} (input bands {have}; exact names, same polarisation, "
+                  f"or wavelength within {tolerance_nm:g} nm, each input band used once)")
+        return ViewPlan(specialist, have, (), (), reason)
+    return ViewPlan(specialist, have, tuple(sources), tuple(subs))
