@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
-from geodata.raster import read_mask, read_source, tile_source
+from geodata.raster import read_labelled, read_source, tile_source
 from geodata.sensors import BandError, Sensor, get_sensor
 from geodata.stats import BandStats
 
@@ -67,6 +67,8 @@ class TileDataset(Dataset):
         self.task_spec = self.manifest.task(task) if task is not None else None
         self._sources = [tile_source(self.manifest, t) for t in self.tiles]
         self._targets = [_check_labels(t, task, self.task_spec) for t in self.tiles] if task is not None else []
+        if self.task_spec is not None and self.task_spec.type == "segmentation":
+            self._targets = [self.manifest.resolve(path) for path in self._targets]
         if stats is not None and tuple(stats.bands) != self.bands:
             raise BandError(f"band stats are for {tuple(stats.bands)}, sensor {self.sensor.name} has {self.bands}")
         mean = stats.mean if stats is not None else (0.0,) * len(self.bands)
@@ -76,8 +78,14 @@ class TileDataset(Dataset):
         return len(self.tiles)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        tile = self.tiles[index]
-        raster = read_source(self._sources[index], self.sensor, size=self.size)
+        tile, spec = self.tiles[index], self.task_spec
+        if spec is not None and spec.type == "segmentation":
+            raster, labels = read_labelled(self._sources[index], self.sensor, self._targets[index], spec.num_classes,
+                                           spec.ignore_index, size=self.size)
+            target: int | torch.Tensor = torch.from_numpy(labels)
+        else:
+            raster = read_source(self._sources[index], self.sensor, size=self.size)
+            target = self._target(index) if spec is not None else None
         image = raster.data if raster.valid.all() else np.where(raster.valid, raster.data, self._fill)
         sample = {
             "image": torch.from_numpy(image),
@@ -85,22 +93,18 @@ class TileDataset(Dataset):
             "valid": torch.from_numpy(raster.valid),
             "id": tile.id,
         }
-        if self.task_spec is not None:
-            sample["target"] = self._target(index, raster.valid, raster.shape)
+        if spec is not None:
+            sample["target"] = target
         return sample
 
-    def _target(self, index: int, valid: np.ndarray, shape: tuple[int, int]) -> int | torch.Tensor:
-        spec, value = self.task_spec, self._targets[index]
-        if spec.type == "classification":
+    def _target(self, index: int) -> int | torch.Tensor:
+        """Classification index or multilabel multi-hot of a tile."""
+        value = self._targets[index]
+        if self.task_spec.type == "classification":
             return value
-        if spec.type == "multilabel":
-            hot = torch.zeros(spec.num_classes, dtype=torch.float32)
-            hot[value] = 1.0
-            return hot
-        mask = read_mask(self.manifest.resolve(value), spec.num_classes, spec.ignore_index, shape=shape,
-                         size=self.size)
-        mask[~valid] = spec.ignore_index
-        return torch.from_numpy(mask)
+        hot = torch.zeros(self.task_spec.num_classes, dtype=torch.float32)
+        hot[value] = 1.0
+        return hot
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 A tile is either one multi-band file (``read_tile``) or one single-band file per band
 (``read_band_files``, BigEarthNet's layout; coarse bands are resampled bilinearly onto the finest
-grid). Both return a :class:`Raster`: float32 ``[C, h, w]`` in physical units
-(``raw * scale + offset``) with NaN at invalid pixels, a bool ``[h, w]`` mask of pixels where every
-band has a value (not NaN, not nodata; the file's declared nodata wins over the sensor's), and the
-full grid shape the window was taken from. Windows are rasterio ``Window`` objects on the finest
-grid, or ``size`` for a centred square. Every problem raises :class:`RasterError` naming the file.
+grid). Both return a :class:`Raster` ``(data, valid)``: float32 ``[C, h, w]`` in physical units
+(``raw * scale + offset``) with NaN at invalid pixels, and a bool ``[h, w]`` mask of pixels where
+every band has a value (not NaN, not nodata; the file's declared nodata wins over the sensor's).
+``read_labelled`` reads an image with its class mask on the same window. Windows are rasterio
+``Window`` objects on the finest grid, or ``size`` for a centred square. Every problem raises
+:class:`RasterError` naming the file.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "read_band_files",
     "read_mask",
     "read_source",
+    "read_labelled",
     "tile_source",
     "check_aligned",
     "write_geotiff",
@@ -50,7 +52,6 @@ TileSource = Path | dict[str, Path]
 class Raster(NamedTuple):
     data: np.ndarray  # float32 [C, h, w], physical units, NaN where invalid
     valid: np.ndarray  # bool [h, w]
-    shape: tuple[int, int]  # (H, W) of the full grid the window was read from
 
 
 @contextmanager
@@ -109,8 +110,7 @@ def _window(height: int, width: int, window: Window | None, size: int | None, pa
 
 
 def _finish(
-    data: np.ndarray, invalid: np.ndarray, sensor: Sensor, where: str | Path,
-    shape: tuple[int, int], window: Window | None,
+    data: np.ndarray, invalid: np.ndarray, sensor: Sensor, where: str | Path, window: Window | None
 ) -> Raster:
     if invalid.all():
         part = f"window {window}" if window is not None else "tile"
@@ -121,14 +121,20 @@ def _finish(
         data += np.float32(sensor.offset)
     if invalid.any():
         data[:, invalid] = np.nan
-    return Raster(data, ~invalid, shape)
+    return Raster(data, ~invalid)
 
 
 def read_tile(
     path: str | Path, sensor: str | Sensor, window: Window | None = None, size: int | None = None
 ) -> Raster:
     """Read a multi-band GeoTIFF whose bands are ``sensor.bands`` in order."""
-    sensor = _sensor(sensor)
+    return _read_tile(path, _sensor(sensor), window, size)[0]
+
+
+def _read_tile(
+    path: str | Path, sensor: Sensor, window: Window | None, size: int | None
+) -> tuple[Raster, tuple[int, int]]:
+    """``read_tile`` plus the full grid shape the window was taken from."""
     with _open(path) as src, _errors(path):
         if src.count != sensor.num_bands:
             raise RasterError(path, f"expected {sensor.num_bands} bands for sensor {sensor.name}, found {src.count}")
@@ -136,7 +142,7 @@ def read_tile(
         raw = src.read(window=win)
         nodata = _nodata(src, sensor)
         shape = (src.height, src.width)
-    return _finish(raw.astype(np.float32), _invalid(raw, nodata), sensor, path, shape, win)
+    return _finish(raw.astype(np.float32), _invalid(raw, nodata), sensor, path, win), shape
 
 
 def _check_same_place(src: rasterio.DatasetReader, ref: rasterio.DatasetReader, path: Path, ref_path: Path) -> None:
@@ -156,7 +162,13 @@ def read_band_files(
     nearest-neighbour read so nodata never blends into valid pixels. All files must share the CRS
     and footprint; ``window``/``size`` refer to the finest grid.
     """
-    sensor = _sensor(sensor)
+    return _read_band_files(band_paths, _sensor(sensor), window, size)[0]
+
+
+def _read_band_files(
+    band_paths: Mapping[str, str | Path], sensor: Sensor, window: Window | None, size: int | None
+) -> tuple[Raster, tuple[int, int]]:
+    """``read_band_files`` plus the full (finest) grid shape the window was taken from."""
     paths = {b: Path(p) for b, p in band_paths.items()}
     where = next(iter(paths.values())).parent if paths else Path("band_paths")
     missing = [b for b in sensor.bands if b not in paths]
@@ -192,7 +204,7 @@ def read_band_files(
                     raw = src.read(1, window=own, out_shape=out_shape, resampling=Resampling.nearest)
             invalid |= _invalid(raw, nodata)
         shape = (ref.height, ref.width)
-    return _finish(data, invalid, sensor, where, shape, win)
+    return _finish(data, invalid, sensor, where, win), shape
 
 
 def read_mask(
@@ -234,9 +246,26 @@ def read_source(
     source: TileSource, sensor: str | Sensor, window: Window | None = None, size: int | None = None
 ) -> Raster:
     """``read_tile`` or ``read_band_files``, whichever ``source`` (from :func:`tile_source`) needs."""
+    return _read_source(source, _sensor(sensor), window, size)[0]
+
+
+def _read_source(
+    source: TileSource, sensor: Sensor, window: Window | None, size: int | None
+) -> tuple[Raster, tuple[int, int]]:
     if isinstance(source, dict):
-        return read_band_files(source, sensor, window, size)
-    return read_tile(source, sensor, window, size)
+        return _read_band_files(source, sensor, window, size)
+    return _read_tile(source, sensor, window, size)
+
+
+def read_labelled(
+    source: TileSource, sensor: str | Sensor, mask_path: str | Path, num_classes: int, ignore_index: int = 255,
+    window: Window | None = None, size: int | None = None,
+) -> tuple[Raster, np.ndarray]:
+    """An image and its class mask (same grid shape, same window); invalid image pixels get ``ignore_index``."""
+    raster, shape = _read_source(source, _sensor(sensor), window, size)
+    labels = read_mask(mask_path, num_classes, ignore_index, shape=shape, window=window, size=size)
+    labels[~raster.valid] = ignore_index
+    return raster, labels
 
 
 def check_aligned(path_a: str | Path, path_b: str | Path) -> None:

@@ -9,7 +9,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from geodata.errors import RasterError
-from geodata.raster import check_aligned, read_band_files, read_mask, read_tile, write_geotiff
+from geodata.raster import check_aligned, read_band_files, read_labelled, read_mask, read_tile, write_geotiff
 from geodata.sensors import get_sensor
 
 UTM33 = "EPSG:32633"
@@ -33,20 +33,18 @@ def s2_stack(value: int = 1000, bands: int = 13, size: int = 8) -> np.ndarray:
 
 
 def test_read_tile_physical_units(shared_data):
-    raster = read_tile(eurosat_tile(shared_data), "sentinel2_l1c")
+    data, valid = read_tile(eurosat_tile(shared_data), "sentinel2_l1c")
     with rasterio.open(eurosat_tile(shared_data)) as src:
         raw = src.read()
-    assert raster.data.dtype == np.float32 and raster.data.shape == (13, 64, 64)
-    assert raster.valid.all() and raster.shape == (64, 64)
-    np.testing.assert_allclose(raster.data, raw * 1e-4, rtol=1e-6)
-    assert 0 <= raster.data.min() and raster.data.max() < 1.5
+    assert data.dtype == np.float32 and data.shape == (13, 64, 64) and valid.all()
+    np.testing.assert_allclose(data, raw * 1e-4, rtol=1e-6)
+    assert 0 <= data.min() and data.max() < 1.5
 
 
 def test_windowed_and_centred_reads(shared_data):
     full = read_tile(eurosat_tile(shared_data), "sentinel2_l1c").data
     part = read_tile(eurosat_tile(shared_data), "sentinel2_l1c", window=Window(8, 4, 16, 32))
     np.testing.assert_array_equal(part.data, full[:, 4:36, 8:24])
-    assert part.shape == (64, 64)
     centre = read_tile(eurosat_tile(shared_data), "sentinel2_l1c", size=32)
     np.testing.assert_array_equal(centre.data, full[:, 16:48, 16:48])
 
@@ -158,3 +156,13 @@ def test_mask_labels_outside_class_list_and_shape(tmp_path):
         read_mask(path, num_classes=5)
     with pytest.raises(RasterError, match=r"mask\.tif: mask is 8x8 but its image is 16x16"):
         read_mask(path, num_classes=8, shape=(16, 16))
+
+
+def test_image_and_mask_on_different_grids(tmp_path):
+    image = write(tmp_path / "image.tif", s2_stack(size=16))
+    mask = write(tmp_path / "mask.tif", np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(RasterError, match=r"mask\.tif: mask is 8x8 but its image is 16x16"):
+        read_labelled(image, "sentinel2_l1c", mask, num_classes=2, size=8)
+    mask = write(tmp_path / "mask.tif", np.ones((1, 16, 16), np.uint8))
+    raster, labels = read_labelled(image, "sentinel2_l1c", mask, num_classes=2, window=Window(4, 4, 8, 8))
+    assert raster.data.shape == (13, 8, 8) and labels.shape == (8, 8) and (labels == 1).all()

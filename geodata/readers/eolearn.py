@@ -63,7 +63,9 @@ def _load(path: Path, ndim: int) -> np.ndarray:
     return array
 
 
-def build_eolearn_manifest(root: str | Path, out_dir: str | Path, chip: int = 32, name: str = "eolearn-testpatch") -> Manifest:
+def build_eolearn_manifest(
+    root: str | Path, out_dir: str | Path, chip: int = 32, name: str = "eolearn-testpatch"
+) -> Manifest:
     """Write chips of the patch under ``out_dir`` and their manifest ``out_dir/manifest.json``."""
     root, out_dir = Path(root), Path(out_dir)
     sensor = get_sensor(SENSOR)
