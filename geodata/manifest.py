@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from geodata.sensors import get_sensor
+
 __all__ = ["TaskSpec", "TileEntry", "Manifest", "atomic_write_text", "MANIFEST_VERSION"]
 
 MANIFEST_VERSION = 1
@@ -136,10 +138,13 @@ class Manifest:
         institution: str | None = None,
         region: str | None = None,
     ) -> list[TileEntry]:
-        """Tiles matching every given filter (``task``: tiles that carry a target for it)."""
+        """Tiles matching every given filter (``task``: tiles that carry a target for it).
+
+        Sensors match by canonical name, so an alias (``s2``) selects ``sentinel2_l2a`` tiles."""
+        wanted_sensor = get_sensor(sensor).name if sensor is not None else None
         out = []
         for t in self.tiles:
-            if sensor is not None and t.sensor != sensor:
+            if wanted_sensor is not None and get_sensor(t.sensor).name != wanted_sensor:
                 continue
             if split is not None and t.split != split:
                 continue
