@@ -1,0 +1,145 @@
+"""Adaptor heads: one small head per teacher on the student's features, outside the student trunk.
+
+A head maps the student's last two scales to the teacher's standardised ``stage2``/``stage3``
+feature maps (1x1-conv MLPs) and the student's pooled feature to the teacher's standardised pooled
+feature (MLP). It carries the teacher's target statistics, so after distillation the student plus
+its adaptors emits each teacher's (and so the ensemble's) standardised feature layout.
+
+On disk: ``adaptors.safetensors`` (``<teacher>.<param>``) + ``adaptors.json`` (teacher hashes and dims).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from fusion.featstats import global_pool
+from fusion.teacher_cache import TARGETS
+from geodata.manifest import atomic_write_text
+from specialists import Specialist
+from specialists.io import atomic_write_bytes
+
+__all__ = ["TeacherRef", "AdaptorHead", "Adaptors", "save_adaptors", "load_adaptors"]
+
+ADAPTORS_WEIGHTS = "adaptors.safetensors"
+ADAPTORS_INDEX = "adaptors.json"
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    """What distillation needs to know of a teacher, local or remote."""
+
+    name: str
+    weights_sha256: str
+    feature_dims: tuple[int, ...]
+
+    @classmethod
+    def of(cls, specialist: Specialist, name: str | None = None) -> "TeacherRef":
+        return cls(name or specialist.card.name, specialist.card.weights_sha256, tuple(specialist.feature_dims))
+
+
+def _mlp2d(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 1), nn.GELU(), nn.Conv2d(out_dim, out_dim, 1))
+
+
+class AdaptorHead(nn.Module):
+    """Student features -> one teacher's standardised targets (see module docstring)."""
+
+    def __init__(self, student_dims: Sequence[int], teacher_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.stage2 = _mlp2d(student_dims[-2], teacher_dims[-2])
+        self.stage3 = _mlp2d(student_dims[-1], teacher_dims[-1])
+        self.pooled = nn.Sequential(nn.Linear(student_dims[-1], teacher_dims[-1]), nn.GELU(),
+                                    nn.Linear(teacher_dims[-1], teacher_dims[-1]))
+        for target, dim in zip(TARGETS, (teacher_dims[-2], teacher_dims[-1], teacher_dims[-1])):
+            self.register_buffer(f"{target}_mean", torch.zeros(dim))
+            self.register_buffer(f"{target}_std", torch.ones(dim))
+
+    def forward(self, student_features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "stage2": self.stage2(student_features[-2]),
+            "stage3": self.stage3(student_features[-1]),
+            "pooled": self.pooled(global_pool(student_features[-1])),
+        }
+
+    def set_target_stats(self, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for target in TARGETS:
+            mean, std = stats[target]
+            getattr(self, f"{target}_mean").copy_(mean)
+            getattr(self, f"{target}_std").copy_(std)
+
+    def standardise(self, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw teacher targets -> the standardised space the head predicts in."""
+        out = {}
+        for target in TARGETS:
+            value = targets[target].float()
+            shape = (1, -1) + (1,) * (value.ndim - 2)
+            out[target] = (value - getattr(self, f"{target}_mean").view(shape)) / getattr(self, f"{target}_std").view(shape)
+        return out
+
+
+def match_size(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Resize a predicted map to the target's spatial size (teachers of other strides)."""
+    if pred.ndim == 4 and pred.shape[-2:] != target.shape[-2:]:
+        return F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return pred
+
+
+class Adaptors(nn.ModuleDict):
+    """One :class:`AdaptorHead` per teacher name, remembering each teacher's weights hash."""
+
+    def __init__(self, student_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.student_dims = tuple(student_dims)
+        self.teachers: dict[str, TeacherRef] = {}
+
+    def ensure(self, teacher: TeacherRef) -> AdaptorHead:
+        """The head of ``teacher``: kept if it was trained for the same weights, else new."""
+        known = self.teachers.get(teacher.name)
+        if known is None or known != teacher:
+            self[teacher.name] = AdaptorHead(self.student_dims, teacher.feature_dims)
+            self.teachers[teacher.name] = teacher
+        return self[teacher.name]
+
+    def emit(self, student_features: Sequence[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """Every teacher's standardised targets as predicted from the student's features."""
+        return {name: head(student_features) for name, head in self.items()}
+
+
+def save_adaptors(adaptors: Adaptors, directory: str | Path) -> Path:
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in adaptors.state_dict().items()}
+    atomic_write_bytes(directory / ADAPTORS_WEIGHTS, save_safetensors_bytes(state))
+    index = {"student_dims": list(adaptors.student_dims),
+             "teachers": [{"name": t.name, "weights_sha256": t.weights_sha256, "feature_dims": list(t.feature_dims)}
+                          for t in adaptors.teachers.values()]}
+    atomic_write_text(directory / ADAPTORS_INDEX, json.dumps(index, indent=1))
+    return directory
+
+
+def load_adaptors(directory: str | Path) -> Adaptors:
+    directory = Path(directory)
+    index_path = directory / ADAPTORS_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+        adaptors = Adaptors(index["student_dims"])
+        for t in index["teachers"]:
+            adaptors.ensure(TeacherRef(t["name"], t["weights_sha256"], tuple(t["feature_dims"])))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"adaptors not found: {index_path}") from None
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{index_path}: malformed adaptor index: {exc}") from exc
+    state = load_safetensors_bytes((directory / ADAPTORS_WEIGHTS).read_bytes())
+    try:
+        adaptors.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{directory / ADAPTORS_WEIGHTS}: does not match {index_path}: {exc}") from exc
+    return adaptors

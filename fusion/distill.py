@@ -1,0 +1,208 @@
+"""Distil the ensemble into the student on unlabeled proxy data (AM-RADIO/UNIC/Theia style).
+
+Targets: each teacher's standardised ``stage2``/``stage3`` maps and pooled feature, read from the
+:class:`~fusion.teacher_cache.TeacherCache` (filled once, before the first epoch; remote teachers
+fill it with features they computed themselves), so training epochs never call a teacher. A batch
+trains against every teacher cached for all its samples. Per teacher and target the loss is
+``0.5 * (1 - cos) + 0.5 * smooth_l1`` (cosine over channels); a teacher's loss is the mean over its
+three targets. Teacher dropping: each step every teacher but the hardest one (highest loss this
+step) is dropped with probability ``drop_prob``; the step loss is the mean over kept teachers.
+Teacher balancing is by the per-channel standardisation of targets (PHI-S is not implemented).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fusion.adaptors import Adaptors, TeacherRef, match_size
+from fusion.student import Student
+from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
+from fusion.views import DEFAULT_TOLERANCE_NM
+from specialists import Specialist
+from specialists.io import atomic_write_bytes
+
+__all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "feature_loss", "drop_teachers",
+           "plot_history"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    drop_prob: float = 0.5
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class DistillHistory:
+    """Per-epoch mean losses: overall and per teacher (over the steps it took part in, dropped or not)."""
+
+    total: list[float] = field(default_factory=list)
+    teachers: dict[str, list[float]] = field(default_factory=dict)
+    kept_fraction: dict[str, list[float]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    teacher_extractions: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def feature_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``0.5 * (1 - cos) + 0.5 * smooth_l1``, cosine over the channel axis 1, averaged."""
+    pred = match_size(pred, target)
+    cos = F.cosine_similarity(pred, target, dim=1)
+    return 0.5 * (1 - cos).mean() + 0.5 * F.smooth_l1_loss(pred, target)
+
+
+def drop_teachers(losses: Mapping[str, float], drop_prob: float, generator: torch.Generator) -> list[str]:
+    """Teachers kept this step: the hardest always, each other one with probability ``1 - drop_prob``."""
+    hardest = max(losses, key=losses.__getitem__)
+    draws = torch.rand(len(losses), generator=generator).tolist()
+    return [n for n, u in zip(losses, draws) if n == hardest or u >= drop_prob]
+
+
+class Distiller:
+    """Trains ``student`` and its ``adaptors`` against cached teacher targets."""
+
+    def __init__(self, student: Student, adaptors: Adaptors, cache: TeacherCache, config: DistillConfig) -> None:
+        self.student, self.adaptors, self.cache, self.config = student, adaptors, cache, config
+        self.device = torch.device(config.device)
+        student.to(self.device)
+        adaptors.to(self.device)
+        params = list(student.parameters()) + list(adaptors.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def step(self, batch: Mapping) -> tuple[dict[str, float], list[str]]:
+        """One optimisation step: per-teacher losses and the teachers kept (empty: nothing cached)."""
+        ids = list(batch["id"])
+        present = [n for n, t in self.adaptors.teachers.items() if self.cache.has(t.weights_sha256, ids)]
+        if not present:
+            return {}, []
+        features = self.student(batch["image"].to(self.device, non_blocking=True), batch["bands"])
+        losses = {}
+        for name in present:
+            head = self.adaptors[name]
+            cached = self.cache.get(self.adaptors.teachers[name].weights_sha256, ids)
+            target = head.standardise({t: v.to(self.device, non_blocking=True) for t, v in cached.items()})
+            pred = head(features)
+            losses[name] = sum(feature_loss(pred[t], target[t]) for t in TARGETS) / len(TARGETS)
+        values = {n: float(v.detach()) for n, v in losses.items()}
+        kept = drop_teachers(values, self.config.drop_prob, self.generator)
+        loss = torch.stack([losses[n] for n in kept]).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.config.grad_clip
+            )
+        self.optimizer.step()
+        return values, kept
+
+    def fit(self, batches: Iterable[Mapping], history: DistillHistory | None = None) -> DistillHistory:
+        """``config.epochs`` epochs over the (re-iterable) proxy ``batches``, cosine learning rate."""
+        history = history or DistillHistory()
+        steps_per_epoch = len(batches) if hasattr(batches, "__len__") else None
+        total_steps = steps_per_epoch * self.config.epochs if steps_per_epoch else None
+        step = 0
+        self.student.train()
+        self.adaptors.train()
+        for epoch in range(self.config.epochs):
+            start = time.perf_counter()
+            sums: dict[str, list[float]] = {}
+            kept_counts: dict[str, int] = {}
+            for batch in tqdm(batches, desc=f"distill epoch {epoch + 1}/{self.config.epochs}", unit="batch",
+                              leave=False):
+                if total_steps:
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = self.config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                values, kept = self.step(batch)
+                step += 1
+                for name, value in values.items():
+                    sums.setdefault(name, []).append(value)
+                    kept_counts[name] = kept_counts.get(name, 0) + (name in kept)
+            if not sums:
+                raise ValueError("no proxy batch has cached features of any teacher; fill the teacher cache first")
+            history.seconds.append(time.perf_counter() - start)
+            for name, values in sums.items():
+                history.teachers.setdefault(name, []).append(sum(values) / len(values))
+                history.kept_fraction.setdefault(name, []).append(kept_counts[name] / len(values))
+            history.total.append(sum(h[-1] for h in history.teachers.values() if h) / len(sums))
+            logger.info("distill epoch %d: loss %.4f (%s) in %.1fs", epoch + 1, history.total[-1],
+                        ", ".join(f"{n} {history.teachers[n][-1]:.3f}" for n in sums), history.seconds[-1])
+        self.student.eval()
+        self.adaptors.eval()
+        return history
+
+
+def distill_student(
+    student: Student,
+    specialists: Mapping[str, Specialist],
+    batches: Iterable[Mapping],
+    cache: TeacherCache,
+    config: DistillConfig | None = None,
+    adaptors: Adaptors | None = None,
+    remote_teachers: Sequence[TeacherRef] = (),
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+) -> tuple[Adaptors, DistillHistory]:
+    """Fill the cache from local ``specialists``, then distil every teacher with cached targets.
+
+    Warm start (integrate mode): pass a previously distilled ``student`` and its ``adaptors``; heads
+    of unchanged teachers are kept, new teachers get new heads. ``remote_teachers`` must already have
+    their targets in ``cache``. Records the teachers in ``student.card.teachers``.
+    """
+    config = config or DistillConfig()
+    torch.manual_seed(config.seed)
+    history = DistillHistory(teacher_extractions=fill_cache(cache, specialists, batches, tolerance_nm))
+    teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote_teachers)
+    adaptors = adaptors if adaptors is not None else Adaptors(student.feature_dims)
+    for name in [n for n in adaptors.teachers if n not in {t.name for t in teachers}]:
+        del adaptors[name]  # teachers that left the ensemble (pruned) leave the objective
+        del adaptors.teachers[name]
+    for teacher in teachers:
+        if cache.num_samples(teacher.weights_sha256) == 0:
+            logger.warning("teacher %s has no cached targets on this proxy data; it does not take part", teacher.name)
+            continue
+        adaptors.ensure(teacher).set_target_stats(cache.target_stats(teacher.weights_sha256))
+    Distiller(student, adaptors, cache, config).fit(batches, history)
+    student.card.teachers = [{"name": t.name, "weights_sha256": t.weights_sha256} for t in adaptors.teachers.values()]
+    student.card.distill = {"epochs": student.card.distill.get("epochs", 0) + config.epochs,
+                            "final_loss": history.total[-1], **{k: v for k, v in asdict(config).items() if k != "device"}}
+    return adaptors, history
+
+
+def plot_history(history: DistillHistory, path: str | Path) -> Path:
+    """PNG of the per-teacher loss curves (and the overall mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in history.teachers.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.plot(range(1, len(history.total) + 1), history.total, "k--", label="mean")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("distillation loss")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,185 @@
+"""Teacher features for distillation: extracted once, cached in fp16, keyed by (sample id, weights hash).
+
+A teacher's *targets* for a sample are its raw features at the last two scales (``stage2``,
+``stage3``) and the global average of the last scale (``pooled``). They come either from a local
+specialist (:func:`extract_teacher_features`) or from someone else (a partner that keeps its weights
+at home runs :func:`extract_teacher_features` on the proxy batches it receives and sends the result
+back); either way they enter the :class:`TeacherCache` through :meth:`TeacherCache.put`.
+
+On disk (optional) the cache mirrors every ``put`` as one shard::
+
+    <cache_dir>/<weights_sha256>/<shard:05d>.safetensors   tensors stage2/stage3/pooled [N, ...] fp16,
+                                                           metadata {"ids": JSON list of N sample ids}
+
+and a new cache over the same folder loads every shard, so a rerun never calls the teachers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors_bytes
+from tqdm import tqdm
+
+from fusion.featstats import ChannelMoments, global_pool
+from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
+from specialists import Specialist
+from specialists.io import atomic_write_bytes
+
+__all__ = ["TARGETS", "TeacherFeatures", "TeacherCache", "extract_teacher_features", "fill_cache"]
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("stage2", "stage3", "pooled")
+
+
+@dataclass
+class TeacherFeatures:
+    """One teacher's raw targets for samples ``ids``: ``{target: [N, ...] float16}``."""
+
+    ids: list[str]
+    targets: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        missing = set(TARGETS) - set(self.targets)
+        if missing:
+            raise ValueError(f"teacher features lack targets {sorted(missing)}")
+        bad = {t: v.shape[0] for t, v in self.targets.items() if v.shape[0] != len(self.ids)}
+        if bad:
+            raise ValueError(f"teacher features for {len(self.ids)} ids have row counts {bad}")
+
+
+def _targets_of(features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"stage2": features[-2].half(), "stage3": features[-1].half(), "pooled": global_pool(features[-1]).half()}
+
+
+def extract_teacher_features(
+    specialist: Specialist,
+    batches: Iterable[Mapping],
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+) -> TeacherFeatures:
+    """Run ``specialist`` on its view of every batch it can read (``{"image", "bands", "id"}``).
+
+    Batches it cannot read are skipped; the result lists only the samples it saw.
+    """
+    ids: list[str] = []
+    parts: dict[str, list[torch.Tensor]] = {t: [] for t in TARGETS}
+    specialist.eval()
+    for batch in batches:
+        plan = plan_view(specialist.card.name, specialist.bands, batch["bands"], tolerance_nm)
+        if not plan.applicable:
+            continue
+        with torch.inference_mode():
+            targets = _targets_of(specialist(plan.select(batch["image"])))
+        for t in TARGETS:
+            parts[t].append(targets[t].cpu())
+        ids.extend(batch["id"])
+    for t in TARGETS:
+        shapes = {tuple(p.shape[1:]) for p in parts[t]}
+        if len(shapes) > 1:
+            raise ValueError(f"specialist {specialist.card.name!r}: target {t} has several shapes {sorted(shapes)}; "
+                             "give proxy images of one size")
+    return TeacherFeatures(ids, {t: torch.cat(parts[t]) if parts[t] else torch.empty(0, dtype=torch.float16)
+                                 for t in TARGETS})
+
+
+class TeacherCache:
+    """fp16 targets per ``(weights_sha256, sample id)``, in memory and optionally on disk (module docstring)."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self._shards: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self._rows: dict[str, dict[str, tuple[int, int]]] = {}
+        if self.directory is not None and self.directory.is_dir():
+            for path in sorted(self.directory.glob("*/*.safetensors")):
+                self._load_shard(path)
+
+    def _load_shard(self, path: Path) -> None:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            try:
+                ids = json.loads(meta["ids"])
+            except (KeyError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}: teacher cache shard without a valid 'ids' metadata entry: {exc}") from None
+            missing = set(TARGETS) - set(f.keys())
+            if missing:
+                raise ValueError(f"{path}: teacher cache shard lacks tensors {sorted(missing)}")
+            self._index(path.parent.name, TeacherFeatures(ids, {t: f.get_tensor(t) for t in TARGETS}))
+
+    def _index(self, sha: str, features: TeacherFeatures) -> int:
+        shards = self._shards.setdefault(sha, [])
+        rows = self._rows.setdefault(sha, {})
+        shards.append({t: v.to(torch.float16).contiguous() for t, v in features.targets.items()})
+        for row, sample in enumerate(features.ids):
+            rows[sample] = (len(shards) - 1, row)
+        return len(shards) - 1
+
+    def put(self, sha: str, features: TeacherFeatures) -> None:
+        """Add a teacher's targets (overriding earlier ones for the same ids)."""
+        if not features.ids:
+            return
+        shard = self._index(sha, features)
+        if self.directory is not None:
+            data = save_safetensors_bytes(self._shards[sha][shard], metadata={"ids": json.dumps(features.ids)})
+            atomic_write_bytes(self.directory / sha / f"{shard:05d}.safetensors", data)
+
+    def has(self, sha: str, ids: Iterable[str]) -> bool:
+        rows = self._rows.get(sha, {})
+        return all(i in rows for i in ids)
+
+    def num_samples(self, sha: str) -> int:
+        return len(self._rows.get(sha, {}))
+
+    def get(self, sha: str, ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Stacked fp16 targets of ``ids`` (all must be cached)."""
+        rows = self._rows.get(sha, {})
+        try:
+            where = [rows[i] for i in ids]
+        except KeyError as exc:
+            raise KeyError(f"teacher {sha[:12]}: sample {exc} is not cached") from None
+        shards = self._shards[sha]
+        if len({s for s, _ in where}) == 1:
+            index = torch.tensor([r for _, r in where])
+            return {t: v.index_select(0, index) for t, v in shards[where[0][0]].items()}
+        return {t: torch.stack([shards[s][t][r] for s, r in where]) for t in TARGETS}
+
+    def target_stats(self, sha: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Channel mean/std of each target over every cached sample of teacher ``sha``."""
+        if sha not in self._shards:
+            raise KeyError(f"teacher {sha[:12]}: nothing cached")
+        moments = {t: ChannelMoments() for t in TARGETS}
+        for shard in self._shards[sha]:
+            for t in TARGETS:
+                moments[t].update(shard[t])
+        return {t: m.result() for t, m in moments.items()}
+
+
+def fill_cache(
+    cache: TeacherCache,
+    specialists: Mapping[str, Specialist],
+    batches: Iterable[Mapping],
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+) -> int:
+    """Cache every local specialist's targets for every batch it can read and has not cached yet.
+
+    Returns the number of (batch, teacher) extractions run; ``0`` means the cache was already full.
+    """
+    calls = 0
+    for batch in tqdm(batches, desc="teacher features", unit="batch", leave=False):
+        for spec in specialists.values():
+            sha = spec.card.weights_sha256
+            if not sha:
+                raise ValueError(f"specialist {spec.card.name!r} has no weights_sha256; save or load it first")
+            if cache.has(sha, batch["id"]):
+                continue
+            features = extract_teacher_features(spec, [batch], tolerance_nm)
+            if features.ids:
+                cache.put(sha, features)
+                calls += 1
+    return calls
