@@ -1,0 +1,37 @@
+"""Flower ClientApp: the institution side. Message types are ``<category>.<action>``, e.g.
+``query.identify``; the handlers live in :mod:`clients.handlers`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from clients import handlers
+
+app = ClientApp()
+
+
+@app.lifespan()
+def lifespan(context: Context) -> Iterator[None]:
+    """Show the project's INFO logs in the node's output (Flower configures only its own logger)."""
+    for name in ("clients", "specialists", "fusion", "geodata"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+    yield
+
+
+@app.query("identify")
+def identify(message: Message, context: Context) -> Message:
+    return handlers.identify(message, context)
+
+
+@app.query("describe")
+def describe(message: Message, context: Context) -> Message:
+    return handlers.describe(message, context)

@@ -1,0 +1,125 @@
+"""Which institution a node serves: declared in its ``--node-config``, or assigned by the coordinator.
+
+A partner's SuperNode declares itself::
+
+    flower-supernode ... --node-config 'institution="lab-a" sensor="sentinel2_l2a" task="scene"
+                                        data-path="/data/lab-a/manifest.json"'
+
+(optional ``region="..."`` keeps only that region's tiles). A simulated SuperNode has only Flower's
+``partition-id``/``num-partitions``; the coordinator assigns it institutions of the experiment and
+sends each one's record, in the same keys plus ``world`` (a synthetic-world config as JSON) and
+``cache-dir``, with every request. A node with neither has nothing to offer and stays idle.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+__all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "DECLARED_KEYS"]
+
+DECLARED_KEYS = ("institution", "sensor", "task", "data-path")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _text(record: Mapping[str, Any], key: str, source: str, required: bool) -> str:
+    value = record.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: {key!r} must be a string, got {value!r}")
+    if required and not value.strip():
+        raise ValueError(f"{source}: {key!r} is missing")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class InstitutionSpec:
+    """One institution's identity and where its labelled data lives."""
+
+    name: str
+    sensor: str
+    task: str
+    data_path: str = ""
+    region: str = ""
+    world: str = ""
+    cache_dir: str = ""
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], source: str) -> "InstitutionSpec":
+        """Parse node-config style keys; raises ``ValueError`` naming ``source`` and the field."""
+        spec = cls(
+            name=_text(record, "institution", source, True),
+            sensor=_text(record, "sensor", source, True),
+            task=_text(record, "task", source, True),
+            data_path=_text(record, "data-path", source, False),
+            region=_text(record, "region", source, False),
+            world=_text(record, "world", source, False),
+            cache_dir=_text(record, "cache-dir", source, False),
+        )
+        if not _NAME.match(spec.name):
+            raise ValueError(f"{source}: institution {spec.name!r} may hold only letters, digits, '.', '_', '-'")
+        if bool(spec.data_path) == bool(spec.world):
+            raise ValueError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
+        if spec.world and not spec.cache_dir:
+            raise ValueError(f"{source}: institution {spec.name!r} has a 'world' but no 'cache-dir'")
+        return spec
+
+    def to_record(self) -> dict[str, str]:
+        record = {
+            "institution": self.name,
+            "sensor": self.sensor,
+            "task": self.task,
+            "data-path": self.data_path,
+            "region": self.region,
+            "world": self.world,
+            "cache-dir": self.cache_dir,
+        }
+        return {k: v for k, v in record.items() if v}
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """What a node is: a declared institution, a simulated host, or unconfigured."""
+
+    kind: Literal["declared", "simulated", "unconfigured"]
+    institution: InstitutionSpec | None = None
+    partition_id: int = -1
+    num_partitions: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"kind": self.kind}
+        if self.institution is not None:
+            record.update(self.institution.to_record())
+        if self.kind == "simulated":
+            record.update({"partition-id": self.partition_id, "num-partitions": self.num_partitions})
+        return record
+
+
+def node_role(node_config: Mapping[str, Any]) -> NodeRole:
+    """The role ``node_config`` gives this node; a half-declared institution is an error naming the gap."""
+    if any(key in node_config for key in DECLARED_KEYS):
+        spec = InstitutionSpec.from_record(node_config, "node config")
+        if spec.world:
+            raise ValueError("node config: 'world' is for simulated institutions; declare a 'data-path'")
+        return NodeRole("declared", institution=spec)
+    if "partition-id" in node_config:
+        return NodeRole(
+            "simulated",
+            partition_id=int(node_config["partition-id"]),
+            num_partitions=int(node_config.get("num-partitions", 0)),
+        )
+    return NodeRole("unconfigured")
+
+
+def institution_for(node_config: Mapping[str, Any], requested: Mapping[str, Any]) -> InstitutionSpec:
+    """The institution a request addresses on this node; a declared node serves only itself."""
+    role = node_role(node_config)
+    name = requested.get("institution")
+    if role.institution is not None:
+        if name != role.institution.name:
+            raise ValueError(f"this node is institution {role.institution.name!r}, not {name!r}")
+        return role.institution
+    if role.kind == "simulated":
+        return InstitutionSpec.from_record(requested, f"request for institution {name!r}")
+    raise ValueError(f"this node declares no institution (node config keys: {sorted(node_config)}); "
+                     f"it cannot serve {name!r}")

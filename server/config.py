@@ -1,0 +1,134 @@
+"""The experiment config: configs/ composed with Hydra from Flower's run config, as typed dataclasses.
+
+Flower's run config (``[tool.flwr.app.config]``, overridable with ``flwr run . -c ...``) names the
+experiment (``configs/experiment/<name>.yaml``), extra Hydra overrides (space separated, shell-style
+quoting) and the run name. The composed tree is merged onto :class:`ExperimentConfig`, so an unknown
+key or a wrongly typed value fails here, naming it, before any node is contacted.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "CONFIG_DIR",
+    "ExperimentConfig",
+    "FederationConfig",
+    "InstitutionConfig",
+    "RunSettings",
+    "compose_experiment",
+    "load_experiment",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class InstitutionConfig:
+    """A simulated institution: what it observes and where its labelled data comes from.
+
+    ``region`` selects its tiles in the generated synthetic world; ``manifest`` instead points at an
+    existing manifest (its tiles of ``sensor`` with ``task`` targets, in ``region`` when given).
+    """
+
+    sensor: str
+    task: str
+    region: str = ""
+    manifest: str = ""
+
+
+@dataclass
+class FederationConfig:
+    """How the coordinator waits for nodes and replies."""
+
+    min_nodes: int = 1
+    node_wait_s: float = 120.0
+    reply_timeout_s: float = 1800.0
+    min_institutions: int = 1
+
+
+@dataclass
+class ExperimentConfig:
+    """The typed experiment; grows with the phases (each phase reads its own section)."""
+
+    seed: int = 0
+    output_dir: str = "outputs"
+    cache_dir: str = "outputs/cache"
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    institutions: dict[str, InstitutionConfig] = field(default_factory=dict)
+    world: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, inst in self.institutions.items():
+            where = f"institutions.{name}"
+            if not _RUN_NAME.match(name):
+                raise ValueError(f"{where}: institution names may hold only letters, digits, '.', '_', '-'")
+            if not inst.manifest and not inst.region:
+                raise ValueError(f"{where}: give a synthetic-world 'region' or a 'manifest' path")
+            if inst.region and not inst.manifest and not self.world:
+                raise ValueError(f"{where}: region {inst.region!r} needs a synthetic 'world' config")
+        if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
+            raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Flower's run config, parsed: which experiment, which overrides, which run folder."""
+
+    experiment: str
+    overrides: tuple[str, ...]
+    run_name: str
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], now: datetime | None = None) -> "RunSettings":
+        def text(key: str) -> str:
+            value = run_config.get(key, "")
+            if not isinstance(value, str):
+                raise ValueError(f"run config {key!r} must be a string, got {value!r}")
+            return value.strip()
+
+        experiment = text("experiment") or "default"
+        try:
+            overrides = tuple(shlex.split(text("overrides")))
+        except ValueError as exc:
+            raise ValueError(f"run config 'overrides': {exc}") from None
+        run_name = text("run-name")
+        if not run_name:
+            stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+            run_name = f"{experiment}-{stamp}"
+        if not _RUN_NAME.match(run_name):
+            raise ValueError(f"run config 'run-name' {run_name!r}: use letters, digits, '.', '_', '-' only")
+        return cls(experiment=experiment, overrides=overrides, run_name=run_name)
+
+
+def compose_experiment(experiment: str, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
+    """The Hydra tree of ``configs/`` for ``experiment`` with ``overrides`` applied (all resolved)."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None, job_name="eosfed"):
+            cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ValueError(f"experiment {experiment!r} with overrides {list(overrides)}: {exc}") from None
+    return cfg
+
+
+def load_experiment(settings: RunSettings) -> tuple[ExperimentConfig, str]:
+    """The typed experiment and its resolved YAML (what the run folder records)."""
+    cfg = compose_experiment(settings.experiment, settings.overrides)
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), cfg))
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"experiment {settings.experiment!r}: {exc}") from None
+    assert isinstance(typed, ExperimentConfig)
+    return typed, OmegaConf.to_yaml(cfg)

@@ -1,0 +1,121 @@
+"""Request/reply exchanges with nodes over Flower's Grid, with per-request outcomes and timeouts.
+
+One node may get several requests in one exchange (a simulated node hosting several institutions),
+so requests and outcomes are keyed by the caller's key, not by node id. A node that replies with an
+error, or not at all before the timeout, gives a failed outcome with the reason; nothing is raised
+for one node's failure, so a phase decides what its minimums allow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+__all__ = ["Request", "Outcome", "exchange", "wait_for_nodes", "config_content", "read_config", "json_field"]
+
+log = logging.getLogger(__name__)
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str
+    node_id: int
+    content: RecordDict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    node_id: int
+    content: RecordDict | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def config_content(**records: dict[str, Any]) -> RecordDict:
+    """A message content of config records (name -> flat dict of config scalars)."""
+    return RecordDict({name: ConfigRecord(values) for name, values in records.items()})
+
+
+def read_config(content: RecordDict, name: str, source: str) -> dict[str, Any]:
+    """The config record ``name`` of a reply as a dict; raises ``ValueError`` naming ``source``."""
+    if name not in content.config_records:
+        raise ValueError(f"{source}: reply has no config record {name!r}")
+    return dict(content.config_records[name])
+
+
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
+    """Connected node ids once at least ``min_nodes`` are there; raises after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    announced = -1
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) >= min_nodes:
+            return node_ids
+        if len(node_ids) != announced:
+            log.info("Waiting for nodes: %d of %d connected", len(node_ids), min_nodes)
+            announced = len(node_ids)
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(node_ids)} node(s) connected after {timeout_s:.0f} s; "
+                f"federation.min_nodes is {min_nodes}"
+            )
+        time.sleep(_POLL_S)
+
+
+def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout_s: float) -> dict[str, Outcome]:
+    """Send every request, wait for replies until ``timeout_s``; one :class:`Outcome` per key."""
+    requests = list(requests)
+    if not requests:
+        return {}
+    messages = [
+        Message(content=r.content, dst_node_id=r.node_id, message_type=message_type, ttl=timeout_s)
+        for r in requests
+    ]
+    ids = list(grid.push_messages(messages))
+    outcomes: dict[str, Outcome] = {}
+    pending: dict[str, Request] = {}
+    for request, message_id in zip(requests, ids, strict=True):
+        if message_id:
+            pending[message_id] = request
+        else:
+            outcomes[request.key] = Outcome(request.key, request.node_id, error="the SuperLink refused the message")
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            request = pending.pop(reply.metadata.reply_to_message_id, None)
+            if request is None:
+                continue
+            if reply.has_error():
+                error = f"{reply.error.reason} (code {reply.error.code})"
+                outcomes[request.key] = Outcome(request.key, request.node_id, error=error)
+            else:
+                outcomes[request.key] = Outcome(request.key, request.node_id, content=reply.content)
+        if pending:
+            time.sleep(_POLL_S)
+    for request in pending.values():
+        outcomes[request.key] = Outcome(request.key, request.node_id, error=f"no reply within {timeout_s:.0f} s")
+    for outcome in outcomes.values():
+        if not outcome.ok:
+            log.warning("%s to node %d (%s) failed: %s", message_type, outcome.node_id, outcome.key, outcome.error)
+    return {r.key: outcomes[r.key] for r in requests}
+
+
+def json_field(record: dict[str, Any], key: str, source: str) -> Any:
+    """Decode the JSON string ``record[key]``; raises ``ValueError`` naming ``source`` and ``key``."""
+    try:
+        return json.loads(record[key])
+    except KeyError:
+        raise ValueError(f"{source}: reply lacks {key!r}") from None
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{source}: {key!r} is not JSON: {exc}") from None

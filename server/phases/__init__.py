@@ -1,0 +1,8 @@
+"""The run's phases, in order. Each module exposes ``PHASE`` (see :mod:`server.phases.base`)."""
+
+from server.phases import discover
+from server.phases.base import Phase, PhaseContext
+
+PHASES: tuple[Phase, ...] = (discover.PHASE,)
+
+__all__ = ["PHASES", "Phase", "PhaseContext"]

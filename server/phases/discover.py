@@ -1,0 +1,173 @@
+"""Phase *discover*: who is out there, what data they hold, and which groups they form.
+
+1. wait for ``federation.min_nodes`` nodes, then ask each who it is (``query.identify``): a
+   declared institution (its ``--node-config``), a simulated host (``partition-id`` of N), or
+   unconfigured (left idle);
+2. hand the experiment's simulated institutions to the simulated hosts in config order, institution
+   i to the host i mod H (H hosts, ordered by partition-id); hosts beyond the institution count idle;
+3. ask every institution's node to open its data and summarise it (``query.describe``);
+4. group institutions by sensor and task.
+
+A node that fails a step is recorded and left out; the run stops only when fewer than
+``federation.min_institutions`` institutions remain. On resume this phase runs again (node ids are
+per Flower run) and refuses groups that differ from those later phases were built on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from server.config import ExperimentConfig
+from server.messaging import Outcome, Request, config_content, exchange, json_field, read_config, wait_for_nodes
+from server.phases.base import Phase, PhaseContext
+from server.roster import Member, Roster, form_groups
+
+__all__ = ["PHASE", "discover", "simulated_record", "assign_hosts"]
+
+log = logging.getLogger(__name__)
+_SUMMARY_KEYS = {"task_type": str, "classes": list, "bands": list, "tiles": dict}
+
+
+def simulated_record(cfg: ExperimentConfig, name: str, cache_dir: Path) -> dict[str, str]:
+    """The institution record a simulated host gets for institution ``name`` of the experiment."""
+    inst = cfg.institutions[name]
+    record = {"institution": name, "sensor": inst.sensor, "task": inst.task}
+    if inst.region:
+        record["region"] = inst.region
+    if inst.manifest:
+        record["data-path"] = str(Path(inst.manifest).expanduser().resolve())
+    else:
+        record["world"] = json.dumps(cfg.world, sort_keys=True)
+        record["cache-dir"] = str(cache_dir)
+    return record
+
+
+def assign_hosts(institutions: list[str], hosts: list[int]) -> dict[str, int]:
+    """Institution i goes to ``hosts[i % len(hosts)]`` (hosts ordered by partition-id)."""
+    return {name: hosts[i % len(hosts)] for i, name in enumerate(institutions)} if hosts else {}
+
+
+def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int]]]:
+    """Declared identities by node and simulated hosts as (partition-id, node id)."""
+    fed = ctx.cfg.federation
+    node_ids = wait_for_nodes(ctx.grid, fed.min_nodes, fed.node_wait_s)
+    roster.num_nodes = len(node_ids)
+    requests = [Request(str(n), n, config_content(identify={"node": n})) for n in node_ids]
+    declared: dict[int, dict[str, Any]] = {}
+    hosts: list[tuple[int, int]] = []
+    for outcome in exchange(ctx.grid, "query.identify", requests, fed.reply_timeout_s).values():
+        node = outcome.node_id
+        try:
+            if not outcome.ok:
+                raise ValueError(outcome.error)
+            identity = read_config(outcome.content, "identity", f"node {node}")
+            kind = identity.get("kind")
+            if kind == "declared":
+                declared[node] = identity
+            elif kind == "simulated":
+                hosts.append((int(identity["partition-id"]), node))
+            elif kind == "unconfigured":
+                roster.idle_nodes.append({"node_id": node, "reason": "declares no institution"})
+            else:
+                raise ValueError(f"node {node}: unknown node kind {kind!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            roster.failures.append({"node_id": node, "institution": None, "step": "identify", "reason": str(exc)})
+    return declared, sorted(hosts)
+
+
+def _check_summary(outcome: Outcome, name: str) -> dict[str, Any]:
+    """The validated data summary from a describe reply; ``ValueError`` says what is malformed."""
+    if not outcome.ok:
+        raise ValueError(outcome.error)
+    source = f"node {outcome.node_id}, institution {name!r}"
+    record = read_config(outcome.content, "summary", source)
+    if record.get("institution") != name:
+        raise ValueError(f"{source}: reply is for institution {record.get('institution')!r}")
+    summary = json_field(record, "summary", source)
+    for key, kind in _SUMMARY_KEYS.items():
+        if not isinstance(summary.get(key), kind):
+            raise ValueError(f"{source}: summary field {key!r} missing or not a {kind.__name__}")
+    return summary
+
+
+def discover(ctx: PhaseContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    roster = Roster()
+    declared, hosts = _identify(ctx, roster)
+
+    # Bind institutions to nodes: declared ones to themselves, simulated ones to the hosts.
+    candidates: dict[str, tuple[int, dict[str, Any], bool]] = {}
+    for node, identity in declared.items():
+        name = identity["institution"]
+        if name in candidates or name in cfg.institutions:
+            other = f"node {candidates[name][0]}" if name in candidates else "a simulated institution"
+            roster.failures.append({"node_id": node, "institution": name, "step": "identify",
+                                    "reason": f"institution {name!r} is also declared by {other}"})
+            continue
+        record = {k: v for k, v in identity.items() if k != "kind"}
+        candidates[name] = (node, record, False)
+    host_nodes = [node for _, node in hosts]
+    assignment = assign_hosts(list(cfg.institutions), host_nodes)
+    for name, node in assignment.items():
+        candidates[name] = (node, simulated_record(cfg, name, ctx.cache_dir), True)
+    for partition, node in hosts[len(cfg.institutions):]:
+        roster.idle_nodes.append({"node_id": node, "reason": f"simulated partition {partition}: no institution left"})
+    if cfg.institutions and not hosts:
+        log.info("No simulated nodes joined; the experiment's %d simulated institutions are not used",
+                 len(cfg.institutions))
+    elif len(host_nodes) < len(cfg.institutions):
+        log.info("%d simulated institutions on %d simulated nodes (each hosts several); "
+                 "`--federation-config \"num-supernodes=%d\"` gives one node each",
+                 len(cfg.institutions), len(host_nodes), len(cfg.institutions))
+
+    requests = [Request(name, node, config_content(institution=record))
+                for name, (node, record, _) in candidates.items()]
+    outcomes = exchange(ctx.grid, "query.describe", requests, cfg.federation.reply_timeout_s)
+    members = []
+    for name, outcome in outcomes.items():
+        node, record, simulated = candidates[name]
+        try:
+            summary = _check_summary(outcome, name)
+        except ValueError as exc:
+            roster.failures.append({"node_id": node, "institution": name, "step": "describe", "reason": str(exc)})
+            continue
+        members.append(Member(name, record["sensor"], record["task"], node, simulated, record, summary))
+    roster.institutions = {m.name: m for m in sorted(members, key=lambda m: m.name)}
+    roster.groups = form_groups(members)
+    _log_roster(roster)
+    if len(members) < cfg.federation.min_institutions:
+        reasons = "; ".join(f"{f['institution'] or 'node ' + str(f['node_id'])}: {f['reason']}" for f in roster.failures)
+        raise RuntimeError(f"{len(members)} usable institution(s), federation.min_institutions is "
+                           f"{cfg.federation.min_institutions}. Failures: {reasons or 'none'}")
+    _check_resume(ctx, roster)
+    ctx.roster = roster
+    return roster.to_dict()
+
+
+def _log_roster(roster: Roster) -> None:
+    for m in roster.institutions.values():
+        log.info("Institution %-14s node %-20d %-14s %-10s tiles %s%s", m.name, m.node_id, m.sensor, m.task,
+                 m.summary["tiles"], " (simulated)" if m.simulated else "")
+    for g in roster.groups.values():
+        log.info("Group %s: %s (%s, %d classes)", g.name, ", ".join(g.members), g.task_type, len(g.classes))
+    for idle in roster.idle_nodes:
+        log.info("Idle node %d: %s", idle["node_id"], idle["reason"])
+    for f in roster.failures:
+        log.warning("Left out %s (node %d) at %s: %s", f["institution"] or "node", f["node_id"], f["step"], f["reason"])
+
+
+def _check_resume(ctx: PhaseContext, roster: Roster) -> None:
+    """Refuse to resume later phases on different groups than they were built on."""
+    later = ctx.checkpoint.done_after(PHASE.name, ctx.phase_order)
+    if not later or not ctx.checkpoint.is_done(PHASE.name):
+        return
+    before = Roster.from_dict(ctx.checkpoint.result(PHASE.name)).signature()
+    if before != roster.signature():
+        raise RuntimeError(f"the groups changed since phases {later} finished: was {before}, now "
+                           f"{roster.signature()}; pick another run-name to start a new run")
+
+
+PHASE = Phase("discover", discover, always=True)

@@ -1,0 +1,46 @@
+"""One eosfed run: resolve the experiment, open (or resume) its folder, run the phases in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from flwr.serverapp import Grid
+
+from server.checkpoint import RunCheckpoint
+from server.config import RunSettings, load_experiment
+from server.phases import PHASES, PhaseContext
+
+__all__ = ["run_experiment"]
+
+log = logging.getLogger(__name__)
+
+
+def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int) -> Path:
+    """Run (or resume) the experiment named by Flower's ``run_config``; returns the run folder."""
+    settings = RunSettings.from_run_config(run_config)
+    cfg, config_yaml = load_experiment(settings)
+    run_dir = Path(cfg.output_dir).expanduser().resolve() / settings.run_name
+    cache_dir = Path(cfg.cache_dir).expanduser().resolve()
+    log.info("Run %s (experiment %s, Flower run %d): outputs in %s", settings.run_name, settings.experiment,
+             flower_run_id, run_dir)
+    checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
+    checkpoint.add_flower_run(flower_run_id)
+    order = [phase.name for phase in PHASES]
+    ctx = PhaseContext(grid, cfg, run_dir, cache_dir, checkpoint, order)
+    for i, phase in enumerate(PHASES, 1):
+        step = f"[{i}/{len(PHASES)}] {phase.name}"
+        if checkpoint.is_done(phase.name) and not phase.always:
+            log.info("%s: finished in an earlier attempt, skipped", step)
+            continue
+        log.info("%s ...", step)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        result = phase.run(ctx)
+        checkpoint.record(phase.name, result, started, time.perf_counter() - t0)
+        log.info("%s finished in %.1f s", step, time.perf_counter() - t0)
+    log.info("Run %s finished. Outputs: %s", settings.run_name, run_dir)
+    return run_dir
