@@ -1,0 +1,290 @@
+"""Helpers for tests that drive the Flower app: an in-process grid, and real Flower processes.
+
+- :class:`InProcessGrid` hands each message straight to the ClientApp in this process (one Context
+  per node, given node configs), so server phases run in a unit test in seconds; ``faults`` lets a
+  test make chosen requests fail or go unanswered.
+- :class:`FlowerProcesses` starts ``flower-superlink`` / ``flower-supernode`` as separate process
+  groups on free loopback ports, and stops them (and every descendant) by PID.
+- :func:`flower_env`, :func:`flwr_run`, :func:`run_status`, :func:`stop_local_superlink` run the
+  ``flwr`` CLI against an isolated ``FLWR_HOME`` (own config, own local-SuperLink ports, own Ray
+  temp dir) so tests never meet each other's or the user's Flower state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# ---------------------------------------------------------------------------------------------
+# In-process grid
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are ClientApp calls in this process.
+
+    ``faults(message) -> "error text" | "drop" | None``: an error reply with that reason, no reply
+    at all, or the ClientApp's real reply.
+    """
+
+    def __init__(
+        self,
+        node_configs: dict[int, dict[str, Any]],
+        app: Callable[[Message, Context], Message] | None = None,
+        faults: Callable[[Message], str | None] | None = None,
+    ) -> None:
+        # Flower 1.41's Message() reads the process's task identity, which flwr-serverapp sets.
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+        if app is None:
+            from clients.client_app import app as client_app
+
+            app = client_app
+        self.app = app
+        self.faults = faults
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config=dict(cfg), state=RecordDict(), run_config={})
+            for node, cfg in node_configs.items()
+        }
+        self.sent: list[Message] = []
+        self._replies: dict[str, Message] = {}
+        self._run = None
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: ANN001
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            ids.append(message.metadata.message_id)
+            self.sent.append(message)
+            fault = self.faults(message) if self.faults else None
+            if fault == "drop":
+                continue
+            if fault is not None:
+                reply = Message(Error(code=1, reason=fault), reply_to=message)
+            else:
+                try:
+                    reply = self.app(message, self.contexts[message.metadata.dst_node_id])
+                except Exception as exc:  # the ClientApp's exception becomes an error reply, as in Flower
+                    reply = Message(Error(code=1, reason=f"{type(exc)}:<'{exc}'>"), reply_to=message)
+            self._replies[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real Flower processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen | None = None, what: str = "") -> None:
+    """Wait until 127.0.0.1:port accepts connections; fail early when ``process`` died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what or 'process'} exited with code {process.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.3)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what or 'process'} not listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def flower_env(root: Path) -> dict[str, str]:
+    """An environment with its own FLWR_HOME, Ray temp dir and local-SuperLink ports under ``root``."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(root / "flwr-home"),
+        RAY_TMPDIR=str(root / "ray"),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    for key in ("FLWR_HOME", "RAY_TMPDIR"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s descendants (children first-level first), from /proc."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        kids = tree.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def kill_tree(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM ``pid`` and its descendants, then SIGKILL what is left after ``grace_s``."""
+    pids = [pid, *descendants(pid)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for p in pids:
+        while time.monotonic() < deadline and Path(f"/proc/{p}").exists() and not _is_zombie(p):
+            time.sleep(0.1)
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (a unique temp path: never a program name)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+
+def stop_local_superlink(env: dict[str, str]) -> None:
+    """Stop the detached local SuperLink ``flwr run`` started for this ``FLWR_HOME`` (and its tree)."""
+    for pid in pids_mentioning(str(Path(env["FLWR_HOME"]) / "local-superlink")):
+        kill_tree(pid)
+
+
+@dataclass
+class FlowerProcesses:
+    """Processes started by a test, each in its own process group, all stopped by :meth:`stop_all`."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.log_dir,
+                                start_new_session=True)
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def superlink(self, port: int, extra: list[str] = ()) -> str:
+        """Start ``flower-superlink --insecure`` on 127.0.0.1:``port``; returns its address."""
+        proc = self.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                                        "--port", str(port), *extra])
+        wait_for_port(port, 30, proc, "flower-superlink")
+        return f"127.0.0.1:{port}"
+
+    def supernode(self, name: str, superlink: str, node_config: dict[str, str], extra: list[str] = ()) -> int:
+        """Start ``flower-supernode --insecure`` with ``node_config``; returns its Runtime API port."""
+        port = free_port()
+        config = " ".join(f'{k}="{v}"' for k, v in node_config.items())
+        proc = self.start(name, [str(BIN / "flower-supernode"), "--insecure", "--superlink", superlink,
+                                 "--host", "127.0.0.1", "--port", str(port), "--node-config", config, *extra])
+        wait_for_port(port, 30, proc, f"flower-supernode {name}")
+        return port
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.procs):
+            kill_tree(proc.pid)
+            proc.wait(timeout=10)
+        self.procs.clear()
+
+
+def write_connection(env: dict[str, str], name: str, address: str) -> Path:
+    """Write ``FLWR_HOME/config.toml`` with an insecure SuperLink connection ``name`` -> ``address``."""
+    path = Path(env["FLWR_HOME"]) / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n')
+    return path
+
+
+def run_config_args(run_config: dict[str, str]) -> list[str]:
+    """``-c key="value"`` arguments for ``flwr run`` (values are TOML strings)."""
+    return [arg for key, value in run_config.items() for arg in ("-c", f"{key}={json.dumps(value)}")]
+
+
+def flwr_run(env: dict[str, str], connection: str | None, run_config: dict[str, str], timeout_s: float,
+             extra: list[str] = ()) -> tuple[int, str]:
+    """``flwr run . [connection] --stream``; returns the run id and the streamed output."""
+    cmd = [str(BIN / "flwr"), "run", str(REPO), *([connection] if connection else []), "--stream",
+           *run_config_args(run_config), *extra]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    output = done.stdout + done.stderr
+    match = re.search(r"Successfully started run (\d+)", output)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"flwr run failed (exit {done.returncode}):\n{output[-5000:]}")
+    return int(match.group(1)), output
+
+
+def run_status(env: dict[str, str], connection: str | None, run_id: int) -> str:
+    """The run's status from ``flwr ls --run-id ID --format json`` (e.g. ``finished:completed``)."""
+    cmd = [str(BIN / "flwr"), "ls", *([connection] if connection else []), "--run-id", str(run_id), "--format", "json"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    try:
+        runs = json.loads(done.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise RuntimeError(f"flwr ls gave no run list ({exc}):\n{done.stdout}\n{done.stderr}") from None
+    return runs[0]["status"]

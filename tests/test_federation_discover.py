@@ -1,0 +1,104 @@
+"""The coordinator's run machinery in one process: config, discover, groups, failures, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flower_harness import InProcessGrid
+from geodata.readers.eurosat import build_eurosat_manifest
+from server.config import RunSettings, load_experiment
+from server.phases.discover import assign_hosts
+from server.run import run_experiment
+
+
+@pytest.fixture(scope="module")
+def eurosat_manifest(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eurosat")
+    build_eurosat_manifest(shared_data / "eurosat-ms", out, train_per_class=8, val_per_class=2)
+    return out / "manifest.json"
+
+
+def _run_config(out: Path, manifest: Path, names: list[str], extra: str = "", run_name: str = "t") -> dict:
+    institutions = " ".join(
+        f"+institutions.{n}={{sensor:sentinel2_l1c,task:scene,manifest:{manifest}}}" for n in names
+    )
+    overrides = f"~institutions {institutions} output_dir={out} federation.node_wait_s=1 federation.reply_timeout_s=1"
+    return {"experiment": "default", "overrides": f"{overrides} {extra}", "run-name": run_name}
+
+
+def _simulated(n: int) -> dict[int, dict]:
+    return {100 + p: {"partition-id": p, "num-partitions": n} for p in range(n)}
+
+
+def test_assign_hosts_round_robin() -> None:
+    assert assign_hosts(["a", "b", "c"], [7, 9]) == {"a": 7, "b": 9, "c": 7}
+    assert assign_hosts(["a"], [7, 9]) == {"a": 7}
+    assert assign_hosts(["a"], []) == {}
+
+
+def test_discover_binds_simulated_declared_and_idle_nodes(tmp_path: Path, eurosat_manifest: Path) -> None:
+    nodes = _simulated(2)
+    nodes[300] = {"institution": "lab", "sensor": "sentinel2_l1c", "task": "scene", "data-path": str(eurosat_manifest)}
+    nodes[400] = {}  # declares nothing: idle
+    grid = InProcessGrid(nodes)
+    run_dir = run_experiment(grid, _run_config(tmp_path, eurosat_manifest, ["a", "b", "c"]), flower_run_id=5)
+
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    where = {name: m["node_id"] for name, m in roster["institutions"].items()}
+    assert where == {"a": 100, "b": 101, "c": 100, "lab": 300}
+    assert roster["institutions"]["lab"]["simulated"] is False
+    assert roster["institutions"]["a"]["summary"]["tiles"] == {"test": 20, "train": 80, "val": 20}
+    assert roster["groups"] == {"sentinel2_l1c-scene": {
+        "name": "sentinel2_l1c-scene", "sensor": "sentinel2_l1c", "task": "scene", "task_type": "classification",
+        "classes": roster["institutions"]["a"]["summary"]["classes"], "members": ["a", "b", "c", "lab"]}}
+    assert roster["idle_nodes"] == [{"node_id": 400, "reason": "declares no institution"}]
+    assert roster["failures"] == []
+    checkpoint = json.loads((run_dir / "checkpoint.json").read_text())
+    assert checkpoint["phases"]["discover"]["status"] == "done" and checkpoint["flower_runs"] == [5]
+
+
+def test_failed_and_silent_nodes_are_reported_and_left_out(tmp_path: Path, eurosat_manifest: Path) -> None:
+    def faults(message):
+        record = message.content.config_records.get("institution", {})
+        return {"b": "disk on fire", "c": "drop"}.get(record.get("institution"))
+
+    grid = InProcessGrid(_simulated(3), faults=faults)
+    run_dir = run_experiment(grid, _run_config(tmp_path, eurosat_manifest, ["a", "b", "c"]), flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert list(roster["institutions"]) == ["a"]
+    reasons = {f["institution"]: f["reason"] for f in roster["failures"]}
+    assert reasons["b"].startswith("disk on fire") and "no reply within" in reasons["c"]
+
+
+def test_bad_data_and_half_declared_nodes_fail_with_reasons(tmp_path: Path, eurosat_manifest: Path) -> None:
+    nodes = {
+        1: {"institution": "lab", "task": "scene", "data-path": str(eurosat_manifest)},  # no sensor
+        2: {"institution": "radar", "sensor": "sentinel1_grd", "task": "scene", "data-path": str(eurosat_manifest)},
+    }
+    with pytest.raises(RuntimeError, match="0 usable institution") as err:
+        run_experiment(InProcessGrid(nodes), _run_config(tmp_path, eurosat_manifest, []), flower_run_id=1)
+    assert "'sensor' is missing" in str(err.value)
+    assert "no sentinel1_grd tiles" in str(err.value)
+
+
+def test_rerun_resumes_and_refuses_another_config(tmp_path: Path, eurosat_manifest: Path) -> None:
+    config = _run_config(tmp_path, eurosat_manifest, ["a"], run_name="same")
+    run_dir = run_experiment(InProcessGrid(_simulated(1)), config, flower_run_id=1)
+    run_experiment(InProcessGrid(_simulated(1)), config, flower_run_id=2)
+    assert json.loads((run_dir / "checkpoint.json").read_text())["flower_runs"] == [1, 2]
+    changed = _run_config(tmp_path, eurosat_manifest, ["a"], extra="seed=7", run_name="same")
+    with pytest.raises(ValueError, match="started with another config"):
+        run_experiment(InProcessGrid(_simulated(1)), changed, flower_run_id=3)
+
+
+def test_experiment_config_errors_name_the_culprit() -> None:
+    with pytest.raises(ValueError, match="federation.min_nodes"):
+        load_experiment(RunSettings("quick", ("federation.min_nodes=lots",), "r"))
+    with pytest.raises(ValueError, match="experiment/nope"):
+        load_experiment(RunSettings("nope", (), "r"))
+    with pytest.raises(ValueError, match="run-name"):
+        RunSettings.from_run_config({"run-name": "../escape"})
+    assert RunSettings.from_run_config({"experiment": "quick", "overrides": "a=1 'b=x y'"}).overrides == ("a=1", "b=x y")
