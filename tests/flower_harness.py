@@ -219,9 +219,12 @@ class FlowerProcesses:
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.log_dir,
+        """Start ``cmd`` in its own session, with its own ``FLWR_HOME`` and working dir ``log_dir/name``."""
+        workdir = self.log_dir / name
+        (workdir / "flwr-home").mkdir(parents=True, exist_ok=True)
+        env = {**self.env, "FLWR_HOME": str(workdir / "flwr-home")}
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed right after the start)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
                                 start_new_session=True)
         log.close()
         self.procs.append((name, proc))
