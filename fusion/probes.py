@@ -44,6 +44,7 @@ __all__ = [
     "probe_features",
     "probe_encoder",
     "task_metric",
+    "score_predictions",
     "WEIGHT_DECAYS",
 ]
 
@@ -151,7 +152,7 @@ def task_metric(task: TaskSpec) -> str:
     return {"classification": "accuracy", "multilabel": "mAP", "segmentation": "mIoU"}[task.type]
 
 
-def _score(scores: torch.Tensor, targets: torch.Tensor, task: TaskSpec) -> float:
+def score_predictions(scores: torch.Tensor, targets: torch.Tensor, task: TaskSpec) -> float:
     """Accuracy, macro mAP (classes with positives) or mIoU (classes present) of predictions."""
     if task.type == "classification":
         return float((scores.argmax(1) == targets).float().mean())
@@ -211,7 +212,8 @@ def linear_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, val: Featu
         if val is not None:
             xf, xv = _zscore(fit.pooled, val.pooled)
             yf = fit.targets.float() if task.type == "multilabel" else fit.targets
-            scores = [_score(_fit_linear(xf, yf, task, wd)(xv).detach(), val.targets, task) for wd in weight_decays]
+            scores = [score_predictions(_fit_linear(xf, yf, task, wd)(xv).detach(), val.targets, task)
+                      for wd in weight_decays]
             weight_decay = weight_decays[int(np.argmax(scores))]
         else:
             weight_decay = weight_decays[len(weight_decays) // 2]
@@ -219,7 +221,7 @@ def linear_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, val: Featu
         weight_decay = weight_decays[0]
     x_train, x_test = _zscore(train.pooled, test.pooled)
     layer = _fit_linear(x_train, y_train, task, weight_decay)
-    return _score(layer(x_test).detach(), test.targets, task)
+    return score_predictions(layer(x_test).detach(), test.targets, task)
 
 
 def knn_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, k: int = 20, temperature: float = 0.07) -> float:
@@ -234,7 +236,7 @@ def knn_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, k: int = 20, 
     else:
         labels = train.targets.float()
     scores = (weights.unsqueeze(-1) * labels[index]).sum(1) / weights.sum(1, keepdim=True)
-    return _score(scores, test.targets, task)
+    return score_predictions(scores, test.targets, task)
 
 
 def segmentation_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, seed: int = 0, epochs: int = 30,
@@ -268,7 +270,7 @@ def segmentation_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, seed
     with torch.no_grad():
         logits = torch.cat([head(standardise(test.maps, index), tuple(test.targets.shape[-2:]))
                             for index in torch.arange(len(test)).split(batch_size)])
-    return _score(logits, test.targets, task)
+    return score_predictions(logits, test.targets, task)
 
 
 def probe_features(

@@ -299,7 +299,7 @@ def save_student(student: Student, directory: str | Path) -> Path:
 
 
 def load_student(directory: str | Path, map_location: str | torch.device = "cpu") -> Student:
-    """Read a saved student, checking the weights against the card's sha256."""
+    """Read a saved student (in eval mode), checking the weights against the card's sha256."""
     directory = Path(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     try:
@@ -319,4 +319,4 @@ def load_student(directory: str | Path, map_location: str | torch.device = "cpu"
         student.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{weights_path}: not a student of variant {card.variant!r}: {exc}") from exc
-    return student.to(map_location)
+    return student.to(map_location).eval()

@@ -1,0 +1,75 @@
+"""The any-sensor student: shapes on any band set (an unseen sensor included), normalisation, save/load."""
+
+import math
+
+import pytest
+import torch
+
+from fusion import load_student
+from fusion.student import Student, save_student
+
+LANDSAT = ("OLI_B1", "OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5", "OLI_B6", "OLI_B7")
+S2 = ("B02", "B03", "B04", "B08")
+
+
+@pytest.fixture(scope="module")
+def student():
+    return Student.create(band_stats={"B02": [0.05, 0.02], "B04": [0.1, 0.05], "B08": [0.3, 0.1]}, seed=0).eval()
+
+
+def test_unseen_sensor_gives_specialist_shaped_features(student):
+    x = torch.rand(2, len(LANDSAT), 32, 32)
+    with torch.no_grad():
+        features = student(x, LANDSAT)
+    assert [tuple(f.shape) for f in features] == [(2, 40, 8, 8), (2, 80, 4, 4), (2, 160, 2, 2), (2, 320, 1, 1)]
+    assert student.feature_dims == (40, 80, 160, 320) and student.feature_reductions == (4, 8, 16, 32)
+    assert student.pooled(x, LANDSAT).shape == (2, 320)
+
+
+def test_band_descriptors_change_the_kernel(student):
+    x = torch.rand(2, 4, 32, 32)
+    with torch.no_grad():
+        a = student.pooled(x, S2)
+        b = student.pooled(x, ("OLI_B2", "OLI_B3", "OLI_B4", "OLI_B6"))  # same pixels, other wavelengths
+        sar = student.pooled(x[:, :2], ("VV", "VH"))
+    assert not torch.allclose(a, b, atol=1e-4)
+    assert sar.shape == (2, 320)
+    w_vv, _ = student.stem.kernel(("VV",))
+    w_red, _ = student.stem.kernel(("B04",))
+    assert not torch.allclose(w_vv, w_red)
+
+
+def test_unseen_band_statistics_by_wavelength(student):
+    # OLI_B3 (561.5 nm) lies between B02 (492 nm) and B04 (665 nm): interpolated in log-wavelength;
+    # OLI_B7 (2200 nm) is past the last known band: clamped to B08's statistics.
+    x = torch.full((1, 2, 4, 4), 0.3)
+    out = student.normalise(x, ("OLI_B3", "OLI_B7"))
+    assert out[0, 1, 0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    t = (math.log(561.5) - math.log(492.4)) / (math.log(664.6) - math.log(492.4))
+    mean, std = 0.05 + t * 0.05, 0.02 + t * 0.03
+    assert out[0, 0, 0, 0].item() == pytest.approx((0.3 - mean) / std, rel=1e-4)
+
+
+def test_band_without_known_kind_is_instance_normalised(student):
+    x = torch.randn(2, 2, 8, 8) * 3 - 12  # dB values; the table knows no SAR band
+    out = student.normalise(x, ("VV", "VH"))
+    assert out.mean(dim=(-2, -1)).abs().max() < 1e-5
+    assert torch.allclose(out.std(dim=(-2, -1)), torch.ones(2, 2), atol=1e-4)
+
+
+def test_save_and_one_line_load(student, tmp_path):
+    save_student(student, tmp_path / "student")
+    loaded = load_student(tmp_path / "student")
+    x = torch.rand(1, len(LANDSAT), 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.pooled(x, LANDSAT), student.pooled(x, LANDSAT), atol=1e-6)
+    assert not loaded.training
+    assert loaded.card.band_stats == student.card.band_stats
+    (tmp_path / "student" / "weights.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="sha256"):
+        load_student(tmp_path / "student")
+
+
+def test_rejects_band_count_mismatch(student):
+    with pytest.raises(KeyError, match="3 band names"):
+        student(torch.rand(1, 4, 32, 32), ("B02", "B03", "B04"))
