@@ -181,8 +181,9 @@ def distill_student(
         adaptors.ensure(teacher).set_target_stats(cache.target_stats(teacher.weights_sha256))
     Distiller(student, adaptors, cache, config).fit(batches, history)
     student.card.teachers = [{"name": t.name, "weights_sha256": t.weights_sha256} for t in adaptors.teachers.values()]
-    student.card.distill = {"epochs": student.card.distill.get("epochs", 0) + config.epochs,
-                            "final_loss": history.total[-1], **{k: v for k, v in asdict(config).items() if k != "device"}}
+    student.card.distill = {"total_epochs": student.card.distill.get("total_epochs", 0) + config.epochs,
+                            "final_loss": history.total[-1],
+                            "last_config": {k: v for k, v in asdict(config).items() if k != "device"}}
     return adaptors, history
 
 
