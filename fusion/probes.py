@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_jaccard_index, multilabel_average_precision
+from torchmetrics.functional.classification import binary_average_precision, multiclass_jaccard_index
 from tqdm import tqdm
 
 from fusion.featstats import ChannelMoments, global_pool
@@ -160,8 +160,8 @@ def score_predictions(scores: torch.Tensor, targets: torch.Tensor, task: TaskSpe
         present = (targets > 0).any(0)
         if not present.any():
             raise ValueError("multilabel test split has no positive label at all")
-        return float(multilabel_average_precision(scores[:, present], targets[:, present].int(),
-                                                  num_labels=int(present.sum()), average="macro"))
+        return float(np.mean([float(binary_average_precision(scores[:, k], targets[:, k].int()))
+                              for k in present.nonzero().flatten().tolist()]))
     per_class = multiclass_jaccard_index(scores.argmax(1), targets, num_classes=task.num_classes, average="none",
                                          ignore_index=task.ignore_index)
     present = torch.bincount(targets[targets != task.ignore_index].flatten(), minlength=task.num_classes) > 0
