@@ -13,6 +13,9 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, help)
+    "distill": ("fusion.commands.distill", "distil a registry's specialists into one any-sensor student"),
+    "evaluate": ("fusion.commands.evaluate", "probe frozen encoders (student, specialist, ensemble) on a task"),
+    "prune": ("fusion.commands.prune", "score specialists' contributions and write a smaller registry"),
 }
 
 

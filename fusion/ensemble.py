@@ -56,7 +56,7 @@ class Ensemble(nn.Module):
         for name, spec in specialists.items():
             given = (stats or {}).get(name)
             if given is None:
-                logger.warning("ensemble: specialist %s has no proxy feature statistics; using identity", name)
+                logger.info("ensemble: specialist %s has no proxy feature statistics yet; identity until calibrated", name)
                 given = FeatureStats.identity(spec.feature_dims)
             self.stats[name] = given
         self.fusion: nn.ModuleList | None = None
@@ -161,7 +161,8 @@ class Ensemble(nn.Module):
     def calibrate(self, batches: Iterable[Mapping], max_batches: int | None = None) -> dict[str, FeatureStats]:
         """Measure every specialist's feature statistics on proxy batches (``{"image", "bands"}``).
 
-        Each specialist sees the batches it can read. Returns the new statistics (also installed).
+        Each specialist sees the batches it can read; one that can read none keeps its statistics (a
+        warning says so). Returns the new statistics (also installed).
         """
         moments = {n: FeatureMoments() for n in self.names}
         for i, batch in enumerate(batches):
@@ -171,8 +172,11 @@ class Ensemble(nn.Module):
                 if plan.applicable:
                     moments[plan.specialist].update(run_view(self.specialists[plan.specialist], plan, batch["image"]))
         unseen = [n for n, m in moments.items() if not m.scales]
+        if len(unseen) == len(moments):
+            raise ValueError(f"calibration data has no input that any of {unseen} can read")
         if unseen:
-            raise ValueError(f"calibration data has no input that specialists {unseen} can read")
-        measured = {n: m.result() for n, m in moments.items()}
+            logger.warning("calibration data has no input that specialists %s can read; they keep their statistics",
+                           unseen)
+        measured = {n: m.result() for n, m in moments.items() if m.scales}
         self.stats.update(measured)
         return measured

@@ -44,6 +44,7 @@ __all__ = [
     "probe_features",
     "probe_encoder",
     "task_metric",
+    "results_markdown",
     "score_predictions",
     "WEIGHT_DECAYS",
 ]
@@ -327,3 +328,17 @@ def probe_encoder(
     test = extract_features(encoder, test_batches, maps, device, f"{name} test")
     val = extract_features(encoder, val_batches, maps, device, f"{name} val") if val_batches is not None else None
     return probe_features(name, task_name, task, train, test, val, fractions, seeds, methods)
+
+
+def results_markdown(results: Sequence[ProbeResult]) -> str:
+    """A markdown table: one row per encoder, task and method; one column per label fraction."""
+    fractions = sorted({r.fraction for r in results})
+    rows: dict[tuple[str, str, str, str], dict[float, ProbeResult]] = {}
+    for r in results:
+        rows.setdefault((r.encoder, r.task, r.method, r.metric), {})[r.fraction] = r
+    lines = ["| encoder | task | probe | metric | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
+             "|---" * (4 + len(fractions)) + "|"]
+    for (encoder, task, method, metric), by_fraction in rows.items():
+        cells = [f"{by_fraction[f].mean:.4f} ± {by_fraction[f].std:.4f}" if f in by_fraction else "-" for f in fractions]
+        lines.append(f"| {encoder} | {task} | {method} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""``eosfed evaluate``: probe frozen encoders on a labelled manifest task; write JSON and a markdown table.
+
+Encoders: a student folder, a specialist folder, a registry folder (the ensemble) or
+``random:<variant>`` (a random-initialised student, normalised with the task's train statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from fusion.data import labelled_loader
+from fusion.encoders import RANDOM_PREFIX, open_encoder
+from fusion.probes import DEFAULT_FRACTIONS, DEFAULT_SEEDS, probe_encoder, results_markdown
+from fusion.student import band_stats_table
+from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.manifest import Manifest, atomic_write_text
+from geodata.stats import load_or_compute_stats
+
+logger = logging.getLogger(__name__)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", required=True, action="append",
+                        help=f"student/specialist/registry folder or {RANDOM_PREFIX}<variant>; repeat to compare")
+    parser.add_argument("--manifest", required=True, type=Path, help="labelled manifest.json")
+    parser.add_argument("--task", required=True, help="task name in the manifest")
+    parser.add_argument("--sensor", required=True, help="sensor whose tiles are probed")
+    parser.add_argument("--out", required=True, type=Path, help="results JSON (a .md table is written beside)")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val", help="split to tune weight decay on ('' for none)")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--fractions", type=_floats, default=list(DEFAULT_FRACTIONS), help="e.g. 0.01,0.1,1")
+    parser.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=list(DEFAULT_SEEDS))
+    parser.add_argument("--methods", help="comma-separated: linear, knn, segmentation (default by task type)")
+    parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tolerance-nm", type=float, default=DEFAULT_TOLERANCE_NM)
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(args.manifest)
+    task = manifest.task(args.task)
+    stats = load_or_compute_stats(manifest, args.sensor, args.train_split)
+
+    def loader(split: str):
+        return labelled_loader(manifest, args.sensor, args.task, split, args.size, args.batch_size, stats)
+
+    val = loader(args.val_split) if args.val_split and manifest.select(args.sensor, args.val_split, args.task) else None
+    train, test = loader(args.train_split), loader(args.test_split)
+    results = []
+    for spec in args.encoder:
+        encoder = open_encoder(spec, args.tolerance_nm, map_location=args.device)
+        if spec.startswith(RANDOM_PREFIX):
+            encoder.set_band_stats(band_stats_table([stats]))
+        name = spec if spec.startswith(RANDOM_PREFIX) else Path(spec).name
+        results += probe_encoder(name, encoder, args.task, task, train, test, val, args.fractions, args.seeds,
+                                 args.methods.split(",") if args.methods else None, args.device)
+    atomic_write_text(args.out, json.dumps([r.to_dict() for r in results], indent=1))
+    atomic_write_text(args.out.with_suffix(".md"), results_markdown(results))
+    logger.info("probe results written to %s\n%s", args.out, results_markdown(results))
+    return 0

@@ -1,0 +1,64 @@
+"""Batches for fusion from a manifest: proxy batches over several sensors, labelled loaders per split."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from geodata.dataset import TileDataset, collate_samples
+from geodata.manifest import Manifest
+from geodata.sensors import get_sensor
+from geodata.stats import BandStats, load_or_compute_stats
+
+__all__ = ["ProxyBatches", "labelled_loader", "proxy_sensors"]
+
+
+def proxy_sensors(manifest: Manifest, split: str | None) -> list[str]:
+    """Canonical names of the sensors with tiles in ``split`` (all splits when ``None``)."""
+    return sorted({get_sensor(t.sensor).name for t in manifest.tiles if split is None or t.split == split})
+
+
+class ProxyBatches:
+    """Unlabelled batches of every listed sensor (one band set per batch), re-iterable, with a length.
+
+    Each sensor's tiles are normalised-filled with that sensor's band statistics (``self.stats``).
+    Batches of the sensors are interleaved round-robin, so every stretch of training sees every sensor;
+    with ``shuffle`` each sensor's tile order changes every epoch (deterministically from ``seed``).
+    """
+
+    def __init__(self, manifest: Manifest | str | Path, sensors: Sequence[str] | None = None,
+                 split: str | None = "train", size: int | None = None, batch_size: int = 32,
+                 shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> None:
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        names = list(sensors) if sensors else proxy_sensors(self.manifest, split)
+        self.stats: dict[str, BandStats] = {s: load_or_compute_stats(self.manifest, s, split or "train") for s in names}
+        self.loaders = [
+            DataLoader(TileDataset(self.manifest, s, split=split, size=size, stats=self.stats[s]),
+                       batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_samples,
+                       generator=torch.Generator().manual_seed(seed))
+            for s in names
+        ]
+
+    def __len__(self) -> int:
+        return sum(len(loader) for loader in self.loaders)
+
+    def __iter__(self) -> Iterator[dict]:
+        iterators = [iter(loader) for loader in self.loaders]
+        while iterators:
+            for it in list(iterators):
+                try:
+                    yield next(it)
+                except StopIteration:
+                    iterators.remove(it)
+
+
+def labelled_loader(manifest: Manifest, sensor: str, task: str, split: str, size: int | None = None,
+                    batch_size: int = 64, stats: BandStats | None = None, num_workers: int = 0) -> DataLoader:
+    """Batches of ``split`` tiles of ``sensor`` with targets for ``task`` (fixed order)."""
+    stats = stats or load_or_compute_stats(manifest, sensor, "train")
+    dataset = TileDataset(manifest, sensor, split=split, task=task, size=size, stats=stats)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_samples)

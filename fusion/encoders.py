@@ -1,0 +1,43 @@
+"""Open any saved encoder behind the probe interface (``forward(x, bands)``, ``pooled(x, bands)``).
+
+``open_encoder(path)`` reads a student folder (``card.json`` with ``kind: "student"``), a specialist
+folder (as a one-member ensemble), or a registry folder (``index.json``: the ensemble);
+``random:<variant>`` gives a random-initialised student of that variant (the same-size baseline).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from fusion.ensemble import Ensemble
+from fusion.registry import INDEX_FILE
+from fusion.student import Student, load_student
+from fusion.views import DEFAULT_TOLERANCE_NM
+from specialists import load_specialist
+from specialists.io import CARD_FILE
+
+__all__ = ["open_encoder", "RANDOM_PREFIX"]
+
+RANDOM_PREFIX = "random:"
+
+
+def open_encoder(spec: str | Path, tolerance_nm: float = DEFAULT_TOLERANCE_NM, seed: int = 0,
+                 map_location: str = "cpu") -> nn.Module:
+    """The encoder named by ``spec`` (see module docstring), in eval mode."""
+    text = str(spec)
+    if text.startswith(RANDOM_PREFIX):
+        return Student.create(variant=text[len(RANDOM_PREFIX):], seed=seed).to(map_location).eval()
+    path = Path(spec)
+    if (path / INDEX_FILE).is_file():
+        return Ensemble.from_registry(path, tolerance_nm=tolerance_nm, map_location=map_location).eval()
+    card = path / CARD_FILE
+    if not card.is_file():
+        raise FileNotFoundError(f"{path}: not an encoder folder (no {INDEX_FILE} or {CARD_FILE}), "
+                                f"nor '{RANDOM_PREFIX}<variant>'")
+    if json.loads(card.read_text()).get("kind") == "student":
+        return load_student(path, map_location)
+    specialist = load_specialist(path, map_location)
+    return Ensemble({specialist.card.name: specialist}, tolerance_nm=tolerance_nm).eval()
