@@ -20,6 +20,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from geodata.synth.config import WorldConfig
+
 __all__ = [
     "CONFIG_DIR",
     "ExperimentConfig",
@@ -36,16 +38,17 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass
 class InstitutionConfig:
-    """A simulated institution: what it observes and where its labelled data comes from.
+    """A simulated institution: the sensor and task it trains on, and where its data comes from.
 
-    ``region`` selects its tiles in the generated synthetic world; ``manifest`` instead points at an
-    existing manifest (its tiles of ``sensor`` with ``task`` targets, in ``region`` when given).
+    By default its data are its own scenes in the synthetic ``world`` (the world's institution of
+    the same name); ``manifest`` instead points at an existing manifest (its tiles of ``sensor``
+    with ``task`` targets, only in ``region`` when given).
     """
 
     sensor: str
     task: str
-    region: str = ""
     manifest: str = ""
+    region: str = ""
 
 
 @dataclass
@@ -70,16 +73,25 @@ class ExperimentConfig:
     world: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
+            raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
+        world = WorldConfig.from_dict(self.world, source="world") if self.world else None
         for name, inst in self.institutions.items():
             where = f"institutions.{name}"
             if not _RUN_NAME.match(name):
                 raise ValueError(f"{where}: institution names may hold only letters, digits, '.', '_', '-'")
-            if not inst.manifest and not inst.region:
-                raise ValueError(f"{where}: give a synthetic-world 'region' or a 'manifest' path")
-            if inst.region and not inst.manifest and not self.world:
-                raise ValueError(f"{where}: region {inst.region!r} needs a synthetic 'world' config")
-        if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
-            raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
+            if inst.manifest:
+                continue
+            if inst.region:
+                raise ValueError(f"{where}: 'region' filters a 'manifest'; world institutions have their own region")
+            if world is None:
+                raise ValueError(f"{where}: no 'manifest' and no synthetic 'world' config to generate its data")
+            sensors = next((w.sensors for w in world.institutions if w.name == name), None)
+            if sensors is None:
+                raise ValueError(f"{where}: world {world.name!r} has no institution {name!r}; "
+                                 f"it has {[w.name for w in world.institutions]}")
+            if inst.sensor not in sensors:
+                raise ValueError(f"{where}: world institution {name!r} observes {list(sensors)}, not {inst.sensor!r}")
 
 
 @dataclass(frozen=True)

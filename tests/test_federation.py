@@ -1,12 +1,15 @@
-"""The coordinator's run machinery in one process: config, discover, groups, failures, resume."""
+"""The federation machinery in one process: config, discover, groups, failures, resume, data cache."""
 
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from clients.data import build_once
 from flower_harness import InProcessGrid
 from geodata.readers.eurosat import build_eurosat_manifest
 from server.config import RunSettings, load_experiment
@@ -102,3 +105,47 @@ def test_experiment_config_errors_name_the_culprit() -> None:
     with pytest.raises(ValueError, match="run-name"):
         RunSettings.from_run_config({"run-name": "../escape"})
     assert RunSettings.from_run_config({"experiment": "quick", "overrides": "a=1 'b=x y'"}).overrides == ("a=1", "b=x y")
+
+
+def test_build_once_builds_one_folder_under_concurrency(tmp_path: Path) -> None:
+    builds = []
+
+    def build(tmp: Path) -> None:
+        builds.append(tmp)
+        (tmp / "part").write_text("half")
+        time.sleep(0.2)
+        (tmp / "manifest.json").write_text("{}")
+
+    folder = tmp_path / "worlds" / "w"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: build_once(folder, build), range(4)))
+    assert results == [folder] * 4 and len(builds) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "part"]
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == ["w"]  # no temporary folder left
+
+
+def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
+    def build(tmp: Path) -> None:
+        (tmp / "part").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        build_once(tmp_path / "w", build)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) -> None:
+    overrides = (f"output_dir={tmp_path} world=tiny ~institutions world.tiles_per_institution=2 "
+                 "+institutions.north_s2={sensor:sentinel1_grd,task:scene} "
+                 "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover}")
+    config = {"experiment": "default", "overrides": overrides, "run-name": "w"}
+    run_dir = run_experiment(InProcessGrid(_simulated(1)), config, flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert roster["institutions"]["north_s2"]["summary"]["bands"] == ["VV", "VH"]
+    assert roster["institutions"]["city_aerial"]["summary"]["task_type"] == "segmentation"
+    assert sorted(roster["groups"]) == ["aerial_rgbn-landcover", "sentinel1_grd-scene"]
+    slices = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache" / "worlds").iterdir() if p.is_dir())
+    assert slices == ["tiny-city_aerial-aerial_rgbn", "tiny-north_s2-sentinel1_grd"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")}
+    run_experiment(InProcessGrid(_simulated(1)), {**config, "run-name": "w2"}, flower_run_id=2)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")} == before
