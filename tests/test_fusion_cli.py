@@ -1,0 +1,39 @@
+"""``eosfed distill`` -> ``eosfed evaluate`` -> ``eosfed prune`` on a tiny synthetic world."""
+
+import json
+
+from fusion_toys import make_registry
+
+from eosfed.cli import main
+from fusion import Ensemble, Registry, load_student
+from geodata.synth import generate_world, load_world_config
+
+
+def test_distill_evaluate_prune_chain(tmp_path):
+    generate_world(load_world_config("tiny"), tmp_path / "world", progress=False)
+    manifest = str(tmp_path / "world" / "manifest.json")
+    make_registry(tmp_path / "registry")
+    run = tmp_path / "run"
+    assert main(["distill", "--registry", str(tmp_path / "registry"), "--proxy", manifest, "--out", str(run),
+                 "--epochs", "2", "--batch-size", "4", "--size", "32"]) == 0
+    student = load_student(run / "student")
+    assert {t["name"] for t in student.card.teachers} == {"s2", "s1", "aerial"}
+    assert len(json.loads((run / "distill_history.json").read_text())["total"]) == 2
+    assert all(Registry(tmp_path / "registry").feature_stats(n) is not None for n in ("s2", "s1", "aerial"))
+
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--encoder", str(run / "student"), "--encoder", "random:convnextv2_atto",
+                 "--manifest", manifest, "--task", "scene", "--sensor", "sentinel2_l2a", "--out", str(out),
+                 "--fractions", "1", "--seeds", "0", "--size", "32"]) == 0
+    rows = json.loads(out.read_text())
+    assert {(r["encoder"], r["method"]) for r in rows} == {
+        ("student", "linear"), ("student", "knn"), ("random:convnextv2_atto", "linear"), ("random:convnextv2_atto", "knn")}
+    assert "| student | scene | linear |" in out.with_suffix(".md").read_text()
+
+    assert main(["prune", "--registry", str(tmp_path / "registry"), "--manifest", manifest,
+                 "--eval", "presence@sentinel2_l2a", "--out", str(tmp_path / "pruned"), "--keep-top-k", "1",
+                 "--permutations", "10", "--size", "32"]) == 0
+    pruned = Registry(tmp_path / "pruned")
+    assert len(pruned) == 2  # the lower of s2/aerial leaves; s1 could not be scored and stays
+    assert "kept (unscored)" in (tmp_path / "pruned" / "prune_report.md").read_text()
+    assert Ensemble.from_registry(pruned).applicable(("B02", "B03", "B04", "B08")) != ["s2", "aerial"]
