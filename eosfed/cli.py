@@ -13,6 +13,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, help)
+    "train-specialist": ("specialists.cli", "train one specialist from a manifest, no federation"),
     "distill": ("fusion.commands.distill", "distil a registry's specialists into one any-sensor student"),
     "evaluate": ("fusion.commands.evaluate", "probe frozen encoders (student, specialist, ensemble) on a task"),
     "prune": ("fusion.commands.prune", "score specialists' contributions and write a smaller registry"),

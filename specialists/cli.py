@@ -1,0 +1,101 @@
+"""``eosfed train-specialist``: train one specialist on a manifest's tiles, no federation.
+
+Uses the manifest's ``train`` split (normalisation statistics come from it), ``val`` for early
+stopping when present, and reports metrics on ``test`` when present; writes the specialist folder
+(``weights.safetensors`` + ``card.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from geodata.dataset import TileDataset
+from geodata.manifest import Manifest, TaskSpec, TileEntry
+from geodata.sensors import get_sensor
+from geodata.stats import load_or_compute_stats
+from specialists.card import DEFAULT_VARIANT, SpecialistCard
+from specialists.encoder import FREEZE_POLICIES
+from specialists.io import save_specialist
+from specialists.train import TrainConfig, evaluate, make_loader, train_specialist
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--manifest", required=True, type=Path, help="manifest.json")
+    parser.add_argument("--sensor", required=True, help="sensor name of the tiles to train on")
+    parser.add_argument("--task", required=True, help="task name in the manifest")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the specialist into")
+    parser.add_argument("--institution", help="only this institution's tiles (and name it on the card)")
+    parser.add_argument("--name", help="specialist name (default: <institution|manifest>-<sensor>-<task>)")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
+    parser.add_argument("--init-weights", help="local checkpoint (timm or a saved specialist) to start from")
+    parser.add_argument("--freeze", default="none", help=f"freeze policy: {', '.join(FREEZE_POLICIES)}")
+    parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping epochs (0: off)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
+
+
+def _summary(tiles: dict[str, list[TileEntry]], task: str, spec: TaskSpec) -> dict[str, Any]:
+    """Tiles per split, class counts per split (scene-level tasks), regions."""
+    summary: dict[str, Any] = {"tiles": {split: len(t) for split, t in tiles.items()}}
+    if spec.type != "segmentation":
+        counts = {}
+        for split, entries in tiles.items():
+            labels: Counter[int] = Counter()
+            for tile in entries:
+                value = tile.targets[task]
+                labels.update([value] if spec.type == "classification" else value)
+            counts[split] = {spec.classes[k]: n for k, n in sorted(labels.items())}
+        summary["class_counts"] = counts
+    summary["regions"] = sorted({t.region for ts in tiles.values() for t in ts if t.region is not None})
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(args.manifest)
+    sensor = get_sensor(args.sensor)
+    spec = manifest.task(args.task)
+    filters = dict(sensor=sensor.name, task=args.task, institution=args.institution)
+    tiles = {split: manifest.select(split=split, **filters) for split in SPLITS}
+    tiles = {split: t for split, t in tiles.items() if t}
+    if "train" not in tiles:
+        logger.error("%s: no train tiles for sensor %r, task %r%s", args.manifest, sensor.name, args.task,
+                     f", institution {args.institution!r}" if args.institution else "")
+        return 2
+    stats = load_or_compute_stats(manifest, sensor, "train", institution=args.institution)
+    datasets = {split: TileDataset(manifest, sensor, split=split, task=args.task, institution=args.institution,
+                                   size=args.size, stats=stats) for split in tiles}
+    institutions = [args.institution] if args.institution else sorted(
+        {t.institution for t in tiles["train"] if t.institution}) or [manifest.name]
+    card = SpecialistCard(
+        name=args.name or f"{args.institution or manifest.name}-{sensor.name}-{args.task}",
+        institutions=institutions, sensor=sensor.name, bands=list(stats.bands), norm_mean=list(stats.mean),
+        norm_std=list(stats.std), task=args.task, task_type=spec.type, classes=list(spec.classes),
+        variant=args.variant, data_summary={"manifest": manifest.name, **_summary(tiles, args.task, spec)},
+    )
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed,
+        device=args.device, num_workers=args.num_workers, init_weights=args.init_weights, freeze=args.freeze,
+    )
+    specialist, head, _ = train_specialist(datasets["train"], datasets.get("val"), card, cfg, spec.ignore_index)
+    if "test" in datasets:
+        scores = evaluate(specialist, head, make_loader(datasets["test"], cfg, shuffle=False), spec.type,
+                          spec.num_classes, cfg, spec.ignore_index, desc="test")
+        card.metrics.update({f"test_{k}": v for k, v in scores.items()})
+        logger.info("test: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+    out = save_specialist(specialist, args.out)
+    logger.info("wrote specialist %r to %s", card.name, out)
+    return 0

@@ -1,0 +1,77 @@
+"""Task heads, kept outside the encoder: used while training, never part of a saved specialist.
+
+Every head is called as ``head(features, size)`` with the encoder's 4 multi-scale features and the
+input's ``(H, W)``; it returns logits ``[B, K]`` (classification, multilabel) or ``[B, K, H, W]``
+(segmentation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specialists.card import TASK_TYPES
+
+__all__ = ["PooledLinearHead", "FPNSegmentationHead", "build_head", "task_loss"]
+
+
+class PooledLinearHead(nn.Module):
+    """LayerNorm + linear on the global average of the last scale (classification and multilabel)."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.fc(self.norm(features[-1].mean(dim=(-2, -1))))
+
+
+def _conv_block(in_dim: int, out_dim: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_dim, kernel, padding=kernel // 2, bias=False),
+        nn.GroupNorm(min(8, out_dim), out_dim),
+        nn.GELU(),
+    )
+
+
+class FPNSegmentationHead(nn.Module):
+    """Light FPN decoder: 1x1 laterals, top-down sum, 3x3 fuse at the finest scale, upsample to input."""
+
+    def __init__(self, feature_dims: Sequence[int], num_classes: int, dim: int = 64) -> None:
+        super().__init__()
+        self.laterals = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in feature_dims)
+        self.fuse = _conv_block(dim, dim, 3)
+        self.classifier = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        x = self.laterals[-1](features[-1])
+        for lateral, feature in zip(reversed(self.laterals[:-1]), reversed(features[:-1])):
+            x = lateral(feature) + F.interpolate(x, size=feature.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.classifier(self.fuse(x))
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int) -> nn.Module:
+    """The head for ``task_type`` over an encoder with ``feature_dims`` channels per scale."""
+    if num_classes < 1:
+        raise ValueError(f"a {task_type} head needs at least one class, got {num_classes}")
+    if task_type in ("classification", "multilabel"):
+        return PooledLinearHead(feature_dims[-1], num_classes)
+    if task_type == "segmentation":
+        return FPNSegmentationHead(feature_dims, num_classes)
+    raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
+
+
+def task_loss(task_type: str, ignore_index: int = 255) -> nn.Module:
+    """Cross-entropy (classification; segmentation with ``ignore_index``) or BCE on logits (multilabel)."""
+    if task_type == "classification":
+        return nn.CrossEntropyLoss()
+    if task_type == "multilabel":
+        return nn.BCEWithLogitsLoss()
+    if task_type == "segmentation":
+        return nn.CrossEntropyLoss(ignore_index=ignore_index)
+    raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")

@@ -1,0 +1,292 @@
+"""Local training of one specialist and its task head, with early stopping on a validation split.
+
+The pieces are plain functions over ``(specialist, head)`` so that federated rounds can reuse them:
+load a global state with ``specialist.encoder.load_state_dict(...)``, call :func:`train_one_epoch`
+on local data, send ``specialist.encoder.state_dict()`` back.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchmetrics
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from geodata.dataset import collate_samples
+from geodata.sensors import select_bands
+from specialists.card import SpecialistCard
+from specialists.heads import build_head, task_loss
+from specialists.model import Specialist
+
+__all__ = [
+    "TrainConfig",
+    "MONITOR",
+    "seed_everything",
+    "make_loader",
+    "make_optimizer",
+    "make_scheduler",
+    "train_one_epoch",
+    "evaluate",
+    "train_specialist",
+]
+
+logger = logging.getLogger(__name__)
+
+MONITOR = {"classification": "accuracy", "multilabel": "map", "segmentation": "miou"}
+"""Validation metric that early stopping maximises, per task type."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    patience: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    amp: bool = False
+    max_steps: int | None = None
+    augment: bool = True
+    init_weights: str | None = None
+    freeze: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0:
+            raise ValueError(f"TrainConfig: lr > 0, weight_decay/warmup_epochs/patience >= 0 required: {self}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool) -> DataLoader:
+    """A loader of batched sample dicts; shuffling follows ``cfg.seed``."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
+        collate_fn=collate_samples, generator=generator, persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def make_optimizer(modules: Iterable[nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (no weight decay on norms and biases)."""
+    return create_optimizer_v2(nn.ModuleList(modules), opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up then cosine decay to zero, stepped once per optimiser step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _inputs(batch: dict[str, Any], specialist: Specialist, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    image = select_bands(batch["image"], batch["bands"], specialist.bands, dim=1)
+    return image.to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
+
+
+def _augment(image: torch.Tensor, target: torch.Tensor, segmentation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random flip/rotation (of the 8 square symmetries) for the whole batch, mask included."""
+    k, flip = int(torch.randint(4, ())), bool(torch.randint(2, ()))
+    image = torch.rot90(image, k, dims=(-2, -1))
+    if flip:
+        image = image.flip(-1)
+    if segmentation:
+        target = torch.rot90(target, k, dims=(-2, -1))
+        if flip:
+            target = target.flip(-1)
+    return image, target
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+
+
+def train_one_epoch(
+    specialist: Specialist,
+    head: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    task_type: str,
+    cfg: TrainConfig,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    max_steps: int | None = None,
+    ignore_index: int = 255,
+    desc: str = "train",
+) -> tuple[float, int]:
+    """One pass over ``loader`` (at most ``max_steps`` optimiser steps); returns (mean loss, steps)."""
+    device = torch.device(cfg.device)
+    specialist.train(), head.train()
+    criterion = task_loss(task_type, ignore_index)
+    total, steps = 0.0, 0
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        if max_steps is not None and steps >= max_steps:
+            break
+        image, target = _inputs(batch, specialist, device)
+        if cfg.augment:
+            image, target = _augment(image, target, task_type == "segmentation")
+        with _autocast(cfg, device):
+            logits = head(specialist(image), image.shape[-2:])
+        loss = criterion(logits.float(), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item()
+        steps += 1
+    return total / max(steps, 1), steps
+
+
+def _metrics(task_type: str, num_classes: int, ignore_index: int) -> torchmetrics.MetricCollection:
+    if task_type == "classification":
+        metrics = {
+            "accuracy": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"),
+            "macro_f1": torchmetrics.classification.MulticlassF1Score(num_classes, average="macro"),
+        }
+    elif task_type == "multilabel":
+        metrics = {
+            "map": torchmetrics.classification.MultilabelAveragePrecision(num_classes, average="macro"),
+            "macro_f1": torchmetrics.classification.MultilabelF1Score(num_classes, average="macro"),
+            "micro_f1": torchmetrics.classification.MultilabelF1Score(num_classes, average="micro"),
+        }
+    elif task_type == "segmentation":
+        metrics = {
+            "miou": torchmetrics.classification.MulticlassJaccardIndex(
+                num_classes, average="macro", ignore_index=ignore_index),
+            "pixel_accuracy": torchmetrics.classification.MulticlassAccuracy(
+                num_classes, average="micro", ignore_index=ignore_index),
+        }
+    else:
+        raise ValueError(f"unknown task type {task_type!r}; expected one of {tuple(MONITOR)}")
+    return torchmetrics.MetricCollection(metrics)
+
+
+@torch.no_grad()
+def evaluate(
+    specialist: Specialist,
+    head: nn.Module,
+    loader: DataLoader,
+    task_type: str,
+    num_classes: int,
+    cfg: TrainConfig,
+    ignore_index: int = 255,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Loss and task metrics (accuracy/macro-F1, mAP/F1, or mIoU/pixel accuracy) over ``loader``."""
+    device = torch.device(cfg.device)
+    specialist.eval(), head.eval()
+    criterion = task_loss(task_type, ignore_index)
+    metrics = _metrics(task_type, num_classes, ignore_index).to(device)
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        image, target = _inputs(batch, specialist, device)
+        with _autocast(cfg, device):
+            logits = head(specialist(image), image.shape[-2:])
+        logits = logits.float()
+        total += criterion(logits, target).item() * len(image)
+        count += len(image)
+        if task_type == "multilabel":
+            metrics.update(logits.sigmoid(), target.long())
+        else:
+            metrics.update(logits.argmax(1), target)
+    if count == 0:
+        raise ValueError(f"{desc}: the loader yielded no samples")
+    return {"loss": total / count, **{k: float(v) for k, v in metrics.compute().items()}}
+
+
+def train_specialist(
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    card: SpecialistCard,
+    cfg: TrainConfig,
+    ignore_index: int = 255,
+) -> tuple[Specialist, nn.Module, list[dict[str, Any]]]:
+    """Train a new specialist described by ``card`` (bands, norm stats, task, variant).
+
+    With ``val_ds``, every epoch is validated on ``MONITOR[card.task_type]``; training stops after
+    ``cfg.patience`` epochs without improvement (0: never) and the best epoch's weights are restored.
+    Returns the specialist (card metrics filled), its head, and one history record per epoch.
+    """
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    specialist = Specialist.from_card(card, init_weights=cfg.init_weights, freeze=cfg.freeze).to(device)
+    head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)
+    train_loader = make_loader(train_ds, cfg, shuffle=True)
+    val_loader = make_loader(val_ds, cfg, shuffle=False) if val_ds is not None else None
+    total_steps = cfg.epochs * len(train_loader)
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    optimizer = make_optimizer([specialist, head], cfg)
+    scheduler = make_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * len(train_loader)))
+    monitor = MONITOR[card.task_type]
+    logger.info("training %s (%s, %d train tiles, %s val) for up to %d epochs / %d steps",
+                card.name, card.variant, len(train_ds), len(val_ds) if val_ds is not None else "no",
+                cfg.epochs, total_steps)
+
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict, dict] | None = None
+    steps = 0
+    for epoch in range(1, cfg.epochs + 1):
+        loss, done = train_one_epoch(specialist, head, train_loader, optimizer, card.task_type, cfg, scheduler,
+                                     max_steps=total_steps - steps, ignore_index=ignore_index,
+                                     desc=f"epoch {epoch}/{cfg.epochs}")
+        steps += done
+        record: dict[str, Any] = {"epoch": epoch, "steps": steps, "train_loss": loss,
+                                  "lr": optimizer.param_groups[0]["lr"]}
+        if val_loader is not None:
+            val = evaluate(specialist, head, val_loader, card.task_type, card.num_classes, cfg, ignore_index,
+                           desc=f"val {epoch}")
+            record.update({f"val_{k}": v for k, v in val.items()})
+            if best is None or val[monitor] > best[0]:
+                best = (val[monitor], epoch, copy.deepcopy(specialist.encoder.state_dict()),
+                        copy.deepcopy(head.state_dict()))
+        history.append(record)
+        logger.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+        if best is not None and cfg.patience and epoch - best[1] >= cfg.patience:
+            logger.info("early stop at epoch %d: val_%s did not beat %.4g (epoch %d) for %d epochs",
+                        epoch, monitor, best[0], best[1], cfg.patience)
+            break
+        if steps >= total_steps:
+            break
+
+    if best is not None:
+        specialist.encoder.load_state_dict(best[2])
+        head.load_state_dict(best[3])
+        card.metrics.update({k: v for k, v in history[best[1] - 1].items() if k.startswith("val_")})
+        card.metrics["best_epoch"] = best[1]
+    card.metrics["epochs_run"] = len(history)
+    card.data_summary.setdefault("tiles", {}).update(
+        {"train": len(train_ds), **({"val": len(val_ds)} if val_ds is not None else {})})
+    card.extra["train_config"] = asdict(cfg)
+    return specialist.eval(), head.eval(), history
