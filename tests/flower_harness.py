@@ -5,9 +5,10 @@
   test make chosen requests fail or go unanswered.
 - :class:`FlowerProcesses` starts ``flower-superlink`` / ``flower-supernode`` as separate process
   groups on free loopback ports, and stops them (and every descendant) by PID.
-- :func:`flower_env`, :func:`flwr_run`, :func:`run_status`, :func:`stop_local_superlink` run the
-  ``flwr`` CLI against an isolated ``FLWR_HOME`` (own config, own local-SuperLink ports, own Ray
-  temp dir) so tests never meet each other's or the user's Flower state.
+- :func:`isolated_flower` (:func:`flower_env` + :func:`stop_local_superlink`), :func:`flwr_run`,
+  :func:`run_status` run the ``flwr`` CLI against an isolated ``FLWR_HOME`` (own config, own
+  local-SuperLink ports, own Ray temp dir) so tests never meet each other's or the user's Flower
+  state, and leave no process behind.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
@@ -128,11 +132,16 @@ def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen | None 
 
 
 def flower_env(root: Path) -> dict[str, str]:
-    """An environment with its own FLWR_HOME, Ray temp dir and local-SuperLink ports under ``root``."""
+    """An environment with its own FLWR_HOME (under ``root``), local-SuperLink ports and Ray temp dir.
+
+    The Ray temp dir is a short new folder in the system temp dir: Ray's AF_UNIX socket paths below
+    it must stay under 108 bytes, which a pytest ``tmp_path`` exceeds. Remove it with
+    :func:`stop_local_superlink` (or use :func:`isolated_flower`).
+    """
     env = dict(os.environ)
     env.update(
         FLWR_HOME=str(root / "flwr-home"),
-        RAY_TMPDIR=str(root / "ray"),
+        RAY_TMPDIR=tempfile.mkdtemp(prefix="eosfed-ray-"),
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
         FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -140,9 +149,18 @@ def flower_env(root: Path) -> dict[str, str]:
         FLWR_TELEMETRY_ENABLED="0",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
-    for key in ("FLWR_HOME", "RAY_TMPDIR"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     return env
+
+
+@contextmanager
+def isolated_flower(root: Path) -> Iterator[dict[str, str]]:
+    """:func:`flower_env`, then stop the local SuperLink it got and remove its Ray temp dir."""
+    env = flower_env(root)
+    try:
+        yield env
+    finally:
+        stop_local_superlink(env)
 
 
 def _children() -> dict[int, list[int]]:
@@ -205,14 +223,19 @@ def pids_mentioning(text: str) -> list[int]:
 
 
 def stop_local_superlink(env: dict[str, str]) -> None:
-    """Stop the detached local SuperLink ``flwr run`` started for this ``FLWR_HOME`` (and its tree)."""
+    """Stop the detached local SuperLink ``flwr run`` started for this ``FLWR_HOME`` (and its tree),
+    any process still using this env's Ray temp dir, and remove that dir."""
     for pid in pids_mentioning(str(Path(env["FLWR_HOME"]) / "local-superlink")):
         kill_tree(pid)
+    for pid in pids_mentioning(env["RAY_TMPDIR"]):
+        kill_tree(pid)
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 @dataclass
 class FlowerProcesses:
-    """Processes started by a test, each in its own process group, all stopped by :meth:`stop_all`."""
+    """Processes started by a test, each in its own session and folder (``log_dir/<name>``, with its
+    own ``FLWR_HOME``), all stopped by :meth:`stop_all` or on leaving the ``with`` block."""
 
     env: dict[str, str]
     log_dir: Path
@@ -249,6 +272,12 @@ class FlowerProcesses:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                          for p in sorted(self.log_dir.glob("*.log")))
+
+    def __enter__(self) -> "FlowerProcesses":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
 
     def stop_all(self) -> None:
         for _, proc in reversed(self.procs):

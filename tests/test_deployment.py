@@ -10,7 +10,7 @@ import pytest
 
 from flower_harness import (
     FlowerProcesses,
-    flower_env,
+    isolated_flower,
     flwr_run,
     free_port,
     pids_mentioning,
@@ -28,25 +28,21 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
         build_eurosat_manifest(shared_data / "eurosat-ms", tmp_path / name, train_per_class=train, val_per_class=2)
         data[name] = tmp_path / name / "manifest.json"
 
-    env = flower_env(tmp_path)
-    procs = FlowerProcesses(env, tmp_path / "procs")
-    try:
+    out = tmp_path / "outputs"
+    run_config = {
+        "experiment": "quick",
+        "overrides": f"~institutions output_dir={out} federation.min_nodes=2 federation.node_wait_s=30",
+        "run-name": "loopback",
+    }
+    with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
         superlink = procs.superlink(free_port(), ["--disable-runtime-dependency-installation"])
         for name, manifest in data.items():
             procs.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
                                               "data-path": str(manifest)})
         write_connection(env, "partners", superlink)
-        out = tmp_path / "outputs"
-        run_config = {
-            "experiment": "quick",
-            "overrides": f"~institutions output_dir={out} federation.min_nodes=2 federation.node_wait_s=30",
-            "run-name": "loopback",
-        }
         run_id, output = flwr_run(env, "partners", run_config, timeout_s=80)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
-    finally:
-        procs.stop_all()
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
 
     run_dir = out / "loopback"
