@@ -82,7 +82,8 @@ class AdaptorHead(nn.Module):
         for target in TARGETS:
             value = targets[target].float()
             shape = (1, -1) + (1,) * (value.ndim - 2)
-            out[target] = (value - getattr(self, f"{target}_mean").view(shape)) / getattr(self, f"{target}_std").view(shape)
+            mean, std = getattr(self, f"{target}_mean"), getattr(self, f"{target}_std")
+            out[target] = (value - mean.view(shape)) / std.view(shape)
         return out
 
 

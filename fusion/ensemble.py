@@ -56,7 +56,8 @@ class Ensemble(nn.Module):
         for name, spec in specialists.items():
             given = (stats or {}).get(name)
             if given is None:
-                logger.info("ensemble: specialist %s has no proxy feature statistics yet; identity until calibrated", name)
+                logger.info("ensemble: specialist %s has no proxy feature statistics yet (identity until calibrated)",
+                            name)
                 given = FeatureStats.identity(spec.feature_dims)
             self.stats[name] = given
         self.fusion: nn.ModuleList | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,14 +55,6 @@ class FeatureStats:
     def identity(cls, dims: Sequence[int]) -> "FeatureStats":
         return cls([torch.zeros(d) for d in dims], [torch.ones(d) for d in dims],
                    torch.zeros(dims[-1]), torch.ones(dims[-1]))
-
-    @classmethod
-    def measure(cls, batches_of_features: Iterable[Sequence[torch.Tensor]]) -> "FeatureStats":
-        """Statistics over an iterable of multi-scale feature lists (one list per batch)."""
-        moments = FeatureMoments()
-        for features in batches_of_features:
-            moments.update(features)
-        return moments.result()
 
     def standardise(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out = []

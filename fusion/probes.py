@@ -174,7 +174,8 @@ def _zscore(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     return [(t - mean) / std for t in (train, *others)]
 
 
-def _fit_linear(x: torch.Tensor, y: torch.Tensor, task: TaskSpec, weight_decay: float, max_iter: int = 100) -> nn.Linear:
+def _fit_linear(x: torch.Tensor, y: torch.Tensor, task: TaskSpec, weight_decay: float,
+                max_iter: int = 100) -> nn.Linear:
     layer = nn.Linear(x.shape[1], task.num_classes)
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
@@ -339,6 +340,7 @@ def results_markdown(results: Sequence[ProbeResult]) -> str:
     lines = ["| encoder | task | probe | metric | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
              "|---" * (4 + len(fractions)) + "|"]
     for (encoder, task, method, metric), by_fraction in rows.items():
-        cells = [f"{by_fraction[f].mean:.4f} ± {by_fraction[f].std:.4f}" if f in by_fraction else "-" for f in fractions]
+        cells = [f"{by_fraction[f].mean:.4f} ± {by_fraction[f].std:.4f}" if f in by_fraction else "-"
+                 for f in fractions]
         lines.append(f"| {encoder} | {task} | {method} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

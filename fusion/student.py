@@ -76,7 +76,7 @@ class StudentCard:
     name: str = "student"
     variant: str = DEFAULT_VARIANT
     band_stats: dict[str, list[float]] = field(default_factory=dict)
-    stem: dict[str, int] = field(default_factory=lambda: {"embed_dim": 128, "num_freqs": 16})
+    stem: dict[str, int] = field(default_factory=lambda: {"embed_dim": 64, "num_freqs": 16})
     feature_dims: list[int] = field(default_factory=list)
     feature_reductions: list[int] = field(default_factory=list)
     teachers: list[dict[str, str]] = field(default_factory=list)
@@ -99,8 +99,9 @@ class StudentCard:
             if (not isinstance(pair, list) or len(pair) != 2 or not all(math.isfinite(v) for v in pair)
                     or pair[1] <= 0):
                 raise ValueError(f"{source}: field 'band_stats' entry {band!r} must be [mean, std>0], got {pair!r}")
-        if set(self.stem) - {"embed_dim", "num_freqs"}:
-            raise ValueError(f"{source}: field 'stem' has unknown keys {sorted(set(self.stem) - {'embed_dim', 'num_freqs'})}")
+        unknown = sorted(set(self.stem) - {"embed_dim", "num_freqs"})
+        if unknown:
+            raise ValueError(f"{source}: field 'stem' has unknown keys {unknown}")
 
     def to_json(self) -> str:
         self.validate()
@@ -156,7 +157,7 @@ def _resolve_stats(bands: Sequence[str], table: Mapping[str, Sequence[float]]) -
 class SpectralStem(nn.Module):
     """Patchify conv whose kernel is generated from the input's band descriptors (module docstring)."""
 
-    def __init__(self, out_dim: int, patch: int, embed_dim: int = 128, num_freqs: int = 16) -> None:
+    def __init__(self, out_dim: int, patch: int, embed_dim: int = 64, num_freqs: int = 16) -> None:
         super().__init__()
         self.out_dim, self.patch = out_dim, patch
         self.register_buffer("freqs", math.pi * 2.0 ** torch.linspace(0, 6, num_freqs), persistent=False)
@@ -172,6 +173,12 @@ class SpectralStem(nn.Module):
         nn.init.zeros_(self.to_weight.bias)
         nn.init.zeros_(self.to_bias.weight)
         nn.init.zeros_(self.to_bias.bias)
+        self._kernels: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._register_load_state_dict_pre_hook(lambda *_: self._kernels.clear())
+
+    def train(self, mode: bool = True) -> "SpectralStem":
+        self._kernels.clear()
+        return super().train(mode)
 
     def tokens(self, bands: Sequence[str]) -> torch.Tensor:
         """``[C, embed_dim]`` descriptor tokens of ``bands``, mixed across the band set."""
@@ -189,7 +196,8 @@ class SpectralStem(nn.Module):
         for i, band in enumerate(objects):
             if band.is_sar:
                 if band.polarisation not in POLARISATIONS:
-                    raise BandError(f"band {band.name!r}: polarisation {band.polarisation!r} is not one of {POLARISATIONS}")
+                    raise BandError(f"band {band.name!r}: polarisation {band.polarisation!r} "
+                                    f"is not one of {POLARISATIONS}")
                 tokens[i] = self.polarisation.weight[POLARISATIONS.index(band.polarisation)]
         return self.norm(self.mixer(torch.stack(tokens)[None])[0])
 
@@ -201,7 +209,15 @@ class SpectralStem(nn.Module):
         return weight.contiguous(), self.to_bias(tokens.mean(0))
 
     def forward(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
-        weight, bias = self.kernel(bands)
+        """Conv with the generated kernel; in eval mode without autograd the kernel is generated once
+        per band set (and device), so inference costs exactly a plain ConvNeXt stem."""
+        if self.training or torch.is_grad_enabled():
+            weight, bias = self.kernel(bands)
+        else:
+            key = (tuple(bands), x.device)
+            if key not in self._kernels:
+                self._kernels[key] = self.kernel(bands)
+            weight, bias = self._kernels[key]
         return F.conv2d(x, weight, bias, stride=self.patch)
 
 
@@ -230,7 +246,7 @@ class Student(nn.Module):
         variant: str = DEFAULT_VARIANT,
         band_stats: Mapping[str, Sequence[float]] | None = None,
         name: str = "student",
-        embed_dim: int = 128,
+        embed_dim: int = 64,
         num_freqs: int = 16,
         seed: int | None = None,
     ) -> "Student":
@@ -250,6 +266,12 @@ class Student(nn.Module):
     @property
     def feature_reductions(self) -> tuple[int, ...]:
         return tuple(self.card.feature_reductions)
+
+    def inference_params(self, bands: Sequence[str]) -> int:
+        """Parameters that run for an input of ``bands`` once the stem kernel is generated: the trunk plus
+        a plain ``len(bands)``-channel stem conv (the size of a specialist on those bands)."""
+        stem = self.stem.out_dim * (len(bands) * self.stem.patch**2 + 1)
+        return sum(p.numel() for p in self.trunk.parameters()) + stem
 
     def set_band_stats(self, table: Mapping[str, Sequence[float]]) -> None:
         """Replace the normalisation table (e.g. with statistics measured on proxy data)."""

@@ -73,3 +73,19 @@ def test_save_and_one_line_load(student, tmp_path):
 def test_rejects_band_count_mismatch(student):
     with pytest.raises(KeyError, match="3 band names"):
         student(torch.rand(1, 4, 32, 32), ("B02", "B03", "B04"))
+
+
+def test_inference_costs_a_plain_stem(student):
+    from fusion_toys import make_specialist
+
+    x = torch.rand(1, 4, 32, 32)
+    student.eval()
+    with torch.no_grad():
+        first = student.pooled(x, S2)
+        assert (S2, x.device) in student.stem._kernels  # generated once per band set
+        assert torch.equal(student.pooled(x, S2), first)
+    student.train()
+    assert not student.stem._kernels
+    student.eval()
+    assert student.inference_params(S2) == make_specialist("s2", "sentinel2_l2a", S2).card.num_params
+    assert student.card.num_params < 1.05 * student.inference_params(S2)  # the hypernetwork is small
