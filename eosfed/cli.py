@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("fusion.commands.distill", "distil a registry's specialists into one any-sensor student"),
     "evaluate": ("fusion.commands.evaluate", "probe frozen encoders (student, specialist, ensemble) on a task"),
     "prune": ("fusion.commands.prune", "score specialists' contributions and write a smaller registry"),
+    "synth": ("geodata.synth.cli", "generate a synthetic multi-sensor world"),
 }
 
 

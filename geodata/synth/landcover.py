@@ -1,0 +1,347 @@
+"""The latent land-cover scene: a resolution-free random description, evaluated on any pixel grid.
+
+A :class:`SceneLatent` holds random control lattices (class logit fields at four octaves, smooth
+variation fields) and layout parameters (urban blocks, crop parcels, canopy waves). Evaluating it
+on an ``n x n`` grid over the same footprint gives the class mask, soft class abundances (mixed
+pixels at boundaries), per-pixel surface-material weights for optical rendering, and C-band
+backscatter in linear power for radar. Fields are cubic B-splines of the lattices and textures are
+analytic, box-filtered over the pixel footprint, so a 4x finer grid refines the same scene instead
+of drawing a new one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from geodata.synth.spectra import CLASSES, MATERIALS, backscatter_linear
+
+__all__ = ["SceneLatent", "SceneGrid", "class_fractions"]
+
+K = len(CLASSES)
+_MAT = {m: i for i, m in enumerate(MATERIALS)}
+_OCTAVES = ((3, 1.0), (6, 0.7), (12, 0.4), (24, 0.2))  # (lattice cells per tile side, amplitude)
+_VARIATION = ("vigour", "moisture", "turbidity", "mix", "brightness", "wind")
+_FINE = ("wet", "rough")
+_TAU = 0.12  # softmax temperature of class abundances: boundary blending width
+_BSPLINE_VAR = 151 / 315  # variance of a cubic B-spline of unit white noise, per axis
+_ROOFS = ("roof_tile", "roof_dark", "concrete", "metal")
+_TABLE = 16  # per-block / per-parcel attribute tables, indexed modulo this size
+
+
+@lru_cache(maxsize=128)
+def _bspline(n: int, cells: int) -> np.ndarray:
+    """``[n, cells + 3]`` cubic B-spline weights sampling a lattice at ``n`` pixel centres (unit variance)."""
+    t = (np.arange(n) + 0.5) / n * cells
+    i = np.floor(t).astype(int)
+    f = t - i
+    w = np.stack([(1 - f) ** 3, 3 * f**3 - 6 * f**2 + 4, -3 * f**3 + 3 * f**2 + 3 * f + 1, f**3], axis=1) / 6
+    m = np.zeros((n, cells + 3))
+    for k in range(4):
+        m[np.arange(n), i + k] = w[:, k]
+    out = (m / np.sqrt(_BSPLINE_VAR)).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def _smooth(lattice: np.ndarray, n: int) -> np.ndarray:
+    """Evaluate lattices ``[F, c + 3, c + 3]`` on an ``n x n`` grid: ``[F, n, n]``, about unit variance."""
+    m = _bspline(n, lattice.shape[-1] - 3)
+    return m @ lattice @ m.T
+
+
+def _sig(z: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _strip(d: np.ndarray, half: np.ndarray | float, pix: float) -> np.ndarray:
+    """Box-filtered coverage of the interval ``[-half, half]`` by pixels centred at ``d`` of width ``pix``."""
+    return np.clip(np.minimum(d + pix / 2, half) - np.maximum(d - pix / 2, -half), 0.0, None) / pix
+
+
+def _wave_atten(period: np.ndarray | float, pix: float) -> np.ndarray:
+    """Amplitude left of a cosine of ``period`` after a pixel box filter (Gaussian approximation)."""
+    sigma2 = pix**2 / 12
+    return np.exp(-2 * np.pi**2 * sigma2 / np.asarray(period) ** 2)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A rotated, offset lattice of cells (urban blocks or crop parcels) with per-cell tables."""
+
+    angle: float
+    size: tuple[float, float]
+    offset: tuple[float, float]
+
+    def locate(self, x: np.ndarray, y: np.ndarray, shift: tuple[float, float] = (0.0, 0.0)):
+        """Cell table indices and local coordinates (metres from the cell's low corner) of points."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        p = c * x + s * y + (self.offset[0] - shift[0])
+        q = -s * x + c * y + (self.offset[1] - shift[1])
+        ip, iq = np.floor(p / self.size[0]), np.floor(q / self.size[1])
+        lp, lq = p - ip * self.size[0], q - iq * self.size[1]
+        return (ip.astype(np.int64) & (_TABLE - 1), iq.astype(np.int64) & (_TABLE - 1)), lp, lq
+
+
+@dataclass
+class SceneGrid:
+    """One scene evaluated on an ``n x n`` grid.
+
+    ``mask`` uint8 ``[n, n]`` (argmax class), ``abundance`` float32 ``[K, n, n]``; ``materials``
+    float32 ``[len(MATERIALS), n, n]`` (surface-material weights, shading included) and ``vv`` /
+    ``vh`` float32 ``[n, n]`` (backscatter, linear power) when asked for.
+    """
+
+    mask: np.ndarray
+    abundance: np.ndarray
+    materials: np.ndarray | None = None
+    vv: np.ndarray | None = None
+    vh: np.ndarray | None = None
+
+
+def class_fractions(mask: np.ndarray) -> np.ndarray:
+    """Share of each class in a mask: float64 ``[K]``."""
+    return np.bincount(mask.ravel(), minlength=K)[:K] / mask.size
+
+
+class SceneLatent:
+    """Random, resolution-free description of one scene of ``extent_m`` metres on a side."""
+
+    def __init__(self, rng: np.random.Generator, priors: np.ndarray, extent_m: float, season: float,
+                 concentration: float = 1.0) -> None:
+        """Draw a scene. ``priors`` ``[K]`` weights classes (zero: never); ``season`` in [-1, 1]."""
+        priors = np.asarray(priors, dtype=np.float64)
+        self.extent_m = float(extent_m)
+        self.season = float(season)
+        present = priors > 0
+        share = np.zeros(K)
+        share[present] = rng.dirichlet(concentration * K * priors[present] / priors.sum())
+        self.log_share = np.where(present, np.log(np.maximum(share, 1e-12)), -np.inf).astype(np.float32)
+        f32 = np.float32
+        self.class_lattices = [rng.standard_normal((K, c + 3, c + 3), dtype=f32) * f32(a) for c, a in _OCTAVES]
+        self.variation = [rng.standard_normal((len(_VARIATION), c + 3, c + 3), dtype=f32) * f32(a)
+                          for c, a in ((2, 0.6), (5, 0.8))]
+        self.fine = rng.standard_normal((len(_FINE), 27, 27), dtype=f32)
+        # urban blocks
+        self.blocks = _Grid(rng.uniform(0, np.pi / 2), _pair(rng.uniform(35, 80, 2)), _pair(rng.uniform(0, 80, 2)))
+        self.road_width = rng.uniform(6, 12)
+        self.block_kind = rng.choice(3, size=(_TABLE, _TABLE), p=[0.8, 0.12, 0.08])  # building, park, plaza
+        self.setback = rng.uniform(2, 8, (_TABLE, _TABLE)).astype(f32)
+        self.roof = rng.choice(len(_ROOFS), size=(_TABLE, _TABLE), p=[0.35, 0.25, 0.25, 0.15])
+        self.roof_gain = rng.uniform(0.8, 1.2, (_TABLE, _TABLE)).astype(f32)
+        angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(3, 8)
+        self.sun_shift = (length * math.cos(angle), length * math.sin(angle))
+        # crop parcels: 0 green crop, 1 ripe/senescent, 2 bare (ploughed), 3 young rows
+        self.parcels = _Grid(rng.uniform(0, np.pi / 2), (rng.uniform(100, 250), rng.uniform(60, 180)),
+                             _pair(rng.uniform(0, 250, 2)))
+        green = 0.35 + 0.15 * self.season
+        self.parcel_state = rng.choice(4, size=(_TABLE, _TABLE), p=[green, 0.2, 0.2, 0.6 - green])
+        self.row_along_p = rng.random((_TABLE, _TABLE)) < 0.5
+        self.row_period = rng.uniform(5, 9, (_TABLE, _TABLE)).astype(f32)
+        # forest canopy: random plane waves at crown scale
+        self.canopy_k = 2 * np.pi / rng.uniform(6, 14, 8)
+        self.canopy_dir = rng.uniform(0, np.pi, 8)
+        self.canopy_phase = rng.uniform(0, 2 * np.pi, 8)
+        self.conifer_bias = float(rng.normal(0, 1))
+        self.wet_bias = float(rng.normal(-0.3, 0.5))
+
+    # --- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(self, n: int, materials: bool = True, radar: bool = True) -> SceneGrid:
+        """The scene on an ``n x n`` grid (``materials`` for optical, ``radar`` for SAR sensors)."""
+        logits = self.log_share[:, None, None] + sum(_smooth(lat, n) for lat in self.class_lattices)
+        mask = np.argmax(logits, axis=0).astype(np.uint8)
+        z = np.exp((logits - logits.max(axis=0, keepdims=True)) / _TAU)
+        abundance = z / z.sum(axis=0, keepdims=True)
+        grid = SceneGrid(mask=mask, abundance=abundance)
+        if not (materials or radar):
+            return grid
+        ctx = _Context(self, n)
+        weights = np.zeros((len(MATERIALS), n, n), dtype=np.float32) if materials else None
+        vv = np.zeros((n, n), dtype=np.float32) if radar else None
+        vh = np.zeros((n, n), dtype=np.float32) if radar else None
+        base_vv, base_vh = backscatter_linear("VV"), backscatter_linear("VH")
+        for k, name in enumerate(CLASSES):
+            a = abundance[k]
+            if a.max() < 0.01:  # the class is nowhere in this scene
+                continue
+            mats, mod_vv, mod_vh = _COMPOSERS[name](ctx)
+            if weights is not None:
+                for material, w in mats.items():
+                    weights[_MAT[material]] += a * w
+            if vv is not None:
+                vv += a * (base_vv[k] * mod_vv)
+                vh += a * (base_vh[k] * mod_vh)
+        grid.materials, grid.vv, grid.vh = weights, vv, vh
+        return grid
+
+
+def _pair(values: np.ndarray) -> tuple[float, float]:
+    return float(values[0]), float(values[1])
+
+
+class _Context:
+    """Shared per-grid quantities the class composers read (coordinates, fields, pixel size)."""
+
+    def __init__(self, scene: SceneLatent, n: int) -> None:
+        self.scene = scene
+        self.n = n
+        self.pix = scene.extent_m / n
+        centres = ((np.arange(n) + 0.5) * self.pix).astype(np.float32)
+        self.x, self.y = centres[None, :], centres[:, None]
+        self._fields: dict[str, np.ndarray] | None = None
+
+    @property
+    def fields(self) -> dict[str, np.ndarray]:
+        if self._fields is None:
+            smooth = sum(_smooth(lat, self.n) for lat in self.scene.variation)
+            fine = _smooth(self.scene.fine, self.n)
+            self._fields = {**dict(zip(_VARIATION, smooth)), **dict(zip(_FINE, fine))}
+        return self._fields
+
+
+Composition = tuple[dict[str, np.ndarray], np.ndarray | float, np.ndarray | float]
+
+
+def _water(ctx: _Context) -> Composition:
+    f = ctx.fields
+    t = _sig(1.3 * f["turbidity"] - 1.0)
+    rough = np.exp(0.35 * f["wind"])
+    return {"water_clear": 1 - t, "water_turbid": t}, rough, rough
+
+
+def _canopy(ctx: _Context) -> np.ndarray:
+    """Crown-scale texture in about [-1, 1]: a sum of plane waves, attenuated by the pixel footprint,
+    evaluated as one complex outer product ``Re(A_y @ B_x)``."""
+    s = ctx.scene
+    gain = _wave_atten(2 * np.pi / s.canopy_k, ctx.pix) / 2.0
+    rows = np.exp(1j * np.outer(ctx.y[:, 0], s.canopy_k * np.sin(s.canopy_dir))).astype(np.complex64)
+    cols = (gain[:, None] * np.exp(1j * (np.outer(s.canopy_k * np.cos(s.canopy_dir), ctx.x[0])
+                                          + s.canopy_phase[:, None]))).astype(np.complex64)
+    return (rows @ cols).real
+
+
+def _forest(ctx: _Context) -> Composition:
+    f, s = ctx.fields, ctx.scene
+    texture = _canopy(ctx)
+    lit = 1 + 0.35 * texture
+    conifer = _sig(1.6 * f["mix"] + s.conifer_bias)
+    vigour = np.clip(0.8 + 0.1 * f["vigour"] + 0.15 * s.season, 0.2, 1.0)
+    gap = _sig(2 * f["rough"] - 3.5)
+    broad = (1 - conifer) * lit * (1 - gap)
+    mats = {"conifer": conifer * lit * (1 - gap), "green_veg": broad * vigour + 0.6 * gap,
+            "dry_veg": broad * (1 - vigour) + 0.4 * gap}
+    mod = 1 + 0.2 * texture
+    return mats, mod, mod
+
+
+def _grassland(ctx: _Context) -> Composition:
+    f, s = ctx.fields, ctx.scene
+    v = _sig(1.2 * f["vigour"] + 0.9 + 1.5 * s.season)
+    return ({"green_veg": v, "dry_veg": 0.85 * (1 - v), "soil_dry": 0.15 * (1 - v)},
+            np.exp(0.25 * f["moisture"]), 0.7 + 0.6 * v)
+
+
+# per parcel state (green crop, ripe, bare, young rows): cover, vigour, row contrast, VV and VH gain
+_CROP_COVER = np.array([0.95, 0.85, 0.03, 0.5], dtype=np.float32)
+_CROP_VIGOUR = np.array([0.9, 0.2, 0.0, 0.85], dtype=np.float32)
+_CROP_ROWS = np.array([0.05, 0.1, 0.0, 0.45], dtype=np.float32)
+_CROP_VV = np.array([1.25, 1.0, 0.7, 0.9], dtype=np.float32)
+_CROP_VH = np.array([1.7, 1.1, 0.35, 0.8], dtype=np.float32)
+
+
+def _cropland(ctx: _Context) -> Composition:
+    f, s = ctx.fields, ctx.scene
+    idx, lp, lq = s.parcels.locate(ctx.x, ctx.y)
+    state = s.parcel_state[idx]
+    period = s.row_period[idx]
+    along = np.where(s.row_along_p[idx], lp, lq)
+    rows = np.cos(2 * np.pi * along / period) * _wave_atten(period, ctx.pix)
+    cover = np.clip(_CROP_COVER[state] + _CROP_ROWS[state] * rows, 0, 1)
+    vigour = np.clip(_CROP_VIGOUR[state] + 0.25 * s.season, 0, 1)
+    edge = np.minimum(np.minimum(lp, s.parcels.size[0] - lp), np.minimum(lq, s.parcels.size[1] - lq))
+    margin = _strip(edge, 1.5, ctx.pix)
+    field = 1 - margin
+    wet = _sig(f["moisture"] - 0.5)
+    furrows = 1 + 0.15 * rows * (state == 2)
+    soil = field * (1 - cover) * furrows
+    mats = {"green_veg": field * cover * vigour + 0.7 * margin, "dry_veg": field * cover * (1 - vigour) + 0.3 * margin,
+            "soil_dry": soil * (1 - wet), "soil_wet": soil * wet}
+    moist = np.exp(0.3 * f["moisture"])
+    return mats, _CROP_VV[state] * moist, _CROP_VH[state] * moist
+
+
+def _bare_soil(ctx: _Context) -> Composition:
+    f = ctx.fields
+    wet = _sig(1.2 * f["moisture"] - 0.7)
+    bright = 1 + 0.15 * f["brightness"] + 0.08 * f["rough"]
+    sparse = 0.15 * _sig(2 * f["vigour"] - 2)
+    rough = np.exp(0.3 * f["rough"])
+    return ({"soil_dry": (1 - wet) * bright * (1 - sparse), "soil_wet": wet * bright * (1 - sparse), "dry_veg": sparse},
+            10 ** (0.6 * wet) * rough, 10 ** (0.4 * wet) * rough)
+
+
+def _buildings(ctx: _Context, shift: tuple[float, float] = (0.0, 0.0)):
+    """Roof coverage (box-filtered) and block table indices, with the block lattice shifted by ``shift``."""
+    s = ctx.scene
+    idx, lp, lq = s.blocks.locate(ctx.x, ctx.y, shift)
+    sx, sy = s.blocks.size
+    inset = s.road_width / 2 + s.setback[idx]
+    roof = _strip(lp - sx / 2, sx / 2 - inset, ctx.pix) * _strip(lq - sy / 2, sy / 2 - inset, ctx.pix)
+    return roof * (s.block_kind[idx] == 0), idx, lp, lq
+
+
+def _urban(ctx: _Context) -> Composition:
+    s = ctx.scene
+    sx, sy = s.blocks.size
+    roof, idx, lp, lq = _buildings(ctx)
+    half = s.road_width / 2
+    road_p = _strip(np.minimum(lp, sx - lp), half, ctx.pix)
+    road_q = _strip(np.minimum(lq, sy - lq), half, ctx.pix)
+    road = np.clip(road_p + road_q - road_p * road_q, 0, 1)
+    shifted, _, _, _ = _buildings(ctx, s.sun_shift)
+    shadow = np.clip(shifted - roof, 0, 1) * (1 - road)
+    ground = np.clip(1 - road - roof, 0, 1)
+    dim = 1 - 0.7 * shadow
+    kind = s.block_kind[idx]
+    park, plaza = (kind == 1).astype(np.float32), (kind == 2).astype(np.float32)
+    garden = ground * dim * (1 - plaza)
+    mats = {"asphalt": road * (1 - 0.7 * np.clip(shifted - roof, 0, 1)),
+            "green_veg": garden * (0.55 + 0.35 * park), "soil_dry": garden * (0.15 - 0.1 * park),
+            "concrete": garden * (0.3 - 0.25 * park) + ground * dim * plaza}
+    roof_mat = s.roof[idx]
+    gain = s.roof_gain[idx]
+    for j, material in enumerate(_ROOFS):
+        mats[material] = mats.get(material, 0) + roof * gain * (roof_mat == j)
+    facing = 0.4 + 1.6 * math.cos(2 * s.blocks.angle) ** 2  # double bounce is strongest for walls facing the radar
+    vv = 0.12 * road + 0.5 * ground + facing * (2.5 * roof + 3.0 * shadow)
+    vh = 0.2 * road + 0.6 * ground + facing * (2.0 * roof + 1.5 * shadow)
+    return mats, vv, vh
+
+
+def _wetland(ctx: _Context) -> Composition:
+    f, s = ctx.fields, ctx.scene
+    w = _sig(2.2 * f["wet"] + s.wet_bias)
+    v = np.clip(0.65 + 0.15 * f["vigour"] + 0.2 * s.season, 0.1, 1.0)
+    mats = {"water_turbid": 0.6 * w, "water_clear": 0.4 * w, "green_veg": 0.85 * (1 - w) * v,
+            "dry_veg": 0.85 * (1 - w) * (1 - v)}
+    edge = w * (1 - w)
+    return mats, 0.05 * w + (1 - w) + 3.0 * edge, 0.05 * w + (1 - w) + 1.0 * edge
+
+
+def _snow_ice(ctx: _Context) -> Composition:
+    f, s = ctx.fields, ctx.scene
+    snow = _sig(1.5 * f["mix"] + 1.2 - s.season)
+    shade = np.clip(1 + 0.18 * f["brightness"] + 0.1 * f["rough"], 0.5, 1.5)
+    rough = np.exp(0.4 * f["rough"])
+    return {"snow": snow * shade, "ice": (1 - snow) * shade}, rough, rough
+
+
+_COMPOSERS = {
+    "water": _water, "forest": _forest, "grassland": _grassland, "cropland": _cropland,
+    "bare_soil": _bare_soil, "urban": _urban, "wetland": _wetland, "snow_ice": _snow_ice,
+}
+assert tuple(_COMPOSERS) == CLASSES
