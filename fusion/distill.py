@@ -5,8 +5,9 @@ Targets: each teacher's standardised ``stage2``/``stage3`` maps and pooled featu
 fill it with features they computed themselves), so training epochs never call a teacher. A batch
 trains against every teacher cached for all its samples. Per teacher and target the loss is
 ``0.5 * (1 - cos) + 0.5 * smooth_l1`` (cosine over channels); a teacher's loss is the mean over its
-three targets. Teacher dropping: each step every teacher but the hardest one (highest loss this
-step) is dropped with probability ``drop_prob``; the step loss is the mean over kept teachers.
+three targets. Teacher dropping: each step every teacher but the hardest one (highest running mean
+loss; a teacher not yet seen counts as hardest) is dropped with probability ``drop_prob``, before
+the heads run, so a dropped teacher costs nothing; the step loss is the mean over kept teachers.
 Teacher balancing is by the per-channel standardisation of targets (PHI-S is not implemented).
 """
 
@@ -50,7 +51,8 @@ class DistillConfig:
 
 @dataclass
 class DistillHistory:
-    """Per-epoch mean losses: overall and per teacher (over the steps it took part in, dropped or not)."""
+    """Per-epoch mean losses: overall and per teacher (over the steps it was kept in), and the fraction of
+    the steps with its targets in which it was kept."""
 
     total: list[float] = field(default_factory=list)
     teachers: dict[str, list[float]] = field(default_factory=dict)
@@ -87,24 +89,30 @@ class Distiller:
         params = list(student.parameters()) + list(adaptors.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.recent_loss: dict[str, float] = {}  # running mean per teacher: who is hardest
 
     def step(self, batch: Mapping) -> tuple[dict[str, float], list[str]]:
-        """One optimisation step: per-teacher losses and the teachers kept (empty: nothing cached)."""
+        """One optimisation step: the losses of the kept teachers and the teachers cached for the batch
+        (both empty when none is)."""
         ids = list(batch["id"])
         present = [n for n, t in self.adaptors.teachers.items() if self.cache.has(t.weights_sha256, ids)]
         if not present:
             return {}, []
+        kept = drop_teachers({n: self.recent_loss.get(n, math.inf) for n in present}, self.config.drop_prob,
+                             self.generator)
         features = self.student(batch["image"].to(self.device, non_blocking=True), batch["bands"])
         losses = {}
-        for name in present:
+        for name in kept:
             head = self.adaptors[name]
             cached = self.cache.get(self.adaptors.teachers[name].weights_sha256, ids)
             target = head.standardise({t: v.to(self.device, non_blocking=True) for t, v in cached.items()})
             pred = head(features)
             losses[name] = sum(feature_loss(pred[t], target[t]) for t in TARGETS) / len(TARGETS)
         values = {n: float(v.detach()) for n, v in losses.items()}
-        kept = drop_teachers(values, self.config.drop_prob, self.generator)
-        loss = torch.stack([losses[n] for n in kept]).mean()
+        for name, value in values.items():
+            last = self.recent_loss.get(name)
+            self.recent_loss[name] = value if last is None else 0.9 * last + 0.1 * value
+        loss = torch.stack(list(losses.values())).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
@@ -112,7 +120,7 @@ class Distiller:
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.config.grad_clip
             )
         self.optimizer.step()
-        return values, kept
+        return values, present
 
     def fit(self, batches: Iterable[Mapping], history: DistillHistory | None = None) -> DistillHistory:
         """``config.epochs`` epochs over the (re-iterable) proxy ``batches``, cosine learning rate."""
@@ -125,24 +133,26 @@ class Distiller:
         for epoch in range(self.config.epochs):
             start = time.perf_counter()
             sums: dict[str, list[float]] = {}
-            kept_counts: dict[str, int] = {}
+            present_counts: dict[str, int] = {}
             for batch in tqdm(batches, desc=f"distill epoch {epoch + 1}/{self.config.epochs}", unit="batch",
                               leave=False):
                 if total_steps:
                     for g in self.optimizer.param_groups:
                         g["lr"] = self.config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                values, kept = self.step(batch)
+                values, present = self.step(batch)
                 step += 1
+                for name in present:
+                    present_counts[name] = present_counts.get(name, 0) + 1
                 for name, value in values.items():
                     sums.setdefault(name, []).append(value)
-                    kept_counts[name] = kept_counts.get(name, 0) + (name in kept)
             if not sums:
                 raise ValueError("no proxy batch has cached features of any teacher; fill the teacher cache first")
             history.seconds.append(time.perf_counter() - start)
-            for name, values in sums.items():
-                history.teachers.setdefault(name, []).append(sum(values) / len(values))
-                history.kept_fraction.setdefault(name, []).append(kept_counts[name] / len(values))
-            history.total.append(sum(h[-1] for h in history.teachers.values() if h) / len(sums))
+            for name, count in present_counts.items():  # a teacher dropped all epoch records NaN
+                values = sums.get(name, [])
+                history.teachers.setdefault(name, []).append(sum(values) / len(values) if values else math.nan)
+                history.kept_fraction.setdefault(name, []).append(len(values) / count)
+            history.total.append(sum(sum(v) / len(v) for v in sums.values()) / len(sums))
             logger.info("distill epoch %d: loss %.4f (%s) in %.1fs", epoch + 1, history.total[-1],
                         ", ".join(f"{n} {history.teachers[n][-1]:.3f}" for n in sums), history.seconds[-1])
         self.student.eval()
