@@ -12,14 +12,15 @@ import logging
 from pathlib import Path
 
 import timm
-import torch
 from timm.models import load_state_dict
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
 from specialists.card import DEFAULT_VARIANT
 
-__all__ = ["build_encoder", "load_encoder_weights", "freeze_encoder", "FREEZE_POLICIES", "STEM_WEIGHT"]
+__all__ = [
+    "build_encoder", "load_encoder_weights", "freeze_encoder", "encoder_in_chans", "FREEZE_POLICIES", "STEM_WEIGHT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def freeze_encoder(encoder: nn.Module, policy: str = "none") -> None:
 
 
 def encoder_in_chans(encoder: nn.Module) -> int:
-    return int(encoder.state_dict()[STEM_WEIGHT].shape[1])
+    """Number of input bands the encoder's stem takes."""
+    return int(encoder.get_submodule(STEM_WEIGHT.rsplit(".", 1)[0]).in_channels)
 
-
-def trainable_parameters(module: nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]

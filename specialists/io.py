@@ -23,7 +23,9 @@ from specialists.card import SpecialistCard
 from specialists.encoder import STEM_WEIGHT, build_encoder
 from specialists.model import Specialist
 
-__all__ = ["SpecialistMismatchError", "save_specialist", "load_specialist", "WEIGHTS_FILE", "CARD_FILE"]
+__all__ = [
+    "SpecialistMismatchError", "save_specialist", "load_specialist", "atomic_write_bytes", "WEIGHTS_FILE", "CARD_FILE",
+]
 
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"

@@ -38,6 +38,15 @@ def make_card(bands: list[str] = L1C, **overrides) -> SpecialistCard:
     return SpecialistCard(**fields)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads stall 10-30x under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def specialist() -> Specialist:
     torch.manual_seed(0)

@@ -3,8 +3,6 @@ and a specialist learns real EuroSAT-MS scenes well above chance."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -18,7 +16,6 @@ from specialists import Specialist, SpecialistCard, load_specialist, save_specia
 from specialists.heads import FPNSegmentationHead, PooledLinearHead, build_head
 from specialists.train import TrainConfig, evaluate, make_loader, train_specialist
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BANDS = ("B02", "B03", "B04", "B08")
 NUM_CLASSES = 3
 
@@ -56,6 +53,15 @@ class ToyTiles(Dataset):
                 "id": f"toy-{i}"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads stall 10-30x under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def toy_card(task_type: str) -> SpecialistCard:
     return SpecialistCard(
         name=f"toy-{task_type}", institutions=["lab"], sensor="sentinel2_l2a", bands=list(BANDS),
@@ -85,7 +91,6 @@ def test_build_head_refuses_unknown_task():
 @pytest.mark.parametrize("task_type, metric", [("classification", "accuracy"), ("multilabel", "map"),
                                                ("segmentation", "miou")])
 def test_each_task_trains(task_type, metric):
-    torch.set_num_threads(2)
     ds = ToyTiles(task_type)
     cfg = TrainConfig(epochs=6, batch_size=6, lr=3e-3, warmup_epochs=0, patience=0, seed=0)
     specialist, head, history = train_specialist(ds, ds, toy_card(task_type), cfg)
@@ -149,8 +154,8 @@ def test_freeze_backbone_trains_only_the_head():
     assert not torch.equal(head.fc.weight, fresh_head.fc.weight)
 
 
-def test_train_specialist_command(tmp_path):
-    manifest = build_eurosat_manifest(DATA / "eurosat-ms", tmp_path / "m", train_per_class=3, val_per_class=1)
+def test_train_specialist_command(tmp_path, shared_data):
+    manifest = build_eurosat_manifest(shared_data / "eurosat-ms", tmp_path / "m", train_per_class=3, val_per_class=1)
     out = tmp_path / "spec"
     argv = ["train-specialist", "--manifest", str(tmp_path / "m" / "manifest.json"), "--sensor", SENSOR,
             "--task", TASK, "--out", str(out), "--epochs", "1", "--batch-size", "32", "--size", "32"]
@@ -164,10 +169,9 @@ def test_train_specialist_command(tmp_path):
 
 
 @pytest.mark.e2e
-def test_eurosat_specialist_beats_chance(tmp_path):
+def test_eurosat_specialist_beats_chance(tmp_path, shared_data):
     """8 EuroSAT-MS tiles per class train, the other 4 per class test: accuracy far above 10%."""
-    torch.set_num_threads(2)
-    manifest = build_eurosat_manifest(DATA / "eurosat-ms", tmp_path, train_per_class=8)
+    manifest = build_eurosat_manifest(shared_data / "eurosat-ms", tmp_path, train_per_class=8)
     stats = load_or_compute_stats(manifest, SENSOR, "train")
     train_ds = TileDataset(manifest, SENSOR, split="train", task=TASK, stats=stats)
     test_ds = TileDataset(manifest, SENSOR, split="test", task=TASK, stats=stats)
