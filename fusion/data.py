@@ -56,9 +56,12 @@ class ProxyBatches:
 
 
 def labelled_loader(manifest: Manifest, sensor: str, task: str, split: str, size: int | None = None,
-                    batch_size: int = 64, stats: BandStats | None = None, num_workers: int = 0) -> DataLoader:
-    """Batches of ``split`` tiles of ``sensor`` with targets for ``task`` (fixed order)."""
-    stats = stats or load_or_compute_stats(manifest, sensor, "train")
-    dataset = TileDataset(manifest, sensor, split=split, task=task, size=size, stats=stats)
+                    batch_size: int = 64, stats: BandStats | None = None, num_workers: int = 0,
+                    institution: str | None = None, region: str | None = None) -> DataLoader:
+    """Batches of ``split`` tiles of ``sensor`` (optionally one institution or region) with targets for
+    ``task``, in a fixed order; invalid pixels are filled with ``stats`` (default: the train split's)."""
+    stats = stats or load_or_compute_stats(manifest, sensor, "train", institution=institution, region=region)
+    dataset = TileDataset(manifest, sensor, split=split, task=task, size=size, stats=stats,
+                          institution=institution, region=region)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_samples)
