@@ -10,6 +10,7 @@ import pytest
 import rasterio
 
 from eosfed.cli import main as eosfed_main
+from geodata.dataset import TileDataset
 from geodata.manifest import Manifest
 from geodata.raster import read_mask
 from geodata.sensors import get_sensor
@@ -85,6 +86,15 @@ def test_manifest_loads_with_tasks_splits_and_files(tiny, world):
     # the sensors of one scene share its split and labels
     north = [t for t in manifest.tiles if t.scene == "north_s2-r0-00000"]
     assert {t.sensor for t in north} == {S2, S1} and len({(t.split, t.targets["scene"]) for t in north}) == 1
+
+
+@pytest.mark.parametrize("sensor, task, shape", [(S2, "landcover", (32, 32)), (AERIAL, "landcover", (128, 128)),
+                                                  (S1, "presence", (len(CLASSES),))])
+def test_tile_dataset_reads_the_world(world, sensor, task, shape):
+    root, _ = world
+    sample = TileDataset(root / "manifest.json", sensor, split="train", task=task)[0]
+    assert sample["valid"].all() and tuple(sample["target"].shape) == shape
+    assert sample["image"].shape[0] == get_sensor(sensor).num_bands
 
 
 def test_geotiffs_are_georeferenced_and_coregistered(world):
@@ -198,3 +208,4 @@ def test_cli_writes_a_world(tmp_path):
     assert eosfed_main(["synth", "--out", str(tmp_path), "--preset", "tiny", "--seed", "3", "--tiles", "2"]) == 0
     manifest = Manifest.load(tmp_path / "manifest.json")
     assert manifest.name == "tiny-seed3" and len(manifest.select(institution="south_s2")) == 2
+    assert eosfed_main(["synth", "--out", str(tmp_path / "x"), "--preset", "no_such_world"]) == 2

@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_world_config(args.config or args.preset, seed=args.seed, tiles_per_institution=args.tiles)
+    try:
+        config = load_world_config(args.config or args.preset, seed=args.seed, tiles_per_institution=args.tiles)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
     manifest = generate_world(config, args.out, workers=args.workers)
     per_sensor = Counter(t.sensor for t in manifest.tiles)
     log.info("world %s: %s -> %s", manifest.name, dict(sorted(per_sensor.items())), args.out / "manifest.json")

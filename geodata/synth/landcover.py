@@ -125,28 +125,31 @@ class SceneLatent:
         self.variation = [rng.standard_normal((len(_VARIATION), c + 3, c + 3), dtype=f32) * f32(a)
                           for c, a in ((2, 0.6), (5, 0.8))]
         self.fine = rng.standard_normal((len(_FINE), 27, 27), dtype=f32)
-        # urban blocks
-        self.blocks = _Grid(rng.uniform(0, np.pi / 2), _pair(rng.uniform(35, 80, 2)), _pair(rng.uniform(0, 80, 2)))
-        self.road_width = rng.uniform(6, 12)
-        self.block_kind = rng.choice(3, size=(_TABLE, _TABLE), p=[0.8, 0.12, 0.08])  # building, park, plaza
-        self.setback = rng.uniform(2, 8, (_TABLE, _TABLE)).astype(f32)
-        self.roof = rng.choice(len(_ROOFS), size=(_TABLE, _TABLE), p=[0.35, 0.25, 0.25, 0.15])
-        self.roof_gain = rng.uniform(0.8, 1.2, (_TABLE, _TABLE)).astype(f32)
-        angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(3, 8)
+        u = rng.random(13)  # layout scalars, drawn at once (fewer generator calls)
+        t = rng.random((7, _TABLE, _TABLE), dtype=f32)  # per block / parcel attribute tables
+        canopy = rng.random((3, 8))
+        normal = rng.standard_normal(2)
+        # urban blocks; kind 0 building, 1 park, 2 plaza
+        self.blocks = _Grid(u[0] * np.pi / 2, _pair(35 + 45 * u[1:3]), _pair(80 * u[3:5]))
+        self.road_width = float(6 + 6 * u[5])
+        self.block_kind = np.searchsorted(np.array([0.8, 0.92], dtype=f32), t[0], side="right")
+        self.setback = 2 + 6 * t[1]
+        self.roof = np.searchsorted(np.array([0.35, 0.6, 0.85], dtype=f32), t[2], side="right")
+        self.roof_gain = 0.8 + 0.4 * t[3]
+        angle, length = 2 * math.pi * u[6], 3 + 5 * u[7]
         self.sun_shift = (length * math.cos(angle), length * math.sin(angle))
-        # crop parcels: 0 green crop, 1 ripe/senescent, 2 bare (ploughed), 3 young rows
-        self.parcels = _Grid(rng.uniform(0, np.pi / 2), (rng.uniform(100, 250), rng.uniform(60, 180)),
-                             _pair(rng.uniform(0, 250, 2)))
+        # crop parcels; state 0 green crop, 1 ripe/senescent, 2 bare (ploughed), 3 young rows
+        self.parcels = _Grid(u[8] * np.pi / 2, (100 + 150 * u[9], 60 + 120 * u[10]), _pair(250 * u[11:13]))
         green = 0.35 + 0.15 * self.season
-        self.parcel_state = rng.choice(4, size=(_TABLE, _TABLE), p=[green, 0.2, 0.2, 0.6 - green])
-        self.row_along_p = rng.random((_TABLE, _TABLE)) < 0.5
-        self.row_period = rng.uniform(5, 9, (_TABLE, _TABLE)).astype(f32)
+        self.parcel_state = np.searchsorted(np.array([green, green + 0.2, green + 0.4], dtype=f32), t[4], side="right")
+        self.row_along_p = t[5] < 0.5
+        self.row_period = 5 + 4 * t[6]
         # forest canopy: random plane waves at crown scale
-        self.canopy_k = 2 * np.pi / rng.uniform(6, 14, 8)
-        self.canopy_dir = rng.uniform(0, np.pi, 8)
-        self.canopy_phase = rng.uniform(0, 2 * np.pi, 8)
-        self.conifer_bias = float(rng.normal(0, 1))
-        self.wet_bias = float(rng.normal(-0.3, 0.5))
+        self.canopy_k = 2 * np.pi / (6 + 8 * canopy[0])
+        self.canopy_dir = np.pi * canopy[1]
+        self.canopy_phase = 2 * np.pi * canopy[2]
+        self.conifer_bias = float(normal[0])
+        self.wet_bias = float(-0.3 + 0.5 * normal[1])
 
     # --- evaluation -----------------------------------------------------------------------------
 
@@ -155,27 +158,33 @@ class SceneLatent:
         logits = self.log_share[:, None, None] + sum(_smooth(lat, n) for lat in self.class_lattices)
         mask = np.argmax(logits, axis=0).astype(np.uint8)
         z = np.exp((logits - logits.max(axis=0, keepdims=True)) / _TAU)
+        z[z < 0.01 * z.sum(axis=0)] = 0  # negligible shares: skip them, renormalise the rest
         abundance = z / z.sum(axis=0, keepdims=True)
         grid = SceneGrid(mask=mask, abundance=abundance)
         if not (materials or radar):
             return grid
         ctx = _Context(self, n)
-        weights = np.zeros((len(MATERIALS), n, n), dtype=np.float32) if materials else None
-        vv = np.zeros((n, n), dtype=np.float32) if radar else None
-        vh = np.zeros((n, n), dtype=np.float32) if radar else None
+        weights = np.zeros((len(MATERIALS), n * n), dtype=np.float32) if materials else None
+        vv = np.zeros(n * n, dtype=np.float32) if radar else None
+        vh = np.zeros(n * n, dtype=np.float32) if radar else None
         base_vv, base_vh = backscatter_linear("VV"), backscatter_linear("VH")
+        flat = abundance.reshape(K, n * n)
         for k, name in enumerate(CLASSES):
-            a = abundance[k]
-            if a.max() < 0.01:  # the class is nowhere in this scene
+            where = np.flatnonzero(flat[k])  # composers only work where their class is
+            if where.size == 0:
                 continue
-            mats, mod_vv, mod_vh = _COMPOSERS[name](ctx)
+            mats, mod_vv, mod_vh = _COMPOSERS[name](_View(ctx, where))
+            a = flat[k, where]
             if weights is not None:
                 for material, w in mats.items():
-                    weights[_MAT[material]] += a * w
+                    weights[_MAT[material], where] += a * w
             if vv is not None:
-                vv += a * (base_vv[k] * mod_vv)
-                vh += a * (base_vh[k] * mod_vh)
-        grid.materials, grid.vv, grid.vh = weights, vv, vh
+                vv[where] += a * (base_vv[k] * mod_vv)
+                vh[where] += a * (base_vh[k] * mod_vh)
+        if weights is not None:
+            grid.materials = weights.reshape(len(MATERIALS), n, n)
+        if vv is not None:
+            grid.vv, grid.vh = vv.reshape(n, n), vh.reshape(n, n)
         return grid
 
 
@@ -184,49 +193,81 @@ def _pair(values: np.ndarray) -> tuple[float, float]:
 
 
 class _Context:
-    """Shared per-grid quantities the class composers read (coordinates, fields, pixel size)."""
+    """Per-grid quantities, computed once and shared by the class composers: pixel-centre
+    coordinates (flattened), variation fields and canopy texture (lazily)."""
 
     def __init__(self, scene: SceneLatent, n: int) -> None:
         self.scene = scene
         self.n = n
         self.pix = scene.extent_m / n
         centres = ((np.arange(n) + 0.5) * self.pix).astype(np.float32)
-        self.x, self.y = centres[None, :], centres[:, None]
+        self.centres = centres
+        self.x, self.y = np.tile(centres, n), np.repeat(centres, n)
         self._fields: dict[str, np.ndarray] | None = None
+        self._canopy: np.ndarray | None = None
 
     @property
     def fields(self) -> dict[str, np.ndarray]:
         if self._fields is None:
             smooth = sum(_smooth(lat, self.n) for lat in self.scene.variation)
             fine = _smooth(self.scene.fine, self.n)
-            self._fields = {**dict(zip(_VARIATION, smooth)), **dict(zip(_FINE, fine))}
+            self._fields = {name: f.ravel() for name, f in zip(_VARIATION + _FINE, [*smooth, *fine])}
         return self._fields
+
+    @property
+    def canopy(self) -> np.ndarray:
+        """Crown-scale texture in about [-1, 1]: a sum of plane waves, attenuated by the pixel
+        footprint, evaluated as one complex outer product ``Re(A_y @ B_x)``."""
+        if self._canopy is None:
+            s = self.scene
+            gain = _wave_atten(2 * np.pi / s.canopy_k, self.pix) / 2.0
+            rows = np.exp(1j * np.outer(self.centres, s.canopy_k * np.sin(s.canopy_dir)))
+            cols = gain[:, None] * np.exp(1j * (np.outer(s.canopy_k * np.cos(s.canopy_dir), self.centres)
+                                                + s.canopy_phase[:, None]))
+            self._canopy = (rows.astype(np.complex64) @ cols.astype(np.complex64)).real.ravel()
+        return self._canopy
+
+
+class _View:
+    """The pixels ``where`` (flat indices) of a grid: what one class composer sees."""
+
+    def __init__(self, ctx: _Context, where: np.ndarray) -> None:
+        self.scene, self.pix = ctx.scene, ctx.pix
+        self.x, self.y = ctx.x[where], ctx.y[where]
+        self._ctx, self._where = ctx, where
+        self.fields = _Fields(ctx, where)
+
+    @property
+    def canopy(self) -> np.ndarray:
+        return self._ctx.canopy[self._where]
+
+
+class _Fields:
+    """Variation fields at a view's pixels, gathered on first use."""
+
+    def __init__(self, ctx: _Context, where: np.ndarray) -> None:
+        self._ctx, self._where = ctx, where
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self._ctx.fields[name][self._where]
+        return self._cache[name]
 
 
 Composition = tuple[dict[str, np.ndarray], np.ndarray | float, np.ndarray | float]
 
 
-def _water(ctx: _Context) -> Composition:
+def _water(ctx: _View) -> Composition:
     f = ctx.fields
     t = _sig(1.3 * f["turbidity"] - 1.0)
     rough = np.exp(0.35 * f["wind"])
     return {"water_clear": 1 - t, "water_turbid": t}, rough, rough
 
 
-def _canopy(ctx: _Context) -> np.ndarray:
-    """Crown-scale texture in about [-1, 1]: a sum of plane waves, attenuated by the pixel footprint,
-    evaluated as one complex outer product ``Re(A_y @ B_x)``."""
-    s = ctx.scene
-    gain = _wave_atten(2 * np.pi / s.canopy_k, ctx.pix) / 2.0
-    rows = np.exp(1j * np.outer(ctx.y[:, 0], s.canopy_k * np.sin(s.canopy_dir))).astype(np.complex64)
-    cols = (gain[:, None] * np.exp(1j * (np.outer(s.canopy_k * np.cos(s.canopy_dir), ctx.x[0])
-                                          + s.canopy_phase[:, None]))).astype(np.complex64)
-    return (rows @ cols).real
-
-
-def _forest(ctx: _Context) -> Composition:
+def _forest(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
-    texture = _canopy(ctx)
+    texture = ctx.canopy
     lit = 1 + 0.35 * texture
     conifer = _sig(1.6 * f["mix"] + s.conifer_bias)
     vigour = np.clip(0.8 + 0.1 * f["vigour"] + 0.15 * s.season, 0.2, 1.0)
@@ -238,7 +279,7 @@ def _forest(ctx: _Context) -> Composition:
     return mats, mod, mod
 
 
-def _grassland(ctx: _Context) -> Composition:
+def _grassland(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
     v = _sig(1.2 * f["vigour"] + 0.9 + 1.5 * s.season)
     return ({"green_veg": v, "dry_veg": 0.85 * (1 - v), "soil_dry": 0.15 * (1 - v)},
@@ -253,7 +294,7 @@ _CROP_VV = np.array([1.25, 1.0, 0.7, 0.9], dtype=np.float32)
 _CROP_VH = np.array([1.7, 1.1, 0.35, 0.8], dtype=np.float32)
 
 
-def _cropland(ctx: _Context) -> Composition:
+def _cropland(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
     idx, lp, lq = s.parcels.locate(ctx.x, ctx.y)
     state = s.parcel_state[idx]
@@ -274,7 +315,7 @@ def _cropland(ctx: _Context) -> Composition:
     return mats, _CROP_VV[state] * moist, _CROP_VH[state] * moist
 
 
-def _bare_soil(ctx: _Context) -> Composition:
+def _bare_soil(ctx: _View) -> Composition:
     f = ctx.fields
     wet = _sig(1.2 * f["moisture"] - 0.7)
     bright = 1 + 0.15 * f["brightness"] + 0.08 * f["rough"]
@@ -284,7 +325,7 @@ def _bare_soil(ctx: _Context) -> Composition:
             10 ** (0.6 * wet) * rough, 10 ** (0.4 * wet) * rough)
 
 
-def _buildings(ctx: _Context, shift: tuple[float, float] = (0.0, 0.0)):
+def _buildings(ctx: _View, shift: tuple[float, float] = (0.0, 0.0)):
     """Roof coverage (box-filtered) and block table indices, with the block lattice shifted by ``shift``."""
     s = ctx.scene
     idx, lp, lq = s.blocks.locate(ctx.x, ctx.y, shift)
@@ -294,7 +335,7 @@ def _buildings(ctx: _Context, shift: tuple[float, float] = (0.0, 0.0)):
     return roof * (s.block_kind[idx] == 0), idx, lp, lq
 
 
-def _urban(ctx: _Context) -> Composition:
+def _urban(ctx: _View) -> Composition:
     s = ctx.scene
     sx, sy = s.blocks.size
     roof, idx, lp, lq = _buildings(ctx)
@@ -322,7 +363,7 @@ def _urban(ctx: _Context) -> Composition:
     return mats, vv, vh
 
 
-def _wetland(ctx: _Context) -> Composition:
+def _wetland(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
     w = _sig(2.2 * f["wet"] + s.wet_bias)
     v = np.clip(0.65 + 0.15 * f["vigour"] + 0.2 * s.season, 0.1, 1.0)
@@ -332,7 +373,7 @@ def _wetland(ctx: _Context) -> Composition:
     return mats, 0.05 * w + (1 - w) + 3.0 * edge, 0.05 * w + (1 - w) + 1.0 * edge
 
 
-def _snow_ice(ctx: _Context) -> Composition:
+def _snow_ice(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
     snow = _sig(1.5 * f["mix"] + 1.2 - s.season)
     shade = np.clip(1 + 0.18 * f["brightness"] + 0.1 * f["rough"], 0.5, 1.5)
