@@ -13,12 +13,27 @@ from geodata.manifest import Manifest
 from geodata.sensors import get_sensor
 from geodata.stats import BandStats, load_or_compute_stats
 
-__all__ = ["ProxyBatches", "labelled_loader", "proxy_sensors"]
+__all__ = ["ProxyBatches", "labelled_loader", "proxy_sensors", "scene_partners"]
 
 
 def proxy_sensors(manifest: Manifest, split: str | None) -> list[str]:
     """Canonical names of the sensors with tiles in ``split`` (all splits when ``None``)."""
     return sorted({get_sensor(t.sensor).name for t in manifest.tiles if split is None or t.split == split})
+
+
+def scene_partners(manifest: Manifest, sensors: Sequence[str] | None = None,
+                   split: str | None = None) -> dict[str, list[str]]:
+    """For every tile of ``sensors`` (all when ``None``) in ``split``: the ids of the other selected
+    sensors' tiles of the same ``scene`` (co-registered views of one place), in manifest order.
+    Tiles without a scene, or alone in theirs, are left out."""
+    wanted = {get_sensor(s).name for s in sensors} if sensors else None
+    scenes: dict[str, list[str]] = {}
+    for tile in manifest.tiles:
+        if tile.scene is None or (split is not None and tile.split != split):
+            continue
+        if wanted is None or get_sensor(tile.sensor).name in wanted:
+            scenes.setdefault(tile.scene, []).append(tile.id)
+    return {i: [j for j in ids if j != i] for ids in scenes.values() if len(ids) > 1 for i in ids}
 
 
 class ProxyBatches:

@@ -149,6 +149,35 @@ class TeacherCache:
             return {t: v.index_select(0, index) for t, v in shards[where[0][0]].items()}
         return {t: torch.stack([shards[s][t][r] for s, r in where]) for t in TARGETS}
 
+    def share(self, partners: Mapping[str, Sequence[str]], shas: Iterable[str] | None = None) -> int:
+        """Scene pairing: a sample without a teacher's targets takes those of its first partner that has them.
+
+        ``partners`` maps a sample id to the ids of other views of the same place (e.g.
+        :func:`fusion.data.scene_partners`: the other sensors' tiles of a scene), so the student learns to
+        predict from a Sentinel-1 tile what a Sentinel-2 teacher saw on the Sentinel-2 tile of that scene.
+        Samples that already have targets keep theirs. Applies to every cached teacher (or ``shas``) and
+        returns the number of (teacher, sample) targets added. Partners of one sensor should share a grid,
+        so that a batch's targets stack.
+        """
+        added = 0
+        for sha in list(shas if shas is not None else self._rows):
+            rows = self._rows.get(sha, {})
+            groups: dict[tuple, tuple[list[str], list[dict[str, torch.Tensor]]]] = {}
+            for sample, others in partners.items():
+                source = None if sample in rows else next((p for p in others if p in rows), None)
+                if source is None:
+                    continue
+                targets = self.get(sha, [source])
+                ids, parts = groups.setdefault(tuple(tuple(v.shape) for v in targets.values()), ([], []))
+                ids.append(sample)
+                parts.append(targets)
+            for ids, parts in groups.values():
+                self.put(sha, TeacherFeatures(ids, {t: torch.cat([p[t] for p in parts]) for t in TARGETS}))
+                added += len(ids)
+        if added:
+            logger.info("scene pairing: %d teacher targets shared with other views of the same scene", added)
+        return added
+
     def target_stats(self, sha: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Channel mean/std of each target over every cached sample of teacher ``sha``."""
         if sha not in self._shards:
@@ -183,3 +212,4 @@ def fill_cache(
                 cache.put(sha, features)
                 calls += 1
     return calls
+
