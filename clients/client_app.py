@@ -35,3 +35,13 @@ def identify(message: Message, context: Context) -> Message:
 @app.query("describe")
 def describe(message: Message, context: Context) -> Message:
     return handlers.describe(message, context)
+
+
+@app.train("specialist")
+def train(message: Message, context: Context) -> Message:
+    return handlers.train(message, context)
+
+
+@app.evaluate("specialist")
+def evaluate(message: Message, context: Context) -> Message:
+    return handlers.evaluate(message, context)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from clients.institution import InstitutionSpec
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
+from geodata.stats import compute_band_stats
 from geodata.synth import WorldConfig, generate_world
 
 __all__ = ["open_manifest", "world_slice", "build_once", "institution_tiles", "summarize"]
@@ -95,16 +96,19 @@ def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | No
 
 
 def summarize(manifest: Manifest, spec: InstitutionSpec) -> dict[str, Any]:
-    """What the coordinator learns about the data: task, classes, bands and tiles per split."""
+    """What the coordinator learns about the data: task, classes, bands, tiles per split and the
+    train split's per-band mean and std (a group's specialist normalises with their pooled value)."""
     sensor = get_sensor(spec.sensor)
     task = manifest.task(spec.task)
     splits = Counter(tile.split for tile in institution_tiles(manifest, spec))
     if not splits.get("train"):
         raise ValueError(f"institution {spec.name!r}: no 'train' tiles (splits: {dict(splits)})")
+    stats = compute_band_stats(manifest, institution_tiles(manifest, spec, "train"), sensor)
     return {
         "task_type": task.type,
         "classes": list(task.classes),
         "bands": list(sensor.bands),
         "tiles": dict(sorted(splits.items())),
+        "norm": {"mean": list(stats.mean), "std": list(stats.std)},
         "manifest": manifest.name,
     }

@@ -28,6 +28,7 @@ __all__ = [
     "FederationConfig",
     "InstitutionConfig",
     "RunSettings",
+    "TrainPhaseConfig",
     "compose_experiment",
     "load_experiment",
 ]
@@ -62,19 +63,45 @@ class FederationConfig:
 
 
 @dataclass
+class TrainPhaseConfig:
+    """Phase *train*: per group, ``rounds`` FedAvg rounds of ``local_epochs`` local epochs each.
+
+    ``lr`` is the first round's learning rate, decayed by a cosine over the rounds; ``max_steps``
+    caps each node's optimiser steps per round (0: no cap); ``device`` ``auto`` picks the GPU a
+    node may use, else the CPU; ``amp`` trains in bfloat16 autocast on GPUs.
+    """
+
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    variant: str = "convnextv2_atto"
+    max_steps: int = 0
+    device: str = "auto"
+    amp: bool = False
+    min_replies: int = 1
+
+
+@dataclass
 class ExperimentConfig:
-    """The typed experiment; grows with the phases (each phase reads its own section)."""
+    """The typed experiment; grows with the phases (each phase reads its own section).
+    ``stop_after`` names the last phase to run (empty: all)."""
 
     seed: int = 0
+    stop_after: str = ""
     output_dir: str = "outputs"
     cache_dir: str = "outputs/cache"
     federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainPhaseConfig = field(default_factory=TrainPhaseConfig)
     institutions: dict[str, InstitutionConfig] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
             raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
+        if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
+            raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         world = WorldConfig.from_dict(self.world, source="world") if self.world else None
         for name, inst in self.institutions.items():
             where = f"institutions.{name}"

@@ -30,9 +30,12 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
     checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
     checkpoint.add_flower_run(flower_run_id)
     order = [phase.name for phase in PHASES]
+    if cfg.stop_after and cfg.stop_after not in order:
+        raise ValueError(f"stop_after {cfg.stop_after!r} is not a phase; phases: {order}")
+    phases = PHASES[: order.index(cfg.stop_after) + 1] if cfg.stop_after else PHASES
     ctx = PhaseContext(grid, cfg, run_dir, cache_dir, checkpoint, order)
-    for i, phase in enumerate(PHASES, 1):
-        step = f"[{i}/{len(PHASES)}] {phase.name}"
+    for i, phase in enumerate(phases, 1):
+        step = f"[{i}/{len(phases)}] {phase.name}"
         if checkpoint.is_done(phase.name) and not phase.always:
             log.info("%s: finished in an earlier attempt, skipped", step)
             continue

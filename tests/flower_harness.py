@@ -42,15 +42,16 @@ BIN = Path(sys.executable).parent
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process.
 
-    ``faults(message) -> "error text" | "drop" | None``: an error reply with that reason, no reply
-    at all, or the ClientApp's real reply.
+    ``faults(message)`` returns ``None`` (the ClientApp's real reply), ``"drop"`` (no reply at all),
+    other text (an error reply with that reason), or a function that gets the real reply and
+    returns the one to deliver (to tamper with it).
     """
 
     def __init__(
         self,
         node_configs: dict[int, dict[str, Any]],
         app: Callable[[Message, Context], Message] | None = None,
-        faults: Callable[[Message], str | None] | None = None,
+        faults: Callable[[Message], str | Callable[[Message], Message] | None] | None = None,
     ) -> None:
         # Flower 1.41's Message() reads the process's task identity, which flwr-serverapp sets.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
@@ -90,13 +91,15 @@ class InProcessGrid(Grid):
             fault = self.faults(message) if self.faults else None
             if fault == "drop":
                 continue
-            if fault is not None:
+            if isinstance(fault, str):
                 reply = Message(Error(code=1, reason=fault), reply_to=message)
             else:
                 try:
                     reply = self.app(message, self.contexts[message.metadata.dst_node_id])
                 except Exception as exc:  # the ClientApp's exception becomes an error reply, as in Flower
                     reply = Message(Error(code=1, reason=f"{type(exc)}:<'{exc}'>"), reply_to=message)
+                if callable(fault):
+                    reply = fault(reply)
             self._replies[message.metadata.message_id] = reply
         return ids
 

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
+from flwr.app import ArrayRecord
 
 from clients.data import build_once
 from flower_harness import InProcessGrid
@@ -15,6 +17,7 @@ from geodata.readers.eurosat import build_eurosat_manifest
 from server.config import RunSettings, load_experiment
 from server.phases.discover import assign_hosts
 from server.run import run_experiment
+from specialists.io import load_specialist
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ def _run_config(out: Path, manifest: Path, names: list[str], extra: str = "", ru
     institutions = " ".join(
         f"+institutions.{n}={{sensor:sentinel2_l1c,task:scene,manifest:{manifest}}}" for n in names
     )
-    overrides = f"~institutions {institutions} output_dir={out} federation.node_wait_s=1 federation.reply_timeout_s=1"
+    overrides = (f"~institutions {institutions} output_dir={out} federation.node_wait_s=1 "
+                 "federation.reply_timeout_s=1 stop_after=discover")
     return {"experiment": "default", "overrides": f"{overrides} {extra}", "run-name": run_name}
 
 
@@ -135,7 +139,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) -> None:
-    overrides = (f"output_dir={tmp_path} world=tiny ~institutions world.tiles_per_institution=2 "
+    overrides = (f"output_dir={tmp_path} world=tiny ~institutions world.tiles_per_institution=2 stop_after=discover "
                  "+institutions.north_s2={sensor:sentinel1_grd,task:scene} "
                  "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover}")
     config = {"experiment": "default", "overrides": overrides, "run-name": "w"}
@@ -149,3 +153,45 @@ def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) 
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")}
     run_experiment(InProcessGrid(_simulated(1)), {**config, "run-name": "w2"}, flower_run_id=2)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")} == before
+
+
+def _train_config(out: Path, extra: str = "") -> dict:
+    overrides = (f"output_dir={out} world=tiny ~institutions world.tiles_per_institution=4 "
+                 "+institutions.north_s2={sensor:sentinel2_l2a,task:scene} "
+                 "+institutions.south_s2={sensor:sentinel2_l2a,task:scene} "
+                 "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover} world.aerial_factor=2 "
+                 "train.rounds=2 train.max_steps=1 train.batch_size=2 federation.reply_timeout_s=5 " + extra)
+    return {"experiment": "default", "overrides": overrides, "run-name": "fl"}
+
+
+@pytest.mark.e2e
+def test_train_phase_fedavg_rejects_malformed_update_and_saves_specialists(tmp_path: Path) -> None:
+    def poison(message):  # south_s2's first-round update comes back with NaN weights
+        record = message.content.config_records.get("institution", {})
+        if message.metadata.message_type != "train.specialist" or record.get("institution") != "south_s2":
+            return None
+        if message.content.config_records["train"]["seed"] != 1:  # seed * 1000 + round, seed 0
+            return None
+
+        def tamper(reply):
+            state = reply.content.array_records["encoder"].to_torch_state_dict()
+            first = next(iter(state))
+            state[first] = torch.full_like(state[first], float("nan"))
+            reply.content.array_records["encoder"] = ArrayRecord(state)
+            return reply
+
+        return tamper
+
+    run_dir = run_experiment(InProcessGrid(_simulated(2), faults=poison), _train_config(tmp_path), flower_run_id=1)
+    result = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert [(f["round"], f["institution"]) for f in result["failures"]] == [(1, "south_s2")]
+    assert "non-finite" in result["failures"][0]["reason"]
+    assert sorted(result["groups"]) == ["aerial_rgbn-landcover", "sentinel2_l2a-scene"]
+    pair = result["groups"]["sentinel2_l2a-scene"]
+    assert pair["members"] == ["north_s2", "south_s2"] and pair["rounds_applied"] == 2
+    assert [sorted(r["institutions"]) for r in pair["history"]] == [["north_s2"], ["north_s2", "south_s2"]]
+    assert set(pair["per_institution"]["north_s2"]) >= {"val_accuracy", "test_accuracy", "test_count"}
+    specialist = load_specialist(run_dir / pair["specialist"])
+    assert specialist.card.institutions == ["north_s2", "south_s2"] and "test_accuracy" in specialist.card.metrics
+    assert all(torch.isfinite(v).all() for v in specialist.encoder.state_dict().values() if v.is_floating_point())
+    assert "test_miou" in result["groups"]["aerial_rgbn-landcover"]["metrics"]

@@ -1,8 +1,8 @@
 """The run's phases, in order. Each module exposes ``PHASE`` (see :mod:`server.phases.base`)."""
 
-from server.phases import discover
+from server.phases import discover, train
 from server.phases.base import Phase, PhaseContext
 
-PHASES: tuple[Phase, ...] = (discover.PHASE,)
+PHASES: tuple[Phase, ...] = (discover.PHASE, train.PHASE)
 
 __all__ = ["PHASES", "Phase", "PhaseContext"]

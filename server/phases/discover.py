@@ -28,7 +28,7 @@ from server.roster import Member, Roster, form_groups
 __all__ = ["PHASE", "discover", "simulated_record", "assign_hosts"]
 
 log = logging.getLogger(__name__)
-_SUMMARY_KEYS = {"task_type": str, "classes": list, "bands": list, "tiles": dict}
+_SUMMARY_KEYS = {"task_type": str, "classes": list, "bands": list, "tiles": dict, "norm": dict}
 
 
 def simulated_record(cfg: ExperimentConfig, name: str, cache_dir: Path) -> dict[str, str]:

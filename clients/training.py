@@ -1,0 +1,98 @@
+"""Local work on a group's specialist: train it a few epochs from the received weights (one FedAvg
+round), or evaluate it on the local labelled splits. Weights arrive and leave as state dicts;
+the model is always rebuilt from the card, never unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from clients.data import institution_tiles, open_manifest
+from clients.institution import InstitutionSpec
+from geodata.dataset import TileDataset
+from geodata.manifest import Manifest
+from geodata.stats import BandStats
+from specialists.card import SpecialistCard
+from specialists.heads import build_head
+from specialists.model import Specialist
+from specialists.train import TrainConfig, evaluate, make_loader, make_optimizer, seed_everything, train_one_epoch
+
+__all__ = ["resolve_device", "build_model", "fit", "evaluate_splits"]
+
+log = logging.getLogger(__name__)
+State = dict[str, torch.Tensor]
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU this process may use (Ray sets ``CUDA_VISIBLE_DEVICES`` in simulation), else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_model(card: SpecialistCard, encoder: State, head: State) -> tuple[Specialist, nn.Module]:
+    """The card's specialist and task head with the given weights (shapes must match exactly)."""
+    specialist = Specialist.from_card(card)
+    specialist.encoder.load_state_dict(encoder, strict=True)
+    task_head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
+    task_head.load_state_dict(head, strict=True)
+    return specialist, task_head
+
+
+def _dataset(manifest: Manifest, spec: InstitutionSpec, card: SpecialistCard, split: str) -> TileDataset:
+    stats = BandStats(tuple(card.bands), tuple(card.norm_mean), tuple(card.norm_std))
+    return TileDataset(manifest, spec.sensor, split=split, task=spec.task, region=spec.region or None, stats=stats)
+
+
+def _splits(manifest: Manifest, spec: InstitutionSpec, wanted: tuple[str, ...]) -> list[str]:
+    return [split for split in wanted if institution_tiles(manifest, spec, split)]
+
+
+def _cpu_state(module: nn.Module) -> State:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def evaluate_splits(manifest: Manifest, spec: InstitutionSpec, card: SpecialistCard, specialist: Specialist,
+                    head: nn.Module, cfg: TrainConfig, splits: tuple[str, ...]) -> dict[str, float]:
+    """``<split>_<metric>`` and ``<split>_count`` for each of ``splits`` this institution has."""
+    task = manifest.task(spec.task)
+    metrics: dict[str, float] = {}
+    for split in _splits(manifest, spec, splits):
+        data = _dataset(manifest, spec, card, split)
+        scores = evaluate(specialist, head, make_loader(data, cfg, shuffle=False), card.task_type, card.num_classes,
+                          cfg, task.ignore_index, desc=f"{spec.name} {split}")
+        metrics.update({f"{split}_{k}": v for k, v in scores.items()})
+        metrics[f"{split}_count"] = len(data)
+    return metrics
+
+
+def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State,
+        cfg: TrainConfig) -> tuple[State, State, dict[str, float]]:
+    """One round: evaluate the received model on ``val``, then train ``cfg.epochs`` local epochs."""
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    specialist, task_head = build_model(card, encoder, head)
+    specialist.to(device), task_head.to(device)
+    manifest = open_manifest(spec)
+    metrics = evaluate_splits(manifest, spec, card, specialist, task_head, cfg, ("val",))
+    data = _dataset(manifest, spec, card, "train")
+    loader = make_loader(data, cfg, shuffle=True)
+    optimizer = make_optimizer([specialist, task_head], cfg)
+    losses, steps = [], 0
+    for epoch in range(cfg.epochs):
+        budget = None if cfg.max_steps is None else cfg.max_steps - steps
+        if budget is not None and budget <= 0:
+            break
+        loss, done = train_one_epoch(specialist, task_head, loader, optimizer, card.task_type, cfg,
+                                     max_steps=budget, ignore_index=manifest.task(spec.task).ignore_index,
+                                     desc=f"{spec.name} epoch {epoch + 1}/{cfg.epochs}")
+        losses.append(loss)
+        steps += done
+    metrics.update({"num_examples": len(data), "train_loss": sum(losses) / max(len(losses), 1), "steps": steps})
+    log.info("Institution %s: %d steps on %d tiles, train loss %.4g", spec.name, steps, len(data),
+             metrics["train_loss"])
+    return _cpu_state(specialist.encoder), _cpu_state(task_head), metrics

@@ -1,0 +1,225 @@
+"""Phase *train*: each group trains one specialist with FedAvg (a lone institution: local training).
+
+The coordinator builds the group's card (sensor bands, the members' train-split band statistics
+pooled, task, classes, variant) and a seeded initial encoder and head. Each round it sends the
+global weights to every member (``train.specialist``); a member first measures them on its ``val``
+split, then trains ``train.local_epochs`` epochs and returns its weights. Replies are checked (same
+tensors, shapes, dtypes, finite values, positive example count) and averaged weighted by train
+examples; a bad or missing reply is logged and left out. After the last round every member
+measures the final weights on ``val`` and ``test`` (``evaluate.specialist``); the specialist is
+saved to ``specialists/<group>/`` (safetensors + card with metrics and round history). A group
+already saved there by an earlier attempt is not trained again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from geodata.sensors import get_sensor
+from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
+from server.messaging import Outcome, Request, exchange
+from server.phases.base import Phase, PhaseContext
+from server.roster import Group, Roster
+from specialists.card import SpecialistCard
+from specialists.heads import build_head
+from specialists.io import load_specialist, save_specialist
+from specialists.model import Specialist
+from specialists.train import MONITOR
+
+__all__ = ["PHASE", "train", "group_card"]
+
+log = logging.getLogger(__name__)
+
+
+def group_card(group: Group, roster: Roster, variant: str) -> SpecialistCard:
+    """The card a group's specialist starts from (metrics are filled in after training)."""
+    members = [roster.institutions[name] for name in group.members]
+    counts = [m.summary["tiles"]["train"] for m in members]
+    mean, std = pool_norm([m.summary["norm"]["mean"] for m in members],
+                          [m.summary["norm"]["std"] for m in members], counts)
+    tiles: dict[str, int] = {}
+    for m in members:
+        for split, n in m.summary["tiles"].items():
+            tiles[split] = tiles.get(split, 0) + n
+    return SpecialistCard(
+        name=group.name, institutions=list(group.members), sensor=group.sensor,
+        bands=list(get_sensor(group.sensor).bands), norm_mean=mean, norm_std=std, task=group.task,
+        task_type=group.task_type, classes=list(group.classes), variant=variant,
+        data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
+    )
+
+
+@dataclass
+class _GroupRun:
+    group: Group
+    card: SpecialistCard
+    encoder: State
+    head: State
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rounds_done: int = 0
+
+
+def _state(module: torch.nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _start(group: Group, roster: Roster, ctx: PhaseContext) -> _GroupRun:
+    card = group_card(group, roster, ctx.cfg.train.variant)
+    torch.manual_seed(ctx.cfg.seed)
+    specialist = Specialist.from_card(card)
+    head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
+    return _GroupRun(group, card, _state(specialist.encoder), _state(head))
+
+
+def _train_record(ctx: PhaseContext, round_index: int) -> dict[str, Any]:
+    tc = ctx.cfg.train
+    lr = tc.lr * 0.5 * (1 + math.cos(math.pi * (round_index - 1) / tc.rounds))
+    return {"epochs": tc.local_epochs, "batch_size": tc.batch_size, "lr": lr, "weight_decay": tc.weight_decay,
+            "warmup_epochs": 0.0, "seed": ctx.cfg.seed * 1000 + round_index, "device": tc.device, "amp": tc.amp,
+            "max_steps": tc.max_steps}
+
+
+def _requests(ctx: PhaseContext, runs: list[_GroupRun], train_record: dict[str, Any]) -> list[Request]:
+    roster = ctx.require_roster()
+    requests = []
+    for run in runs:
+        card_json = run.card.to_json()
+        for name in run.group.members:
+            member = roster.institutions[name]
+            content = RecordDict({
+                "institution": ConfigRecord(member.record), "card": ConfigRecord({"json": card_json}),
+                "train": ConfigRecord(train_record),
+                "encoder": ArrayRecord(run.encoder), "head": ArrayRecord(run.head),
+            })
+            requests.append(Request(f"{run.group.name}/{name}", member.node_id, content))
+    return requests
+
+
+def _metrics(outcome: Outcome, source: str) -> dict[str, float]:
+    if not outcome.ok:
+        raise ValueError(outcome.error)
+    if "metrics" not in outcome.content.metric_records:
+        raise ValueError(f"{source}: reply has no 'metrics' record")
+    metrics = dict(outcome.content.metric_records["metrics"])
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
+        raise ValueError(f"{source}: metrics must be finite numbers, got {metrics}")
+    return metrics
+
+
+def _update(run: _GroupRun, outcome: Outcome, source: str) -> tuple[State, State, dict[str, float]]:
+    metrics = _metrics(outcome, source)
+    if not metrics.get("num_examples", 0) > 0:
+        raise ValueError(f"{source}: 'num_examples' must be positive, got {metrics.get('num_examples')}")
+    arrays = outcome.content.array_records
+    for name in ("encoder", "head"):
+        if name not in arrays:
+            raise ValueError(f"{source}: reply has no {name!r} weights")
+    encoder = check_state(run.encoder, arrays["encoder"].to_torch_state_dict(), f"{source} encoder")
+    head = check_state(run.head, arrays["head"].to_torch_state_dict(), f"{source} head")
+    return encoder, head, metrics
+
+
+def _round(ctx: PhaseContext, runs: list[_GroupRun], r: int, failures: list[dict[str, Any]]) -> None:
+    tc = ctx.cfg.train
+    outcomes = exchange(ctx.grid, "train.specialist", _requests(ctx, runs, _train_record(ctx, r)),
+                        ctx.cfg.federation.reply_timeout_s)
+    for run in runs:
+        updates, per_member = [], {}
+        for name in run.group.members:
+            source = f"round {r}, institution {name!r}"
+            try:
+                encoder, head, metrics = _update(run, outcomes[f"{run.group.name}/{name}"], source)
+            except ValueError as exc:
+                log.warning("Rejected %s: %s", source, exc)
+                failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
+                continue
+            updates.append((encoder, head, metrics["num_examples"]))
+            per_member[name] = metrics
+        record = {"round": r, "lr": _train_record(ctx, r)["lr"], "institutions": per_member,
+                  "received": weighted_metrics({k: {m: v for m, v in x.items() if m.startswith("val_")}
+                                                for k, x in per_member.items()})}
+        if len(updates) >= tc.min_replies:
+            weights = [n for _, _, n in updates]
+            run.encoder = fedavg([e for e, _, _ in updates], weights)
+            run.head = fedavg([h for _, h, _ in updates], weights)
+            run.rounds_done += 1
+        else:
+            record["skipped"] = f"{len(updates)} valid update(s), train.min_replies is {tc.min_replies}"
+            log.warning("Group %s round %d kept its weights: %s", run.group.name, r, record["skipped"])
+        run.history.append(record)
+        monitor = f"val_{MONITOR[run.card.task_type]}"
+        loss = {m: round(x["train_loss"], 4) for m, x in per_member.items()}
+        log.info("Group %s round %d/%d: %s of the received model %s; train loss %s", run.group.name, r, tc.rounds,
+                 monitor, _fmt(record["received"].get(monitor)), loss)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _finish(ctx: PhaseContext, run: _GroupRun, outcomes: dict[str, Outcome],
+            failures: list[dict[str, Any]]) -> dict[str, Any]:
+    per_member = {}
+    for name in run.group.members:
+        source = f"final evaluation, institution {name!r}"
+        try:
+            per_member[name] = _metrics(outcomes[f"{run.group.name}/{name}"], source)
+        except ValueError as exc:
+            log.warning("%s failed: %s", source, exc)
+            failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})
+    card = run.card
+    card.metrics.update(weighted_metrics(per_member))
+    card.extra["federation"] = {"rounds": ctx.cfg.train.rounds, "rounds_applied": run.rounds_done,
+                                "per_institution": per_member, "history": run.history,
+                                "train": asdict(ctx.cfg.train)}
+    specialist = Specialist.from_card(card)
+    specialist.encoder.load_state_dict(run.encoder, strict=True)
+    folder = save_specialist(specialist, ctx.run_dir / "specialists" / run.group.name)
+    monitor = f"test_{MONITOR[card.task_type]}"
+    log.info("Specialist %s saved to %s (%s %s)", card.name, folder, monitor, _fmt(card.metrics.get(monitor)))
+    return _group_result(ctx, card)
+
+
+def _group_result(ctx: PhaseContext, card: SpecialistCard) -> dict[str, Any]:
+    return {"specialist": f"specialists/{card.name}", "members": list(card.institutions), "metrics": card.metrics,
+            **{k: card.extra["federation"][k] for k in ("rounds_applied", "per_institution", "history")}}
+
+
+def train(ctx: PhaseContext) -> dict[str, Any]:
+    roster = ctx.require_roster()
+    results: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
+    runs = []
+    for group in roster.groups.values():
+        folder = ctx.run_dir / "specialists" / group.name
+        if (folder / "card.json").is_file():
+            card = load_specialist(folder).card
+            if sorted(card.institutions) == sorted(group.members):
+                log.info("Group %s: specialist already trained in %s", group.name, folder)
+                results[group.name] = _group_result(ctx, card)
+                continue
+        runs.append(_start(group, roster, ctx))
+    for r in range(1, ctx.cfg.train.rounds + 1):
+        if runs:
+            _round(ctx, runs, r, failures)
+    trained = [run for run in runs if run.rounds_done > 0]
+    for run in runs:
+        if run.rounds_done == 0:
+            log.error("Group %s: no round got enough valid updates; no specialist", run.group.name)
+            results[run.group.name] = {"specialist": None, "members": run.group.members, "history": run.history}
+    if trained:
+        record = _train_record(ctx, ctx.cfg.train.rounds)
+        outcomes = exchange(ctx.grid, "evaluate.specialist", _requests(ctx, trained, record),
+                            ctx.cfg.federation.reply_timeout_s)
+        for run in trained:
+            results[run.group.name] = _finish(ctx, run, outcomes, failures)
+    return {"groups": results, "failures": failures}
+
+
+PHASE = Phase("train", train)
