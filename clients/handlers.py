@@ -58,19 +58,25 @@ def _train_config(message: Message) -> TrainConfig:
     return TrainConfig(**raw)
 
 
+def _summary_record(spec: InstitutionSpec) -> ConfigRecord:
+    summary = summarize(open_manifest(spec), spec)
+    log.info("Institution %s: %s %s, tiles %s", spec.name, spec.sensor, spec.task, summary["tiles"])
+    return ConfigRecord({"institution": spec.name, "summary": json.dumps(summary)})
+
+
 def identify(message: Message, context: Context) -> Message:
-    """Who this node is, from its node config alone (no data is read)."""
-    record = node_role(context.node_config).to_record()
-    return Message(RecordDict({"identity": ConfigRecord(record)}), reply_to=message)
+    """Who this node is, from its node config; a declared institution also summarises its data."""
+    role = node_role(context.node_config)
+    content = RecordDict({"identity": ConfigRecord(role.to_record())})
+    if role.institution is not None:
+        content["summary"] = _summary_record(role.institution)
+    return Message(content, reply_to=message)
 
 
 def describe(message: Message, context: Context) -> Message:
-    """Open the requested institution's data and summarise it."""
+    """Open the requested (simulated) institution's data and summarise it."""
     spec = _institution(message, context)
-    summary = summarize(open_manifest(spec), spec)
-    log.info("Institution %s: %s %s, tiles %s", spec.name, spec.sensor, spec.task, summary["tiles"])
-    record = {"institution": spec.name, "summary": json.dumps(summary)}
-    return Message(RecordDict({"summary": ConfigRecord(record)}), reply_to=message)
+    return Message(RecordDict({"summary": _summary_record(spec)}), reply_to=message)
 
 
 def train(message: Message, context: Context) -> Message:

@@ -306,7 +306,11 @@ def flwr_run(env: dict[str, str], connection: str | None, run_config: dict[str, 
     """``flwr run . [connection] --stream``; returns the run id and the streamed output."""
     cmd = [str(BIN / "flwr"), "run", str(REPO), *([connection] if connection else []), "--stream",
            *run_config_args(run_config), *extra]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    try:
+        done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        partial = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr))
+        raise TimeoutError(f"flwr run did not finish within {timeout_s} s:\n{partial[-5000:]}") from None
     output = done.stdout + done.stderr
     match = re.search(r"Successfully started run (\d+)", output)
     if done.returncode != 0 or match is None:

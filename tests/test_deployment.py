@@ -20,18 +20,26 @@ from flower_harness import (
 from geodata.readers.eurosat import build_eurosat_manifest
 
 
+def _partner_data(shared_data: Path, out: Path, train_per_class: int) -> Path:
+    """A partner's data folder: EuroSAT-MS with ``train_per_class`` train, 1 val and 1 test tile per class."""
+    manifest = build_eurosat_manifest(shared_data / "eurosat-ms", out, train_per_class=train_per_class,
+                                      val_per_class=1)
+    first_test: dict[int, str] = {}
+    for tile in manifest.tiles:
+        if tile.split == "test":
+            first_test.setdefault(tile.targets["scene"], tile.id)
+    manifest.tiles = [t for t in manifest.tiles if t.split != "test" or t.id in first_test.values()]
+    return manifest.save(out / "manifest.json")
+
+
 @pytest.mark.e2e
 def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_data: Path) -> None:
-    # Two partners with their own data folders (EuroSAT-MS, different train sizes).
-    data = {}
-    for name, train in (("lab-a", 4), ("lab-b", 6)):
-        build_eurosat_manifest(shared_data / "eurosat-ms", tmp_path / name, train_per_class=train, val_per_class=2)
-        data[name] = tmp_path / name / "manifest.json"
-
+    data = {name: _partner_data(shared_data, tmp_path / name, train) for name, train in (("lab-a", 2), ("lab-b", 3))}
     out = tmp_path / "outputs"
     run_config = {
         "experiment": "quick",
-        "overrides": f"~institutions output_dir={out} federation.min_nodes=2 federation.node_wait_s=30",
+        "overrides": (f"~institutions output_dir={out} federation.min_nodes=2 federation.node_wait_s=30 "
+                      "train.rounds=1 train.max_steps=1 train.batch_size=8"),
         "run-name": "loopback",
     }
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
@@ -40,7 +48,7 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
             procs.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
                                               "data-path": str(manifest)})
         write_connection(env, "partners", superlink)
-        run_id, output = flwr_run(env, "partners", run_config, timeout_s=80)
+        run_id, output = flwr_run(env, "partners", run_config, timeout_s=150)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
@@ -49,8 +57,13 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
     assert f"Outputs: {run_dir}" in output
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert sorted(roster["institutions"]) == ["lab-a", "lab-b"]
-    assert roster["institutions"]["lab-a"]["summary"]["tiles"]["train"] == 40
-    assert roster["institutions"]["lab-b"]["summary"]["tiles"]["train"] == 60
+    assert roster["institutions"]["lab-a"]["summary"]["tiles"] == {"test": 10, "train": 20, "val": 10}
+    assert roster["institutions"]["lab-b"]["summary"]["tiles"] == {"test": 10, "train": 30, "val": 10}
     assert not any(m["simulated"] for m in roster["institutions"].values())
     assert roster["groups"]["sentinel2_l1c-scene"]["members"] == ["lab-a", "lab-b"]
     assert json.loads((run_dir / "checkpoint.json").read_text())["flower_runs"] == [run_id]
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert trained["failures"] == []
+    group = trained["groups"]["sentinel2_l1c-scene"]
+    assert sorted(group["per_institution"]) == ["lab-a", "lab-b"] and "test_accuracy" in group["metrics"]
+    assert (run_dir / group["specialist"] / "weights.safetensors").is_file()

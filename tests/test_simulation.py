@@ -14,8 +14,8 @@ from flower_harness import flwr_run, isolated_flower, pids_mentioning, run_statu
 @pytest.mark.e2e
 def test_quick_preset_through_flwr_run(tmp_path: Path) -> None:
     out = tmp_path / "outputs"
-    run_config = {"experiment": "quick", "overrides": f"output_dir={out} world.tiles_per_institution=6",
-                  "run-name": "sim"}
+    overrides = f"output_dir={out} world.tiles_per_institution=6 train.rounds=1 train.local_epochs=1"
+    run_config = {"experiment": "quick", "overrides": overrides, "run-name": "sim"}
     with isolated_flower(tmp_path) as env:
         run_id, output = flwr_run(env, None, run_config, timeout_s=85)
         status = run_status(env, None, run_id)
@@ -31,4 +31,8 @@ def test_quick_preset_through_flwr_run(tmp_path: Path) -> None:
     assert roster["groups"]["sentinel2_l2a-scene"]["members"] == ["north_s2", "south_s2"]
     assert sorted(roster["groups"]) == ["aerial_rgbn-landcover", "sentinel1_grd-scene", "sentinel2_l2a-scene"]
     assert len([p for p in (out / "cache" / "worlds").iterdir() if p.is_dir()]) == 4
-    assert json.loads((run_dir / "checkpoint.json").read_text())["phases"]["discover"]["status"] == "done"
+    phases = json.loads((run_dir / "checkpoint.json").read_text())["phases"]
+    assert [name for name, p in phases.items() if p["status"] == "done"] == ["discover", "train"]
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())["groups"]
+    for name in roster["groups"]:
+        assert (run_dir / trained[name]["specialist"] / "weights.safetensors").is_file()

@@ -1,11 +1,11 @@
 """Phase *discover*: who is out there, what data they hold, and which groups they form.
 
 1. wait for ``federation.min_nodes`` nodes, then ask each who it is (``query.identify``): a
-   declared institution (its ``--node-config``), a simulated host (``partition-id`` of N), or
-   unconfigured (left idle);
+   declared institution (its ``--node-config``; it also summarises its data in the same reply),
+   a simulated host (``partition-id`` of N), or unconfigured (left idle);
 2. hand the experiment's simulated institutions to the simulated hosts in config order, institution
    i to the host i mod H (H hosts, ordered by partition-id); hosts beyond the institution count idle;
-3. ask every institution's node to open its data and summarise it (``query.describe``);
+3. ask the hosts to open each simulated institution's data and summarise it (``query.describe``);
 4. group institutions by sensor and task.
 
 A node that fails a step is recorded and left out; the run stops only when fewer than
@@ -50,13 +50,13 @@ def assign_hosts(institutions: list[str], hosts: list[int]) -> dict[str, int]:
     return {name: hosts[i % len(hosts)] for i, name in enumerate(institutions)} if hosts else {}
 
 
-def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int]]]:
-    """Declared identities by node and simulated hosts as (partition-id, node id)."""
+def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, Outcome], list[tuple[int, int]]]:
+    """Declared nodes' identify replies by node id, and simulated hosts as (partition-id, node id)."""
     fed = ctx.cfg.federation
     node_ids = wait_for_nodes(ctx.grid, fed.min_nodes, fed.node_wait_s)
     roster.num_nodes = len(node_ids)
     requests = [Request(str(n), n, config_content(identify={"node": n})) for n in node_ids]
-    declared: dict[int, dict[str, Any]] = {}
+    declared: dict[int, Outcome] = {}
     hosts: list[tuple[int, int]] = []
     for outcome in exchange(ctx.grid, "query.identify", requests, fed.reply_timeout_s).values():
         node = outcome.node_id
@@ -66,7 +66,7 @@ def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, dict[str, An
             identity = read_config(outcome.content, "identity", f"node {node}")
             kind = identity.get("kind")
             if kind == "declared":
-                declared[node] = identity
+                declared[node] = outcome
             elif kind == "simulated":
                 hosts.append((int(identity["partition-id"]), node))
             elif kind == "unconfigured":
@@ -79,7 +79,7 @@ def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, dict[str, An
 
 
 def _check_summary(outcome: Outcome, name: str) -> dict[str, Any]:
-    """The validated data summary from a describe reply; ``ValueError`` says what is malformed."""
+    """The validated data summary of an identify or describe reply; ``ValueError`` says what is wrong."""
     if not outcome.ok:
         raise ValueError(outcome.error)
     source = f"node {outcome.node_id}, institution {name!r}"
@@ -97,22 +97,31 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
     cfg = ctx.cfg
     roster = Roster()
     declared, hosts = _identify(ctx, roster)
+    members: list[Member] = []
 
-    # Bind institutions to nodes: declared ones to themselves, simulated ones to the hosts.
-    candidates: dict[str, tuple[int, dict[str, Any], bool]] = {}
-    for node, identity in declared.items():
-        name = identity["institution"]
-        if name in candidates or name in cfg.institutions:
-            other = f"node {candidates[name][0]}" if name in candidates else "a simulated institution"
+    def admit(name: str, outcome: Outcome, record: dict[str, Any], simulated: bool, step: str) -> None:
+        try:
+            summary = _check_summary(outcome, name)
+        except ValueError as exc:
+            roster.failures.append({"node_id": outcome.node_id, "institution": name, "step": step, "reason": str(exc)})
+            return
+        members.append(Member(name, record["sensor"], record["task"], outcome.node_id, simulated, record, summary))
+
+    # Declared institutions: the identify reply already holds their data summary.
+    for node, outcome in declared.items():
+        identity = read_config(outcome.content, "identity", f"node {node}")
+        name = identity.get("institution")
+        taken = [m.node_id for m in members if m.name == name]
+        if taken or name in cfg.institutions:
+            other = f"node {taken[0]}" if taken else "a simulated institution"
             roster.failures.append({"node_id": node, "institution": name, "step": "identify",
                                     "reason": f"institution {name!r} is also declared by {other}"})
             continue
-        record = {k: v for k, v in identity.items() if k != "kind"}
-        candidates[name] = (node, record, False)
+        admit(name, outcome, {k: v for k, v in identity.items() if k != "kind"}, False, "identify")
+
+    # Simulated institutions: assigned to the simulated hosts, which prepare and summarise their data.
     host_nodes = [node for _, node in hosts]
     assignment = assign_hosts(list(cfg.institutions), host_nodes)
-    for name, node in assignment.items():
-        candidates[name] = (node, simulated_record(cfg, name, ctx.cache_dir), True)
     for partition, node in hosts[len(cfg.institutions):]:
         roster.idle_nodes.append({"node_id": node, "reason": f"simulated partition {partition}: no institution left"})
     if cfg.institutions and not hosts:
@@ -122,19 +131,11 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
         log.info("%d simulated institutions on %d simulated nodes (each hosts several); "
                  "`--federation-config \"num-supernodes=%d\"` gives one node each",
                  len(cfg.institutions), len(host_nodes), len(cfg.institutions))
+    records = {name: simulated_record(cfg, name, ctx.cache_dir) for name in assignment}
+    requests = [Request(name, node, config_content(institution=records[name])) for name, node in assignment.items()]
+    for name, outcome in exchange(ctx.grid, "query.describe", requests, cfg.federation.reply_timeout_s).items():
+        admit(name, outcome, records[name], True, "describe")
 
-    requests = [Request(name, node, config_content(institution=record))
-                for name, (node, record, _) in candidates.items()]
-    outcomes = exchange(ctx.grid, "query.describe", requests, cfg.federation.reply_timeout_s)
-    members = []
-    for name, outcome in outcomes.items():
-        node, record, simulated = candidates[name]
-        try:
-            summary = _check_summary(outcome, name)
-        except ValueError as exc:
-            roster.failures.append({"node_id": node, "institution": name, "step": "describe", "reason": str(exc)})
-            continue
-        members.append(Member(name, record["sensor"], record["task"], node, simulated, record, summary))
     roster.institutions = {m.name: m for m in sorted(members, key=lambda m: m.name)}
     roster.groups = form_groups(members)
     _log_roster(roster)
