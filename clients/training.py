@@ -6,7 +6,6 @@ the model is always rebuilt from the card, never unpickled.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn

@@ -81,7 +81,7 @@ def _train_record(ctx: PhaseContext, round_index: int) -> dict[str, Any]:
     tc = ctx.cfg.train
     lr = tc.lr * 0.5 * (1 + math.cos(math.pi * (round_index - 1) / tc.rounds))
     return {"epochs": tc.local_epochs, "batch_size": tc.batch_size, "lr": lr, "weight_decay": tc.weight_decay,
-            "warmup_epochs": 0.0, "seed": ctx.cfg.seed * 1000 + round_index, "device": tc.device, "amp": tc.amp,
+            "seed": ctx.cfg.seed * 1000 + round_index, "device": tc.device, "amp": tc.amp,
             "max_steps": tc.max_steps}
 
 
