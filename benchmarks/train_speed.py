@@ -1,11 +1,11 @@
 """Specialist training and inference throughput (images/s, median of 3 runs) on random tiles.
 
 Training step = forward + classification head + cross-entropy + backward + AdamW step; inference =
-forward of the 4-scale features under ``torch.no_grad``. Records the load average, since other
-processes on the machine slow every number down.
+forward of the 4-scale features under ``torch.no_grad``. One row per intra-op thread count. Records
+the load average and ``OMP_WAIT_POLICY``: on a busy machine, spinning OpenMP threads stall badly.
 
 Usage: python benchmarks/train_speed.py [--variant convnextv2_atto --bands 12 --size 64 --batch 64
-       --threads 2 --steps 5 --device cpu]
+       --threads 2 1 --steps 5 --device cpu]
 Writes benchmarks/results/train_speed.json and train_speed.md.
 """
 
@@ -54,11 +54,10 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=12, help="first N bands of Sentinel-2 L2A")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--steps", type=int, default=5, help="batches per timed run")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     bands = list(get_sensor("sentinel2_l2a").bands[: args.bands])
@@ -82,33 +81,39 @@ def main() -> None:
     def infer_step() -> None:
         specialist(x)
 
-    load_before = os.getloadavg()[0]
-    specialist.train(), head.train()
-    train, train_runs = images_per_second(train_step, args.batch, args.steps, device)
-    specialist.eval()
-    infer, infer_runs = images_per_second(infer_step, args.batch, args.steps, device)
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        load = os.getloadavg()[0]
+        specialist.train(), head.train()
+        train, train_runs = images_per_second(train_step, args.batch, args.steps, device)
+        specialist.eval()
+        infer, infer_runs = images_per_second(infer_step, args.batch, args.steps, device)
+        rows.append({
+            "threads": threads, "load_average_1min": round(load, 2),
+            "train_images_per_s": round(train, 1), "train_runs": [round(r, 1) for r in train_runs],
+            "inference_images_per_s": round(infer, 1), "inference_runs": [round(r, 1) for r in infer_runs],
+        })
     record = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "threads": args.threads, "variant": args.variant, "bands": len(bands),
-        "size": args.size, "batch": args.batch, "steps_per_run": args.steps, "runs": 3, "statistic": "median",
-        "num_params": card.num_params, "load_average_1min": round(load_before, 2),
-        "train_images_per_s": round(train, 1), "train_runs": [round(r, 1) for r in train_runs],
-        "inference_images_per_s": round(infer, 1), "inference_runs": [round(r, 1) for r in infer_runs],
+        "torch": torch.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "variant": args.variant, "bands": len(bands), "size": args.size, "batch": args.batch,
+        "num_params": card.num_params, "steps_per_run": args.steps, "runs": 3, "statistic": "median",
+        "results": rows,
     }
     atomic_write_text(RESULTS / "train_speed.json", json.dumps(record, indent=1))
     table = [
         f"Specialist throughput: {args.variant}, {len(bands)} bands, {args.size}x{args.size}, batch {args.batch}, "
-        f"{args.threads} threads, {record['device']} (median of 3 runs of {args.steps} batches; "
-        f"1-min load average {record['load_average_1min']}).",
+        f"{record['device']}, OMP_WAIT_POLICY {record['omp_wait_policy']} (images/s, median of 3 runs of "
+        f"{args.steps} batches).",
         "",
-        "| step | images/s |",
-        "|---|---|",
-        f"| train (forward + head + backward + AdamW) | {record['train_images_per_s']} |",
-        f"| inference (4-scale features, no grad) | {record['inference_images_per_s']} |",
+        "| threads | 1-min load | train (fwd + head + bwd + AdamW) | inference (4-scale features) |",
+        "|---|---|---|---|",
     ]
+    table += [f"| {r['threads']} | {r['load_average_1min']} | {r['train_images_per_s']} | "
+              f"{r['inference_images_per_s']} |" for r in rows]
     atomic_write_text(RESULTS / "train_speed.md", "\n".join(table) + "\n")
-
 
 if __name__ == "__main__":
     main()
