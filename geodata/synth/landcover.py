@@ -23,6 +23,7 @@ __all__ = ["SceneLatent", "SceneGrid", "class_fractions"]
 
 K = len(CLASSES)
 _MAT = {m: i for i, m in enumerate(MATERIALS)}
+_K = {c: i for i, c in enumerate(CLASSES)}
 _OCTAVES = ((3, 1.0), (6, 0.7), (12, 0.4), (24, 0.2))  # (lattice cells per tile side, amplitude)
 _VARIATION = ("vigour", "moisture", "turbidity", "mix", "brightness", "wind")
 _FINE = ("wet", "rough")
@@ -125,10 +126,17 @@ class SceneLatent:
         self.variation = [rng.standard_normal((len(_VARIATION), c + 3, c + 3), dtype=f32) * f32(a)
                           for c, a in ((2, 0.6), (5, 0.8))]
         self.fine = rng.standard_normal((len(_FINE), 27, 27), dtype=f32)
-        u = rng.random(13)  # layout scalars, drawn at once (fewer generator calls)
+        u = rng.random(14)  # layout scalars, drawn at once (fewer generator calls)
         t = rng.random((7, _TABLE, _TABLE), dtype=f32)  # per block / parcel attribute tables
         canopy = rng.random((3, 8))
         normal = rng.standard_normal(2)
+        # each class's look varies from scene to scene (soil type, tree species, crop, roofing, water
+        # constituents): a per-class optical brightness and radar gain, so a tile's mean spectrum is a
+        # poor guide to its class fractions while the spatial structure stays
+        self.class_gain = np.exp(0.3 * rng.standard_normal(K)).astype(f32)
+        self.class_radar_gain = np.exp(0.25 * rng.standard_normal(K)).astype(f32)
+        # ... and each vegetated class's vigour (grazing, irrigation, drought), beyond the season
+        self.class_vigour = rng.standard_normal(K).astype(f32)
         # urban blocks; kind 0 building, 1 park, 2 plaza
         self.blocks = _Grid(u[0] * np.pi / 2, _pair(35 + 45 * u[1:3]), _pair(80 * u[3:5]))
         self.road_width = float(6 + 6 * u[5])
@@ -139,9 +147,11 @@ class SceneLatent:
         angle, length = 2 * math.pi * u[6], 3 + 5 * u[7]
         self.sun_shift = (length * math.cos(angle), length * math.sin(angle))
         # crop parcels; state 0 green crop, 1 ripe/senescent, 2 bare (ploughed), 3 young rows
-        self.parcels = _Grid(u[8] * np.pi / 2, (100 + 150 * u[9], 60 + 120 * u[10]), _pair(250 * u[11:13]))
-        green = 0.35 + 0.15 * self.season
-        self.parcel_state = np.searchsorted(np.array([green, green + 0.2, green + 0.4], dtype=f32), t[4], side="right")
+        self.parcels = _Grid(u[8] * np.pi / 2, (60 + 120 * u[9], 40 + 100 * u[10]), _pair(250 * u[11:13]))
+        self.hedge_half_width = float(2 + 2 * u[13])
+        # the crop calendar differs from scene to scene: the share of parcels in each state is drawn
+        state_share = rng.dirichlet(np.array([2.0 + 1.5 * max(self.season, 0), 1.5, 1.5, 1.5]))
+        self.parcel_state = np.searchsorted(np.cumsum(state_share)[:3].astype(f32), t[4], side="right")
         self.row_along_p = t[5] < 0.5
         self.row_period = 5 + 4 * t[6]
         # forest canopy: random plane waves at crown scale
@@ -149,7 +159,7 @@ class SceneLatent:
         self.canopy_dir = np.pi * canopy[1]
         self.canopy_phase = 2 * np.pi * canopy[2]
         self.conifer_bias = float(normal[0])
-        self.wet_bias = float(-0.3 + 0.5 * normal[1])
+        self.wet_bias = float(-0.3 + 0.6 * normal[1])
 
     # --- evaluation -----------------------------------------------------------------------------
 
@@ -176,11 +186,13 @@ class SceneLatent:
             mats, mod_vv, mod_vh = _COMPOSERS[name](_View(ctx, where))
             a = flat[k, where]
             if weights is not None:
+                lit = a * self.class_gain[k]
                 for material, w in mats.items():
-                    weights[_MAT[material], where] += a * w
+                    weights[_MAT[material], where] += lit * w
             if vv is not None:
-                vv[where] += a * (base_vv[k] * mod_vv)
-                vh[where] += a * (base_vh[k] * mod_vh)
+                echo = a * self.class_radar_gain[k]
+                vv[where] += echo * (base_vv[k] * mod_vv)
+                vh[where] += echo * (base_vh[k] * mod_vh)
         if weights is not None:
             grid.materials = weights.reshape(len(MATERIALS), n, n)
         if vv is not None:
@@ -268,9 +280,9 @@ def _water(ctx: _View) -> Composition:
 def _forest(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
     texture = ctx.canopy
-    lit = 1 + 0.35 * texture
+    lit = 1 + 0.35 * texture + 0.15 * f["rough"]  # crowns, and clumps and gaps at a few tens of metres
     conifer = _sig(1.6 * f["mix"] + s.conifer_bias)
-    vigour = np.clip(0.8 + 0.1 * f["vigour"] + 0.15 * s.season, 0.2, 1.0)
+    vigour = np.clip(0.8 + 0.1 * f["vigour"] + 0.15 * s.season + 0.1 * s.class_vigour[_K["forest"]], 0.2, 1.0)
     gap = _sig(2 * f["rough"] - 3.5)
     broad = (1 - conifer) * lit * (1 - gap)
     mats = {"conifer": conifer * lit * (1 - gap), "green_veg": broad * vigour + 0.6 * gap,
@@ -281,8 +293,10 @@ def _forest(ctx: _View) -> Composition:
 
 def _grassland(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
-    v = _sig(1.2 * f["vigour"] + 0.9 + 1.5 * s.season)
-    return ({"green_veg": v, "dry_veg": 0.85 * (1 - v), "soil_dry": 0.15 * (1 - v)},
+    v = _sig(1.2 * f["vigour"] + 0.9 + 1.5 * s.season + s.class_vigour[_K["grassland"]])
+    bare = 0.6 * _sig(3 * f["rough"] - 3.5)  # trampled or eroded patches
+    return ({"green_veg": v * (1 - bare), "dry_veg": (1 - v) * (1 - bare) * 0.85,
+             "soil_dry": (1 - v) * (1 - bare) * 0.15 + bare},
             np.exp(0.25 * f["moisture"]), 0.7 + 0.6 * v)
 
 
@@ -302,26 +316,28 @@ def _cropland(ctx: _View) -> Composition:
     along = np.where(s.row_along_p[idx], lp, lq)
     rows = np.cos(2 * np.pi * along / period) * _wave_atten(period, ctx.pix)
     cover = np.clip(_CROP_COVER[state] + _CROP_ROWS[state] * rows, 0, 1)
-    vigour = np.clip(_CROP_VIGOUR[state] + 0.25 * s.season, 0, 1)
+    vigour = np.clip(_CROP_VIGOUR[state] + 0.25 * s.season + 0.2 * s.class_vigour[_K["cropland"]], 0, 1)
     edge = np.minimum(np.minimum(lp, s.parcels.size[0] - lp), np.minimum(lq, s.parcels.size[1] - lq))
-    margin = _strip(edge, 1.5, ctx.pix)
+    margin = _strip(edge, s.hedge_half_width, ctx.pix)  # hedgerows and tracks between parcels
     field = 1 - margin
     wet = _sig(f["moisture"] - 0.5)
     furrows = 1 + 0.15 * rows * (state == 2)
     soil = field * (1 - cover) * furrows
-    mats = {"green_veg": field * cover * vigour + 0.7 * margin, "dry_veg": field * cover * (1 - vigour) + 0.3 * margin,
-            "soil_dry": soil * (1 - wet), "soil_wet": soil * wet}
+    mats = {"green_veg": field * cover * vigour + 0.25 * margin, "dry_veg": field * cover * (1 - vigour),
+            "soil_dry": soil * (1 - wet) + 0.15 * margin, "soil_wet": soil * wet, "conifer": 0.6 * margin}
     moist = np.exp(0.3 * f["moisture"])
     return mats, _CROP_VV[state] * moist, _CROP_VH[state] * moist
 
 
 def _bare_soil(ctx: _View) -> Composition:
-    f = ctx.fields
+    f, s = ctx.fields, ctx.scene
     wet = _sig(1.2 * f["moisture"] - 0.7)
-    bright = 1 + 0.15 * f["brightness"] + 0.08 * f["rough"]
-    sparse = 0.15 * _sig(2 * f["vigour"] - 2)
+    bright = 1 + 0.15 * f["brightness"] + 0.25 * f["rough"]  # grainy: stones, rills, crusts
+    sparse = 0.35 * _sig(2 * f["vigour"] - 1.5 + 1.5 * s.class_vigour[_K["bare_soil"]])  # scattered plants
+    green = _sig(1.5 * s.season)
     rough = np.exp(0.3 * f["rough"])
-    return ({"soil_dry": (1 - wet) * bright * (1 - sparse), "soil_wet": wet * bright * (1 - sparse), "dry_veg": sparse},
+    return ({"soil_dry": (1 - wet) * bright * (1 - sparse), "soil_wet": wet * bright * (1 - sparse),
+             "green_veg": sparse * green, "dry_veg": sparse * (1 - green)},
             10 ** (0.6 * wet) * rough, 10 ** (0.4 * wet) * rough)
 
 
@@ -350,9 +366,10 @@ def _urban(ctx: _View) -> Composition:
     kind = s.block_kind[idx]
     park, plaza = (kind == 1).astype(np.float32), (kind == 2).astype(np.float32)
     garden = ground * dim * (1 - plaza)
+    green = 0.3 + 0.6 * _sig(s.class_vigour[_K["urban"]]) + 0.3 * park  # leafy or paved neighbourhoods
     mats = {"asphalt": road * (1 - 0.7 * np.clip(shifted - roof, 0, 1)),
-            "green_veg": garden * (0.55 + 0.35 * park), "soil_dry": garden * (0.15 - 0.1 * park),
-            "concrete": garden * (0.3 - 0.25 * park) + ground * dim * plaza}
+            "green_veg": garden * np.minimum(green, 1), "soil_dry": garden * 0.4 * (1 - np.minimum(green, 1)),
+            "concrete": garden * 0.6 * (1 - np.minimum(green, 1)) + ground * dim * plaza}
     roof_mat = s.roof[idx]
     gain = s.roof_gain[idx]
     for j, material in enumerate(_ROOFS):
@@ -365,8 +382,8 @@ def _urban(ctx: _View) -> Composition:
 
 def _wetland(ctx: _View) -> Composition:
     f, s = ctx.fields, ctx.scene
-    w = _sig(2.2 * f["wet"] + s.wet_bias)
-    v = np.clip(0.65 + 0.15 * f["vigour"] + 0.2 * s.season, 0.1, 1.0)
+    w = _sig(3.0 * f["wet"] + s.wet_bias)
+    v = np.clip(0.65 + 0.15 * f["vigour"] + 0.2 * s.season + 0.15 * s.class_vigour[_K["wetland"]], 0.1, 1.0)
     mats = {"water_turbid": 0.6 * w, "water_clear": 0.4 * w, "green_veg": 0.85 * (1 - w) * v,
             "dry_veg": 0.85 * (1 - w) * (1 - v)}
     edge = w * (1 - w)

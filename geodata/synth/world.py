@@ -164,25 +164,25 @@ def render_scene(config: WorldConfig, institution: str | InstitutionConfig, inde
     priors = np.array([inst.class_priors.get(c, 0.0) for c in CLASSES])
     rng = _rng(config.seed, inst.name, index, "scene")
     # acquisition date and conditions vary from scene to scene around the institution's
-    jitter_season, jitter_gain, jitter_haze, jitter_db = rng.normal(0, 0.35), math.exp(rng.normal(0, 0.05)), \
-        rng.uniform(0.5, 1.5), rng.normal(0, 0.5)
+    jitter_season, jitter_gain, jitter_haze, jitter_db = rng.normal(0, 0.5), math.exp(rng.normal(0, 0.15)), \
+        rng.uniform(0, 0.02), rng.normal(0, 0.5)
     season = float(np.clip(domain.season + jitter_season, -1, 1))
     latent = SceneLatent(rng, priors, config.tile_size * config.pixel_size_m, season)
 
     n = config.tile_size
     factors = {s.name: grid_factor(s, config) for s in chosen}
     sar = {s.name: _is_sar(s) for s in chosen}
-    base = latent.evaluate(n, materials=any(not sar[s] and factors[s] == 1 for s in factors),
-                           radar=any(sar.values()))
-    grids: dict[int, SceneGrid] = {1: base}
-    fractions = class_fractions(base.mask)
+    grids: dict[int, SceneGrid] = {}
+    for factor in sorted({1, *factors.values()}):  # the base grid always: it defines the labels
+        here = [s for s, f in factors.items() if f == factor]
+        grids[factor] = latent.evaluate(n * factor, materials=any(not sar[s] for s in here),
+                                        radar=any(sar[s] for s in here))
+    fractions = class_fractions(grids[1].mask)
     crs = CRS.from_epsg(config.region(inst.region).epsg)
 
     tiles = {}
     for sensor in chosen:
         factor = factors[sensor.name]
-        if factor not in grids:
-            grids[factor] = latent.evaluate(n * factor, materials=True, radar=False)
         grid = grids[factor]
         noise = _rng(config.seed, inst.name, index, sensor.name)
         if sar[sensor.name]:
@@ -191,7 +191,7 @@ def render_scene(config: WorldConfig, institution: str | InstitutionConfig, inde
         else:
             camera = np.dtype(sensor.dtype) == np.uint8
             gain = domain.gain * jitter_gain * (domain.exposure if camera else 1.0)
-            look = OpticalLook(gain=gain, tilt=domain.tilt * (2 if camera else 1), haze=domain.haze * jitter_haze)
+            look = OpticalLook(gain=gain, tilt=domain.tilt * (2 if camera else 1), haze=domain.haze + jitter_haze)
             physical = render_optical(grid, sensor.bands, config.pixel_size_m / factor, look, noise)
         tiles[sensor.name] = SensorTile(sensor.name, encode(physical, sensor), grid.mask,
                                         _transform(config, inst, index, factor), crs, factor)
