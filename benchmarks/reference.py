@@ -11,7 +11,7 @@ fingerprint of its inputs, so a rerun skips what did not change (and redoes what
    one of them on labels shuffled among its tiles (useless by construction); enrolled in a registry
    whose feature statistics are measured on the proxy data;
 3. distillation: the student learns every teacher's cached targets on the unlabelled proxy tiles
-   (training regions, three sensors, labels stripped); with ``pair_scenes`` the other sensors' tiles
+   (training regions, three sensors, the specialists' train and val splits, labels stripped); with ``pair_scenes`` the other sensors' tiles
    of a scene also learn the targets a teacher computed on the tile it can read
    (:meth:`fusion.teacher_cache.TeacherCache.share`);
 4. probes on every downstream task (none was trained on by a specialist), label fractions x seeds:
@@ -192,8 +192,10 @@ def is_done(folder: Path, key: str) -> bool:
     return False
 
 
-def mark_done(folder: Path, key: str, record: dict | None = None) -> None:
-    atomic_write_text(folder / STAMP, json.dumps({"key": key, **(record or {})}, indent=1))
+def mark_done(folder: Path, key: str, started: float, record: dict | None = None) -> None:
+    """Stamp a finished stage with its key and the seconds it took since ``started`` (``time.perf_counter``)."""
+    record = {"key": key, "seconds": time.perf_counter() - started, **(record or {})}
+    atomic_write_text(folder / STAMP, json.dumps(record, indent=1))
 
 
 def stage_record(folder: Path) -> dict:
@@ -211,8 +213,9 @@ def build_world(cfg: BenchmarkConfig, out: Path) -> tuple[Manifest, str]:
     key = fingerprint(world.to_dict())
     folder = out / "world"
     if not is_done(folder, key):
+        start = time.perf_counter()
         generate_world(world, folder, workers=cfg.world_workers)
-        mark_done(folder, key)
+        mark_done(folder, key, start)
     return Manifest.load(folder / "manifest.json"), key
 
 
@@ -233,10 +236,10 @@ def shuffled_manifest(world: Manifest, job: SpecialistJob) -> Path:
 
 def proxy_manifest(cfg: BenchmarkConfig, world: Manifest) -> Manifest:
     """The coordinator's unlabelled proxy data: the proxy sensors' tiles of the training institutions
-    in the proxy split, with every target removed."""
+    in the proxy splits, with every target removed."""
     proxy = cfg.proxy
     tiles = [dataclasses.replace(t, targets={}) for t in world.tiles
-             if t.institution in proxy["institutions"] and t.sensor in proxy["sensors"] and t.split == proxy["split"]]
+             if t.institution in proxy["institutions"] and t.sensor in proxy["sensors"] and t.split in proxy["splits"]]
     manifest = Manifest(tasks={}, tiles=tiles, name=f"{world.name}-proxy")
     manifest.save(world.root / "manifest-proxy.json")
     return manifest
@@ -258,7 +261,7 @@ def train_specialists(cfg: BenchmarkConfig, world: Manifest, world_key: str, out
             start = time.perf_counter()
             if eosfed(args) != 0:
                 raise RuntimeError(f"training specialist {job.name} failed")
-            mark_done(folder, key, {"seconds": time.perf_counter() - start})
+            mark_done(folder, key, start)
         folders.append(folder / "model")
     return folders
 
@@ -270,15 +273,15 @@ def build_registry(cfg: BenchmarkConfig, folders: list[Path], proxy: Manifest, w
     key = fingerprint(shas, cfg.proxy, cfg.tolerance_nm, world_key)
     folder = out / "registry"
     if not is_done(folder, key):
+        start = time.perf_counter()
         registry = Registry.create(folder)
         for path in folders:
             registry.add(load_specialist(path))
-        batches = ProxyBatches(proxy, cfg.proxy["sensors"], cfg.proxy["split"], batch_size=cfg.distill["batch_size"],
-                               shuffle=False)
+        batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=cfg.distill["batch_size"], shuffle=False)
         ensemble = Ensemble.from_registry(registry, tolerance_nm=cfg.tolerance_nm)
         for name, stats in ensemble.calibrate(batches).items():
             registry.save_feature_stats(name, stats)
-        mark_done(folder, key)
+        mark_done(folder, key, start)
     return Registry(folder), key
 
 
@@ -290,17 +293,17 @@ def distill(cfg: BenchmarkConfig, registry: Registry, registry_key: str, proxy: 
     folder = out / "distill"
     key = fingerprint(registry_key, cfg.distill, cfg.proxy, cfg.tolerance_nm)
     if not is_done(folder, key):
+        start = time.perf_counter()
         d = cfg.distill
-        batches = ProxyBatches(proxy, cfg.proxy["sensors"], cfg.proxy["split"], batch_size=d["batch_size"],
-                               seed=d["seed"])
+        batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=d["batch_size"], seed=d["seed"])
         student = Student.create(d["variant"], band_stats_table(batches.stats.values()), name="student-reference",
                                  seed=d["seed"])
         specialists = registry.load_all(map_location=device)
         cache = TeacherCache(folder / "teacher_cache")
-        start = time.perf_counter()
+        fill_start = time.perf_counter()
         extractions = fill_cache(cache, specialists, batches, cfg.tolerance_nm)
-        fill_seconds = time.perf_counter() - start
-        shared = cache.share(scene_partners(proxy, cfg.proxy["sensors"], cfg.proxy["split"])) \
+        fill_seconds = time.perf_counter() - fill_start
+        shared = cache.share(scene_partners(proxy, cfg.proxy["sensors"])) \
             if cfg.proxy["pair_scenes"] else 0
         config = DistillConfig(epochs=d["epochs"], lr=d["lr"], drop_prob=d["drop_prob"], seed=d["seed"], device=device)
         adaptors, history = distill_student(student, specialists, batches, cache, config,
@@ -311,7 +314,7 @@ def distill(cfg: BenchmarkConfig, registry: Registry, registry_key: str, proxy: 
         record = {"proxy_tiles": len(proxy.tiles), "proxy_batches": len(batches), "teacher_extractions": extractions,
                   "teacher_fill_seconds": fill_seconds, "paired_targets": shared,
                   "teacher_calls_during_epochs": history.teacher_extractions, **history.to_dict()}
-        mark_done(folder, key, {"history": record})
+        mark_done(folder, key, start, {"history": record})
     return folder / "student", stage_record(folder)["history"]
 
 
@@ -322,6 +325,7 @@ def eurosat_manifest(cfg: BenchmarkConfig, out: Path) -> Manifest:
     folder = out / "eurosat"
     key = fingerprint(cfg.eurosat, str(DATA))
     if not is_done(folder, key):
+        start = time.perf_counter()
         e = cfg.eurosat
         manifest = build_eurosat_manifest(DATA / "eurosat-ms", folder, e["train_per_class"], e["val_per_class"])
         if e.get("per_class") is not None:
@@ -334,7 +338,7 @@ def eurosat_manifest(cfg: BenchmarkConfig, out: Path) -> Manifest:
                     kept.append(tile)
             manifest = Manifest(tasks=manifest.tasks, tiles=kept, name=manifest.name)
             manifest.save(folder / "manifest.json")
-        mark_done(folder, key)
+        mark_done(folder, key, start)
     return Manifest.load(folder / "manifest.json")
 
 
@@ -371,7 +375,7 @@ def throughput(encoders: dict[str, Any], x: torch.Tensor, bands: tuple[str, ...]
 @dataclass
 class TaskFeatures:
     """Frozen features of one downstream task: per encoder (student, random, each applicable specialist)
-    and split (train, test, and ``select``, the split contributions are scored on)."""
+    and split (train, test, and val where the task has one)."""
 
     features: dict[str, dict[str, FeatureSet]]
     applicable: list[str]
@@ -529,7 +533,9 @@ def check_targets(cfg: BenchmarkConfig, tasks: list[dict], summary: dict, combin
                       f"val); with the best chosen on test instead: {s - means['best_on_test_score']:+.4f}"))
     params = [r["params"]["student"] * len(r["applicable"]) / r["params"]["ensemble"] for r in tasks if r["applicable"]]
     out.append(target("max over tasks of student params / (ensemble params / N)", max(params), "<= 1",
-                      max(params) <= 1, "N = specialists applicable to the task's input"))
+                      max(params) <= 1, "N = specialists applicable to the task's input; the student runs as one "
+                      "specialist on the input's bands, so 1/N of the ensemble is smaller where a member's stem reads "
+                      "fewer bands"))
     speed = [r["img_per_s"]["student"] / (len(r["applicable"]) / 2 * r["img_per_s"]["ensemble"])
              for r in tasks if r["applicable"]]
     out.append(target("min over tasks of student img/s / (N/2 x ensemble img/s)", min(speed), ">= 1", min(speed) >= 1,
@@ -595,7 +601,7 @@ def markdown(record: dict) -> str:
              f"{record['distill']['proxy_tiles']} unlabelled proxy tiles ({', '.join(cfg['proxy']['sensors'])}; scene "
              f"pairing {'on' if cfg['proxy']['pair_scenes'] else 'off'}), probed on {len(record['tasks'])} downstream "
              f"tasks; {len(cfg['probes']['seeds'])} seeds; band equivalence tolerance {cfg['tolerance_nm']:g} nm. "
-             f"Runtime {record['runtime_s']['total']:.0f} s ({record['setup']['threads']} threads, "
+             f"Full pipeline {record['pipeline_s']['total'] / 60:.1f} min ({record['setup']['threads']} thread, "
              f"{record['setup']['machine']}).", "", "## Targets", ""]
     lines += table(["target", "value", "threshold", "met", "note"],
                    [[t["target"], t["value"], t["threshold"], t["met"], t["note"]] for t in record["targets"]])
@@ -622,11 +628,11 @@ def markdown(record: dict) -> str:
                      s["means"]["student"] / s["means"]["ensemble"] if s["means"]["student"] is not None
                      and s["means"]["ensemble"] else None] for s in record["fractions"]])
     lines += ["", "## Cost (student vs the N applicable specialists)", ""]
-    lines += table(["task", "N", "student params", "ensemble params", "student img/s", "ensemble img/s",
-                    "pruned ensemble runs"],
-                   [[t["name"], len(t["applicable"]), t["params"]["student"], t["params"]["ensemble"],
-                     t["img_per_s"]["student"], t["img_per_s"]["ensemble"], ", ".join(t["applicable_pruned"]) or "-"]
-                    for t in record["tasks"]])
+    lines += table(["task", "N", f"N at {DEFAULT_TOLERANCE_NM:g} nm", "student params", "ensemble params",
+                    "student img/s", "ensemble img/s", "pruned ensemble runs"],
+                   [[t["name"], len(t["applicable"]), len(t["applicable_at_default_tolerance"]), t["params"]["student"],
+                     t["params"]["ensemble"], t["img_per_s"]["student"], t["img_per_s"]["ensemble"],
+                     ", ".join(t["applicable_pruned"]) or "-"] for t in record["tasks"]])
     contrib = record["contributions"]
     lines += ["", "## Contributions (Shapley averaged over the tasks each specialist can read; scored on val)", ""]
     lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks", "pruning"],
@@ -653,8 +659,10 @@ def markdown(record: dict) -> str:
         lines += ["", f"Speed ratios from `benchmarks/fusion_speed.py` (stored results, setup: {fs['setup']}): cached "
                       f"distillation epoch / plain epoch {fs['cached_distill_epoch_vs_plain_epoch']['ratio_median']}, "
                       f"teacher extraction / bare timm {fs['teacher_extraction_vs_bare_timm']['ratio_median']}."]
-    lines += ["", "## Runtime (s; cached stages take ~0)", ""]
-    lines += table(["stage", "seconds"], [[k, v] for k, v in record["runtime_s"].items()])
+    lines += ["", "## Runtime (s)", "", "Each stage as computed (cached stages: when they were computed) and in this run "
+              "(cached stages take ~0).", ""]
+    lines += table(["stage", "computed", "this run"], [[k, v, record["runtime_s"].get(k)]
+                                                       for k, v in record["pipeline_s"].items()])
     lines += ["", "## All probes", "", results_markdown([ProbeResult(**r) for t in record["tasks"]
                                                         for r in t["results"]])]
     return "\n".join(lines) + "\n"
@@ -715,6 +723,13 @@ def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device:
             if record["applicable_pruned"] else None
     lap("contributions_and_pruning")
     runtime["total"] = time.perf_counter() - start
+    compute = {"world": stage_record(out / "world")["seconds"],
+               "specialists": sum(stage_record(f.parent)["seconds"] for f in folders),
+               "registry": stage_record(registry.root)["seconds"],
+               "distill": stage_record(student_dir.parent)["seconds"],
+               "eurosat": stage_record(out / "eurosat")["seconds"],
+               "probes": runtime["probes"], "contributions_and_pruning": runtime["contributions_and_pruning"]}
+    compute["total"] = sum(compute.values())
 
     fractions = [summarise(cfg, tasks, f) for f in cfg.probes["fractions"]]
     summary = next(s for s in fractions if s["fraction"] == cfg.probes["headline_fraction"])
@@ -741,7 +756,7 @@ def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device:
                           "combined": combined_dicts, "kept": pruned.names, "cka": cka},
         "fusion_speed": fusion_speed,
         "targets": check_targets(cfg, tasks, summary, combined_dicts, fusion_speed),
-        "runtime_s": runtime,
+        "runtime_s": runtime, "pipeline_s": compute,
     }
     name = "reference_quick" if quick else "reference"
     atomic_write_text(results_dir / f"{name}.json", json.dumps(record, indent=1))

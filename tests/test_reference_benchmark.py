@@ -63,5 +63,6 @@ def test_quick_run_writes_every_required_field(tmp_path, shared_data):
         assert any(expected in n for n in names), f"target {expected!r} missing from {names}"
     for t in record["targets"]:
         assert _finite(t["value"]) and isinstance(t["met"], bool), t
-    assert _finite(record["runtime_s"]["total"]) and record["distill"]["teacher_calls_during_epochs"] == 0
+    assert _finite(record["runtime_s"]["total"]) and _finite(record["pipeline_s"]["total"])
+    assert record["distill"]["teacher_calls_during_epochs"] == 0
     assert "## Targets" in (tmp_path / "reference_quick.md").read_text()
