@@ -11,9 +11,9 @@ fingerprint of its inputs, so a rerun skips what did not change (and redoes what
    one of them on labels shuffled among its tiles (useless by construction); enrolled in a registry
    whose feature statistics are measured on the proxy data;
 3. distillation: the student learns every teacher's cached targets on the unlabelled proxy tiles
-   (training regions, three sensors, the specialists' train and val splits, labels stripped); with ``pair_scenes`` the other sensors' tiles
-   of a scene also learn the targets a teacher computed on the tile it can read
-   (:meth:`fusion.teacher_cache.TeacherCache.share`);
+   (training regions, three sensors, the specialists' train and val splits, labels stripped); with
+   ``pair_scenes`` the other sensors' tiles of a scene also learn the targets a teacher computed on
+   the tile it can read (:meth:`fusion.teacher_cache.TeacherCache.share`);
 4. probes on every downstream task (none was trained on by a specialist), label fractions x seeds:
    the student, the full ensemble, each specialist that can read the task's sensor (views at
    ``tolerance_nm``), and a random-initialised student of the same size. Frozen features are extracted
@@ -68,7 +68,7 @@ from fusion.prune import prune
 from fusion.student import band_stats_table
 from fusion.teacher_cache import TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
-from geodata.manifest import Manifest, TileEntry, atomic_write_text
+from geodata.manifest import Manifest, atomic_write_text
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.stats import load_or_compute_stats
 from geodata.synth import generate_world, load_world_config
@@ -257,7 +257,8 @@ def train_specialists(cfg: BenchmarkConfig, world: Manifest, world_key: str, out
             manifest = shuffled_manifest(world, job) if job.shuffled else world.root / "manifest.json"
             args = ["train-specialist", "--manifest", str(manifest), "--sensor", job.sensor, "--task", job.task,
                     "--institution", job.institution, "--name", job.name, "--out", str(folder / "model"),
-                    "--device", device] + [a for k, v in cfg.train.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+                    "--device", device]
+            args += [a for k, v in cfg.train.items() for a in (f"--{k.replace('_', '-')}", str(v))]
             start = time.perf_counter()
             if eosfed(args) != 0:
                 raise RuntimeError(f"training specialist {job.name} failed")
@@ -311,9 +312,9 @@ def distill(cfg: BenchmarkConfig, registry: Registry, registry_key: str, proxy: 
         save_student(student.cpu(), folder / "student")
         save_adaptors(adaptors.cpu(), folder / "adaptors")
         plot_history(history, folder / "distill_loss.png")
-        record = {"proxy_tiles": len(proxy.tiles), "proxy_batches": len(batches), "teacher_extractions": extractions,
-                  "teacher_fill_seconds": fill_seconds, "paired_targets": shared,
-                  "teacher_calls_during_epochs": history.teacher_extractions, **history.to_dict()}
+        record = {**history.to_dict(), "proxy_tiles": len(proxy.tiles), "proxy_batches": len(batches),
+                  "teacher_extractions": extractions, "teacher_fill_seconds": fill_seconds, "paired_targets": shared,
+                  "teacher_calls_during_epochs": history.teacher_extractions}
         mark_done(folder, key, start, {"history": record})
     return folder / "student", stage_record(folder)["history"]
 
@@ -389,7 +390,8 @@ def selection_split(train: dict[str, FeatureSet], val: dict[str, FeatureSet] | N
         n = len(next(iter(train.values())))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         cut = max(1, n // 5)
-        train, val = {k: f.subset(order[cut:]) for k, f in train.items()}, {k: f.subset(order[:cut]) for k, f in train.items()}
+        val = {k: f.subset(order[:cut]) for k, f in train.items()}
+        train = {k: f.subset(order[cut:]) for k, f in train.items()}
     return (train, val) if key is None else (train[key], val[key])
 
 
@@ -653,14 +655,15 @@ def markdown(record: dict) -> str:
               f"{len(d['total'])} epochs over {d['proxy_batches']} proxy batches; teacher cache filled once "
               f"({d['teacher_extractions']} extractions, {d['teacher_fill_seconds']:.1f} s), {d['paired_targets']} "
               f"targets shared by scene pairing, {d['teacher_calls_during_epochs']} teacher calls during epochs; epoch "
-              f"seconds {', '.join(f'{s:.0f}' for s in d['seconds'])}; loss {d['total'][0]:.4f} -> {d['total'][-1]:.4f}."]
+              f"seconds {', '.join(f'{s:.0f}' for s in d['seconds'])}; loss {d['total'][0]:.4f} -> "
+              f"{d['total'][-1]:.4f}."]
     if record["fusion_speed"] is not None:
         fs = record["fusion_speed"]
         lines += ["", f"Speed ratios from `benchmarks/fusion_speed.py` (stored results, setup: {fs['setup']}): cached "
                       f"distillation epoch / plain epoch {fs['cached_distill_epoch_vs_plain_epoch']['ratio_median']}, "
                       f"teacher extraction / bare timm {fs['teacher_extraction_vs_bare_timm']['ratio_median']}."]
-    lines += ["", "## Runtime (s)", "", "Each stage as computed (cached stages: when they were computed) and in this run "
-              "(cached stages take ~0).", ""]
+    lines += ["", "## Runtime (s)", "", "Each stage as computed (cached stages: when they were computed) and in this "
+              "run (cached stages take ~0).", ""]
     lines += table(["stage", "computed", "this run"], [[k, v, record["runtime_s"].get(k)]
                                                        for k, v in record["pipeline_s"].items()])
     lines += ["", "## All probes", "", results_markdown([ProbeResult(**r) for t in record["tasks"]
