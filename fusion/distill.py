@@ -30,7 +30,7 @@ from fusion.student import Student
 from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM
 from specialists import Specialist
-from specialists.io import atomic_write_bytes
+from geodata.manifest import atomic_write_bytes
 
 __all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "feature_loss", "drop_teachers",
            "plot_history"]

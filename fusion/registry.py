@@ -24,9 +24,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from fusion.featstats import FeatureStats
-from geodata.manifest import atomic_write_text
+from geodata.manifest import atomic_write_bytes, atomic_write_text
 from specialists import Specialist, load_specialist, save_specialist
-from specialists.io import atomic_write_bytes
 
 __all__ = ["Registry", "RegistryEntry", "RegistryError", "INDEX_FILE"]
 

@@ -28,24 +28,29 @@ from typing import Any, Literal
 
 from geodata.sensors import get_sensor
 
-__all__ = ["TaskSpec", "TileEntry", "Manifest", "atomic_write_text", "MANIFEST_VERSION"]
+__all__ = ["TaskSpec", "TileEntry", "Manifest", "atomic_write_bytes", "atomic_write_text", "MANIFEST_VERSION"]
 
 MANIFEST_VERSION = 1
 TaskType = Literal["classification", "multilabel", "segmentation"]
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half a file."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text (UTF-8) version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass

@@ -8,8 +8,6 @@ and field at fault.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,14 +15,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from geodata.manifest import atomic_write_text
+from geodata.manifest import atomic_write_bytes, atomic_write_text
 from geodata.sensors import SENSORS, BandError, get_band
 from specialists.card import SpecialistCard
 from specialists.encoder import STEM_WEIGHT, build_encoder
 from specialists.model import Specialist
 
 __all__ = [
-    "SpecialistMismatchError", "save_specialist", "load_specialist", "atomic_write_bytes", "WEIGHTS_FILE", "CARD_FILE",
+    "SpecialistMismatchError", "save_specialist", "load_specialist", "WEIGHTS_FILE", "CARD_FILE",
 ]
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -33,19 +31,6 @@ CARD_FILE = "card.json"
 
 class SpecialistMismatchError(ValueError):
     """A specialist's card and weights disagree, or either is malformed."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary twin of :func:`geodata.manifest.atomic_write_text`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_specialist(specialist: Specialist, directory: str | Path) -> Path:
