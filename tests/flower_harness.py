@@ -4,15 +4,19 @@
   per node, given node configs), so server phases run in a unit test in seconds; ``faults`` lets a
   test make chosen requests fail or go unanswered.
 - :class:`FlowerProcesses` starts ``flower-superlink`` / ``flower-supernode`` as separate process
-  groups on free loopback ports, and stops them (and every descendant) by PID.
+  groups on free loopback ports (plain, or with TLS from :func:`make_tls` and SuperNode keys from
+  :func:`make_node_key`), and stops them (and every descendant) by PID.
 - :func:`isolated_flower` (:func:`flower_env` + :func:`stop_local_superlink`), :func:`flwr_run`,
   :func:`run_status` run the ``flwr`` CLI against an isolated ``FLWR_HOME`` (own config, own
   local-SuperLink ports, own Ray temp dir) so tests never meet each other's or the user's Flower
-  state, and leave no process behind.
+  state, and leave no process behind; :func:`register_supernode` / :func:`list_supernodes` manage
+  SuperNode authentication through the same CLI.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import re
@@ -28,9 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from geodata.readers.eurosat import build_eurosat_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -235,6 +245,64 @@ def stop_local_superlink(env: dict[str, str]) -> None:
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and of a server certificate it signed (for 127.0.0.1 and localhost)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _write_private(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def make_tls(directory: Path, hours: float = 2.0) -> TlsFiles:
+    """A self-signed CA and a server certificate it signs for 127.0.0.1 / localhost, valid ``hours``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=hours))
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "eosfed test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP384R1())
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(valid[0]).not_valid_after(valid[1])
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    files = TlsFiles(directory / "ca.crt", directory / "server.pem", directory / "server.key")
+    files.ca_cert.write_bytes(ca.public_bytes(pem))
+    files.server_cert.write_bytes(server.public_bytes(pem))
+    _write_private(files.server_key, key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                       serialization.NoEncryption()))
+    return files
+
+
+def make_node_key(directory: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode's EC (P-384) key pair in OpenSSH format, as ``flower-supernode`` and
+    ``flwr supernode register`` read them; returns (private key, public key) paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = _write_private(directory / name, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    public = directory / f"{name}.pub"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH))
+    return private, public
+
+
 @dataclass
 class FlowerProcesses:
     """Processes started by a test, each in its own session and folder (``log_dir/<name>``, with its
@@ -256,21 +324,35 @@ class FlowerProcesses:
         self.procs.append((name, proc))
         return proc
 
-    def superlink(self, port: int, extra: list[str] = ()) -> str:
-        """Start ``flower-superlink --insecure`` on 127.0.0.1:``port``; returns its address."""
-        proc = self.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+    def superlink(self, port: int, extra: list[str] = (), tls: TlsFiles | None = None) -> str:
+        """Start ``flower-superlink`` on 127.0.0.1:``port`` (``--insecure``, or with ``tls``); returns its address."""
+        security = (["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                     "--ssl-keyfile", str(tls.server_key)] if tls else ["--insecure"])
+        proc = self.start("superlink", [str(BIN / "flower-superlink"), *security, "--host", "127.0.0.1",
                                         "--port", str(port), *extra])
         wait_for_port(port, 30, proc, "flower-superlink")
         return f"127.0.0.1:{port}"
 
-    def supernode(self, name: str, superlink: str, node_config: dict[str, str], extra: list[str] = ()) -> int:
-        """Start ``flower-supernode --insecure`` with ``node_config``; returns its Runtime API port."""
+    def supernode(self, name: str, superlink: str, node_config: dict[str, str], extra: list[str] = (),
+                  root_cert: Path | None = None, wait: bool = True) -> int:
+        """Start ``flower-supernode`` with ``node_config`` (``--insecure``, or TLS trusting ``root_cert``);
+        returns its Runtime API port, once it listens when ``wait``."""
         port = free_port()
         config = " ".join(f'{k}="{v}"' for k, v in node_config.items())
-        proc = self.start(name, [str(BIN / "flower-supernode"), "--insecure", "--superlink", superlink,
+        security = ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+        proc = self.start(name, [str(BIN / "flower-supernode"), *security, "--superlink", superlink,
                                  "--host", "127.0.0.1", "--port", str(port), "--node-config", config, *extra])
-        wait_for_port(port, 30, proc, f"flower-supernode {name}")
+        if wait:
+            wait_for_port(port, 30, proc, f"flower-supernode {name}")
         return port
+
+    def process(self, name: str) -> subprocess.Popen:
+        """The process started as ``name``."""
+        return next(proc for n, proc in self.procs if n == name)
+
+    def log(self, name: str) -> str:
+        """What the process ``name`` wrote so far."""
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
@@ -289,11 +371,48 @@ class FlowerProcesses:
         self.procs.clear()
 
 
-def write_connection(env: dict[str, str], name: str, address: str) -> Path:
-    """Write ``FLWR_HOME/config.toml`` with an insecure SuperLink connection ``name`` -> ``address``."""
+def partner_manifest(shared_data: Path, out: Path, train_per_class: int) -> Path:
+    """A partner's data folder: EuroSAT-MS with ``train_per_class`` train, 1 val and 1 test tile per class."""
+    manifest = build_eurosat_manifest(shared_data / "eurosat-ms", out, train_per_class=train_per_class,
+                                      val_per_class=1)
+    first_test: dict[int, str] = {}
+    for tile in manifest.tiles:
+        if tile.split == "test":
+            first_test.setdefault(tile.targets["scene"], tile.id)
+    manifest.tiles = [t for t in manifest.tiles if t.split != "test" or t.id in first_test.values()]
+    return manifest.save(out / "manifest.json")
+
+
+def write_connection(env: dict[str, str], name: str, address: str, root_cert: Path | None = None) -> Path:
+    """Write ``FLWR_HOME/config.toml`` with a SuperLink connection ``name`` -> ``address``: insecure, or
+    TLS trusting ``root_cert``."""
     path = Path(env["FLWR_HOME"]) / "config.toml"
-    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\ninsecure = true\n')
+    security = f'root-certificates = "{root_cert}"' if root_cert else "insecure = true"
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n{security}\n')
     return path
+
+
+def _flwr_json(env: dict[str, str], args: list[str], timeout_s: float = 60) -> dict[str, Any]:
+    """``flwr ARGS --format json``'s answer; raises with the output when it is not a success."""
+    done = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout_s)
+    try:
+        answer = json.loads(done.stdout[done.stdout.index("{"):])
+    except ValueError:
+        answer = {}
+    if done.returncode != 0 or not answer.get("success"):
+        raise RuntimeError(f"flwr {' '.join(args)} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return answer
+
+
+def register_supernode(env: dict[str, str], connection: str, public_key: Path, name: str) -> int:
+    """``flwr supernode register PUBLIC_KEY CONNECTION --name NAME``; returns the new node id."""
+    return int(_flwr_json(env, ["supernode", "register", str(public_key), connection, "--name", name])["node-id"])
+
+
+def list_supernodes(env: dict[str, str], connection: str) -> dict[int, str]:
+    """``flwr supernode list CONNECTION``: node id -> status (``registered``, ``online``, ...)."""
+    return {int(n["node-id"]): n["status"] for n in _flwr_json(env, ["supernode", "list", connection])["nodes"]}
 
 
 def run_config_args(run_config: dict[str, str]) -> list[str]:
