@@ -140,9 +140,9 @@ class SpecialistCard:
         return card
 
     @classmethod
-    def from_json(cls, text: str, source: str = "card") -> "SpecialistCard":
+    def from_json(cls, text: str | bytes, source: str = "card") -> "SpecialistCard":
         try:
             raw = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or bytes that are not UTF-8 text (e.g. a pickle)
             raise ValueError(f"{source}: not valid JSON: {exc}") from exc
         return cls.from_dict(raw, source)

@@ -48,7 +48,7 @@ def save_specialist(specialist: Specialist, directory: str | Path) -> Path:
 
 def _read_card(path: Path) -> SpecialistCard:
     try:
-        return SpecialistCard.from_json(path.read_text(), source=str(path))
+        return SpecialistCard.from_json(path.read_bytes(), source=str(path))
     except FileNotFoundError:
         raise SpecialistMismatchError(f"{path}: card not found") from None
     except ValueError as exc:

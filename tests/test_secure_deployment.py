@@ -50,8 +50,8 @@ def test_tls_deployment_admits_only_registered_supernodes(tmp_path: Path, shared
         "run-name": "secured",
     }
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
-        superlink = procs.superlink(free_port(), ["--enable-supernode-auth", "--disable-runtime-dependency-installation"],
-                                    tls=tls)
+        superlink = procs.superlink(free_port(), ["--enable-supernode-auth",
+                                                  "--disable-runtime-dependency-installation"], tls=tls)
         write_connection(env, "partners", superlink, root_cert=tls.ca_cert)
         registered = {name: register_supernode(env, "partners", keys[name][1], name) for name in PARTNERS}
         for name in PARTNERS:
