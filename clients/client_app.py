@@ -45,3 +45,18 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate("specialist")
 def evaluate(message: Message, context: Context) -> Message:
     return handlers.evaluate(message, context)
+
+
+@app.query("enrol")
+def enrol(message: Message, context: Context) -> Message:
+    return handlers.enrol(message, context)
+
+
+@app.query("features")
+def features(message: Message, context: Context) -> Message:
+    return handlers.features(message, context)
+
+
+@app.evaluate("fusion")
+def evaluate_fusion(message: Message, context: Context) -> Message:
+    return handlers.evaluate_fusion(message, context)

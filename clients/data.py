@@ -2,53 +2,28 @@
 
 A declared institution's data are a manifest on its disk. A simulated institution's data are its
 own scenes of the synthetic world, for its sensor only, generated on first use into the shared
-cache (``<cache-dir>/worlds/<world>-<institution>-<sensor>-<config hash>/``): built in a temporary
-folder and renamed into place under a file lock, so concurrent processes neither repeat nor see
-half of it. Only the summary (task, classes, tile counts per split, bands) leaves the node.
+cache (``<cache-dir>/worlds/<world>-<institution>-<sensor>-<config hash>/``, see
+:func:`geodata.synth.cached_world`). Only the summary (task, classes, tile counts per split, bands) leaves the node.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from clients.institution import InstitutionSpec
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from geodata.stats import compute_band_stats
-from geodata.synth import WorldConfig, generate_world
+from geodata.synth import WorldConfig, cached_world
 
-__all__ = ["open_manifest", "world_slice", "build_once", "institution_tiles", "summarize"]
+__all__ = ["open_manifest", "world_slice", "institution_tiles", "summarize"]
 
 log = logging.getLogger(__name__)
-
-
-def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
-    """``folder``, made by ``build(temporary folder)`` unless it exists; safe across processes."""
-    if folder.is_dir():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not folder.is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-            try:
-                build(tmp)
-                os.rename(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-    return folder
 
 
 def world_slice(spec: InstitutionSpec) -> Manifest:
@@ -59,16 +34,7 @@ def world_slice(spec: InstitutionSpec) -> Manifest:
     if spec.sensor not in own.sensors:
         raise ValueError(f"{source}: world {world.name!r} gives it {list(own.sensors)}, not {spec.sensor!r}")
     sliced = world.replace(institutions=(dataclasses.replace(own, sensors=(spec.sensor,)),))
-    key = hashlib.sha256(json.dumps(sliced.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(spec.cache_dir) / "worlds" / f"{world.name}-{spec.name}-{spec.sensor}-{key}"
-
-    def build(tmp: Path) -> None:
-        t0 = time.perf_counter()
-        log.info("Generating %s's %s scenes of world %s into %s", spec.name, spec.sensor, world.name, folder)
-        generate_world(sliced, tmp, progress=False)
-        log.info("Generated %d scenes in %.1f s", sliced.tiles_for(sliced.institutions[0]), time.perf_counter() - t0)
-
-    return Manifest.load(build_once(folder, build) / "manifest.json")
+    return cached_world(sliced, spec.cache_dir, f"{world.name}-{spec.name}-{spec.sensor}")
 
 
 def open_manifest(spec: InstitutionSpec) -> Manifest:

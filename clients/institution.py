@@ -5,7 +5,8 @@ A partner's SuperNode declares itself::
     flower-supernode ... --node-config 'institution="lab-a" sensor="sentinel2_l2a" task="scene"
                                         data-path="/data/lab-a/manifest.json"'
 
-(optional ``region="..."`` keeps only that region's tiles). A simulated SuperNode has only Flower's
+(optional ``region="..."`` keeps only that region's tiles; optional ``store="DIR"`` is where the node
+keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``). A simulated SuperNode has only Flower's
 ``partition-id``/``num-partitions``; the coordinator assigns it institutions of the experiment and
 sends each one's record, in the same keys plus ``world`` (a synthetic-world config as JSON) and
 ``cache-dir``, with every request. A node with neither has nothing to offer and stays idle.
@@ -14,6 +15,7 @@ sends each one's record, in the same keys plus ``world`` (a synthetic-world conf
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
@@ -43,6 +45,16 @@ class InstitutionSpec:
     region: str = ""
     world: str = ""
     cache_dir: str = ""
+    store: str = ""
+
+    @property
+    def store_dir(self) -> Path:
+        """Where this institution keeps its specialists (simulated: under the cache)."""
+        if self.store:
+            return Path(self.store).expanduser()
+        if self.cache_dir:
+            return Path(self.cache_dir) / "stores" / self.name
+        return Path.home() / ".eosfed" / "stores" / self.name
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], source: str) -> "InstitutionSpec":
@@ -55,6 +67,7 @@ class InstitutionSpec:
             region=_text(record, "region", source, False),
             world=_text(record, "world", source, False),
             cache_dir=_text(record, "cache-dir", source, False),
+            store=_text(record, "store", source, False),
         )
         if not _NAME.match(spec.name):
             raise ValueError(f"{source}: institution {spec.name!r} may hold only letters, digits, '.', '_', '-'")
@@ -73,6 +86,7 @@ class InstitutionSpec:
             "region": self.region,
             "world": self.world,
             "cache-dir": self.cache_dir,
+            "store": self.store,
         }
         return {k: v for k, v in record.items() if v}
 

@@ -6,6 +6,10 @@
 <registry>/feature_stats/<weights_sha256>.safetensors   its feature statistics on proxy data (optional)
 ```
 
+A specialist whose weights stay at its institution is enrolled by its card alone (``holder`` names
+the institution, its folder holds only ``card.json``): it takes part through features its holder
+computes, and :meth:`Registry.load` refuses it.
+
 Every write is atomic (temp file + rename). A pruned or selected registry is a new folder that
 lists (and holds) only the kept specialists.
 """
@@ -25,7 +29,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from fusion.featstats import FeatureStats
 from geodata.manifest import atomic_write_bytes, atomic_write_text
-from specialists import Specialist, load_specialist, save_specialist
+from specialists import Specialist, SpecialistCard, load_specialist, save_specialist
 
 __all__ = ["Registry", "RegistryEntry", "RegistryError", "INDEX_FILE"]
 
@@ -50,6 +54,7 @@ class RegistryEntry:
     bands: tuple[str, ...]
     task: str
     num_params: int
+    holder: str = ""  # the institution that keeps the weights; empty: the weights are in the registry
 
 
 class Registry:
@@ -91,6 +96,11 @@ class Registry:
         return list(self._entries)
 
     @property
+    def local_names(self) -> list[str]:
+        """Specialists whose weights are in the registry."""
+        return [n for n, e in self._entries.items() if not e.holder]
+
+    @property
     def entries(self) -> list[RegistryEntry]:
         return list(self._entries.values())
 
@@ -108,6 +118,9 @@ class Registry:
 
     def load(self, name: str, map_location: str = "cpu") -> Specialist:
         entry = self.entry(name)
+        if entry.holder:
+            raise RegistryError(f"registry {self.root}: the weights of {name!r} stay at {entry.holder!r}; "
+                                "only its card is enrolled")
         specialist = load_specialist(self.root / entry.path, map_location=map_location)
         if specialist.card.weights_sha256 != entry.weights_sha256:
             raise RegistryError(f"{self.root / INDEX_FILE}: specialist {name!r} has sha256 "
@@ -115,7 +128,8 @@ class Registry:
         return specialist
 
     def load_all(self, names: Iterable[str] | None = None, map_location: str = "cpu") -> dict[str, Specialist]:
-        return {n: self.load(n, map_location) for n in (self.names if names is None else names)}
+        """The named specialists (default: every one whose weights are here)."""
+        return {n: self.load(n, map_location) for n in (self.local_names if names is None else names)}
 
     def feature_stats(self, name: str) -> FeatureStats | None:
         path = self._stats_path(name)
@@ -127,11 +141,7 @@ class Registry:
 
     def add(self, specialist: Specialist, name: str | None = None) -> RegistryEntry:
         """Save ``specialist`` into the registry under ``name`` (default: its card name)."""
-        name = name or specialist.card.name
-        if not _NAME.fullmatch(name):
-            raise RegistryError(f"specialist name {name!r} must match {_NAME.pattern} (it names a folder)")
-        if name in self._entries:
-            raise RegistryError(f"registry {self.root}: a specialist named {name!r} is already enrolled")
+        name = self._new_name(name or specialist.card.name)
         save_specialist(specialist, self.root / name)
         card = specialist.card
         entry = RegistryEntry(name, name, card.weights_sha256, card.sensor, tuple(card.bands), card.task,
@@ -140,6 +150,30 @@ class Registry:
         self._write_index()
         logger.info("registry %s: added %s (%s, %s)", self.root, name, card.sensor, card.task)
         return entry
+
+    def add_card(self, card: SpecialistCard, holder: str, name: str | None = None) -> RegistryEntry:
+        """Enrol a specialist by its (validated, hashed) card alone; ``holder`` keeps the weights."""
+        name = self._new_name(name or card.name)
+        if not card.weights_sha256 or not holder:
+            raise RegistryError(f"card-only enrolment of {name!r} needs the weights' sha256 and a holder")
+        atomic_write_text(self.root / name / "card.json", card.to_json())
+        entry = RegistryEntry(name, name, card.weights_sha256, card.sensor, tuple(card.bands), card.task,
+                              card.num_params, holder)
+        self._entries[name] = entry
+        self._write_index()
+        logger.info("registry %s: added the card of %s (weights stay at %s)", self.root, name, holder)
+        return entry
+
+    def card(self, name: str) -> SpecialistCard:
+        path = self.root / self.entry(name).path / "card.json"
+        return SpecialistCard.from_json(path.read_text(), source=str(path))
+
+    def _new_name(self, name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise RegistryError(f"specialist name {name!r} must match {_NAME.pattern} (it names a folder)")
+        if name in self._entries:
+            raise RegistryError(f"registry {self.root}: a specialist named {name!r} is already enrolled")
+        return name
 
     def remove(self, name: str) -> None:
         entry = self.entry(name)

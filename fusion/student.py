@@ -51,6 +51,8 @@ __all__ = [
     "SpectralStem",
     "Student",
     "save_student",
+    "student_to_bytes",
+    "student_from_bytes",
     "load_student",
     "band_stats_table",
     "POLARISATIONS",
@@ -309,12 +311,18 @@ class Student(nn.Module):
         return self.forward(x, bands)[-1].mean(dim=(-2, -1))
 
 
-def save_student(student: Student, directory: str | Path) -> Path:
-    """Write ``weights.safetensors`` and ``card.json`` (with the weights' sha256); return the folder."""
-    directory = Path(directory)
+def student_to_bytes(student: Student) -> bytes:
+    """The student's weights as safetensors bytes; fills the card's sha256."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
     data = save_safetensors_bytes(state, metadata={"variant": student.card.variant, "kind": "student"})
     student.card.weights_sha256 = hashlib.sha256(data).hexdigest()
+    return data
+
+
+def save_student(student: Student, directory: str | Path) -> Path:
+    """Write ``weights.safetensors`` and ``card.json`` (with the weights' sha256); return the folder."""
+    directory = Path(directory)
+    data = student_to_bytes(student)
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
     atomic_write_text(directory / CARD_FILE, student.card.to_json())
     return directory
@@ -325,20 +333,25 @@ def load_student(directory: str | Path, map_location: str | torch.device = "cpu"
     directory = Path(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     try:
-        card = StudentCard.from_json(card_path.read_text(), source=str(card_path))
-        data = weights_path.read_bytes()
+        card_json, data = card_path.read_text(), weights_path.read_bytes()
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"student not found: {exc.filename}") from None
+    return student_from_bytes(card_json, data, str(card_path), str(weights_path)).to(map_location)
+
+
+def student_from_bytes(card_json: str, data: bytes, card_source: str, weights_source: str) -> Student:
+    """A student from its card JSON and safetensors bytes (in eval mode), hash and tensors checked."""
+    card = StudentCard.from_json(card_json, source=card_source)
     digest = hashlib.sha256(data).hexdigest()
     if digest != card.weights_sha256:
-        raise ValueError(f"{weights_path}: sha256 {digest} does not match field 'weights_sha256' of {card_path}")
+        raise ValueError(f"{weights_source}: sha256 {digest} does not match field 'weights_sha256' of {card_source}")
     try:
         state = load_safetensors_bytes(data)
     except SafetensorError as exc:
-        raise ValueError(f"{weights_path}: not a safetensors file: {exc}") from exc
+        raise ValueError(f"{weights_source}: not a safetensors file: {exc}") from exc
     student = Student(card)
     try:
         student.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{weights_path}: not a student of variant {card.variant!r}: {exc}") from exc
-    return student.to(map_location).eval()
+        raise ValueError(f"{weights_source}: not a student of variant {card.variant!r}: {exc}") from exc
+    return student.eval()

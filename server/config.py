@@ -25,8 +25,13 @@ from geodata.synth.config import WorldConfig
 __all__ = [
     "CONFIG_DIR",
     "ExperimentConfig",
+    "DistillPhaseConfig",
+    "EnrolPhaseConfig",
+    "EvaluatePhaseConfig",
     "FederationConfig",
     "InstitutionConfig",
+    "ProxyConfig",
+    "PrunePhaseConfig",
     "RunSettings",
     "TrainPhaseConfig",
     "compose_experiment",
@@ -84,9 +89,66 @@ class TrainPhaseConfig:
 
 
 @dataclass
+class EnrolPhaseConfig:
+    """Phase *enrol*: ``weights: send`` uploads each specialist to the coordinator's registry;
+    ``weights: home`` (features-only) enrols its card and asks its holder for features later.
+    ``max_upload_mb`` refuses bigger uploads before reading them."""
+
+    weights: str = "send"
+    max_upload_mb: float = 256.0
+
+
+@dataclass
+class ProxyConfig:
+    """The unlabelled proxy data the coordinator distils on: a manifest, or (default) new scenes of the
+    experiment world's places, every institution observed by every sensor the specialists use."""
+
+    manifest: str = ""
+    split: str = ""
+    tiles_per_institution: int = 48
+    seed_offset: int = 1000
+    pair_scenes: bool = True
+    batch_size: int = 32
+
+
+@dataclass
+class DistillPhaseConfig:
+    """Phase *distill* (:class:`fusion.distill.DistillConfig`); ``variant`` is the student's trunk."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    drop_prob: float = 0.5
+    variant: str = "convnextv2_atto"
+    tolerance_nm: float = 50.0
+    device: str = "cpu"
+
+
+@dataclass
+class EvaluatePhaseConfig:
+    """Phase *evaluate*: probes each institution runs on the student (and ensemble) with its labels."""
+
+    fractions: list[float] = field(default_factory=lambda: [1.0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 64
+    min_replies: int = 1
+
+
+@dataclass
+class PrunePhaseConfig:
+    """Phase *prune*: Shapley contributions on the proxy's labelled ``task``; keep the top ``keep_top_k``
+    (0: no cap) and/or drop those whose interval lies at or below zero."""
+
+    task: str = "scene"
+    permutations: int = 100
+    keep_top_k: int = 0
+    drop_nonpositive: bool = True
+
+
+@dataclass
 class ExperimentConfig:
-    """The typed experiment; grows with the phases (each phase reads its own section).
-    ``stop_after`` names the last phase to run (empty: all)."""
+    """The typed experiment (each phase reads its own section). ``stop_after`` names the last phase to
+    run (empty: all). ``integrate`` names a finished run (in ``output_dir``) to extend: its enrolled
+    specialists are kept as they are, only groups it lacks are trained, and its student is warm-started."""
 
     seed: int = 0
     stop_after: str = ""
@@ -94,6 +156,12 @@ class ExperimentConfig:
     cache_dir: str = "outputs/cache"
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainPhaseConfig = field(default_factory=TrainPhaseConfig)
+    enrol: EnrolPhaseConfig = field(default_factory=EnrolPhaseConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    distill: DistillPhaseConfig = field(default_factory=DistillPhaseConfig)
+    evaluate: EvaluatePhaseConfig = field(default_factory=EvaluatePhaseConfig)
+    prune: PrunePhaseConfig = field(default_factory=PrunePhaseConfig)
+    integrate: str = ""
     institutions: dict[str, InstitutionConfig] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +170,14 @@ class ExperimentConfig:
             raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
         if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
+        if self.enrol.weights not in ("send", "home"):
+            raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
+        if self.integrate and not _RUN_NAME.match(self.integrate):
+            raise ValueError(f"integrate: {self.integrate!r} is not a run name")
+        if self.prune.keep_top_k < 0 or self.prune.permutations < 1:
+            raise ValueError("prune.keep_top_k must be >= 0 and prune.permutations >= 1")
+        if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
+            raise ValueError("distill.epochs, proxy.tiles_per_institution and proxy.batch_size must be >= 1")
         world = WorldConfig.from_dict(self.world, source="world") if self.world else None
         for name, inst in self.institutions.items():
             where = f"institutions.{name}"

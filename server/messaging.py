@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["Request", "Outcome", "exchange", "wait_for_nodes", "config_content", "read_config", "json_field"]
+__all__ = ["Request", "Outcome", "Traffic", "content_bytes", "exchange", "wait_for_nodes", "config_content", "read_config", "json_field"]
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.5
@@ -40,6 +40,20 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass
+class Traffic:
+    """Bytes of message content sent to and received from nodes, and the number of messages."""
+
+    sent: int = 0
+    received: int = 0
+    messages: int = 0
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Serialised size of a message's records (what travels, apart from Flower's envelope)."""
+    return sum(record.count_bytes() for record in content.values())
 
 
 def config_content(**records: dict[str, Any]) -> RecordDict:
@@ -73,11 +87,16 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
         time.sleep(_POLL_S)
 
 
-def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout_s: float) -> dict[str, Outcome]:
-    """Send every request, wait for replies until ``timeout_s``; one :class:`Outcome` per key."""
+def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout_s: float,
+             traffic: Traffic | None = None) -> dict[str, Outcome]:
+    """Send every request, wait for replies until ``timeout_s``; one :class:`Outcome` per key.
+    ``traffic``, when given, accumulates the bytes sent and received."""
     requests = list(requests)
     if not requests:
         return {}
+    if traffic is not None:
+        traffic.sent += sum(content_bytes(r.content) for r in requests)
+        traffic.messages += len(requests)
     messages = [
         Message(content=r.content, dst_node_id=r.node_id, message_type=message_type, ttl=timeout_s)
         for r in requests
@@ -101,6 +120,8 @@ def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout
                 outcomes[request.key] = Outcome(request.key, request.node_id, error=error)
             else:
                 outcomes[request.key] = Outcome(request.key, request.node_id, content=reply.content)
+                if traffic is not None:
+                    traffic.received += content_bytes(reply.content)
         if pending:
             time.sleep(_POLL_S)
     for request in pending.values():

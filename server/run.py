@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,6 +14,7 @@ from flwr.serverapp import Grid
 
 from server.checkpoint import RunCheckpoint
 from server.config import RunSettings, load_experiment
+from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
 
 __all__ = ["run_experiment"]
@@ -42,7 +45,10 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
         log.info("%s ...", step)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
+        ctx.traffic, ctx.node_peak_mb = Traffic(), {}
         result = phase.run(ctx)
+        result["traffic"] = {**asdict(ctx.traffic), "node_peak_mb": ctx.node_peak_mb,
+                             "coordinator_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         checkpoint.record(phase.name, result, started, time.perf_counter() - t0)
         log.info("%s finished in %.1f s", step, time.perf_counter() - t0)
     log.info("Run %s finished. Outputs: %s", settings.run_name, run_dir)

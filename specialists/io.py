@@ -22,7 +22,8 @@ from specialists.encoder import STEM_WEIGHT, build_encoder
 from specialists.model import Specialist
 
 __all__ = [
-    "SpecialistMismatchError", "save_specialist", "load_specialist", "WEIGHTS_FILE", "CARD_FILE",
+    "SpecialistMismatchError", "save_specialist", "load_specialist", "specialist_to_bytes", "specialist_from_bytes",
+    "bytes_tensor", "tensor_bytes", "WEIGHTS_FILE", "CARD_FILE",
 ]
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -33,17 +34,36 @@ class SpecialistMismatchError(ValueError):
     """A specialist's card and weights disagree, or either is malformed."""
 
 
+def specialist_to_bytes(specialist: Specialist) -> bytes:
+    """The encoder weights as safetensors bytes; fills the card's sha256 and parameter count."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in specialist.encoder.state_dict().items()}
+    data = save_safetensors_bytes(state, metadata={"variant": specialist.card.variant})
+    specialist.card.weights_sha256 = hashlib.sha256(data).hexdigest()
+    specialist.card.num_params = sum(int(v.numel()) for v in state.values())
+    return data
+
+
 def save_specialist(specialist: Specialist, directory: str | Path) -> Path:
     """Write the encoder weights and the card (with their sha256 and parameter count); return the folder."""
     directory = Path(directory)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in specialist.encoder.state_dict().items()}
-    data = save_safetensors_bytes(state, metadata={"variant": specialist.card.variant})
-    card = specialist.card
-    card.weights_sha256 = hashlib.sha256(data).hexdigest()
-    card.num_params = sum(int(v.numel()) for v in state.values())
+    data = specialist_to_bytes(specialist)
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
-    atomic_write_text(directory / CARD_FILE, card.to_json())
+    atomic_write_text(directory / CARD_FILE, specialist.card.to_json())
     return directory
+
+
+def bytes_tensor(data: bytes) -> torch.Tensor:
+    """Bytes as a uint8 tensor (how a file travels in a Flower ``ArrayRecord``)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def tensor_bytes(tensor: torch.Tensor, source: str, max_bytes: int | None = None) -> bytes:
+    """The bytes a :func:`bytes_tensor` carried; refuses another dtype or shape, or more than ``max_bytes``."""
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise ValueError(f"{source}: expected a 1-D uint8 byte tensor, got {tensor.dtype}{list(tensor.shape)}")
+    if max_bytes is not None and tensor.numel() > max_bytes:
+        raise ValueError(f"{source}: payload of {tensor.numel()} bytes exceeds the limit of {max_bytes} bytes")
+    return tensor.numpy().tobytes()
 
 
 def _read_card(path: Path) -> SpecialistCard:
@@ -55,7 +75,7 @@ def _read_card(path: Path) -> SpecialistCard:
         raise SpecialistMismatchError(str(exc)) from exc
 
 
-def _check_bands(card: SpecialistCard, path: Path) -> None:
+def _check_bands(card: SpecialistCard, path: Path | str) -> None:
     for band in card.bands:
         try:
             get_band(band)
@@ -75,11 +95,25 @@ def load_specialist(directory: str | Path, map_location: str | torch.device = "c
     directory = Path(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     card = _read_card(card_path)
-    _check_bands(card, card_path)
     try:
         data = weights_path.read_bytes()
     except FileNotFoundError:
         raise SpecialistMismatchError(f"{weights_path}: weights not found") from None
+    return _checked(card, data, card_path, weights_path).to(map_location)
+
+
+def specialist_from_bytes(card_json: str, data: bytes, source: str) -> Specialist:
+    """A specialist received as card JSON + safetensors bytes, with every check of :func:`load_specialist`;
+    errors name ``source`` (e.g. the sending institution)."""
+    try:
+        card = SpecialistCard.from_json(card_json, source=f"{source} card")
+    except ValueError as exc:
+        raise SpecialistMismatchError(str(exc)) from exc
+    return _checked(card, data, f"{source} card", f"{source} weights")
+
+
+def _checked(card: SpecialistCard, data: bytes, card_path: Path | str, weights_path: Path | str) -> Specialist:
+    _check_bands(card, card_path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != card.weights_sha256:
         raise SpecialistMismatchError(
@@ -124,4 +158,4 @@ def load_specialist(directory: str | Path, map_location: str | torch.device = "c
         raise SpecialistMismatchError(
             f"{card_path}: field 'num_params' is {declared_params}, {weights_path} holds {specialist.card.num_params}"
         )
-    return specialist.to(map_location)
+    return specialist

@@ -11,13 +11,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from clients.data import build_once
 from flower_harness import InProcessGrid
+from fusion import Registry, load_student
 from geodata.readers.eurosat import build_eurosat_manifest
+from geodata.synth import build_once
 from server.config import RunSettings, load_experiment
 from server.phases.discover import assign_hosts
 from server.run import run_experiment
-from specialists.io import load_specialist
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +160,13 @@ def _train_config(out: Path, extra: str = "") -> dict:
                  "+institutions.north_s2={sensor:sentinel2_l2a,task:scene} "
                  "+institutions.south_s2={sensor:sentinel2_l2a,task:scene} "
                  "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover} world.aerial_factor=2 "
-                 "train.rounds=2 train.max_steps=1 train.batch_size=2 federation.reply_timeout_s=5 " + extra)
+                 "train.rounds=2 train.max_steps=1 train.batch_size=2 federation.reply_timeout_s=5 "
+                 "proxy.tiles_per_institution=6 proxy.batch_size=8 distill.epochs=1 prune.permutations=4 " + extra)
     return {"experiment": "default", "overrides": overrides, "run-name": "fl"}
 
 
 @pytest.mark.e2e
-def test_train_phase_fedavg_rejects_malformed_update_and_saves_specialists(tmp_path: Path) -> None:
+def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prunes(tmp_path: Path) -> None:
     def poison(message):  # south_s2's first-round update comes back with NaN weights
         record = message.content.config_records.get("institution", {})
         if message.metadata.message_type != "train.specialist" or record.get("institution") != "south_s2":
@@ -191,7 +192,26 @@ def test_train_phase_fedavg_rejects_malformed_update_and_saves_specialists(tmp_p
     assert pair["members"] == ["north_s2", "south_s2"] and pair["rounds_applied"] == 2
     assert [sorted(r["institutions"]) for r in pair["history"]] == [["north_s2"], ["north_s2", "south_s2"]]
     assert set(pair["per_institution"]["north_s2"]) >= {"val_accuracy", "test_accuracy", "test_count"}
-    specialist = load_specialist(run_dir / pair["specialist"])
-    assert specialist.card.institutions == ["north_s2", "south_s2"] and "test_accuracy" in specialist.card.metrics
-    assert all(torch.isfinite(v).all() for v in specialist.encoder.state_dict().values() if v.is_floating_point())
     assert "test_miou" in result["groups"]["aerial_rgbn-landcover"]["metrics"]
+    assert not (run_dir / pair["specialist"] / "weights.safetensors").exists()  # the coordinator keeps the card only
+    registry = Registry(run_dir / "registry")
+    assert registry.names == ["aerial_rgbn-landcover", "sentinel2_l2a-scene"]
+    specialist = registry.load("sentinel2_l2a-scene")
+    assert specialist.card.institutions == ["north_s2", "south_s2"] and "test_accuracy" in specialist.card.metrics
+    assert specialist.card.weights_sha256 == pair["weights_sha256"]
+    student = load_student(run_dir / "student")
+    assert {t["name"] for t in student.card.teachers} == set(registry.names)
+    evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
+    assert sorted(evaluation["institutions"]) == ["city_aerial", "north_s2", "south_s2"]
+    encoders = {r["encoder"] for r in evaluation["institutions"]["north_s2"]["results"]}
+    assert encoders == {"student", "ensemble"}
+    pruned = json.loads((run_dir / "phases" / "prune.json").read_text())
+    assert sorted(pruned["kept"] + pruned["dropped"]) == registry.names
+    assert Registry(run_dir / "registry_pruned").names == pruned["kept"]
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Train", "## Enrol", "## Distill", "## Evaluate", "## Prune", "## Failures"):
+        assert section in report
+    assert "non-finite" in report and (run_dir / "plots" / "train_rounds.png").stat().st_size > 0
+    summary = json.loads((run_dir / "report.json").read_text())
+    assert summary["phases"]["enrol"]["traffic"]["received"] > 1_000_000  # two specialists' weights
+    assert summary["prune"]["kept"] == pruned["kept"]

@@ -4,6 +4,7 @@
 ``render_scene`` give the same pixels in memory. Presets live in ``configs/world/``.
 """
 
+from geodata.synth.cache import build_once, cached_world
 from geodata.synth.config import InstitutionConfig, RegionConfig, WorldConfig, load_world_config
 from geodata.synth.spectra import CLASSES
 from geodata.synth.world import RenderedScene, SensorTile, generate_world, iter_scenes, render_scene, world_tasks
@@ -15,6 +16,8 @@ __all__ = [
     "RenderedScene",
     "SensorTile",
     "WorldConfig",
+    "build_once",
+    "cached_world",
     "generate_world",
     "iter_scenes",
     "load_world_config",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import ExperimentConfig
-from server.messaging import Outcome, Request, config_content, exchange, json_field, read_config, wait_for_nodes
+from server.messaging import Outcome, Request, config_content, json_field, read_config, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
 from server.roster import Member, Roster, form_groups
 
@@ -58,7 +58,7 @@ def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, Outcome], li
     requests = [Request(str(n), n, config_content(identify={"node": n})) for n in node_ids]
     declared: dict[int, Outcome] = {}
     hosts: list[tuple[int, int]] = []
-    for outcome in exchange(ctx.grid, "query.identify", requests, fed.reply_timeout_s).values():
+    for outcome in ctx.exchange("query.identify", requests).values():
         node = outcome.node_id
         try:
             if not outcome.ok:
@@ -133,7 +133,7 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
                  len(cfg.institutions), len(host_nodes), len(cfg.institutions))
     records = {name: simulated_record(cfg, name, ctx.cache_dir) for name in assignment}
     requests = [Request(name, node, config_content(institution=records[name])) for name, node in assignment.items()]
-    for name, outcome in exchange(ctx.grid, "query.describe", requests, cfg.federation.reply_timeout_s).items():
+    for name, outcome in ctx.exchange("query.describe", requests).items():
         admit(name, outcome, records[name], True, "describe")
 
     roster.institutions = {m.name: m for m in sorted(members, key=lambda m: m.name)}

@@ -6,15 +6,18 @@ global weights to every member (``train.specialist``); a member first measures t
 split, then trains ``train.local_epochs`` epochs and returns its weights. Replies are checked (same
 tensors, shapes, dtypes, finite values, positive example count) and averaged weighted by train
 examples; a bad or missing reply is logged and left out. After the last round every member
-measures the final weights on ``val`` and ``test`` (``evaluate.specialist``); the specialist is
-saved to ``specialists/<group>/`` (safetensors + card with metrics and round history). A group
-already saved there by an earlier attempt is not trained again.
+measures the final weights on ``val`` and ``test`` (``evaluate.specialist``) and keeps them in its
+store (:mod:`clients.store`); the coordinator keeps only the card, with the weights' sha256, metrics
+and round history, in ``specialists/<group>/card.json`` (phase *enrol* brings the weights, or not).
+A group whose card an earlier attempt saved is not trained again; in integrate mode neither is a
+group already enrolled in the extended run's registry.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,16 +26,18 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from geodata.sensors import get_sensor
 from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
-from server.messaging import Outcome, Request, exchange
+from fusion.registry import Registry, RegistryError
+from geodata.manifest import atomic_write_text
+from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from server.roster import Group, Roster
 from specialists.card import SpecialistCard
 from specialists.heads import build_head
-from specialists.io import load_specialist, save_specialist
+from specialists.io import specialist_to_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR
 
-__all__ = ["PHASE", "train", "group_card"]
+__all__ = ["PHASE", "train", "group_card", "integrated_cards"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,8 @@ def _train_record(ctx: PhaseContext, round_index: int) -> dict[str, Any]:
             "max_steps": tc.max_steps}
 
 
-def _requests(ctx: PhaseContext, runs: list[_GroupRun], train_record: dict[str, Any]) -> list[Request]:
+def _requests(ctx: PhaseContext, runs: list[_GroupRun], train_record: dict[str, Any],
+              keep: bool = False) -> list[Request]:
     roster = ctx.require_roster()
     requests = []
     for run in runs:
@@ -97,11 +103,13 @@ def _requests(ctx: PhaseContext, runs: list[_GroupRun], train_record: dict[str, 
                 "train": ConfigRecord(train_record),
                 "encoder": ArrayRecord(run.encoder), "head": ArrayRecord(run.head),
             })
+            if keep:
+                content["keep"] = ConfigRecord({"specialist": True})
             requests.append(Request(f"{run.group.name}/{name}", member.node_id, content))
     return requests
 
 
-def _metrics(outcome: Outcome, source: str) -> dict[str, float]:
+def _metrics(ctx: PhaseContext, outcome: Outcome, source: str, institution: str) -> dict[str, float]:
     if not outcome.ok:
         raise ValueError(outcome.error)
     if "metrics" not in outcome.content.metric_records:
@@ -109,11 +117,13 @@ def _metrics(outcome: Outcome, source: str) -> dict[str, float]:
     metrics = dict(outcome.content.metric_records["metrics"])
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
         raise ValueError(f"{source}: metrics must be finite numbers, got {metrics}")
+    ctx.note_memory(institution, metrics)
     return metrics
 
 
-def _update(run: _GroupRun, outcome: Outcome, source: str) -> tuple[State, State, dict[str, float]]:
-    metrics = _metrics(outcome, source)
+def _update(ctx: PhaseContext, run: _GroupRun, outcome: Outcome, source: str,
+            institution: str) -> tuple[State, State, dict[str, float]]:
+    metrics = _metrics(ctx, outcome, source, institution)
     if not metrics.get("num_examples", 0) > 0:
         raise ValueError(f"{source}: 'num_examples' must be positive, got {metrics.get('num_examples')}")
     arrays = outcome.content.array_records
@@ -127,14 +137,13 @@ def _update(run: _GroupRun, outcome: Outcome, source: str) -> tuple[State, State
 
 def _round(ctx: PhaseContext, runs: list[_GroupRun], r: int, failures: list[dict[str, Any]]) -> None:
     tc = ctx.cfg.train
-    outcomes = exchange(ctx.grid, "train.specialist", _requests(ctx, runs, _train_record(ctx, r)),
-                        ctx.cfg.federation.reply_timeout_s)
+    outcomes = ctx.exchange("train.specialist", _requests(ctx, runs, _train_record(ctx, r)))
     for run in runs:
         updates, per_member = [], {}
         for name in run.group.members:
             source = f"round {r}, institution {name!r}"
             try:
-                encoder, head, metrics = _update(run, outcomes[f"{run.group.name}/{name}"], source)
+                encoder, head, metrics = _update(ctx, run, outcomes[f"{run.group.name}/{name}"], source, name)
             except ValueError as exc:
                 log.warning("Rejected %s: %s", source, exc)
                 failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
@@ -169,7 +178,7 @@ def _finish(ctx: PhaseContext, run: _GroupRun, outcomes: dict[str, Outcome],
     for name in run.group.members:
         source = f"final evaluation, institution {name!r}"
         try:
-            per_member[name] = _metrics(outcomes[f"{run.group.name}/{name}"], source)
+            per_member[name] = _metrics(ctx, outcomes[f"{run.group.name}/{name}"], source, name)
         except ValueError as exc:
             log.warning("%s failed: %s", source, exc)
             failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})
@@ -178,17 +187,38 @@ def _finish(ctx: PhaseContext, run: _GroupRun, outcomes: dict[str, Outcome],
     card.extra["federation"] = {"rounds": ctx.cfg.train.rounds, "rounds_applied": run.rounds_done,
                                 "per_institution": per_member, "history": run.history,
                                 "train": asdict(ctx.cfg.train)}
-    specialist = Specialist.from_card(card)
-    specialist.encoder.load_state_dict(run.encoder, strict=True)
-    folder = save_specialist(specialist, ctx.run_dir / "specialists" / run.group.name)
+    card.extra["kept_by"] = sorted(per_member)
+    path = ctx.run_dir / "specialists" / run.group.name / "card.json"
+    atomic_write_text(path, card.to_json())
     monitor = f"test_{MONITOR[card.task_type]}"
-    log.info("Specialist %s saved to %s (%s %s)", card.name, folder, monitor, _fmt(card.metrics.get(monitor)))
+    log.info("Specialist %s (sha256 %s...) kept by %s; card in %s (%s %s)", card.name, card.weights_sha256[:12],
+             ", ".join(card.extra["kept_by"]) or "nobody", path, monitor, _fmt(card.metrics.get(monitor)))
     return _group_result(ctx, card)
 
 
+def _seal(run: _GroupRun) -> None:
+    """Fill the card's sha256 and parameter count from the final weights."""
+    specialist = Specialist.from_card(run.card)
+    specialist.encoder.load_state_dict(run.encoder, strict=True)
+    specialist_to_bytes(specialist)
+
+
 def _group_result(ctx: PhaseContext, card: SpecialistCard) -> dict[str, Any]:
-    return {"specialist": f"specialists/{card.name}", "members": list(card.institutions), "metrics": card.metrics,
+    return {"specialist": f"specialists/{card.name}", "weights_sha256": card.weights_sha256,
+            "members": list(card.institutions), "kept_by": card.extra.get("kept_by", []), "metrics": card.metrics,
             **{k: card.extra["federation"][k] for k in ("rounds_applied", "per_institution", "history")}}
+
+
+def integrated_cards(ctx: PhaseContext) -> dict[str, SpecialistCard]:
+    """In integrate mode, the cards enrolled in the extended run's registry (name -> card); else none."""
+    if not ctx.cfg.integrate:
+        return {}
+    root = Path(ctx.cfg.output_dir).expanduser().resolve() / ctx.cfg.integrate / "registry"
+    try:
+        registry = Registry(root)
+    except RegistryError as exc:
+        raise RuntimeError(f"integrate: run {ctx.cfg.integrate!r} has no enrolled registry ({exc})") from None
+    return {name: registry.card(name) for name in registry.names}
 
 
 def train(ctx: PhaseContext) -> dict[str, Any]:
@@ -196,12 +226,18 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
     results: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     runs = []
+    earlier = integrated_cards(ctx)
     for group in roster.groups.values():
-        folder = ctx.run_dir / "specialists" / group.name
-        if (folder / "card.json").is_file():
-            card = load_specialist(folder).card
+        path = ctx.run_dir / "specialists" / group.name / "card.json"
+        if group.name in earlier and sorted(earlier[group.name].institutions) == sorted(group.members):
+            log.info("Group %s: enrolled in run %s, not trained again", group.name, ctx.cfg.integrate)
+            results[group.name] = {"integrated_from": ctx.cfg.integrate,
+                                   "weights_sha256": earlier[group.name].weights_sha256, "members": group.members}
+            continue
+        if path.is_file():
+            card = SpecialistCard.from_json(path.read_text(), source=str(path))
             if sorted(card.institutions) == sorted(group.members):
-                log.info("Group %s: specialist already trained in %s", group.name, folder)
+                log.info("Group %s: specialist already trained (card %s)", group.name, path)
                 results[group.name] = _group_result(ctx, card)
                 continue
         runs.append(_start(group, roster, ctx))
@@ -215,8 +251,9 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
             results[run.group.name] = {"specialist": None, "members": run.group.members, "history": run.history}
     if trained:
         record = _train_record(ctx, ctx.cfg.train.rounds)
-        outcomes = exchange(ctx.grid, "evaluate.specialist", _requests(ctx, trained, record),
-                            ctx.cfg.federation.reply_timeout_s)
+        for run in trained:
+            _seal(run)
+        outcomes = ctx.exchange("evaluate.specialist", _requests(ctx, trained, record, keep=True))
         for run in trained:
             results[run.group.name] = _finish(ctx, run, outcomes, failures)
     return {"groups": results, "failures": failures}

@@ -1,0 +1,35 @@
+"""Teacher work at an institution that keeps its weights home: features of its kept specialist on the
+proxy images the coordinator sends, returned as fp16 targets (never the weights)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from clients.institution import InstitutionSpec
+from clients.store import kept_specialist
+from fusion.teacher_cache import TeacherFeatures, extract_teacher_features
+
+__all__ = ["teacher_features"]
+
+log = logging.getLogger(__name__)
+
+
+def teacher_features(spec: InstitutionSpec, sha: str, images: torch.Tensor, bands: list[str], ids: list[str],
+                     tolerance_nm: float, batch_size: int = 64) -> TeacherFeatures:
+    """The kept specialist ``sha``'s targets on ``images`` (``[N, len(bands), H, W]``, physical units)."""
+    if images.dim() != 4 or images.shape[0] != len(ids) or images.shape[1] != len(bands):
+        raise ValueError(f"institution {spec.name!r}: proxy images {list(images.shape)} do not match "
+                         f"{len(ids)} ids and {len(bands)} bands")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"institution {spec.name!r}: proxy images hold non-finite values")
+    specialist = kept_specialist(spec, sha)
+    batches = [{"image": images[i:i + batch_size], "bands": tuple(bands), "id": ids[i:i + batch_size]}
+               for i in range(0, len(ids), batch_size)]
+    features = extract_teacher_features(specialist, batches, tolerance_nm)
+    if not features.ids:
+        raise ValueError(f"institution {spec.name!r}: specialist {specialist.card.name!r} cannot read bands {bands}")
+    log.info("Institution %s: teacher features of %s on %d proxy tiles", spec.name, specialist.card.name,
+             len(features.ids))
+    return features

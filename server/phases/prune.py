@@ -1,0 +1,99 @@
+"""Phase *prune*: each specialist's contribution, and the pruning decision, on the labelled proxy data.
+
+For every proxy sensor, the specialists that can read it play a coalition game: a linear probe on
+the concatenation of their cached pooled teacher features (the distill phase's cache, so no
+teacher runs again and weights that stay home take part too), fitted on the proxy's ``train``
+tiles and scored on the others, for the classification task ``prune.task``. Leave-one-out and
+Monte-Carlo Shapley (with a confidence interval) per game are averaged over games; redundancy is
+linear CKA. :func:`fusion.prune.prune` then writes ``registry_pruned/`` (with
+``prune_report.{json,md}``): the top ``prune.keep_top_k`` and/or those whose interval is above zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+import torch
+
+from fusion.contrib import CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions
+from fusion.probes import FeatureSet
+from fusion.prune import REPORT_MD, prune, select_kept
+from fusion.registry import Registry
+from fusion.teacher_cache import TeacherCache
+from fusion.views import plan_view
+from geodata.manifest import Manifest
+from geodata.sensors import get_sensor
+from server.phases.base import Phase, PhaseContext
+from server.phases.distill import proxy_batches
+
+__all__ = ["PHASE", "prune_phase"]
+
+log = logging.getLogger(__name__)
+
+
+def _features(cache: TeacherCache, sha: str, ids: list[str], labels: list[int]) -> FeatureSet:
+    return FeatureSet(cache.get(sha, ids)["pooled"].float(), torch.tensor(labels), list(ids))
+
+
+def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
+           cache: TeacherCache) -> tuple[list[list[Contribution]], tuple | None]:
+    """Contributions per proxy sensor, and CKA between the players of the first game with several."""
+    pc, tolerance = ctx.cfg.prune, ctx.cfg.distill.tolerance_nm
+    task = manifest.task(pc.task)
+    if task.type != "classification":
+        raise ValueError(f"prune.task {pc.task!r} is a {task.type} task of the proxy data; choose a classification task")
+    per_game, cka = [], None
+    for sensor in sorted({get_sensor(t.sensor).name for t in manifest.tiles}):
+        tiles = manifest.select(sensor=sensor, task=pc.task)
+        fit = [t for t in tiles if t.split == "train"]
+        score = [t for t in tiles if t.split != "train"]
+        bands = get_sensor(sensor).bands
+        players = [e for e in registry.entries if plan_view(e.name, e.bands, bands, tolerance).applicable
+                   and cache.has(e.weights_sha256, [t.id for t in tiles])]
+        if not players or not fit or not score:
+            continue
+        train = {e.name: _features(cache, e.weights_sha256, [t.id for t in fit], [t.targets[pc.task] for t in fit])
+                 for e in players}
+        test = {e.name: _features(cache, e.weights_sha256, [t.id for t in score], [t.targets[pc.task] for t in score])
+                for e in players}
+        game = CoalitionGame(train, test, task, "linear", seed=ctx.cfg.seed)
+        per_game.append(contributions(game, f"{pc.task}@{sensor}", pc.permutations, seed=ctx.cfg.seed))
+        if cka is None and len(players) > 1:
+            cka = cka_matrix({n: f.pooled for n, f in test.items()})
+    return per_game, cka
+
+
+def prune_phase(ctx: PhaseContext) -> dict[str, Any]:
+    registry = Registry(ctx.registry_dir)
+    batches, key = proxy_batches(ctx, registry, shuffle=False)
+    cache = TeacherCache(ctx.cache_dir / "teachers" / key)
+    per_game, cka = _games(ctx, registry, batches.manifest, cache)
+    if not per_game:
+        raise RuntimeError(f"no proxy sensor with cached teacher features and both train and other splits for task "
+                           f"{ctx.cfg.prune.task!r}: nothing to score contributions on")
+    scores = combine_contributions(per_game)
+    out = ctx.run_dir / "registry_pruned"
+    if out.exists():  # left by an attempt that stopped before recording the phase: decided again, same cache
+        shutil.rmtree(out)
+    pc = ctx.cfg.prune
+    note = None
+    try:
+        select_kept(registry.names, scores, pc.keep_top_k or None, pc.drop_nonpositive)
+        drop_nonpositive = pc.drop_nonpositive
+    except ValueError as exc:  # every interval at or below zero: no evidence to choose by, keep them
+        note = f"{exc}; kept every specialist instead"
+        log.warning("Pruning: %s", note)
+        drop_nonpositive = False
+    pruned = prune(registry, scores, out, pc.keep_top_k or (None if drop_nonpositive else len(registry)),
+                   drop_nonpositive, cka)
+    report = (out / REPORT_MD).read_text()
+    log.info("Pruning kept %s of %s\n%s", pruned.names, registry.names, report)
+    dropped = [n for n in registry.names if n not in pruned.names]
+    return {"registry": "registry_pruned", "kept": pruned.names, "dropped": dropped, "note": note,
+            "report": "registry_pruned/prune_report.md", "games": [[c.to_dict() for c in g] for g in per_game],
+            "scores": [c.to_dict() for c in sorted(scores, key=lambda c: c.shapley, reverse=True)]}
+
+
+PHASE = Phase("prune", prune_phase)
