@@ -215,3 +215,50 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     summary = json.loads((run_dir / "report.json").read_text())
     assert summary["phases"]["enrol"]["traffic"]["received"] > 1_000_000  # two specialists' weights
     assert summary["prune"]["kept"] == pruned["kept"]
+
+
+@pytest.mark.e2e
+def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_path: Path) -> None:
+    extra = "enrol.weights=home ~institutions.south_s2"
+    run_dir = run_experiment(InProcessGrid(_simulated(2)), _train_config(tmp_path, extra), flower_run_id=1)
+    registry = Registry(run_dir / "registry")
+    assert registry.local_names == [] and {e.holder for e in registry.entries} == {"city_aerial", "north_s2"}
+    assert not list((run_dir / "registry").rglob("*.safetensors"))  # no weights reached the coordinator's registry
+    enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())
+    assert enrol["traffic"]["received"] < 100_000  # cards only
+    distill = json.loads((run_dir / "phases" / "distill.json").read_text())
+    assert sorted(distill["remote_teachers"]) == registry.names and distill["local_teachers"] == []
+    assert distill["traffic"]["messages"] == 2 and distill["traffic"]["received"] > 0
+    evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
+    assert {r["encoder"] for r in evaluation["institutions"]["north_s2"]["results"]} == {"student"}
+    assert "stay home" in evaluation["ensemble_not_evaluated"]["north_s2"]
+    assert json.loads((run_dir / "phases" / "prune.json").read_text())["scores"]
+
+
+@pytest.mark.e2e
+def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:
+    first = run_experiment(InProcessGrid(_simulated(2)), _train_config(tmp_path, "~institutions.city_aerial"),
+                           flower_run_id=1)
+    before = Registry(first / "registry")
+    assert before.names == ["sentinel2_l2a-scene"]
+    config = _train_config(tmp_path, "integrate=fl")
+    config["run-name"] = "fl-plus-aerial"
+    trained = []
+
+    def record(message):
+        if message.metadata.message_type == "train.specialist":
+            trained.append(message.content.config_records["institution"]["institution"])
+        return None
+
+    second = run_experiment(InProcessGrid(_simulated(2), faults=record), config, flower_run_id=2)
+    assert set(trained) == {"city_aerial"}  # only the new institution trains
+    train = json.loads((second / "phases" / "train.json").read_text())
+    assert train["groups"]["sentinel2_l2a-scene"]["integrated_from"] == "fl"
+    assert train["groups"]["aerial_rgbn-landcover"]["rounds_applied"] == 2
+    after = Registry(second / "registry")
+    assert after.names == ["sentinel2_l2a-scene", "aerial_rgbn-landcover"]  # N + 1
+    old = "sentinel2_l2a-scene/weights.safetensors"
+    assert (second / "registry" / old).read_bytes() == (first / "registry" / old).read_bytes()
+    student = load_student(second / "student")
+    assert student.card.distill["total_epochs"] == 2  # one epoch in each run: warm-started
+    assert {t["name"] for t in student.card.teachers} == set(after.names)
