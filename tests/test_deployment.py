@@ -13,42 +13,32 @@ from flower_harness import (
     isolated_flower,
     flwr_run,
     free_port,
+    partner_manifest,
     pids_mentioning,
     run_status,
     write_connection,
 )
-from geodata.readers.eurosat import build_eurosat_manifest
-
-
-def _partner_data(shared_data: Path, out: Path, train_per_class: int) -> Path:
-    """A partner's data folder: EuroSAT-MS with ``train_per_class`` train, 1 val and 1 test tile per class."""
-    manifest = build_eurosat_manifest(shared_data / "eurosat-ms", out, train_per_class=train_per_class,
-                                      val_per_class=1)
-    first_test: dict[int, str] = {}
-    for tile in manifest.tiles:
-        if tile.split == "test":
-            first_test.setdefault(tile.targets["scene"], tile.id)
-    manifest.tiles = [t for t in manifest.tiles if t.split != "test" or t.id in first_test.values()]
-    return manifest.save(out / "manifest.json")
+from fusion import Registry
 
 
 @pytest.mark.e2e
 def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_data: Path) -> None:
-    data = {name: _partner_data(shared_data, tmp_path / name, train) for name, train in (("lab-a", 2), ("lab-b", 3))}
+    data = {name: partner_manifest(shared_data, tmp_path / name, train) for name, train in (("lab-a", 2), ("lab-b", 3))}
     out = tmp_path / "outputs"
     run_config = {
         "experiment": "quick",
         "overrides": (f"~institutions output_dir={out} federation.min_nodes=2 federation.node_wait_s=30 "
-                      "train.rounds=1 train.max_steps=1 train.batch_size=8"),
+                      "train.rounds=1 train.max_steps=1 train.batch_size=8 proxy.tiles_per_institution=6 "
+                      "distill.epochs=1 prune.permutations=5"),
         "run-name": "loopback",
     }
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
         superlink = procs.superlink(free_port(), ["--disable-runtime-dependency-installation"])
         for name, manifest in data.items():
             procs.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
-                                              "data-path": str(manifest)})
+                                              "data-path": str(manifest), "store": str(tmp_path / name / "store")})
         write_connection(env, "partners", superlink)
-        run_id, output = flwr_run(env, "partners", run_config, timeout_s=150)
+        run_id, output = flwr_run(env, "partners", run_config, timeout_s=300)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
@@ -66,4 +56,10 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
     assert trained["failures"] == []
     group = trained["groups"]["sentinel2_l1c-scene"]
     assert sorted(group["per_institution"]) == ["lab-a", "lab-b"] and "test_accuracy" in group["metrics"]
-    assert (run_dir / group["specialist"] / "weights.safetensors").is_file()
+    registry = Registry(run_dir / "registry")
+    assert registry.names == ["sentinel2_l1c-scene"] and registry.load("sentinel2_l1c-scene").card.metrics
+    for name in data:  # each partner keeps the group's final weights in its own store
+        assert (tmp_path / name / "store" / "specialists" / group["weights_sha256"] / "weights.safetensors").is_file()
+    evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
+    assert sorted(evaluation["institutions"]) == ["lab-a", "lab-b"]
+    assert (run_dir / "report.md").is_file() and (run_dir / "report.json").is_file()
