@@ -18,6 +18,7 @@ from geodata.synth import build_once
 from server.config import RunSettings, load_experiment
 from server.phases.discover import assign_hosts
 from server.run import run_experiment
+from tiny_run import simulated_nodes, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,6 @@ def _run_config(out: Path, manifest: Path, names: list[str], extra: str = "", ru
     return {"experiment": "default", "overrides": f"{overrides} {extra}", "run-name": run_name}
 
 
-def _simulated(n: int) -> dict[int, dict]:
-    return {100 + p: {"partition-id": p, "num-partitions": n} for p in range(n)}
-
-
 def test_assign_hosts_round_robin() -> None:
     assert assign_hosts(["a", "b", "c"], [7, 9]) == {"a": 7, "b": 9, "c": 7}
     assert assign_hosts(["a"], [7, 9]) == {"a": 7}
@@ -47,7 +44,7 @@ def test_assign_hosts_round_robin() -> None:
 
 
 def test_discover_binds_simulated_declared_and_idle_nodes(tmp_path: Path, eurosat_manifest: Path) -> None:
-    nodes = _simulated(2)
+    nodes = simulated_nodes(2)
     nodes[300] = {"institution": "lab", "sensor": "sentinel2_l1c", "task": "scene", "data-path": str(eurosat_manifest)}
     nodes[400] = {}  # declares nothing: idle
     grid = InProcessGrid(nodes)
@@ -72,7 +69,7 @@ def test_failed_and_silent_nodes_are_reported_and_left_out(tmp_path: Path, euros
         record = message.content.config_records.get("institution", {})
         return {"b": "disk on fire", "c": "drop"}.get(record.get("institution"))
 
-    grid = InProcessGrid(_simulated(3), faults=faults)
+    grid = InProcessGrid(simulated_nodes(3), faults=faults)
     run_dir = run_experiment(grid, _run_config(tmp_path, eurosat_manifest, ["a", "b", "c"]), flower_run_id=1)
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert list(roster["institutions"]) == ["a"]
@@ -93,12 +90,12 @@ def test_bad_data_and_half_declared_nodes_fail_with_reasons(tmp_path: Path, euro
 
 def test_rerun_resumes_and_refuses_another_config(tmp_path: Path, eurosat_manifest: Path) -> None:
     config = _run_config(tmp_path, eurosat_manifest, ["a"], run_name="same")
-    run_dir = run_experiment(InProcessGrid(_simulated(1)), config, flower_run_id=1)
-    run_experiment(InProcessGrid(_simulated(1)), config, flower_run_id=2)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(1)), config, flower_run_id=1)
+    run_experiment(InProcessGrid(simulated_nodes(1)), config, flower_run_id=2)
     assert json.loads((run_dir / "checkpoint.json").read_text())["flower_runs"] == [1, 2]
     changed = _run_config(tmp_path, eurosat_manifest, ["a"], extra="seed=7", run_name="same")
     with pytest.raises(ValueError, match="started with another config"):
-        run_experiment(InProcessGrid(_simulated(1)), changed, flower_run_id=3)
+        run_experiment(InProcessGrid(simulated_nodes(1)), changed, flower_run_id=3)
 
 
 def test_experiment_config_errors_name_the_culprit() -> None:
@@ -143,7 +140,7 @@ def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) 
                  "+institutions.north_s2={sensor:sentinel1_grd,task:scene} "
                  "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover}")
     config = {"experiment": "default", "overrides": overrides, "run-name": "w"}
-    run_dir = run_experiment(InProcessGrid(_simulated(1)), config, flower_run_id=1)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(1)), config, flower_run_id=1)
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert roster["institutions"]["north_s2"]["summary"]["bands"] == ["VV", "VH"]
     assert roster["institutions"]["city_aerial"]["summary"]["task_type"] == "segmentation"
@@ -151,18 +148,8 @@ def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) 
     slices = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache" / "worlds").iterdir() if p.is_dir())
     assert slices == ["tiny-city_aerial-aerial_rgbn", "tiny-north_s2-sentinel1_grd"]
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")}
-    run_experiment(InProcessGrid(_simulated(1)), {**config, "run-name": "w2"}, flower_run_id=2)
+    run_experiment(InProcessGrid(simulated_nodes(1)), {**config, "run-name": "w2"}, flower_run_id=2)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")} == before
-
-
-def _train_config(out: Path, extra: str = "") -> dict:
-    overrides = (f"output_dir={out} world=tiny ~institutions world.tiles_per_institution=4 "
-                 "+institutions.north_s2={sensor:sentinel2_l2a,task:scene} "
-                 "+institutions.south_s2={sensor:sentinel2_l2a,task:scene} "
-                 "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover} world.aerial_factor=2 "
-                 "train.rounds=2 train.max_steps=1 train.batch_size=2 federation.reply_timeout_s=5 "
-                 "proxy.tiles_per_institution=6 proxy.batch_size=8 distill.epochs=1 prune.permutations=4 " + extra)
-    return {"experiment": "default", "overrides": overrides, "run-name": "fl"}
 
 
 @pytest.mark.e2e
@@ -183,7 +170,7 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
 
         return tamper
 
-    run_dir = run_experiment(InProcessGrid(_simulated(2), faults=poison), _train_config(tmp_path), flower_run_id=1)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=poison), tiny_run_config(tmp_path), flower_run_id=1)
     result = json.loads((run_dir / "phases" / "train.json").read_text())
     assert [(f["round"], f["institution"]) for f in result["failures"]] == [(1, "south_s2")]
     assert "non-finite" in result["failures"][0]["reason"]
@@ -220,7 +207,7 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
 @pytest.mark.e2e
 def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_path: Path) -> None:
     extra = "enrol.weights=home ~institutions.south_s2"
-    run_dir = run_experiment(InProcessGrid(_simulated(2)), _train_config(tmp_path, extra), flower_run_id=1)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, extra), flower_run_id=1)
     registry = Registry(run_dir / "registry")
     assert registry.local_names == [] and {e.holder for e in registry.entries} == {"city_aerial", "north_s2"}
     assert not list((run_dir / "registry").rglob("*.safetensors"))  # no weights reached the coordinator's registry
@@ -237,11 +224,11 @@ def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_pat
 
 @pytest.mark.e2e
 def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:
-    first = run_experiment(InProcessGrid(_simulated(2)), _train_config(tmp_path, "~institutions.city_aerial"),
+    first = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, "~institutions.city_aerial"),
                            flower_run_id=1)
     before = Registry(first / "registry")
     assert before.names == ["sentinel2_l2a-scene"]
-    config = _train_config(tmp_path, "integrate=fl")
+    config = tiny_run_config(tmp_path, "integrate=fl")
     config["run-name"] = "fl-plus-aerial"
     trained = []
 
@@ -250,7 +237,7 @@ def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_stud
             trained.append(message.content.config_records["institution"]["institution"])
         return None
 
-    second = run_experiment(InProcessGrid(_simulated(2), faults=record), config, flower_run_id=2)
+    second = run_experiment(InProcessGrid(simulated_nodes(2), faults=record), config, flower_run_id=2)
     assert set(trained) == {"city_aerial"}  # only the new institution trains
     train = json.loads((second / "phases" / "train.json").read_text())
     assert train["groups"]["sentinel2_l2a-scene"]["integrated_from"] == "fl"
