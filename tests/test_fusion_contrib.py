@@ -1,6 +1,7 @@
 """Contributions and pruning: Shapley on games with known answers, CKA, coalition probes, smaller registry."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -120,3 +121,21 @@ def test_prune_writes_a_smaller_registry_that_runs_fewer_specialists(tmp_path):
         spec.register_forward_hook(lambda *_: calls.append(1))
     small(torch.rand(1, 4, 32, 32), S2_BANDS)
     assert len(calls) == 1 and small.applicable(AERIAL_BANDS) == ["s2"]
+
+
+def test_constant_and_huge_features_are_scored_without_overflow_and_the_constant_one_is_pruned():
+    """Well-formed but harmful uploads: a specialist with constant features contributes exactly nothing
+    (its interval is [0, 0], so the drop-nonpositive rule removes it, saying why); one with huge
+    (1e12-scaled) noise features cannot swamp the probe, whose features are standardised."""
+    task = TaskSpec("classification", ["a", "b", "c"])
+    y_train, y_test = torch.arange(120) % 3, torch.arange(90) % 3
+    train, test = _features(120, 0, y_train), _features(90, 1, y_test)
+    for split, n in ((train, 120), (test, 90)):
+        split["constant"] = FeatureSet(torch.full((n, 16), 5.0), split["good"].targets, split["good"].ids)
+        split["huge"] = FeatureSet(split.pop("useless").pooled * 1e12, split["good"].targets, split["good"].ids)
+    scores = {c.name: c for c in contributions(CoalitionGame(train, test, task), "toy", permutations=40)}
+    assert all(math.isfinite(v) for c in scores.values() for v in (c.shapley, c.ci_low, c.ci_high))
+    assert scores["constant"].shapley == 0.0 and scores["constant"].ci_high == 0.0
+    assert scores["huge"].shapley < 0.05 < scores["good"].shapley
+    kept, dropped = select_kept(list(scores), list(scores.values()), drop_nonpositive=True)
+    assert "constant" in dropped and "at or below zero" in dropped["constant"] and "good" in kept
