@@ -1,0 +1,563 @@
+"""What the federation costs: Flower's overhead, the simulation's memory, bytes per phase, scaling.
+
+Sections (``--sections``, each stored under its own key of the JSON, so they can be rerun apart):
+
+- ``overhead``: one experiment (default: the quick preset) through ``flwr run .`` (Flower's local
+  simulation, its default 2 SuperNodes, a fresh isolated FLWR_HOME so the local SuperLink starts
+  too) and through ``server.run.run_experiment`` on ``InProcessGrid`` (tests/flower_harness.py: the
+  same ClientApp handlers called in this process, no Flower processes, no serialisation). Total wall
+  time, per-phase seconds (checkpoint.json) and the ratio. The difference is split into a fixed part
+  (both ways again with ``stop_after=discover``: SuperLink + simulation start, Ray, FAB) and a
+  per-message part, a least-squares fit over the later phases' extra seconds against their message
+  count and megabytes.
+- ``memory`` (measured during the ``overhead`` Flower run): the summed RSS and PSS of every process
+  Flower started (the ``flwr`` CLI, the detached local SuperLink and its children: superexec,
+  ServerApp, simulation, Ray workers), sampled every ``--sample-s`` seconds; peaks per phase window,
+  and the per-phase node and coordinator peaks the phases record in ``traffic``. PSS splits shared
+  pages (torch's libraries in each Ray worker) between processes, so its sum is the real footprint;
+  the RSS sum counts them once per process.
+- ``bytes``: message bytes per phase, ``enrol.weights=send`` (the ``overhead`` in-process run when both
+  sections run) vs features-only ``enrol.weights=home``
+  (in-process; the counts are those of the messages' records, the same through Flower).
+- ``scaling``: N institutions (default 4, 8, 16) of a generated world (small data: 32 px tiles,
+  ``--scale-tiles`` scenes each, 1 round, 1 distillation epoch), sensors and tasks cycling through
+  Sentinel-2 scene, Sentinel-1 scene, aerial land cover (so 3 groups whose sizes grow with N), four
+  regions; through ``flwr run .`` with ``num-supernodes = min(N, --scale-nodes)``. Wall time, phase
+  seconds, peak memory of the process tree, messages and bytes.
+- ``default``: the default experiment through ``flwr run .`` once (cold cache: a fresh user's run).
+
+Synthetic worlds are generated before each measured run (``warmup_s``) into a shared cache; each run
+gets its own cache folder linking to those worlds, so no run reuses another run's teacher features.
+Everything runs with one torch thread (this process: ``torch.set_num_threads(1)``; Flower's
+processes: ``OMP_NUM_THREADS=1``). Every Flower run is checked ``finished:completed`` with
+``flwr ls`` and no process it started may outlive it.
+
+Usage: python benchmarks/federation_cost.py [--sections overhead bytes scaling default]
+       [--experiment quick] [--overrides "..."] [--scales 4 8 16] [--out benchmarks/results]
+Writes <out>/federation_cost.json and federation_cost.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from flower_harness import (  # noqa: E402  (tests/ holds the Flower harness)
+    InProcessGrid, descendants, flwr_run, isolated_flower, pids_mentioning, run_status)
+from clients.data import open_manifest  # noqa: E402
+from clients.institution import InstitutionSpec  # noqa: E402
+from geodata.manifest import atomic_write_text  # noqa: E402
+from geodata.synth.spectra import CLASSES  # noqa: E402
+from server.config import RunSettings, load_experiment  # noqa: E402
+from server.phases.discover import simulated_record  # noqa: E402
+from server.proxy import proxy_manifest  # noqa: E402
+from server.run import run_experiment  # noqa: E402
+
+__all__ = ["main", "scale_overrides", "TreeSampler"]
+
+log = logging.getLogger(__name__)
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("scaling", "overhead", "bytes", "default")  # run in this order
+PHASES = ("discover", "train", "enrol", "distill", "evaluate", "prune", "report")
+# (sensor, task) of the generated institutions, in turn
+SCALE_KINDS = (("sentinel2_l2a", "scene"), ("sentinel1_grd", "scene"), ("aerial_rgbn", "landcover"))
+SCALE_REGIONS = ("r0", "r1", "r2", "r3")  # the default world's regions
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory of a process tree
+
+
+def _smaps_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of ``pid`` in MB from /proc/PID/smaps_rollup; (0, 0) when it is gone."""
+    rss = pss = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss, pss
+
+
+class TreeSampler:
+    """Samples the summed RSS/PSS of ``roots()`` and all their descendants every ``interval_s``
+    in a background thread: ``samples`` = [(unix time, rss MB, pss MB, processes)]."""
+
+    def __init__(self, roots: Callable[[], set[int]], interval_s: float = 0.5) -> None:
+        self.roots, self.interval_s = roots, interval_s
+        self.samples: list[tuple[float, float, float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        pids = set()
+        for root in self.roots():
+            pids.add(root)
+            pids.update(descendants(root))
+        pids.discard(os.getpid())
+        sizes = [_smaps_mb(p) for p in pids]
+        self.samples.append((time.time(), sum(s[0] for s in sizes), sum(s[1] for s in sizes),
+                             sum(1 for s in sizes if s[0] > 0)))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "TreeSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def peak(self, start: float = -math.inf, end: float = math.inf) -> dict[str, float]:
+        """Peak RSS / PSS sums (MB) and most processes among the samples in [start, end]."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if not inside:
+            return {}
+        return {"rss_mb": round(max(s[1] for s in inside)), "pss_mb": round(max(s[2] for s in inside)),
+                "processes": max(s[3] for s in inside), "samples": len(inside)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _phase_record(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per finished phase: seconds, window (unix start, end) and traffic, from the run folder."""
+    checkpoint = json.loads((run_dir / "checkpoint.json").read_text())
+    phases = {}
+    for name, entry in checkpoint["phases"].items():
+        result = json.loads((run_dir / entry["result"]).read_text())
+        traffic = result.get("traffic", {})
+        start = datetime.fromisoformat(entry["started"]).timestamp()
+        node_peaks = traffic.get("node_peak_mb") or {}
+        phases[name] = {
+            "status": entry["status"], "seconds": entry["seconds"], "window": [start, start + entry["seconds"] + 1],
+            "sent": traffic.get("sent", 0), "received": traffic.get("received", 0),
+            "messages": traffic.get("messages", 0),
+            "node_peak_mb": round(max(node_peaks.values()), 1) if node_peaks else None,
+            "coordinator_peak_mb": round(traffic.get("coordinator_peak_mb", 0.0), 1)}
+    return phases
+
+
+def _totals(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"phase_seconds": round(sum(p["seconds"] for p in phases.values()), 2),
+            "messages": sum(p["messages"] for p in phases.values()),
+            "sent": sum(p["sent"] for p in phases.values()),
+            "received": sum(p["received"] for p in phases.values())}
+
+
+def _run_cache(root: Path, worlds: Path) -> Path:
+    """A run's own cache folder whose ``worlds`` are the shared, already generated ones."""
+    cache = root / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "worlds").symlink_to(worlds, target_is_directory=True)
+    return cache
+
+
+def _overrides(cache: Path, out: Path, extra: Sequence[str]) -> list[str]:
+    return [f"output_dir={out}", f"cache_dir={cache}", *extra]
+
+
+def warm_worlds(experiment: str, overrides: Sequence[str]) -> float:
+    """Generate the experiment's institution worlds and proxy world into its ``cache_dir``; seconds taken."""
+    t0 = time.perf_counter()
+    cfg, _ = load_experiment(RunSettings(experiment, tuple(overrides), "warmup"))
+    cache_dir = Path(cfg.cache_dir).expanduser().resolve()
+    for name in cfg.institutions:
+        record = simulated_record(cfg, name, cache_dir)
+        open_manifest(InstitutionSpec.from_record(record, f"institution {name!r}"))
+    proxy_manifest(cfg, cache_dir, sorted({inst.sensor for inst in cfg.institutions.values()}))
+    return round(time.perf_counter() - t0, 1)
+
+
+def _worlds_made(worlds: Path, before: set[str]) -> list[str]:
+    return sorted({p.name for p in worlds.iterdir() if p.is_dir() and not p.name.startswith(".")} - before)
+
+
+class _SelfSampler(TreeSampler):
+    """:class:`TreeSampler` of this process alone (the in-process run's coordinator and nodes)."""
+
+    def _sample(self) -> None:
+        rss, pss = _smaps_mb(os.getpid())
+        self.samples.append((time.time(), rss, pss, 1))
+
+
+def run_in_process(experiment: str, overrides: Sequence[str], run_name: str, nodes: int,
+                           interval_s: float) -> dict[str, Any]:
+    """The run on :class:`InProcessGrid` with ``nodes`` simulated hosts; wall time, phases, this process's memory."""
+    config = {"experiment": experiment, "overrides": shlex.join(overrides), "run-name": run_name}
+    grid = InProcessGrid({100 + p: {"partition-id": p, "num-partitions": nodes} for p in range(nodes)})
+    load = _load()
+    with _SelfSampler(lambda: set(), interval_s) as sampler:
+        t0 = time.perf_counter()
+        run_dir = run_experiment(grid, config, flower_run_id=1)
+        wall = time.perf_counter() - t0
+    phases = _phase_record(run_dir)
+    return {"wall_s": round(wall, 2), "phases": phases, **_totals(phases), "peak": sampler.peak(),
+            "load_before": load, "load_after": _load(), "run_dir": str(run_dir)}
+
+
+def run_flower(root: Path, experiment: str, overrides: Sequence[str], run_name: str, timeout_s: float,
+               interval_s: float, num_supernodes: int | None = None) -> dict[str, Any]:
+    """The run through ``flwr run .`` on a fresh isolated local SuperLink (simulation); checks it
+    finished completed and that nothing it started survives; wall time, phases, memory."""
+    config = {"experiment": experiment, "overrides": shlex.join(overrides), "run-name": run_name}
+    extra = ["--federation-config", f"num-supernodes={num_supernodes}"] if num_supernodes else []
+    flower_root = Path(tempfile.mkdtemp(prefix="fed-", dir=root))
+    load = _load()
+    with isolated_flower(flower_root) as env:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        marks = (str(flower_root), env["RAY_TMPDIR"])
+
+        def roots() -> set[int]:
+            return {*descendants(os.getpid()), *(p for m in marks for p in pids_mentioning(m))}
+
+        with TreeSampler(roots, interval_s) as sampler:
+            t0 = time.perf_counter()
+            run_id, output = flwr_run(env, None, config, timeout_s=timeout_s, extra=extra)
+            wall = time.perf_counter() - t0
+        status = run_status(env, None, run_id)
+    left = [p for m in marks for p in pids_mentioning(m)]
+    if status != "finished:completed":
+        raise RuntimeError(f"flwr run {run_id} ({run_name}) is {status}:\n{output[-4000:]}")
+    if left:
+        raise RuntimeError(f"processes {left} outlived flwr run {run_id} ({run_name})")
+    run_dir = Path(next(o for o in overrides if o.startswith("output_dir=")).split("=", 1)[1]) / run_name
+    phases = _phase_record(run_dir)
+    for phase in phases.values():
+        phase["tree_peak"] = sampler.peak(*phase["window"])
+    return {"wall_s": round(wall, 2), "run_id": run_id, "status": status, "phases": phases, **_totals(phases),
+            "peak": sampler.peak(), "num_supernodes": num_supernodes or 2, "load_before": load,
+            "load_after": _load(), "run_dir": str(run_dir)}
+
+
+def _strip(run: dict[str, Any]) -> dict[str, Any]:
+    """A run record for the JSON: no absolute temp paths, no phase windows."""
+    out = {k: v for k, v in run.items() if k != "run_dir"}
+    out["phases"] = {n: {k: v for k, v in p.items() if k != "window"} for n, p in run["phases"].items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+@contextmanager
+def _workspace(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="fedcost-") as tmp:
+        yield Path(tmp)
+
+
+def _per_message_fit(inproc: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
+    """Least squares of the phases' extra seconds through Flower (after discover) on messages and MB."""
+    rows, extra = [], []
+    for name in PHASES[1:]:
+        a, b = inproc["phases"].get(name), flower["phases"].get(name)
+        if a and b:
+            rows.append([b["messages"], (b["sent"] + b["received"]) / 1e6])
+            extra.append(b["seconds"] - a["seconds"])
+    if len(rows) < 2:
+        return {}
+    x, y = np.array(rows, dtype=float), np.array(extra)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return {"s_per_message": round(float(coef[0]), 3), "s_per_mb": round(float(coef[1]), 4),
+            "phases_used": len(rows), "extra_s_after_discover": round(float(y.sum()), 1),
+            "messages_after_discover": int(x[:, 0].sum())}
+
+
+def section_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    worlds = work / "worlds-cache"
+    base = [*shlex.split(args.overrides)]
+    warm = warm_worlds(args.experiment, [f"cache_dir={worlds}", *base])
+    before = {p.name for p in (worlds / "worlds").iterdir()}
+    runs: dict[str, Any] = {}
+    for label, stop in (("discover_only", ["stop_after=discover"]), ("full", [])):
+        for way in ("in_process", "flower"):
+            root = work / f"overhead-{label}-{way}"
+            cache = _run_cache(root, worlds / "worlds")
+            overrides = _overrides(cache, root / "outputs", [*base, *stop])
+            log.info("overhead %s %s ...", label, way)
+            if way == "flower":
+                run = run_flower(root, args.experiment, overrides, "run", args.timeout_s, args.sample_s)
+            else:
+                run = run_in_process(args.experiment, overrides, "run", 2, args.sample_s)
+            log.info("overhead %s %s: %.1f s", label, way, run["wall_s"])
+            runs.setdefault(label, {})[way] = run
+    new_worlds = _worlds_made(worlds / "worlds", before)
+    full, disc = runs["full"], runs["discover_only"]
+    fixed = (disc["flower"]["wall_s"] - disc["in_process"]["wall_s"])
+    result = {
+        "experiment": args.experiment, "overrides": base, "num_supernodes": 2, "warmup_s": warm,
+        "worlds_generated_during_runs": new_worlds,
+        "in_process": _strip(full["in_process"]), "flower": _strip(full["flower"]),
+        "discover_only": {w: _strip(r) for w, r in disc.items()},
+        "ratio": round(full["flower"]["wall_s"] / full["in_process"]["wall_s"], 3),
+        "extra_s": round(full["flower"]["wall_s"] - full["in_process"]["wall_s"], 1),
+        "flower_outside_phases_s": round(full["flower"]["wall_s"] - full["flower"]["phase_seconds"], 1),
+        "in_process_outside_phases_s": round(full["in_process"]["wall_s"] - full["in_process"]["phase_seconds"], 1),
+        "fixed_s_from_discover_only": round(fixed, 1),
+        "per_message": _per_message_fit(full["in_process"], full["flower"]),
+    }
+    return result
+
+
+def section_bytes(args: argparse.Namespace, work: Path, overhead: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Both enrol modes in process; the ``send`` run is ``overhead``'s in-process run when given (same config)."""
+    worlds = work / "worlds-cache"
+    base = [*shlex.split(args.overrides)]
+    warm = warm_worlds(args.experiment, [f"cache_dir={worlds}", *base])
+    modes = {"send": overhead["in_process"]} if overhead else {}
+    for mode in [m for m in ("send", "home") if m not in modes]:
+        root = work / f"bytes-{mode}"
+        cache = _run_cache(root, worlds / "worlds")
+        log.info("bytes enrol.weights=%s ...", mode)
+        run = run_in_process(args.experiment, _overrides(cache, root / "outputs", [*base, f"enrol.weights={mode}"]),
+                                     "run", 2, args.sample_s)
+        modes[mode] = _strip(run)
+    return {"experiment": args.experiment, "overrides": base, "warmup_s": warm, "modes": modes}
+
+
+def scale_overrides(n: int, tiles: int) -> list[str]:
+    """Hydra overrides for a world and an experiment of ``n`` generated institutions (see module doc)."""
+    priors = "{" + ",".join(f"{c}:1.0" for c in CLASSES) + "}"
+    world, insts = [], []
+    for i in range(n):
+        sensor, task = SCALE_KINDS[i % len(SCALE_KINDS)]
+        name = f"inst{i:02d}"
+        world.append(f"{{name:{name},region:{SCALE_REGIONS[i % len(SCALE_REGIONS)]},sensors:[{sensor}],"
+                     f"class_priors:{priors},domain_shift:{0.2 + 0.6 * i / max(n - 1, 1):.2f}}}")
+        insts.append(f"+institutions.{name}={{sensor:{sensor},task:{task}}}")
+    return [f"world.name=scale{n}", f"world.tiles_per_institution={tiles}", "world.tile_size=32",
+            "world.aerial_factor=2", f"world.institutions=[{','.join(world)}]", "~institutions", *insts]
+
+
+def section_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    worlds = work / "worlds-cache"
+    small = shlex.split(args.scale_overrides)
+    rows = []
+    for n in args.scales:
+        base = [*scale_overrides(n, args.scale_tiles), *small]
+        warm = warm_worlds(args.experiment, [f"cache_dir={worlds}", *base])
+        before = {p.name for p in (worlds / "worlds").iterdir()}
+        root = work / f"scale-{n}"
+        cache = _run_cache(root, worlds / "worlds")
+        nodes = min(n, args.scale_nodes)
+        log.info("scaling: %d institutions on %d simulated nodes ...", n, nodes)
+        run = run_flower(root, args.experiment, _overrides(cache, root / "outputs", base), "run", args.timeout_s,
+                         args.sample_s, num_supernodes=nodes)
+        roster = json.loads((Path(run["run_dir"]) / "phases" / "discover.json").read_text())
+        log.info("scaling %d: %.1f s, peak PSS %s MB", n, run["wall_s"], run["peak"].get("pss_mb"))
+        rows.append({"institutions": n, "groups": {g: len(v["members"]) for g, v in roster["groups"].items()},
+                     "warmup_s": warm, "worlds_generated_during_run": _worlds_made(worlds / "worlds", before),
+                     **_strip(run)})
+    return {"experiment": args.experiment, "overrides": small, "tiles_per_institution": args.scale_tiles,
+            "max_nodes": args.scale_nodes, "rows": rows, "growth": _growth(rows)}
+
+
+def _growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Log-log slopes of wall time, phase seconds and peak PSS against the institution count."""
+    if len(rows) < 2:
+        return {}
+    n = np.log([r["institutions"] for r in rows])
+    out = {}
+    for key, values in (("wall_s", [r["wall_s"] for r in rows]), ("phase_seconds", [r["phase_seconds"] for r in rows]),
+                        ("peak_pss_mb", [r["peak"]["pss_mb"] for r in rows]),
+                        ("peak_rss_mb", [r["peak"]["rss_mb"] for r in rows]),
+                        ("messages", [r["messages"] for r in rows])):
+        out[f"{key}_loglog_slope"] = round(float(np.polyfit(n, np.log(values), 1)[0]), 2)
+    return out
+
+
+def section_default(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    root = work / "default"
+    overrides = [f"output_dir={root / 'outputs'}"]
+    log.info("default experiment through flwr run (cold cache) ...")
+    run = run_flower(root, "default", overrides, "run", args.default_timeout_s, args.sample_s)
+    return {"experiment": "default", "cache": "cold (worlds generated during the run)", **_strip(run)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _peak(run: dict[str, Any], key: str = "pss_mb") -> str:
+    value = (run.get("peak") or {}).get(key)
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _overhead_md(r: dict[str, Any]) -> list[str]:
+    a, b = r["in_process"], r["flower"]
+    lines = [f"## Flower overhead: experiment `{r['experiment']}` {' '.join(r['overrides'])}".rstrip(), "",
+             f"`flwr run .` (local simulation, {r['num_supernodes']} SuperNodes, fresh local SuperLink) vs "
+             "`run_experiment(InProcessGrid)` in one process; worlds generated beforehand "
+             f"({r['warmup_s']:.0f} s), each run with its own teacher cache.", "",
+             "| phase | in-process s | flwr s | extra s | messages | MB sent | MB received | tree peak PSS MB "
+             "| node peak MB | coordinator peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in PHASES:
+        p, q = a["phases"].get(name), b["phases"].get(name)
+        if not p or not q:
+            continue
+        tree = (q.get("tree_peak") or {}).get("pss_mb", "-")
+        lines.append(f"| {name} | {p['seconds']:.1f} | {q['seconds']:.1f} | {q['seconds'] - p['seconds']:+.1f} | "
+                     f"{q['messages']} | {_mb(q['sent'])} | {_mb(q['received'])} | {tree} | "
+                     f"{q['node_peak_mb'] if q['node_peak_mb'] is not None else '-'} | {q['coordinator_peak_mb']:.0f} |")
+    fit = r.get("per_message") or {}
+    lines += [f"| **total (wall)** | {a['wall_s']:.1f} | {b['wall_s']:.1f} | {b['wall_s'] - a['wall_s']:+.1f} | "
+              f"{b['messages']} | {_mb(b['sent'])} | {_mb(b['received'])} | {_peak(b)} | | |", "",
+              f"Ratio flwr / in-process: **{r['ratio']:.2f}x** ({r['extra_s']:+.0f} s). Outside the phases (CLI, "
+              f"SuperLink and simulation start, FAB, Ray, shutdown): {r['flower_outside_phases_s']:.0f} s through "
+              f"Flower vs {r['in_process_outside_phases_s']:.0f} s in process. With `stop_after=discover`: flwr "
+              f"{r['discover_only']['flower']['wall_s']:.1f} s vs in-process {r['discover_only']['in_process']['wall_s']:.1f} s"
+              f" ({r['fixed_s_from_discover_only']:.0f} s fixed cost)."]
+    if fit:
+        lines.append(f"Per-message fit over the {fit['phases_used']} later phases ({fit['messages_after_discover']} "
+                     f"messages, {fit['extra_s_after_discover']:+.0f} s extra): {fit['s_per_message']:.2f} s per "
+                     f"message + {fit['s_per_mb']:.3f} s per MB.")
+    lines += ["", f"Memory of the Flower run (all its processes, sampled every {r.get('sample_s', 0.5)} s): peak PSS "
+              f"sum {_peak(b)} MB, peak RSS sum {_peak(b, 'rss_mb')} MB over up to {b['peak'].get('processes')} "
+              f"processes; in-process run (this one process): peak RSS {_peak(a, 'rss_mb')} MB.", ""]
+    return lines
+
+
+def _bytes_md(r: dict[str, Any]) -> list[str]:
+    send, home = r["modes"]["send"], r["modes"]["home"]
+    lines = [f"## Bytes per phase: weights sent vs features-only (`enrol.weights=home`), experiment "
+             f"`{r['experiment']}` (in-process, 2 nodes)", "",
+             "| phase | send: messages | send: MB sent | send: MB received | home: messages | home: MB sent "
+             "| home: MB received | home s / send s |", "|---|---|---|---|---|---|---|---|"]
+    for name in PHASES:
+        p, q = send["phases"].get(name), home["phases"].get(name)
+        if not p or not q:
+            continue
+        lines.append(f"| {name} | {p['messages']} | {_mb(p['sent'])} | {_mb(p['received'])} | {q['messages']} | "
+                     f"{_mb(q['sent'])} | {_mb(q['received'])} | {q['seconds']:.1f} / {p['seconds']:.1f} |")
+    lines += [f"| **total** | {send['messages']} | {_mb(send['sent'])} | {_mb(send['received'])} | {home['messages']} "
+              f"| {_mb(home['sent'])} | {_mb(home['received'])} | {home['wall_s']:.0f} / {send['wall_s']:.0f} |", ""]
+    return lines
+
+
+def _scaling_md(r: dict[str, Any]) -> list[str]:
+    lines = [f"## Scaling: institutions through `flwr run .` ({r['tiles_per_institution']} scenes of 32 px each, "
+             f"{' '.join(r['overrides'])}; num-supernodes = min(N, {r['max_nodes']}))", "",
+             "| institutions | SuperNodes | groups (members) | wall s | phase s | train s | distill s | evaluate s "
+             "| messages | MB moved | peak PSS MB | peak RSS MB | processes | world generation s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ph = row["phases"]
+        groups = ", ".join(f"{g.split('-')[0]} {m}" for g, m in row["groups"].items())
+        lines.append(f"| {row['institutions']} | {row['num_supernodes']} | {groups} | {row['wall_s']:.0f} | "
+                     f"{row['phase_seconds']:.0f} | {ph['train']['seconds']:.0f} | {ph['distill']['seconds']:.0f} | "
+                     f"{ph['evaluate']['seconds']:.0f} | {row['messages']} | {_mb(row['sent'] + row['received'])} | "
+                     f"{_peak(row)} | {_peak(row, 'rss_mb')} | {row['peak'].get('processes')} | {row['warmup_s']:.0f} |")
+    g = r.get("growth") or {}
+    if g:
+        lines += ["", f"Growth (log-log slope against N; 1 = linear): wall {g['wall_s_loglog_slope']}, phase time "
+                      f"{g['phase_seconds_loglog_slope']}, messages {g['messages_loglog_slope']}, peak PSS "
+                      f"{g['peak_pss_mb_loglog_slope']}, peak RSS {g['peak_rss_mb_loglog_slope']}."]
+    return [*lines, ""]
+
+
+def _default_md(r: dict[str, Any]) -> list[str]:
+    phases = ", ".join(f"{n} {p['seconds']:.0f} s" for n, p in r["phases"].items())
+    return ["## Default experiment through `flwr run .` (2 SuperNodes, cold cache)", "",
+            f"Wall {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min); phases: {phases}. Peak PSS sum {_peak(r)} MB, "
+            f"peak RSS sum {_peak(r, 'rss_mb')} MB; {r['messages']} messages, {_mb(r['sent'] + r['received'])} MB "
+            f"moved. Load average before/after: {r['load_before']} / {r['load_after']}.", ""]
+
+
+def render(record: dict[str, Any]) -> str:
+    meta = record["meta"]
+    lines = ["# Federation cost: Flower overhead, memory, bytes per phase, scaling", "",
+             f"{meta['machine']}, {meta['cpus']} CPUs shared with other work (load average recorded per run), "
+             f"torch {meta['torch']}, flwr {meta['flwr']}, 1 torch thread everywhere.", ""]
+    for key, fmt in (("overhead", _overhead_md), ("bytes", _bytes_md), ("scaling", _scaling_md),
+                     ("default", _default_md)):
+        if key in record:
+            lines += fmt(record[key])
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--experiment", default="quick", help="configs/experiment/<name>.yaml of overhead, bytes, scaling")
+    parser.add_argument("--overrides", default="", help="Hydra overrides of the overhead and bytes runs")
+    parser.add_argument("--scales", type=int, nargs="+", default=[4, 8, 16], help="institution counts")
+    parser.add_argument("--scale-tiles", type=int, default=16, help="scenes per institution in the scaling runs")
+    parser.add_argument("--scale-nodes", type=int, default=4, help="at most this many simulated SuperNodes")
+    parser.add_argument("--scale-overrides", default=("train.rounds=1 train.local_epochs=1 distill.epochs=1 "
+                                                      "proxy.tiles_per_institution=8 prune.permutations=10"),
+                        help="Hydra overrides of the scaling runs (on top of the generated world)")
+    parser.add_argument("--sample-s", type=float, default=0.5, help="memory sampling interval")
+    parser.add_argument("--timeout-s", type=float, default=900, help="per flwr run")
+    parser.add_argument("--default-timeout-s", type=float, default=1500, help="the default experiment's flwr run")
+    parser.add_argument("--work", type=Path, default=None, help="keep run folders here (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(1)
+    import flwr
+
+    path = args.out / "federation_cost.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record["meta"] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                      "cpus": os.cpu_count(), "torch": torch.__version__, "flwr": flwr.__version__,
+                      "sample_s": args.sample_s}
+    sections = {"overhead": section_overhead, "scaling": section_scaling, "default": section_default,
+                "bytes": lambda a, w: section_bytes(a, w, record["overhead"] if "overhead" in a.sections else None)}
+    t_all = time.perf_counter()
+    with _workspace(args.work) as work:
+        for name in [s for s in SECTIONS if s in args.sections]:
+            t0 = time.perf_counter()
+            record[name] = {**sections[name](args, work), "sample_s": args.sample_s,
+                            "section_s": round(time.perf_counter() - t0, 1),
+                            "argv": list(argv) if argv is not None else sys.argv[1:]}
+            atomic_write_text(path, json.dumps(record, indent=1))
+            atomic_write_text(args.out / "federation_cost.md", render(record))
+            log.info("section %s done in %.0f s", name, record[name]["section_s"])
+    log.info("federation_cost: %.0f s", time.perf_counter() - t_all)
+    return record
+
+
+if __name__ == "__main__":
+    main()
