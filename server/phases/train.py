@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from geodata.sensors import get_sensor
-from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
 from fusion.registry import Registry, RegistryError
 from geodata.manifest import atomic_write_text
+from geodata.sensors import get_sensor
+from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
 from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from server.roster import Group, Roster
