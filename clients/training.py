@@ -55,6 +55,10 @@ def _splits(manifest: Manifest, spec: InstitutionSpec, wanted: tuple[str, ...]) 
     return [split for split in wanted if institution_tiles(manifest, spec, split)]
 
 
+def _copy(state: State) -> State:
+    return {k: v.clone() for k, v in state.items()}
+
+
 def _cpu_state(module: nn.Module) -> State:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
@@ -78,7 +82,8 @@ def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State
     """One round: evaluate the received model on ``val``, then train ``cfg.epochs`` local epochs."""
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
-    specialist, task_head = build_model(card, encoder, head)
+    # build_model adopts the tensors it is given: copy them so the caller's state is never trained in place
+    specialist, task_head = build_model(card, _copy(encoder), _copy(head))
     specialist.to(device), task_head.to(device)
     manifest = open_manifest(spec)
     metrics = evaluate_splits(manifest, spec, card, specialist, task_head, cfg, ("val",))
