@@ -113,16 +113,20 @@ def _inputs(batch: dict[str, Any], specialist: Specialist, device: torch.device)
     return image.to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
 
 
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
 def _augment(image: torch.Tensor, target: torch.Tensor, segmentation: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random flip/rotation (of the 8 square symmetries) for the whole batch, mask included."""
-    k, flip = int(torch.randint(4, ())), bool(torch.randint(2, ()))
-    image = torch.rot90(image, k, dims=(-2, -1))
-    if flip:
-        image = image.flip(-1)
+    """An independent random flip/rotation per sample (of the 8 square symmetries; half-turns only for
+    non-square tiles), applied to its mask too for segmentation."""
+    quarter = 1 if image.shape[-1] == image.shape[-2] else 2
+    turns = torch.randint(4 // quarter, (len(image),)) * quarter
+    flips = torch.randint(2, (len(image),)).bool()
+    image = torch.stack([_dihedral(x, int(k), bool(f)) for x, k, f in zip(image, turns, flips)])
     if segmentation:
-        target = torch.rot90(target, k, dims=(-2, -1))
-        if flip:
-            target = target.flip(-1)
+        target = torch.stack([_dihedral(t, int(k), bool(f)) for t, k, f in zip(target, turns, flips)])
     return image, target
 
 
