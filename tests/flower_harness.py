@@ -350,6 +350,21 @@ class FlowerProcesses:
         """The process started as ``name``."""
         return next(proc for n, proc in self.procs if n == name)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL the process ``name``'s process group and every descendant (a machine failing at once)."""
+        proc = self.process(name)
+        pids = [proc.pid, *descendants(proc.pid)]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=10)
+
     def log(self, name: str) -> str:
         """What the process ``name`` wrote so far."""
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
