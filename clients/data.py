@@ -68,7 +68,8 @@ def summarize(manifest: Manifest, spec: InstitutionSpec) -> dict[str, Any]:
     task = manifest.task(spec.task)
     splits = Counter(tile.split for tile in institution_tiles(manifest, spec))
     if not splits.get("train"):
-        raise ValueError(f"institution {spec.name!r}: no 'train' tiles (splits: {dict(splits)})")
+        raise ValueError(f"institution {spec.name!r}: manifest {manifest.root}: no 'train' tiles "
+                         f"(splits: {dict(splits)})")
     stats = compute_band_stats(manifest, institution_tiles(manifest, spec, "train"), sensor)
     return {
         "task_type": task.type,

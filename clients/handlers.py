@@ -81,7 +81,10 @@ def identify(message: Message, context: Context) -> Message:
     role = node_role(context.node_config)
     content = RecordDict({"identity": ConfigRecord(role.to_record())})
     if role.institution is not None:
-        content["summary"] = _summary_record(role.institution)
+        try:
+            content["summary"] = _summary_record(role.institution)
+        except Exception as exc:  # the coordinator knows only the node id: name the institution
+            raise ValueError(f"institution {role.institution.name!r}: {exc}") from exc
     return Message(content, reply_to=message)
 
 

@@ -111,7 +111,10 @@ def enrol(ctx: PhaseContext) -> dict[str, Any]:
     for group in missing:
         log.error("Group %s: no keeper delivered a valid specialist; it is not enrolled", group)
     if not len(registry):
-        raise RuntimeError(f"no specialist could be enrolled; failures: {failures}")
+        untrained = {g: r.get("history", []) and r["history"][-1].get("skipped") for g, r in trained.items()
+                     if not r.get("specialist")}
+        raise RuntimeError(f"no specialist could be enrolled; enrolment failures: {failures}; groups without a "
+                           f"trained specialist: {untrained} (see phases/train.json failures)")
     return {"mode": ctx.cfg.enrol.weights, "registry": "registry", "specialists": registry.names,
             "carried_from": ctx.cfg.integrate or None, "carried": carried, "enrolled": enrolled,
             "not_enrolled": missing, "failures": failures}
