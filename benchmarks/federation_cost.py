@@ -5,11 +5,13 @@ Sections (``--sections``, each stored under its own key of the JSON, so they can
 - ``overhead``: one experiment (default: the quick preset) through ``flwr run .`` (Flower's local
   simulation, its default 2 SuperNodes, a fresh isolated FLWR_HOME so the local SuperLink starts
   too) and through ``server.run.run_experiment`` on ``InProcessGrid`` (tests/flower_harness.py: the
-  same ClientApp handlers called in this process, no Flower processes, no serialisation). Total wall
-  time, per-phase seconds (checkpoint.json) and the ratio. The difference is split into a fixed part
-  (both ways again with ``stop_after=discover``: SuperLink + simulation start, Ray, FAB) and a
-  per-message part, a least-squares fit over the later phases' extra seconds against their message
-  count and megabytes.
+  same ClientApp handlers called in this process, one after another; no Flower processes, no
+  serialisation), ``--repeats`` times alternating. Total wall time, per-phase seconds
+  (checkpoint.json) and the ratio of the medians. The difference is split into the part outside
+  the phases (CLI, SuperLink and simulation start, FAB, ServerApp start, shutdown), the discover
+  phase (nodes start: Ray actors, the ClientApp's first load) and the later phases (messages through
+  the SuperLink, offset by the simulation's nodes computing at the same time); both ways again with
+  ``stop_after=discover`` give the fixed cost per run.
 - ``memory`` (measured during the ``overhead`` Flower run): the summed RSS and PSS of every process
   Flower started (the ``flwr`` CLI, the detached local SuperLink and its children: superexec,
   ServerApp, simulation, Ray workers), sampled every ``--sample-s`` seconds; peaks per phase window,
@@ -234,6 +236,7 @@ def run_flower(root: Path, experiment: str, overrides: Sequence[str], run_name: 
     finished completed and that nothing it started survives; wall time, phases, memory."""
     config = {"experiment": experiment, "overrides": shlex.join(overrides), "run-name": run_name}
     extra = ["--federation-config", f"num-supernodes={num_supernodes}"] if num_supernodes else []
+    root.mkdir(parents=True, exist_ok=True)
     flower_root = Path(tempfile.mkdtemp(prefix="fed-", dir=root))
     load = _load()
     with isolated_flower(flower_root) as env:
@@ -283,57 +286,56 @@ def _workspace(keep: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _per_message_fit(inproc: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
-    """Least squares of the phases' extra seconds through Flower (after discover) on messages and MB."""
-    rows, extra = [], []
-    for name in PHASES[1:]:
-        a, b = inproc["phases"].get(name), flower["phases"].get(name)
-        if a and b:
-            rows.append([b["messages"], (b["sent"] + b["received"]) / 1e6])
-            extra.append(b["seconds"] - a["seconds"])
-    if len(rows) < 2:
-        return {}
-    x, y = np.array(rows, dtype=float), np.array(extra)
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return {"s_per_message": round(float(coef[0]), 3), "s_per_mb": round(float(coef[1]), 4),
-            "phases_used": len(rows), "extra_s_after_discover": round(float(y.sum()), 1),
-            "messages_after_discover": int(x[:, 0].sum())}
+def _decompose(inproc: dict[str, Any], flower: dict[str, Any]) -> dict[str, Any]:
+    """Where Flower's extra seconds go: outside the phases, in discover (nodes starting: Ray actors,
+    the ClientApp's first load), and in the later phases (messages through the SuperLink against
+    the simulation computing on several nodes at once, where the in-process grid goes one by one)."""
+    later = [n for n in PHASES[1:] if n in inproc["phases"] and n in flower["phases"]]
+    extra = sum(flower["phases"][n]["seconds"] - inproc["phases"][n]["seconds"] for n in later)
+    messages = sum(flower["phases"][n]["messages"] for n in later)
+    return {
+        "outside_phases_s": round((flower["wall_s"] - flower["phase_seconds"])
+                                  - (inproc["wall_s"] - inproc["phase_seconds"]), 1),
+        "discover_s": round(flower["phases"]["discover"]["seconds"] - inproc["phases"]["discover"]["seconds"], 1),
+        "later_phases_s": round(extra, 1), "later_messages": messages,
+        "later_mb": round(sum(flower["phases"][n]["sent"] + flower["phases"][n]["received"] for n in later) / 1e6, 1),
+        "later_s_per_message": round(extra / messages, 3) if messages else None}
 
 
 def section_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The experiment both ways, ``--repeats`` times (alternating), and both ways with ``stop_after=discover``."""
     worlds = work / "worlds-cache"
     base = [*shlex.split(args.overrides)]
     warm = warm_worlds(args.experiment, [f"cache_dir={worlds}", *base])
     before = {p.name for p in (worlds / "worlds").iterdir()}
-    runs: dict[str, Any] = {}
-    for label, stop in (("discover_only", ["stop_after=discover"]), ("full", [])):
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"discover_only": {}, "full": {}}
+    plan = [("discover_only", ["stop_after=discover"], 0)] + [("full", [], r) for r in range(args.repeats)]
+    for label, stop, repeat in plan:
         for way in ("in_process", "flower"):
-            root = work / f"overhead-{label}-{way}"
+            root = work / f"overhead-{label}-{repeat}-{way}"
             cache = _run_cache(root, worlds / "worlds")
             overrides = _overrides(cache, root / "outputs", [*base, *stop])
-            log.info("overhead %s %s ...", label, way)
+            log.info("overhead %s #%d %s ...", label, repeat, way)
             if way == "flower":
                 run = run_flower(root, args.experiment, overrides, "run", args.timeout_s, args.sample_s)
             else:
                 run = run_in_process(args.experiment, overrides, "run", 2, args.sample_s)
-            log.info("overhead %s %s: %.1f s", label, way, run["wall_s"])
-            runs.setdefault(label, {})[way] = run
-    new_worlds = _worlds_made(worlds / "worlds", before)
-    full, disc = runs["full"], runs["discover_only"]
-    fixed = (disc["flower"]["wall_s"] - disc["in_process"]["wall_s"])
-    result = {
+            log.info("overhead %s #%d %s: %.1f s", label, repeat, way, run["wall_s"])
+            runs[label].setdefault(way, []).append(run)
+    full, disc = runs["full"], {way: r[0] for way, r in runs["discover_only"].items()}
+    walls = {way: [r["wall_s"] for r in rs] for way, rs in full.items()}
+    median = {way: float(np.median(w)) for way, w in walls.items()}
+    return {
         "experiment": args.experiment, "overrides": base, "num_supernodes": 2, "warmup_s": warm,
-        "worlds_generated_during_runs": new_worlds,
-        "in_process": _strip(full["in_process"]), "flower": _strip(full["flower"]),
+        "worlds_generated_during_runs": _worlds_made(worlds / "worlds", before),
+        "in_process": _strip(full["in_process"][0]), "flower": _strip(full["flower"][0]),
         "discover_only": {w: _strip(r) for w, r in disc.items()},
-        "ratio": round(full["flower"]["wall_s"] / full["in_process"]["wall_s"], 3),
-        "extra_s": round(full["flower"]["wall_s"] - full["in_process"]["wall_s"], 1),
-        "flower_outside_phases_s": round(full["flower"]["wall_s"] - full["flower"]["phase_seconds"], 1),
-        "in_process_outside_phases_s": round(full["in_process"]["wall_s"] - full["in_process"]["phase_seconds"], 1),
-        "fixed_s_from_discover_only": round(fixed, 1),
-        "per_message": _per_message_fit(full["in_process"], full["flower"]),
+        "walls_s": walls, "median_wall_s": median,
+        "ratio": round(median["flower"] / median["in_process"], 3),
+        "extra_s": round(median["flower"] - median["in_process"], 1),
+        "fixed_s_from_discover_only": round(disc["flower"]["wall_s"] - disc["in_process"]["wall_s"], 1),
+        "decomposition": [_decompose(a, b) for a, b in zip(full["in_process"], full["flower"])],
     }
-    return result
 
 
 def section_bytes(args: argparse.Namespace, work: Path, overhead: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -441,18 +443,21 @@ def _overhead_md(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {p['seconds']:.1f} | {q['seconds']:.1f} | {q['seconds'] - p['seconds']:+.1f} | "
                      f"{q['messages']} | {_mb(q['sent'])} | {_mb(q['received'])} | {tree} | "
                      f"{q['node_peak_mb'] if q['node_peak_mb'] is not None else '-'} | {q['coordinator_peak_mb']:.0f} |")
-    fit = r.get("per_message") or {}
     lines += [f"| **total (wall)** | {a['wall_s']:.1f} | {b['wall_s']:.1f} | {b['wall_s'] - a['wall_s']:+.1f} | "
               f"{b['messages']} | {_mb(b['sent'])} | {_mb(b['received'])} | {_peak(b)} | | |", "",
-              f"Ratio flwr / in-process: **{r['ratio']:.2f}x** ({r['extra_s']:+.0f} s). Outside the phases (CLI, "
-              f"SuperLink and simulation start, FAB, Ray, shutdown): {r['flower_outside_phases_s']:.0f} s through "
-              f"Flower vs {r['in_process_outside_phases_s']:.0f} s in process. With `stop_after=discover`: flwr "
-              f"{r['discover_only']['flower']['wall_s']:.1f} s vs in-process {r['discover_only']['in_process']['wall_s']:.1f} s"
-              f" ({r['fixed_s_from_discover_only']:.0f} s fixed cost)."]
-    if fit:
-        lines.append(f"Per-message fit over the {fit['phases_used']} later phases ({fit['messages_after_discover']} "
-                     f"messages, {fit['extra_s_after_discover']:+.0f} s extra): {fit['s_per_message']:.2f} s per "
-                     f"message + {fit['s_per_mb']:.3f} s per MB.")
+              f"Wall times of {len(r['walls_s']['flower'])} alternating repeats: in-process {r['walls_s']['in_process']} s, "
+              f"flwr {r['walls_s']['flower']} s (phase table: the first). Ratio of the medians flwr / in-process: "
+              f"**{r['ratio']:.2f}x** ({r['extra_s']:+.0f} s). With `stop_after=discover` (start, connect, identify, "
+              f"describe): flwr {r['discover_only']['flower']['wall_s']:.1f} s vs in-process "
+              f"{r['discover_only']['in_process']['wall_s']:.1f} s, i.e. {r['fixed_s_from_discover_only']:.0f} s fixed "
+              "cost per run.", "",
+              "| repeat | extra s outside phases (CLI, SuperLink, FAB, ServerApp start, shutdown) | extra s in discover "
+              "(nodes start, ClientApp first load) | extra s in later phases | their messages | their MB | "
+              "extra s per later message |", "|---|---|---|---|---|---|---|"]
+    for i, d in enumerate(r["decomposition"]):
+        per = "-" if d["later_s_per_message"] is None else f"{d['later_s_per_message']:+.2f}"
+        lines.append(f"| {i} | {d['outside_phases_s']:+.1f} | {d['discover_s']:+.1f} | {d['later_phases_s']:+.1f} | "
+                     f"{d['later_messages']} | {d['later_mb']:.0f} | {per} |")
     lines += ["", f"Memory of the Flower run (all its processes, sampled every {r.get('sample_s', 0.5)} s): peak PSS "
               f"sum {_peak(b)} MB, peak RSS sum {_peak(b, 'rss_mb')} MB over up to {b['peak'].get('processes')} "
               f"processes; in-process run (this one process): peak RSS {_peak(a, 'rss_mb')} MB.", ""]
@@ -528,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--scale-overrides", default=("train.rounds=1 train.local_epochs=1 distill.epochs=1 "
                                                       "proxy.tiles_per_institution=8 prune.permutations=10"),
                         help="Hydra overrides of the scaling runs (on top of the generated world)")
+    parser.add_argument("--repeats", type=int, default=2, help="full overhead runs each way")
     parser.add_argument("--sample-s", type=float, default=0.5, help="memory sampling interval")
     parser.add_argument("--timeout-s", type=float, default=900, help="per flwr run")
     parser.add_argument("--default-timeout-s", type=float, default=1500, help="the default experiment's flwr run")

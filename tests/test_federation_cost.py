@@ -72,9 +72,9 @@ def test_bytes_section_compares_weights_and_features_only(benchmark, tmp_path: P
 
 @pytest.mark.e2e
 def test_scaling_row_through_flwr_run(benchmark, tmp_path: Path) -> None:
-    record = benchmark.main(["--sections", "scaling", "--scales", "2", "--scale-tiles", "4", "--scale-nodes", "2",
+    record = benchmark.main(["--sections", "scaling", "--scales", "2", "--scale-tiles", "6", "--scale-nodes", "2",
                              "--scale-overrides", "train.rounds=1 train.batch_size=2 distill.epochs=1 "
-                             "proxy.tiles_per_institution=2 prune.permutations=2", "--timeout-s", "240",
+                             "proxy.tiles_per_institution=6 prune.permutations=2", "--timeout-s", "240",
                              "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
     [row] = record["scaling"]["rows"]
     assert row["status"] == "finished:completed" and row["num_supernodes"] == 2
