@@ -392,7 +392,7 @@ def section_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def _growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Log-log slopes of wall time, phase seconds and peak PSS against the institution count."""
+    """Log-log slopes and linear per-institution slopes of wall time, phase seconds, memory and messages."""
     if len(rows) < 2:
         return {}
     n = np.log([r["institutions"] for r in rows])
@@ -402,6 +402,7 @@ def _growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         ("peak_rss_mb", [r["peak"]["rss_mb"] for r in rows]),
                         ("messages", [r["messages"] for r in rows])):
         out[f"{key}_loglog_slope"] = round(float(np.polyfit(n, np.log(values), 1)[0]), 2)
+        out[f"{key}_per_institution"] = round(float(np.polyfit(np.exp(n), values, 1)[0]), 1)
     return out
 
 
@@ -498,7 +499,9 @@ def _scaling_md(r: dict[str, Any]) -> list[str]:
     if g:
         lines += ["", f"Growth (log-log slope against N; 1 = linear): wall {g['wall_s_loglog_slope']}, phase time "
                       f"{g['phase_seconds_loglog_slope']}, messages {g['messages_loglog_slope']}, peak PSS "
-                      f"{g['peak_pss_mb_loglog_slope']}, peak RSS {g['peak_rss_mb_loglog_slope']}."]
+                      f"{g['peak_pss_mb_loglog_slope']}, peak RSS {g['peak_rss_mb_loglog_slope']}. Linear fit: "
+                      f"{g['wall_s_per_institution']:+.1f} s wall and {g['peak_pss_mb_per_institution']:+.0f} MB peak "
+                      f"PSS per added institution, on top of a fixed start-up (see the overhead section)."]
     return [*lines, ""]
 
 
