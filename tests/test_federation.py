@@ -249,3 +249,12 @@ def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_stud
     student = load_student(second / "student")
     assert student.card.distill["total_epochs"] == 2  # one epoch in each run: warm-started
     assert {t["name"] for t in student.card.teachers} == set(after.names)
+
+
+@pytest.mark.e2e
+def test_prune_without_scorable_proxy_tiles_is_reported_not_available(tmp_path: Path) -> None:
+    config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial proxy.tiles_per_institution=1")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(1)), config, flower_run_id=1)
+    pruned = json.loads((run_dir / "phases" / "prune.json").read_text())
+    assert pruned["kept"] == ["sentinel2_l2a-scene"] and pruned["note"].startswith("not available")
+    assert "not available" in (run_dir / "report.md").read_text()

@@ -74,19 +74,22 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
     student = ctx.run_dir / "student"
     probe = {"fractions": json.dumps(list(ec.fractions)), "seeds": json.dumps(list(ec.seeds)),
              "batch_size": ec.batch_size, "device": ctx.cfg.train.device}
-    student_card = (student / "card.json").read_text()
-    student_weights = bytes_tensor((student / "weights.safetensors").read_bytes())
+    student_card = ConfigRecord({"card": (student / "card.json").read_text()})
+    student_weights = ArrayRecord({"weights": bytes_tensor((student / "weights.safetensors").read_bytes())})
+    ensembles: dict[str, tuple[ConfigRecord, ArrayRecord] | str] = {}  # per sensor: built once, shared by requests
     requests, no_ensemble = [], {}
     for name, member in roster.institutions.items():
         content = RecordDict({"institution": ConfigRecord(member.record), "probe": ConfigRecord(probe),
-                              "student": ConfigRecord({"card": student_card}),
-                              "student_weights": ArrayRecord({"weights": student_weights})})
-        ensemble = _ensemble_records(ctx, registry, member)
+                              "student": student_card, "student_weights": student_weights})
+        if member.sensor not in ensembles:
+            built = _ensemble_records(ctx, registry, member)
+            ensembles[member.sensor] = built if isinstance(built, str) else (ConfigRecord(built[0]),
+                                                                             ArrayRecord(built[1]))
+        ensemble = ensembles[member.sensor]
         if isinstance(ensemble, str):
             no_ensemble[name] = ensemble
         else:
-            content["ensemble"] = ConfigRecord(ensemble[0])
-            content["ensemble_weights"] = ArrayRecord(ensemble[1])
+            content["ensemble"], content["ensemble_weights"] = ensemble
         requests.append(Request(name, member.node_id, content))
     institutions, failures = {}, []
     for name, outcome in ctx.exchange("evaluate.fusion", requests).items():

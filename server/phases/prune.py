@@ -71,8 +71,11 @@ def prune_phase(ctx: PhaseContext) -> dict[str, Any]:
     cache = TeacherCache(ctx.cache_dir / "teachers" / key)
     per_game, cka = _games(ctx, registry, batches.manifest, cache)
     if not per_game:
-        raise RuntimeError(f"no proxy sensor with cached teacher features and both train and other splits for task "
-                           f"{ctx.cfg.prune.task!r}: nothing to score contributions on")
+        why = (f"not available: no proxy sensor has cached teacher features on both 'train' and other tiles with "
+               f"task {ctx.cfg.prune.task!r} labels (proxy too small?); every specialist kept")
+        log.warning("Pruning %s", why)
+        return {"registry": None, "kept": registry.names, "dropped": [], "note": why, "report": None, "games": [],
+                "scores": []}
     scores = combine_contributions(per_game)
     out = ctx.run_dir / "registry_pruned"
     if out.exists():  # left by an attempt that stopped before recording the phase: decided again, same cache

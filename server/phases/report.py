@@ -61,7 +61,7 @@ def _phases(ctx: PhaseContext, results: dict[str, dict]) -> list[str]:
                      _mb(t.get("received", 0)), f"{t.get('coordinator_peak_mb', 0):.0f}",
                      f"{max(nodes.values()):.0f}" if nodes else "-"])
     return ["## Phases", ""] + _table(["phase", "seconds", "messages", "MB sent", "MB received",
-                                       "coordinator peak MB", "node peak MB"], rows)
+                                       "coordinator peak MB (so far)", "node peak MB"], rows)
 
 
 def _discover(result: dict) -> list[str]:
@@ -147,7 +147,7 @@ def _evaluate(ctx: PhaseContext, result: dict) -> list[str]:
 
 
 def _prune(ctx: PhaseContext, result: dict) -> list[str]:
-    body = (ctx.run_dir / result["report"]).read_text().split("\n", 1)[1]
+    body = (ctx.run_dir / result["report"]).read_text().split("\n", 1)[1] if result.get("report") else ""
     note = [f"Note: {result['note']}.", ""] if result.get("note") else []
     return ["## Prune", "", f"Kept {', '.join(result['kept'])}; dropped {', '.join(result['dropped']) or 'none'}.",
             ""] + note + body.splitlines() + [""]
