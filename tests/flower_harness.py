@@ -365,6 +365,16 @@ class FlowerProcesses:
                 pass
         proc.wait(timeout=10)
 
+    def insecure_partners(self, env: dict[str, str], manifests: dict[str, Path], store_root: Path) -> str:
+        """An insecure loopback SuperLink, one declared EuroSAT SuperNode per ``manifests`` entry (its store
+        under ``store_root/<name>/store``) and the ``partners`` connection; returns the SuperLink address."""
+        superlink = self.superlink(free_port(), ["--disable-runtime-dependency-installation"])
+        for name, manifest in manifests.items():
+            self.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
+                                             "data-path": str(manifest), "store": str(store_root / name / "store")})
+        write_connection(env, "partners", superlink)
+        return superlink
+
     def log(self, name: str) -> str:
         """What the process ``name`` wrote so far."""
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

@@ -12,11 +12,9 @@ from flower_harness import (
     FlowerProcesses,
     isolated_flower,
     flwr_run,
-    free_port,
     partner_manifest,
     pids_mentioning,
     run_status,
-    write_connection,
 )
 from fusion import Registry
 
@@ -33,11 +31,7 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
         "run-name": "loopback",
     }
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
-        superlink = procs.superlink(free_port(), ["--disable-runtime-dependency-installation"])
-        for name, manifest in data.items():
-            procs.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
-                                              "data-path": str(manifest), "store": str(tmp_path / name / "store")})
-        write_connection(env, "partners", superlink)
+        procs.insecure_partners(env, data, tmp_path)
         run_id, output = flwr_run(env, "partners", run_config, timeout_s=300)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"

@@ -19,12 +19,10 @@ import pytest
 from flower_harness import (
     FlowerProcesses,
     flwr_run,
-    free_port,
     isolated_flower,
     partner_manifest,
     pids_mentioning,
     run_status,
-    write_connection,
 )
 from fusion import Registry
 
@@ -57,11 +55,7 @@ def test_supernode_killed_mid_run_is_reported_and_run_completes(tmp_path: Path, 
     }
     killed: list[float] = []
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
-        superlink = procs.superlink(free_port(), ["--disable-runtime-dependency-installation"])
-        for name, manifest in data.items():
-            procs.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
-                                              "data-path": str(manifest), "store": str(tmp_path / name / "store")})
-        write_connection(env, "partners", superlink)
+        procs.insecure_partners(env, data, tmp_path)
         killer = threading.Thread(target=_kill_after_discover, daemon=True,
                                   args=(procs, "lab-c", run_dir / "phases" / "discover.json", 120, killed))
         killer.start()

@@ -4,7 +4,6 @@ the problem, and the run goes on with the good partner, whose group still trains
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 

@@ -38,6 +38,11 @@ class PhaseContext:
     def registry_dir(self) -> Path:
         return self.run_dir / "registry"
 
+    @property
+    def integrated_run_dir(self) -> Path | None:
+        """In integrate mode, the folder of the run being extended (beside this one); else ``None``."""
+        return self.run_dir.parent / self.cfg.integrate if self.cfg.integrate else None
+
     def exchange(self, message_type: str, requests: list[Request]) -> dict[str, Outcome]:
         """:func:`server.messaging.exchange` with the run's reply timeout, counting the phase's traffic."""
         return exchange(self.grid, message_type, requests, self.cfg.federation.reply_timeout_s, self.traffic)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,21 +32,20 @@ from server.phases.base import Phase, PhaseContext
 from server.proxy import proxy_manifest
 from specialists.card import SpecialistCard
 
-__all__ = ["PHASE", "distill", "proxy_batches"]
+__all__ = ["PHASE", "distill"]
 
 log = logging.getLogger(__name__)
 
 
-def proxy_batches(ctx: PhaseContext, registry: Registry, shuffle: bool = True) -> tuple[ProxyBatches, str]:
-    sensors = sorted({e.sensor for e in registry.entries})
-    manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sensors)
+def _proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches, str]:
+    """Batches of the proxy data for every sensor the registry's specialists use, and the proxy's key."""
+    manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sorted({e.sensor for e in registry.entries}))
     pc = ctx.cfg.proxy
-    return ProxyBatches(manifest, split=pc.split or None, batch_size=pc.batch_size, shuffle=shuffle,
-                        seed=ctx.cfg.seed), key
+    return ProxyBatches(manifest, split=pc.split or None, batch_size=pc.batch_size, seed=ctx.cfg.seed), key
 
 
 def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
-                    batches: ProxyBatches) -> tuple[Request, list[str]] | None:
+                    batches: list[dict]) -> tuple[Request, list[str]] | None:
     images, ids, bands = [], [], None
     for batch in batches:
         plan = plan_view(card.name, card.bands, batch["bands"], ctx.cfg.distill.tolerance_nm)
@@ -91,6 +89,7 @@ def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, 
                   failures: list[dict[str, Any]]) -> list[TeacherRef]:
     roster = ctx.require_roster()
     requests, sent, refs = [], {}, []
+    proxy: list[dict] | None = None  # the proxy tiles, read once for every remote teacher that needs them
     for entry in registry.entries:
         if not entry.holder:
             continue
@@ -103,7 +102,8 @@ def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, 
             failures.append({"phase": "distill", "institution": entry.holder, "group": entry.name,
                              "reason": "holder is not in this run; its specialist cannot teach"})
             continue
-        built = _remote_request(ctx, card, entry.holder, batches)
+        proxy = list(batches) if proxy is None else proxy
+        built = _remote_request(ctx, card, entry.holder, proxy)
         if built is None:
             failures.append({"phase": "distill", "institution": entry.holder, "group": entry.name,
                              "reason": "no proxy tile it can read"})
@@ -124,8 +124,8 @@ def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, 
 
 def _student(ctx: PhaseContext, batches: ProxyBatches):
     proxy_stats = band_stats_table(batches.stats.values())
-    if ctx.cfg.integrate:
-        previous = Path(ctx.cfg.output_dir).expanduser().resolve() / ctx.cfg.integrate
+    previous = ctx.integrated_run_dir
+    if previous is not None:
         student = load_student(previous / "student")
         student.set_band_stats({**proxy_stats, **student.card.band_stats})
         log.info("Integrate mode: student warm-started from run %s", ctx.cfg.integrate)
@@ -134,20 +134,20 @@ def _student(ctx: PhaseContext, batches: ProxyBatches):
     return Student.create(dc.variant, proxy_stats, name=f"student-{ctx.run_dir.name}", seed=ctx.cfg.seed), None
 
 
-def run_distillation(ctx: PhaseContext, registry: Registry, names: list[str] | None = None) -> dict[str, Any]:
-    """Distil ``names`` (default: all) of ``registry`` into the run's student; the phase's result."""
+def distill(ctx: PhaseContext) -> dict[str, Any]:
+    registry = Registry(ctx.registry_dir)
     dc = ctx.cfg.distill
-    batches, key = proxy_batches(ctx, registry)
+    batches, key = _proxy_batches(ctx, registry)
     cache = TeacherCache(ctx.cache_dir / "teachers" / key)
     failures: list[dict[str, Any]] = []
-    local = registry.load_all([n for n in registry.local_names if names is None or n in names])
+    local = registry.load_all()
     uncalibrated = [n for n in local if registry.feature_stats(n) is None]
     if uncalibrated:  # the ensemble's standardisation, measured once on the proxy data
         for name, stats in Ensemble({n: local[n] for n in uncalibrated}, tolerance_nm=dc.tolerance_nm
                                     ).calibrate(batches).items():
             registry.save_feature_stats(name, stats)
     extractions = fill_cache(cache, local, batches, dc.tolerance_nm)
-    remote = [r for r in _fetch_remote(ctx, registry, batches, cache, failures) if names is None or r.name in names]
+    remote = _fetch_remote(ctx, registry, batches, cache, failures)
     if not local and not remote:
         raise RuntimeError(f"no teacher has features on the proxy data; failures: {failures}")
     if ctx.cfg.proxy.pair_scenes:
@@ -167,10 +167,6 @@ def run_distillation(ctx: PhaseContext, registry: Registry, names: list[str] | N
             "local_teachers": list(local), "remote_teachers": [r.name for r in remote],
             "warm_start": ctx.cfg.integrate or None, "history": history.to_dict(),
             "plot": "plots/distill_loss.png", "failures": failures}
-
-
-def distill(ctx: PhaseContext) -> dict[str, Any]:
-    return run_distillation(ctx, Registry(ctx.registry_dir))
 
 
 PHASE = Phase("distill", distill)

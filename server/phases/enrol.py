@@ -13,7 +13,6 @@ copy of the extended run's registry.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
@@ -33,8 +32,8 @@ def open_registry(ctx: PhaseContext) -> Registry:
     """The run's registry; created empty, or in integrate mode as a copy of the extended run's."""
     if (ctx.registry_dir / "index.json").exists():
         return Registry(ctx.registry_dir)
-    if ctx.cfg.integrate:
-        source = Registry(Path(ctx.cfg.output_dir).expanduser().resolve() / ctx.cfg.integrate / "registry")
+    if ctx.integrated_run_dir is not None:
+        source = Registry(ctx.integrated_run_dir / "registry")
         log.info("Integrate mode: registry starts from run %s (%s)", ctx.cfg.integrate, ", ".join(source.names))
         return source.subset(source.names, ctx.registry_dir)
     return Registry.create(ctx.registry_dir)

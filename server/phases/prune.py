@@ -26,7 +26,7 @@ from fusion.views import plan_view
 from geodata.manifest import Manifest
 from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
-from server.phases.distill import proxy_batches
+from server.proxy import proxy_manifest
 
 __all__ = ["PHASE", "prune_phase"]
 
@@ -67,9 +67,9 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
 
 def prune_phase(ctx: PhaseContext) -> dict[str, Any]:
     registry = Registry(ctx.registry_dir)
-    batches, key = proxy_batches(ctx, registry, shuffle=False)
+    manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sorted({e.sensor for e in registry.entries}))
     cache = TeacherCache(ctx.cache_dir / "teachers" / key)
-    per_game, cka = _games(ctx, registry, batches.manifest, cache)
+    per_game, cka = _games(ctx, registry, manifest, cache)
     if not per_game:
         why = (f"not available: no proxy sensor has cached teacher features on both 'train' and other tiles with "
                f"task {ctx.cfg.prune.task!r} labels (proxy too small?); every specialist kept")

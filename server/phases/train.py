@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -211,11 +210,10 @@ def _group_result(ctx: PhaseContext, card: SpecialistCard) -> dict[str, Any]:
 
 def integrated_cards(ctx: PhaseContext) -> dict[str, SpecialistCard]:
     """In integrate mode, the cards enrolled in the extended run's registry (name -> card); else none."""
-    if not ctx.cfg.integrate:
+    if ctx.integrated_run_dir is None:
         return {}
-    root = Path(ctx.cfg.output_dir).expanduser().resolve() / ctx.cfg.integrate / "registry"
     try:
-        registry = Registry(root)
+        registry = Registry(ctx.integrated_run_dir / "registry")
     except RegistryError as exc:
         raise RuntimeError(f"integrate: run {ctx.cfg.integrate!r} has no enrolled registry ({exc})") from None
     return {name: registry.card(name) for name in registry.names}
