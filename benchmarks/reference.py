@@ -20,7 +20,9 @@ fingerprint of its inputs, so a rerun skips what did not change (and redoes what
    once per encoder and split; the ensemble's pooled feature is the concatenation of its members'
    (exactly :meth:`fusion.Ensemble.pooled`), so each specialist runs once per split;
 5. contributions per task (Shapley with intervals, leave-one-out, learned gates, CKA), scored on the
-   val split (or a held-out fifth of train) so that the test split never steers pruning; pruning keeps
+   val split (or a held-out fifth of train) so that the test split never steers pruning, with each
+   marginal taken against the specialist's untrained random twin (``contributions.baseline``, see
+   :mod:`fusion.contrib`); pruning keeps
    the strongest ``keep_fraction`` and the pruned ensemble is probed again;
 6. parameters (student inference vs the N applicable specialists) and throughput (images/s, median
    of alternating runs on one test batch); the cached-distillation and teacher-extraction speed
@@ -58,7 +60,7 @@ import yaml
 from eosfed.cli import main as eosfed
 from fusion import Ensemble, Registry, Student, save_student
 from fusion.adaptors import save_adaptors
-from fusion.contrib import CoalitionGame, cka_matrix, combine_contributions, contributions
+from fusion.contrib import CoalitionGame, cka_matrix, combine_contributions, contributions, random_twin, twin_name
 from fusion.data import ProxyBatches, labelled_loader, scene_partners
 from fusion.distill import DistillConfig, distill_student, plot_history
 from fusion.encoders import open_encoder
@@ -409,6 +411,9 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
     random = open_encoder(f"random:{cfg.distill['variant']}", map_location=device)
     random.set_band_stats(band_stats_table([stats]))  # the same-size baseline normalised with the task's own stats
     encoders = {"student": student, "random": random, **{n: single(ensemble, n) for n in applicable}}
+    if cfg.contributions["baseline"] == "random_twin":  # contributions are scored against untrained twins
+        twins = {twin_name(n): random_twin(ensemble.specialists[n].card, cfg.train["seed"]) for n in applicable}
+        encoders |= {name: Ensemble({name: twin}, tolerance_nm=cfg.tolerance_nm) for name, twin in twins.items()}
     features = {name: {s: extract_features(enc, loader, False, device, f"{task.name} {name} {s}")
                        for s, loader in loaders.items()} for name, enc in encoders.items()}
     fractions, seeds = cfg.probes["fractions"], cfg.probes["seeds"]
@@ -449,14 +454,14 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
 def task_contributions(cfg: BenchmarkConfig, task: Downstream, spec, data: TaskFeatures):
     """Shapley, leave-one-out and gates of the task's applicable specialists, and their CKA."""
     c = cfg.contributions
-    members = {n: data.features[n] for n in data.applicable}
+    members = {k: data.features[k] for n in data.applicable for k in (n, twin_name(n)) if k in data.features}
     fit, score = selection_split({n: f["train"] for n, f in members.items()},
                                  {n: f["val"] for n, f in members.items()} if all("val" in f for f in members.values())
                                  else None)
     game = CoalitionGame(fit, score, spec, "linear", weight_decays=(c["weight_decay"],))
     with torch_threads(cfg.probe_threads):
         scores = contributions(game, task.name, c["permutations"], c["truncation"], c["confidence"], gates=c["gates"])
-    cka = cka_matrix({n: f["test"].pooled for n, f in members.items()}) if len(members) > 1 else None
+    cka = cka_matrix({n: data.features[n]["test"].pooled for n in data.applicable}) if len(data.applicable) > 1 else None
     return scores, cka
 
 
@@ -560,7 +565,8 @@ def check_targets(cfg: BenchmarkConfig, tasks: list[dict], summary: dict, combin
                       "lowest", ranked[0]["name"] == useless,
                       "ranking: " + ", ".join(f"{c['name']} {c['shapley']:.4f}" for c in ranked)))
     out.append(target(f"useless specialist ({useless}) Shapley interval upper bound", mine["ci_high"], "<= 0",
-                      mine["ci_high"] <= 0, f"interval [{mine['ci_low']:.4f}, {mine['ci_high']:.4f}]"))
+                      mine["ci_high"] <= 0, f"interval [{mine['ci_low']:.4f}, {mine['ci_high']:.4f}], marginals against: "
+                      f"{mine['baseline']}"))
     pruned, full = means["ensemble-pruned"], means["ensemble"]
     unreadable = [r["name"] for r in tasks if r["applicable"] and not r["applicable_pruned"]]
     out.append(target("pruned-ensemble mean / full-ensemble mean", pruned / full, ">= 0.99", pruned >= 0.99 * full,
@@ -636,7 +642,10 @@ def markdown(record: dict) -> str:
                      t["params"]["ensemble"], t["img_per_s"]["student"], t["img_per_s"]["ensemble"],
                      ", ".join(t["applicable_pruned"]) or "-"] for t in record["tasks"]])
     contrib = record["contributions"]
-    lines += ["", "## Contributions (Shapley averaged over the tasks each specialist can read; scored on val)", ""]
+    against = {c["baseline"] for c in contrib["combined"]}
+    lines += ["", "## Contributions (Shapley averaged over the tasks each specialist can read; scored on val)", "",
+              f"Marginals taken against: {', '.join(sorted(against))} (`contributions.baseline`; a random twin is the "
+              "untrained encoder of the specialist's variant and bands, so a score says what its training adds).", ""]
     lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks", "pruning"],
                    [[c["name"], c["shapley"], f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}]", c["loo"], c["gate"],
                      len(c["tasks"]), "kept" if c["name"] in contrib["kept"] else "dropped"]

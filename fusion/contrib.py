@@ -10,14 +10,23 @@ coalition. The empty coalition is worth the score of a constant prediction (the 
 Shapley: permutation sampling with truncation (Ghorbani & Zou's TMC-Shapley): along a permutation,
 once the prefix is within ``tolerance`` of the grand coalition's value the remaining marginals are
 taken as 0. The interval is the normal approximation ``mean +- z * sd / sqrt(permutations)``.
+
+Random-twin baseline: a trained encoder's features help a linear probe even when the training taught
+nothing (random convolutional features are informative), so a plain Shapley value is positive for a
+specialist trained on shuffled labels. When the game also holds each player's *random twin* (the same
+variant and bands, freshly initialised: :func:`random_twin`, features under :func:`twin_name`), every
+marginal is taken against the twin: ``v(S + p) - v(S + twin(p))``, and leave-one-out is
+``v(all) - v(all with p replaced by its twin)``. A score then says what the specialist's *training*
+adds; at or below zero it does no better than untrained weights of its shape.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -28,12 +37,20 @@ from fusion.ensemble import Ensemble
 from fusion.featstats import global_pool
 from fusion.probes import FeatureSet, knn_probe, linear_probe, score_predictions, segmentation_probe
 from geodata.manifest import TaskSpec
+from specialists.card import SpecialistCard
 from specialists.heads import task_loss
+from specialists.model import Specialist
 
 __all__ = [
     "Contribution",
     "ShapleyEstimate",
     "CoalitionGame",
+    "BASELINE_NONE",
+    "BASELINE_TWIN",
+    "TWIN_PREFIX",
+    "twin_name",
+    "random_twin",
+    "with_twins",
     "extract_member_features",
     "shapley_monte_carlo",
     "leave_one_out",
@@ -45,6 +62,27 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+TWIN_PREFIX = "random-twin:"
+BASELINE_NONE, BASELINE_TWIN = "none", "random twin"
+
+
+def twin_name(name: str) -> str:
+    return TWIN_PREFIX + name
+
+
+def random_twin(card: SpecialistCard, seed: int = 0) -> Specialist:
+    """An untrained specialist of ``card``'s variant and bands (seeded init), named as its twin."""
+    twin_card = replace(copy.deepcopy(card), name=twin_name(card.name), metrics={}, weights_sha256="")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Specialist.from_card(twin_card).eval()
+
+
+def with_twins(ensemble: Ensemble, seed: int = 0) -> Ensemble:
+    """``ensemble``'s members and their random twins (identity feature statistics: probes standardise)."""
+    twins = {twin_name(n): random_twin(s.card, seed) for n, s in ensemble.specialists.items()}
+    return Ensemble({**ensemble.specialists, **twins}, {**ensemble.stats}, ensemble.tolerance_nm)
 
 
 @dataclass(frozen=True)
@@ -67,6 +105,7 @@ class Contribution:
     permutations: int
     gate: float | None = None
     tasks: tuple[str, ...] = ()
+    baseline: str = BASELINE_NONE  # what the marginals are taken against (BASELINE_NONE or BASELINE_TWIN)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,14 +138,21 @@ def extract_member_features(ensemble: Ensemble, batches: Iterable[Mapping], with
 
 
 class CoalitionGame:
-    """Coalition value = probe test score on the members' concatenated cached features (memoised)."""
+    """Coalition value = probe test score on the members' concatenated cached features (memoised).
+
+    Feature sets named :func:`twin_name` are the players' random twins (module docstring): not players
+    themselves, only the baseline each player's marginals are taken against (``self.twins``)."""
 
     def __init__(self, train: Mapping[str, FeatureSet], test: Mapping[str, FeatureSet], task: TaskSpec,
                  method: str = "linear", val: Mapping[str, FeatureSet] | None = None,
                  weight_decays: Sequence[float] = (1e-2,), seed: int = 0) -> None:
         if set(train) != set(test) or (val is not None and set(val) != set(train)):
             raise ValueError(f"train/test/val features cover different specialists: {sorted(train)} vs {sorted(test)}")
-        self.players = list(train)
+        self.players = [n for n in train if not n.startswith(TWIN_PREFIX)]
+        self.twins = {p: twin_name(p) for p in self.players if twin_name(p) in train}
+        if self.twins and len(self.twins) != len(self.players):
+            missing = [p for p in self.players if p not in self.twins]
+            raise ValueError(f"random twins are given for some specialists but not for {missing}")
         self.train, self.test, self.val, self.task = train, test, val, task
         self.method, self.weight_decays, self.seed = method, tuple(weight_decays), seed
         self._values: dict[frozenset[str], float] = {}
@@ -124,7 +170,7 @@ class CoalitionGame:
     def _evaluate(self, coalition: frozenset[str]) -> float:
         if not coalition:
             return self._prior_score()
-        members = [p for p in self.players if p in coalition]
+        members = [p for p in self.train if p in coalition]
         train = FeatureSet.concat([self.train[p] for p in members])
         test = FeatureSet.concat([self.test[p] for p in members])
         if self.method == "linear":
@@ -158,8 +204,11 @@ def shapley_monte_carlo(
     tolerance: float = 1e-3,
     confidence: float = 0.95,
     seed: int = 0,
+    baseline: Mapping[str, str] | None = None,
 ) -> dict[str, ShapleyEstimate]:
-    """Truncated Monte-Carlo Shapley values with normal-approximation intervals (module docstring)."""
+    """Truncated Monte-Carlo Shapley values with normal-approximation intervals (module docstring).
+
+    With ``baseline`` (player -> its twin's name), each marginal is ``v(S + p) - v(S + baseline[p])``."""
     rng = np.random.default_rng(seed)
     players = list(players)
     full = value(frozenset(players))
@@ -172,9 +221,10 @@ def shapley_monte_carlo(
             if abs(full - before) < tolerance:
                 marginals[player].append(0.0)
                 continue
+            against = value(frozenset(prefix | {baseline[player]})) if baseline else before
             prefix.add(player)
             after = value(frozenset(prefix))
-            marginals[player].append(after - before)
+            marginals[player].append(after - against)
             before = after
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     out = {}
@@ -185,10 +235,11 @@ def shapley_monte_carlo(
     return out
 
 
-def leave_one_out(players: Sequence[str], value: Callable[[frozenset[str]], float]) -> dict[str, float]:
-    """``v(all) - v(all without p)`` per player."""
+def leave_one_out(players: Sequence[str], value: Callable[[frozenset[str]], float],
+                  baseline: Mapping[str, str] | None = None) -> dict[str, float]:
+    """``v(all) - v(all without p)`` per player (with ``baseline``: ``p`` replaced by ``baseline[p]``)."""
     full = frozenset(players)
-    return {p: value(full) - value(full - {p}) for p in players}
+    return {p: value(full) - value(full - {p} | ({baseline[p]} if baseline else set())) for p in players}
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -242,13 +293,14 @@ def learned_gates(train: Mapping[str, FeatureSet], task: TaskSpec, sparsity: flo
 def contributions(game: CoalitionGame, task_name: str, permutations: int = 200, tolerance: float = 1e-3,
                   confidence: float = 0.95, seed: int = 0, gates: bool = False) -> list[Contribution]:
     """Leave-one-out and Shapley (and optionally learned gates) for every player of ``game``."""
-    shapley = shapley_monte_carlo(game.players, game, permutations, tolerance, confidence, seed)
-    loo = leave_one_out(game.players, game)
-    gate = learned_gates(game.train, game.task, seed=seed) if gates else {}
+    shapley = shapley_monte_carlo(game.players, game, permutations, tolerance, confidence, seed, game.twins)
+    loo = leave_one_out(game.players, game, game.twins)
+    gate = learned_gates({p: game.train[p] for p in game.players}, game.task, seed=seed) if gates else {}
     logger.info("contributions on %s: %d coalition probes for %d players", task_name, game.evaluations,
                 len(game.players))
+    baseline = BASELINE_TWIN if game.twins else BASELINE_NONE
     return [Contribution(p, shapley[p].mean, shapley[p].ci_low, shapley[p].ci_high, loo[p],
-                         shapley[p].permutations, gate.get(p), (task_name,)) for p in game.players]
+                         shapley[p].permutations, gate.get(p), (task_name,), baseline) for p in game.players]
 
 
 def combine_contributions(per_task: Sequence[Sequence[Contribution]]) -> list[Contribution]:
@@ -264,7 +316,10 @@ def combine_contributions(per_task: Sequence[Sequence[Contribution]]) -> list[Co
         mean = sum(c.shapley for c in items) / k
         half = math.sqrt(sum(((c.ci_high - c.ci_low) / 2) ** 2 for c in items)) / k
         gates = [c.gate for c in items if c.gate is not None]
+        baselines = {c.baseline for c in items}
+        if len(baselines) > 1:
+            raise ValueError(f"specialist {name!r} was scored against different baselines {sorted(baselines)}")
         out.append(Contribution(name, mean, mean - half, mean + half, sum(c.loo for c in items) / k,
                                 sum(c.permutations for c in items), sum(gates) / len(gates) if gates else None,
-                                tuple(t for c in items for t in c.tasks)))
+                                tuple(t for c in items for t in c.tasks), baselines.pop()))
     return out

@@ -2,7 +2,8 @@
 
 Rules (on Shapley contributions, usually :func:`fusion.contrib.combine_contributions` over tasks):
 ``keep_top_k`` keeps the ``k`` highest Shapley means; ``drop_nonpositive`` drops every specialist
-whose interval lies at or below zero (``ci_high <= 0``). Both may be given. Registry members without
+whose interval lies at or below zero (``ci_high <= 0``; with random-twin baselines, no better than its
+untrained twin: :mod:`fusion.contrib`). Both may be given. Registry members without
 a score (no evaluated task could use them) are kept and listed as unscored.
 """
 
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusion.contrib import Contribution
+from fusion.contrib import BASELINE_TWIN, Contribution
 from fusion.registry import Registry
 from geodata.manifest import atomic_write_text
 
@@ -40,7 +41,8 @@ def select_kept(names: Sequence[str], scores: Sequence[Contribution], keep_top_k
     if drop_nonpositive:
         for c in scores:
             if c.ci_high <= 0:
-                dropped[c.name] = f"Shapley interval [{c.ci_low:.4f}, {c.ci_high:.4f}] lies at or below zero"
+                against = " (against its random twin)" if c.baseline == BASELINE_TWIN else ""
+                dropped[c.name] = f"Shapley interval [{c.ci_low:.4f}, {c.ci_high:.4f}]{against} lies at or below zero"
     if keep_top_k is not None:
         ranked = sorted(scores, key=lambda c: c.shapley, reverse=True)
         for rank, c in enumerate(ranked, start=1):
@@ -55,6 +57,7 @@ def select_kept(names: Sequence[str], scores: Sequence[Contribution], keep_top_k
 def _markdown(report: dict) -> str:
     lines = [f"# Pruning report: {report['source']} -> {report['output']}", "",
              f"Rule: {report['rule']}. Kept {len(report['kept'])} of {len(report['kept']) + len(report['dropped'])}.",
+             "", f"Marginal contributions are taken against: {report['baseline']}.",
              "", "| specialist | Shapley | interval | leave-one-out | gate | tasks | decision |",
              "|---|---|---|---|---|---|---|"]
     for row in report["scores"]:
@@ -83,6 +86,7 @@ def prune(registry: Registry, scores: Sequence[Contribution], out_dir: str | Pat
     report = {
         "source": str(registry.root), "output": str(out.root), "rule": " and ".join(rules),
         "kept": kept, "dropped": dropped,
+        "baseline": ", ".join(sorted({c.baseline for c in scores})) or "none",
         "unscored": [n for n in registry.names if n not in {c.name for c in scores}],
         "scores": [c.to_dict() for c in sorted(scores, key=lambda c: c.shapley, reverse=True)],
         "cka": {"names": cka[0], "matrix": [list(map(float, r)) for r in cka[1]]} if cka is not None else None,

@@ -8,8 +8,9 @@ import torch
 from fusion_toys import AERIAL_BANDS, S2_BANDS, make_registry
 
 from fusion import Ensemble, Registry
-from fusion.contrib import (CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions,
-                            extract_member_features, leave_one_out, learned_gates, linear_cka, shapley_monte_carlo)
+from fusion.contrib import (BASELINE_TWIN, CoalitionGame, Contribution, cka_matrix, combine_contributions,
+                            contributions, extract_member_features, leave_one_out, learned_gates, linear_cka,
+                            random_twin, shapley_monte_carlo, twin_name, with_twins)
 from fusion.probes import FeatureSet
 from fusion.prune import prune, select_kept
 from geodata.manifest import TaskSpec
@@ -139,3 +140,67 @@ def test_constant_and_huge_features_are_scored_without_overflow_and_the_constant
     assert scores["huge"].shapley < 0.05 < scores["good"].shapley
     kept, dropped = select_kept(list(scores), list(scores.values()), drop_nonpositive=True)
     assert "constant" in dropped and "at or below zero" in dropped["constant"] and "good" in kept
+
+
+def test_shapley_against_a_baseline_equals_the_gain_over_each_twin_on_an_additive_game():
+    worth = {"a": 0.5, "b": 0.2, "c": 0.1, "twin-a": 0.3, "twin-b": 0.3, "twin-c": 0.1}
+    baseline = {p: f"twin-{p}" for p in "abc"}
+    estimates = shapley_monte_carlo(list("abc"), lambda s: sum(worth[p] for p in s), permutations=40, tolerance=0,
+                                    baseline=baseline)
+    for p in "abc":
+        assert estimates[p].mean == pytest.approx(worth[p] - worth[baseline[p]], abs=1e-9)
+    loo = leave_one_out(list("abc"), lambda s: sum(worth[p] for p in s), baseline)
+    assert loo == pytest.approx({"a": 0.2, "b": -0.1, "c": 0.0})
+
+
+def test_random_twins_turn_a_specialist_no_better_than_untrained_weights_nonpositive():
+    """A "memoriser" keeps some signal (plain Shapley > 0) but less than the untrained encoder of its shape
+    (its twin): against the twin its interval lies below zero and drop-nonpositive removes it, saying why;
+    the good specialist stays positive."""
+    task = TaskSpec("classification", ["a", "b", "c"])
+    y_train, y_test = torch.arange(150) % 3, torch.arange(90) % 3
+    train, test = _features(150, 0, y_train), _features(90, 1, y_test)
+    centres = torch.randn(3, 16, generator=torch.Generator().manual_seed(7)) * 2
+    for split, y, seed in ((train, y_train, 3), (test, y_test, 4)):
+        g = torch.Generator().manual_seed(seed)
+        split.pop("weaker")
+        split["memoriser"] = FeatureSet(centres[y] * 0.3 + torch.randn(len(y), 16, generator=g), y, split["good"].ids)
+        split[twin_name("memoriser")] = FeatureSet(centres[y] + 2 * torch.randn(len(y), 16, generator=g), y,
+                                                   split["good"].ids)
+        split[twin_name("good")] = split[twin_name("memoriser")]
+        split[twin_name("useless")] = split["useless"]
+    plain = {c.name: c for c in contributions(
+        CoalitionGame({k: v for k, v in train.items() if "twin" not in k},
+                      {k: v for k, v in test.items() if "twin" not in k}, task), "toy", permutations=60)}
+    game = CoalitionGame(train, test, task)
+    assert game.players == ["good", "useless", "memoriser"]
+    scores = {c.name: c for c in contributions(game, "toy", permutations=60, gates=True)}
+    assert plain["memoriser"].shapley > 0 and plain["memoriser"].baseline == "none"
+    assert scores["memoriser"].ci_high <= 0 < scores["good"].ci_low
+    assert scores["useless"].shapley == 0.0  # identical to its twin: adds exactly what untrained weights add
+    assert all(c.baseline == BASELINE_TWIN for c in scores.values())
+    kept, dropped = select_kept(list(scores), list(scores.values()), drop_nonpositive=True)
+    assert "good" in kept and "against its random twin" in dropped["memoriser"]
+    with pytest.raises(ValueError, match="not for \\['useless'\\]"):
+        CoalitionGame({k: v for k, v in train.items() if k != twin_name("useless")},
+                      {k: v for k, v in test.items() if k != twin_name("useless")}, task)
+
+
+def test_random_twin_has_the_shape_of_the_specialist_and_seeded_untrained_weights(tmp_path):
+    registry = make_registry(tmp_path / "reg")
+    ensemble = Ensemble.from_registry(registry)
+    card = ensemble.specialists["s2"].card
+    twin, again, other = random_twin(card, 0), random_twin(card, 0), random_twin(card, 1)
+    assert twin.card.name == twin_name("s2") and twin.card.bands == card.bands and twin.card.variant == card.variant
+    assert twin.card.weights_sha256 == "" and card.name == "s2"  # the source card is untouched
+    trained, fresh = ensemble.specialists["s2"].state_dict(), twin.state_dict()
+    assert all(torch.equal(fresh[k], again.state_dict()[k]) for k in fresh)
+    assert not all(torch.equal(fresh[k], other.state_dict()[k]) for k in fresh)
+    assert not all(torch.equal(fresh[k], trained[k]) for k in fresh)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(6, 4, 32, 32, generator=g), "bands": S2_BANDS, "target": torch.arange(6) % 2,
+                "id": [f"{b}-{i}" for i in range(6)]} for b in range(2)]
+    members = extract_member_features(with_twins(ensemble), batches)
+    assert set(members) == {"s2", "aerial", twin_name("s2"), twin_name("aerial")}
+    game = CoalitionGame(members, members, TaskSpec("classification", ["a", "b"]))
+    assert game.players == ["s2", "aerial"] and game.twins == {p: twin_name(p) for p in ("s2", "aerial")}
