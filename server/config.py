@@ -135,10 +135,12 @@ class EvaluatePhaseConfig:
 
 @dataclass
 class PrunePhaseConfig:
-    """Phase *prune*: Shapley contributions on the proxy's labelled ``task``; keep the top ``keep_top_k``
-    (0: no cap) and/or drop those whose interval lies at or below zero."""
+    """Phase *prune*: Shapley contributions on the proxy's labelled ``task``, each marginal taken against
+    the specialist's untrained twin (``baseline: random_twin``) or not (``none``); keep the top
+    ``keep_top_k`` (0: no cap) and/or drop those whose interval lies at or below zero."""
 
     task: str = "scene"
+    baseline: str = "random_twin"
     permutations: int = 100
     keep_top_k: int = 0
     drop_nonpositive: bool = True
@@ -172,6 +174,8 @@ class ExperimentConfig:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.enrol.weights not in ("send", "home"):
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
+        if self.prune.baseline not in ("random_twin", "none"):
+            raise ValueError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
         if self.integrate and not _RUN_NAME.match(self.integrate):
             raise ValueError(f"integrate: {self.integrate!r} is not a run name")
         if self.prune.keep_top_k < 0 or self.prune.permutations < 1:

@@ -101,6 +101,8 @@ def test_rerun_resumes_and_refuses_another_config(tmp_path: Path, eurosat_manife
 def test_experiment_config_errors_name_the_culprit() -> None:
     with pytest.raises(ValueError, match="federation.min_nodes"):
         load_experiment(RunSettings("quick", ("federation.min_nodes=lots",), "r"))
+    with pytest.raises(ValueError, match="prune.baseline must be 'random_twin' or 'none', got 'twins'"):
+        load_experiment(RunSettings("quick", ("prune.baseline=twins",), "r"))
     with pytest.raises(ValueError, match="experiment/nope"):
         load_experiment(RunSettings("nope", (), "r"))
     with pytest.raises(ValueError, match="run-name"):
@@ -195,6 +197,7 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     pruned = json.loads((run_dir / "phases" / "prune.json").read_text())
     assert sorted(pruned["kept"] + pruned["dropped"]) == registry.names
     assert Registry(run_dir / "registry_pruned").names == pruned["kept"]
+    assert pruned["scores"] and {c["baseline"] for c in pruned["scores"]} == {"random twin"}
     report = (run_dir / "report.md").read_text()
     for section in ("## Train", "## Enrol", "## Distill", "## Evaluate", "## Prune", "## Failures"):
         assert section in report

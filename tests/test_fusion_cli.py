@@ -35,5 +35,6 @@ def test_distill_evaluate_prune_chain(tmp_path):
                  "--permutations", "10", "--size", "32"]) == 0
     pruned = Registry(tmp_path / "pruned")
     assert len(pruned) == 2  # the lower of s2/aerial leaves; s1 could not be scored and stays
-    assert "kept (unscored)" in (tmp_path / "pruned" / "prune_report.md").read_text()
+    report = (tmp_path / "pruned" / "prune_report.md").read_text()
+    assert "kept (unscored)" in report and "taken against: random twin" in report
     assert Ensemble.from_registry(pruned).applicable(("B02", "B03", "B04", "B08")) != ["s2", "aerial"]

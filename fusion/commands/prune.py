@@ -1,7 +1,8 @@
 """``eosfed prune``: score every specialist's contribution on labelled tasks and write a smaller registry.
 
 Each ``--eval TASK@SENSOR`` is one coalition game (probe on the concatenated cached features of the
-specialists that can read that sensor); scores are averaged over games. The new registry folder
+specialists that can read that sensor); scores are averaged over games. By default each marginal is
+taken against the specialist's untrained random twin (``--baseline``, :mod:`fusion.contrib`). The new registry folder
 holds ``prune_report.json`` and ``prune_report.md`` (scores, decisions, CKA redundancy).
 """
 
@@ -12,7 +13,7 @@ import logging
 from pathlib import Path
 
 from fusion.contrib import (CoalitionGame, cka_matrix, combine_contributions, contributions,
-                            extract_member_features)
+                            extract_member_features, with_twins)
 from fusion.data import labelled_loader
 from fusion.ensemble import Ensemble
 from fusion.prune import prune
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rule = parser.add_argument_group("rule (one or both)")
     rule.add_argument("--keep-top-k", type=int, help="keep the k highest Shapley contributions")
     rule.add_argument("--drop-nonpositive", action="store_true", help="drop intervals at or below zero")
+    parser.add_argument("--baseline", choices=("random_twin", "none"), default="random_twin",
+                        help="take each marginal against the specialist's untrained twin (what its training adds), "
+                             "or against the coalition without it (plain Shapley)")
     parser.add_argument("--method", default="linear", help="coalition probe: linear, knn or segmentation")
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--tolerance", type=float, default=1e-3, help="Shapley truncation tolerance")
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     registry = Registry(args.registry)
     manifest = Manifest.load(args.manifest)
     ensemble = Ensemble.from_registry(registry, tolerance_nm=args.tolerance_nm)
+    if args.baseline == "random_twin":
+        ensemble = with_twins(ensemble, args.seed)
     per_game, cka = [], None
     for task_name, sensor in args.evals:
         task = manifest.task(task_name)
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         per_game.append(contributions(game, f"{task_name}@{sensor}", args.permutations, args.tolerance,
                                       seed=args.seed, gates=args.gates))
         if cka is None and len(game.players) > 1:
-            cka = cka_matrix({n: f.pooled for n, f in splits[args.test_split].items()})
+            cka = cka_matrix({n: splits[args.test_split][n].pooled for n in game.players})
     pruned = prune(registry, combine_contributions(per_game), args.out, args.keep_top_k, args.drop_nonpositive, cka)
     logger.info("pruned registry at %s: %s", pruned.root, pruned.names)
     return 0

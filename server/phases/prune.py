@@ -3,8 +3,10 @@
 For every proxy sensor, the specialists that can read it play a coalition game: a linear probe on
 the concatenation of their cached pooled teacher features (the distill phase's cache, so no
 teacher runs again and weights that stay home take part too), fitted on the proxy's ``train``
-tiles and scored on the others, for the classification task ``prune.task``. Leave-one-out and
-Monte-Carlo Shapley (with a confidence interval) per game are averaged over games; redundancy is
+tiles and scored on the others, for the classification task ``prune.task``. With ``prune.baseline:
+random_twin`` the game also holds each player's untrained twin, built here from its card (so it needs
+no weights) and run on the same tiles, and every marginal is taken against it (:mod:`fusion.contrib`).
+Leave-one-out and Monte-Carlo Shapley (with a confidence interval) per game are averaged over games; redundancy is
 linear CKA. :func:`fusion.prune.prune` then writes ``registry_pruned/`` (with
 ``prune_report.{json,md}``): the top ``prune.keep_top_k`` and/or those whose interval is above zero.
 """
@@ -17,13 +19,16 @@ from typing import Any
 
 import torch
 
-from fusion.contrib import CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions
+from fusion.contrib import (CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions,
+                            extract_member_features, random_twin, twin_name)
+from fusion.data import labelled_loader
+from fusion.ensemble import Ensemble
 from fusion.probes import FeatureSet
 from fusion.prune import REPORT_MD, prune, select_kept
 from fusion.registry import Registry
 from fusion.teacher_cache import TeacherCache
 from fusion.views import plan_view
-from geodata.manifest import Manifest
+from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
 from server.proxy import proxy_manifest
@@ -35,6 +40,21 @@ log = logging.getLogger(__name__)
 
 def _features(cache: TeacherCache, sha: str, ids: list[str], labels: list[int]) -> FeatureSet:
     return FeatureSet(cache.get(sha, ids)["pooled"].float(), torch.tensor(labels), list(ids))
+
+
+def _twin_features(ctx: PhaseContext, registry: Registry, players: list[str], manifest: Manifest, sensor: str,
+                   splits: dict[str, list[TileEntry]]) -> dict[str, dict[str, FeatureSet]]:
+    """``{split: {twin name: features}}`` of the players' random twins on the tiles of each split."""
+    twins = Ensemble({twin_name(n): random_twin(registry.card(n), ctx.cfg.seed) for n in players},
+                     tolerance_nm=ctx.cfg.distill.tolerance_nm)
+    rows: dict[str, dict[str, torch.Tensor]] = {}
+    for split in sorted({t.split for tiles in splits.values() for t in tiles}):
+        loader = labelled_loader(manifest, sensor, ctx.cfg.prune.task, split, batch_size=ctx.cfg.proxy.batch_size)
+        for name, features in extract_member_features(twins, loader).items():
+            rows.setdefault(name, {}).update(zip(features.ids, features.pooled))
+    return {part: {name: FeatureSet(torch.stack([by_id[t.id] for t in tiles]),
+                                    torch.tensor([t.targets[ctx.cfg.prune.task] for t in tiles]), [t.id for t in tiles])
+                   for name, by_id in rows.items()} for part, tiles in splits.items()}
 
 
 def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
@@ -58,10 +78,14 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
                  for e in players}
         test = {e.name: _features(cache, e.weights_sha256, [t.id for t in score], [t.targets[pc.task] for t in score])
                 for e in players}
+        if pc.baseline == "random_twin":
+            twins = _twin_features(ctx, registry, [e.name for e in players], manifest, sensor,
+                                   {"train": fit, "test": score})
+            train, test = train | twins["train"], test | twins["test"]
         game = CoalitionGame(train, test, task, "linear", seed=ctx.cfg.seed)
         per_game.append(contributions(game, f"{pc.task}@{sensor}", pc.permutations, seed=ctx.cfg.seed))
         if cka is None and len(players) > 1:
-            cka = cka_matrix({n: f.pooled for n, f in test.items()})
+            cka = cka_matrix({e.name: test[e.name].pooled for e in players})
     return per_game, cka
 
 
