@@ -13,7 +13,6 @@ Teacher balancing is by the per-channel standardisation of targets (PHI-S is not
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -26,11 +25,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fusion.adaptors import Adaptors, TeacherRef, match_size
+from fusion.plots import save_plot
 from fusion.student import Student
 from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM
 from specialists import Specialist
-from geodata.manifest import atomic_write_bytes
 
 __all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "feature_loss", "drop_teachers",
            "plot_history"]
@@ -199,21 +198,13 @@ def distill_student(
 
 def plot_history(history: DistillHistory, path: str | Path) -> Path:
     """PNG of the per-teacher loss curves (and the overall mean)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax) -> None:
+        for name, values in history.teachers.items():
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        ax.plot(range(1, len(history.total) + 1), history.total, "k--", label="mean")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("distillation loss")
+        ax.legend(fontsize="small")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in history.teachers.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    ax.plot(range(1, len(history.total) + 1), history.total, "k--", label="mean")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("distillation loss")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    return save_plot(path, draw, dpi=120)

@@ -6,13 +6,13 @@ holds; phases that did not run are listed as such.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from geodata.manifest import atomic_write_bytes, atomic_write_text
+from fusion.plots import save_plot
+from geodata.manifest import atomic_write_text
 from server.phases.base import Phase, PhaseContext
 
 __all__ = ["PHASE", "report"]
@@ -31,19 +31,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _figure(path: Path, draw) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return f"plots/{path.name}"
+    """Write the plot and give its link relative to the run folder."""
+    return f"plots/{save_plot(path, draw).name}"
 
 
 def _phases(ctx: PhaseContext, results: dict[str, dict]) -> list[str]:
