@@ -4,6 +4,10 @@ One node may get several requests in one exchange (a simulated node hosting seve
 so requests and outcomes are keyed by the caller's key, not by node id. A node that replies with an
 error, or not at all before the timeout, gives a failed outcome with the reason; nothing is raised
 for one node's failure, so a phase decides what its minimums allow.
+
+The timeout runs from before the messages are built, and Flower's message TTL is a little longer, so
+an unanswered request always ends as "no reply within N s" (``Outcome.timed_out``) rather than as
+the SuperLink's later "Message Unavailable" error for an expired message.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = ["Request", "Outcome", "Traffic", "content_bytes", "exchange", "wait_f
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.5
+_TTL_MARGIN_S = 10.0  # a message outlives the coordinator's wait by this much
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Outcome:
     node_id: int
     content: RecordDict | None = None
     error: str | None = None
+    timed_out: bool = False  # no reply (not even an error) before the timeout
 
     @property
     def ok(self) -> bool:
@@ -94,11 +100,13 @@ def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout
     requests = list(requests)
     if not requests:
         return {}
+    deadline = time.monotonic() + timeout_s
     if traffic is not None:
         traffic.sent += sum(content_bytes(r.content) for r in requests)
         traffic.messages += len(requests)
     messages = [
-        Message(content=r.content, dst_node_id=r.node_id, message_type=message_type, ttl=timeout_s)
+        Message(content=r.content, dst_node_id=r.node_id, message_type=message_type,
+                ttl=timeout_s + _TTL_MARGIN_S)
         for r in requests
     ]
     ids = list(grid.push_messages(messages))
@@ -109,8 +117,7 @@ def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout
             pending[message_id] = request
         else:
             outcomes[request.key] = Outcome(request.key, request.node_id, error="the SuperLink refused the message")
-    deadline = time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline:
+    while pending:  # pulls at least once, however long the push took
         for reply in grid.pull_messages(list(pending)):
             request = pending.pop(reply.metadata.reply_to_message_id, None)
             if request is None:
@@ -122,10 +129,12 @@ def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout
                 outcomes[request.key] = Outcome(request.key, request.node_id, content=reply.content)
                 if traffic is not None:
                     traffic.received += content_bytes(reply.content)
-        if pending:
-            time.sleep(_POLL_S)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_S)
     for request in pending.values():
-        outcomes[request.key] = Outcome(request.key, request.node_id, error=f"no reply within {timeout_s:.0f} s")
+        outcomes[request.key] = Outcome(request.key, request.node_id, error=f"no reply within {timeout_s:.0f} s",
+                                        timed_out=True)
     for outcome in outcomes.values():
         if not outcome.ok:
             log.warning("%s to node %d (%s) failed: %s", message_type, outcome.node_id, outcome.key, outcome.error)

@@ -45,7 +45,7 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
         log.info("%s ...", step)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
-        ctx.traffic, ctx.node_peak_mb = Traffic(), {}
+        ctx.phase, ctx.traffic, ctx.node_peak_mb = phase.name, Traffic(), {}
         result = phase.run(ctx)
         result["traffic"] = {**asdict(ctx.traffic), "node_peak_mb": ctx.node_peak_mb,
                              "coordinator_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

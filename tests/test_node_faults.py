@@ -1,23 +1,48 @@
 """A partner's machine fails mid-run (loopback, real processes): three SuperNodes form one FedAvg group,
-the third one's SuperNode is SIGKILLed once discovery has finished; the run (cut after enrol, to stay
-short) completes with the other two, the train phase names the lost node, and a survivor enrols the
+and once discovery has finished the third one fails; the run (cut after enrol, to stay short)
+completes with the other two, the train phase names the lost node, and a survivor enrols the
 specialist. The report phase's listing of phase failures is covered in-process (test_reliability).
 
-A ClientApp that hangs is not simulated here (no node-config key makes it hang, and none is added for
-a test); the in-process tests cover raising and silent nodes.
+- Killed: lab-c's SuperNode (and its tree) gets SIGKILL.
+- Hung: every ClientApp process lab-c's SuperNode starts after discovery is frozen (SIGSTOP), so the
+  process lives but never answers, while the SuperNode keeps its heartbeat to the SuperLink. No
+  node-config key or code path makes a node hang; the test only sends signals.
+
+What Flower 1.41 does with a hung ClientApp (measured with this test's setup):
+
+- The SuperNode starts one ``flwr-clientapp`` process per message (through its ``flower-superexec``
+  child) and handles one message at a time: it waits for the reply before it pulls the next message,
+  so messages sent to it later queue behind the unanswered one.
+- The SuperLink answers for an online but silent node only when the message's TTL runs out
+  ("Message Unavailable", code 3). ``server.messaging.exchange`` gives messages a TTL 10 s beyond
+  its own wait, so the coordinator's ``reply_timeout_s`` ends first: "no reply within N s".
+- A ClientApp frozen before it reported running (the case here: it is frozen as it starts) is given
+  up by its SuperNode after 30 s and the message is started again in a new ClientApp (frozen again
+  here; freezing only the first one let the restarted ClientApp answer, too late for the train
+  round, and lab-c then passed the final evaluation). By Flower's source, one frozen while running
+  is answered by its SuperNode with "ClientApp stopped responding" after 60 s without heartbeat. A
+  handler that hangs in a live process (its heartbeat thread still runs) is never given up, which
+  is what freezing every new ClientApp reproduces: lab-c answers nothing more in the run.
+- Asked again, lab-c cost the group's final evaluation a second full timeout (train phase 61 s
+  instead of 49 s with a 30 s timeout); the coordinator now asks a node that timed out nothing more
+  in the run, and records "skipped: no reply within N s in phase train".
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from flower_harness import (
     FlowerProcesses,
+    descendants,
     flwr_run,
     isolated_flower,
     partner_manifest,
@@ -27,53 +52,112 @@ from flower_harness import (
 from fusion import Registry
 
 GROUP = "sentinel2_l1c-scene"
+NAMES = ("lab-a", "lab-b", "lab-c")
+HANG_TIMEOUT_S = 40  # a healthy 1-step train reply took ~20 s on 2 loaded cores
+
+Fault = Callable[[FlowerProcesses, Path, threading.Event, list[int]], None]
 
 
-def _kill_after_discover(procs: FlowerProcesses, name: str, discover: Path, timeout_s: float,
-                         killed: list[float]) -> None:
+def _wait_for(path: Path, done: threading.Event, timeout_s: float = 300) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if discover.is_file():
-            procs.kill(name)
-            killed.append(time.monotonic())
-            return
+    while not path.is_file():
+        if done.is_set() or time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
+    return True
 
 
-@pytest.mark.e2e
-def test_supernode_killed_mid_run_is_reported_and_run_completes(tmp_path: Path, shared_data: Path) -> None:
-    names = ("lab-a", "lab-b", "lab-c")
-    data = {name: partner_manifest(shared_data, tmp_path / name, 2) for name in names}
+def _kill_after_discover(procs: FlowerProcesses, discover: Path, done: threading.Event, acted: list[int]) -> None:
+    """SIGKILL lab-c's SuperNode and its tree once discovery has finished."""
+    if _wait_for(discover, done):
+        acted.append(procs.process("lab-c").pid)
+        procs.kill("lab-c")
+
+
+def _clientapps(supernode: int) -> set[int]:
+    found = set()
+    for pid in descendants(supernode):
+        try:
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _freeze_after_discover(procs: FlowerProcesses, discover: Path, done: threading.Event, acted: list[int]) -> None:
+    """SIGSTOP every ClientApp that lab-c's SuperNode starts after discovery (one still finishing its
+    discovery reply is left alone), until ``done``; then SIGKILL them."""
+    supernode = procs.process("lab-c").pid
+    if not _wait_for(discover, done):
+        return
+    before = _clientapps(supernode)
+    try:
+        while not done.is_set():
+            for pid in _clientapps(supernode) - before - set(acted):
+                os.kill(pid, signal.SIGSTOP)
+                acted.append(pid)
+            time.sleep(0.05)
+    finally:
+        for pid in acted:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _run_with_fault(tmp_path: Path, shared_data: Path, reply_timeout_s: int, fault: Fault) -> tuple[Path, list[int]]:
+    """Run the three partners to enrol while ``fault`` acts in a thread; returns the run folder and the
+    PIDs the fault acted on, once the run completed and every process it started is gone."""
+    data = {name: partner_manifest(shared_data, tmp_path / name, 2) for name in NAMES}
     out = tmp_path / "outputs"
     run_dir = out / "faults"
     run_config = {
         "experiment": "quick",
         "overrides": (f"~institutions output_dir={out} federation.min_nodes=3 federation.node_wait_s=30 "
-                      "federation.reply_timeout_s=60 train.min_replies=1 stop_after=enrol train.rounds=1 train.max_steps=1 "
-                      "train.batch_size=8 proxy.tiles_per_institution=6 distill.epochs=1 prune.permutations=5"),
+                      f"federation.reply_timeout_s={reply_timeout_s} train.min_replies=1 stop_after=enrol "
+                      "train.rounds=1 train.max_steps=1 train.batch_size=8 proxy.tiles_per_institution=6 "
+                      "distill.epochs=1 prune.permutations=5"),
         "run-name": "faults",
     }
-    killed: list[float] = []
+    acted: list[int] = []
+    done = threading.Event()
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
         procs.insecure_partners(env, data, tmp_path)
-        killer = threading.Thread(target=_kill_after_discover, daemon=True,
-                                  args=(procs, "lab-c", run_dir / "phases" / "discover.json", 120, killed))
-        killer.start()
-        run_id, output = flwr_run(env, "partners", run_config, timeout_s=400)
-        killer.join(timeout=5)
-        status = run_status(env, "partners", run_id)
-        assert killed, f"discover never finished\n{output[-4000:]}\n{procs.logs()}"
+        thread = threading.Thread(target=fault, args=(procs, run_dir / "phases" / "discover.json", done, acted),
+                                  daemon=True)
+        thread.start()
+        try:
+            run_id, output = flwr_run(env, "partners", run_config, timeout_s=400)
+            status = run_status(env, "partners", run_id)
+        finally:
+            done.set()
+            thread.join(timeout=10)
+        assert acted, f"the fault never acted (discover never finished?)\n{output[-4000:]}\n{procs.logs()}"
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
+    deadline = time.monotonic() + 10
+    while any(map(_running, acted)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, acted)), "a frozen ClientApp outlived the test"
+    return run_dir, acted
 
+
+def _assert_trained_and_enrolled_without_lab_c(tmp_path: Path, run_dir: Path) -> list[dict]:
+    """The group trained from lab-a and lab-b only and is enrolled; returns lab-c's train failures."""
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
-    assert roster["groups"][GROUP]["members"] == list(names)  # lab-c was there before it died
+    assert roster["groups"][GROUP]["members"] == list(NAMES)  # lab-c was there before it failed
     trained = json.loads((run_dir / "phases" / "train.json").read_text())
-    lost = [f for f in trained["failures"] if f["institution"] == "lab-c"]
-    assert lost and all(f["phase"] == "train" and f["reason"] for f in lost), trained["failures"]
     assert {f["institution"] for f in trained["failures"]} == {"lab-c"}
     group = trained["groups"][GROUP]
-    assert sorted(group["per_institution"]) == ["lab-a", "lab-b"]  # trained from the two survivors
+    assert sorted(group["per_institution"]) == ["lab-a", "lab-b"] and group["rounds_applied"] == 1
     registry = Registry(run_dir / "registry")
     assert registry.names == [GROUP]
     assert registry.load(GROUP).card.weights_sha256 == group["weights_sha256"]
@@ -81,3 +165,22 @@ def test_supernode_killed_mid_run_is_reported_and_run_completes(tmp_path: Path, 
         assert (tmp_path / name / "store" / "specialists" / group["weights_sha256"] / "weights.safetensors").is_file()
     enrolled = json.loads((run_dir / "phases" / "enrol.json").read_text())["enrolled"][GROUP]
     assert enrolled["holder"] in ("lab-a", "lab-b") and enrolled["weights_sha256"] == group["weights_sha256"]
+    return [f for f in trained["failures"] if f["institution"] == "lab-c"]
+
+
+@pytest.mark.e2e
+def test_supernode_killed_mid_run_is_reported_and_run_completes(tmp_path: Path, shared_data: Path) -> None:
+    run_dir, _ = _run_with_fault(tmp_path, shared_data, 60, _kill_after_discover)
+    lost = _assert_trained_and_enrolled_without_lab_c(tmp_path, run_dir)
+    assert lost and all(f["phase"] == "train" and f["reason"] for f in lost), lost
+
+
+@pytest.mark.e2e
+def test_clientapp_hung_past_the_reply_timeout_is_reported_and_run_completes(tmp_path: Path,
+                                                                              shared_data: Path) -> None:
+    run_dir, frozen = _run_with_fault(tmp_path, shared_data, HANG_TIMEOUT_S, _freeze_after_discover)
+    hung = _assert_trained_and_enrolled_without_lab_c(tmp_path, run_dir)
+    assert [(f["phase"], f["round"], f["reason"]) for f in hung] == [
+        ("train", 1, f"no reply within {HANG_TIMEOUT_S} s"),
+        ("train", "final", f"skipped: no reply within {HANG_TIMEOUT_S} s in phase train")], hung
+    assert frozen  # the train message's ClientApp (and Flower's restarts of it) were alive but frozen

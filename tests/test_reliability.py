@@ -1,7 +1,7 @@
 """Faults and hostile input at the coordinator, in one process: tampered uploads at enrolment are
 refused before they touch the registry (another keeper delivers), a coordinator killed after enrol
 resumes without retraining and with a byte-identical registry, a node failing at evaluation is
-reported and the run completes."""
+reported and the run completes, a node silent past the reply timeout is not asked again in the run."""
 
 from __future__ import annotations
 
@@ -145,3 +145,28 @@ def test_coordinator_killed_after_enrol_resumes_without_retraining(tmp_path: Pat
     report = json.loads((run_dir / "report.json").read_text())
     assert {"phase": "evaluate", "institution": "city_aerial"}.items() <= report["failures"][-1].items()
     assert "out of memory" in (run_dir / "report.md").read_text()
+
+
+def test_node_silent_past_the_timeout_is_not_asked_again_in_the_run(tmp_path: Path) -> None:
+    sent: list[tuple[str, int]] = []
+
+    def faults(message):
+        sent.append((message.metadata.message_type, message.metadata.dst_node_id))
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        return "drop" if message.metadata.message_type == "train.specialist" and institution == "south_s2" else None
+
+    config = tiny_run_config(tmp_path, "stop_after=enrol federation.reply_timeout_s=1")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
+    silent = json.loads((run_dir / "phases" / "discover.json").read_text())["institutions"]["south_s2"]["node_id"]
+    assert [m for m in sent if m[1] == silent][-1] == ("train.specialist", silent)  # asked once, never again
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert [(f["round"], f["reason"]) for f in trained["failures"] if f["institution"] == "south_s2"] == [
+        (1, "no reply within 1 s"), (2, "skipped: no reply within 1 s in phase train"),
+        ("final", "skipped: no reply within 1 s in phase train")]
+    group = trained["groups"]["sentinel2_l2a-scene"]
+    assert sorted(group["per_institution"]) == ["north_s2"] and group["rounds_applied"] == 2
+    assert Registry(run_dir / "registry").card("sentinel2_l2a-scene").weights_sha256 == group["weights_sha256"]
+
+    sent.clear()  # a resumed run (a new Flower run) asks the node again
+    run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=2)
+    assert ("query.identify", silent) in sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,8 @@ from server.roster import Roster
 
 __all__ = ["Phase", "PhaseContext"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PhaseContext:
@@ -27,6 +30,8 @@ class PhaseContext:
     roster: Roster | None = None
     traffic: Traffic = field(default_factory=Traffic)  # of the phase that runs now
     node_peak_mb: dict[str, float] = field(default_factory=dict)  # institution -> peak RSS its replies reported
+    phase: str = ""  # the phase that runs now
+    silent_nodes: dict[int, str] = field(default_factory=dict)  # node id -> phase where it first gave no reply
 
     def note_memory(self, institution: str, metrics: dict[str, float]) -> None:
         """Take a reply's ``peak_rss_mb`` out of its metrics into :attr:`node_peak_mb`."""
@@ -44,8 +49,24 @@ class PhaseContext:
         return self.run_dir.parent / self.cfg.integrate if self.cfg.integrate else None
 
     def exchange(self, message_type: str, requests: list[Request]) -> dict[str, Outcome]:
-        """:func:`server.messaging.exchange` with the run's reply timeout, counting the phase's traffic."""
-        return exchange(self.grid, message_type, requests, self.cfg.federation.reply_timeout_s, self.traffic)
+        """:func:`server.messaging.exchange` with the run's reply timeout, counting the phase's traffic.
+
+        A node that gave no reply within the timeout is not asked again in this Flower run (a SuperNode
+        handles one message at a time, so it is still stuck on the unanswered one): its requests fail
+        at once. A resumed run starts with a new context and asks every node again.
+        """
+        timeout = self.cfg.federation.reply_timeout_s
+        skipped = {r.key: Outcome(r.key, r.node_id, error=f"skipped: no reply within {timeout:.0f} s in phase "
+                                                          f"{self.silent_nodes[r.node_id]}")
+                   for r in requests if r.node_id in self.silent_nodes}
+        for outcome in skipped.values():
+            log.warning("%s to node %d (%s) not sent: %s", message_type, outcome.node_id, outcome.key, outcome.error)
+        outcomes = exchange(self.grid, message_type, [r for r in requests if r.key not in skipped], timeout,
+                            self.traffic)
+        for outcome in outcomes.values():
+            if outcome.timed_out:
+                self.silent_nodes.setdefault(outcome.node_id, self.phase)
+        return {r.key: skipped.get(r.key) or outcomes[r.key] for r in requests}
 
     def require_roster(self) -> Roster:
         if self.roster is None:
