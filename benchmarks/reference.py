@@ -300,7 +300,7 @@ def distill(cfg: BenchmarkConfig, registry: Registry, registry_key: str, proxy: 
         d = cfg.distill
         batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=d["batch_size"], seed=d["seed"])
         student = Student.create(d["variant"], band_stats_table(batches.stats.values()), name="student-reference",
-                                 seed=d["seed"])
+                                 seed=d["seed"], depths=d.get("depths"))
         specialists = registry.load_all(map_location=device)
         cache = TeacherCache(folder / "teacher_cache")
         fill_start = time.perf_counter()
@@ -408,7 +408,7 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
                                   stats=stats, institution=task.institution) for s in splits}
     bands = loaders["train"].dataset.bands
     applicable = ensemble.applicable(bands)
-    random = open_encoder(f"random:{cfg.distill['variant']}", map_location=device)
+    random = Student.create(cfg.distill["variant"], depths=cfg.distill.get("depths"), seed=0).to(device).eval()
     random.set_band_stats(band_stats_table([stats]))  # the same-size baseline normalised with the task's own stats
     encoders = {"student": student, "random": random, **{n: single(ensemble, n) for n in applicable}}
     if cfg.contributions["baseline"] == "random_twin":  # contributions are scored against untrained twins

@@ -77,6 +77,7 @@ class StudentCard:
 
     name: str = "student"
     variant: str = DEFAULT_VARIANT
+    depths: list[int] = field(default_factory=list)  # blocks per trunk stage (empty: the variant's own)
     band_stats: dict[str, list[float]] = field(default_factory=dict)
     stem: dict[str, int] = field(default_factory=lambda: {"embed_dim": 64, "num_freqs": 16})
     feature_dims: list[int] = field(default_factory=list)
@@ -96,6 +97,8 @@ class StudentCard:
                              f"this eosfed reads version {STUDENT_SCHEMA_VERSION}")
         if self.kind != "student":
             raise ValueError(f"{source}: field 'kind' is {self.kind!r}, expected 'student'")
+        if self.depths and (len(self.depths) != 4 or not all(isinstance(d, int) and d >= 1 for d in self.depths)):
+            raise ValueError(f"{source}: field 'depths' must list 4 positive block counts, got {self.depths!r}")
         for band, pair in self.band_stats.items():
             get_band(band)  # raises BandError naming an unknown band
             if (not isinstance(pair, list) or len(pair) != 2 or not all(math.isfinite(v) for v in pair)
@@ -229,7 +232,9 @@ class Student(nn.Module):
     def __init__(self, card: StudentCard) -> None:
         super().__init__()
         card.validate()
-        trunk = timm.create_model(card.variant, pretrained=False, features_only=True, out_indices=(0, 1, 2, 3))
+        depths = {"depths": tuple(card.depths)} if card.depths else {}
+        trunk = timm.create_model(card.variant, pretrained=False, features_only=True, out_indices=(0, 1, 2, 3),
+                                  **depths)
         stem_conv = getattr(trunk, "stem_0", None)
         if not isinstance(stem_conv, nn.Conv2d):
             raise ValueError(f"student variant {card.variant!r}: expected a ConvNeXt-style 'stem_0' conv")
@@ -251,9 +256,12 @@ class Student(nn.Module):
         embed_dim: int = 64,
         num_freqs: int = 16,
         seed: int | None = None,
+        depths: Sequence[int] | None = None,
     ) -> "Student":
-        """A fresh student (deterministic when ``seed`` is given)."""
-        card = StudentCard(name=name, variant=variant, band_stats=band_stats_table([band_stats or {}]),
+        """A fresh student (deterministic when ``seed`` is given); ``depths`` overrides the variant's
+        blocks per stage (e.g. ``(2, 2, 5, 2)``: atto with one block fewer, smaller than an atto specialist)."""
+        card = StudentCard(name=name, variant=variant, depths=list(depths or []),
+                           band_stats=band_stats_table([band_stats or {}]),
                            stem={"embed_dim": embed_dim, "num_freqs": num_freqs})
         if seed is None:
             return cls(card)

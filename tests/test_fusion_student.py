@@ -89,3 +89,20 @@ def test_inference_costs_a_plain_stem(student):
     student.eval()
     assert student.inference_params(S2) == make_specialist("s2", "sentinel2_l2a", S2).card.num_params
     assert student.card.num_params < 1.05 * student.inference_params(S2)  # the hypernetwork is small
+
+
+def test_fewer_blocks_make_a_student_smaller_than_a_specialist_and_survive_a_reload(tmp_path):
+    from fusion_toys import make_specialist
+
+    small = Student.create(depths=(2, 2, 5, 2), seed=0).eval()
+    specialist = make_specialist("s2", "sentinel2_l2a", S2)
+    assert small.inference_params(S2) < specialist.card.num_params
+    assert small.feature_dims == tuple(specialist.card.feature_dims)  # same scales and widths as atto
+    save_student(small, tmp_path / "small")
+    loaded = load_student(tmp_path / "small")
+    assert loaded.card.depths == [2, 2, 5, 2]
+    x = torch.rand(1, len(S2), 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.pooled(x, S2), small.pooled(x, S2), atol=1e-6)
+    with pytest.raises(ValueError, match="field 'depths'"):
+        Student.create(depths=(2, 2, 0, 2))
