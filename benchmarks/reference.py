@@ -646,9 +646,11 @@ def markdown(record: dict) -> str:
     lines += ["", "## Contributions (Shapley averaged over the tasks each specialist can read; scored on val)", "",
               f"Marginals taken against: {', '.join(sorted(against))} (`contributions.baseline`; a random twin is the "
               "untrained encoder of the specialist's variant and bands, so a score says what its training adds).", ""]
-    lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks", "pruning"],
+    lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks", "pruning (top half)",
+                    "drop-nonpositive rule"],
                    [[c["name"], c["shapley"], f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}]", c["loo"], c["gate"],
-                     len(c["tasks"]), "kept" if c["name"] in contrib["kept"] else "dropped"]
+                     len(c["tasks"]), "kept" if c["name"] in contrib["kept"] else "dropped",
+                     "drops (interval at or below 0)" if c["ci_high"] <= 0 else "keeps"]
                     for c in sorted(contrib["combined"], key=lambda c: -c["shapley"])])
     for task, cka in contrib["cka"].items():
         lines += ["", f"Linear CKA of pooled test features, {task}:", ""]
