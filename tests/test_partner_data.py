@@ -85,7 +85,7 @@ def _mismatched_grids(manifest: Manifest, folder: Path) -> tuple[str, str]:
     paths = {}
     for i, band in enumerate(bands):
         shift = rasterio.Affine.translation(640, 0) if band == "B12" else rasterio.Affine.identity()
-        paths[band] = str(write_geotiff(folder / f"band_{band}.tif", data[i], shift * transform, crs))
+        paths[band] = str(write_geotiff(folder / f"band_{band}.tif", data[i], shift @ transform, crs))
     tile.path, tile.band_paths = None, paths
     return paths["B12"], "differ from bounds"
 
