@@ -60,13 +60,14 @@ import yaml
 from eosfed.cli import main as eosfed
 from fusion import Ensemble, Registry, Student, save_student
 from fusion.adaptors import save_adaptors
-from fusion.contrib import CoalitionGame, cka_matrix, combine_contributions, contributions, random_twin, twin_name
+from fusion.contrib import (CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions, random_twin,
+                           twin_name)
 from fusion.data import ProxyBatches, labelled_loader, scene_partners
 from fusion.distill import DistillConfig, distill_student, plot_history
 from fusion.encoders import open_encoder
 from fusion.probes import (FeatureSet, ProbeResult, extract_features, linear_probe, probe_features, results_markdown,
                            task_metric)
-from fusion.prune import prune
+from fusion.prune import nonpositive_reason, prune
 from fusion.student import band_stats_table
 from fusion.teacher_cache import TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
@@ -646,11 +647,12 @@ def markdown(record: dict) -> str:
     lines += ["", "## Contributions (Shapley averaged over the tasks each specialist can read; scored on val)", "",
               f"Marginals taken against: {', '.join(sorted(against))} (`contributions.baseline`; a random twin is the "
               "untrained encoder of the specialist's variant and bands, so a score says what its training adds).", ""]
-    lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks", "pruning (top half)",
-                    "drop-nonpositive rule"],
+    keep_fraction = record["config"]["contributions"]["keep_fraction"]
+    lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks",
+                    f"pruning (top {keep_fraction:.0%})", "drop-nonpositive rule"],
                    [[c["name"], c["shapley"], f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}]", c["loo"], c["gate"],
                      len(c["tasks"]), "kept" if c["name"] in contrib["kept"] else "dropped",
-                     "drops (interval at or below 0)" if c["ci_high"] <= 0 else "keeps"]
+                     f"drops: {reason}" if (reason := nonpositive_reason(Contribution(**c))) else "keeps"]
                     for c in sorted(contrib["combined"], key=lambda c: -c["shapley"])])
     for task, cka in contrib["cka"].items():
         lines += ["", f"Linear CKA of pooled test features, {task}:", ""]

@@ -26,6 +26,14 @@ REPORT_JSON = "prune_report.json"
 REPORT_MD = "prune_report.md"
 
 
+def nonpositive_reason(c: Contribution) -> str | None:
+    """Why the drop-nonpositive rule drops ``c`` (its Shapley interval lies at or below zero), else None."""
+    if c.ci_high > 0:
+        return None
+    against = " (against its random twin)" if c.baseline == BASELINE_TWIN else ""
+    return f"Shapley interval [{c.ci_low:.4f}, {c.ci_high:.4f}]{against} lies at or below zero"
+
+
 def select_kept(names: Sequence[str], scores: Sequence[Contribution], keep_top_k: int | None = None,
                 drop_nonpositive: bool = False) -> tuple[list[str], dict[str, str]]:
     """Names kept (registry order) and, for each dropped one, why."""
@@ -39,10 +47,7 @@ def select_kept(names: Sequence[str], scores: Sequence[Contribution], keep_top_k
         raise ValueError(f"scores name specialists {unknown} that the registry does not hold ({list(names)})")
     dropped: dict[str, str] = {}
     if drop_nonpositive:
-        for c in scores:
-            if c.ci_high <= 0:
-                against = " (against its random twin)" if c.baseline == BASELINE_TWIN else ""
-                dropped[c.name] = f"Shapley interval [{c.ci_low:.4f}, {c.ci_high:.4f}]{against} lies at or below zero"
+        dropped.update((c.name, reason) for c in scores if (reason := nonpositive_reason(c)))
     if keep_top_k is not None:
         ranked = sorted(scores, key=lambda c: c.shapley, reverse=True)
         for rank, c in enumerate(ranked, start=1):
