@@ -48,7 +48,8 @@ from tqdm import tqdm
 from clients.data import institution_tiles, open_manifest, summarize
 from clients.institution import InstitutionSpec
 from clients.training import build_model, evaluate_splits, fit, resolve_device
-from geodata.manifest import Manifest, TileEntry, atomic_write_text
+from geodata.files import atomic_write_text
+from geodata.manifest import Manifest, TileEntry
 from server.aggregate import State, fedavg, weighted_metrics
 from server.config import ExperimentConfig, RunSettings, load_experiment
 from server.phases.discover import simulated_record

@@ -67,7 +67,7 @@ from flower_harness import (  # noqa: E402  (tests/ holds the Flower harness)
     InProcessGrid, descendants, flwr_run, isolated_flower, pids_mentioning, run_status)
 from clients.data import open_manifest  # noqa: E402
 from clients.institution import InstitutionSpec  # noqa: E402
-from geodata.manifest import atomic_write_text  # noqa: E402
+from geodata.files import atomic_write_text  # noqa: E402
 from geodata.synth.spectra import CLASSES  # noqa: E402
 from server.config import RunSettings, load_experiment  # noqa: E402
 from server.phases.discover import simulated_record  # noqa: E402

@@ -33,7 +33,7 @@ from fusion.adaptors import Adaptors, TeacherRef
 from fusion.distill import DistillConfig, Distiller
 from fusion.student import Student
 from fusion.teacher_cache import TeacherCache, extract_teacher_features, fill_cache
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor
 from specialists import Specialist, SpecialistCard
 from specialists.heads import PooledLinearHead

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from geodata.dataset import TileDataset
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 

@@ -71,7 +71,8 @@ from fusion.prune import nonpositive_reason, prune
 from fusion.student import band_stats_table
 from fusion.teacher_cache import TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
-from geodata.manifest import Manifest, atomic_write_text
+from geodata.files import atomic_write_text
+from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.stats import load_or_compute_stats
 from geodata.synth import generate_world, load_world_config
@@ -259,7 +260,7 @@ def train_specialists(cfg: BenchmarkConfig, world: Manifest, world_key: str, out
         if not is_done(folder, key):
             manifest = shuffled_manifest(world, job) if job.shuffled else world.root / "manifest.json"
             args = ["train-specialist", "--manifest", str(manifest), "--sensor", job.sensor, "--task", job.task,
-                    "--institution", job.institution, "--name", job.name, "--out", str(folder / "model"),
+                    "--institution", job.institution, "--name", job.name, "--out", str(folder / "model"), "--overwrite",
                     "--device", device]
             args += [a for k, v in cfg.train.items() for a in (f"--{k.replace('_', '-')}", str(v))]
             start = time.perf_counter()

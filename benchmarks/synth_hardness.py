@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor
 from geodata.synth import CLASSES, iter_scenes, load_world_config
 from specialists.card import DEFAULT_VARIANT, SpecialistCard

@@ -25,7 +25,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from geodata.manifest import atomic_write_text  # noqa: E402
+from geodata.files import atomic_write_text  # noqa: E402
 from geodata.synth import WorldConfig, generate_world, iter_scenes, load_world_config  # noqa: E402
 
 log = logging.getLogger("synth_speed")

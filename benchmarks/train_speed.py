@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor
 from specialists import Specialist, SpecialistCard
 from specialists.heads import build_head, task_loss

@@ -1,7 +1,9 @@
-"""``eosfed <command> ...``: thin dispatcher over command modules.
+"""``eosfed <command> ...``: thin dispatcher over the modules of :mod:`eosfed.commands`.
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; register it in
-``COMMANDS`` with a one-line help. Modules are imported only when their command runs.
+``COMMANDS`` with a one-line help. Modules are imported only when their command runs. A user error
+(:class:`eosfed.commands.args.UsageError`, a missing file, a bad value) ends in one line on stderr
+and exit status 2; ``-v`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,34 +13,52 @@ import importlib
 import logging
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (module, help)
-    "train-specialist": ("specialists.cli", "train one specialist from a manifest, no federation"),
-    "distill": ("fusion.commands.distill", "distil a registry's specialists into one any-sensor student"),
-    "evaluate": ("fusion.commands.evaluate", "probe frozen encoders (student, specialist, ensemble) on a task"),
-    "prune": ("fusion.commands.prune", "score specialists' contributions and write a smaller registry"),
-    "synth": ("geodata.synth.cli", "generate a synthetic multi-sensor world"),
+from eosfed.commands.args import HelpFormatter
+
+COMMANDS: dict[str, str] = {
+    "synth": "generate a synthetic multi-sensor world",
+    "train-specialist": "train one specialist from a manifest, no federation",
+    "distill": "distil a registry's specialists into one any-sensor student",
+    "evaluate": "probe frozen encoders (student, specialist, ensemble) on a task",
+    "manifest": "build a manifest from data on disk (per layout)",
+    "prune": "score specialists' contributions and write a smaller registry",
 }
+
+USER_ERRORS = (ValueError, KeyError, OSError, LookupError)
+
+log = logging.getLogger("eosfed")
+
+
+def _module(command: str):
+    return importlib.import_module(f"eosfed.commands.{command.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eosfed", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else argv
     wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         if name == wanted:  # only the chosen command pays for its imports
-            importlib.import_module(module).add_arguments(p)
+            _module(name).add_arguments(p)
     args, extra = parser.parse_known_args(argv)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(_module(args.command).run(args) or 0)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, KeyError) and exc.args:
+            message = f"{exc.args[0]}"
+        print(f"eosfed {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

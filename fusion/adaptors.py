@@ -23,7 +23,7 @@ from torch import nn
 
 from fusion.featstats import global_pool
 from fusion.teacher_cache import TARGETS
-from geodata.manifest import atomic_write_bytes, atomic_write_text
+from geodata.files import atomic_write_bytes, atomic_write_text
 from specialists import Specialist
 
 __all__ = ["TeacherRef", "AdaptorHead", "Adaptors", "save_adaptors", "load_adaptors"]

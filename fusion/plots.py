@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geodata.manifest import atomic_write_bytes
+from geodata.files import atomic_write_bytes
 
 __all__ = ["save_plot"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fusion.contrib import BASELINE_TWIN, Contribution
 from fusion.registry import Registry
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 
 __all__ = ["prune", "select_kept", "REPORT_JSON", "REPORT_MD"]
 

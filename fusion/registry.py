@@ -28,7 +28,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from fusion.featstats import FeatureStats
-from geodata.manifest import atomic_write_bytes, atomic_write_text
+from geodata.files import atomic_write_bytes, atomic_write_text
 from specialists import Specialist, SpecialistCard, load_specialist, save_specialist
 
 __all__ = ["Registry", "RegistryEntry", "RegistryError", "INDEX_FILE"]

@@ -40,7 +40,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from geodata.manifest import atomic_write_bytes, atomic_write_text
+from geodata.files import atomic_write_bytes, atomic_write_text
 from geodata.sensors import BandError, get_band
 from geodata.stats import BandStats
 from specialists.card import DEFAULT_VARIANT

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from fusion.featstats import ChannelMoments, global_pool
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
 from specialists import Specialist
-from geodata.manifest import atomic_write_bytes
+from geodata.files import atomic_write_bytes
 
 __all__ = ["TARGETS", "TeacherFeatures", "TeacherCache", "extract_teacher_features", "fill_cache"]
 

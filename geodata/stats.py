@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from geodata.errors import RasterError
-from geodata.manifest import Manifest, TileEntry, atomic_write_text
+from geodata.files import atomic_write_text
+from geodata.manifest import Manifest, TileEntry
 from geodata.raster import read_source, tile_source
 from geodata.sensors import Sensor, get_sensor
 

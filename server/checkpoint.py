@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 
 __all__ = ["RunCheckpoint", "CHECKPOINT_VERSION"]
 

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from geodata.manifest import atomic_write_bytes, atomic_write_text
+from geodata.files import atomic_write_bytes, atomic_write_text
 from geodata.sensors import SENSORS, BandError, get_band
 from specialists.card import SpecialistCard
 from specialists.encoder import STEM_WEIGHT, build_encoder

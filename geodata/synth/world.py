@@ -24,7 +24,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from tqdm import tqdm
 
-from geodata.manifest import Manifest, TaskSpec, TileEntry, atomic_write_text
+from geodata.files import atomic_write_text
+from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import write_geotiff
 from geodata.sensors import Sensor, get_band, get_sensor
 from geodata.synth.config import InstitutionConfig, WorldConfig

@@ -26,7 +26,7 @@ from fusion.registry import Registry
 from fusion.student import Student, band_stats_table, load_student, save_student
 from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures, fill_cache
 from fusion.views import plan_view
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from server.messaging import Outcome, Request, read_config
 from server.phases.base import Phase, PhaseContext
 from server.proxy import proxy_manifest

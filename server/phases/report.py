@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion.plots import save_plot
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from server.phases.base import Phase, PhaseContext
 
 __all__ = ["PHASE", "report"]

@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fusion.registry import Registry, RegistryError
-from geodata.manifest import atomic_write_text
+from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor
 from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
 from server.messaging import Outcome, Request

@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from eosfed.commands.args import add_output, check_output, staged_output
 from geodata.synth.config import load_world_config
 from geodata.synth.world import generate_world
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output folder (manifest.json goes here)")
+    add_output(parser, "output folder (manifest.json goes here)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", default="default", help="configs/world/<preset>.yaml (default: default)")
     source.add_argument("--config", type=Path, help="a world YAML file instead of a preset")
@@ -24,12 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_world_config(args.config or args.preset, seed=args.seed, tiles_per_institution=args.tiles)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    manifest = generate_world(config, args.out, workers=args.workers)
+    check_output(args.out, args.overwrite)
+    config = load_world_config(args.config or args.preset, seed=args.seed, tiles_per_institution=args.tiles)
+    with staged_output(args.out, args.overwrite) as stage:
+        manifest = generate_world(config, stage, workers=args.workers)
     per_sensor = Counter(t.sensor for t in manifest.tiles)
     log.info("world %s: %s -> %s", manifest.name, dict(sorted(per_sensor.items())), args.out / "manifest.json")
     return 0

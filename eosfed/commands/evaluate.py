@@ -11,12 +11,14 @@ import json
 import logging
 from pathlib import Path
 
+from eosfed.commands.args import add_output, check_output
 from fusion.data import labelled_loader
 from fusion.encoders import RANDOM_PREFIX, open_encoder
 from fusion.probes import DEFAULT_FRACTIONS, DEFAULT_SEEDS, probe_encoder, results_markdown
 from fusion.student import band_stats_table
 from fusion.views import DEFAULT_TOLERANCE_NM
-from geodata.manifest import Manifest, atomic_write_text
+from geodata.files import atomic_write_text
+from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="labelled manifest.json")
     parser.add_argument("--task", required=True, help="task name in the manifest")
     parser.add_argument("--sensor", required=True, help="sensor whose tiles are probed")
-    parser.add_argument("--out", required=True, type=Path, help="results JSON (a .md table is written beside)")
+    add_output(parser, "results JSON (a .md table is written beside)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val", help="split to tune weight decay on ('' for none)")
     parser.add_argument("--test-split", default="test")
@@ -46,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.out, args.overwrite)
     manifest = Manifest.load(args.manifest)
     task = manifest.task(args.task)
     stats = load_or_compute_stats(manifest, args.sensor, args.train_split)

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from eosfed.commands.args import UsageError, add_output, check_output, staged_output
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.sensors import get_sensor
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="manifest.json")
     parser.add_argument("--sensor", required=True, help="sensor name of the tiles to train on")
     parser.add_argument("--task", required=True, help="task name in the manifest")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the specialist into")
+    add_output(parser, "folder to write the specialist into")
     parser.add_argument("--institution", help="only this institution's tiles (and name it on the card)")
     parser.add_argument("--name", help="specialist name (default: <institution|manifest>-<sensor>-<task>)")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
@@ -65,6 +66,7 @@ def _summary(tiles: dict[str, list[TileEntry]], task: str, spec: TaskSpec) -> di
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.out, args.overwrite)
     manifest = Manifest.load(args.manifest)
     sensor = get_sensor(args.sensor)
     spec = manifest.task(args.task)
@@ -72,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
     tiles = {split: manifest.select(split=split, **filters) for split in SPLITS}
     tiles = {split: t for split, t in tiles.items() if t}
     if "train" not in tiles:
-        logger.error("%s: no train tiles for sensor %r, task %r%s", args.manifest, sensor.name, args.task,
-                     f", institution {args.institution!r}" if args.institution else "")
-        return 2
+        raise UsageError(f"{args.manifest}: no train tiles for sensor {sensor.name!r}, task {args.task!r}"
+                         + (f", institution {args.institution!r}" if args.institution else ""))
     stats = load_or_compute_stats(manifest, sensor, "train", institution=args.institution)
     datasets = {split: TileDataset(manifest, sensor, split=split, task=args.task, institution=args.institution,
                                    size=args.size, stats=stats) for split in tiles}
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                           spec.num_classes, cfg, spec.ignore_index, desc="test")
         card.metrics.update({f"test_{k}": v for k, v in scores.items()})
         logger.info("test: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
-    out = save_specialist(specialist, args.out)
-    logger.info("wrote specialist %r to %s", card.name, out)
+    with staged_output(args.out, args.overwrite) as stage:
+        save_specialist(specialist, stage)
+    logger.info("wrote specialist %r to %s", card.name, args.out)
     return 0

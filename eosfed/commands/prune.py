@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from eosfed.commands.args import UsageError, add_output, check_output, staged_output
 from fusion.contrib import (CoalitionGame, cka_matrix, combine_contributions, contributions,
                             extract_member_features, with_twins)
 from fusion.data import labelled_loader
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="labelled manifest.json")
     parser.add_argument("--eval", required=True, action="append", type=_eval_pair, dest="evals",
                         help="TASK@SENSOR to score on; repeat for several")
-    parser.add_argument("--out", required=True, type=Path, help="folder of the pruned registry")
+    add_output(parser, "folder of the pruned registry")
     rule = parser.add_argument_group("rule (one or both)")
     rule.add_argument("--keep-top-k", type=int, help="keep the k highest Shapley contributions")
     rule.add_argument("--drop-nonpositive", action="store_true", help="drop intervals at or below zero")
@@ -57,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.keep_top_k is None and not args.drop_nonpositive:
-        logger.error("give --keep-top-k K, --drop-nonpositive, or both")
-        return 2
+        raise UsageError("give --keep-top-k K, --drop-nonpositive, or both")
+    check_output(args.out, args.overwrite)
     registry = Registry(args.registry)
     manifest = Manifest.load(args.manifest)
     ensemble = Ensemble.from_registry(registry, tolerance_nm=args.tolerance_nm)
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                       seed=args.seed, gates=args.gates))
         if cka is None and len(game.players) > 1:
             cka = cka_matrix({n: splits[args.test_split][n].pooled for n in game.players})
-    pruned = prune(registry, combine_contributions(per_game), args.out, args.keep_top_k, args.drop_nonpositive, cka)
-    logger.info("pruned registry at %s: %s", pruned.root, pruned.names)
+    with staged_output(args.out, args.overwrite) as stage:
+        pruned = prune(registry, combine_contributions(per_game), stage, args.keep_top_k, args.drop_nonpositive, cka)
+    logger.info("pruned registry at %s: %s", args.out, pruned.names)
     return 0

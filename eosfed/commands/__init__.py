@@ -1,0 +1,1 @@
+"""The ``eosfed`` commands: each module has ``add_arguments(parser)`` and ``run(args) -> int``."""

@@ -1,1 +1,0 @@
-"""``eosfed distill``, ``eosfed evaluate`` and ``eosfed prune``: fusion on saved specialists, without Flower."""
