@@ -51,7 +51,7 @@ from clients.training import build_model, evaluate_splits, fit, resolve_device
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest, TileEntry
 from server.aggregate import State, fedavg, weighted_metrics
-from server.config import ExperimentConfig, RunSettings, load_experiment
+from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
 from server.phases.discover import simulated_record
 from server.phases.train import _start, _train_record
 from server.roster import Group, Member, Roster, form_groups

@@ -69,9 +69,9 @@ from clients.data import open_manifest  # noqa: E402
 from clients.institution import InstitutionSpec  # noqa: E402
 from geodata.files import atomic_write_text  # noqa: E402
 from geodata.synth.spectra import CLASSES  # noqa: E402
-from server.config import RunSettings, load_experiment  # noqa: E402
+from pipeline.settings import RunSettings, load_experiment  # noqa: E402
 from server.phases.discover import simulated_record  # noqa: E402
-from server.proxy import proxy_manifest  # noqa: E402
+from pipeline.proxy import proxy_manifest  # noqa: E402
 from server.run import run_experiment  # noqa: E402
 
 __all__ = ["main", "scale_overrides", "TreeSampler"]

@@ -85,7 +85,7 @@ def epoch_cost(teachers: dict[str, Specialist], batches: list[dict], pairs: int)
     adaptors = Adaptors(distill_student.feature_dims)
     for name, spec in teachers.items():
         adaptors.ensure(TeacherRef.of(spec, name)).set_target_stats(cache.target_stats(spec.card.weights_sha256))
-    distiller = Distiller(distill_student, adaptors, cache, DistillConfig(epochs=1, drop_prob=0.5))
+    distiller = Distiller(distill_student, adaptors, cache, DistillConfig(epochs=1, drop_prob=0.5), seed=0)
     plain_student = Student.create(seed=0)
     head = PooledLinearHead(plain_student.feature_dims[-1], 10)
     optimizer = torch.optim.AdamW(list(plain_student.parameters()) + list(head.parameters()), lr=1e-3)

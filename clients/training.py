@@ -19,19 +19,13 @@ from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder
 from specialists.heads import build_head
 from specialists.model import Specialist
-from specialists.train import TrainConfig, evaluate, make_loader, make_optimizer, seed_everything, train_one_epoch
+from specialists.train import (TrainConfig, evaluate, make_loader, make_optimizer, make_scheduler, resolve_device,
+                               seed_everything, train_one_epoch)
 
-__all__ = ["resolve_device", "build_model", "fit", "evaluate_splits"]
+__all__ = ["build_model", "fit", "evaluate_splits"]
 
 log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
-
-
-def resolve_device(device: str) -> str:
-    """``auto``: the GPU this process may use (Ray sets ``CUDA_VISIBLE_DEVICES`` in simulation), else CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def build_model(card: SpecialistCard, encoder: State, head: State) -> tuple[Specialist, nn.Module]:
@@ -79,7 +73,9 @@ def evaluate_splits(manifest: Manifest, spec: InstitutionSpec, card: SpecialistC
 
 def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State,
         cfg: TrainConfig) -> tuple[State, State, dict[str, float]]:
-    """One round: evaluate the received model on ``val``, then train ``cfg.epochs`` local epochs."""
+    """One round: evaluate the received model on ``val``, then train ``cfg.epochs`` local epochs at ``cfg.lr``,
+    ramped up linearly over the first ``cfg.warmup_epochs`` of them (the coordinator sends what is left of
+    the run's warm-up)."""
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     # build_model adopts the tensors it is given: copy them so the caller's state is never trained in place
@@ -90,17 +86,21 @@ def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State
     data = _dataset(manifest, spec, card, "train")
     loader = make_loader(data, cfg, shuffle=True)
     optimizer = make_optimizer([specialist, task_head], cfg)
+    scheduler = make_scheduler(optimizer, cfg.epochs * len(loader), round(cfg.warmup_epochs * len(loader)),
+                               decay=False)
+    first_lr = optimizer.param_groups[0]["lr"]
     losses, steps = [], 0
     for epoch in range(cfg.epochs):
         budget = None if cfg.max_steps is None else cfg.max_steps - steps
         if budget is not None and budget <= 0:
             break
-        loss, done = train_one_epoch(specialist, task_head, loader, optimizer, card.task_type, cfg,
+        loss, done = train_one_epoch(specialist, task_head, loader, optimizer, card.task_type, cfg, scheduler,
                                      max_steps=budget, ignore_index=manifest.task(spec.task).ignore_index,
                                      desc=f"{spec.name} epoch {epoch + 1}/{cfg.epochs}")
         losses.append(loss)
         steps += done
-    metrics.update({"num_examples": len(data), "train_loss": sum(losses) / max(len(losses), 1), "steps": steps})
+    metrics.update({"num_examples": len(data), "train_loss": sum(losses) / max(len(losses), 1), "steps": steps,
+                    "first_lr": first_lr})
     log.info("Institution %s: %d steps on %d tiles, train loss %.4g", spec.name, steps, len(data),
              metrics["train_loss"])
     return _cpu_state(specialist.encoder), _cpu_state(task_head), metrics

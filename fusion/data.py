@@ -49,6 +49,7 @@ class ProxyBatches:
                  shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         names = list(sensors) if sensors else proxy_sensors(self.manifest, split)
+        self.sensors, self.split = names, split
         self.stats: dict[str, BandStats] = {s: load_or_compute_stats(self.manifest, s, split or "train") for s in names}
         self.loaders = [
             DataLoader(TileDataset(self.manifest, s, split=split, size=size, stats=self.stats[s]),
@@ -59,6 +60,10 @@ class ProxyBatches:
 
     def __len__(self) -> int:
         return sum(len(loader) for loader in self.loaders)
+
+    def scene_partners(self) -> dict[str, list[str]]:
+        """:func:`scene_partners` of these batches' sensors and split."""
+        return scene_partners(self.manifest, self.sensors, self.split)
 
     def __iter__(self) -> Iterator[dict]:
         iterators = [iter(loader) for loader in self.loaders]

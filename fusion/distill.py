@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,8 @@ from fusion.student import Student
 from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM
 from specialists import Specialist
+from specialists.card import DEFAULT_VARIANT
+from specialists.train import resolve_device
 
 __all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "feature_loss", "drop_teachers",
            "plot_history"]
@@ -39,13 +42,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DistillConfig:
+    """How the student is distilled: a ``variant`` trunk (``depths``: blocks per stage, fewer than the
+    variant's; ``None``: the variant's own), AdamW at ``lr`` / ``weight_decay`` with gradients clipped
+    at ``grad_clip``, teachers dropped with ``drop_prob`` (the hardest is always kept); ``device``
+    ``auto`` picks a GPU when there is one."""
+
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 0.05
     drop_prob: float = 0.5
     grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
+    variant: str = DEFAULT_VARIANT
+    depths: Optional[List[int]] = None
+    device: str = "auto"
 
 
 @dataclass
@@ -58,6 +67,7 @@ class DistillHistory:
     kept_fraction: dict[str, list[float]] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
     teacher_extractions: int = 0
+    optimizer: dict[str, float] = field(default_factory=dict)  # the settings the optimiser ran with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,14 +90,15 @@ def drop_teachers(losses: Mapping[str, float], drop_prob: float, generator: torc
 class Distiller:
     """Trains ``student`` and its ``adaptors`` against cached teacher targets."""
 
-    def __init__(self, student: Student, adaptors: Adaptors, cache: TeacherCache, config: DistillConfig) -> None:
+    def __init__(self, student: Student, adaptors: Adaptors, cache: TeacherCache, config: DistillConfig,
+                 seed: int) -> None:
         self.student, self.adaptors, self.cache, self.config = student, adaptors, cache, config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         student.to(self.device)
         adaptors.to(self.device)
         params = list(student.parameters()) + list(adaptors.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(seed)
         self.recent_loss: dict[str, float] = {}  # running mean per teacher: who is hardest
 
     def step(self, batch: Mapping) -> tuple[dict[str, float], list[str]]:
@@ -164,7 +175,9 @@ def distill_student(
     specialists: Mapping[str, Specialist],
     batches: Iterable[Mapping],
     cache: TeacherCache,
-    config: DistillConfig | None = None,
+    config: DistillConfig,
+    *,
+    seed: int,
     adaptors: Adaptors | None = None,
     remote_teachers: Sequence[TeacherRef] = (),
     tolerance_nm: float = DEFAULT_TOLERANCE_NM,
@@ -175,8 +188,7 @@ def distill_student(
     of unchanged teachers are kept, new teachers get new heads. ``remote_teachers`` must already have
     their targets in ``cache``. Records the teachers in ``student.card.teachers``.
     """
-    config = config or DistillConfig()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     history = DistillHistory(teacher_extractions=fill_cache(cache, specialists, batches, tolerance_nm))
     teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote_teachers)
     adaptors = adaptors if adaptors is not None else Adaptors(student.feature_dims)
@@ -188,7 +200,9 @@ def distill_student(
             logger.warning("teacher %s has no cached targets on this proxy data; it does not take part", teacher.name)
             continue
         adaptors.ensure(teacher).set_target_stats(cache.target_stats(teacher.weights_sha256))
-    Distiller(student, adaptors, cache, config).fit(batches, history)
+    distiller = Distiller(student, adaptors, cache, config, seed)
+    history.optimizer = {k: distiller.optimizer.param_groups[0][k] for k in ("lr", "weight_decay")}
+    distiller.fit(batches, history)
     student.card.teachers = [{"name": t.name, "weights_sha256": t.weights_sha256} for t in adaptors.teachers.values()]
     student.card.distill = {"total_epochs": student.card.distill.get("total_epochs", 0) + config.epochs,
                             "final_loss": history.total[-1],

@@ -18,7 +18,7 @@ from geodata.sensors import equivalent_band, select_bands
 
 __all__ = ["ViewPlan", "plan_view", "DEFAULT_TOLERANCE_NM"]
 
-DEFAULT_TOLERANCE_NM = 30.0
+DEFAULT_TOLERANCE_NM = 50.0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from flwr.serverapp import Grid
 
 from server.checkpoint import RunCheckpoint
-from server.config import RunSettings, load_experiment
+from pipeline.settings import RunSettings, load_experiment
 from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
 

@@ -8,6 +8,7 @@ on local data, send ``specialist.encoder.state_dict()`` back.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -30,7 +31,9 @@ from specialists.heads import build_head, task_loss
 from specialists.model import Specialist
 
 __all__ = [
+    "OptimConfig",
     "TrainConfig",
+    "resolve_device",
     "MONITOR",
     "seed_everything",
     "make_loader",
@@ -48,19 +51,27 @@ MONITOR = {"classification": "accuracy", "multilabel": "map", "segmentation": "m
 
 
 @dataclass
-class TrainConfig:
-    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs)."""
+class OptimConfig:
+    """How a specialist's optimiser runs, locally or in federated rounds: AdamW at ``lr`` after a linear
+    warm-up of ``warmup_epochs``; ``device`` ``auto`` picks the GPU the process may use, else the CPU;
+    ``amp`` trains in bfloat16 autocast on GPUs."""
 
-    epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
+    device: str = "auto"
+    amp: bool = False
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs)."""
+
+    epochs: int = 30
     patience: int = 5
     seed: int = 0
-    device: str = "cpu"
     num_workers: int = 0
-    amp: bool = False
     max_steps: int | None = None
     augment: bool = True
     init_weights: str | None = None
@@ -74,6 +85,13 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: lr > 0, weight_decay/warmup_epochs/patience >= 0 required: {self}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU this process may use (Ray sets ``CUDA_VISIBLE_DEVICES`` in simulation), else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -96,12 +114,15 @@ def make_optimizer(modules: Iterable[nn.Module], cfg: TrainConfig) -> torch.opti
     return create_optimizer_v2(nn.ModuleList(modules), opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up then cosine decay to zero, stepped once per optimiser step."""
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                   decay: bool = True) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up then (``decay``) cosine decay to zero, stepped once per optimiser step."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
+        if not decay:
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -243,6 +264,7 @@ def train_specialist(
     Returns the specialist (card metrics filled), its head, and one history record per epoch.
     """
     seed_everything(cfg.seed)
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     device = torch.device(cfg.device)
     specialist = Specialist.from_card(card, init_weights=cfg.init_weights, freeze=cfg.freeze).to(device)
     head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)

@@ -11,7 +11,7 @@ import torch
 
 from clients.store import kept_specialist
 from flower_harness import InProcessGrid
-from server.config import RunSettings, load_experiment
+from pipeline.settings import RunSettings, load_experiment
 from server.run import run_experiment
 from specialists import SpecialistCard
 

@@ -15,7 +15,7 @@ from flower_harness import InProcessGrid
 from fusion import Registry, load_student
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.synth import build_once
-from server.config import RunSettings, load_experiment
+from pipeline.settings import RunSettings, load_experiment
 from server.phases.discover import assign_hosts
 from server.run import run_experiment
 from tiny_run import simulated_nodes, tiny_run_config

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.config import RunSettings, load_experiment
+from pipeline.settings import RunSettings, load_experiment
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "federation_cost.py"
 TINY = ("world=tiny world.tiles_per_institution=4 ~institutions +institutions.north_s2={sensor:sentinel2_l2a,task:scene} "

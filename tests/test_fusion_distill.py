@@ -64,14 +64,14 @@ def test_teachers_run_once_and_cache_survives_restart(specialists, batches, tmp_
     calls = count_calls(specialists)
     student = Student.create(band_stats={"B04": [0.2, 0.1], "VV": [0.2, 0.1]}, seed=0)
     cache = TeacherCache(tmp_path / "cache")
-    adaptors, history = distill_student(student, specialists, batches, cache, DistillConfig(epochs=2, drop_prob=0.0))
+    adaptors, history = distill_student(student, specialists, batches, cache, DistillConfig(epochs=2, drop_prob=0.0), seed=0)
     # s2 and aerial read the 2 Sentinel-2 batches, s1 the Sentinel-1 batch: once each, for both epochs
     assert calls == {"s2": 2, "aerial": 2, "s1": 1}
     assert history.teacher_extractions == 5
     assert set(history.teachers) == {"s2", "s1", "aerial"} and all(len(v) == 2 for v in history.teachers.values())
     assert all(f == [1.0, 1.0] for f in history.kept_fraction.values())
     # a new run over the same cache folder never calls the teachers
-    distill_student(student, specialists, batches, TeacherCache(tmp_path / "cache"), DistillConfig(epochs=1),
+    distill_student(student, specialists, batches, TeacherCache(tmp_path / "cache"), DistillConfig(epochs=1), seed=0,
                     adaptors=adaptors)
     assert calls == {"s2": 2, "aerial": 2, "s1": 1}
     assert {t["name"] for t in student.card.teachers} == {"s2", "s1", "aerial"}
@@ -83,7 +83,7 @@ def test_loss_decreases(specialists):
     batches = proxy_batches(S2_BANDS, n_batches=1, batch=4)
     student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
     _, history = distill_student(student, {"s2": specialists["s2"]}, batches, TeacherCache(),
-                                 DistillConfig(epochs=6, lr=2e-3))
+                                 DistillConfig(epochs=6, lr=2e-3), seed=0)
     assert history.teachers["s2"][-1] < 0.8 * history.teachers["s2"][0]
 
 
@@ -96,14 +96,14 @@ def test_remote_teacher_features_and_warm_start(specialists, batches, tmp_path):
     ref = TeacherRef("s1-remote", partner.card.weights_sha256, partner.feature_dims)
     cache.put(ref.weights_sha256, features)
     student = Student.create(band_stats={"VV": [0.2, 0.1]}, seed=1)
-    adaptors, _ = distill_student(student, {}, batches, cache, DistillConfig(epochs=1), remote_teachers=[ref])
+    adaptors, _ = distill_student(student, {}, batches, cache, DistillConfig(epochs=1), seed=0, remote_teachers=[ref])
     assert list(adaptors) == ["s1-remote"]
     save_adaptors(adaptors, tmp_path / "adaptors")
     reloaded = load_adaptors(tmp_path / "adaptors")
     assert torch.equal(reloaded["s1-remote"].stage3_std, adaptors["s1-remote"].stage3_std)
     # integrate mode: a new teacher joins, the known head is kept
     kept_head = reloaded["s1-remote"]
-    adaptors2, history = distill_student(student, {"s2": specialists["s2"]}, batches, cache, DistillConfig(epochs=1),
+    adaptors2, history = distill_student(student, {"s2": specialists["s2"]}, batches, cache, DistillConfig(epochs=1), seed=0,
                                          adaptors=reloaded, remote_teachers=[ref])
     assert adaptors2["s1-remote"] is kept_head and set(adaptors2) == {"s1-remote", "s2"}
     emitted = adaptors2.emit(student(batches[0]["image"], S2_BANDS))

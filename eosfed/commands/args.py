@@ -1,15 +1,21 @@
-"""What every command shares: the user-error type and the ``--out``/``--overwrite`` convention."""
+"""What every command shares: the user-error type, the ``--out``/``--overwrite`` convention, and flags
+generated from the settings dataclasses (so a flag's default is the setting's one default)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import shutil
 import tempfile
+import types
+import typing
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, TypeVar
 
-__all__ = ["HelpFormatter", "UsageError", "add_output", "check_output", "staged_output"]
+__all__ = ["HelpFormatter", "UsageError", "add_output", "add_settings", "check_output", "settings_from", "staged_output"]
+
+T = TypeVar("T")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -17,7 +23,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or action.required:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text or action.required:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -75,3 +82,39 @@ def staged_output(out: Path, overwrite: bool, *, folder: bool = True, keep: tupl
         shutil.rmtree(stage, ignore_errors=True)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _flag_type(hint: Any) -> tuple[Any, str | None]:
+    """argparse ``type`` and ``nargs`` for a dataclass field's type hint."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) in (list, typing.List):
+        return typing.get_args(hint)[0], "+"
+    return hint, None
+
+
+def add_settings(parser: argparse.ArgumentParser, settings: type, title: str, only: tuple[str, ...] = (),
+                 skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of the dataclass ``settings`` (``weight_decay`` -> ``--weight-decay``; only
+    the fields in ``only`` when given, none in ``skip``), its default the field's; booleans become
+    ``--flag/--no-flag``."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(settings)
+    defaults = settings()
+    for f in dataclasses.fields(settings):
+        if f.name in skip or (only and f.name not in only):
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        kind, nargs = _flag_type(hints[f.name])
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            group.add_argument(flag, type=kind, nargs=nargs, default=default, dest=f.name,
+                               help=f"{settings.__name__}.{f.name}")
+
+
+def settings_from(args: argparse.Namespace, settings: type[T], **fixed: Any) -> T:
+    """The ``settings`` dataclass from the flags :func:`add_settings` added (plus ``fixed`` fields)."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    return settings(**{n: getattr(args, n) for n in names if hasattr(args, n) and n not in fixed}, **fixed)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from flwr.serverapp import Grid
 
 from server.checkpoint import RunCheckpoint
-from server.config import ExperimentConfig
+from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, Traffic, exchange
 from server.roster import Roster
 

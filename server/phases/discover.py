@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server.config import ExperimentConfig
+from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, config_content, json_field, read_config, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
 from server.roster import Member, Roster, form_groups

@@ -18,18 +18,15 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fusion.adaptors import TeacherRef, load_adaptors, save_adaptors
-from fusion.data import ProxyBatches, scene_partners
-from fusion.ensemble import Ensemble
-from fusion.distill import DistillConfig, distill_student, plot_history
+from fusion.adaptors import TeacherRef
+from fusion.data import ProxyBatches
 from fusion.registry import Registry
-from fusion.student import Student, band_stats_table, load_student, save_student
-from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures, fill_cache
+from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures
 from fusion.views import plan_view
-from geodata.files import atomic_write_text
+from pipeline.distill import distil, save_distilled
+from pipeline.proxy import proxy_manifest
 from server.messaging import Outcome, Request, read_config
 from server.phases.base import Phase, PhaseContext
-from server.proxy import proxy_manifest
 from specialists.card import SpecialistCard
 
 __all__ = ["PHASE", "distill"]
@@ -48,7 +45,7 @@ def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
                     batches: list[dict]) -> tuple[Request, list[str]] | None:
     images, ids, bands = [], [], None
     for batch in batches:
-        plan = plan_view(card.name, card.bands, batch["bands"], ctx.cfg.distill.tolerance_nm)
+        plan = plan_view(card.name, card.bands, batch["bands"], ctx.cfg.tolerance_nm)
         if plan.applicable and (bands is None or tuple(batch["bands"]) == bands):
             bands = tuple(batch["bands"])
             images.append(batch["image"])
@@ -59,7 +56,7 @@ def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
     content = RecordDict({
         "institution": ConfigRecord(member.record),
         "request": ConfigRecord({"sha256": card.weights_sha256, "bands": json.dumps(list(bands)),
-                                 "ids": json.dumps(ids), "tolerance_nm": ctx.cfg.distill.tolerance_nm}),
+                                 "ids": json.dumps(ids), "tolerance_nm": ctx.cfg.tolerance_nm}),
         "images": ArrayRecord({"x": torch.cat(images)}),
     })
     return Request(card.name, member.node_id, content), ids
@@ -122,50 +119,22 @@ def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, 
     return refs
 
 
-def _student(ctx: PhaseContext, batches: ProxyBatches):
-    proxy_stats = band_stats_table(batches.stats.values())
-    previous = ctx.integrated_run_dir
-    if previous is not None:
-        student = load_student(previous / "student")
-        student.set_band_stats({**proxy_stats, **student.card.band_stats})
-        log.info("Integrate mode: student warm-started from run %s", ctx.cfg.integrate)
-        return student, load_adaptors(previous / "adaptors")
-    dc = ctx.cfg.distill
-    return Student.create(dc.variant, proxy_stats, name=f"student-{ctx.run_dir.name}", seed=ctx.cfg.seed), None
-
-
 def distill(ctx: PhaseContext) -> dict[str, Any]:
     registry = Registry(ctx.registry_dir)
-    dc = ctx.cfg.distill
     batches, key = _proxy_batches(ctx, registry)
     cache = TeacherCache(ctx.cache_dir / "teachers" / key)
     failures: list[dict[str, Any]] = []
-    local = registry.load_all()
-    uncalibrated = [n for n in local if registry.feature_stats(n) is None]
-    if uncalibrated:  # the ensemble's standardisation, measured once on the proxy data
-        for name, stats in Ensemble({n: local[n] for n in uncalibrated}, tolerance_nm=dc.tolerance_nm
-                                    ).calibrate(batches).items():
-            registry.save_feature_stats(name, stats)
-    extractions = fill_cache(cache, local, batches, dc.tolerance_nm)
     remote = _fetch_remote(ctx, registry, batches, cache, failures)
-    if not local and not remote:
-        raise RuntimeError(f"no teacher has features on the proxy data; failures: {failures}")
-    if ctx.cfg.proxy.pair_scenes:
-        cache.share(scene_partners(batches.manifest, split=ctx.cfg.proxy.split or None))
-    student, adaptors = _student(ctx, batches)
-    config = DistillConfig(epochs=dc.epochs, lr=dc.lr, drop_prob=dc.drop_prob, seed=ctx.cfg.seed, device=dc.device)
-    adaptors, history = distill_student(student, local, batches, cache, config, adaptors, remote, dc.tolerance_nm)
-    history.teacher_extractions += extractions
-    save_student(student.cpu(), ctx.run_dir / "student")
-    save_adaptors(adaptors.cpu(), ctx.run_dir / "adaptors")
-    atomic_write_text(ctx.run_dir / "distill_history.json", json.dumps(history.to_dict(), indent=1))
-    plot_history(history, ctx.run_dir / "plots" / "distill_loss.png")
-    log.info("Student distilled from %s (final loss %.4f): %s", ", ".join(adaptors.teachers),
-             history.total[-1], ctx.run_dir / "student")
-    return {"student": "student", "weights_sha256": student.card.weights_sha256, "proxy": key,
-            "proxy_tiles": len(batches.manifest.tiles), "teachers": list(adaptors.teachers),
-            "local_teachers": list(local), "remote_teachers": [r.name for r in remote],
-            "warm_start": ctx.cfg.integrate or None, "history": history.to_dict(),
+    distilled = distil(registry, batches, cache, ctx.cfg.distill, seed=ctx.cfg.seed, tolerance_nm=ctx.cfg.tolerance_nm,
+                       name=f"student-{ctx.run_dir.name}", pair_scenes=ctx.cfg.proxy.pair_scenes,
+                       init=ctx.integrated_run_dir, remote=remote)
+    save_distilled(distilled, ctx.run_dir, ctx.run_dir / "plots" / "distill_loss.png")
+    teachers = list(distilled.adaptors.teachers)
+    remote_names = [r.name for r in remote]
+    return {"student": "student", "weights_sha256": distilled.student.card.weights_sha256, "proxy": key,
+            "proxy_tiles": len(batches.manifest.tiles), "teachers": teachers,
+            "local_teachers": [t for t in teachers if t not in remote_names], "remote_teachers": remote_names,
+            "warm_start": ctx.cfg.integrate or None, "history": distilled.history.to_dict(),
             "plot": "plots/distill_loss.png", "failures": failures}
 
 

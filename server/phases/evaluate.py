@@ -2,7 +2,7 @@
 the weights, on its own labelled splits (``evaluate.fusion``); only scores come back.
 
 Each institution gets the student's safetensors and card, plus the registry specialists that can
-read its sensor (views at ``distill.tolerance_nm``) with their proxy feature statistics. Replies
+read its sensor (views at ``tolerance_nm``) with their proxy feature statistics. Replies
 are checked (a list of probe results with finite scores in [0, 1]); a failed or malformed one is
 reported and left out, and fewer valid replies than ``evaluate.min_replies`` fail the phase.
 """
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def _ensemble_records(ctx: PhaseContext, registry: Registry, member: Member) -> tuple[dict, dict] | str:
     """The ensemble part of the request for ``member``, or why there is none."""
     bands = get_sensor(member.sensor).bands
-    tolerance = ctx.cfg.distill.tolerance_nm
+    tolerance = ctx.cfg.tolerance_nm
     readers = [e for e in registry.entries if plan_view(e.name, e.bands, bands, tolerance).applicable]
     local = [e for e in readers if not e.holder]
     if not readers:

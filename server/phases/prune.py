@@ -31,7 +31,7 @@ from fusion.views import plan_view
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
-from server.proxy import proxy_manifest
+from pipeline.proxy import proxy_manifest
 
 __all__ = ["PHASE", "prune_phase"]
 
@@ -46,7 +46,7 @@ def _twin_features(ctx: PhaseContext, registry: Registry, players: list[str], ma
                    splits: dict[str, list[TileEntry]]) -> dict[str, dict[str, FeatureSet]]:
     """``{split: {twin name: features}}`` of the players' random twins on the tiles of each split."""
     twins = Ensemble({twin_name(n): random_twin(registry.card(n), ctx.cfg.seed) for n in players},
-                     tolerance_nm=ctx.cfg.distill.tolerance_nm)
+                     tolerance_nm=ctx.cfg.tolerance_nm)
     rows: dict[str, dict[str, torch.Tensor]] = {}
     for split in sorted({t.split for tiles in splits.values() for t in tiles}):
         loader = labelled_loader(manifest, sensor, ctx.cfg.prune.task, split, batch_size=ctx.cfg.proxy.batch_size)
@@ -60,7 +60,7 @@ def _twin_features(ctx: PhaseContext, registry: Registry, players: list[str], ma
 def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
            cache: TeacherCache) -> tuple[list[list[Contribution]], tuple | None]:
     """Contributions per proxy sensor, and CKA between the players of the first game with several."""
-    pc, tolerance = ctx.cfg.prune, ctx.cfg.distill.tolerance_nm
+    pc, tolerance = ctx.cfg.prune, ctx.cfg.tolerance_nm
     task = manifest.task(pc.task)
     if task.type != "classification":
         raise ValueError(f"prune.task {pc.task!r} is a {task.type} task of the proxy data; choose a classification task")

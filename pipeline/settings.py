@@ -1,9 +1,12 @@
-"""The experiment config: configs/ composed with Hydra from Flower's run config, as typed dataclasses.
+"""The one settings tree of a run (:class:`ExperimentConfig`), composed with Hydra from ``configs/``.
 
-Flower's run config (``[tool.flwr.app.config]``, overridable with ``flwr run . -c ...``) names the
+Every setting has its default here, in the dataclasses (the library's own configs,
+:class:`specialists.train.OptimConfig` and :class:`fusion.distill.DistillConfig`, are part of the
+tree); ``configs/`` holds only what an experiment changes. The tree is registered as Hydra's schema,
+so an unknown key or a wrongly typed value fails at composition, naming it, before any node is
+contacted. Flower's run config (``[tool.flwr.app.config]``, ``flwr run . -c ...``) names the
 experiment (``configs/experiment/<name>.yaml``), extra Hydra overrides (space separated, shell-style
-quoting) and the run name. The composed tree is merged onto :class:`ExperimentConfig`, so an unknown
-key or a wrongly typed value fails here, naming it, before any node is contacted.
+quoting) and the run name.
 """
 
 from __future__ import annotations
@@ -20,20 +23,25 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hydra.core.config_store import ConfigStore
+
+from fusion.distill import DistillConfig
+from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.synth.config import WorldConfig
+from specialists.card import DEFAULT_VARIANT
+from specialists.train import OptimConfig
 
 __all__ = [
     "CONFIG_DIR",
+    "EnrolSettings",
+    "EvaluateSettings",
     "ExperimentConfig",
-    "DistillPhaseConfig",
-    "EnrolPhaseConfig",
-    "EvaluatePhaseConfig",
-    "FederationConfig",
-    "InstitutionConfig",
-    "ProxyConfig",
-    "PrunePhaseConfig",
+    "FederationSettings",
+    "InstitutionSettings",
+    "ProxySettings",
+    "PruneSettings",
     "RunSettings",
-    "TrainPhaseConfig",
+    "TrainSettings",
     "compose_experiment",
     "load_experiment",
 ]
@@ -43,7 +51,7 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
-class InstitutionConfig:
+class InstitutionSettings:
     """A simulated institution: the sensor and task it trains on, and where its data comes from.
 
     By default its data are its own scenes in the synthetic ``world`` (the world's institution of
@@ -58,8 +66,10 @@ class InstitutionConfig:
 
 
 @dataclass
-class FederationConfig:
-    """How the coordinator waits for nodes and replies."""
+class FederationSettings:
+    """How the coordinator waits for nodes and replies: ``min_nodes`` connected SuperNodes, waited for
+    at most ``node_wait_s``; a request unanswered after ``reply_timeout_s`` fails; fewer usable
+    institutions than ``min_institutions`` stop the run."""
 
     min_nodes: int = 1
     node_wait_s: float = 120.0
@@ -68,40 +78,38 @@ class FederationConfig:
 
 
 @dataclass
-class TrainPhaseConfig:
+class TrainSettings(OptimConfig):
     """Phase *train*: per group, ``rounds`` FedAvg rounds of ``local_epochs`` local epochs each.
 
-    ``lr`` is the first round's learning rate, decayed by a cosine over the rounds; ``max_steps``
-    caps each node's optimiser steps per round (0: no cap); ``device`` ``auto`` picks the GPU a
-    node may use, else the CPU; ``amp`` trains in bfloat16 autocast on GPUs.
+    ``lr`` is the first round's learning rate, decayed by a cosine over the rounds, after a linear
+    warm-up over the run's first ``warmup_epochs`` local epochs; ``max_steps`` caps each node's
+    optimiser steps per round (0: no cap); a round needs ``min_replies`` valid updates, else the
+    group keeps its weights.
     """
 
     rounds: int = 5
     local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    variant: str = "convnextv2_atto"
+    variant: str = DEFAULT_VARIANT
     max_steps: int = 0
-    device: str = "auto"
-    amp: bool = False
     min_replies: int = 1
 
 
 @dataclass
-class EnrolPhaseConfig:
+class EnrolSettings:
     """Phase *enrol*: ``weights: send`` uploads each specialist to the coordinator's registry;
     ``weights: home`` (features-only) enrols its card and asks its holder for features later.
-    ``max_upload_mb`` refuses bigger uploads before reading them."""
+    ``max_upload_mb`` refuses bigger uploads."""
 
     weights: str = "send"
     max_upload_mb: float = 256.0
 
 
 @dataclass
-class ProxyConfig:
-    """The unlabelled proxy data the coordinator distils on: a manifest, or (default) new scenes of the
-    experiment world's places, every institution observed by every sensor the specialists use."""
+class ProxySettings:
+    """The unlabelled proxy data the coordinator distils on: a ``manifest`` (its ``split``; empty: all),
+    or (default) ``tiles_per_institution`` new scenes of the experiment world's places (world seed +
+    ``seed_offset``), every institution observed by every sensor the specialists use. With
+    ``pair_scenes`` the other sensors' tiles of a scene also learn a teacher's targets."""
 
     manifest: str = ""
     split: str = ""
@@ -112,20 +120,10 @@ class ProxyConfig:
 
 
 @dataclass
-class DistillPhaseConfig:
-    """Phase *distill* (:class:`fusion.distill.DistillConfig`); ``variant`` is the student's trunk."""
-
-    epochs: int = 10
-    lr: float = 1e-3
-    drop_prob: float = 0.5
-    variant: str = "convnextv2_atto"
-    tolerance_nm: float = 50.0
-    device: str = "cpu"
-
-
-@dataclass
-class EvaluatePhaseConfig:
-    """Phase *evaluate*: probes each institution runs on the student (and ensemble) with its labels."""
+class EvaluateSettings:
+    """Phase *evaluate*: the probes each institution runs on the student (and ensemble) with its labels:
+    label ``fractions`` of its train split, probe ``seeds``; fewer valid replies than ``min_replies``
+    fail the phase."""
 
     fractions: list[float] = field(default_factory=lambda: [1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -134,10 +132,11 @@ class EvaluatePhaseConfig:
 
 
 @dataclass
-class PrunePhaseConfig:
+class PruneSettings:
     """Phase *prune*: Shapley contributions on the proxy's labelled ``task``, each marginal taken against
-    the specialist's untrained twin (``baseline: random_twin``) or not (``none``); keep the top
-    ``keep_top_k`` (0: no cap) and/or drop those whose interval lies at or below zero."""
+    the specialist's untrained twin (``baseline: random_twin``) or not (``none``), ``permutations``
+    Monte-Carlo permutations; keep the top ``keep_top_k`` (0: no cap) and/or drop those whose interval
+    lies at or below zero (``drop_nonpositive``)."""
 
     task: str = "scene"
     baseline: str = "random_twin"
@@ -148,30 +147,40 @@ class PrunePhaseConfig:
 
 @dataclass
 class ExperimentConfig:
-    """The typed experiment (each phase reads its own section). ``stop_after`` names the last phase to
-    run (empty: all). ``integrate`` names a finished run (in ``output_dir``) to extend: its enrolled
-    specialists are kept as they are, only groups it lacks are trained, and its student is warm-started."""
+    """The typed experiment: the one settings tree (each phase reads its own section; ``tolerance_nm``,
+    the band-equivalence tolerance of specialists' views, is shared by distill, evaluate and prune).
+    ``stop_after`` names the last phase to run (empty: all). ``integrate`` names a finished run (in
+    ``output_dir``) to extend: its enrolled specialists are kept as they are, only groups it lacks are
+    trained, and its student is warm-started."""
 
     seed: int = 0
     stop_after: str = ""
     output_dir: str = "outputs"
-    cache_dir: str = "outputs/cache"
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    train: TrainPhaseConfig = field(default_factory=TrainPhaseConfig)
-    enrol: EnrolPhaseConfig = field(default_factory=EnrolPhaseConfig)
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    distill: DistillPhaseConfig = field(default_factory=DistillPhaseConfig)
-    evaluate: EvaluatePhaseConfig = field(default_factory=EvaluatePhaseConfig)
-    prune: PrunePhaseConfig = field(default_factory=PrunePhaseConfig)
+    cache_dir: str = "${output_dir}/cache"
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    enrol: EnrolSettings = field(default_factory=EnrolSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    prune: PruneSettings = field(default_factory=PruneSettings)
     integrate: str = ""
-    institutions: dict[str, InstitutionConfig] = field(default_factory=dict)
+    institutions: dict[str, InstitutionSettings] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def world_config(self) -> WorldConfig | None:
+        """The synthetic world, parsed (``None`` without one)."""
+        return WorldConfig.from_dict(self.world, source="world") if self.world else None
 
     def __post_init__(self) -> None:
         if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
             raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
         if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
+        if self.train.warmup_epochs < 0:
+            raise ValueError("train.warmup_epochs must be >= 0")
         if self.enrol.weights not in ("send", "home"):
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):
@@ -182,7 +191,7 @@ class ExperimentConfig:
             raise ValueError("prune.keep_top_k must be >= 0 and prune.permutations >= 1")
         if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
             raise ValueError("distill.epochs, proxy.tiles_per_institution and proxy.batch_size must be >= 1")
-        world = WorldConfig.from_dict(self.world, source="world") if self.world else None
+        world = self.world_config
         for name, inst in self.institutions.items():
             where = f"institutions.{name}"
             if not _RUN_NAME.match(name):
@@ -229,6 +238,9 @@ class RunSettings:
         if not _RUN_NAME.match(run_name):
             raise ValueError(f"run config 'run-name' {run_name!r}: use letters, digits, '.', '_', '-' only")
         return cls(experiment=experiment, overrides=overrides, run_name=run_name)
+
+
+ConfigStore.instance().store(name="eosfed_schema", node=ExperimentConfig)
 
 
 def compose_experiment(experiment: str, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:

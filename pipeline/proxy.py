@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geodata.manifest import Manifest
-from geodata.synth import WorldConfig, cached_world
-from server.config import ExperimentConfig
+from geodata.synth import cached_world
+from pipeline.settings import ExperimentConfig
 
 __all__ = ["proxy_manifest"]
 
@@ -25,9 +25,9 @@ def proxy_manifest(cfg: ExperimentConfig, cache_dir: Path, sensors: Sequence[str
         path = Path(cfg.proxy.manifest).expanduser().resolve()
         manifest = Manifest.load(path / "manifest.json" if path.is_dir() else path)
         return manifest, "manifest-" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    if not cfg.world:
+    world = cfg.world_config
+    if world is None:
         raise ValueError("proxy: no 'proxy.manifest' and no synthetic 'world' to generate proxy scenes from")
-    world = WorldConfig.from_dict(cfg.world, source="world")
     proxy = world.replace(
         name=f"{world.name}-proxy", seed=world.seed + cfg.proxy.seed_offset,
         tiles_per_institution=cfg.proxy.tiles_per_institution,

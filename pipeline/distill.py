@@ -1,0 +1,92 @@
+"""The distillation step: calibrate the ensemble, fill the teacher cache, build (or warm-start) the
+student, distil it, and save what it produced."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusion.adaptors import Adaptors, TeacherRef, load_adaptors, save_adaptors
+from fusion.data import ProxyBatches
+from fusion.distill import DistillConfig, DistillHistory, distill_student, plot_history
+from fusion.ensemble import Ensemble
+from fusion.registry import Registry
+from fusion.student import Student, band_stats_table, load_student, save_student
+from fusion.teacher_cache import TeacherCache, fill_cache
+from geodata.files import atomic_write_text
+from specialists import Specialist
+from specialists.train import resolve_device
+
+__all__ = ["Distilled", "calibrate", "distil", "save_distilled"]
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "distill_history.json"
+
+
+@dataclass
+class Distilled:
+    """What a distillation produced: the student, its adaptor heads, the loss history, how many
+    targets scene pairing added, and how long filling the teacher cache took."""
+
+    student: Student
+    adaptors: Adaptors
+    history: DistillHistory
+    paired_targets: int
+    cache_fill_s: float
+
+
+def calibrate(registry: Registry, specialists: dict[str, Specialist], batches: ProxyBatches,
+              tolerance_nm: float) -> None:
+    """Measure, once, the proxy feature statistics the ensemble standardises with, for every local
+    specialist of ``registry`` that has none yet."""
+    missing = {n: s for n, s in specialists.items() if registry.feature_stats(n) is None}
+    if missing:
+        for name, stats in Ensemble(missing, tolerance_nm=tolerance_nm).calibrate(batches).items():
+            registry.save_feature_stats(name, stats)
+
+
+def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
+             init: Path | None) -> tuple[Student, Adaptors | None]:
+    proxy_stats = band_stats_table(batches.stats.values())
+    if init is None:
+        return Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths), None
+    student = load_student(init / "student")
+    student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with
+    log.info("Student warm-started from %s", init)
+    return student, load_adaptors(init / "adaptors")
+
+
+def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, config: DistillConfig, *, seed: int,
+           tolerance_nm: float, name: str, pair_scenes: bool = True, init: Path | None = None,
+           remote: Sequence[TeacherRef] = ()) -> Distilled:
+    """Distil ``registry``'s local specialists (and ``remote`` teachers, whose targets are already in
+    ``cache``) into a new student, or into the one saved in ``init`` (a folder with ``student/`` and
+    ``adaptors/``: integrate mode). With ``pair_scenes`` the other sensors' tiles of a scene learn
+    each teacher's targets too."""
+    specialists = registry.load_all(map_location=resolve_device(config.device))
+    if not specialists and not remote:
+        raise RuntimeError(f"{registry.root}: no teacher: no local specialist and no remote teacher features")
+    calibrate(registry, specialists, batches, tolerance_nm)
+    start = time.perf_counter()
+    extractions = fill_cache(cache, specialists, batches, tolerance_nm)
+    fill_s = time.perf_counter() - start
+    paired = cache.share(batches.scene_partners()) if pair_scenes else 0
+    student, adaptors = _student(config, batches, name, seed, init)
+    adaptors, history = distill_student(student, specialists, batches, cache, config, seed=seed, adaptors=adaptors,
+                                        remote_teachers=remote, tolerance_nm=tolerance_nm)
+    history.teacher_extractions += extractions
+    log.info("Student distilled from %s (final loss %.4f)", ", ".join(adaptors.teachers), history.total[-1])
+    return Distilled(student, adaptors, history, paired, fill_s)
+
+
+def save_distilled(distilled: Distilled, out: Path, plot: Path) -> None:
+    """Write ``out/student/``, ``out/adaptors/``, ``out/distill_history.json`` and the loss plot."""
+    save_student(distilled.student.cpu(), out / "student")
+    save_adaptors(distilled.adaptors.cpu(), out / "adaptors")
+    atomic_write_text(out / HISTORY_FILE, json.dumps(distilled.history.to_dict(), indent=1))
+    plot_history(distilled.history, plot)
