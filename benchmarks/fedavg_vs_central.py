@@ -1,9 +1,9 @@
 """FedAvg vs central training of a group's specialist: same model, same budget, same held-out tiles.
 
-The FedAvg side is the train phase without Flower: the group's card and seeded initial weights come
-from ``server.phases.train`` (``_start``), each round every member runs ``clients.training.fit`` with
-the phase's train record (``_train_record``: cosine-decayed lr, per-round seed) and the coordinator
-averages with ``server.aggregate.fedavg`` weighted by ``num_examples``.
+The FedAvg side is the train phase without Flower: :class:`pipeline.fedavg.GroupTraining` gives the
+group's card and seeded initial weights, each round every member runs ``clients.training.fit`` with
+the round's settings (:func:`pipeline.fedavg.round_config`: cosine-decayed lr, the run's warm-up,
+per-round seed) and the group averages the updates weighted by the members' train tiles.
 
 The central side runs the very same loop with one member that holds the pooled train tiles of all
 the group's institutions (a manifest listing both institutions' tiles). Budget equivalence: for
@@ -16,7 +16,7 @@ Only the averaging differs: FedAvg averages after each round what the members le
 learns from shuffled batches mixing both institutions.
 
 Both final models are scored with ``clients.training.evaluate_splits`` on every member's ``test``
-split (and ``val``); the group score is the tile-weighted mean (``server.aggregate.weighted_metrics``).
+split (and ``val``); the group score is the tile-weighted mean (``pipeline.fedavg.weighted_metrics``).
 Issue 3's target: FedAvg accuracy >= 95% of central, median over training seeds (the world's data
 stay fixed; ``seed`` changes initial weights, shuffling and augmentation).
 
@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -47,15 +46,14 @@ from tqdm import tqdm
 
 from clients.data import institution_tiles, open_manifest, summarize
 from clients.institution import InstitutionSpec
-from clients.training import build_model, evaluate_splits, fit, resolve_device
+from clients.training import build_model, evaluate_splits, fit
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest, TileEntry
-from server.aggregate import State, fedavg, weighted_metrics
+from pipeline.fedavg import GroupTraining, State, Update, round_config, weighted_metrics
 from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
 from server.phases.discover import simulated_record
-from server.phases.train import _start, _train_record
-from server.roster import Group, Member, Roster, form_groups
-from specialists.train import MONITOR, TrainConfig
+from pipeline.roster import Group, Member, Roster, form_groups
+from specialists.train import MONITOR, resolve_device
 
 __all__ = ["main", "run_benchmark"]
 
@@ -114,41 +112,30 @@ def pooled_spec(specs: Sequence[InstitutionSpec], folder: Path) -> InstitutionSp
     return InstitutionSpec(name="pooled", sensor=first.sensor, task=first.task, data_path=str(path))
 
 
-def _train_config(record: dict[str, Any]) -> TrainConfig:
-    """The client's reading of the phase's train record (as ``clients.handlers`` does)."""
-    raw = dict(record, device=resolve_device(record["device"]))
-    if raw["max_steps"] == 0:
-        raw["max_steps"] = None
-    return TrainConfig(**raw)
-
-
 def _copy(state: State) -> State:
     return {k: v.clone() for k, v in state.items()}
 
 
 def _train(cfg: ExperimentConfig, group: Group, roster: Roster, members: Sequence[InstitutionSpec],
-           label: str) -> tuple[Any, list[dict[str, Any]]]:
+           label: str) -> tuple[GroupTraining, list[dict[str, Any]]]:
     """The train phase's rounds for ``group``'s specialist with ``members`` as the institutions."""
-    ctx = SimpleNamespace(cfg=cfg)  # _start and _train_record read only the experiment config
-    run = _start(group, roster, ctx)
-    history = []
+    run = GroupTraining.start(group, [roster.institutions[m] for m in group.members], cfg.train.variant, cfg.seed)
+    run.train_counts = {spec.name: len(institution_tiles(open_manifest(spec), spec, "train")) for spec in members}
     for r in tqdm(range(1, cfg.train.rounds + 1), desc=label, unit="round"):
-        tc = _train_config(_train_record(ctx, r))
-        # fit trains the tensors it gets in place; each member gets its own copy, as a message would carry
-        updates = [fit(spec, run.card, _copy(run.encoder), _copy(run.head), tc) for spec in members]
-        weights = [m["num_examples"] for _, _, m in updates]
-        run.encoder = fedavg([e for e, _, _ in updates], weights)
-        run.head = fedavg([h for _, h, _ in updates], weights)
-        history.append({"round": r, "lr": tc.lr,
-                        "institutions": {spec.name: m for spec, (_, _, m) in zip(members, updates)}})
-    return run, history
+        tc = round_config(cfg.train, cfg.seed, r)
+        # each member gets its own copy of the global weights, as a message would carry
+        updates = [Update(spec.name, *fit(spec, run.card, _copy(run.encoder), _copy(run.head), tc))
+                   for spec in members]
+        run.apply(r, tc.lr, updates, 1)
+    return run, run.history
 
 
-def _scores(run: Any, specs: Sequence[InstitutionSpec], cfg: ExperimentConfig) -> dict[str, Any]:
+def _scores(run: GroupTraining, specs: Sequence[InstitutionSpec], cfg: ExperimentConfig) -> dict[str, Any]:
     """Per-institution and tile-weighted ``val``/``test`` metrics of the trained specialist."""
-    tc = _train_config(_train_record(SimpleNamespace(cfg=cfg), cfg.train.rounds))
+    tc = round_config(cfg.train, cfg.seed, cfg.train.rounds)
     specialist, head = build_model(run.card, run.encoder, run.head)
-    specialist.to(tc.device), head.to(tc.device)
+    device = resolve_device(tc.device)
+    specialist.to(device), head.to(device)
     per = {spec.name: evaluate_splits(open_manifest(spec), spec, run.card, specialist, head, tc, ("val", "test"))
            for spec in specs}
     return {"group": weighted_metrics(per), "per_institution": per}

@@ -58,25 +58,26 @@ import torch
 import yaml
 
 from eosfed.cli import main as eosfed
-from fusion import Ensemble, Registry, Student, save_student
-from fusion.adaptors import save_adaptors
+from fusion import Ensemble, Registry, Student
 from fusion.contrib import (CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions, random_twin,
                            twin_name)
-from fusion.data import ProxyBatches, labelled_loader, scene_partners
-from fusion.distill import DistillConfig, distill_student, plot_history
+from fusion.data import ProxyBatches, labelled_loader
+from fusion.distill import DistillConfig
 from fusion.encoders import open_encoder
 from fusion.probes import (FeatureSet, ProbeResult, extract_features, linear_probe, probe_features, results_markdown,
                            task_metric)
 from fusion.prune import nonpositive_reason, prune
 from fusion.student import band_stats_table
-from fusion.teacher_cache import TeacherCache, fill_cache
+from fusion.teacher_cache import TeacherCache
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.stats import load_or_compute_stats
 from geodata.synth import generate_world, load_world_config
+from pipeline.distill import calibrate, distil, save_distilled
 from specialists import load_specialist
+from specialists.train import TrainConfig
 
 logger = logging.getLogger("reference")
 
@@ -116,11 +117,12 @@ class BenchmarkConfig:
 
     world: str
     tolerance_nm: float
+    seed: int
     specialists: list[SpecialistJob]
     downstream: list[Downstream]
-    train: dict[str, Any]
+    train: dict[str, Any]  # specialists.train.TrainConfig fields (eosfed train-specialist flags)
     proxy: dict[str, Any]
-    distill: dict[str, Any]
+    distill: DistillConfig
     eurosat: dict[str, Any]
     probes: dict[str, Any]
     contributions: dict[str, Any]
@@ -173,6 +175,8 @@ def load_config(path: Path, quick: bool) -> BenchmarkConfig:
     try:
         raw["specialists"] = [SpecialistJob(**j) for j in raw["specialists"]]
         raw["downstream"] = [Downstream(**t) for t in raw["downstream"]]
+        TrainConfig(**raw["train"])  # the same fields and checks as the command it is passed to
+        raw["distill"] = DistillConfig(**raw["distill"])
         return BenchmarkConfig(**raw)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: invalid benchmark config: {exc}") from exc
@@ -282,10 +286,8 @@ def build_registry(cfg: BenchmarkConfig, folders: list[Path], proxy: Manifest, w
         registry = Registry.create(folder)
         for path in folders:
             registry.add(load_specialist(path))
-        batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=cfg.distill["batch_size"], shuffle=False)
-        ensemble = Ensemble.from_registry(registry, tolerance_nm=cfg.tolerance_nm)
-        for name, stats in ensemble.calibrate(batches).items():
-            registry.save_feature_stats(name, stats)
+        batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=cfg.proxy["batch_size"], shuffle=False)
+        calibrate(registry, registry.load_all(), batches, cfg.tolerance_nm)
         mark_done(folder, key, start)
     return Registry(folder), key
 
@@ -296,29 +298,20 @@ def build_registry(cfg: BenchmarkConfig, folders: list[Path], proxy: Manifest, w
 def distill(cfg: BenchmarkConfig, registry: Registry, registry_key: str, proxy: Manifest, out: Path,
             device: str) -> tuple[Path, dict]:
     folder = out / "distill"
-    key = fingerprint(registry_key, cfg.distill, cfg.proxy, cfg.tolerance_nm)
+    key = fingerprint(registry_key, dataclasses.asdict(cfg.distill), cfg.seed, cfg.proxy, cfg.tolerance_nm)
     if not is_done(folder, key):
         start = time.perf_counter()
-        d = cfg.distill
-        batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=d["batch_size"], seed=d["seed"])
-        student = Student.create(d["variant"], band_stats_table(batches.stats.values()), name="student-reference",
-                                 seed=d["seed"], depths=d.get("depths"))
-        specialists = registry.load_all(map_location=device)
-        cache = TeacherCache(folder / "teacher_cache")
-        fill_start = time.perf_counter()
-        extractions = fill_cache(cache, specialists, batches, cfg.tolerance_nm)
-        fill_seconds = time.perf_counter() - fill_start
-        shared = cache.share(scene_partners(proxy, cfg.proxy["sensors"])) \
-            if cfg.proxy["pair_scenes"] else 0
-        config = DistillConfig(epochs=d["epochs"], lr=d["lr"], drop_prob=d["drop_prob"], seed=d["seed"], device=device)
-        adaptors, history = distill_student(student, specialists, batches, cache, config,
-                                            tolerance_nm=cfg.tolerance_nm)
-        save_student(student.cpu(), folder / "student")
-        save_adaptors(adaptors.cpu(), folder / "adaptors")
-        plot_history(history, folder / "distill_loss.png")
+        batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=cfg.proxy["batch_size"], seed=cfg.seed)
+        config = dataclasses.replace(cfg.distill, device=device)
+        distilled = distil(registry, batches, TeacherCache(folder / "teacher_cache"), config, seed=cfg.seed,
+                           tolerance_nm=cfg.tolerance_nm, name="student-reference",
+                           pair_scenes=cfg.proxy["pair_scenes"])
+        save_distilled(distilled, folder, folder / "distill_loss.png")
+        history = distilled.history
         record = {**history.to_dict(), "proxy_tiles": len(proxy.tiles), "proxy_batches": len(batches),
-                  "teacher_extractions": extractions, "teacher_fill_seconds": fill_seconds, "paired_targets": shared,
-                  "teacher_calls_during_epochs": history.teacher_extractions}
+                  "teacher_extractions": distilled.cache_fill_extractions, "teacher_fill_seconds": distilled.cache_fill_s,
+                  "paired_targets": distilled.paired_targets,
+                  "teacher_calls_during_epochs": history.teacher_extractions - distilled.cache_fill_extractions}
         mark_done(folder, key, start, {"history": record})
     return folder / "student", stage_record(folder)["history"]
 
@@ -410,7 +403,7 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
                                   stats=stats, institution=task.institution) for s in splits}
     bands = loaders["train"].dataset.bands
     applicable = ensemble.applicable(bands)
-    random = Student.create(cfg.distill["variant"], depths=cfg.distill.get("depths"), seed=0).to(device).eval()
+    random = Student.create(cfg.distill.variant, depths=cfg.distill.depths, seed=0).to(device).eval()
     random.set_band_stats(band_stats_table([stats]))  # the same-size baseline normalised with the task's own stats
     encoders = {"student": student, "random": random, **{n: single(ensemble, n) for n in applicable}}
     if cfg.contributions["baseline"] == "random_twin":  # contributions are scored against untrained twins

@@ -23,7 +23,7 @@ from clients.institution import InstitutionSpec, institution_for, node_role
 from clients.probing import probe_locally
 from clients.store import keep_specialist, kept_specialist
 from clients.teacher import teacher_features
-from clients.training import build_model, evaluate_splits, fit, resolve_device
+from clients.training import build_model, evaluate_splits, fit
 from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.student import student_from_bytes
@@ -31,7 +31,7 @@ from geodata.sensors import get_sensor
 from specialists.card import SpecialistCard
 from specialists.io import bytes_tensor, specialist_from_bytes, specialist_to_bytes, tensor_bytes
 from specialists.model import Specialist
-from specialists.train import TrainConfig
+from specialists.train import TrainConfig, resolve_device
 
 __all__ = ["identify", "describe", "train", "evaluate", "enrol", "features", "evaluate_fusion"]
 

@@ -19,8 +19,7 @@ from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder
 from specialists.heads import build_head
 from specialists.model import Specialist
-from specialists.train import (TrainConfig, evaluate, make_loader, make_optimizer, make_scheduler, resolve_device,
-                               seed_everything, train_one_epoch)
+from specialists.train import (TrainConfig, evaluate, make_loader, make_optimizer, make_scheduler, seed_everything, train_one_epoch)
 
 __all__ = ["build_model", "fit", "evaluate_splits"]
 

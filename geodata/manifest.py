@@ -27,7 +27,7 @@ from typing import Any, Literal
 from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor
 
-__all__ = ["TaskSpec", "TileEntry", "Manifest", "atomic_write_bytes", "atomic_write_text", "MANIFEST_VERSION"]
+__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION"]
 
 MANIFEST_VERSION = 1
 TaskType = Literal["classification", "multilabel", "segmentation"]

@@ -30,13 +30,15 @@ HISTORY_FILE = "distill_history.json"
 
 @dataclass
 class Distilled:
-    """What a distillation produced: the student, its adaptor heads, the loss history, how many
-    targets scene pairing added, and how long filling the teacher cache took."""
+    """What a distillation produced: the student, its adaptor heads, the loss history (its
+    ``teacher_extractions`` count every teacher call), how many targets scene pairing added, and the
+    teacher calls and seconds of filling the cache before the first epoch."""
 
     student: Student
     adaptors: Adaptors
     history: DistillHistory
     paired_targets: int
+    cache_fill_extractions: int
     cache_fill_s: float
 
 
@@ -81,7 +83,7 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
                                         remote_teachers=remote, tolerance_nm=tolerance_nm)
     history.teacher_extractions += extractions
     log.info("Student distilled from %s (final loss %.4f)", ", ".join(adaptors.teachers), history.total[-1])
-    return Distilled(student, adaptors, history, paired, fill_s)
+    return Distilled(student, adaptors, history, paired, extractions, fill_s)
 
 
 def save_distilled(distilled: Distilled, out: Path, plot: Path) -> None:

@@ -166,7 +166,8 @@ class ExperimentConfig:
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
     integrate: str = ""
-    institutions: dict[str, InstitutionSettings] = field(default_factory=dict)
+    # name -> InstitutionSettings (typed in __post_init__: OmegaConf cannot add entries to a typed dict)
+    institutions: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -192,8 +193,13 @@ class ExperimentConfig:
         if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
             raise ValueError("distill.epochs, proxy.tiles_per_institution and proxy.batch_size must be >= 1")
         world = self.world_config
-        for name, inst in self.institutions.items():
+        for name, inst in list(self.institutions.items()):
             where = f"institutions.{name}"
+            if not isinstance(inst, InstitutionSettings):
+                try:
+                    inst = self.institutions[name] = InstitutionSettings(**inst)
+                except TypeError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
             if not _RUN_NAME.match(name):
                 raise ValueError(f"{where}: institution names may hold only letters, digits, '.', '_', '-'")
             if inst.manifest:

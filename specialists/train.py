@@ -168,7 +168,7 @@ def train_one_epoch(
     desc: str = "train",
 ) -> tuple[float, int]:
     """One pass over ``loader`` (at most ``max_steps`` optimiser steps); returns (mean loss, steps)."""
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     specialist.train(), head.train()
     criterion = task_loss(task_type, ignore_index)
     total, steps = 0.0, 0
@@ -229,7 +229,7 @@ def evaluate(
     desc: str = "eval",
 ) -> dict[str, float]:
     """Loss and task metrics (accuracy/macro-F1, mAP/F1, or mIoU/pixel accuracy) over ``loader``."""
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     specialist.eval(), head.eval()
     criterion = task_loss(task_type, ignore_index)
     metrics = _metrics(task_type, num_classes, ignore_index).to(device)

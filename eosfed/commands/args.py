@@ -108,7 +108,8 @@ def add_settings(parser: argparse.ArgumentParser, settings: type, title: str, on
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         kind, nargs = _flag_type(hints[f.name])
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                               help=f"{settings.__name__}.{f.name}")
         else:
             group.add_argument(flag, type=kind, nargs=nargs, default=default, dest=f.name,
                                help=f"{settings.__name__}.{f.name}")

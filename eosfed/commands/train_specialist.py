@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from eosfed.commands.args import UsageError, add_output, check_output, staged_output
+from eosfed.commands.args import UsageError, add_output, add_settings, check_output, settings_from, staged_output
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.sensors import get_sensor
@@ -29,7 +29,6 @@ SPLITS = ("train", "val", "test")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
     parser.add_argument("--manifest", required=True, type=Path, help="manifest.json")
     parser.add_argument("--sensor", required=True, help="sensor name of the tiles to train on")
     parser.add_argument("--task", required=True, help="task name in the manifest")
@@ -37,16 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--institution", help="only this institution's tiles (and name it on the card)")
     parser.add_argument("--name", help="specialist name (default: <institution|manifest>-<sensor>-<task>)")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
-    parser.add_argument("--init-weights", help="local checkpoint (timm or a saved specialist) to start from")
-    parser.add_argument("--freeze", default="none", help=f"freeze policy: {', '.join(FREEZE_POLICIES)}")
     parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--patience", type=int, default=defaults.patience, help="early-stopping epochs (0: off)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
+    add_settings(parser, TrainConfig, f"training (specialists.train.TrainConfig; --freeze: {', '.join(FREEZE_POLICIES)})")
 
 
 def _summary(tiles: dict[str, list[TileEntry]], task: str, spec: TaskSpec) -> dict[str, Any]:
@@ -87,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
         norm_std=list(stats.std), task=args.task, task_type=spec.type, classes=list(spec.classes),
         variant=args.variant, data_summary={"manifest": manifest.name, **_summary(tiles, args.task, spec)},
     )
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed,
-        device=args.device, num_workers=args.num_workers, init_weights=args.init_weights, freeze=args.freeze,
-    )
+    cfg = settings_from(args, TrainConfig)
     specialist, head, _ = train_specialist(datasets["train"], datasets.get("val"), card, cfg, spec.ignore_index)
     if "test" in datasets:
         scores = evaluate(specialist, head, make_loader(datasets["test"], cfg, shuffle=False), spec.type,

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from server.checkpoint import RunCheckpoint
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, Traffic, exchange
-from server.roster import Roster
+from pipeline.roster import Roster
 
 __all__ = ["Phase", "PhaseContext"]
 

@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, config_content, json_field, read_config, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
-from server.roster import Member, Roster, form_groups
+from pipeline.roster import Member, Roster, form_groups
 
 __all__ = ["PHASE", "discover", "simulated_record", "assign_hosts"]
 

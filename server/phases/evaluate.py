@@ -21,7 +21,7 @@ from fusion.views import plan_view
 from geodata.sensors import get_sensor
 from server.messaging import Outcome, Request, read_config
 from server.phases.base import Phase, PhaseContext
-from server.roster import Member
+from pipeline.roster import Member
 from specialists.io import bytes_tensor
 
 __all__ = ["PHASE", "evaluate"]

@@ -17,81 +17,32 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fusion.registry import Registry, RegistryError
 from geodata.files import atomic_write_text
-from geodata.sensors import get_sensor
-from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
+from pipeline.fedavg import GroupTraining, Update, round_config
 from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
-from server.roster import Group, Roster
 from specialists.card import SpecialistCard
-from specialists.heads import build_head
-from specialists.io import specialist_to_bytes
-from specialists.model import Specialist
-from specialists.train import MONITOR
+from specialists.train import MONITOR, TrainConfig
 
-__all__ = ["PHASE", "train", "group_card", "integrated_cards"]
+_SENT_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "seed", "device", "amp",
+                    "max_steps")
+
+__all__ = ["PHASE", "train", "integrated_cards"]
 
 log = logging.getLogger(__name__)
 
 
-def group_card(group: Group, roster: Roster, variant: str) -> SpecialistCard:
-    """The card a group's specialist starts from (metrics are filled in after training)."""
-    members = [roster.institutions[name] for name in group.members]
-    counts = [m.summary["tiles"]["train"] for m in members]
-    mean, std = pool_norm([m.summary["norm"]["mean"] for m in members],
-                          [m.summary["norm"]["std"] for m in members], counts)
-    tiles: dict[str, int] = {}
-    for m in members:
-        for split, n in m.summary["tiles"].items():
-            tiles[split] = tiles.get(split, 0) + n
-    return SpecialistCard(
-        name=group.name, institutions=list(group.members), sensor=group.sensor,
-        bands=list(get_sensor(group.sensor).bands), norm_mean=mean, norm_std=std, task=group.task,
-        task_type=group.task_type, classes=list(group.classes), variant=variant,
-        data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
-    )
-
-
-@dataclass
-class _GroupRun:
-    group: Group
-    card: SpecialistCard
-    encoder: State
-    head: State
-    history: list[dict[str, Any]] = field(default_factory=list)
-    rounds_done: int = 0
-
-
-def _state(module: torch.nn.Module) -> State:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _start(group: Group, roster: Roster, ctx: PhaseContext) -> _GroupRun:
-    card = group_card(group, roster, ctx.cfg.train.variant)
-    torch.manual_seed(ctx.cfg.seed)
-    specialist = Specialist.from_card(card)
-    head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
-    return _GroupRun(group, card, _state(specialist.encoder), _state(head))
-
-
-def _train_record(ctx: PhaseContext, round_index: int) -> dict[str, Any]:
-    tc = ctx.cfg.train
-    lr = tc.lr * 0.5 * (1 + math.cos(math.pi * (round_index - 1) / tc.rounds))
-    return {"epochs": tc.local_epochs, "batch_size": tc.batch_size, "lr": lr, "weight_decay": tc.weight_decay,
-            "seed": ctx.cfg.seed * 1000 + round_index, "device": tc.device, "amp": tc.amp,
-            "max_steps": tc.max_steps}
-
-
-def _requests(ctx: PhaseContext, runs: list[_GroupRun], train_record: dict[str, Any],
+def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
               keep: bool = False) -> list[Request]:
     roster = ctx.require_roster()
+    train_record = {k: (0 if v is None and k == "max_steps" else v) for k, v in asdict(config).items()
+                    if k in _SENT_TRAIN_KEYS}
     requests = []
     for run in runs:
         card_json = run.card.to_json()
@@ -120,58 +71,32 @@ def _metrics(ctx: PhaseContext, outcome: Outcome, source: str, institution: str)
     return metrics
 
 
-def _update(ctx: PhaseContext, run: _GroupRun, outcome: Outcome, source: str,
-            institution: str) -> tuple[State, State, dict[str, float]]:
+def _update(ctx: PhaseContext, run: GroupTraining, outcome: Outcome, source: str, institution: str) -> Update:
     metrics = _metrics(ctx, outcome, source, institution)
-    if not metrics.get("num_examples", 0) > 0:
-        raise ValueError(f"{source}: 'num_examples' must be positive, got {metrics.get('num_examples')}")
     arrays = outcome.content.array_records
     for name in ("encoder", "head"):
         if name not in arrays:
             raise ValueError(f"{source}: reply has no {name!r} weights")
-    encoder = check_state(run.encoder, arrays["encoder"].to_torch_state_dict(), f"{source} encoder")
-    head = check_state(run.head, arrays["head"].to_torch_state_dict(), f"{source} head")
-    return encoder, head, metrics
+    return run.check(Update(institution, arrays["encoder"].to_torch_state_dict(),
+                            arrays["head"].to_torch_state_dict(), metrics), source)
 
 
-def _round(ctx: PhaseContext, runs: list[_GroupRun], r: int, failures: list[dict[str, Any]]) -> None:
-    tc = ctx.cfg.train
-    outcomes = ctx.exchange("train.specialist", _requests(ctx, runs, _train_record(ctx, r)))
+def _round(ctx: PhaseContext, runs: list[GroupTraining], r: int, failures: list[dict[str, Any]]) -> None:
+    config = round_config(ctx.cfg.train, ctx.cfg.seed, r)
+    outcomes = ctx.exchange("train.specialist", _requests(ctx, runs, config))
     for run in runs:
-        updates, per_member = [], {}
+        updates = []
         for name in run.group.members:
             source = f"round {r}, institution {name!r}"
             try:
-                encoder, head, metrics = _update(ctx, run, outcomes[f"{run.group.name}/{name}"], source, name)
+                updates.append(_update(ctx, run, outcomes[f"{run.group.name}/{name}"], source, name))
             except ValueError as exc:
                 log.warning("Rejected %s: %s", source, exc)
                 failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
-                continue
-            updates.append((encoder, head, metrics["num_examples"]))
-            per_member[name] = metrics
-        record = {"round": r, "lr": _train_record(ctx, r)["lr"], "institutions": per_member,
-                  "received": weighted_metrics({k: {m: v for m, v in x.items() if m.startswith("val_")}
-                                                for k, x in per_member.items()})}
-        if len(updates) >= tc.min_replies:
-            weights = [n for _, _, n in updates]
-            run.encoder = fedavg([e for e, _, _ in updates], weights)
-            run.head = fedavg([h for _, h, _ in updates], weights)
-            run.rounds_done += 1
-        else:
-            record["skipped"] = f"{len(updates)} valid update(s), train.min_replies is {tc.min_replies}"
-            log.warning("Group %s round %d kept its weights: %s", run.group.name, r, record["skipped"])
-        run.history.append(record)
-        monitor = f"val_{MONITOR[run.card.task_type]}"
-        loss = {m: round(x["train_loss"], 4) for m, x in per_member.items()}
-        log.info("Group %s round %d/%d: %s of the received model %s; train loss %s", run.group.name, r, tc.rounds,
-                 monitor, _fmt(record["received"].get(monitor)), loss)
+        run.apply(r, config.lr, updates, ctx.cfg.train.min_replies)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _finish(ctx: PhaseContext, run: _GroupRun, outcomes: dict[str, Outcome],
+def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
             failures: list[dict[str, Any]]) -> dict[str, Any]:
     per_member = {}
     for name in run.group.members:
@@ -181,28 +106,17 @@ def _finish(ctx: PhaseContext, run: _GroupRun, outcomes: dict[str, Outcome],
         except ValueError as exc:
             log.warning("%s failed: %s", source, exc)
             failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})
-    card = run.card
-    card.metrics.update(weighted_metrics(per_member))
-    card.extra["federation"] = {"rounds": ctx.cfg.train.rounds, "rounds_applied": run.rounds_done,
-                                "per_institution": per_member, "history": run.history,
-                                "train": asdict(ctx.cfg.train)}
-    card.extra["kept_by"] = sorted(per_member)
+    card = run.finish(per_member, ctx.cfg.train)
     path = ctx.run_dir / "specialists" / run.group.name / "card.json"
     atomic_write_text(path, card.to_json())
     monitor = f"test_{MONITOR[card.task_type]}"
+    value = card.metrics.get(monitor)
     log.info("Specialist %s (sha256 %s...) kept by %s; card in %s (%s %s)", card.name, card.weights_sha256[:12],
-             ", ".join(card.extra["kept_by"]) or "nobody", path, monitor, _fmt(card.metrics.get(monitor)))
-    return _group_result(ctx, card)
+             ", ".join(card.extra["kept_by"]) or "nobody", path, monitor, "n/a" if value is None else f"{value:.4f}")
+    return _group_result(card)
 
 
-def _seal(run: _GroupRun) -> None:
-    """Fill the card's sha256 and parameter count from the final weights."""
-    specialist = Specialist.from_card(run.card)
-    specialist.encoder.load_state_dict(run.encoder, strict=True)
-    specialist_to_bytes(specialist)
-
-
-def _group_result(ctx: PhaseContext, card: SpecialistCard) -> dict[str, Any]:
+def _group_result(card: SpecialistCard) -> dict[str, Any]:
     return {"specialist": f"specialists/{card.name}", "weights_sha256": card.weights_sha256,
             "members": list(card.institutions), "kept_by": card.extra.get("kept_by", []), "metrics": card.metrics,
             **{k: card.extra["federation"][k] for k in ("rounds_applied", "per_institution", "history")}}
@@ -236,9 +150,10 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
             card = SpecialistCard.from_json(path.read_text(), source=str(path))
             if sorted(card.institutions) == sorted(group.members):
                 log.info("Group %s: specialist already trained (card %s)", group.name, path)
-                results[group.name] = _group_result(ctx, card)
+                results[group.name] = _group_result(card)
                 continue
-        runs.append(_start(group, roster, ctx))
+        runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train.variant,
+                                        ctx.cfg.seed))
     for r in range(1, ctx.cfg.train.rounds + 1):
         if runs:
             _round(ctx, runs, r, failures)
@@ -248,10 +163,10 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
             log.error("Group %s: no round got enough valid updates; no specialist", run.group.name)
             results[run.group.name] = {"specialist": None, "members": run.group.members, "history": run.history}
     if trained:
-        record = _train_record(ctx, ctx.cfg.train.rounds)
+        config = round_config(ctx.cfg.train, ctx.cfg.seed, ctx.cfg.train.rounds)
         for run in trained:
-            _seal(run)
-        outcomes = ctx.exchange("evaluate.specialist", _requests(ctx, trained, record, keep=True))
+            run.seal()
+        outcomes = ctx.exchange("evaluate.specialist", _requests(ctx, trained, config, keep=True))
         for run in trained:
             results[run.group.name] = _finish(ctx, run, outcomes, failures)
     return {"groups": results, "failures": failures}

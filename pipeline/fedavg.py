@@ -1,0 +1,197 @@
+"""A group's specialist trained by FedAvg, without Flower: the group's starting card (members' band
+statistics pooled), the settings of each round, checked updates averaged by the members' declared
+train counts, and the sealed result. The caller moves the weights to the members and back."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from pipeline.roster import Group, Member
+from pipeline.settings import TrainSettings
+from specialists.card import SpecialistCard
+from specialists.heads import build_head
+from specialists.io import specialist_to_bytes
+from specialists.model import Specialist
+from specialists.train import MONITOR, TrainConfig
+
+__all__ = ["GroupTraining", "State", "Update", "check_state", "fedavg", "group_card", "pool_norm", "round_config",
+           "weighted_metrics"]
+
+log = logging.getLogger(__name__)
+
+State = dict[str, torch.Tensor]
+
+
+def check_state(reference: State, update: State, source: str) -> State:
+    """``update`` if it has exactly ``reference``'s keys, shapes and dtypes and finite values;
+    otherwise ``ValueError`` naming ``source`` and the first offending tensor."""
+    missing, extra = sorted(set(reference) - set(update)), sorted(set(update) - set(reference))
+    if missing or extra:
+        raise ValueError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}")
+    for key, ref in reference.items():
+        value = update[key]
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise ValueError(f"{source}: tensor {key!r} is {value.dtype}{list(value.shape)}, "
+                             f"expected {ref.dtype}{list(ref.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{source}: tensor {key!r} has non-finite values")
+    return update
+
+
+def fedavg(states: Sequence[State], weights: Sequence[float]) -> State:
+    """Weighted mean of floating tensors (others are taken from the first state)."""
+    if not states or len(states) != len(weights) or sum(weights) <= 0:
+        raise ValueError(f"fedavg needs states with positive total weight, got {len(states)} / {list(weights)}")
+    total = float(sum(weights))
+    out: State = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            acc = torch.zeros_like(first, dtype=torch.float64)
+            for state, weight in zip(states, weights):
+                acc += state[key].to(torch.float64) * (weight / total)
+            out[key] = acc.to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out
+
+
+def pool_norm(means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]],
+              counts: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per-band mean and std of the union of samples, from each part's mean, std and size."""
+    total = float(sum(counts))
+    bands = range(len(means[0]))
+    mean = [sum(n * m[b] for m, n in zip(means, counts)) / total for b in bands]
+    second = [sum(n * (s[b] ** 2 + m[b] ** 2) for m, s, n in zip(means, stds, counts)) / total for b in bands]
+    return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
+
+
+def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``<split>_<metric>`` averaged over members, weighted by each member's ``<split>_count``."""
+    out: dict[str, float] = {}
+    keys = sorted({k for m in per_member.values() for k in m if not k.endswith("_count")})
+    for key in keys:
+        split = key.split("_", 1)[0]
+        pairs = [(m[key], m.get(f"{split}_count", 1.0)) for m in per_member.values() if key in m]
+        total = sum(w for _, w in pairs)
+        if total > 0:
+            out[key] = sum(v * w for v, w in pairs) / total
+    return out
+
+
+def group_card(group: Group, members: Sequence[Member], variant: str) -> SpecialistCard:
+    """The card a group's specialist starts from: the members' bands, their train-split band statistics
+    pooled, task and classes (metrics are filled in after training)."""
+    counts = [m.summary["tiles"]["train"] for m in members]
+    mean, std = pool_norm([m.summary["norm"]["mean"] for m in members],
+                          [m.summary["norm"]["std"] for m in members], counts)
+    tiles: dict[str, int] = {}
+    for m in members:
+        for split, n in m.summary["tiles"].items():
+            tiles[split] = tiles.get(split, 0) + n
+    return SpecialistCard(
+        name=group.name, institutions=list(group.members), sensor=group.sensor,
+        bands=list(members[0].summary["bands"]), norm_mean=mean, norm_std=std, task=group.task,
+        task_type=group.task_type, classes=list(group.classes), variant=variant,
+        data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
+    )
+
+
+def round_config(settings: TrainSettings, seed: int, round_index: int) -> TrainConfig:
+    """What every member trains with in round ``round_index`` (1-based): ``local_epochs`` at the round's
+    learning rate (cosine over the rounds), the part of the run's warm-up that falls in this round."""
+    lr = settings.lr * 0.5 * (1 + math.cos(math.pi * (round_index - 1) / settings.rounds))
+    warmup = min(settings.local_epochs, max(0.0, settings.warmup_epochs - (round_index - 1) * settings.local_epochs))
+    return TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=lr,
+                       weight_decay=settings.weight_decay, warmup_epochs=warmup, device=settings.device,
+                       amp=settings.amp, seed=seed * 1000 + round_index, max_steps=settings.max_steps or None)
+
+
+def _state(module: nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class Update:
+    """One member's reply to a round: its weights and metrics (``num_examples`` is what it claims)."""
+
+    member: str
+    encoder: State
+    head: State
+    metrics: dict[str, float]
+
+
+@dataclass
+class GroupTraining:
+    """The global state of one group's specialist across FedAvg rounds."""
+
+    group: Group
+    card: SpecialistCard
+    encoder: State
+    head: State
+    train_counts: dict[str, int]  # member -> train tiles it declared at discovery (the FedAvg weights)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rounds_done: int = 0
+
+    @classmethod
+    def start(cls, group: Group, members: Sequence[Member], variant: str, seed: int) -> "GroupTraining":
+        """The group's card and a seeded initial encoder and head."""
+        card = group_card(group, members, variant)
+        torch.manual_seed(seed)
+        specialist = Specialist.from_card(card)
+        head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
+        return cls(group, card, _state(specialist.encoder), _state(head),
+                   {m.name: int(m.summary["tiles"]["train"]) for m in members})
+
+    def check(self, update: Update, source: str) -> Update:
+        """``update`` if its tensors match the global state's (``ValueError`` naming ``source`` otherwise)."""
+        if not update.metrics.get("num_examples", 0) > 0:
+            raise ValueError(f"{source}: 'num_examples' must be positive, got {update.metrics.get('num_examples')}")
+        check_state(self.encoder, update.encoder, f"{source} encoder")
+        check_state(self.head, update.head, f"{source} head")
+        return update
+
+    def apply(self, round_index: int, lr: float, updates: Sequence[Update], min_replies: int) -> dict[str, Any]:
+        """Average the (checked) ``updates`` into the global state, weighted by the members' declared train
+        counts, if there are at least ``min_replies``; the round's history record."""
+        per_member = {u.member: u.metrics for u in updates}
+        record: dict[str, Any] = {
+            "round": round_index, "lr": lr, "institutions": per_member,
+            "received": weighted_metrics({k: {m: v for m, v in x.items() if m.startswith("val_")}
+                                          for k, x in per_member.items()})}
+        if len(updates) >= min_replies:
+            weights = [self.train_counts[u.member] for u in updates]
+            self.encoder = fedavg([u.encoder for u in updates], weights)
+            self.head = fedavg([u.head for u in updates], weights)
+            self.rounds_done += 1
+        else:
+            record["skipped"] = f"{len(updates)} valid update(s), train.min_replies is {min_replies}"
+            log.warning("Group %s round %d kept its weights: %s", self.group.name, round_index, record["skipped"])
+        self.history.append(record)
+        monitor = f"val_{MONITOR[self.card.task_type]}"
+        value = record["received"].get(monitor)
+        log.info("Group %s round %d: %s of the received model %s; train loss %s", self.group.name, round_index,
+                 monitor, "n/a" if value is None else f"{value:.4f}",
+                 {m: round(x["train_loss"], 4) for m, x in per_member.items()})
+        return record
+
+    def seal(self) -> None:
+        """Fill the card's sha256 and parameter count from the final weights."""
+        specialist = Specialist.from_card(self.card)
+        specialist.encoder.load_state_dict(self.encoder, strict=True)
+        specialist_to_bytes(specialist)
+
+    def finish(self, per_member: dict[str, dict[str, float]], settings: TrainSettings) -> SpecialistCard:
+        """The card with the members' final metrics (weighted), the round history and who keeps it."""
+        card = self.card
+        card.metrics.update(weighted_metrics(per_member))
+        card.extra["federation"] = {"rounds": settings.rounds, "rounds_applied": self.rounds_done,
+                                    "per_institution": per_member, "history": self.history,
+                                    "train": asdict(settings)}
+        card.extra["kept_by"] = sorted(per_member)
+        return card
