@@ -59,14 +59,14 @@ import yaml
 
 from eosfed.cli import main as eosfed
 from fusion import Ensemble, Registry, Student
-from fusion.contrib import (CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions, random_twin,
+from fusion.contrib import (CoalitionGame, Contribution, combine_contributions, random_twin,
                            twin_name)
 from fusion.data import ProxyBatches, labelled_loader
 from fusion.distill import DistillConfig
 from fusion.encoders import open_encoder
 from fusion.probes import (FeatureSet, ProbeResult, extract_features, linear_probe, probe_features, results_markdown,
                            task_metric)
-from fusion.prune import nonpositive_reason, prune
+from fusion.prune import nonpositive_reason
 from fusion.student import band_stats_table
 from fusion.teacher_cache import TeacherCache
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
@@ -75,7 +75,9 @@ from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.stats import load_or_compute_stats
 from geodata.synth import generate_world, load_world_config
+from pipeline.contrib import play, prune_by
 from pipeline.distill import calibrate, distil, save_distilled
+from pipeline.settings import PruneSettings
 from specialists import load_specialist
 from specialists.train import TrainConfig
 
@@ -125,7 +127,8 @@ class BenchmarkConfig:
     distill: DistillConfig
     eurosat: dict[str, Any]
     probes: dict[str, Any]
-    contributions: dict[str, Any]
+    contributions: PruneSettings  # the coalition games; pruning keeps ceil(keep_fraction * N) by Shapley
+    keep_fraction: float
     throughput: dict[str, Any]
     world_tiles: int | None = None
     world_workers: int = 2
@@ -177,6 +180,7 @@ def load_config(path: Path, quick: bool) -> BenchmarkConfig:
         raw["downstream"] = [Downstream(**t) for t in raw["downstream"]]
         TrainConfig(**raw["train"])  # the same fields and checks as the command it is passed to
         raw["distill"] = DistillConfig(**raw["distill"])
+        raw["contributions"] = PruneSettings(**raw["contributions"])
         return BenchmarkConfig(**raw)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: invalid benchmark config: {exc}") from exc
@@ -406,7 +410,7 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
     random = Student.create(cfg.distill.variant, depths=cfg.distill.depths, seed=0).to(device).eval()
     random.set_band_stats(band_stats_table([stats]))  # the same-size baseline normalised with the task's own stats
     encoders = {"student": student, "random": random, **{n: single(ensemble, n) for n in applicable}}
-    if cfg.contributions["baseline"] == "random_twin":  # contributions are scored against untrained twins
+    if cfg.contributions.baseline == "random_twin":  # contributions are scored against untrained twins
         twins = {twin_name(n): random_twin(ensemble.specialists[n].card, cfg.train["seed"]) for n in applicable}
         encoders |= {name: Ensemble({name: twin}, tolerance_nm=cfg.tolerance_nm) for name, twin in twins.items()}
     features = {name: {s: extract_features(enc, loader, False, device, f"{task.name} {name} {s}")
@@ -448,16 +452,12 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
 
 def task_contributions(cfg: BenchmarkConfig, task: Downstream, spec, data: TaskFeatures):
     """Shapley, leave-one-out and gates of the task's applicable specialists, and their CKA."""
-    c = cfg.contributions
     members = {k: data.features[k] for n in data.applicable for k in (n, twin_name(n)) if k in data.features}
     fit, score = selection_split({n: f["train"] for n, f in members.items()},
                                  {n: f["val"] for n, f in members.items()} if all("val" in f for f in members.values())
                                  else None)
-    game = CoalitionGame(fit, score, spec, "linear", weight_decays=(c["weight_decay"],))
     with torch_threads(cfg.probe_threads):
-        scores = contributions(game, task.name, c["permutations"], c["truncation"], c["confidence"], gates=c["gates"])
-    cka = cka_matrix({n: data.features[n]["test"].pooled for n in data.applicable}) if len(data.applicable) > 1 else None
-    return scores, cka
+        return play(fit, score, spec, task.name, cfg.contributions, seed=0)
 
 
 def probe_pruned(cfg: BenchmarkConfig, record: dict, spec, data: TaskFeatures, kept: list[str]) -> list[dict]:
@@ -641,7 +641,7 @@ def markdown(record: dict) -> str:
     lines += ["", "## Contributions (Shapley averaged over the tasks each specialist can read; scored on val)", "",
               f"Marginals taken against: {', '.join(sorted(against))} (`contributions.baseline`; a random twin is the "
               "untrained encoder of the specialist's variant and bands, so a score says what its training adds).", ""]
-    keep_fraction = record["config"]["contributions"]["keep_fraction"]
+    keep_fraction = record["config"]["keep_fraction"]
     lines += table(["specialist", "Shapley", "interval", "leave-one-out", "gate", "tasks",
                     f"pruning (top {keep_fraction:.0%})", "drop-nonpositive rule"],
                    [[c["name"], c["shapley"], f"[{c['ci_low']:.4f}, {c['ci_high']:.4f}]", c["loo"], c["gate"],
@@ -718,14 +718,15 @@ def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device:
             scores, matrix = task_contributions(cfg, task, specs[task.name], data[task.name])
             per_task.append(scores)
             if matrix is not None:
-                cka[task.name] = {"names": matrix[0], "matrix": matrix[1].tolist()}
+                cka[task.name] = {"names": matrix[0], "matrix": matrix[1]}
     combined = combine_contributions(per_task)
-    keep = math.ceil(cfg.contributions["keep_fraction"] * len(registry))
+    rule = dataclasses.replace(cfg.contributions, keep_top_k=math.ceil(cfg.keep_fraction * len(registry)),
+                               drop_nonpositive=False)
     if (out / "registry-pruned").exists():
         shutil.rmtree(out / "registry-pruned")
     first_cka = next(iter(cka.values()), None)
-    pruned = prune(registry, combined, out / "registry-pruned", keep_top_k=keep,
-                   cka=(first_cka["names"], first_cka["matrix"]) if first_cka else None)
+    pruned, _ = prune_by(registry, combined, out / "registry-pruned", rule,
+                         (first_cka["names"], first_cka["matrix"]) if first_cka else None)
     pruned_ensemble = Ensemble.from_registry(pruned, tolerance_nm=cfg.tolerance_nm, map_location=device)
     for record, task in zip(tasks, cfg.downstream):
         record["results"] += probe_pruned(cfg, record, specs[task.name], data[task.name], pruned.names)

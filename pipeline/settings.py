@@ -133,14 +133,21 @@ class EvaluateSettings:
 
 @dataclass
 class PruneSettings:
-    """Phase *prune*: Shapley contributions on the proxy's labelled ``task``, each marginal taken against
-    the specialist's untrained twin (``baseline: random_twin``) or not (``none``), ``permutations``
-    Monte-Carlo permutations; keep the top ``keep_top_k`` (0: no cap) and/or drop those whose interval
-    lies at or below zero (``drop_nonpositive``)."""
+    """Contributions and pruning: Shapley (``permutations`` Monte-Carlo permutations, truncated at
+    ``truncation``, ``confidence`` intervals) and leave-one-out of a ``method`` probe (weight decay
+    ``weight_decay``) on the members' concatenated features, on the proxy's labelled ``task`` (phase
+    *prune*); each marginal is taken against the specialist's untrained twin (``baseline: random_twin``)
+    or not (``none``); ``gates`` also learns sparse gates. Keep the top ``keep_top_k`` (0: no cap) and/or
+    drop those whose interval lies at or below zero (``drop_nonpositive``)."""
 
     task: str = "scene"
     baseline: str = "random_twin"
+    method: str = "linear"
     permutations: int = 100
+    truncation: float = 1e-3
+    confidence: float = 0.95
+    weight_decay: float = 1e-2
+    gates: bool = False
     keep_top_k: int = 0
     drop_nonpositive: bool = True
 

@@ -32,7 +32,7 @@ def test_distill_evaluate_prune_chain(tmp_path):
 
     assert main(["prune", "--registry", str(tmp_path / "registry"), "--manifest", manifest,
                  "--eval", "presence@sentinel2_l2a", "--out", str(tmp_path / "pruned"), "--keep-top-k", "1",
-                 "--permutations", "10", "--size", "32"]) == 0
+                 "--no-drop-nonpositive", "--permutations", "10", "--size", "32"]) == 0
     pruned = Registry(tmp_path / "pruned")
     assert len(pruned) == 2  # the lower of s2/aerial leaves; s1 could not be scored and stays
     report = (tmp_path / "pruned" / "prune_report.md").read_text()

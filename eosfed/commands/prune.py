@@ -1,9 +1,10 @@
-"""``eosfed prune``: score every specialist's contribution on labelled tasks and write a smaller registry.
+"""``eosfed prune``: score a registry's specialists on labelled tasks and write the kept ones.
 
-Each ``--eval TASK@SENSOR`` is one coalition game (probe on the concatenated cached features of the
-specialists that can read that sensor); scores are averaged over games. By default each marginal is
-taken against the specialist's untrained random twin (``--baseline``, :mod:`fusion.contrib`). The new registry folder
-holds ``prune_report.json`` and ``prune_report.md`` (scores, decisions, CKA redundancy).
+For each ``--eval TASK@SENSOR`` the specialists that can read the sensor play a coalition game (a probe
+on their concatenated frozen features, fit on ``--train-split``, scored on ``--test-split``), by default
+against each one's untrained random twin; Shapley and leave-one-out are averaged over the games and
+the rule (``--keep-top-k``, ``--drop-nonpositive``) writes the pruned registry with
+``prune_report.{json,md}``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import UsageError, add_output, check_output, staged_output
-from fusion.contrib import (CoalitionGame, cka_matrix, combine_contributions, contributions,
-                            extract_member_features, with_twins)
+from eosfed.commands.args import UsageError, add_output, add_settings, check_output, settings_from, staged_output
+from fusion.contrib import combine_contributions, extract_member_features, with_twins
 from fusion.data import labelled_loader
 from fusion.ensemble import Ensemble
-from fusion.prune import prune
 from fusion.registry import Registry
-from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.manifest import Manifest
+from pipeline.contrib import play, prune_by
+from pipeline.settings import ExperimentConfig, PruneSettings
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _eval_pair(text: str) -> tuple[str, str]:
@@ -38,46 +38,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", required=True, action="append", type=_eval_pair, dest="evals",
                         help="TASK@SENSOR to score on; repeat for several")
     add_output(parser, "folder of the pruned registry")
-    rule = parser.add_argument_group("rule (one or both)")
-    rule.add_argument("--keep-top-k", type=int, help="keep the k highest Shapley contributions")
-    rule.add_argument("--drop-nonpositive", action="store_true", help="drop intervals at or below zero")
-    parser.add_argument("--baseline", choices=("random_twin", "none"), default="random_twin",
-                        help="take each marginal against the specialist's untrained twin (what its training adds), "
-                             "or against the coalition without it (plain Shapley)")
-    parser.add_argument("--method", default="linear", help="coalition probe: linear, knn or segmentation")
-    parser.add_argument("--permutations", type=int, default=200)
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="Shapley truncation tolerance")
-    parser.add_argument("--gates", action="store_true", help="also learn sparse gates per specialist")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--tolerance-nm", type=float, default=DEFAULT_TOLERANCE_NM)
-    parser.add_argument("--seed", type=int, default=0)
+    add_settings(parser, ExperimentConfig, "run", only=("seed", "tolerance_nm"))
+    add_settings(parser, PruneSettings, "contributions and rule (pipeline.settings.PruneSettings; method: linear, "
+                 "knn or segmentation; baseline: random_twin or none)", skip=("task",))
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.keep_top_k is None and not args.drop_nonpositive:
+    settings = settings_from(args, PruneSettings)
+    if not settings.keep_top_k and not settings.drop_nonpositive:
         raise UsageError("give --keep-top-k K, --drop-nonpositive, or both")
+    if settings.baseline not in ("random_twin", "none"):
+        raise UsageError(f"--baseline must be random_twin or none, got {settings.baseline!r}")
     check_output(args.out, args.overwrite)
     registry = Registry(args.registry)
     manifest = Manifest.load(args.manifest)
     ensemble = Ensemble.from_registry(registry, tolerance_nm=args.tolerance_nm)
-    if args.baseline == "random_twin":
+    if settings.baseline == "random_twin":
         ensemble = with_twins(ensemble, args.seed)
     per_game, cka = [], None
     for task_name, sensor in args.evals:
         task = manifest.task(task_name)
-        maps = args.method == "segmentation"
+        maps = settings.method == "segmentation"
         splits = {s: extract_member_features(
             ensemble, labelled_loader(manifest, sensor, task_name, s, args.size, args.batch_size), maps)
             for s in (args.train_split, args.test_split)}
-        game = CoalitionGame(splits[args.train_split], splits[args.test_split], task, args.method, seed=args.seed)
-        per_game.append(contributions(game, f"{task_name}@{sensor}", args.permutations, args.tolerance,
-                                      seed=args.seed, gates=args.gates))
-        if cka is None and len(game.players) > 1:
-            cka = cka_matrix({n: splits[args.test_split][n].pooled for n in game.players})
+        scores, matrix = play(splits[args.train_split], splits[args.test_split], task, f"{task_name}@{sensor}",
+                              settings, args.seed)
+        per_game.append(scores)
+        cka = cka or matrix
     with staged_output(args.out, args.overwrite) as stage:
-        pruned = prune(registry, combine_contributions(per_game), stage, args.keep_top_k, args.drop_nonpositive, cka)
-    logger.info("pruned registry at %s: %s", args.out, pruned.names)
+        pruned, _ = prune_by(registry, combine_contributions(per_game), stage, settings, cka)
+    log.info("pruned registry at %s: %s", args.out, pruned.names)
     return 0

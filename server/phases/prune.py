@@ -19,18 +19,18 @@ from typing import Any
 
 import torch
 
-from fusion.contrib import (CoalitionGame, Contribution, cka_matrix, combine_contributions, contributions,
-                            extract_member_features, random_twin, twin_name)
+from fusion.contrib import Contribution, combine_contributions, extract_member_features, random_twin, twin_name
 from fusion.data import labelled_loader
 from fusion.ensemble import Ensemble
 from fusion.probes import FeatureSet
-from fusion.prune import REPORT_MD, prune, select_kept
+from fusion.prune import REPORT_MD
 from fusion.registry import Registry
 from fusion.teacher_cache import TeacherCache
 from fusion.views import plan_view
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
+from pipeline.contrib import play, prune_by
 from pipeline.proxy import proxy_manifest
 
 __all__ = ["PHASE", "prune_phase"]
@@ -82,10 +82,9 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
             twins = _twin_features(ctx, registry, [e.name for e in players], manifest, sensor,
                                    {"train": fit, "test": score})
             train, test = train | twins["train"], test | twins["test"]
-        game = CoalitionGame(train, test, task, "linear", seed=ctx.cfg.seed)
-        per_game.append(contributions(game, f"{pc.task}@{sensor}", pc.permutations, seed=ctx.cfg.seed))
-        if cka is None and len(players) > 1:
-            cka = cka_matrix({e.name: test[e.name].pooled for e in players})
+        scores, matrix = play(train, test, task, f"{pc.task}@{sensor}", pc, ctx.cfg.seed)
+        per_game.append(scores)
+        cka = cka or matrix
     return per_game, cka
 
 
@@ -104,17 +103,7 @@ def prune_phase(ctx: PhaseContext) -> dict[str, Any]:
     out = ctx.run_dir / "registry_pruned"
     if out.exists():  # left by an attempt that stopped before recording the phase: decided again, same cache
         shutil.rmtree(out)
-    pc = ctx.cfg.prune
-    note = None
-    try:
-        select_kept(registry.names, scores, pc.keep_top_k or None, pc.drop_nonpositive)
-        drop_nonpositive = pc.drop_nonpositive
-    except ValueError as exc:  # every interval at or below zero: no evidence to choose by, keep them
-        note = f"{exc}; kept every specialist instead"
-        log.warning("Pruning: %s", note)
-        drop_nonpositive = False
-    pruned = prune(registry, scores, out, pc.keep_top_k or (None if drop_nonpositive else len(registry)),
-                   drop_nonpositive, cka)
+    pruned, note = prune_by(registry, scores, out, ctx.cfg.prune, cka)
     report = (out / REPORT_MD).read_text()
     log.info("Pruning kept %s of %s\n%s", pruned.names, registry.names, report)
     dropped = [n for n in registry.names if n not in pruned.names]
