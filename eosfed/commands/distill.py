@@ -23,9 +23,9 @@ from fusion.student import Student, band_stats_table, load_student, save_student
 from fusion.teacher_cache import TeacherCache
 from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.files import atomic_write_text
-from specialists.card import DEFAULT_VARIANT
+from specialists.trunk import DEFAULT_VARIANT
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         save_adaptors(adaptors.cpu(), out / "adaptors")
         atomic_write_text(out / "distill_history.json", json.dumps(history.to_dict(), indent=1))
         plot_history(history, out / "distill_loss.png")
-        logger.info("student written to %s (final loss %.4f)", args.out / "student", history.total[-1])
+        log.info("student written to %s (final loss %.4f)", args.out / "student", history.total[-1])
     return 0

@@ -22,7 +22,7 @@ from fusion.registry import Registry
 from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.manifest import Manifest
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _eval_pair(text: str) -> tuple[str, str]:
@@ -79,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
             cka = cka_matrix({n: splits[args.test_split][n].pooled for n in game.players})
     with staged_output(args.out, args.overwrite) as stage:
         pruned = prune(registry, combine_contributions(per_game), stage, args.keep_top_k, args.drop_nonpositive, cka)
-    logger.info("pruned registry at %s: %s", args.out, pruned.names)
+    log.info("pruned registry at %s: %s", args.out, pruned.names)
     return 0
