@@ -15,8 +15,8 @@ absolute level carries class information; an unknown SAR polarisation takes the 
 the known SAR bands. Only a band with no known band of its kind (optical vs SAR) is normalised per
 instance (its own mean and std over each image).
 
-On disk: a sealed artifact (:mod:`specialists.artifact`): ``weights.safetensors`` + ``card.json``
-(``kind: "student"``). Load in one line: ``from fusion import load_student; student = load_student("outputs/<run>/student")``.
+On disk: a sealed artifact (:mod:`specialists.artifact`), ``weights.safetensors`` + ``card.json``.
+Load in one line: ``from fusion import load_student; student = load_student("outputs/<run>/student")``.
 """
 
 from __future__ import annotations
