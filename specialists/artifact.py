@@ -59,6 +59,11 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _check_version(version: object, source: str) -> None:
+    if version != SCHEMA_VERSION:
+        raise field_error(source, "schema_version", f"is {version!r}; this eosfed reads version {SCHEMA_VERSION}")
+
+
 def _num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -83,9 +88,7 @@ class Card:
 
     def validate(self, source: str = "card") -> None:
         """Raise :class:`ArtifactError` naming the first bad field (subclasses check their own after these)."""
-        if self.schema_version != SCHEMA_VERSION:
-            raise field_error(source, "schema_version",
-                              f"is {self.schema_version!r}; this eosfed reads version {SCHEMA_VERSION}")
+        _check_version(self.schema_version, source)
         try:
             check_variant(self.variant)
         except ValueError as exc:
@@ -122,11 +125,9 @@ class Card:
         """A card from its JSON object: kind, version, fields and seal checked (module docstring)."""
         if not isinstance(raw, dict):
             raise ArtifactError(f"{source}: a card must be a JSON object")
+        _check_version(raw.get("schema_version"), source)  # first: another version may have other fields
         if raw.get("kind") != cls.KIND:
             raise field_error(source, "kind", f"is {raw.get('kind')!r}, expected {cls.KIND!r}")
-        if raw.get("schema_version") != SCHEMA_VERSION:
-            raise field_error(source, "schema_version",
-                              f"is {raw.get('schema_version')!r}; this eosfed reads version {SCHEMA_VERSION}")
         own = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(own) - {"kind", "seal"})
         if unknown:
