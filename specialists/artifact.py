@@ -168,7 +168,8 @@ M = TypeVar("M", bound=nn.Module)
 def to_bytes(card: Card, module: nn.Module) -> bytes:
     """``module``'s tensors as safetensors bytes; fills the card's ``weights_sha256`` and ``num_params``."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    data = save_safetensors_bytes(state, metadata={"kind": card.KIND, "variant": card.variant})
+    # one metadata key only: safetensors writes several in an order that differs between processes
+    data = save_safetensors_bytes(state, metadata={"kind": card.KIND})
     card.weights_sha256 = hashlib.sha256(data).hexdigest()
     card.num_params = _num_params(module)
     return data

@@ -15,7 +15,7 @@ from fusion import load_student
 from fusion.student import Student, StudentCard, save_student, student_from_bytes
 from fusion_toys import S2_BANDS, make_specialist
 from specialists import ArtifactError, Specialist, SpecialistCard, load_specialist, save_specialist
-from specialists.artifact import CARD_FILE, WEIGHTS_FILE, read_card
+from specialists.artifact import CARD_FILE, WEIGHTS_FILE, read_card, to_bytes
 from specialists.encoder import build_encoder
 from specialists.io import specialist_from_bytes
 from specialists.trunk import VARIANTS, build_trunk
@@ -87,6 +87,14 @@ def test_student_round_trip_on_disk_and_wire(student, tmp_path):
         assert not loaded.training and loaded.card == student.card
         with torch.no_grad():
             torch.testing.assert_close(loaded.pooled(x, S2_BANDS), student.pooled(x, S2_BANDS))
+
+
+def test_weights_bytes_do_not_depend_on_the_process(student):
+    """Keepers re-hash the weights they receive, in another process: safetensors writes several metadata
+    keys in a per-process order, so the header must hold one key at most."""
+    data = to_bytes(dataclasses.replace(student.card), student)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    assert header["__metadata__"] == {"kind": "student"}
 
 
 # --- edited cards -----------------------------------------------------------------------------
