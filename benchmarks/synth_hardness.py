@@ -40,8 +40,9 @@ from torch.utils.data import Dataset
 from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor
 from geodata.synth import CLASSES, iter_scenes, load_world_config
-from specialists.card import DEFAULT_VARIANT, SpecialistCard
+from specialists.card import SpecialistCard
 from specialists.train import TrainConfig, evaluate, make_loader, train_specialist
+from specialists.trunk import DEFAULT_VARIANT
 
 log = logging.getLogger("synth_hardness")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -26,8 +26,6 @@ COMMANDS: dict[str, str] = {
 
 USER_ERRORS = (ValueError, KeyError, OSError, LookupError)
 
-log = logging.getLogger("eosfed")
-
 
 def _module(command: str):
     return importlib.import_module(f"eosfed.commands.{command.replace('-', '_')}")

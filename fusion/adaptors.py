@@ -109,10 +109,6 @@ class Adaptors(nn.ModuleDict):
             self.teachers[teacher.name] = teacher
         return self[teacher.name]
 
-    def emit(self, student_features: Sequence[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        """Every teacher's standardised targets as predicted from the student's features."""
-        return {name: head(student_features) for name, head in self.items()}
-
 
 def save_adaptors(adaptors: Adaptors, directory: str | Path) -> Path:
     directory = Path(directory)

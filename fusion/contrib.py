@@ -61,7 +61,7 @@ __all__ = [
     "combine_contributions",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 TWIN_PREFIX = "random-twin:"
 BASELINE_NONE, BASELINE_TWIN = "none", "random twin"
@@ -296,7 +296,7 @@ def contributions(game: CoalitionGame, task_name: str, permutations: int = 200, 
     shapley = shapley_monte_carlo(game.players, game, permutations, tolerance, confidence, seed, game.twins)
     loo = leave_one_out(game.players, game, game.twins)
     gate = learned_gates({p: game.train[p] for p in game.players}, game.task, seed=seed) if gates else {}
-    logger.info("contributions on %s: %d coalition probes for %d players", task_name, game.evaluations,
+    log.info("contributions on %s: %d coalition probes for %d players", task_name, game.evaluations,
                 len(game.players))
     baseline = BASELINE_TWIN if game.twins else BASELINE_NONE
     return [Contribution(p, shapley[p].mean, shapley[p].ci_low, shapley[p].ci_high, loo[p],

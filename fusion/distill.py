@@ -31,13 +31,13 @@ from fusion.student import Student
 from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
 from fusion.views import DEFAULT_TOLERANCE_NM
 from specialists import Specialist
-from specialists.card import DEFAULT_VARIANT
+from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import resolve_device
 
 __all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "feature_loss", "drop_teachers",
            "plot_history"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -163,7 +163,7 @@ class Distiller:
                 history.teachers.setdefault(name, []).append(sum(values) / len(values) if values else math.nan)
                 history.kept_fraction.setdefault(name, []).append(len(values) / count)
             history.total.append(sum(sum(v) / len(v) for v in sums.values()) / len(sums))
-            logger.info("distill epoch %d: loss %.4f (%s) in %.1fs", epoch + 1, history.total[-1],
+            log.info("distill epoch %d: loss %.4f (%s) in %.1fs", epoch + 1, history.total[-1],
                         ", ".join(f"{n} {history.teachers[n][-1]:.3f}" for n in sums), history.seconds[-1])
         self.student.eval()
         self.adaptors.eval()
@@ -197,7 +197,7 @@ def distill_student(
         del adaptors.teachers[name]
     for teacher in teachers:
         if cache.num_samples(teacher.weights_sha256) == 0:
-            logger.warning("teacher %s has no cached targets on this proxy data; it does not take part", teacher.name)
+            log.warning("teacher %s has no cached targets on this proxy data; it does not take part", teacher.name)
             continue
         adaptors.ensure(teacher).set_target_stats(cache.target_stats(teacher.weights_sha256))
     distiller = Distiller(student, adaptors, cache, config, seed)

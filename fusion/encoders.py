@@ -17,7 +17,7 @@ from fusion.registry import INDEX_FILE
 from fusion.student import Student, load_student
 from fusion.views import DEFAULT_TOLERANCE_NM
 from specialists import load_specialist
-from specialists.io import CARD_FILE
+from specialists.artifact import CARD_FILE
 
 __all__ = ["open_encoder", "RANDOM_PREFIX"]
 

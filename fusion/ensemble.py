@@ -25,7 +25,7 @@ from specialists import Specialist
 
 __all__ = ["Ensemble", "run_view"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def run_view(specialist: Specialist, plan: ViewPlan, x: torch.Tensor) -> list[torch.Tensor]:
@@ -56,7 +56,7 @@ class Ensemble(nn.Module):
         for name, spec in specialists.items():
             given = (stats or {}).get(name)
             if given is None:
-                logger.info("ensemble: specialist %s has no proxy feature statistics yet (identity until calibrated)",
+                log.info("ensemble: specialist %s has no proxy feature statistics yet (identity until calibrated)",
                             name)
                 given = FeatureStats.identity(spec.feature_dims)
             self.stats[name] = given
@@ -176,7 +176,7 @@ class Ensemble(nn.Module):
         if len(unseen) == len(moments):
             raise ValueError(f"calibration data has no input that any of {unseen} can read")
         if unseen:
-            logger.warning("calibration data has no input that specialists %s can read; they keep their statistics",
+            log.warning("calibration data has no input that specialists %s can read; they keep their statistics",
                            unseen)
         measured = {n: m.result() for n, m in moments.items() if m.scales}
         self.stats.update(measured)

@@ -49,7 +49,7 @@ __all__ = [
     "WEIGHT_DECAYS",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
@@ -150,7 +150,7 @@ def label_subset(targets: torch.Tensor, fraction: float, task: TaskSpec, seed: i
 
 
 def task_metric(task: TaskSpec) -> str:
-    return {"classification": "accuracy", "multilabel": "mAP", "segmentation": "mIoU"}[task.type]
+    return {"classification": "accuracy", "multilabel": "map", "segmentation": "miou"}[task.type]
 
 
 def score_predictions(scores: torch.Tensor, targets: torch.Tensor, task: TaskSpec) -> float:
@@ -305,7 +305,7 @@ def probe_features(
             arr = np.asarray(values)
             results.append(ProbeResult(name, task_name, method, float(fraction), task_metric(task), float(arr.mean()),
                                        float(arr.std()), [float(v) for v in values]))
-            logger.info("probe %s on %s: %s @%g = %.4f +- %.4f", name, task_name, method, fraction,
+            log.info("probe %s on %s: %s @%g = %.4f +- %.4f", name, task_name, method, fraction,
                         results[-1].mean, results[-1].std)
     return results
 

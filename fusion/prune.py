@@ -20,7 +20,7 @@ from geodata.files import atomic_write_text
 
 __all__ = ["prune", "select_kept", "REPORT_JSON", "REPORT_MD"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REPORT_JSON = "prune_report.json"
 REPORT_MD = "prune_report.md"
@@ -98,5 +98,5 @@ def prune(registry: Registry, scores: Sequence[Contribution], out_dir: str | Pat
     }
     atomic_write_text(out.root / REPORT_JSON, json.dumps(report, indent=1))
     atomic_write_text(out.root / REPORT_MD, _markdown(report))
-    logger.info("pruned %s -> %s: kept %s, dropped %s", registry.root, out.root, kept, sorted(dropped))
+    log.info("pruned %s -> %s: kept %s, dropped %s", registry.root, out.root, kept, sorted(dropped))
     return out

@@ -30,10 +30,11 @@ from safetensors.torch import save as save_safetensors_bytes
 from fusion.featstats import FeatureStats
 from geodata.files import atomic_write_bytes, atomic_write_text
 from specialists import Specialist, SpecialistCard, load_specialist, save_specialist
+from specialists.artifact import CARD_FILE, read_card
 
 __all__ = ["Registry", "RegistryEntry", "RegistryError", "INDEX_FILE"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 REGISTRY_VERSION = 1
@@ -84,10 +85,6 @@ class Registry:
             raise RegistryError(f"{root}: already holds a registry")
         atomic_write_text(root / INDEX_FILE, json.dumps({"version": REGISTRY_VERSION, "specialists": []}))
         return cls(root)
-
-    @classmethod
-    def open_or_create(cls, root: str | Path) -> "Registry":
-        return cls(root) if (Path(root) / INDEX_FILE).exists() else cls.create(root)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -148,7 +145,7 @@ class Registry:
                               card.num_params)
         self._entries[name] = entry
         self._write_index()
-        logger.info("registry %s: added %s (%s, %s)", self.root, name, card.sensor, card.task)
+        log.info("registry %s: added %s (%s, %s)", self.root, name, card.sensor, card.task)
         return entry
 
     def add_card(self, card: SpecialistCard, holder: str, name: str | None = None) -> RegistryEntry:
@@ -156,17 +153,16 @@ class Registry:
         name = self._new_name(name or card.name)
         if not card.weights_sha256 or not holder:
             raise RegistryError(f"card-only enrolment of {name!r} needs the weights' sha256 and a holder")
-        atomic_write_text(self.root / name / "card.json", card.to_json())
+        atomic_write_text(self.root / name / CARD_FILE, card.to_json())
         entry = RegistryEntry(name, name, card.weights_sha256, card.sensor, tuple(card.bands), card.task,
                               card.num_params, holder)
         self._entries[name] = entry
         self._write_index()
-        logger.info("registry %s: added the card of %s (weights stay at %s)", self.root, name, holder)
+        log.info("registry %s: added the card of %s (weights stay at %s)", self.root, name, holder)
         return entry
 
     def card(self, name: str) -> SpecialistCard:
-        path = self.root / self.entry(name).path / "card.json"
-        return SpecialistCard.from_json(path.read_text(), source=str(path))
+        return read_card(self.root / self.entry(name).path / CARD_FILE, SpecialistCard)
 
     def _new_name(self, name: str) -> str:
         if not _NAME.fullmatch(name):
@@ -180,7 +176,7 @@ class Registry:
         del self._entries[name]
         self._write_index()
         shutil.rmtree(self.root / entry.path, ignore_errors=True)
-        logger.info("registry %s: removed %s", self.root, name)
+        log.info("registry %s: removed %s", self.root, name)
 
     def save_feature_stats(self, name: str, stats: FeatureStats) -> None:
         data = save_safetensors_bytes(stats.to_tensors(), metadata={"specialist": name})

@@ -15,117 +15,88 @@ absolute level carries class information; an unknown SAR polarisation takes the 
 the known SAR bands. Only a band with no known band of its kind (optical vs SAR) is normalised per
 instance (its own mean and std over each image).
 
-On disk: ``weights.safetensors`` + ``card.json`` (``kind: "student"``, sha256 of the weights).
+On disk: a sealed artifact (:mod:`specialists.artifact`), ``weights.safetensors`` + ``card.json``.
 Load in one line: ``from fusion import load_student; student = load_student("outputs/<run>/student")``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from geodata.files import atomic_write_bytes, atomic_write_text
 from geodata.sensors import BandError, get_band
 from geodata.stats import BandStats
-from specialists.card import DEFAULT_VARIANT
-from specialists.io import CARD_FILE, WEIGHTS_FILE
+from specialists import artifact
+from specialists.artifact import Card, field_error
+from specialists.trunk import DEFAULT_VARIANT, build_trunk
 
 __all__ = [
     "StudentCard",
     "SpectralStem",
     "Student",
     "save_student",
-    "student_to_bytes",
     "student_from_bytes",
     "load_student",
     "band_stats_table",
     "POLARISATIONS",
-    "STUDENT_SCHEMA_VERSION",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-STUDENT_SCHEMA_VERSION = 1
 POLARISATIONS = ("VV", "VH", "HH", "HV")
 _LOG_WAVELENGTH_RANGE = (math.log(350.0), math.log(2600.0))  # mapped to [0, 1] before Fourier features
 _MIN_STD = 1e-6
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+_STEM_KEYS = ("embed_dim", "num_freqs")
 
 
 @dataclass
-class StudentCard:
-    """What a saved student is: trunk variant, stem settings, band statistics, provenance, hash."""
+class StudentCard(Card):
+    """What a saved student is: trunk variant and depths, stem settings, band statistics, provenance."""
+
+    KIND: ClassVar[str] = "student"
+    SEALED: ClassVar[tuple[str, ...]] = ("variant", "depths", "band_stats", "stem")
 
     name: str = "student"
-    variant: str = DEFAULT_VARIANT
     depths: list[int] = field(default_factory=list)  # blocks per trunk stage (empty: the variant's own)
     band_stats: dict[str, list[float]] = field(default_factory=dict)
     stem: dict[str, int] = field(default_factory=lambda: {"embed_dim": 64, "num_freqs": 16})
-    feature_dims: list[int] = field(default_factory=list)
-    feature_reductions: list[int] = field(default_factory=list)
     teachers: list[dict[str, str]] = field(default_factory=list)
     distill: dict[str, Any] = field(default_factory=dict)
-    num_params: int = 0
-    weights_sha256: str = ""
-    created: str = field(default_factory=_utc_now)
-    kind: str = "student"
-    schema_version: int = STUDENT_SCHEMA_VERSION
 
     def validate(self, source: str = "student card") -> None:
-        """Raise ``ValueError`` naming the first bad field."""
-        if self.schema_version != STUDENT_SCHEMA_VERSION:
-            raise ValueError(f"{source}: field 'schema_version' is {self.schema_version!r}; "
-                             f"this eosfed reads version {STUDENT_SCHEMA_VERSION}")
-        if self.kind != "student":
-            raise ValueError(f"{source}: field 'kind' is {self.kind!r}, expected 'student'")
-        if self.depths and (len(self.depths) != 4 or not all(isinstance(d, int) and d >= 1 for d in self.depths)):
-            raise ValueError(f"{source}: field 'depths' must list 4 positive block counts, got {self.depths!r}")
+        """Raise :class:`~specialists.artifact.ArtifactError` naming the first bad field."""
+        super().validate(source)
+        if not isinstance(self.name, str) or not self.name:
+            raise field_error(source, "name", f"must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.depths, list) or (self.depths and (
+                len(self.depths) != 4 or not all(isinstance(d, int) and d >= 1 for d in self.depths))):
+            raise field_error(source, "depths", f"must list 4 positive block counts, got {self.depths!r}")
+        if not isinstance(self.band_stats, dict):
+            raise field_error(source, "band_stats", f"must be an object, got {type(self.band_stats).__name__}")
         for band, pair in self.band_stats.items():
-            get_band(band)  # raises BandError naming an unknown band
-            if (not isinstance(pair, list) or len(pair) != 2 or not all(math.isfinite(v) for v in pair)
-                    or pair[1] <= 0):
-                raise ValueError(f"{source}: field 'band_stats' entry {band!r} must be [mean, std>0], got {pair!r}")
-        unknown = sorted(set(self.stem) - {"embed_dim", "num_freqs"})
-        if unknown:
-            raise ValueError(f"{source}: field 'stem' has unknown keys {unknown}")
-
-    def to_json(self) -> str:
-        self.validate()
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "student card") -> "StudentCard":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{source}: not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"{source}: a card must be a JSON object")
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{source}: unknown fields {unknown}")
-        card = cls(**raw)
-        card.validate(source)
-        return card
+            try:
+                get_band(band)
+            except BandError as exc:
+                raise field_error(source, "band_stats", f"names an unknown band: {exc}") from None
+            if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair)
+                    or not all(math.isfinite(v) for v in pair) or pair[1] <= 0):
+                raise field_error(source, "band_stats", f"entry {band!r} must be [mean, std>0], got {pair!r}")
+        if not isinstance(self.stem, dict) or not set(self.stem) <= set(_STEM_KEYS) or not all(
+                isinstance(v, int) and v > 0 for v in self.stem.values()):
+            raise field_error(source, "stem", f"must map some of {list(_STEM_KEYS)} to positive integers, "
+                              f"got {self.stem!r}")
+        for name, kind in (("teachers", list), ("distill", dict)):
+            if not isinstance(getattr(self, name), kind):
+                raise field_error(source, name, f"must be a JSON {'array' if kind is list else 'object'}")
 
 
 def band_stats_table(sources: Iterable[BandStats | Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
@@ -232,9 +203,7 @@ class Student(nn.Module):
     def __init__(self, card: StudentCard) -> None:
         super().__init__()
         card.validate()
-        depths = {"depths": tuple(card.depths)} if card.depths else {}
-        trunk = timm.create_model(card.variant, pretrained=False, features_only=True, out_indices=(0, 1, 2, 3),
-                                  **depths)
+        trunk = build_trunk(card.variant, depths=card.depths)
         stem_conv = getattr(trunk, "stem_0", None)
         if not isinstance(stem_conv, nn.Conv2d):
             raise ValueError(f"student variant {card.variant!r}: expected a ConvNeXt-style 'stem_0' conv")
@@ -298,7 +267,7 @@ class Student(nn.Module):
             fallback = [b for b, inst in zip(bands, instance) if inst]
             unseen = [b for b in bands if b not in self.card.band_stats]
             if unseen:
-                logger.info("student: bands %s have no stored statistics; %s", unseen,
+                log.info("student: bands %s have no stored statistics; %s", unseen,
                             f"instance-normalising {fallback}" if fallback else "interpolating by wavelength")
             shape = (1, len(bands), 1, 1)
             self._norm_cache[bands] = (
@@ -319,47 +288,18 @@ class Student(nn.Module):
         return self.forward(x, bands)[-1].mean(dim=(-2, -1))
 
 
-def student_to_bytes(student: Student) -> bytes:
-    """The student's weights as safetensors bytes; fills the card's sha256."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items()}
-    data = save_safetensors_bytes(state, metadata={"variant": student.card.variant, "kind": "student"})
-    student.card.weights_sha256 = hashlib.sha256(data).hexdigest()
-    return data
-
-
 def save_student(student: Student, directory: str | Path) -> Path:
-    """Write ``weights.safetensors`` and ``card.json`` (with the weights' sha256); return the folder."""
-    directory = Path(directory)
-    data = student_to_bytes(student)
-    atomic_write_bytes(directory / WEIGHTS_FILE, data)
-    atomic_write_text(directory / CARD_FILE, student.card.to_json())
-    return directory
+    """Write ``weights.safetensors`` and the sealed ``card.json``; return the folder."""
+    return artifact.save(student.card, student, directory)
 
 
 def load_student(directory: str | Path, map_location: str | torch.device = "cpu") -> Student:
-    """Read a saved student (in eval mode), checking the weights against the card's sha256."""
-    directory = Path(directory)
-    card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
-    try:
-        card_json, data = card_path.read_text(), weights_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"student not found: {exc.filename}") from None
-    return student_from_bytes(card_json, data, str(card_path), str(weights_path)).to(map_location)
+    """Read a saved student (in eval mode), with every check of :func:`specialists.artifact.load`."""
+    _, student = artifact.load(directory, StudentCard, Student)
+    return student.to(map_location).eval()
 
 
 def student_from_bytes(card_json: str, data: bytes, card_source: str, weights_source: str) -> Student:
-    """A student from its card JSON and safetensors bytes (in eval mode), hash and tensors checked."""
-    card = StudentCard.from_json(card_json, source=card_source)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != card.weights_sha256:
-        raise ValueError(f"{weights_source}: sha256 {digest} does not match field 'weights_sha256' of {card_source}")
-    try:
-        state = load_safetensors_bytes(data)
-    except SafetensorError as exc:
-        raise ValueError(f"{weights_source}: not a safetensors file: {exc}") from exc
-    student = Student(card)
-    try:
-        student.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{weights_source}: not a student of variant {card.variant!r}: {exc}") from exc
+    """A student from its card JSON and safetensors bytes (in eval mode), with every check of :func:`load_student`."""
+    _, student = artifact.from_bytes(StudentCard, card_json, data, Student, card_source, weights_source)
     return student.eval()

@@ -34,7 +34,7 @@ from geodata.files import atomic_write_bytes
 
 __all__ = ["TARGETS", "TeacherFeatures", "TeacherCache", "extract_teacher_features", "fill_cache"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 TARGETS = ("stage2", "stage3", "pooled")
 
@@ -175,7 +175,7 @@ class TeacherCache:
                 self.put(sha, TeacherFeatures(ids, {t: torch.cat([p[t] for p in parts]) for t in TARGETS}))
                 added += len(ids)
         if added:
-            logger.info("scene pairing: %d teacher targets shared with other views of the same scene", added)
+            log.info("scene pairing: %d teacher targets shared with other views of the same scene", added)
         return added
 
     def target_stats(self, sha: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -28,7 +28,7 @@ from hydra.core.config_store import ConfigStore
 from fusion.distill import DistillConfig
 from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.synth.config import WorldConfig
-from specialists.card import DEFAULT_VARIANT
+from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import OptimConfig
 
 __all__ = [

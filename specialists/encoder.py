@@ -1,9 +1,9 @@
-"""The specialist encoder: a timm ConvNeXtV2 returning its four stage outputs.
+"""The specialist encoder: the ConvNeXtV2 trunk of :mod:`specialists.trunk`, returning its four stage outputs.
 
-Built with ``pretrained=False``; initial weights come only from a local file, never the network.
-The file may be a timm checkpoint of the same variant (``stem.0.weight``, ``stages.0...``; the
-classifier is dropped) or a saved specialist's ``weights.safetensors``. A different input band
-count is adapted by timm's ``adapt_input_conv``. Every encoder tensor must come from the file.
+Initial weights come only from a local file, never the network. The file may be a timm checkpoint
+of the same variant (``stem.0.weight``, ``stages.0...``; the classifier is dropped) or a saved
+specialist's ``weights.safetensors``. A different input band count is adapted by timm's
+``adapt_input_conv``. Every encoder tensor must come from the file.
 """
 
 from __future__ import annotations
@@ -11,20 +11,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import timm
-from timm.models import load_state_dict
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv, load_state_dict
 from torch import nn
 
-from specialists.card import DEFAULT_VARIANT
+from specialists.artifact import WEIGHTS_FILE
+from specialists.trunk import DEFAULT_VARIANT, build_trunk
 
 __all__ = [
     "build_encoder", "load_encoder_weights", "freeze_encoder", "encoder_in_chans", "FREEZE_POLICIES", "STEM_WEIGHT",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-OUT_INDICES = (0, 1, 2, 3)
 FREEZE_POLICIES = ("none", "stem", "stages:K", "backbone")
 STEM_WEIGHT = "stem_0.weight"
 _DROPPED_PREFIXES = ("head.", "norm_pre.")  # classifier parts of a full timm checkpoint
@@ -36,13 +34,8 @@ def build_encoder(
     init_weights: str | Path | None = None,
     freeze: str = "none",
 ) -> nn.Module:
-    """A features-only timm encoder (4 scales), optionally initialised from a local file and frozen."""
-    try:
-        encoder = timm.create_model(
-            variant, pretrained=False, features_only=True, out_indices=OUT_INDICES, in_chans=in_chans
-        )
-    except RuntimeError as exc:  # timm's "Unknown model"
-        raise ValueError(f"unknown encoder variant {variant!r}: {exc}") from exc
+    """A features-only encoder (4 scales), optionally initialised from a local file and frozen."""
+    encoder = build_trunk(variant, in_chans=in_chans)
     if init_weights is not None:
         load_encoder_weights(encoder, init_weights)
     freeze_encoder(encoder, freeze)
@@ -52,7 +45,7 @@ def build_encoder(
 def _weights_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
-        path = path / "weights.safetensors"
+        path = path / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"initial weights not found: {path}")
     return path
@@ -75,7 +68,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     if STEM_WEIGHT in state and state[STEM_WEIGHT].shape[1] != stem.shape[1]:
         have = state[STEM_WEIGHT].shape[1]
         state[STEM_WEIGHT] = adapt_input_conv(stem.shape[1], state[STEM_WEIGHT], base_chans=have).to(stem.dtype)
-        logger.info("adapted %s from %d to %d input channels", path, have, stem.shape[1])
+        log.info("adapted %s from %d to %d input channels", path, have, stem.shape[1])
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
@@ -85,7 +78,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
             f"wrong shape {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
         )
     encoder.load_state_dict(state, strict=True)
-    logger.info("initialised encoder from %s", path)
+    log.info("initialised encoder from %s", path)
 
 
 def _stage_modules(encoder: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:

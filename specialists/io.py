@@ -1,55 +1,62 @@
-"""A specialist on disk: ``weights.safetensors`` (encoder only) + ``card.json`` (sha256 of the weights).
+"""A specialist on disk or on the wire: its encoder as a sealed artifact (see :mod:`specialists.artifact`).
 
-Loading trusts nothing: the hash, the bands, the band count, every tensor's name and shape, and
-finiteness are checked, and any disagreement raises :class:`SpecialistMismatchError` naming the file
-and field at fault.
+``weights.safetensors`` holds the encoder only; ``card.json`` is the :class:`SpecialistCard`. Loading
+checks everything :func:`specialists.artifact.load` checks and raises
+:class:`~specialists.artifact.ArtifactError` naming the file and field at fault.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
 
-from geodata.files import atomic_write_bytes, atomic_write_text
-from geodata.sensors import SENSORS, BandError, get_band
+from specialists import artifact
+from specialists.artifact import ArtifactError
 from specialists.card import SpecialistCard
-from specialists.encoder import STEM_WEIGHT, build_encoder
+from specialists.encoder import build_encoder
 from specialists.model import Specialist
 
 __all__ = [
-    "SpecialistMismatchError", "save_specialist", "load_specialist", "specialist_to_bytes", "specialist_from_bytes",
-    "bytes_tensor", "tensor_bytes", "WEIGHTS_FILE", "CARD_FILE",
+    "save_specialist", "load_specialist", "specialist_to_bytes", "specialist_from_bytes", "bytes_tensor",
+    "tensor_bytes",
 ]
 
-WEIGHTS_FILE = "weights.safetensors"
-CARD_FILE = "card.json"
+
+def _encoder(card: SpecialistCard) -> nn.Module:
+    return build_encoder(card.variant, in_chans=card.num_bands)
 
 
-class SpecialistMismatchError(ValueError):
-    """A specialist's card and weights disagree, or either is malformed."""
+def _specialist(card: SpecialistCard, encoder: nn.Module, card_source: str) -> Specialist:
+    try:
+        return Specialist(card, encoder)
+    except ValueError as exc:
+        raise ArtifactError(f"{card_source}: {exc}") from exc
 
 
 def specialist_to_bytes(specialist: Specialist) -> bytes:
     """The encoder weights as safetensors bytes; fills the card's sha256 and parameter count."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in specialist.encoder.state_dict().items()}
-    data = save_safetensors_bytes(state, metadata={"variant": specialist.card.variant})
-    specialist.card.weights_sha256 = hashlib.sha256(data).hexdigest()
-    specialist.card.num_params = sum(int(v.numel()) for v in state.values())
-    return data
+    return artifact.to_bytes(specialist.card, specialist.encoder)
 
 
 def save_specialist(specialist: Specialist, directory: str | Path) -> Path:
-    """Write the encoder weights and the card (with their sha256 and parameter count); return the folder."""
-    directory = Path(directory)
-    data = specialist_to_bytes(specialist)
-    atomic_write_bytes(directory / WEIGHTS_FILE, data)
-    atomic_write_text(directory / CARD_FILE, specialist.card.to_json())
-    return directory
+    """Write the encoder weights and the sealed card; return the folder."""
+    return artifact.save(specialist.card, specialist.encoder, directory)
+
+
+def load_specialist(directory: str | Path, map_location: str | torch.device = "cpu") -> Specialist:
+    """Read a saved specialist, checking the card against the weights (see module docstring)."""
+    card, encoder = artifact.load(directory, SpecialistCard, _encoder)
+    return _specialist(card, encoder, str(Path(directory) / artifact.CARD_FILE)).to(map_location)
+
+
+def specialist_from_bytes(card_json: str, data: bytes, source: str) -> Specialist:
+    """A specialist received as card JSON + safetensors bytes, with every check of :func:`load_specialist`;
+    errors name ``source`` (e.g. the sending institution)."""
+    card, encoder = artifact.from_bytes(SpecialistCard, card_json, data, _encoder, f"{source} card",
+                                        f"{source} weights")
+    return _specialist(card, encoder, f"{source} card")
 
 
 def bytes_tensor(data: bytes) -> torch.Tensor:
@@ -64,98 +71,3 @@ def tensor_bytes(tensor: torch.Tensor, source: str, max_bytes: int | None = None
     if max_bytes is not None and tensor.numel() > max_bytes:
         raise ValueError(f"{source}: payload of {tensor.numel()} bytes exceeds the limit of {max_bytes} bytes")
     return tensor.numpy().tobytes()
-
-
-def _read_card(path: Path) -> SpecialistCard:
-    try:
-        return SpecialistCard.from_json(path.read_bytes(), source=str(path))
-    except FileNotFoundError:
-        raise SpecialistMismatchError(f"{path}: card not found") from None
-    except ValueError as exc:
-        raise SpecialistMismatchError(str(exc)) from exc
-
-
-def _check_bands(card: SpecialistCard, path: Path | str) -> None:
-    for band in card.bands:
-        try:
-            get_band(band)
-        except BandError as exc:
-            raise SpecialistMismatchError(f"{path}: field 'bands': {exc}") from None
-    sensor = SENSORS.get(card.sensor)
-    if sensor is not None:
-        foreign = [b for b in card.bands if b not in sensor.bands]
-        if foreign:
-            raise SpecialistMismatchError(
-                f"{path}: field 'bands': {foreign} are not bands of sensor {card.sensor!r} {sensor.bands}"
-            )
-
-
-def load_specialist(directory: str | Path, map_location: str | torch.device = "cpu") -> Specialist:
-    """Read a saved specialist, checking the card against the weights (see module docstring)."""
-    directory = Path(directory)
-    card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
-    card = _read_card(card_path)
-    try:
-        data = weights_path.read_bytes()
-    except FileNotFoundError:
-        raise SpecialistMismatchError(f"{weights_path}: weights not found") from None
-    return _checked(card, data, card_path, weights_path).to(map_location)
-
-
-def specialist_from_bytes(card_json: str, data: bytes, source: str) -> Specialist:
-    """A specialist received as card JSON + safetensors bytes, with every check of :func:`load_specialist`;
-    errors name ``source`` (e.g. the sending institution)."""
-    try:
-        card = SpecialistCard.from_json(card_json, source=f"{source} card")
-    except ValueError as exc:
-        raise SpecialistMismatchError(str(exc)) from exc
-    return _checked(card, data, f"{source} card", f"{source} weights")
-
-
-def _checked(card: SpecialistCard, data: bytes, card_path: Path | str, weights_path: Path | str) -> Specialist:
-    _check_bands(card, card_path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != card.weights_sha256:
-        raise SpecialistMismatchError(
-            f"{weights_path}: sha256 {digest} does not match field 'weights_sha256' "
-            f"{card.weights_sha256!r} of {card_path}"
-        )
-    try:
-        state = load_safetensors_bytes(data)
-    except SafetensorError as exc:
-        raise SpecialistMismatchError(f"{weights_path}: not a safetensors file: {exc}") from exc
-    if STEM_WEIGHT in state and state[STEM_WEIGHT].shape[1] != card.num_bands:
-        raise SpecialistMismatchError(
-            f"{weights_path}: encoder takes {state[STEM_WEIGHT].shape[1]} input bands but field 'bands' "
-            f"of {card_path} lists {card.num_bands}: {card.bands}"
-        )
-    try:
-        encoder = build_encoder(card.variant, in_chans=card.num_bands)
-    except ValueError as exc:
-        raise SpecialistMismatchError(f"{card_path}: field 'variant': {exc}") from exc
-    own = encoder.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise SpecialistMismatchError(
-            f"{weights_path}: tensors do not match variant {card.variant!r}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
-            raise SpecialistMismatchError(
-                f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"variant {card.variant!r} needs {tuple(own[name].shape)}"
-            )
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise SpecialistMismatchError(f"{weights_path}: tensor {name!r} holds NaN or infinite values")
-    encoder.load_state_dict(state, strict=True)
-    declared_params = card.num_params
-    try:
-        specialist = Specialist(card, encoder)
-    except ValueError as exc:
-        raise SpecialistMismatchError(f"{card_path}: {exc}") from exc
-    if specialist.card.num_params != declared_params:
-        raise SpecialistMismatchError(
-            f"{card_path}: field 'num_params' is {declared_params}, {weights_path} holds {specialist.card.num_params}"
-        )
-    return specialist

@@ -44,7 +44,7 @@ __all__ = [
     "train_specialist",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MONITOR = {"classification": "accuracy", "multilabel": "map", "segmentation": "miou"}
 """Validation metric that early stopping maximises, per task type."""
@@ -276,7 +276,7 @@ def train_specialist(
     optimizer = make_optimizer([specialist, head], cfg)
     scheduler = make_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * len(train_loader)))
     monitor = MONITOR[card.task_type]
-    logger.info("training %s (%s, %d train tiles, %s val) for up to %d epochs / %d steps",
+    log.info("training %s (%s, %d train tiles, %s val) for up to %d epochs / %d steps",
                 card.name, card.variant, len(train_ds), len(val_ds) if val_ds is not None else "no",
                 cfg.epochs, total_steps)
 
@@ -298,9 +298,9 @@ def train_specialist(
                 best = (val[monitor], epoch, copy.deepcopy(specialist.encoder.state_dict()),
                         copy.deepcopy(head.state_dict()))
         history.append(record)
-        logger.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         if best is not None and cfg.patience and epoch - best[1] >= cfg.patience:
-            logger.info("early stop at epoch %d: val_%s did not beat %.4g (epoch %d) for %d epochs",
+            log.info("early stop at epoch %d: val_%s did not beat %.4g (epoch %d) for %d epochs",
                         epoch, monitor, best[0], best[1], cfg.patience)
             break
         if steps >= total_steps:

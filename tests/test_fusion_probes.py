@@ -46,7 +46,7 @@ def test_multilabel_probe_reports_map():
     results = probe_features("toy", "presence", task, FeatureSet(x[:100], y[:100], list(range(100))),
                              FeatureSet(x[100:], y[100:], list(range(50))), fractions=(0.1, 1.0), seeds=(0, 1))
     assert {(r.method, r.fraction) for r in results} == {("linear", 0.1), ("linear", 1.0), ("knn", 0.1), ("knn", 1.0)}
-    assert all(r.metric == "mAP" and len(r.values) == 2 for r in results)
+    assert all(r.metric == "map" and len(r.values) == 2 for r in results)
     assert next(r for r in results if r.method == "linear" and r.fraction == 1.0).mean > 0.95
 
 

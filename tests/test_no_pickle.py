@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from fusion_toys import S2_BANDS, make_specialist
-from specialists import SpecialistCard, SpecialistMismatchError, load_specialist, save_specialist
-from specialists.io import CARD_FILE, WEIGHTS_FILE, specialist_from_bytes
+from specialists import ArtifactError, SpecialistCard, load_specialist, save_specialist
+from specialists.artifact import CARD_FILE, WEIGHTS_FILE
+from specialists.io import specialist_from_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ def _hostile_specialist(folder: Path, marker: Path) -> tuple[Path, dict]:
 
 def test_pickled_weights_file_is_refused_without_running(tmp_path: Path, marker: Path) -> None:
     weights, _ = _hostile_specialist(tmp_path / "spec", marker)
-    with pytest.raises(SpecialistMismatchError, match="not a safetensors file") as err:
+    with pytest.raises(ArtifactError, match="not a safetensors file") as err:
         load_specialist(tmp_path / "spec")
     assert str(weights) in str(err.value)
     assert not marker.exists(), "loading a specialist ran the pickle payload"
@@ -70,7 +71,7 @@ def test_pickled_weights_file_is_refused_without_running(tmp_path: Path, marker:
 
 def test_pickled_upload_is_refused_without_running(tmp_path: Path, marker: Path) -> None:
     weights, card = _hostile_specialist(tmp_path / "spec", marker)
-    with pytest.raises(SpecialistMismatchError, match="lab-x weights: not a safetensors file"):
+    with pytest.raises(ArtifactError, match="lab-x weights: not a safetensors file"):
         specialist_from_bytes(json.dumps(card), weights.read_bytes(), "lab-x")
     assert not marker.exists(), "a received specialist ran the pickle payload"
 
@@ -84,7 +85,7 @@ def test_pickled_card_is_refused_without_running(tmp_path: Path, marker: Path, p
         SpecialistCard.from_json(payload.decode("latin-1"), source="lab-x card")
     save_specialist(make_specialist("s2", "sentinel2_l2a", S2_BANDS), tmp_path / "spec")
     (tmp_path / "spec" / CARD_FILE).write_bytes(payload)
-    with pytest.raises(SpecialistMismatchError, match="not valid JSON") as err:
+    with pytest.raises(ArtifactError, match="not valid JSON") as err:
         load_specialist(tmp_path / "spec")
     assert str(tmp_path / "spec" / CARD_FILE) in str(err.value)
     assert not marker.exists(), "reading a card ran the pickle payload"

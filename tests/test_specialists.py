@@ -1,7 +1,8 @@
-"""Specialist contract: card JSON, encoder init and freezing, save/load with hash and band checks."""
+"""Specialist contract: card JSON, encoder init and freezing, save/load with hash, seal and band checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -11,12 +12,13 @@ from safetensors.torch import save_file
 
 from geodata.sensors import get_sensor
 from specialists import (
+    ArtifactError,
     Specialist,
     SpecialistCard,
-    SpecialistMismatchError,
     load_specialist,
     save_specialist,
 )
+from specialists.artifact import SCHEMA_VERSION
 from specialists.encoder import build_encoder, freeze_encoder
 
 L1C = list(get_sensor("sentinel2_l1c").bands)
@@ -60,7 +62,7 @@ def test_card_json_roundtrip():
     card = make_card(data_summary={"tiles": {"train": 80}}, metrics={"test_accuracy": 0.5})
     again = SpecialistCard.from_json(card.to_json())
     assert again == card
-    assert json.loads(card.to_json())["schema_version"] == 1
+    assert json.loads(card.to_json())["schema_version"] == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize(
@@ -83,7 +85,7 @@ def test_card_validation_names_the_field(change, field):
 def test_card_refuses_unknown_schema_and_fields():
     raw = make_card().to_dict()
     with pytest.raises(ValueError, match="schema_version"):
-        SpecialistCard.from_dict(raw | {"schema_version": 2})
+        SpecialistCard.from_dict(raw | {"schema_version": SCHEMA_VERSION - 1})
     with pytest.raises(ValueError, match="unknown fields"):
         SpecialistCard.from_dict(raw | {"colour": "red"})
     del raw["sensor"]
@@ -133,36 +135,43 @@ def test_load_refuses_tampered_weights(specialist, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(SpecialistMismatchError, match="weights_sha256"):
+    with pytest.raises(ArtifactError, match="weights_sha256"):
         load_specialist(out)
 
 
 def _rewrite_card(directory, **change) -> None:
+    """Edit ``card.json`` by hand (its seal left as it was)."""
     path = directory / "card.json"
     path.write_text(json.dumps(json.loads(path.read_text()) | change))
 
 
+def _reseal_card(directory, **change) -> None:
+    """Replace ``card.json`` by a consistent, sealed card that claims ``change`` about the same weights."""
+    path = directory / "card.json"
+    path.write_text(dataclasses.replace(SpecialistCard.from_json(path.read_text()), **change).to_json())
+
+
 def test_load_refuses_band_count_mismatch(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
-    _rewrite_card(out, bands=L1C[:12], norm_mean=[0.1] * 12, norm_std=[0.1] * 12)
-    with pytest.raises(SpecialistMismatchError, match="13 input bands but field 'bands'"):
+    _reseal_card(out, bands=L1C[:12], norm_mean=[0.1] * 12, norm_std=[0.1] * 12)
+    with pytest.raises(ArtifactError, match=r"'stem_0.weight' has shape \(40, 13, 4, 4\), .* needs \(40, 12, 4, 4\)"):
         load_specialist(out)
 
 
 def test_load_refuses_unknown_or_foreign_band(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
     _rewrite_card(out, bands=L1C[:12] + ["B99"])
-    with pytest.raises(SpecialistMismatchError, match="field 'bands'.*B99"):
+    with pytest.raises(ArtifactError, match="field 'bands'.*B99"):
         load_specialist(out)
     _rewrite_card(out, bands=L1C[:12] + ["VV"])
-    with pytest.raises(SpecialistMismatchError, match="not bands of sensor 'sentinel2_l1c'"):
+    with pytest.raises(ArtifactError, match="not bands of sensor 'sentinel2_l1c'"):
         load_specialist(out)
 
 
 def test_load_refuses_variant_shape_mismatch_and_nan(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
-    _rewrite_card(out, variant="convnextv2_femto", feature_dims=[48, 96, 192, 384])
-    with pytest.raises(SpecialistMismatchError, match="shape"):
+    _reseal_card(out, variant="convnextv2_femto", feature_dims=[48, 96, 192, 384])
+    with pytest.raises(ArtifactError, match="shape"):
         load_specialist(out)
 
     state = {k: v.clone() for k, v in specialist.encoder.state_dict().items()}
@@ -171,12 +180,12 @@ def test_load_refuses_variant_shape_mismatch_and_nan(specialist, tmp_path):
     save_specialist(specialist, nan_dir)
     save_file(state, str(nan_dir / "weights.safetensors"))
     _rewrite_card(nan_dir, weights_sha256=hashlib.sha256((nan_dir / "weights.safetensors").read_bytes()).hexdigest())
-    with pytest.raises(SpecialistMismatchError, match="stem_0.bias.*NaN"):
+    with pytest.raises(ArtifactError, match="stem_0.bias.*NaN"):
         load_specialist(nan_dir)
 
 
 def test_load_refuses_missing_card(tmp_path):
-    with pytest.raises(SpecialistMismatchError, match="card not found"):
+    with pytest.raises(ArtifactError, match="card not found"):
         load_specialist(tmp_path)
 
 

@@ -21,7 +21,7 @@ from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _floats(text: str) -> list[float]:
@@ -68,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
                                  args.methods.split(",") if args.methods else None, args.device)
     atomic_write_text(args.out, json.dumps([r.to_dict() for r in results], indent=1))
     atomic_write_text(args.out.with_suffix(".md"), results_markdown(results))
-    logger.info("probe results written to %s\n%s", args.out, results_markdown(results))
+    log.info("probe results written to %s\n%s", args.out, results_markdown(results))
     return 0

@@ -18,12 +18,13 @@ from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.sensors import get_sensor
 from geodata.stats import load_or_compute_stats
-from specialists.card import DEFAULT_VARIANT, SpecialistCard
+from specialists.card import SpecialistCard
 from specialists.encoder import FREEZE_POLICIES
 from specialists.io import save_specialist
 from specialists.train import TrainConfig, evaluate, make_loader, train_specialist
+from specialists.trunk import DEFAULT_VARIANT
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -84,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         scores = evaluate(specialist, head, make_loader(datasets["test"], cfg, shuffle=False), spec.type,
                           spec.num_classes, cfg, spec.ignore_index, desc="test")
         card.metrics.update({f"test_{k}": v for k, v in scores.items()})
-        logger.info("test: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        log.info("test: %s", ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     with staged_output(args.out, args.overwrite) as stage:
         save_specialist(specialist, stage)
-    logger.info("wrote specialist %r to %s", card.name, args.out)
+    log.info("wrote specialist %r to %s", card.name, args.out)
     return 0
