@@ -19,7 +19,8 @@ from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder
 from specialists.heads import build_head
 from specialists.model import Specialist
-from specialists.train import (TrainConfig, evaluate, make_loader, make_optimizer, make_scheduler, seed_everything, train_one_epoch)
+from specialists.train import (TrainConfig, evaluate, make_loader, make_optimizer, make_scheduler, resolve_device,
+                               seed_everything, train_one_epoch)
 
 __all__ = ["build_model", "fit", "evaluate_splits"]
 
@@ -76,7 +77,7 @@ def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State
     ramped up linearly over the first ``cfg.warmup_epochs`` of them (the coordinator sends what is left of
     the run's warm-up)."""
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     # build_model adopts the tensors it is given: copy them so the caller's state is never trained in place
     specialist, task_head = build_model(card, _copy(encoder), _copy(head))
     specialist.to(device), task_head.to(device)
