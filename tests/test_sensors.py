@@ -8,7 +8,7 @@ from geodata.sensors import (
     BandError,
     equivalent_band,
     get_sensor,
-    load_sensor_dir,
+    load_sensor_files,
     load_sensor_yaml,
     select_bands,
 )
@@ -55,12 +55,14 @@ def test_equivalent_band_by_wavelength_and_polarisation():
 def test_unknown_names_are_refused():
     with pytest.raises(BandError, match="unknown sensor 'nope'"):
         get_sensor("nope")
-    with pytest.raises(ValueError, match="exactly one of wavelength_nm or polarisation"):
+    with pytest.raises(ValueError, match="give wavelength_nm or range_nm"):
         Band("X")
+    with pytest.raises(ValueError, match="not both"):
+        Band("X", 500.0, "VV")
 
 
 def test_sensor_from_yaml(tmp_path):
-    sensors = load_sensor_dir(CONFIGS / "sensors")
+    sensors = load_sensor_files([CONFIGS / "sensors"])
     ps = get_sensor("planetscope_sd")
     assert ps in sensors and ps.num_bands == 8 and ps.scale == pytest.approx(1e-4)
     assert equivalent_band("B04", ps.bands) == "PS_RED"
