@@ -5,9 +5,6 @@ checkout and the sensor files and folders of ``$EOSFED_SENSORS``, so the coordin
 commands all know the same sensors.
 """
 
-from pathlib import Path
+from geodata.sensors import SENSOR_CONFIG_DIR, env_sensor_paths, load_sensor_files
 
-from geodata.sensors import env_sensor_paths, load_sensor_files
-
-_SENSOR_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"
-load_sensor_files([_SENSOR_DIR, *env_sensor_paths()] if _SENSOR_DIR.is_dir() else env_sensor_paths())
+load_sensor_files([SENSOR_CONFIG_DIR, *env_sensor_paths()] if SENSOR_CONFIG_DIR.is_dir() else env_sensor_paths())

@@ -17,7 +17,9 @@ A tile's ``path`` may instead be ``band_paths``: ``{"B02": "x_B02.tif", ...}``, 
 file per band (resampled onto the finest grid), as BigEarthNet ships them.
 
 A dataset may ship its own sensors: :meth:`Manifest.load` registers a ``sensors.yaml`` and every
-``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`).
+``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`); :meth:`Manifest.save` copies
+the YAML file of each user sensor its tiles use into ``sensors/<sensor>.yaml`` beside it, so the
+manifest reads anywhere without ``--sensors``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from geodata.files import atomic_write_text
-from geodata.sensors import get_sensor, load_sensor_files, sensor_name
+from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
 
 __all__ = ["TaskSpec", "TileEntry", "Manifest", "atomic_write_bytes", "atomic_write_text", "MANIFEST_VERSION",
            "TASK_TYPES", "SENSOR_FILES"]
@@ -132,7 +134,12 @@ class Manifest:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write the manifest and, beside it, the sensor files of its user sensors (module docstring)."""
         path = Path(path)
+        for name in sorted({sensor_name(t.sensor) for t in self.tiles}):
+            source = sensor_source(name)
+            if source is not None and source.parent not in (path.parent.resolve(), (path.parent / "sensors").resolve()):
+                atomic_write_text(path.parent / "sensors" / f"{name}.yaml", source.read_text())
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         self.root, self.source = path.parent, str(path)
         return path

@@ -47,6 +47,7 @@ __all__ = [
     "SENSORS",
     "BANDS",
     "SENSORS_ENV",
+    "SENSOR_CONFIG_DIR",
     "AUXILIARY_KINDS",
     "FREQUENCY_BANDS",
     "COMPLEX_MODES",
@@ -65,6 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SENSORS_ENV = "EOSFED_SENSORS"
+SENSOR_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"  # registered at import
 SPECTRAL, SAR = "spectral", "sar"
 AUXILIARY_KINDS = ("mask", "quality", "probability")
 FREQUENCY_BANDS = ("P", "L", "S", "C", "X", "Ku", "K", "Ka")
@@ -214,7 +216,7 @@ class Sensor:
 
 BANDS: dict[str, Band] = {}
 SENSORS: dict[str, Sensor] = {}
-_SOURCES: dict[str, Path] = {}  # sensor name -> the YAML file it was loaded from
+_SOURCES: dict[str, Path] = {}  # user sensor name -> the YAML file it was loaded from
 
 
 def _differences(new: Any, known: Any) -> str:
@@ -276,7 +278,8 @@ def sensor_name(name: str) -> str:
 
 
 def sensor_source(name: str) -> Path | None:
-    """The YAML file a sensor (or alias) was loaded from; ``None`` for built-ins and sensors made in code."""
+    """The YAML file a user sensor (or alias) was loaded from; ``None`` for built-ins, the checkout's
+    ``configs/sensors/`` and sensors made in code."""
     return _SOURCES.get(sensor_name(name))
 
 
@@ -350,7 +353,8 @@ def load_sensor_yaml(path: str | Path) -> list[Sensor]:
             sensor = register_sensor(*_parse_sensor(spec))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid sensor description: {exc}") from exc
-        _SOURCES.setdefault(sensor.name, path.resolve())
+        if path.resolve().parent != SENSOR_CONFIG_DIR:
+            _SOURCES.setdefault(sensor.name, path.resolve())
         sensors.append(sensor)
     return sensors
 

@@ -1,4 +1,5 @@
-"""What every command shares: the user-error type and the ``--out``/``--overwrite`` convention."""
+"""What every command shares: the user-error type, the ``--out``/``--overwrite`` convention, ``--sensors FILE``
+and checked split names."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import contextlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-__all__ = ["HelpFormatter", "UsageError", "add_output", "check_output", "staged_output"]
+if TYPE_CHECKING:
+    from geodata.manifest import Manifest
+
+__all__ = ["HelpFormatter", "UsageError", "add_output", "check_output", "staged_output", "add_sensor_files",
+           "load_sensor_args", "check_split", "optional_split"]
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -75,3 +80,39 @@ def staged_output(out: Path, overwrite: bool, *, folder: bool = True, keep: tupl
         shutil.rmtree(stage, ignore_errors=True)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def add_sensor_files(parser: argparse.ArgumentParser) -> None:
+    """Add ``--sensors FILE`` (repeatable): sensor YAML files or folders registered before the command runs
+    (by :func:`load_sensor_args`, which ``eosfed.cli.main`` calls for every command)."""
+    parser.add_argument("--sensors", dest="sensor_files", action="append", type=Path, default=[], metavar="FILE",
+                        help="sensor YAML file or folder to register; repeat for several (also $EOSFED_SENSORS)")
+
+
+def load_sensor_args(args: argparse.Namespace) -> None:
+    """Register the sensors of ``$EOSFED_SENSORS``, then those of the command's ``--sensors`` files."""
+    from geodata.sensors import env_sensor_paths, load_sensor_files  # geodata imports torch: only when running
+
+    load_sensor_files([*env_sensor_paths(), *getattr(args, "sensor_files", ())])
+
+
+def check_split(manifest: "Manifest", split: str, flag: str, **filters: str | None) -> str:
+    """``split``, if it has tiles matching ``filters`` (:meth:`Manifest.select`); else a :class:`UsageError`
+    naming ``flag`` and listing the splits that have such tiles."""
+    splits = manifest.splits(**filters)
+    if split not in splits:
+        what = ", ".join(f"{k} {v!r}" for k, v in filters.items() if v is not None)
+        raise UsageError(f"{manifest.source}: {flag} {split!r} has no tiles for {what}; "
+                         f"splits with such tiles: {splits or 'none'}")
+    return split
+
+
+def optional_split(manifest: "Manifest", given: str | None, default: str, flag: str,
+                   **filters: str | None) -> str | None:
+    """An optional split flag: ``''`` is no split, ``None`` (not given) is ``default`` when it has tiles
+    (else no split), a name must pass :func:`check_split`."""
+    if given == "":
+        return None
+    if given is None:
+        return default if default in manifest.splits(**filters) else None
+    return check_split(manifest, given, flag, **filters)

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import add_output, check_output, staged_output
+from eosfed.commands.args import add_output, add_sensor_files, check_output, staged_output
 from fusion.adaptors import load_adaptors, save_adaptors
 from fusion.data import ProxyBatches
 from fusion.distill import DistillConfig, distill_student, plot_history
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy", required=True, type=Path, help="proxy manifest.json (labels unused)")
     add_output(parser, "run folder to write into")
     parser.add_argument("--split", default="train", help="proxy split to use ('' for all)")
-    parser.add_argument("--sensors", help="comma-separated proxy sensors (default: all in the split)")
+    add_sensor_files(parser)
+    parser.add_argument("--proxy-sensors", help="comma-separated proxy sensors (default: all in the split)")
     parser.add_argument("--init", type=Path, help="previous distill run folder to warm-start from (integrate mode)")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="student trunk for a fresh student")
     parser.add_argument("--size", type=int, help="centre-crop proxy tiles to this size")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     with staged_output(args.out, args.overwrite, keep=("teacher_cache",)) as out:
         registry = Registry(args.registry)
-        batches = ProxyBatches(args.proxy, args.sensors.split(",") if args.sensors else None, args.split or None,
+        batches = ProxyBatches(args.proxy, args.proxy_sensors.split(",") if args.proxy_sensors else None, args.split or None,
                                args.size, args.batch_size, seed=args.seed, num_workers=args.num_workers)
         uncalibrated = [n for n in registry.names if registry.feature_stats(n) is None]
         if uncalibrated:

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import UsageError, add_output, check_output, staged_output
+from eosfed.commands.args import UsageError, add_output, add_sensor_files, check_output, staged_output
 from fusion.contrib import (CoalitionGame, cka_matrix, combine_contributions, contributions,
                             extract_member_features, with_twins)
 from fusion.data import labelled_loader
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", required=True, action="append", type=_eval_pair, dest="evals",
                         help="TASK@SENSOR to score on; repeat for several")
     add_output(parser, "folder of the pruned registry")
+    add_sensor_files(parser)
     rule = parser.add_argument_group("rule (one or both)")
     rule.add_argument("--keep-top-k", type=int, help="keep the k highest Shapley contributions")
     rule.add_argument("--drop-nonpositive", action="store_true", help="drop intervals at or below zero")

@@ -53,7 +53,7 @@ def group_card(group: Group, roster: Roster, variant: str) -> SpecialistCard:
             tiles[split] = tiles.get(split, 0) + n
     return SpecialistCard(
         name=group.name, institutions=list(group.members), sensor=group.sensor,
-        bands=list(get_sensor(group.sensor).bands), norm_mean=mean, norm_std=std, task=group.task,
+        bands=list(get_sensor(group.sensor).image_bands), norm_mean=mean, norm_std=std, task=group.task,
         task_type=group.task_type, classes=list(group.classes), variant=variant,
         data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
     )
