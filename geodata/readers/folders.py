@@ -1,8 +1,8 @@
 """One folder per class (``<root>/<Class>/*.tif|jpg|png``: AID, EuroSAT, UC Merced...) -> manifest.
 
 The classes are the sorted class folder names, or a chosen subset in the given order; the task
-(``scene`` by default) is a classification; every image is a tile of one sensor (the first image of
-each class is checked to have the sensor's band count). Splits are drawn per class, so every split
+(``scene`` by default) is a classification; every image is a tile of one sensor (each is checked to
+open and hold the sensor's band count; no pixels are read). Splits are drawn per class, so every split
 is class-balanced and deterministic: a class's files are sorted (numbers in names compare as
 numbers), shuffled by a generator seeded with ``seed`` and the class name, optionally cut to
 ``per_class`` files, and the first ``test`` go to "test", the next ``val`` to "val", the rest to
@@ -75,8 +75,8 @@ def build_folder_manifest(
         if n_test + n_val >= len(files):
             raise RasterError(folder, f"class {cls!r} has {len(files)} images: {n_test} test + {n_val} val "
                                       f"leave none to train")
-        check_band_count(files[0], sensor_spec)
         for i, path in enumerate(files):
+            check_band_count(path, sensor_spec)
             split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
             tiles.append(TileEntry(id=f"{cls}-{path.stem}", sensor=sensor_spec.name, split=split,
                                    path=str(path.resolve()), targets={task: label}))
