@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from geodata.files import atomic_write_text
+from geodata.files import atomic_write_bytes, atomic_write_text
 from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
 
 __all__ = ["TaskSpec", "TileEntry", "Manifest", "atomic_write_bytes", "atomic_write_text", "MANIFEST_VERSION",

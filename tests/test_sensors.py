@@ -186,7 +186,7 @@ def test_per_band_scale_reads_tci_beside_reflectance(tmp_path, shared_data):
         "  - B08\n  - B12\n"))
     (sensor,) = load_sensor_files([path])
     assert sensor.calibration()[0] == (1 / 255,) * 3 + (1e-4,) * 2
-    tif = sorted((shared_data / "wildfire-s2" / "post_fire").glob("*.tif"))[0]
+    tif = min((shared_data / "wildfire-s2" / "post_fire").glob("*.tif"))
     raster = read_tile(tif, sensor)
     with rasterio.open(tif) as src:
         raw = src.read()
