@@ -85,7 +85,7 @@ def staged_output(out: Path, overwrite: bool, *, folder: bool = True, keep: tupl
 def add_sensor_files(parser: argparse.ArgumentParser) -> None:
     """Add ``--sensors FILE`` (repeatable): sensor YAML files or folders registered before the command runs
     (by :func:`load_sensor_args`, which ``eosfed.cli.main`` calls for every command)."""
-    parser.add_argument("--sensors", dest="sensor_files", action="append", type=Path, default=[], metavar="FILE",
+    parser.add_argument("--sensors", dest="sensor_files", action="append", type=Path, metavar="FILE",
                         help="sensor YAML file or folder to register; repeat for several (also $EOSFED_SENSORS)")
 
 
@@ -93,7 +93,7 @@ def load_sensor_args(args: argparse.Namespace) -> None:
     """Register the sensors of ``$EOSFED_SENSORS``, then those of the command's ``--sensors`` files."""
     from geodata.sensors import env_sensor_paths, load_sensor_files  # geodata imports torch: only when running
 
-    load_sensor_files([*env_sensor_paths(), *getattr(args, "sensor_files", ())])
+    load_sensor_files([*env_sensor_paths(), *(getattr(args, "sensor_files", None) or ())])
 
 
 def check_split(manifest: "Manifest", split: str, flag: str, **filters: str | None) -> str:
