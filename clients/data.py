@@ -74,7 +74,7 @@ def summarize(manifest: Manifest, spec: InstitutionSpec) -> dict[str, Any]:
     return {
         "task_type": task.type,
         "classes": list(task.classes),
-        "bands": list(sensor.bands),
+        "bands": list(sensor.image_bands),
         "tiles": dict(sorted(splits.items())),
         "norm": {"mean": list(stats.mean), "std": list(stats.std)},
         "manifest": manifest.name,

@@ -178,7 +178,7 @@ def evaluate_fusion(message: Message, context: Context) -> Message:
 
 
 def _sensor_bands(spec: InstitutionSpec) -> tuple[str, ...]:
-    return tuple(get_sensor(spec.sensor).bands)
+    return tuple(get_sensor(spec.sensor).image_bands)
 
 
 def _peak_rss_mb() -> float:

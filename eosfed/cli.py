@@ -3,7 +3,8 @@
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; register it in
 ``COMMANDS`` with a one-line help. Modules are imported only when their command runs. A user error
 (:class:`eosfed.commands.args.UsageError`, a missing file, a bad value) ends in one line on stderr
-and exit status 2; ``-v`` shows the traceback.
+and exit status 2; ``-v`` shows the traceback. Before a command runs, the sensors of ``$EOSFED_SENSORS``
+and of its ``--sensors FILE`` options are registered.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from eosfed.commands.args import HelpFormatter
+from eosfed.commands.args import HelpFormatter, load_sensor_args
 
 COMMANDS: dict[str, str] = {
     "synth": "generate a synthetic multi-sensor world",
@@ -31,31 +32,36 @@ def _module(command: str):
     return importlib.import_module(f"eosfed.commands.{command.replace('-', '_')}")
 
 
+def _message(exc: BaseException) -> str:
+    """The error as one line (a KeyError without the quotes ``str`` adds)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:argv.index(wanted) if wanted else len(argv)])
     parser = argparse.ArgumentParser(prog="eosfed", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    argv = sys.argv[1:] if argv is None else argv
-    wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=HelpFormatter)
-        if name == wanted:  # only the chosen command pays for its imports
-            _module(name).add_arguments(p)
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        for name, help_text in COMMANDS.items():
+            p = sub.add_parser(name, help=help_text, description=help_text,
+                               formatter_class=HelpFormatter)
+            if name == wanted:  # only the chosen command pays for its imports
+                _module(name).add_arguments(p)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        load_sensor_args(args)
         return int(_module(args.command).run(args) or 0)
     except USER_ERRORS as exc:
-        if args.verbose:
+        if verbose:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, KeyError) and exc.args:
-            message = f"{exc.args[0]}"
-        print(f"eosfed {args.command}: error: {message}", file=sys.stderr)
+        print(f"eosfed {wanted}: error: {_message(exc)}", file=sys.stderr)
         return 2
 
 

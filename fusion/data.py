@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from geodata.dataset import TileDataset, collate_samples
 from geodata.manifest import Manifest
-from geodata.sensors import get_sensor
+from geodata.sensors import get_sensor, sensor_name
 from geodata.stats import BandStats, load_or_compute_stats
 
 __all__ = ["ProxyBatches", "labelled_loader", "proxy_sensors", "scene_partners"]
@@ -31,7 +31,7 @@ def scene_partners(manifest: Manifest, sensors: Sequence[str] | None = None,
     for tile in manifest.tiles:
         if tile.scene is None or (split is not None and tile.split != split):
             continue
-        if wanted is None or get_sensor(tile.sensor).name in wanted:
+        if wanted is None or sensor_name(tile.sensor) in wanted:
             scenes.setdefault(tile.scene, []).append(tile.id)
     return {i: [j for j in ids if j != i] for ids in scenes.values() if len(ids) > 1 for i in ids}
 

@@ -1,7 +1,11 @@
 """The any-sensor student: a wavelength-conditioned spectral stem feeding one timm ConvNeXtV2 trunk.
 
 Stem (DOFA-style dynamic stem). Each input band becomes a descriptor token: optical bands by Fourier
-features of their log centre wavelength, SAR bands by a learned polarisation embedding. One
+features of their log centre wavelength, SAR bands by a learned polarisation embedding. A band with a
+declared spectral range (``range_nm`` or ``bandwidth_nm``) is embedded as the mean of the embeddings at
+``RANGE_SAMPLES`` wavelengths spread across its range, so a 450-900 nm panchromatic band is not taken
+for a 675 nm line; bands without a range embed exactly as before (one sample at the centre). Only
+image bands reach the stem (auxiliary mask/quality/probability bands are refused). One
 transformer layer lets the tokens of the input's band set see each other; two linear heads turn each
 token into that band's ``patch x patch`` kernel slice (``out_dim`` filters) and the token mean into
 the bias. The generated conv replaces timm's ``stem_0``; timm's stem norm and stages follow, so the
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geodata.sensors import BandError, get_band
+from geodata.sensors import Band, BandError, get_band
 from geodata.stats import BandStats
 from specialists import artifact
 from specialists.artifact import Card, field_error
@@ -48,12 +52,14 @@ __all__ = [
     "load_student",
     "band_stats_table",
     "POLARISATIONS",
+    "RANGE_SAMPLES",
 ]
 
 log = logging.getLogger(__name__)
 
 POLARISATIONS = ("VV", "VH", "HH", "HV")
 _LOG_WAVELENGTH_RANGE = (math.log(350.0), math.log(2600.0))  # mapped to [0, 1] before Fourier features
+RANGE_SAMPLES = 8  # wavelengths a band with a spectral range is embedded at (midpoints of equal parts)
 _MIN_STD = 1e-6
 _STEM_KEYS = ("embed_dim", "num_freqs")
 
@@ -110,6 +116,25 @@ def band_stats_table(sources: Iterable[BandStats | Mapping[str, Sequence[float]]
     return table
 
 
+def _image_band_objects(bands: Sequence[str]) -> list[Band]:
+    """The registered bands of ``bands``; auxiliary ones (masks, quality, probabilities) are refused."""
+    objects = [get_band(b) for b in bands]
+    auxiliary = [b.name for b in objects if b.is_auxiliary]
+    if auxiliary:
+        raise BandError(f"bands {auxiliary} are auxiliary ({', '.join(sorted({get_band(b).kind for b in auxiliary}))}), "
+                        f"not image bands: the student reads only spectral and SAR bands")
+    return objects
+
+
+def _wavelength_samples(band: Band) -> list[float]:
+    """Where an optical band is embedded: its centre, or ``RANGE_SAMPLES`` points across its spectral range."""
+    span = band.spectral_range
+    if span is None:
+        return [band.wavelength_nm]  # type: ignore[list-item]
+    step = (span[1] - span[0]) / RANGE_SAMPLES
+    return [span[0] + (k + 0.5) * step for k in range(RANGE_SAMPLES)]
+
+
 def _resolve_stats(bands: Sequence[str], table: Mapping[str, Sequence[float]]) -> list[tuple[float, float, bool]]:
     """``(mean, std, instance_norm)`` per band, with the fallbacks of the module docstring."""
     optical = sorted((math.log(get_band(b).wavelength_nm), s) for b, s in table.items() if not get_band(b).is_sar)
@@ -159,16 +184,19 @@ class SpectralStem(nn.Module):
     def tokens(self, bands: Sequence[str]) -> torch.Tensor:
         """``[C, embed_dim]`` descriptor tokens of ``bands``, mixed across the band set."""
         device = self.freqs.device
-        objects = [get_band(b) for b in bands]
+        objects = _image_band_objects(bands)
         tokens = [None] * len(objects)
         optical = [i for i, b in enumerate(objects) if not b.is_sar]
         if optical:
             lo, hi = _LOG_WAVELENGTH_RANGE
-            t = torch.tensor([(math.log(objects[i].wavelength_nm) - lo) / (hi - lo) for i in optical], device=device)
+            samples = [_wavelength_samples(objects[i]) for i in optical]
+            t = torch.tensor([(math.log(w) - lo) / (hi - lo) for ws in samples for w in ws], device=device)
             angles = t[:, None] * self.freqs[None, :]
             emb = self.optical(torch.cat([angles.sin(), angles.cos()], dim=1))
-            for j, i in enumerate(optical):
-                tokens[i] = emb[j]
+            start = 0
+            for i, ws in zip(optical, samples):
+                tokens[i] = emb[start:start + len(ws)].mean(0)
+                start += len(ws)
         for i, band in enumerate(objects):
             if band.is_sar:
                 if band.polarisation not in POLARISATIONS:
@@ -263,6 +291,7 @@ class Student(nn.Module):
         if x.ndim != 4 or x.shape[1] != len(bands):
             raise BandError(f"student input has shape {tuple(x.shape)} but {len(bands)} band names {bands}")
         if bands not in self._norm_cache:
+            _image_band_objects(bands)
             means, stds, instance = zip(*_resolve_stats(bands, self.card.band_stats))
             fallback = [b for b, inst in zip(bands, instance) if inst]
             unseen = [b for b in bands if b not in self.card.band_stats]

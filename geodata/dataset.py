@@ -25,23 +25,26 @@ from geodata.stats import BandStats
 __all__ = ["TileDataset", "collate_samples"]
 
 
-def _check_labels(tile: TileEntry, task: str, spec: TaskSpec) -> Any:
+def _check_labels(manifest: Manifest, tile: TileEntry, task: str, spec: TaskSpec) -> Any:
     """The tile's target for ``task``, checked against the class list (mask paths pass through)."""
     value = tile.targets[task]
     if spec.type == "segmentation":
         return value
     labels = [value] if spec.type == "classification" else value
     if spec.type == "multilabel" and not isinstance(value, list):
-        raise RasterError(f"tile {tile.id!r}", f"multilabel target of task {task!r} must be a list, got {value!r}")
+        raise RasterError(f"{manifest.source}: tile {tile.id!r}",
+                          f"multilabel target of task {task!r} must be a list, got {value!r}")
     for label in labels:
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < spec.num_classes:
-            raise RasterError(f"tile {tile.id!r}", f"label {label!r} outside the {spec.num_classes} classes "
-                                                   f"of task {task!r}")
+            raise RasterError(f"{manifest.source}: tile {tile.id!r}",
+                              f"label {label!r} outside the {spec.num_classes} classes of task {task!r}")
     return value
 
 
 class TileDataset(Dataset):
-    """Tiles of one sensor from a manifest, optionally filtered, cropped to a centred ``size``."""
+    """Tiles of one sensor from a manifest, optionally filtered, cropped to a centred ``size``.
+
+    Samples carry the sensor's image bands (``self.bands``: spectral and SAR, not its auxiliary bands)."""
 
     def __init__(
         self,
@@ -56,7 +59,7 @@ class TileDataset(Dataset):
     ) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         self.sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
-        self.bands = self.sensor.bands
+        self.bands = self.sensor.image_bands
         self.size = size
         filters = dict(sensor=self.sensor.name, split=split, task=task, institution=institution, region=region)
         self.tiles = self.manifest.select(**filters)
@@ -66,7 +69,8 @@ class TileDataset(Dataset):
         self.task = task
         self.task_spec = self.manifest.task(task) if task is not None else None
         self._sources = [tile_source(self.manifest, t) for t in self.tiles]
-        self._targets = [_check_labels(t, task, self.task_spec) for t in self.tiles] if task is not None else []
+        self._targets = ([_check_labels(self.manifest, t, task, self.task_spec) for t in self.tiles]
+                         if task is not None else [])
         if self.task_spec is not None and self.task_spec.type == "segmentation":
             self._targets = [self.manifest.resolve(path) for path in self._targets]
         if stats is not None and tuple(stats.bands) != self.bands:

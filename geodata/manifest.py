@@ -15,6 +15,11 @@ and several tasks. Paths are relative to the manifest's folder.
 
 A tile's ``path`` may instead be ``band_paths``: ``{"B02": "x_B02.tif", ...}``, one single-band
 file per band (resampled onto the finest grid), as BigEarthNet ships them.
+
+A dataset may ship its own sensors: :meth:`Manifest.load` registers a ``sensors.yaml`` and every
+``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`); :meth:`Manifest.save` copies
+the YAML file of each user sensor its tiles use into ``sensors/<sensor>.yaml`` beside it, so the
+manifest reads anywhere without ``--sensors``.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from geodata.files import atomic_write_text
-from geodata.sensors import get_sensor
+from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
 
-__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION"]
+__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES"]
 
 MANIFEST_VERSION = 1
 TaskType = Literal["classification", "multilabel", "segmentation"]
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+SENSOR_FILES = ("sensors.yaml", "sensors")  # beside a manifest: one YAML file, or a folder of them
 
 
 @dataclass
@@ -38,6 +45,14 @@ class TaskSpec:
     type: TaskType
     classes: list[str]
     ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        if self.type not in TASK_TYPES:
+            raise ValueError(f"type {self.type!r} is not one of {TASK_TYPES}")
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise ValueError(f"classes must be a list of names, got {self.classes!r}")
+        if not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool):
+            raise ValueError(f"ignore_index must be an integer, got {self.ignore_index!r}")
 
     @property
     def num_classes(self) -> int:
@@ -68,16 +83,21 @@ class Manifest:
     name: str = "manifest"
     root: Path = field(default=Path("."), compare=False)
     version: int = MANIFEST_VERSION
+    source: str = field(default="manifest", compare=False)  # the file it was read from, for messages
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
+        """Read a manifest, registering the sensor files beside it first (module docstring)."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"manifest not found: {path}") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{path} is a folder; give its manifest.json") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        load_sensor_files(p for p in (path.parent / name for name in SENSOR_FILES) if p.exists())
         return cls.from_dict(raw, root=path.parent, source=str(path))
 
     @classmethod
@@ -85,16 +105,23 @@ class Manifest:
         version = raw.get("version", MANIFEST_VERSION)
         if version != MANIFEST_VERSION:
             raise ValueError(f"{source}: manifest version {version} is not supported (expected {MANIFEST_VERSION})")
+        tasks = {}
+        for name, spec in raw.get("tasks", {}).items():
+            try:
+                tasks[name] = TaskSpec(**spec)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{source}: malformed manifest: task {name!r}: {exc}") from exc
         try:
-            tasks = {k: TaskSpec(**v) for k, v in raw.get("tasks", {}).items()}
             tiles = [TileEntry(**t) for t in raw["tiles"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
+            raise ValueError(f"{source}: malformed manifest: missing field {exc}") from exc
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: malformed manifest: {exc}") from exc
         for tile in tiles:
             unknown = set(tile.targets) - set(tasks)
             if unknown:
                 raise ValueError(f"{source}: tile {tile.id!r} has targets for undeclared tasks {sorted(unknown)}")
-        return cls(tasks=tasks, tiles=tiles, name=raw.get("name", Path(source).stem), root=Path(root))
+        return cls(tasks=tasks, tiles=tiles, name=raw.get("name", Path(source).stem), root=Path(root), source=source)
 
     def to_dict(self) -> dict[str, Any]:
         tiles = [{k: v for k, v in asdict(t).items() if v is not None} for t in self.tiles]
@@ -106,9 +133,14 @@ class Manifest:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write the manifest and, beside it, the sensor files of its user sensors (module docstring)."""
         path = Path(path)
+        for name in sorted({sensor_name(t.sensor) for t in self.tiles}):
+            source = sensor_source(name)
+            if source is not None and source.parent not in (path.parent.resolve(), (path.parent / "sensors").resolve()):
+                atomic_write_text(path.parent / "sensors" / f"{name}.yaml", source.read_text())
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-        self.root = path.parent
+        self.root, self.source = path.parent, str(path)
         return path
 
     def resolve(self, relative: str) -> Path:
@@ -125,11 +157,12 @@ class Manifest:
     ) -> list[TileEntry]:
         """Tiles matching every given filter (``task``: tiles that carry a target for it).
 
-        Sensors match by canonical name, so an alias (``s2``) selects ``sentinel2_l2a`` tiles."""
+        Sensors match by canonical name, so an alias (``s2``) selects ``sentinel2_l2a`` tiles; only the
+        selected sensor must be registered, not those of the other tiles."""
         wanted_sensor = get_sensor(sensor).name if sensor is not None else None
         out = []
         for t in self.tiles:
-            if wanted_sensor is not None and get_sensor(t.sensor).name != wanted_sensor:
+            if wanted_sensor is not None and sensor_name(t.sensor) != wanted_sensor:
                 continue
             if split is not None and t.split != split:
                 continue
@@ -141,6 +174,10 @@ class Manifest:
                 continue
             out.append(t)
         return out
+
+    def splits(self, **filters: str | None) -> list[str]:
+        """The splits of the tiles matching ``filters`` (those of :meth:`select`, but ``split``)."""
+        return sorted({t.split for t in self.select(**filters)})
 
     def task(self, name: str) -> TaskSpec:
         try:

@@ -4,8 +4,12 @@ A tile is either one multi-band file (``read_tile``) or one single-band file per
 (``read_band_files``, BigEarthNet's layout; coarse bands are resampled bilinearly onto the finest
 grid). Both return a :class:`Raster` ``(data, valid)``: float32 ``[C, h, w]`` in physical units
 (``raw * scale + offset``) with NaN at invalid pixels, and a bool ``[h, w]`` mask of pixels where
-every band has a value (not NaN, not nodata; the file's declared nodata wins over the sensor's).
-``read_labelled`` reads an image with its class mask on the same window. Windows are rasterio
+every band has a value (not NaN or infinite, not nodata; the file's declared nodata wins over the
+sensor's). Only the sensor's image bands (spectral and SAR, :attr:`Sensor.image_bands`) are returned:
+auxiliary bands (masks, quality, probabilities) keep their place in the file but are not read. Complex
+rasters become intensity in dB when the sensor declares ``complex: intensity_db`` and are refused
+otherwise. GeoTIFF, JPEG and PNG read alike through rasterio (an image without georeference reads on
+pixel coordinates). ``read_labelled`` reads an image with its class mask on the same window. Windows are rasterio
 ``Window`` objects on the finest grid, or ``size`` for a centred square. Every problem raises
 :class:`RasterError` naming the file.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,12 +30,12 @@ import rasterio
 from rasterio import windows
 from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TileEntry
-from geodata.sensors import Sensor, get_sensor
+from geodata.sensors import Sensor, get_band, get_sensor
 
 __all__ = [
     "Raster",
@@ -43,6 +48,7 @@ __all__ = [
     "read_labelled",
     "tile_source",
     "check_aligned",
+    "check_band_count",
     "write_geotiff",
 ]
 
@@ -67,7 +73,8 @@ def _errors(path: str | Path) -> Iterator[None]:
 def _open(path: str | Path) -> rasterio.DatasetReader:
     if not os.path.isfile(path):
         raise RasterError(path, "file not found")
-    with _errors(path):
+    with _errors(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path)
 
 
@@ -79,10 +86,26 @@ def _nodata(src: rasterio.DatasetReader, sensor: Sensor) -> float | None:
     return src.nodata if src.nodata is not None else sensor.nodata
 
 
+def _image_index(sensor: Sensor) -> list[int]:
+    """Positions of the sensor's image bands among all its (file) bands."""
+    return [i for i, b in enumerate(sensor.bands) if not get_band(b).is_auxiliary]
+
+
+def _physical(raw: np.ndarray, sensor: Sensor, path: str | Path) -> np.ndarray:
+    """Raw values as float32; complex ones as intensity in dB if the sensor declares it, else refused."""
+    if raw.dtype.kind != "c":
+        return raw.astype(np.float32)
+    if sensor.complex != "intensity_db":
+        raise RasterError(path, f"complex values ({raw.dtype}) but sensor {sensor.name} does not declare how "
+                                f"to read them (complex: intensity_db)")
+    with np.errstate(divide="ignore"):  # |z| = 0 gives -inf, marked invalid
+        return (10 * np.log10(np.square(raw.real) + np.square(raw.imag))).astype(np.float32)
+
+
 def _invalid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     """Bool mask of pixels where any band (leading axes) is NaN or nodata."""
     bad = np.zeros(raw.shape[-2:], dtype=bool)
-    if raw.dtype.kind == "f":
+    if raw.dtype.kind in "fc":
         bad |= np.isnan(raw).reshape(-1, *raw.shape[-2:]).any(0)
     if nodata is not None and not math.isnan(nodata):
         bad |= (raw == nodata).reshape(-1, *raw.shape[-2:]).any(0)
@@ -112,13 +135,16 @@ def _window(height: int, width: int, window: Window | None, size: int | None, pa
 def _finish(
     data: np.ndarray, invalid: np.ndarray, sensor: Sensor, where: str | Path, window: Window | None
 ) -> Raster:
+    invalid |= ~np.isfinite(data).all(0)
     if invalid.all():
         part = f"window {window}" if window is not None else "tile"
         raise RasterError(where, f"all pixels of the {part} are nodata or NaN")
-    if sensor.scale != 1.0:
-        data *= np.float32(sensor.scale)
-    if sensor.offset != 0.0:
-        data += np.float32(sensor.offset)
+    keep = _image_index(sensor)
+    scales, offsets = (np.asarray(values, dtype=np.float32)[keep, None, None] for values in sensor.calibration())
+    if (scales != 1).any():
+        data *= scales
+    if (offsets != 0).any():
+        data += offsets
     if invalid.any():
         data[:, invalid] = np.nan
     return Raster(data, ~invalid)
@@ -127,7 +153,7 @@ def _finish(
 def read_tile(
     path: str | Path, sensor: str | Sensor, window: Window | None = None, size: int | None = None
 ) -> Raster:
-    """Read a multi-band GeoTIFF whose bands are ``sensor.bands`` in order."""
+    """Read the image bands of a multi-band raster whose bands are ``sensor.bands`` in order."""
     return _read_tile(path, _sensor(sensor), window, size)[0]
 
 
@@ -136,13 +162,24 @@ def _read_tile(
 ) -> tuple[Raster, tuple[int, int]]:
     """``read_tile`` plus the full grid shape the window was taken from."""
     with _open(path) as src, _errors(path):
-        if src.count != sensor.num_bands:
-            raise RasterError(path, f"expected {sensor.num_bands} bands for sensor {sensor.name}, found {src.count}")
+        _check_count(src, sensor, path)
         win = _window(src.height, src.width, window, size, path)
-        raw = src.read(window=win)
+        raw = src.read([i + 1 for i in _image_index(sensor)], window=win)
         nodata = _nodata(src, sensor)
         shape = (src.height, src.width)
-    return _finish(raw.astype(np.float32), _invalid(raw, nodata), sensor, path, win), shape
+    return _finish(_physical(raw, sensor, path), _invalid(raw, nodata), sensor, path, win), shape
+
+
+def _check_count(src: rasterio.DatasetReader, sensor: Sensor, path: str | Path) -> None:
+    if src.count != sensor.num_bands:
+        raise RasterError(path, f"expected {sensor.num_bands} bands for sensor {sensor.name}, found {src.count} "
+                                f"(its bands: {', '.join(sensor.bands)})")
+
+
+def check_band_count(path: str | Path, sensor: str | Sensor) -> None:
+    """Check that a raster opens and holds one band per band of ``sensor`` (reads no pixels)."""
+    with _open(path) as src:
+        _check_count(src, _sensor(sensor), path)
 
 
 def _check_same_place(src: rasterio.DatasetReader, ref: rasterio.DatasetReader, path: Path, ref_path: Path) -> None:
@@ -156,7 +193,7 @@ def read_band_files(
     band_paths: Mapping[str, str | Path], sensor: str | Sensor,
     window: Window | None = None, size: int | None = None,
 ) -> Raster:
-    """Read one single-band file per band of ``sensor`` onto the finest grid among them.
+    """Read one single-band file per image band of ``sensor`` onto the finest grid among them.
 
     Coarser bands are resampled bilinearly (``out_shape``); their validity comes from a
     nearest-neighbour read so nodata never blends into valid pixels. All files must share the CRS
@@ -171,14 +208,15 @@ def _read_band_files(
     """``read_band_files`` plus the full (finest) grid shape the window was taken from."""
     paths = {b: Path(p) for b, p in band_paths.items()}
     where = next(iter(paths.values())).parent if paths else Path("band_paths")
-    missing = [b for b in sensor.bands if b not in paths]
+    bands = sensor.image_bands
+    missing = [b for b in bands if b not in paths]
     if missing:
         raise RasterError(where, f"missing band files for sensor {sensor.name}: {missing}")
     extra = [b for b in paths if b not in sensor.bands]
     if extra:
         raise RasterError(where, f"bands {extra} are not bands of sensor {sensor.name} {sensor.bands}")
     with ExitStack() as stack:
-        srcs = {b: stack.enter_context(_open(paths[b])) for b in sensor.bands}
+        srcs = {b: stack.enter_context(_open(paths[b])) for b in bands}
         for b, src in srcs.items():
             if src.count != 1:
                 raise RasterError(paths[b], f"band file for {b} has {src.count} bands, expected 1")
@@ -189,19 +227,20 @@ def _read_band_files(
         win = _window(ref.height, ref.width, window, size, paths[ref_band])
         out_shape = (int(win.height), int(win.width)) if win is not None else (ref.height, ref.width)
         bounds = windows.bounds(win, ref.transform) if win is not None else ref.bounds
-        data = np.empty((sensor.num_bands, *out_shape), dtype=np.float32)
+        data = np.empty((len(bands), *out_shape), dtype=np.float32)
         invalid = np.zeros(out_shape, dtype=bool)
-        for i, b in enumerate(sensor.bands):
+        for i, b in enumerate(bands):
             src, nodata = srcs[b], _nodata(srcs[b], sensor)
             with _errors(paths[b]):
                 if src.shape == ref.shape:
                     raw = src.read(1, window=win)
-                    data[i] = raw
-                else:
+                    data[i] = _physical(raw, sensor, paths[b])
+                else:  # complex values resample nearest (bilinear would blend phases)
                     own = windows.from_bounds(*bounds, transform=src.transform)
-                    data[i] = src.read(1, window=own, out_shape=out_shape, resampling=Resampling.bilinear,
-                                       out_dtype="float32")
                     raw = src.read(1, window=own, out_shape=out_shape, resampling=Resampling.nearest)
+                    data[i] = (_physical(raw, sensor, paths[b]) if raw.dtype.kind == "c" else
+                               src.read(1, window=own, out_shape=out_shape, resampling=Resampling.bilinear,
+                                        out_dtype="float32"))
             invalid |= _invalid(raw, nodata)
         shape = (ref.height, ref.width)
     return _finish(data, invalid, sensor, where, win), shape

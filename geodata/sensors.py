@@ -3,13 +3,39 @@
 Every band name is unique across the registry (``B04`` is Sentinel-2's red, ``OLI_B4`` is
 Landsat's, ``RED`` is a broadband camera red), so a tensor's band tuple says exactly what each
 channel is. Values travel in physical units: reflectance for optical bands, dB for SAR.
+
+A :class:`Band` is an identity: a spectral band (centre wavelength, optionally its range or width),
+a SAR channel (polarisation, optionally its frequency band) or an auxiliary band (a mask, quality
+flags or a probability: read with its file, never fed to an encoder). How a sensor *uses* a band
+(its ground sampling distance, per-band scale/offset) belongs to the :class:`Sensor`, so two
+sensors may share ``VV`` at different GSDs.
+
+Sensors come from the built-ins below, ``configs/sensors/*.yaml``, the files and folders listed in
+``$EOSFED_SENSORS`` (registered when :mod:`geodata` is imported), a command's ``--sensors FILE`` and
+a ``sensors.yaml`` (or ``sensors/*.yaml``) beside a manifest. A YAML file holds one sensor (a
+mapping) or a list of them::
+
+    name: my_sensor            # plus optional: scale, offset, nodata, dtype, description, aliases,
+    scale: 0.0001              #   complex: intensity_db (complex SAR read as intensity in dB)
+    bands:
+      - B04                                          # a registered band, used as registered
+      - {name: VV, gsd_m: 5}                         # a registered band at this sensor's GSD
+      - {name: PAN, range_nm: [450, 900], gsd_m: 2}  # a new spectral band (or bandwidth_nm)
+      - {name: HH, polarisation: HH, frequency_band: L}
+      - {name: TCI_R, wavelength_nm: 665, scale: 0.00392}   # per-band scale/offset
+      - {name: QA60, kind: quality}                  # kind: mask, quality or probability
+
+Registering an identical band or sensor again is a no-op; a conflicting one is an error naming it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -20,14 +46,31 @@ __all__ = [
     "Sensor",
     "SENSORS",
     "BANDS",
+    "SENSORS_ENV",
+    "SENSOR_CONFIG_DIR",
+    "AUXILIARY_KINDS",
+    "FREQUENCY_BANDS",
+    "COMPLEX_MODES",
     "get_band",
     "get_sensor",
+    "sensor_name",
+    "sensor_source",
     "register_sensor",
     "load_sensor_yaml",
-    "load_sensor_dir",
+    "load_sensor_files",
+    "env_sensor_paths",
     "select_bands",
     "equivalent_band",
 ]
+
+logger = logging.getLogger(__name__)
+
+SENSORS_ENV = "EOSFED_SENSORS"
+SENSOR_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"  # registered at import
+SPECTRAL, SAR = "spectral", "sar"
+AUXILIARY_KINDS = ("mask", "quality", "probability")
+FREQUENCY_BANDS = ("P", "L", "S", "C", "X", "Ku", "K", "Ka")
+COMPLEX_MODES = ("intensity_db",)
 
 
 class BandError(KeyError):
@@ -39,27 +82,91 @@ class BandError(KeyError):
 
 @dataclass(frozen=True)
 class Band:
-    """One spectral band (centre wavelength in nm) or SAR channel (polarisation)."""
+    """One band's identity (module docstring). ``kind`` is inferred for spectral and SAR bands.
+
+    ``gsd_m`` is the ground sampling distance the declaring sensor gives it; it is not part of the
+    identity (equality ignores it) and each sensor keeps its own (:meth:`Sensor.band_gsd`). A band
+    with a ``range_nm`` but no ``wavelength_nm`` is centred in its range.
+    """
 
     name: str
     wavelength_nm: float | None = None
     polarisation: str | None = None
-    gsd_m: float = 10.0
+    gsd_m: float = field(default=10.0, compare=False)
+    range_nm: tuple[float, float] | None = None
+    bandwidth_nm: float | None = None
+    frequency_band: str | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.wavelength_nm is None) == (self.polarisation is None):
-            raise ValueError(f"band {self.name!r}: give exactly one of wavelength_nm or polarisation")
+        spectral = (self.wavelength_nm, self.range_nm, self.bandwidth_nm)
+        if self.polarisation is not None:
+            if any(v is not None for v in spectral):
+                raise ValueError(f"band {self.name!r}: give a wavelength (spectral) or a polarisation (SAR), not both")
+            if self.frequency_band is not None and self.frequency_band not in FREQUENCY_BANDS:
+                raise ValueError(f"band {self.name!r}: frequency_band {self.frequency_band!r} is not one of "
+                                 f"{FREQUENCY_BANDS}")
+            self._set_kind(SAR)
+        elif any(v is not None for v in spectral):
+            if self.frequency_band is not None:
+                raise ValueError(f"band {self.name!r}: frequency_band is for SAR bands")
+            self._check_spectrum()
+            self._set_kind(SPECTRAL)
+        elif self.kind not in AUXILIARY_KINDS:
+            raise ValueError(f"band {self.name!r}: give wavelength_nm or range_nm (spectral), polarisation (SAR), "
+                             f"or a kind among {AUXILIARY_KINDS}")
+
+    def _set_kind(self, kind: str) -> None:
+        if self.kind not in (None, kind):
+            raise ValueError(f"band {self.name!r}: kind {self.kind!r} contradicts its descriptors ({kind})")
+        object.__setattr__(self, "kind", kind)
+
+    def _check_spectrum(self) -> None:
+        if self.range_nm is not None:
+            if self.bandwidth_nm is not None:
+                raise ValueError(f"band {self.name!r}: give range_nm or bandwidth_nm, not both")
+            lo, hi = (float(v) for v in self.range_nm)
+            if not 0 < lo < hi:
+                raise ValueError(f"band {self.name!r}: range_nm must be [lo, hi] with 0 < lo < hi, got {self.range_nm}")
+            object.__setattr__(self, "range_nm", (lo, hi))
+            if self.wavelength_nm is None:
+                object.__setattr__(self, "wavelength_nm", (lo + hi) / 2)
+            elif not lo <= self.wavelength_nm <= hi:
+                raise ValueError(f"band {self.name!r}: wavelength_nm {self.wavelength_nm} is outside range_nm "
+                                 f"{self.range_nm}")
+        if self.wavelength_nm is None:
+            raise ValueError(f"band {self.name!r}: bandwidth_nm needs wavelength_nm")
+        if self.bandwidth_nm is not None and not self.bandwidth_nm > 0:
+            raise ValueError(f"band {self.name!r}: bandwidth_nm must be positive, got {self.bandwidth_nm}")
 
     @property
     def is_sar(self) -> bool:
-        return self.polarisation is not None
+        return self.kind == SAR
+
+    @property
+    def is_auxiliary(self) -> bool:
+        """A mask, quality or probability band: read with its file, never fed to an encoder."""
+        return self.kind in AUXILIARY_KINDS
+
+    @property
+    def spectral_range(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` in nm from ``range_nm`` or ``bandwidth_nm`` around the centre; ``None`` for a line."""
+        if self.range_nm is not None:
+            return self.range_nm
+        if self.bandwidth_nm is not None:
+            half = self.bandwidth_nm / 2
+            return self.wavelength_nm - half, self.wavelength_nm + half  # type: ignore[operator]
+        return None
 
 
 @dataclass(frozen=True)
 class Sensor:
-    """A sensor: ordered band names plus how raw file values map to physical units.
+    """A sensor: ordered band names (the file's band order) plus how raw file values map to physical units.
 
-    ``physical = raw * scale + offset``; raw values equal to ``nodata`` (or NaN) are invalid.
+    ``physical = raw * scale + offset`` per band (``band_scale``/``band_offset`` when given, else the
+    sensor's ``scale``/``offset``); raw values equal to ``nodata`` (or NaN) are invalid. ``gsd`` is
+    this sensor's ground sampling distance per band (filled at registration). ``complex``: how to read
+    complex rasters (``intensity_db``: ``10 log10 |z|^2``); without it they are refused.
     """
 
     name: str
@@ -70,35 +177,81 @@ class Sensor:
     dtype: str = "float32"
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    gsd: tuple[float, ...] = ()
+    band_scale: tuple[float, ...] = ()
+    band_offset: tuple[float, ...] = ()
+    complex: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("gsd", "band_scale", "band_offset"):
+            value = getattr(self, name)
+            if value and len(value) != len(self.bands):
+                raise ValueError(f"sensor {self.name!r}: {name} has {len(value)} values for {len(self.bands)} bands")
+        if self.complex is not None and self.complex not in COMPLEX_MODES:
+            raise ValueError(f"sensor {self.name!r}: complex {self.complex!r} is not one of {COMPLEX_MODES}")
 
     @property
     def num_bands(self) -> int:
         return len(self.bands)
 
+    @property
+    def image_bands(self) -> tuple[str, ...]:
+        """The spectral and SAR bands, in file order: what datasets return and encoders see."""
+        return tuple(b for b in self.bands if not get_band(b).is_auxiliary)
+
     def band_objects(self) -> tuple[Band, ...]:
         return tuple(get_band(b) for b in self.bands)
+
+    def band_gsd(self, band: str) -> float:
+        """This sensor's ground sampling distance of ``band`` (m)."""
+        if band not in self.bands:
+            raise BandError(f"band {band!r} is not a band of sensor {self.name!r} {self.bands}")
+        return self.gsd[self.bands.index(band)] if self.gsd else get_band(band).gsd_m
+
+    def calibration(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-band ``(scales, offsets)`` of ``physical = raw * scale + offset``, in band order."""
+        return (self.band_scale or (self.scale,) * self.num_bands,
+                self.band_offset or (self.offset,) * self.num_bands)
 
 
 BANDS: dict[str, Band] = {}
 SENSORS: dict[str, Sensor] = {}
+_SOURCES: dict[str, Path] = {}  # user sensor name -> the YAML file it was loaded from
 
 
-def _add_bands(bands: Iterable[Band]) -> None:
-    for band in bands:
-        known = BANDS.get(band.name)
-        if known is not None and known != band:
-            raise ValueError(f"band {band.name!r} is already registered as {known}, not {band}")
-        BANDS[band.name] = band
+def _differences(new: Any, known: Any) -> str:
+    return ", ".join(f"{f.name} {getattr(new, f.name)!r} (registered: {getattr(known, f.name)!r})"
+                     for f in fields(new) if f.compare and getattr(new, f.name) != getattr(known, f.name))
 
 
 def register_sensor(sensor: Sensor, bands: Iterable[Band] = ()) -> Sensor:
-    """Add a sensor (and any new bands it brings) to the registry."""
-    _add_bands(bands)
-    unknown = [b for b in sensor.bands if b not in BANDS]
+    """Add a sensor and the bands it declares to the registry (all or nothing); return it as registered.
+
+    A band of ``bands`` already registered must be identical (its ``gsd_m`` is this sensor's and may
+    differ); bands of the sensor not in ``bands`` must be registered. The sensor's ``gsd`` defaults to
+    the declared bands' ``gsd_m``, else the registered bands'.
+    """
+    declared = {b.name: b for b in bands}
+    for band in declared.values():
+        known = BANDS.get(band.name)
+        if known is not None and known != band:
+            raise ValueError(f"band {band.name!r} conflicts with its registered definition: "
+                             f"{_differences(band, known)}")
+    unknown = [b for b in sensor.bands if b not in BANDS and b not in declared]
     if unknown:
         raise BandError(f"sensor {sensor.name!r}: unknown bands {unknown}; declare them first")
     if len(set(sensor.bands)) != len(sensor.bands):
         raise ValueError(f"sensor {sensor.name!r}: duplicate band names in {sensor.bands}")
+    if not sensor.gsd:
+        sensor = replace(sensor, gsd=tuple(float((declared.get(b) or BANDS[b]).gsd_m) for b in sensor.bands))
+    for key in (sensor.name, *sensor.aliases):
+        known_sensor = SENSORS.get(key)
+        if known_sensor is not None and known_sensor != sensor:
+            what = "sensor" if key == sensor.name else f"alias of sensor {sensor.name!r}"
+            raise ValueError(f"{what} {key!r} conflicts with the registered sensor {known_sensor.name!r}: "
+                             f"{_differences(sensor, known_sensor) or 'another sensor'}")
+    for band in declared.values():
+        BANDS.setdefault(band.name, band)
     for key in (sensor.name, *sensor.aliases):
         SENSORS[key] = sensor
     return sensor
@@ -118,30 +271,113 @@ def get_sensor(name: str) -> Sensor:
         raise BandError(f"unknown sensor {name!r}; known sensors: {sorted(SENSORS)}") from None
 
 
-def load_sensor_yaml(path: str | Path) -> Sensor:
-    """Register a sensor described in YAML (see ``configs/sensors/``)."""
+def sensor_name(name: str) -> str:
+    """The canonical name of a registered sensor or alias; an unregistered name as given."""
+    known = SENSORS.get(name)
+    return known.name if known is not None else name
+
+
+def sensor_source(name: str) -> Path | None:
+    """The YAML file a user sensor (or alias) was loaded from; ``None`` for built-ins, the checkout's
+    ``configs/sensors/`` and sensors made in code."""
+    return _SOURCES.get(sensor_name(name))
+
+
+_SENSOR_KEYS = {f.name for f in fields(Sensor)} - {"gsd", "band_scale", "band_offset"}
+_IDENTITY_KEYS = {f.name for f in fields(Band)} - {"name", "gsd_m"}
+_USE_KEYS = ("gsd_m", "scale", "offset")
+
+
+def _parse_band(entry: Any) -> tuple[Band | None, dict[str, float]]:
+    """A YAML band entry -> (the band it names or declares, with this sensor's ``gsd_m`` when given;
+    its per-band ``scale``/``offset``). A name alone, or a mapping without identity fields, is a
+    registered band (``None`` if it is used as registered)."""
+    if isinstance(entry, str):
+        return get_band(entry), {}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ValueError(f"band entry {entry!r}: expected a band name or a mapping with a 'name'")
+    name = str(entry["name"])
+    unknown = sorted(set(entry) - {"name", *_IDENTITY_KEYS, *_USE_KEYS})
+    if unknown:
+        raise ValueError(f"band {name!r}: unknown fields {unknown}")
+    use = {k: float(entry[k]) for k in _USE_KEYS if k in entry}
+    gsd = {"gsd_m": use.pop("gsd_m")} if "gsd_m" in use else {}
+    identity = {k: entry[k] for k in _IDENTITY_KEYS if k in entry}
+    if "range_nm" in identity:
+        identity["range_nm"] = tuple(identity["range_nm"])
+    band = Band(name, **identity, **gsd) if identity else replace(get_band(name), **gsd)
+    return band, use
+
+
+def _parse_sensor(spec: Any) -> tuple[Sensor, list[Band]]:
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected a mapping per sensor, got {type(spec).__name__}")
+    missing = [k for k in ("name", "bands") if k not in spec]
+    if missing:
+        raise ValueError(f"missing fields {missing}")
+    unknown = sorted(set(spec) - _SENSOR_KEYS)
+    if unknown:
+        raise ValueError(f"sensor {spec['name']!r}: unknown fields {unknown}")
+    parsed = [_parse_band(entry) for entry in spec["bands"]]
+    bands = [band for band, _ in parsed]
+    scale, offset = float(spec.get("scale", 1.0)), float(spec.get("offset", 0.0))
+    per_band = any(use for _, use in parsed)
+    sensor = Sensor(
+        name=str(spec["name"]),
+        bands=tuple(b.name for b in bands),
+        scale=scale,
+        offset=offset,
+        nodata=spec.get("nodata"),
+        dtype=str(spec.get("dtype", "float32")),
+        description=str(spec.get("description", "")),
+        aliases=tuple(spec.get("aliases", ())),
+        band_scale=tuple(use.get("scale", scale) for _, use in parsed) if per_band else (),
+        band_offset=tuple(use.get("offset", offset) for _, use in parsed) if per_band else (),
+        complex=spec.get("complex"),
+    )
+    return sensor, bands
+
+
+def load_sensor_yaml(path: str | Path) -> list[Sensor]:
+    """Register the sensor (a mapping) or sensors (a list) described in a YAML file (module docstring)."""
     path = Path(path)
-    spec = yaml.safe_load(path.read_text())
     try:
-        bands = [Band(**b) if isinstance(b, dict) else get_band(b) for b in spec["bands"]]
-        sensor = Sensor(
-            name=spec["name"],
-            bands=tuple(b.name for b in bands),
-            scale=float(spec.get("scale", 1.0)),
-            offset=float(spec.get("offset", 0.0)),
-            nodata=spec.get("nodata"),
-            dtype=str(spec.get("dtype", "float32")),
-            description=str(spec.get("description", "")),
-            aliases=tuple(spec.get("aliases", ())),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid sensor description: {exc}") from exc
-    return register_sensor(sensor, bands)
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sensor file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    sensors = []
+    for spec in raw if isinstance(raw, list) else [raw]:
+        try:
+            sensor = register_sensor(*_parse_sensor(spec))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: invalid sensor description: {exc}") from exc
+        if path.resolve().parent != SENSOR_CONFIG_DIR:
+            _SOURCES.setdefault(sensor.name, path.resolve())
+        sensors.append(sensor)
+    return sensors
 
 
-def load_sensor_dir(directory: str | Path) -> list[Sensor]:
-    """Register every ``*.yaml`` sensor in a directory."""
-    return [load_sensor_yaml(p) for p in sorted(Path(directory).glob("*.yaml"))]
+def load_sensor_files(paths: Iterable[str | Path]) -> list[Sensor]:
+    """Register every sensor in ``paths``: YAML files, or folders of ``*.yaml`` files (sorted)."""
+    sensors = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(path.glob("*.yaml"))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"sensor file not found: {path}")
+        for file in files:
+            sensors += load_sensor_yaml(file)
+            logger.debug("registered sensors from %s", file)
+    return sensors
+
+
+def env_sensor_paths() -> list[Path]:
+    """The files and folders listed in ``$EOSFED_SENSORS`` (``os.pathsep``-separated)."""
+    return [Path(p) for p in os.environ.get(SENSORS_ENV, "").split(os.pathsep) if p]
 
 
 def select_bands(
@@ -165,13 +401,18 @@ def select_bands(
 
 def equivalent_band(want: str, have: Sequence[str], tolerance_nm: float = 30.0) -> str | None:
     """The band of ``have`` that can stand in for ``want``: itself, the same SAR polarisation,
-    or the closest centre wavelength within ``tolerance_nm``. ``None`` if there is none."""
+    or the closest centre wavelength within ``tolerance_nm``. ``None`` if there is none (auxiliary
+    bands stand in for nothing)."""
     if want in have:
         return want
     target = get_band(want)
+    if target.is_auxiliary:
+        return None
     best, best_gap = None, tolerance_nm
     for name in have:
         band = get_band(name)
+        if band.is_auxiliary:
+            continue
         if target.is_sar or band.is_sar:
             if target.polarisation is not None and band.polarisation == target.polarisation:
                 return name
@@ -191,7 +432,8 @@ _S2 = [
     Band("B09", 945.1, gsd_m=60), Band("B10", 1373.5, gsd_m=60), Band("B11", 1613.7, gsd_m=20),
     Band("B12", 2202.4, gsd_m=20),
 ]
-_S1 = [Band("VV", polarisation="VV", gsd_m=10), Band("VH", polarisation="VH", gsd_m=10)]
+_S1 = [Band("VV", polarisation="VV", gsd_m=10, frequency_band="C"),
+       Band("VH", polarisation="VH", gsd_m=10, frequency_band="C")]
 _OLI = [
     Band("OLI_B1", 443.0, gsd_m=30), Band("OLI_B2", 482.0, gsd_m=30), Band("OLI_B3", 561.5, gsd_m=30),
     Band("OLI_B4", 654.5, gsd_m=30), Band("OLI_B5", 865.0, gsd_m=30), Band("OLI_B6", 1608.5, gsd_m=30),

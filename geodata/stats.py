@@ -62,10 +62,11 @@ def stats_path(manifest: Manifest, sensor: str, split: str, tiles: list[TileEntr
 
 
 def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str | Sensor) -> BandStats:
-    """Mean and std per band over the valid pixels of ``tiles`` (float64 accumulation)."""
+    """Mean and std per image band over the valid pixels of ``tiles`` (float64 accumulation)."""
     sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
-    total = np.zeros(sensor.num_bands)
-    total_sq = np.zeros(sensor.num_bands)
+    bands = sensor.image_bands
+    total = np.zeros(len(bands))
+    total_sq = np.zeros(len(bands))
     count = 0
     for tile in tqdm(tiles, desc=f"band stats {sensor.name}", unit="tile", leave=False):
         raster = read_source(tile_source(manifest, tile), sensor)
@@ -75,7 +76,7 @@ def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str |
         count += pixels.shape[1]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return BandStats(sensor.bands, tuple(mean.tolist()), tuple(np.maximum(std, MIN_STD).tolist()))
+    return BandStats(bands, tuple(mean.tolist()), tuple(np.maximum(std, MIN_STD).tolist()))
 
 
 def load_or_compute_stats(

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fusion import load_student
-from fusion.student import Student, save_student
+from fusion.student import POLARISATIONS, Student, save_student
+from geodata.sensors import Band, BandError, Sensor, get_band, register_sensor
 
 LANDSAT = ("OLI_B1", "OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5", "OLI_B6", "OLI_B7")
 S2 = ("B02", "B03", "B04", "B08")
@@ -106,3 +107,48 @@ def test_fewer_blocks_make_a_student_smaller_than_a_specialist_and_survive_a_rel
         assert torch.allclose(loaded.pooled(x, S2), small.pooled(x, S2), atol=1e-6)
     with pytest.raises(ValueError, match="field 'depths'"):
         Student.create(depths=(2, 2, 0, 2))
+
+
+def _centre_line_tokens(stem, bands):
+    """The stem's tokens as computed before spectral ranges existed: one Fourier sample at each centre."""
+    objects = [get_band(b) for b in bands]
+    lo, hi = math.log(350.0), math.log(2600.0)
+    optical = [i for i, b in enumerate(objects) if not b.is_sar]
+    t = torch.tensor([(math.log(objects[i].wavelength_nm) - lo) / (hi - lo) for i in optical])
+    angles = t[:, None] * stem.freqs[None, :]
+    emb = stem.optical(torch.cat([angles.sin(), angles.cos()], dim=1))
+    tokens = [None] * len(objects)
+    for j, i in enumerate(optical):
+        tokens[i] = emb[j]
+    for i, band in enumerate(objects):
+        if band.is_sar:
+            tokens[i] = stem.polarisation.weight[POLARISATIONS.index(band.polarisation)]
+    return stem.norm(stem.mixer(torch.stack(tokens)[None])[0])
+
+
+def test_bands_without_a_range_embed_exactly_as_before(student):
+    with torch.no_grad():
+        for bands in (S2, LANDSAT, ("B02", "B08", "VV", "VH")):
+            assert torch.equal(student.stem.tokens(bands), _centre_line_tokens(student.stem, bands))
+
+
+def test_a_wide_band_is_not_its_centre_line(student):
+    register_sensor(Sensor("t_pan_stem", ("T_STEM_PAN", "T_STEM_LINE", "T_STEM_NARROW")), [
+        Band("T_STEM_PAN", range_nm=(450, 900)), Band("T_STEM_LINE", 675.0),
+        Band("T_STEM_NARROW", 675.0, bandwidth_nm=2.0)])
+    with torch.no_grad():
+        pan, line, narrow = (student.stem.tokens((b, "B03"))[0] for b in ("T_STEM_PAN", "T_STEM_LINE", "T_STEM_NARROW"))
+        x = torch.rand(1, 2, 32, 32)
+        pooled_pan = student.pooled(x, ("T_STEM_PAN", "B03"))
+        pooled_line = student.pooled(x, ("T_STEM_LINE", "B03"))
+    assert (pan - line).norm() > 0.1 * line.norm()
+    assert (narrow - line).norm() < 0.01 * line.norm()  # a narrow band is nearly its line
+    assert not torch.allclose(pooled_pan, pooled_line, atol=1e-4)
+
+
+def test_auxiliary_bands_are_refused(student):
+    register_sensor(Sensor("t_qa_stem", ("T_STEM_QA",)), [Band("T_STEM_QA", kind="quality")])
+    with pytest.raises(BandError, match=r"bands \['T_STEM_QA'\] are auxiliary \(quality\)"):
+        student(torch.rand(1, 2, 32, 32), ("B02", "T_STEM_QA"))
+    with pytest.raises(BandError, match="auxiliary"):
+        student.stem.tokens(("T_STEM_QA",))

@@ -10,7 +10,7 @@ from rasterio.windows import Window
 
 from geodata.errors import RasterError
 from geodata.raster import check_aligned, read_band_files, read_labelled, read_mask, read_tile, write_geotiff
-from geodata.sensors import get_sensor
+from geodata.sensors import Band, Sensor, get_sensor, register_sensor
 
 UTM33 = "EPSG:32633"
 
@@ -166,3 +166,40 @@ def test_image_and_mask_on_different_grids(tmp_path):
     mask = write(tmp_path / "mask.tif", np.ones((1, 16, 16), np.uint8))
     raster, labels = read_labelled(image, "sentinel2_l1c", mask, num_classes=2, window=Window(4, 4, 8, 8))
     assert raster.data.shape == (13, 8, 8) and labels.shape == (8, 8) and (labels == 1).all()
+
+
+def aux_sensor():
+    """Sentinel-2 L1C's 13 bands, then a QA60 bit mask and a cloud probability (percent)."""
+    bands = [Band("QA60", kind="quality"), Band("CLOUD_PROB", kind="probability")]
+    l1c = get_sensor("sentinel2_l1c")
+    return register_sensor(Sensor("t_s2_qa", (*l1c.bands, "QA60", "CLOUD_PROB"), scale=1e-4, nodata=0,
+                                  dtype="uint16"), bands)
+
+
+def test_auxiliary_bands_read_with_the_file_but_not_returned(tmp_path):
+    data = np.concatenate([s2_stack(1000, 13), np.zeros((2, 8, 8), np.uint16)])  # QA and cloud prob 0 = nodata
+    data[:13, 0, 0] = np.arange(13) + 1
+    raster = read_tile(write(tmp_path / "qa.tif", data), aux_sensor())
+    assert raster.data.shape == (13, 8, 8) and raster.valid.all()  # auxiliary zeros are not nodata
+    np.testing.assert_allclose(raster.data[:, 0, 0], (np.arange(13) + 1) * 1e-4, rtol=1e-6)
+    with pytest.raises(RasterError, match=r"qa13\.tif: expected 15 bands for sensor t_s2_qa, found 13"):
+        read_tile(write(tmp_path / "qa13.tif", s2_stack(1000, 13)), aux_sensor())
+
+
+def test_complex_sar_as_intensity_db_or_refused(tmp_path):
+    z = np.full((2, 8, 8), 0.1 + 0.0j, dtype=np.complex64)
+    z[1] = 0.3 - 0.4j
+    z[0, 0, 0] = 0  # no signal: -inf dB, invalid
+    path = write(tmp_path / "slc.tif", z)
+    with pytest.raises(RasterError, match=r"slc\.tif: complex values \(complex64\) but sensor sentinel1_grd does "
+                                          r"not declare how to read them \(complex: intensity_db\)"):
+        read_tile(path, "sentinel1_grd")
+    slc = register_sensor(Sensor("t_s1_slc", ("VV", "VH"), complex="intensity_db"))
+    raster = read_tile(path, slc)
+    assert raster.data.dtype == np.float32 and not raster.valid[0, 0] and raster.valid.sum() == 63
+    np.testing.assert_allclose(raster.data[0, 1:, 1:], -20.0, rtol=1e-5)  # |0.1|^2 = 0.01
+    np.testing.assert_allclose(raster.data[1, 1:, 1:], 10 * np.log10(0.25), rtol=1e-5)
+    files = {b: write(tmp_path / f"slc_{b}.tif", z[i]) for i, b in enumerate(("VV", "VH"))}
+    np.testing.assert_array_equal(read_band_files(files, slc).data, raster.data)
+    with pytest.raises(ValueError, match="complex 'phase' is not one of"):
+        Sensor("t_bad", ("VV",), complex="phase")

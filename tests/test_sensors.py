@@ -1,16 +1,32 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import torch
+from rasterio.transform import from_origin
 
+from geodata.dataset import TileDataset
+from geodata.manifest import Manifest
+from geodata.raster import read_tile, write_geotiff
 from geodata.sensors import (
+    BANDS,
+    SENSORS,
+    SENSORS_ENV,
     Band,
     BandError,
+    Sensor,
     equivalent_band,
+    get_band,
     get_sensor,
-    load_sensor_dir,
+    load_sensor_files,
     load_sensor_yaml,
+    register_sensor,
     select_bands,
+    sensor_source,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,12 +71,14 @@ def test_equivalent_band_by_wavelength_and_polarisation():
 def test_unknown_names_are_refused():
     with pytest.raises(BandError, match="unknown sensor 'nope'"):
         get_sensor("nope")
-    with pytest.raises(ValueError, match="exactly one of wavelength_nm or polarisation"):
+    with pytest.raises(ValueError, match="give wavelength_nm or range_nm"):
         Band("X")
+    with pytest.raises(ValueError, match="not both"):
+        Band("X", 500.0, "VV")
 
 
 def test_sensor_from_yaml(tmp_path):
-    sensors = load_sensor_dir(CONFIGS / "sensors")
+    sensors = load_sensor_files([CONFIGS / "sensors"])
     ps = get_sensor("planetscope_sd")
     assert ps in sensors and ps.num_bands == 8 and ps.scale == pytest.approx(1e-4)
     assert equivalent_band("B04", ps.bands) == "PS_RED"
@@ -69,3 +87,139 @@ def test_sensor_from_yaml(tmp_path):
     bad.write_text("name: broken\nbands:\n  - {name: ZZ}\n")
     with pytest.raises(ValueError, match="bad.yaml: invalid sensor description"):
         load_sensor_yaml(bad)
+
+
+# --- band descriptors, sensor band use, registration ------------------------------------------------
+
+def yaml_file(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_band_descriptors():
+    pan = Band("T_PAN", range_nm=[450, 900])
+    assert pan.wavelength_nm == 675 and pan.range_nm == (450.0, 900.0) and pan.spectral_range == (450.0, 900.0)
+    assert pan.kind == "spectral" and not pan.is_sar and not pan.is_auxiliary
+    assert Band("T_NARROW", 665.0, bandwidth_nm=30).spectral_range == (650.0, 680.0)
+    assert Band("T_LINE", 665.0).spectral_range is None
+    hh = Band("T_HH", polarisation="HH", frequency_band="L")
+    assert hh.is_sar and hh.kind == "sar"
+    qa = Band("T_QA", kind="quality")
+    assert qa.is_auxiliary and qa.wavelength_nm is None
+    assert get_band("VV").frequency_band == "C"
+    for bad, message in [
+        (dict(range_nm=(900, 450)), "0 < lo < hi"),
+        (dict(wavelength_nm=1000, range_nm=(450, 900)), "outside range_nm"),
+        (dict(wavelength_nm=500, range_nm=(450, 900), bandwidth_nm=10), "range_nm or bandwidth_nm"),
+        (dict(bandwidth_nm=10), "bandwidth_nm needs wavelength_nm"),
+        (dict(wavelength_nm=500, frequency_band="C"), "frequency_band is for SAR"),
+        (dict(polarisation="VV", frequency_band="Q"), "frequency_band 'Q' is not one of"),
+        (dict(wavelength_nm=500, kind="mask"), "contradicts"),
+        (dict(kind="cloud"), "give wavelength_nm or range_nm"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Band("T_BAD", **bad)
+
+
+def test_gsd_belongs_to_the_sensor_not_the_band(tmp_path):
+    path = yaml_file(tmp_path / "radarsat.yaml", (
+        "name: t_radarsat\nbands:\n"
+        "  - {name: VV, polarisation: VV, frequency_band: C, gsd_m: 5}\n"
+        "  - {name: VH, gsd_m: 5}\n"))
+    (sensor,) = load_sensor_files([path])
+    assert sensor.bands == ("VV", "VH") and sensor.band_gsd("VV") == 5 and sensor.band_gsd("VH") == 5
+    assert get_sensor("sentinel1_grd").band_gsd("VV") == 10 and get_band("VV").gsd_m == 10
+    assert load_sensor_files([path]) == [sensor]  # identical again: fine
+    assert sensor_source("t_radarsat") == path.resolve()
+    assert min(get_sensor("sentinel2_l2a").bands, key=get_sensor("sentinel2_l2a").band_gsd) == "B02"
+
+
+def test_conflicting_band_or_sensor_names_the_file_and_band(tmp_path):
+    lband = yaml_file(tmp_path / "alos.yaml", "name: t_alos\nbands:\n  - {name: T_NEW, wavelength_nm: 512}\n"
+                                              "  - {name: VV, polarisation: VV, frequency_band: L}\n")
+    with pytest.raises(ValueError, match=r"alos\.yaml: invalid sensor description: band 'VV' conflicts with its "
+                                         r"registered definition: frequency_band 'L' \(registered: 'C'\)"):
+        load_sensor_files([lband])
+    other = yaml_file(tmp_path / "ps.yaml", (CONFIGS / "sensors" / "planetscope_sd.yaml").read_text()
+                      .replace("scale: 0.0001", "scale: 0.01"))
+    with pytest.raises(ValueError, match=r"ps\.yaml: .*sensor 'planetscope_sd' conflicts .*scale 0\.01"):
+        load_sensor_files([other])
+    alias = yaml_file(tmp_path / "alias.yaml", "name: t_alias\naliases: [s2]\nbands: [B02]\n")
+    with pytest.raises(ValueError, match=r"alias\.yaml: .*alias of sensor 't_alias' 's2' conflicts"):
+        load_sensor_files([alias])
+    typo = yaml_file(tmp_path / "typo.yaml", "name: t_typo\nbands:\n  - {name: T_TYPO, wavelenght_nm: 500}\n")
+    with pytest.raises(ValueError, match=r"typo\.yaml: .*band 'T_TYPO': unknown fields \['wavelenght_nm'\]"):
+        load_sensor_files([typo])
+    assert "t_alias" not in SENSORS and {"T_NEW", "T_TYPO"}.isdisjoint(BANDS)  # nothing half-registered
+    with pytest.raises(FileNotFoundError, match="sensor file not found: .*nope.yaml"):
+        load_sensor_files([tmp_path / "nope.yaml"])
+
+
+def test_one_file_many_sensors_and_folders(tmp_path):
+    yaml_file(tmp_path / "dir" / "a.yaml", (
+        "- name: t_pan\n  bands: [{name: T_PAN2, range_nm: [450, 900], gsd_m: 2}]\n"
+        "- name: t_pan_rgb\n  bands: [T_PAN2, RED, GREEN, BLUE]\n"))
+    yaml_file(tmp_path / "dir" / "b.yaml", "name: t_b\nbands: [B02]\n")
+    names = [s.name for s in load_sensor_files([tmp_path / "dir"])]
+    assert names == ["t_pan", "t_pan_rgb", "t_b"]
+    assert get_sensor("t_pan_rgb").band_gsd("T_PAN2") == 2 and get_sensor("t_pan_rgb").band_gsd("RED") == 0.5
+
+
+def test_env_sensors_register_at_import(tmp_path):
+    a = yaml_file(tmp_path / "a" / "x.yaml", "name: t_env_a\nbands: [B04]\n")
+    yaml_file(tmp_path / "b" / "y.yaml", "name: t_env_b\nbands: [B08]\n")
+    env = {**os.environ, SENSORS_ENV: os.pathsep.join([str(a), str(tmp_path / "b")])}
+    code = "import geodata.sensors as s; print(s.get_sensor('t_env_a').bands, s.get_sensor('t_env_b').bands)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "('B04',) ('B08',)"
+
+
+def test_per_band_scale_reads_tci_beside_reflectance(tmp_path, shared_data):
+    """The wildfire files hold 8-bit true-colour TCI_R/G/B, then B8 and B12 as reflectance x 10000."""
+    path = yaml_file(tmp_path / "wildfire.yaml", (
+        "name: t_s2_tci\nscale: 0.0001\nbands:\n"
+        "  - {name: TCI_R, wavelength_nm: 664.6, scale: 0.00392156862745098}\n"
+        "  - {name: TCI_G, wavelength_nm: 559.8, scale: 0.00392156862745098}\n"
+        "  - {name: TCI_B, wavelength_nm: 492.4, scale: 0.00392156862745098}\n"
+        "  - B08\n  - B12\n"))
+    (sensor,) = load_sensor_files([path])
+    assert sensor.calibration()[0] == (1 / 255,) * 3 + (1e-4,) * 2
+    tif = min((shared_data / "wildfire-s2" / "post_fire").glob("*.tif"))
+    raster = read_tile(tif, sensor)
+    with rasterio.open(tif) as src:
+        raw = src.read()
+    np.testing.assert_allclose(raster.data[:3], raw[:3] / 255, rtol=1e-6)
+    np.testing.assert_allclose(raster.data[3:], raw[3:] * 1e-4, rtol=1e-5)
+    assert raster.data[:3].max() <= 1.0 and 0.0 < np.nanmean(raster.data[3]) < 1.0
+
+
+def test_auxiliary_bands_are_kept_in_file_order_but_not_image_bands():
+    sensor = register_sensor(Sensor("t_aux", ("B02", "T_CLOUD", "B03")), [Band("T_CLOUD", kind="probability")])
+    assert sensor.num_bands == 3 and sensor.image_bands == ("B02", "B03")
+    assert equivalent_band("T_CLOUD", sensor.bands) == "T_CLOUD"  # by name only
+    assert equivalent_band("T_CLOUD", ("B02",)) is None and equivalent_band("B02", ("T_CLOUD",)) is None
+
+
+def test_select_needs_only_the_selected_sensor_known():
+    tiles = [{"id": "a", "sensor": "sentinel1_grd", "split": "train", "path": "a.tif"},
+             {"id": "b", "sensor": "not_registered_anywhere", "split": "train", "path": "b.tif"}]
+    manifest = Manifest.from_dict({"tiles": tiles})
+    assert [t.id for t in manifest.select(sensor="s1")] == ["a"]
+    assert manifest.splits(sensor="sentinel1_grd") == ["train"]
+    with pytest.raises(BandError, match="unknown sensor 'not_registered_anywhere'; known sensors"):
+        manifest.select(sensor="not_registered_anywhere")
+
+
+def test_sensor_yaml_beside_a_manifest_is_registered(tmp_path):
+    data = np.full((2, 8, 8), 7, dtype=np.uint16)
+    write_geotiff(tmp_path / "ds" / "t.tif", data, from_origin(0, 80, 10, 10), "EPSG:32633")
+    yaml_file(tmp_path / "ds" / "sensors.yaml", "name: t_beside\nscale: 0.5\nbands: [B04, B08]\n")
+    yaml_file(tmp_path / "ds" / "sensors" / "more.yaml", "name: t_beside_too\nbands: [B04]\n")
+    (tmp_path / "ds" / "manifest.json").write_text(
+        '{"tiles": [{"id": "t", "sensor": "t_beside", "split": "train", "path": "t.tif"}]}')
+    manifest = Manifest.load(tmp_path / "ds" / "manifest.json")
+    assert get_sensor("t_beside_too").bands == ("B04",)
+    sample = TileDataset(manifest, "t_beside")[0]
+    assert sample["bands"] == ("B04", "B08") and float(sample["image"].max()) == 3.5

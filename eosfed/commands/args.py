@@ -1,5 +1,6 @@
-"""What every command shares: the user-error type, the ``--out``/``--overwrite`` convention, and flags
-generated from the settings dataclasses (so a flag's default is the setting's one default)."""
+"""What every command shares: the user-error type, the ``--out``/``--overwrite`` convention, ``--sensors FILE``,
+checked split names, and flags generated from the settings dataclasses (so a flag's default is the
+setting's one default)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
-__all__ = ["HelpFormatter", "UsageError", "add_output", "add_settings", "check_output", "settings_from", "staged_output"]
+if TYPE_CHECKING:
+    from geodata.manifest import Manifest
+
+__all__ = ["HelpFormatter", "UsageError", "add_output", "add_settings", "check_output", "settings_from", "staged_output",
+           "add_sensor_files", "load_sensor_args", "check_split", "optional_split"]
 
 T = TypeVar("T")
 
@@ -119,3 +124,39 @@ def settings_from(args: argparse.Namespace, settings: type[T], **fixed: Any) -> 
     """The ``settings`` dataclass from the flags :func:`add_settings` added (plus ``fixed`` fields)."""
     names = {f.name for f in dataclasses.fields(settings)}
     return settings(**{n: getattr(args, n) for n in names if hasattr(args, n) and n not in fixed}, **fixed)
+
+
+def add_sensor_files(parser: argparse.ArgumentParser) -> None:
+    """Add ``--sensors FILE`` (repeatable): sensor YAML files or folders registered before the command runs
+    (by :func:`load_sensor_args`, which ``eosfed.cli.main`` calls for every command)."""
+    parser.add_argument("--sensors", dest="sensor_files", action="append", type=Path, metavar="FILE",
+                        help="sensor YAML file or folder to register; repeat for several (also $EOSFED_SENSORS)")
+
+
+def load_sensor_args(args: argparse.Namespace) -> None:
+    """Register the sensors of ``$EOSFED_SENSORS``, then those of the command's ``--sensors`` files."""
+    from geodata.sensors import env_sensor_paths, load_sensor_files  # geodata imports torch: only when running
+
+    load_sensor_files([*env_sensor_paths(), *(getattr(args, "sensor_files", None) or ())])
+
+
+def check_split(manifest: "Manifest", split: str, flag: str, **filters: str | None) -> str:
+    """``split``, if it has tiles matching ``filters`` (:meth:`Manifest.select`); else a :class:`UsageError`
+    naming ``flag`` and listing the splits that have such tiles."""
+    splits = manifest.splits(**filters)
+    if split not in splits:
+        what = ", ".join(f"{k} {v!r}" for k, v in filters.items() if v is not None)
+        raise UsageError(f"{manifest.source}: {flag} {split!r} has no tiles for {what}; "
+                         f"splits with such tiles: {splits or 'none'}")
+    return split
+
+
+def optional_split(manifest: "Manifest", given: str | None, default: str, flag: str,
+                   **filters: str | None) -> str | None:
+    """An optional split flag: ``''`` is no split, ``None`` (not given) is ``default`` when it has tiles
+    (else no split), a name must pass :func:`check_split`."""
+    if given == "":
+        return None
+    if given is None:
+        return default if default in manifest.splits(**filters) else None
+    return check_split(manifest, given, flag, **filters)

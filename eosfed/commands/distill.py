@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import add_output, add_settings, check_output, settings_from, staged_output
+from eosfed.commands.args import add_output, add_sensor_files, add_settings, check_output, settings_from, staged_output
 from fusion.data import ProxyBatches
 from fusion.distill import DistillConfig
 from fusion.registry import Registry
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy", required=True, type=Path, help="proxy manifest.json (labels unused)")
     add_output(parser, "run folder to write into")
     parser.add_argument("--split", default="train", help="proxy split to use ('' for all)")
-    parser.add_argument("--sensors", help="comma-separated proxy sensors (default: all in the split)")
+    add_sensor_files(parser)
+    parser.add_argument("--proxy-sensors", help="comma-separated proxy sensors (default: all in the split)")
     parser.add_argument("--init", type=Path, help="previous distill run folder to warm-start from (integrate mode)")
     parser.add_argument("--size", type=int, help="centre-crop proxy tiles to this size")
     parser.add_argument("--num-workers", type=int, default=0)
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     config = settings_from(args, DistillConfig)
     registry = Registry(args.registry)
-    batches = ProxyBatches(args.proxy, args.sensors.split(",") if args.sensors else None, args.split or None,
+    batches = ProxyBatches(args.proxy, args.proxy_sensors.split(",") if args.proxy_sensors else None, args.split or None,
                            args.size, args.batch_size, seed=args.seed, num_workers=args.num_workers)
     with staged_output(args.out, args.overwrite, keep=("teacher_cache",)) as out:
         distilled = distil(registry, batches, TeacherCache(out / "teacher_cache"), config, seed=args.seed,

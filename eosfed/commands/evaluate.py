@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import add_output, check_output
+from eosfed.commands.args import add_output, add_sensor_files, check_output, check_split, optional_split
 from fusion.data import labelled_loader
 from fusion.encoders import RANDOM_PREFIX, open_encoder
 from fusion.probes import DEFAULT_FRACTIONS, DEFAULT_SEEDS, probe_encoder, results_markdown
@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="task name in the manifest")
     parser.add_argument("--sensor", required=True, help="sensor whose tiles are probed")
     add_output(parser, "results JSON (a .md table is written beside)")
+    add_sensor_files(parser)
     parser.add_argument("--train-split", default="train")
-    parser.add_argument("--val-split", default="val", help="split to tune weight decay on ('' for none)")
+    parser.add_argument("--val-split", help="split to tune weight decay on ('' for none; default: val when present)")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--fractions", type=_floats, default=list(DEFAULT_FRACTIONS), help="e.g. 0.01,0.1,1")
     parser.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=list(DEFAULT_SEEDS))
@@ -51,13 +52,17 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     manifest = Manifest.load(args.manifest)
     task = manifest.task(args.task)
-    stats = load_or_compute_stats(manifest, args.sensor, args.train_split)
+    filters = dict(sensor=args.sensor, task=args.task)
+    train_split = check_split(manifest, args.train_split, "--train-split", **filters)
+    test_split = check_split(manifest, args.test_split, "--test-split", **filters)
+    val_split = optional_split(manifest, args.val_split, "val", "--val-split", **filters)
+    stats = load_or_compute_stats(manifest, args.sensor, train_split)
 
     def loader(split: str):
         return labelled_loader(manifest, args.sensor, args.task, split, args.size, args.batch_size, stats)
 
-    val = loader(args.val_split) if args.val_split and manifest.select(args.sensor, args.val_split, args.task) else None
-    train, test = loader(args.train_split), loader(args.test_split)
+    val = loader(val_split) if val_split is not None else None
+    train, test = loader(train_split), loader(test_split)
     results = []
     for spec in args.encoder:
         encoder = open_encoder(spec, args.tolerance_nm, map_location=args.device)

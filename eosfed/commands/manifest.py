@@ -11,7 +11,12 @@ import importlib
 
 from eosfed.commands.args import HelpFormatter
 
-LAYOUTS: dict[str, str] = {}
+LAYOUTS: dict[str, str] = {
+    "folders": "one folder per class of images (GeoTIFF, JPEG, PNG), e.g. AID or EuroSAT",
+    "eurosat": "EuroSAT-MS class folders (13-band Sentinel-2 L1C)",
+    "bigearthnet": "BigEarthNet S2 patches and their S1 twins (multilabel CORINE)",
+    "eolearn": "eo-learn's test patch as chips (land-cover segmentation)",
+}
 
 
 def _module(layout: str):

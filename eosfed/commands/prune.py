@@ -13,7 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import UsageError, add_output, add_settings, check_output, settings_from, staged_output
+from eosfed.commands.args import (UsageError, add_output, add_sensor_files, add_settings, check_output, settings_from,
+                                  staged_output)
 from fusion.contrib import combine_contributions, extract_member_features, with_twins
 from fusion.data import labelled_loader
 from fusion.ensemble import Ensemble
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", required=True, action="append", type=_eval_pair, dest="evals",
                         help="TASK@SENSOR to score on; repeat for several")
     add_output(parser, "folder of the pruned registry")
+    add_sensor_files(parser)
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--size", type=int, help="centre-crop tiles to this size")

@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from eosfed.commands.args import add_output, check_output, staged_output
+from eosfed.commands.args import add_output, add_sensor_files, check_output, staged_output
 from geodata.synth.config import load_world_config
 from geodata.synth.world import generate_world
 
@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(parser, "output folder (manifest.json goes here)")
+    add_sensor_files(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", default="default", help="configs/world/<preset>.yaml (default: default)")
     source.add_argument("--config", type=Path, help="a world YAML file instead of a preset")

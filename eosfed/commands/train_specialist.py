@@ -1,8 +1,10 @@
 """``eosfed train-specialist``: train one specialist on a manifest's tiles, no federation.
 
-Uses the manifest's ``train`` split (normalisation statistics come from it), ``val`` for early
-stopping when present, and reports metrics on ``test`` when present; writes the specialist folder
-(``weights.safetensors`` + ``card.json``).
+Uses the manifest's ``train`` split (normalisation statistics come from it), ``--val-split`` for early
+stopping and ``--test-split`` for test metrics (by default ``val`` and ``test`` when present; a split
+named but absent is an error listing those there are); writes the specialist folder
+(``weights.safetensors`` + ``card.json``). The specialist reads the sensor's image bands (its
+auxiliary mask/quality/probability bands are read with the files but not fed to it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from eosfed.commands.args import UsageError, add_output, add_settings, check_output, settings_from, staged_output
+from eosfed.commands.args import (add_output, add_sensor_files, add_settings, check_output, check_split,
+                                  optional_split, settings_from, staged_output)
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.sensors import get_sensor
@@ -26,14 +29,15 @@ from specialists.trunk import DEFAULT_VARIANT
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, type=Path, help="manifest.json")
     parser.add_argument("--sensor", required=True, help="sensor name of the tiles to train on")
     parser.add_argument("--task", required=True, help="task name in the manifest")
     add_output(parser, "folder to write the specialist into")
+    add_sensor_files(parser)
+    parser.add_argument("--val-split", help="split for early stopping ('' for none; default: val when present)")
+    parser.add_argument("--test-split", help="split for test metrics ('' for none; default: test when present)")
     parser.add_argument("--institution", help="only this institution's tiles (and name it on the card)")
     parser.add_argument("--name", help="specialist name (default: <institution|manifest>-<sensor>-<task>)")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
@@ -63,14 +67,13 @@ def run(args: argparse.Namespace) -> int:
     sensor = get_sensor(args.sensor)
     spec = manifest.task(args.task)
     filters = dict(sensor=sensor.name, task=args.task, institution=args.institution)
-    tiles = {split: manifest.select(split=split, **filters) for split in SPLITS}
-    tiles = {split: t for split, t in tiles.items() if t}
-    if "train" not in tiles:
-        raise UsageError(f"{args.manifest}: no train tiles for sensor {sensor.name!r}, task {args.task!r}"
-                         + (f", institution {args.institution!r}" if args.institution else ""))
+    splits = {"train": check_split(manifest, "train", "split", **filters),
+              "val": optional_split(manifest, args.val_split, "val", "--val-split", **filters),
+              "test": optional_split(manifest, args.test_split, "test", "--test-split", **filters)}
+    tiles = {role: manifest.select(split=split, **filters) for role, split in splits.items() if split is not None}
     stats = load_or_compute_stats(manifest, sensor, "train", institution=args.institution)
-    datasets = {split: TileDataset(manifest, sensor, split=split, task=args.task, institution=args.institution,
-                                   size=args.size, stats=stats) for split in tiles}
+    datasets = {role: TileDataset(manifest, sensor, split=splits[role], task=args.task,
+                                  institution=args.institution, size=args.size, stats=stats) for role in tiles}
     institutions = [args.institution] if args.institution else sorted(
         {t.institution for t in tiles["train"] if t.institution}) or [manifest.name]
     card = SpecialistCard(

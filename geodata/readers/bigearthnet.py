@@ -67,7 +67,8 @@ def build_bigearthnet_manifest(
     patch-name lists); an S1 patch takes its twin's split.
     """
     splits = splits or {}
-    s2_finest = min(get_sensor(S2_SENSOR).band_objects(), key=lambda b: b.gsd_m).name  # the 10 m grid
+    s2 = get_sensor(S2_SENSOR)
+    s2_finest = min(s2.bands, key=s2.band_gsd)  # the 10 m grid
     entries: list[tuple[TileEntry, list[str], Path]] = []
     s2_bands: dict[str, dict[str, str]] = {}
     for patch in _patches(Path(s2_root)):

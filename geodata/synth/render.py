@@ -67,23 +67,24 @@ def _blur_matrix(n: int, sigma: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _band_layout(bands: tuple[str, ...], pixel_m: float) -> tuple[np.ndarray, list[tuple[float, list[int]]]]:
+def _band_layout(bands: tuple[str, ...], gsd_m: tuple[float, ...],
+                 pixel_m: float) -> tuple[np.ndarray, list[tuple[float, list[int]]]]:
     """Band centre wavelengths and the bands grouped by blur sigma (unblurred bands left out)."""
     wavelengths = np.array([get_band(b).wavelength_nm for b in bands], dtype=np.float32)
-    sigmas = [round(blur_sigma_px(get_band(b).gsd_m, pixel_m), 2) for b in bands]
+    sigmas = [round(blur_sigma_px(gsd, pixel_m), 2) for gsd in gsd_m]
     groups = [(s, [i for i, t in enumerate(sigmas) if t == s]) for s in sorted(set(sigmas) - {0.0})]
     return wavelengths, groups
 
 
-def render_optical(grid: SceneGrid, bands: Sequence[str], pixel_m: float, look: OpticalLook,
+def render_optical(grid: SceneGrid, sensor: Sensor, pixel_m: float, look: OpticalLook,
                    rng: np.random.Generator) -> np.ndarray:
-    """Reflectance-like physical values, float32 ``[len(bands), n, n]``."""
+    """Reflectance-like physical values of the sensor's bands, float32 ``[len(bands), n, n]``."""
     if grid.materials is None:
         raise ValueError("scene grid was evaluated without materials; optical rendering needs them")
-    bands = tuple(bands)
+    bands = sensor.bands
     table = material_matrix(bands)
     m, n, _ = grid.materials.shape
-    wavelengths, blur_groups = _band_layout(bands, pixel_m)
+    wavelengths, blur_groups = _band_layout(bands, tuple(map(sensor.band_gsd, bands)), pixel_m)
     gain = look.gain * (1 + look.tilt * (wavelengths - 800) / 1000)
     haze = look.haze * (wavelengths / 500) ** -2
     image = (gain[:, None] * table) @ grid.materials.reshape(m, n * n) + haze[:, None]

@@ -108,7 +108,7 @@ def institution_domain(config: WorldConfig, institution: InstitutionConfig) -> D
 
 def grid_factor(sensor: Sensor, config: WorldConfig) -> int:
     """``config.aerial_factor`` for sensors finer than half the base pixel (cameras), else 1."""
-    finest = min(get_band(b).gsd_m for b in sensor.bands)
+    finest = min(map(sensor.band_gsd, sensor.bands))
     return config.aerial_factor if finest < config.pixel_size_m / 2 else 1
 
 
@@ -193,7 +193,7 @@ def render_scene(config: WorldConfig, institution: str | InstitutionConfig, inde
             camera = np.dtype(sensor.dtype) == np.uint8
             gain = domain.gain * jitter_gain * (domain.exposure if camera else 1.0)
             look = OpticalLook(gain=gain, tilt=domain.tilt * (2 if camera else 1), haze=domain.haze + jitter_haze)
-            physical = render_optical(grid, sensor.bands, config.pixel_size_m / factor, look, noise)
+            physical = render_optical(grid, sensor, config.pixel_size_m / factor, look, noise)
         tiles[sensor.name] = SensorTile(sensor.name, encode(physical, sensor), grid.mask,
                                         _transform(config, inst, index, factor), crs, factor)
     split_of = _splits(config.seed, inst.name, config.tiles_for(inst), tuple(config.splits.items()))

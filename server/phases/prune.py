@@ -69,7 +69,7 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
         tiles = manifest.select(sensor=sensor, task=pc.task)
         fit = [t for t in tiles if t.split == "train"]
         score = [t for t in tiles if t.split != "train"]
-        bands = get_sensor(sensor).bands
+        bands = get_sensor(sensor).image_bands
         players = [e for e in registry.entries if plan_view(e.name, e.bands, bands, tolerance).applicable
                    and cache.has(e.weights_sha256, [t.id for t in tiles])]
         if not players or not fit or not score:

@@ -1,0 +1,39 @@
+"""``eosfed manifest folders``: one folder per class of images (GeoTIFF, JPEG, PNG) -> a classification manifest."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from pathlib import Path
+
+from eosfed.commands.args import add_output, add_sensor_files, check_output, staged_output
+from geodata.readers.folders import build_folder_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="folder holding one subfolder per class")
+    parser.add_argument("--sensor", required=True, help="sensor of every image (e.g. rgb for 8-bit RGB)")
+    add_output(parser, "folder to write manifest.json into")
+    add_sensor_files(parser)
+    parser.add_argument("--task", default="scene", help="task name")
+    parser.add_argument("--val", type=float, default=0.0, help="val images per class: a count, or a fraction < 1")
+    parser.add_argument("--test", type=float, default=0.2, help="test images per class: a count, or a fraction < 1")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-class shuffle")
+    parser.add_argument("--classes", help="comma-separated class folders to use, in label order (default: all, sorted)")
+    parser.add_argument("--per-class", type=int, help="use at most this many images per class")
+    parser.add_argument("--name", help="manifest name (default: the root folder's name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output(args.out, args.overwrite)
+    with staged_output(args.out, args.overwrite) as stage:
+        manifest = build_folder_manifest(args.root, stage, args.sensor, args.task, args.val, args.test, args.seed,
+                                         args.classes.split(",") if args.classes else None, args.per_class,
+                                         args.name)
+    logger.info("manifest %s: %d classes, tiles per split %s -> %s", manifest.name,
+                manifest.task(args.task).num_classes, dict(Counter(t.split for t in manifest.tiles)),
+                args.out / "manifest.json")
+    return 0

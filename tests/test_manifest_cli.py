@@ -1,0 +1,158 @@
+"""``eosfed manifest <layout>`` on the real data, user sensors from files, and specialists trained on the result."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rasterio.transform import from_origin
+
+from eosfed.cli import main
+from geodata.manifest import Manifest
+from geodata.raster import write_geotiff
+from geodata.readers.bigearthnet import build_bigearthnet_manifest
+from geodata.readers.eurosat import EUROSAT_CLASSES, build_eurosat_manifest
+from geodata.sensors import SENSORS_ENV, get_sensor
+from specialists.io import load_specialist
+
+S2_L1C = get_sensor("sentinel2_l1c").bands
+
+
+def ok(*argv: str) -> None:
+    assert main(list(argv)) == 0
+
+
+def test_aid_folders_manifest_and_a_specialist_trained_on_it(tmp_path, shared_data):
+    out = tmp_path / "aid"
+    ok("manifest", "folders", "--root", str(shared_data / "aid"), "--sensor", "rgb", "--out", str(out),
+       "--classes", "Airport,Beach,Forest", "--per-class", "4", "--val", "1", "--test", "1", "--seed", "3")
+    manifest = Manifest.load(out / "manifest.json")
+    assert manifest.tasks["scene"].classes == ["Airport", "Beach", "Forest"]
+    assert {t.sensor for t in manifest.tiles} == {"rgb"}
+    per_class = Counter((t.split, t.targets["scene"]) for t in manifest.tiles)
+    assert per_class == {(s, c): n for s, n in (("train", 2), ("val", 1), ("test", 1)) for c in range(3)}
+    for tile in manifest.tiles:
+        assert Path(tile.path).parent.name == manifest.tasks["scene"].classes[tile.targets["scene"]]
+
+    again = tmp_path / "aid-again"
+    ok("manifest", "folders", "--root", str(shared_data / "aid"), "--sensor", "rgb", "--out", str(again),
+       "--classes", "Airport,Beach,Forest", "--per-class", "4", "--val", "1", "--test", "1", "--seed", "3")
+    assert (again / "manifest.json").read_text() == (out / "manifest.json").read_text()  # deterministic
+
+    spec = tmp_path / "spec"
+    ok("train-specialist", "--manifest", str(out / "manifest.json"), "--sensor", "rgb", "--task", "scene",
+       "--out", str(spec), "--epochs", "1", "--size", "32", "--batch-size", "4", "--variant", "convnextv2_atto")
+    card = load_specialist(spec).card
+    assert card.bands == ["RED", "GREEN", "BLUE"] and card.classes == ["Airport", "Beach", "Forest"]
+    assert card.data_summary["tiles"] == {"train": 6, "val": 3, "test": 3}
+    assert all(0 < m < 1 for m in card.norm_mean)  # uint8 / 255
+    assert {"val_accuracy", "test_accuracy"} <= set(card.metrics)
+
+
+def test_eurosat_through_folders_and_its_own_layout(tmp_path, shared_data):
+    ok("manifest", "folders", "--root", str(shared_data / "eurosat-ms"), "--sensor", "sentinel2_l1c",
+       "--out", str(tmp_path / "folders"), "--val", "1", "--test", "0.25")
+    folders = Manifest.load(tmp_path / "folders" / "manifest.json")
+    assert folders.tasks["scene"].classes == list(EUROSAT_CLASSES)  # sorted folder names
+    counts = Counter((t.split, t.targets["scene"]) for t in folders.tiles)
+    assert counts == {(s, c): n for s, n in (("train", 8), ("val", 1), ("test", 3)) for c in range(10)}
+
+    ok("manifest", "eurosat", "--root", str(shared_data / "eurosat-ms"), "--out", str(tmp_path / "eurosat"),
+       "--train", "6", "--val", "2")
+    assert Manifest.load(tmp_path / "eurosat" / "manifest.json") == build_eurosat_manifest(
+        shared_data / "eurosat-ms", tmp_path / "direct", 6, 2)
+
+
+def test_bigearthnet_and_eolearn_layouts(tmp_path, shared_data):
+    root = shared_data / "bigearthnet-tiny"
+    s2_root, s1_root = root / "BigEarthNet-S2-Example", root / "BigEarthNet-S1-Example"
+    first = sorted(p.name for p in s2_root.iterdir())[0]
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({first: "test"}))
+    ok("manifest", "bigearthnet", "--s2-root", str(s2_root), "--s1-root", str(s1_root), "--splits", str(splits),
+       "--out", str(tmp_path / "ben"))
+    manifest = Manifest.load(tmp_path / "ben" / "manifest.json")
+    assert manifest == build_bigearthnet_manifest(s2_root, tmp_path / "direct", s1_root, {first: "test"})
+    assert Counter((t.sensor, t.split) for t in manifest.tiles) == {
+        ("sentinel2_l2a", "train"): 5, ("sentinel2_l2a", "test"): 1,
+        ("sentinel1_grd", "train"): 5, ("sentinel1_grd", "test"): 1}
+
+    ok("manifest", "eolearn", "--root", str(shared_data / "eolearn-testpatch"), "--out", str(tmp_path / "eol"),
+       "--chip", "50")
+    eol = Manifest.load(tmp_path / "eol" / "manifest.json")
+    assert len(eol.tiles) == 5 * 2 * 2 and eol.tasks["lulc"].type == "segmentation"
+    assert (tmp_path / "eol" / eol.tiles[0].path).is_file()  # chips travel with the staged folder
+
+
+def test_png_class_folders_and_a_wrong_band_count(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "png" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "png" / cls / f"{i}.png")
+    ok("manifest", "folders", "--root", str(tmp_path / "png"), "--sensor", "rgb", "--out", str(tmp_path / "m"),
+       "--test", "1")
+    assert Counter(t.split for t in Manifest.load(tmp_path / "m" / "manifest.json").tiles) == {"train": 4, "test": 2}
+    Image.fromarray(rng.integers(0, 255, (16, 16, 4), dtype=np.uint8)).save(tmp_path / "png" / "a" / "0.png")
+    assert main(["manifest", "folders", "--root", str(tmp_path / "png"), "--sensor", "rgb", "--out",
+                 str(tmp_path / "m2"), "--test", "1", "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "expected 3 bands for sensor rgb, found 4" in err and ".png" in err
+
+
+def write_qa_folders(root: Path) -> None:
+    """Two classes of 3 tiles: 13 L1C bands (reflectance x 10000), then QA60 and a cloud probability."""
+    rng = np.random.default_rng(0)
+    for label, cls in enumerate(("bright", "dark")):
+        for i in range(3):
+            data = rng.integers(500, 1500, (15, 32, 32), dtype=np.uint16) + np.uint16(2000 * (1 - label))
+            data[13] = rng.choice([0, 1024, 2048], (32, 32))  # QA60 bits, 0 where clear
+            data[14] = rng.integers(0, 100, (32, 32))  # cloud probability, percent
+            write_geotiff(root / cls / f"{cls}_{i}.tif", data, from_origin(400000, 5000000, 10, 10), "EPSG:32633")
+
+
+QA_SENSOR = """name: t_user_s2_qa
+description: Sentinel-2 L1C with QA60 and a cloud probability band
+scale: 0.0001
+nodata: 0
+dtype: uint16
+bands: [B01, B02, B03, B04, B05, B06, B07, B08, B09, B10, B11, B12, B8A,
+        {name: QA60, kind: quality, scale: 1}, {name: T_CLOUD_PROB, kind: probability, scale: 0.01}]
+"""
+
+
+def test_user_sensor_from_a_file_with_auxiliary_bands_reads_and_trains(tmp_path):
+    write_qa_folders(tmp_path / "data")
+    sensor_file = tmp_path / "my_sensor.yaml"
+    sensor_file.write_text(QA_SENSOR)
+    out = tmp_path / "m"
+    ok("manifest", "folders", "--root", str(tmp_path / "data"), "--sensors", str(sensor_file),
+       "--sensor", "t_user_s2_qa", "--out", str(out), "--test", "1")
+    assert (out / "sensors" / "t_user_s2_qa.yaml").read_text() == QA_SENSOR  # the manifest carries its sensor
+    spec = tmp_path / "spec"
+    ok("train-specialist", "--manifest", str(out / "manifest.json"), "--sensor", "t_user_s2_qa", "--task", "scene",
+       "--out", str(spec), "--epochs", "1", "--size", "32", "--batch-size", "4", "--variant", "convnextv2_atto")
+    card = load_specialist(spec).card
+    assert card.bands == list(S2_L1C) and len(card.norm_mean) == 13  # QA60 and the cloud probability skipped
+    assert card.data_summary["tiles"] == {"train": 4, "test": 2} and "test_accuracy" in card.metrics
+
+
+def test_user_sensor_from_the_environment(tmp_path, shared_data, monkeypatch):
+    folder = tmp_path / "sensors"
+    folder.mkdir()
+    (folder / "l1c_copy.yaml").write_text(f"name: t_env_l1c\nscale: 0.0001\nnodata: 0\nbands: [{', '.join(S2_L1C)}]\n")
+    monkeypatch.setenv(SENSORS_ENV, str(folder))
+    ok("manifest", "folders", "--root", str(shared_data / "eurosat-ms"), "--sensor", "t_env_l1c",
+       "--classes", "Forest,River", "--per-class", "3", "--test", "1", "--out", str(tmp_path / "m"))
+    manifest = Manifest.load(tmp_path / "m" / "manifest.json")
+    assert {t.sensor for t in manifest.tiles} == {"t_env_l1c"} and len(manifest.tiles) == 6
+
+
+@pytest.mark.parametrize("fraction, count", [(0.0, 0), (0.25, 3), (0.5, 6)])
+def test_split_fractions_are_per_class(fraction, count):
+    from geodata.readers.folders import per_class_count
+    assert per_class_count(fraction, 12) == count and per_class_count(2, 12) == 2
+    with pytest.raises(ValueError, match="fraction in"):
+        per_class_count(1.5, 12)
