@@ -1,6 +1,6 @@
 """Phase *train*: each group trains one specialist with FedAvg (a lone institution: local training).
 
-The coordinator builds the group's card (sensor bands, the members' train-split band statistics
+The coordinator builds the group's card (reported bands, the members' train-split band statistics
 pooled, task, classes, variant) and a seeded initial encoder and head. Each round it sends the
 global weights to every member (``train.specialist``); a member first measures them on its ``val``
 split, then trains ``train.local_epochs`` epochs and returns its weights. Replies are checked (same
@@ -21,11 +21,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fusion.registry import Registry, RegistryError
 from geodata.files import atomic_write_text
-from geodata.sensors import get_sensor
 from server.aggregate import State, check_state, fedavg, pool_norm, weighted_metrics
 from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
@@ -35,6 +33,7 @@ from specialists.heads import build_head
 from specialists.io import specialist_to_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR
+from wire.messages import EvaluateReply, EvaluateRequest, TrainReply, TrainRequest, TrainSettings
 
 __all__ = ["PHASE", "train", "group_card", "integrated_cards"]
 
@@ -53,7 +52,7 @@ def group_card(group: Group, roster: Roster, variant: str) -> SpecialistCard:
             tiles[split] = tiles.get(split, 0) + n
     return SpecialistCard(
         name=group.name, institutions=list(group.members), sensor=group.sensor,
-        bands=list(get_sensor(group.sensor).bands), norm_mean=mean, norm_std=std, task=group.task,
+        bands=list(members[0].bands), norm_mean=mean, norm_std=std, task=group.task,
         task_type=group.task_type, classes=list(group.classes), variant=variant,
         data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
     )
@@ -92,46 +91,34 @@ def _train_record(ctx: PhaseContext, round_index: int) -> dict[str, Any]:
 def _requests(ctx: PhaseContext, runs: list[_GroupRun], train_record: dict[str, Any],
               keep: bool = False) -> list[Request]:
     roster = ctx.require_roster()
+    settings = TrainSettings(**train_record)
     requests = []
     for run in runs:
         card_json = run.card.to_json()
         for name in run.group.members:
             member = roster.institutions[name]
-            content = RecordDict({
-                "institution": ConfigRecord(member.record), "card": ConfigRecord({"json": card_json}),
-                "train": ConfigRecord(train_record),
-                "encoder": ArrayRecord(run.encoder), "head": ArrayRecord(run.head),
-            })
-            if keep:
-                content["keep"] = ConfigRecord({"specialist": True})
-            requests.append(Request(f"{run.group.name}/{name}", member.node_id, content))
+            job = (member.record, card_json, settings, run.encoder, run.head)
+            message = EvaluateRequest(*job, keep=True) if keep else TrainRequest(*job)
+            requests.append(Request(f"{run.group.name}/{name}", member.node_id, message.encode()))
     return requests
 
 
-def _metrics(ctx: PhaseContext, outcome: Outcome, source: str, institution: str) -> dict[str, float]:
+def _reply(ctx: PhaseContext, outcome: Outcome, reply: type[TrainReply | EvaluateReply], source: str,
+           institution: str) -> TrainReply | EvaluateReply:
+    """The decoded reply of a member (its peak memory noted); ``ValueError`` when it failed."""
     if not outcome.ok:
         raise ValueError(outcome.error)
-    if "metrics" not in outcome.content.metric_records:
-        raise ValueError(f"{source}: reply has no 'metrics' record")
-    metrics = dict(outcome.content.metric_records["metrics"])
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
-        raise ValueError(f"{source}: metrics must be finite numbers, got {metrics}")
-    ctx.note_memory(institution, metrics)
-    return metrics
+    decoded = reply.decode(outcome.content, source)
+    ctx.note_memory(institution, decoded.metrics)
+    return decoded
 
 
 def _update(ctx: PhaseContext, run: _GroupRun, outcome: Outcome, source: str,
             institution: str) -> tuple[State, State, dict[str, float]]:
-    metrics = _metrics(ctx, outcome, source, institution)
-    if not metrics.get("num_examples", 0) > 0:
-        raise ValueError(f"{source}: 'num_examples' must be positive, got {metrics.get('num_examples')}")
-    arrays = outcome.content.array_records
-    for name in ("encoder", "head"):
-        if name not in arrays:
-            raise ValueError(f"{source}: reply has no {name!r} weights")
-    encoder = check_state(run.encoder, arrays["encoder"].to_torch_state_dict(), f"{source} encoder")
-    head = check_state(run.head, arrays["head"].to_torch_state_dict(), f"{source} head")
-    return encoder, head, metrics
+    reply = _reply(ctx, outcome, TrainReply, source, institution)
+    encoder = check_state(run.encoder, reply.encoder, f"{source} encoder")
+    head = check_state(run.head, reply.head, f"{source} head")
+    return encoder, head, reply.metrics
 
 
 def _round(ctx: PhaseContext, runs: list[_GroupRun], r: int, failures: list[dict[str, Any]]) -> None:
@@ -177,7 +164,7 @@ def _finish(ctx: PhaseContext, run: _GroupRun, outcomes: dict[str, Outcome],
     for name in run.group.members:
         source = f"final evaluation, institution {name!r}"
         try:
-            per_member[name] = _metrics(ctx, outcomes[f"{run.group.name}/{name}"], source, name)
+            per_member[name] = _reply(ctx, outcomes[f"{run.group.name}/{name}"], EvaluateReply, source, name).metrics
         except ValueError as exc:
             log.warning("%s failed: %s", source, exc)
             failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})
