@@ -175,17 +175,14 @@ class _Reader:
         unknown = sorted(set(record) - set(required) - set(optional))
         if unknown:
             self.fail(f"{name} has unknown field(s) {unknown}")
-        values = {}
-        for key, rule in {**optional, **required}.items():
-            if key not in record:
-                if key in required:
-                    self.fail(f"{name}.{key} is missing")
-                continue
-            value = record[key]
-            if not rule.ok(value):
-                self.fail(f"{name}.{key} must be {rule.what}, got {_show(value)}")
-            values[key] = list(value) if isinstance(value, list) else value
-        return values
+        missing = [key for key in required if key not in record]
+        if missing:
+            self.fail(f"{name}.{missing[0]} is missing")
+        rules = {**optional, **required}
+        for key, value in record.items():
+            if not rules[key].ok(value):
+                self.fail(f"{name}.{key} must be {rules[key].what}, got {_show(value)}")
+        return {key: list(value) if isinstance(value, list) else value for key, value in record.items()}
 
 
 class _Message:
