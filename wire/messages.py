@@ -420,8 +420,8 @@ class IdentifyReply(_Reply):
     def decode(cls, content: RecordDict, source: str) -> Self:
         read = cls._read(content, source, {"identity"}, {"institution", "summary"})
         identity = read.config("identity", {"kind": KIND}, {"partition-id": COUNT, "num-partitions": COUNT})
-        kind = identity["kind"]
-        if (kind == "simulated") != ("partition-id" in identity) or ("num-partitions" in identity and kind != "simulated"):
+        kind, simulated = identity["kind"], identity["kind"] == "simulated"
+        if simulated != ("partition-id" in identity) or (not simulated and "num-partitions" in identity):
             read.fail(f"identity.partition-id and num-partitions are for simulated nodes only (and the id is required "
                       f"there); a {kind} node sent {sorted(identity)}")
         declared = kind == "declared"
@@ -466,7 +466,8 @@ class DescribeReply(_Reply):
 _JOB_RECORDS = {"institution", "card", "train", "encoder", "head"}
 
 
-def _job_content(institution: dict[str, str], card: str, train: TrainSettings, encoder: State, head: State) -> RecordDict:
+def _job_content(institution: dict[str, str], card: str, train: TrainSettings, encoder: State,
+                 head: State) -> RecordDict:
     return RecordDict({"institution": ConfigRecord(institution), "card": _json_record(card), "train": train.record(),
                        "encoder": ArrayRecord(encoder), "head": ArrayRecord(head)})
 
@@ -705,7 +706,8 @@ class FusionEvalReply(_Reply):
     def decode(cls, content: RecordDict, source: str) -> Self:
         read = cls._read(content, source, {"results", "metrics"})
         f = read.config("results", {
-            **{key: TEXTS for key in _RESULT_TEXTS}, "fraction": _list(FRACTION, "a non-empty list of numbers in (0, 1]"),
+            **{key: TEXTS for key in _RESULT_TEXTS},
+            "fraction": _list(FRACTION, "a non-empty list of numbers in (0, 1]"),
             "mean": _list(SCORE, "a non-empty list of probe scores in [0, 1]"),
             "std": _list(NON_NEGATIVE, "a non-empty list of non-negative finite numbers"), "values": NUMBERS,
             "counts": _list(POSITIVE_INT, "a non-empty list of positive integers")})

@@ -6,9 +6,10 @@
 2. hand the experiment's simulated institutions to the simulated hosts in config order, institution
    i to the host i mod H (H hosts, ordered by partition-id); hosts beyond the institution count idle;
 3. ask the hosts to open each simulated institution's data and summarise it (``query.describe``);
-4. group institutions by sensor and task.
+4. group institutions by sensor, bands and task.
 
-A node that fails a step is recorded and left out; the run stops only when fewer than
+A summary's bands must be registry bands of the institution's declared sensor; they become the
+roster's ``Member.bands``. A node that fails a step is recorded and left out; the run stops only when fewer than
 ``federation.min_institutions`` institutions remain. On resume this phase runs again (node ids are
 per Flower run) and refuses groups that differ from those later phases were built on.
 """
