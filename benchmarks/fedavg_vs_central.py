@@ -69,7 +69,8 @@ def _roster(cfg: ExperimentConfig, cache_dir: Path) -> tuple[Roster, dict[str, I
         record = simulated_record(cfg, name, cache_dir)
         spec = InstitutionSpec.from_record(record, f"institution {name!r}")
         summary = summarize(open_manifest(spec), spec)
-        members.append(Member(name, spec.sensor, spec.task, node_id, True, record, summary))
+        members.append(Member(name, spec.sensor, spec.task, node_id, True, record, summary.to_dict(),
+                              list(summary.bands)))
         specs[name] = spec
     roster.institutions = {m.name: m for m in members}
     roster.groups = form_groups(members)

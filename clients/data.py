@@ -13,13 +13,13 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from clients.institution import InstitutionSpec
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from geodata.stats import compute_band_stats
 from geodata.synth import WorldConfig, cached_world
+from wire.messages import DataSummary
 
 __all__ = ["open_manifest", "world_slice", "institution_tiles", "summarize"]
 
@@ -61,7 +61,7 @@ def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | No
     return tiles
 
 
-def summarize(manifest: Manifest, spec: InstitutionSpec) -> dict[str, Any]:
+def summarize(manifest: Manifest, spec: InstitutionSpec) -> DataSummary:
     """What the coordinator learns about the data: task, classes, bands, tiles per split and the
     train split's per-band mean and std (a group's specialist normalises with their pooled value)."""
     sensor = get_sensor(spec.sensor)
@@ -71,11 +71,5 @@ def summarize(manifest: Manifest, spec: InstitutionSpec) -> dict[str, Any]:
         raise ValueError(f"institution {spec.name!r}: manifest {manifest.root}: no 'train' tiles "
                          f"(splits: {dict(splits)})")
     stats = compute_band_stats(manifest, institution_tiles(manifest, spec, "train"), sensor)
-    return {
-        "task_type": task.type,
-        "classes": list(task.classes),
-        "bands": list(sensor.image_bands),
-        "tiles": dict(sorted(splits.items())),
-        "norm": {"mean": list(stats.mean), "std": list(stats.std)},
-        "manifest": manifest.name,
-    }
+    return DataSummary(spec.name, task.type, list(task.classes), list(sensor.image_bands), dict(sorted(splits.items())),
+                       list(stats.mean), list(stats.std), manifest.name)

@@ -100,14 +100,6 @@ class NodeRole:
     partition_id: int = -1
     num_partitions: int = 0
 
-    def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"kind": self.kind}
-        if self.institution is not None:
-            record.update(self.institution.to_record())
-        if self.kind == "simulated":
-            record.update({"partition-id": self.partition_id, "num-partitions": self.num_partitions})
-        return record
-
 
 def node_role(node_config: Mapping[str, Any]) -> NodeRole:
     """The role ``node_config`` gives this node; a half-declared institution is an error naming the gap."""

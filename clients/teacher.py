@@ -18,12 +18,8 @@ log = logging.getLogger(__name__)
 
 def teacher_features(spec: InstitutionSpec, sha: str, images: torch.Tensor, bands: list[str], ids: list[str],
                      tolerance_nm: float, batch_size: int = 64) -> TeacherFeatures:
-    """The kept specialist ``sha``'s targets on ``images`` (``[N, len(bands), H, W]``, physical units)."""
-    if images.dim() != 4 or images.shape[0] != len(ids) or images.shape[1] != len(bands):
-        raise ValueError(f"institution {spec.name!r}: proxy images {list(images.shape)} do not match "
-                         f"{len(ids)} ids and {len(bands)} bands")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError(f"institution {spec.name!r}: proxy images hold non-finite values")
+    """The kept specialist ``sha``'s targets on ``images`` (``[N, len(bands), H, W]``, physical units,
+    finite: :class:`wire.messages.FeaturesRequest` checked them)."""
     specialist = kept_specialist(spec, sha)
     batches = [{"image": images[i:i + batch_size], "bands": tuple(bands), "id": ids[i:i + batch_size]}
                for i in range(0, len(ids), batch_size)]

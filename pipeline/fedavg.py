@@ -96,7 +96,7 @@ def group_card(group: Group, members: Sequence[Member], variant: str) -> Special
             tiles[split] = tiles.get(split, 0) + n
     return SpecialistCard(
         name=group.name, institutions=list(group.members), sensor=group.sensor,
-        bands=list(members[0].summary["bands"]), norm_mean=mean, norm_std=std, task=group.task,
+        bands=list(members[0].bands), norm_mean=mean, norm_std=std, task=group.task,
         task_type=group.task_type, classes=list(group.classes), variant=variant,
         data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
     )

@@ -1,7 +1,7 @@
 """The roster: institutions bound to this Flower run's nodes, their groups, idle and failed nodes.
 
-Institutions that observe the same sensor for the same task (same task type and classes) form one
-group and train one specialist together; a lone institution is a group of one.
+Institutions that observe the same sensor (and bands) for the same task (same task type and classes)
+form one group and train one specialist together; a lone institution is a group of one.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Member:
     simulated: bool
     record: dict[str, Any]  # the institution record sent with every request to it
     summary: dict[str, Any]  # what its node reported about its data
+    bands: list[str]  # the bands its data has, as its node reported them (checked at discover)
 
 
 @dataclass
@@ -65,14 +66,14 @@ class Roster:
 
 
 def form_groups(members: list[Member]) -> dict[str, Group]:
-    """Group ``members`` by sensor, task, task type and classes; names are ``<sensor>-<task>``.
+    """Group ``members`` by sensor, task, task type, classes and bands; names are ``<sensor>-<task>``.
 
-    Same sensor and task name with different classes cannot be averaged: such members get a
-    separate group with a numbered name, and a warning says why.
+    Same sensor and task name with different classes or bands cannot be averaged: such members get
+    a separate group with a numbered name, and a warning says why.
     """
     by_key: dict[tuple, Group] = {}
     for m in sorted(members, key=lambda m: m.name):
-        key = (m.sensor, m.task, m.summary["task_type"], tuple(m.summary["classes"]))
+        key = (m.sensor, m.task, m.summary["task_type"], tuple(m.summary["classes"]), tuple(m.bands))
         if key not in by_key:
             by_key[key] = Group(f"{m.sensor}-{m.task}", m.sensor, m.task, key[2], list(key[3]), [])
         by_key[key].members.append(m.name)
@@ -83,7 +84,7 @@ def form_groups(members: list[Member]) -> dict[str, Group]:
             n += 1
             group.name = f"{base}-{n}"
         if n > 1:
-            log.warning("Group %s: %s share sensor and task with %s but not task type/classes; kept apart",
+            log.warning("Group %s: %s share sensor and task with %s but not task type/classes/bands; kept apart",
                         group.name, group.members, groups[base].members)
         groups[group.name] = group
     return groups

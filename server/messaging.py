@@ -1,4 +1,5 @@
-"""Request/reply exchanges with nodes over Flower's Grid, with per-request outcomes and timeouts.
+"""Request/reply exchanges with nodes over Flower's Grid, with per-request outcomes and timeouts
+(the transport: what a message holds is :mod:`wire.messages`).
 
 One node may get several requests in one exchange (a simulated node hosting several institutions),
 so requests and outcomes are keyed by the caller's key, not by node id. A node that replies with an
@@ -12,16 +13,15 @@ the SuperLink's later "Message Unavailable" error for an expired message.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["Request", "Outcome", "Traffic", "content_bytes", "exchange", "wait_for_nodes", "config_content", "read_config", "json_field"]
+__all__ = ["Request", "Outcome", "Traffic", "content_bytes", "exchange", "wait_for_nodes"]
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.5
@@ -60,18 +60,6 @@ class Traffic:
 def content_bytes(content: RecordDict) -> int:
     """Serialised size of a message's records (what travels, apart from Flower's envelope)."""
     return sum(record.count_bytes() for record in content.values())
-
-
-def config_content(**records: dict[str, Any]) -> RecordDict:
-    """A message content of config records (name -> flat dict of config scalars)."""
-    return RecordDict({name: ConfigRecord(values) for name, values in records.items()})
-
-
-def read_config(content: RecordDict, name: str, source: str) -> dict[str, Any]:
-    """The config record ``name`` of a reply as a dict; raises ``ValueError`` naming ``source``."""
-    if name not in content.config_records:
-        raise ValueError(f"{source}: reply has no config record {name!r}")
-    return dict(content.config_records[name])
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
@@ -140,12 +128,3 @@ def exchange(grid: Grid, message_type: str, requests: Iterable[Request], timeout
             log.warning("%s to node %d (%s) failed: %s", message_type, outcome.node_id, outcome.key, outcome.error)
     return {r.key: outcomes[r.key] for r in requests}
 
-
-def json_field(record: dict[str, Any], key: str, source: str) -> Any:
-    """Decode the JSON string ``record[key]``; raises ``ValueError`` naming ``source`` and ``key``."""
-    try:
-        return json.loads(record[key])
-    except KeyError:
-        raise ValueError(f"{source}: reply lacks {key!r}") from None
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{source}: {key!r} is not JSON: {exc}") from None

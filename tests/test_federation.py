@@ -77,6 +77,31 @@ def test_failed_and_silent_nodes_are_reported_and_left_out(tmp_path: Path, euros
     assert reasons["b"].startswith("disk on fire") and "no reply within" in reasons["c"]
 
 
+def test_reported_bands_are_checked_at_discover_and_carried_in_the_roster(tmp_path: Path,
+                                                                          eurosat_manifest: Path) -> None:
+    def bands(message):  # b reports a radar band, c a band no sensor has
+        wrong = {"b": "VV", "c": "B99"}.get(message.content.config_records.get("institution", {}).get("institution"))
+        if message.metadata.message_type != "query.describe" or wrong is None:
+            return None
+
+        def tamper(reply):
+            summary = reply.content.config_records["summary"]
+            summary["bands"] = [wrong] + summary["bands"][1:]
+            return reply
+
+        return tamper
+
+    grid = InProcessGrid(simulated_nodes(1), faults=bands)
+    run_dir = run_experiment(grid, _run_config(tmp_path, eurosat_manifest, ["a", "b", "c"]), flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert list(roster["institutions"]) == ["a"]
+    assert roster["institutions"]["a"]["bands"] == roster["institutions"]["a"]["summary"]["bands"]
+    assert len(roster["institutions"]["a"]["bands"]) == 13
+    reasons = {f["institution"]: f["reason"] for f in roster["failures"]}
+    assert "bands ['VV'] are not bands of sensor 'sentinel2_l1c'" in reasons["b"]
+    assert "unknown band 'B99'" in reasons["c"]
+
+
 def test_bad_data_and_half_declared_nodes_fail_with_reasons(tmp_path: Path, eurosat_manifest: Path) -> None:
     nodes = {
         1: {"institution": "lab", "task": "scene", "data-path": str(eurosat_manifest)},  # no sensor

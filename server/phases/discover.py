@@ -6,9 +6,10 @@
 2. hand the experiment's simulated institutions to the simulated hosts in config order, institution
    i to the host i mod H (H hosts, ordered by partition-id); hosts beyond the institution count idle;
 3. ask the hosts to open each simulated institution's data and summarise it (``query.describe``);
-4. group institutions by sensor and task.
+4. group institutions by sensor, bands and task.
 
-A node that fails a step is recorded and left out; the run stops only when fewer than
+A summary's bands must be registry bands of the institution's declared sensor; they become the
+roster's ``Member.bands``. A node that fails a step is recorded and left out; the run stops only when fewer than
 ``federation.min_institutions`` institutions remain. On resume this phase runs again (node ids are
 per Flower run) and refuses groups that differ from those later phases were built on.
 """
@@ -18,17 +19,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from geodata.sensors import BandError, get_band, get_sensor
 from pipeline.settings import ExperimentConfig
-from server.messaging import Outcome, Request, config_content, json_field, read_config, wait_for_nodes
+from server.messaging import Outcome, Request, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
 from pipeline.roster import Member, Roster, form_groups
+from wire.messages import DataSummary, DescribeReply, DescribeRequest, IdentifyReply, IdentifyRequest
 
 __all__ = ["PHASE", "discover", "simulated_record", "assign_hosts"]
 
 log = logging.getLogger(__name__)
-_SUMMARY_KEYS = {"task_type": str, "classes": list, "bands": list, "tiles": dict, "norm": dict}
 
 
 def simulated_record(cfg: ExperimentConfig, name: str, cache_dir: Path) -> dict[str, str]:
@@ -50,47 +52,52 @@ def assign_hosts(institutions: list[str], hosts: list[int]) -> dict[str, int]:
     return {name: hosts[i % len(hosts)] for i, name in enumerate(institutions)} if hosts else {}
 
 
-def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, Outcome], list[tuple[int, int]]]:
+def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, IdentifyReply], list[tuple[int, int]]]:
     """Declared nodes' identify replies by node id, and simulated hosts as (partition-id, node id)."""
     fed = ctx.cfg.federation
     node_ids = wait_for_nodes(ctx.grid, fed.min_nodes, fed.node_wait_s)
     roster.num_nodes = len(node_ids)
-    requests = [Request(str(n), n, config_content(identify={"node": n})) for n in node_ids]
-    declared: dict[int, Outcome] = {}
+    requests = [Request(str(n), n, IdentifyRequest(n).encode()) for n in node_ids]
+    declared: dict[int, IdentifyReply] = {}
     hosts: list[tuple[int, int]] = []
     for outcome in ctx.exchange("query.identify", requests).values():
         node = outcome.node_id
         try:
             if not outcome.ok:
                 raise ValueError(outcome.error)
-            identity = read_config(outcome.content, "identity", f"node {node}")
-            kind = identity.get("kind")
-            if kind == "declared":
-                declared[node] = outcome
-            elif kind == "simulated":
-                hosts.append((int(identity["partition-id"]), node))
-            elif kind == "unconfigured":
-                roster.idle_nodes.append({"node_id": node, "reason": "declares no institution"})
-            else:
-                raise ValueError(f"node {node}: unknown node kind {kind!r}")
-        except (ValueError, KeyError, TypeError) as exc:
+            reply = IdentifyReply.decode(outcome.content, f"node {node}")
+        except ValueError as exc:
             roster.failures.append({"node_id": node, "institution": None, "step": "identify", "reason": str(exc)})
+            continue
+        if reply.kind == "declared":
+            declared[node] = reply
+        elif reply.kind == "simulated":
+            hosts.append((reply.partition_id, node))
+        else:
+            roster.idle_nodes.append({"node_id": node, "reason": "declares no institution"})
     return declared, sorted(hosts)
 
 
-def _check_summary(outcome: Outcome, name: str) -> dict[str, Any]:
-    """The validated data summary of an identify or describe reply; ``ValueError`` says what is wrong."""
+def _described(outcome: Outcome, source: str) -> DataSummary:
+    """The data summary of a describe reply; ``ValueError`` says what is wrong."""
     if not outcome.ok:
         raise ValueError(outcome.error)
-    source = f"node {outcome.node_id}, institution {name!r}"
-    record = read_config(outcome.content, "summary", source)
-    if record.get("institution") != name:
-        raise ValueError(f"{source}: reply is for institution {record.get('institution')!r}")
-    summary = json_field(record, "summary", source)
-    for key, kind in _SUMMARY_KEYS.items():
-        if not isinstance(summary.get(key), kind):
-            raise ValueError(f"{source}: summary field {key!r} missing or not a {kind.__name__}")
-    return summary
+    return DescribeReply.decode(outcome.content, source).summary
+
+
+def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) -> None:
+    """The summary is ``name``'s, and its bands are registry bands of its declared ``sensor``."""
+    if summary.institution != name:
+        raise ValueError(f"{source}: reply is for institution {summary.institution!r}")
+    try:
+        own = get_sensor(sensor).bands
+        for band in summary.bands:
+            get_band(band)
+    except BandError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    foreign = [b for b in summary.bands if b not in own]
+    if foreign:
+        raise ValueError(f"{source}: bands {foreign} are not bands of sensor {sensor!r} {list(own)}")
 
 
 def discover(ctx: PhaseContext) -> dict[str, Any]:
@@ -99,25 +106,29 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
     declared, hosts = _identify(ctx, roster)
     members: list[Member] = []
 
-    def admit(name: str, outcome: Outcome, record: dict[str, Any], simulated: bool, step: str) -> None:
+    def admit(name: str, node: int, record: dict[str, str], simulated: bool, step: str,
+              summary: Callable[[str], DataSummary]) -> None:
+        """Add ``name`` once its data summary (read naming the given source) passes the checks."""
+        source = f"node {node}, institution {name!r}"
         try:
-            summary = _check_summary(outcome, name)
+            reported = summary(source)
+            _check_summary(reported, name, record["sensor"], source)
         except ValueError as exc:
-            roster.failures.append({"node_id": outcome.node_id, "institution": name, "step": step, "reason": str(exc)})
+            roster.failures.append({"node_id": node, "institution": name, "step": step, "reason": str(exc)})
             return
-        members.append(Member(name, record["sensor"], record["task"], outcome.node_id, simulated, record, summary))
+        members.append(Member(name, record["sensor"], record["task"], node, simulated, record, reported.to_dict(),
+                              list(reported.bands)))
 
     # Declared institutions: the identify reply already holds their data summary.
-    for node, outcome in declared.items():
-        identity = read_config(outcome.content, "identity", f"node {node}")
-        name = identity.get("institution")
+    for node, reply in declared.items():
+        name = reply.institution["institution"]
         taken = [m.node_id for m in members if m.name == name]
         if taken or name in cfg.institutions:
             other = f"node {taken[0]}" if taken else "a simulated institution"
             roster.failures.append({"node_id": node, "institution": name, "step": "identify",
                                     "reason": f"institution {name!r} is also declared by {other}"})
             continue
-        admit(name, outcome, {k: v for k, v in identity.items() if k != "kind"}, False, "identify")
+        admit(name, node, reply.institution, False, "identify", lambda source, reply=reply: reply.summary)
 
     # Simulated institutions: assigned to the simulated hosts, which prepare and summarise their data.
     host_nodes = [node for _, node in hosts]
@@ -132,9 +143,10 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
                  "`--federation-config \"num-supernodes=%d\"` gives one node each",
                  len(cfg.institutions), len(host_nodes), len(cfg.institutions))
     records = {name: simulated_record(cfg, name, ctx.cache_dir) for name in assignment}
-    requests = [Request(name, node, config_content(institution=records[name])) for name, node in assignment.items()]
+    requests = [Request(name, node, DescribeRequest(records[name]).encode()) for name, node in assignment.items()]
     for name, outcome in ctx.exchange("query.describe", requests).items():
-        admit(name, outcome, records[name], True, "describe")
+        admit(name, outcome.node_id, records[name], True, "describe",
+              lambda source, outcome=outcome: _described(outcome, source))
 
     roster.institutions = {m.name: m for m in sorted(members, key=lambda m: m.name)}
     roster.groups = form_groups(members)

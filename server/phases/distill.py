@@ -11,12 +11,10 @@ the extended run's student and adaptor heads are the starting point. Writes ``st
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fusion.adaptors import TeacherRef
 from fusion.data import ProxyBatches
@@ -25,9 +23,10 @@ from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures
 from fusion.views import plan_view
 from pipeline.distill import distil, save_distilled
 from pipeline.proxy import proxy_manifest
-from server.messaging import Outcome, Request, read_config
+from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
+from wire.messages import FeaturesReply, FeaturesRequest
 
 __all__ = ["PHASE", "distill"]
 
@@ -53,33 +52,24 @@ def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
     if not ids:
         return None
     member = ctx.require_roster().institutions[holder]
-    content = RecordDict({
-        "institution": ConfigRecord(member.record),
-        "request": ConfigRecord({"sha256": card.weights_sha256, "bands": json.dumps(list(bands)),
-                                 "ids": json.dumps(ids), "tolerance_nm": ctx.cfg.tolerance_nm}),
-        "images": ArrayRecord({"x": torch.cat(images)}),
-    })
-    return Request(card.name, member.node_id, content), ids
+    request = FeaturesRequest(member.record, card.weights_sha256, list(bands), ids, ctx.cfg.tolerance_nm,
+                              torch.cat(images))
+    return Request(card.name, member.node_id, request.encode()), ids
 
 
 def _remote_features(outcome: Outcome, card: SpecialistCard, sent: list[str], source: str) -> TeacherFeatures:
     if not outcome.ok:
         raise ValueError(f"{source}: {outcome.error}")
-    ids = json.loads(read_config(outcome.content, "ids", source).get("json", "[]"))
-    if not ids or set(ids) - set(sent):
-        raise ValueError(f"{source}: reply ids are empty or were not sent")
-    if "targets" not in outcome.content.array_records:
-        raise ValueError(f"{source}: reply has no 'targets'")
-    targets = outcome.content.array_records["targets"].to_torch_state_dict()
+    reply = FeaturesReply.decode(outcome.content, source)  # rows match the ids, values finite
+    if set(reply.ids) - set(sent):
+        raise ValueError(f"{source}: reply ids were not sent")
     dims = {"stage2": card.feature_dims[-2], "stage3": card.feature_dims[-1], "pooled": card.feature_dims[-1]}
     for name in TARGETS:
-        value = targets.get(name)
-        if value is None or value.shape[0] != len(ids) or value.shape[1] != dims[name]:
-            raise ValueError(f"{source}: target {name!r} should have {len(ids)} rows and {dims[name]} channels, "
+        value = reply.targets.get(name)
+        if value is None or value.shape[1] != dims[name]:
+            raise ValueError(f"{source}: target {name!r} should have {dims[name]} channels, "
                              f"got {None if value is None else list(value.shape)}")
-        if not bool(torch.isfinite(value.float()).all()):
-            raise ValueError(f"{source}: target {name!r} holds non-finite values")
-    return TeacherFeatures(ids, {name: targets[name].half() for name in TARGETS})
+    return TeacherFeatures(reply.ids, {name: reply.targets[name].half() for name in TARGETS})
 
 
 def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, cache: TeacherCache,

@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flwr.app import ConfigRecord, RecordDict
-
 from fusion.registry import Registry
-from server.messaging import Outcome, Request, read_config
+from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
-from specialists.io import specialist_from_bytes, tensor_bytes
+from specialists.io import specialist_from_bytes
+from wire.messages import EnrolReply, EnrolRequest
 
 __all__ = ["PHASE", "enrol", "open_registry"]
 
@@ -56,23 +55,19 @@ def _admit(ctx: PhaseContext, registry: Registry, group: str, holder: str, outco
     if not outcome.ok:
         raise ValueError(f"{source}: {outcome.error}")
     expected = _recorded_card(ctx, group)
-    card_json = read_config(outcome.content, "card", source).get("json", "")
+    reply = EnrolReply.decode(outcome.content, source, int(ctx.cfg.enrol.max_upload_mb * 2**20))
     if ctx.cfg.enrol.weights == "home":
-        received = SpecialistCard.from_json(card_json, source=f"{source} card")
+        received = SpecialistCard.from_json(reply.card, source=f"{source} card")
         _check_card(received, expected, source)
         registry.add_card(expected, holder, name=group)
         return {"holder": holder, "weights_sha256": expected.weights_sha256, "weights_bytes": 0}
-    if "weights" not in outcome.content.array_records:
+    if reply.weights is None:
         raise ValueError(f"{source}: reply has no 'weights'")
-    arrays = outcome.content.array_records["weights"].to_torch_state_dict()
-    if "safetensors" not in arrays:
-        raise ValueError(f"{source}: 'weights' lacks the 'safetensors' payload")
-    data = tensor_bytes(arrays["safetensors"], source, int(ctx.cfg.enrol.max_upload_mb * 2**20))
-    specialist = specialist_from_bytes(card_json, data, source)
+    specialist = specialist_from_bytes(reply.card, reply.weights, source)
     _check_card(specialist.card, expected, source)
     specialist.card = expected  # the coordinator's card (metrics, history) with the verified weights
     registry.add(specialist, name=group)
-    return {"holder": holder, "weights_sha256": expected.weights_sha256, "weights_bytes": len(data)}
+    return {"holder": holder, "weights_sha256": expected.weights_sha256, "weights_bytes": len(reply.weights)}
 
 
 def enrol(ctx: PhaseContext) -> dict[str, Any]:
@@ -95,9 +90,8 @@ def enrol(ctx: PhaseContext) -> dict[str, Any]:
             if member is None:
                 failures.append({"phase": "enrol", "institution": holder, "reason": "not in this run's roster"})
                 continue
-            content = RecordDict({"institution": ConfigRecord(member.record), "request": ConfigRecord(
-                {"sha256": _recorded_card(ctx, group).weights_sha256, "weights": send})})
-            requests.append(Request(group, member.node_id, content))
+            request = EnrolRequest(member.record, _recorded_card(ctx, group).weights_sha256, send)
+            requests.append(Request(group, member.node_id, request.encode()))
         for group, outcome in ctx.exchange("query.enrol", requests).items():
             try:
                 enrolled[group] = _admit(ctx, registry, group, asked[group], outcome)

@@ -1,6 +1,6 @@
 """Phase *train*: each group trains one specialist with FedAvg (a lone institution: local training).
 
-The coordinator builds the group's card (sensor bands, the members' train-split band statistics
+The coordinator builds the group's card (reported bands, the members' train-split band statistics
 pooled, task, classes, variant) and a seeded initial encoder and head. Each round it sends the
 global weights to every member (``train.specialist``); a member first measures them on its ``val``
 split, then trains ``train.local_epochs`` epochs and returns its weights. Replies are checked (same
@@ -16,11 +16,7 @@ group already enrolled in the extended run's registry.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict
 from typing import Any
-
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fusion.registry import Registry, RegistryError
 from geodata.files import atomic_write_text
@@ -29,9 +25,7 @@ from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
 from specialists.train import MONITOR, TrainConfig
-
-_SENT_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "seed", "device", "amp",
-                    "max_steps")
+from wire.messages import EvaluateReply, EvaluateRequest, TrainReply, TrainRequest, TrainSettings
 
 __all__ = ["PHASE", "train", "integrated_cards"]
 
@@ -41,44 +35,31 @@ log = logging.getLogger(__name__)
 def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
               keep: bool = False) -> list[Request]:
     roster = ctx.require_roster()
-    train_record = {k: (0 if v is None and k == "max_steps" else v) for k, v in asdict(config).items()
-                    if k in _SENT_TRAIN_KEYS}
+    settings = TrainSettings.of(config)
     requests = []
     for run in runs:
         card_json = run.card.to_json()
         for name in run.group.members:
             member = roster.institutions[name]
-            content = RecordDict({
-                "institution": ConfigRecord(member.record), "card": ConfigRecord({"json": card_json}),
-                "train": ConfigRecord(train_record),
-                "encoder": ArrayRecord(run.encoder), "head": ArrayRecord(run.head),
-            })
-            if keep:
-                content["keep"] = ConfigRecord({"specialist": True})
-            requests.append(Request(f"{run.group.name}/{name}", member.node_id, content))
+            job = (member.record, card_json, settings, run.encoder, run.head)
+            message = EvaluateRequest(*job, keep=True) if keep else TrainRequest(*job)
+            requests.append(Request(f"{run.group.name}/{name}", member.node_id, message.encode()))
     return requests
 
 
-def _metrics(ctx: PhaseContext, outcome: Outcome, source: str, institution: str) -> dict[str, float]:
+def _reply(ctx: PhaseContext, outcome: Outcome, reply: type[TrainReply | EvaluateReply], source: str,
+           institution: str) -> TrainReply | EvaluateReply:
+    """The decoded reply of a member (its peak memory noted); ``ValueError`` when it failed."""
     if not outcome.ok:
         raise ValueError(outcome.error)
-    if "metrics" not in outcome.content.metric_records:
-        raise ValueError(f"{source}: reply has no 'metrics' record")
-    metrics = dict(outcome.content.metric_records["metrics"])
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
-        raise ValueError(f"{source}: metrics must be finite numbers, got {metrics}")
-    ctx.note_memory(institution, metrics)
-    return metrics
+    decoded = reply.decode(outcome.content, source)
+    ctx.note_memory(institution, decoded.metrics)
+    return decoded
 
 
 def _update(ctx: PhaseContext, run: GroupTraining, outcome: Outcome, source: str, institution: str) -> Update:
-    metrics = _metrics(ctx, outcome, source, institution)
-    arrays = outcome.content.array_records
-    for name in ("encoder", "head"):
-        if name not in arrays:
-            raise ValueError(f"{source}: reply has no {name!r} weights")
-    return run.check(Update(institution, arrays["encoder"].to_torch_state_dict(),
-                            arrays["head"].to_torch_state_dict(), metrics), source)
+    reply = _reply(ctx, outcome, TrainReply, source, institution)
+    return run.check(Update(institution, reply.encoder, reply.head, reply.metrics), source)
 
 
 def _round(ctx: PhaseContext, runs: list[GroupTraining], r: int, failures: list[dict[str, Any]]) -> None:
@@ -102,7 +83,7 @@ def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
     for name in run.group.members:
         source = f"final evaluation, institution {name!r}"
         try:
-            per_member[name] = _metrics(ctx, outcomes[f"{run.group.name}/{name}"], source, name)
+            per_member[name] = _reply(ctx, outcomes[f"{run.group.name}/{name}"], EvaluateReply, source, name).metrics
         except ValueError as exc:
             log.warning("%s failed: %s", source, exc)
             failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})

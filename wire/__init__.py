@@ -1,0 +1,1 @@
+"""The protocol between coordinator and institutions: every message as a typed, validated dataclass."""
