@@ -14,7 +14,9 @@ and several tasks. Paths are relative to the manifest's folder.
 ```
 
 A tile's ``path`` may instead be ``band_paths``: ``{"B02": "x_B02.tif", ...}``, one single-band
-file per band (resampled onto the finest grid), as BigEarthNet ships them.
+file per band (resampled onto the finest grid), as BigEarthNet ships them. A tile may be a
+``window`` ``[col_off, row_off, width, height]`` (pixels) into its file(s) and its mask, so a large
+scene is tiled without copies.
 """
 
 from __future__ import annotations
@@ -55,10 +57,17 @@ class TileEntry:
     scene: str | None = None
     region: str | None = None
     institution: str | None = None
+    window: list[int] | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.band_paths is None):
             raise ValueError(f"tile {self.id!r}: give exactly one of 'path' or 'band_paths'")
+        if self.window is not None and (
+            len(self.window) != 4 or not all(isinstance(v, int) and v >= 0 for v in self.window)
+            or min(self.window[2:]) < 1
+        ):
+            raise ValueError(f"tile {self.id!r}: window must be [col_off, row_off, width, height] in pixels, "
+                             f"got {self.window!r}")
 
 
 @dataclass

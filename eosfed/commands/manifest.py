@@ -11,7 +11,9 @@ import importlib
 
 from eosfed.commands.args import HelpFormatter
 
-LAYOUTS: dict[str, str] = {}
+LAYOUTS: dict[str, str] = {
+    "scenes": "scene rasters + label rasters cut into tiles (windows), split by scene or spatial block",
+}
 
 
 def _module(layout: str):
