@@ -2,7 +2,8 @@
 
 Loading trusts nothing: the hash, the bands, the band count, every tensor's name and shape, and
 finiteness are checked, and any disagreement raises :class:`SpecialistMismatchError` naming the file
-and field at fault.
+and field at fault. :func:`write_sealed` / :func:`read_sealed` are the same card + weights + sha256
+seal for any set of tensors described by a card (e.g. a fine-tuned encoder with its task head).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from specialists.model import Specialist
 
 __all__ = [
     "SpecialistMismatchError", "save_specialist", "load_specialist", "specialist_to_bytes", "specialist_from_bytes",
-    "bytes_tensor", "tensor_bytes", "WEIGHTS_FILE", "CARD_FILE",
+    "bytes_tensor", "tensor_bytes", "write_sealed", "read_sealed", "WEIGHTS_FILE", "CARD_FILE",
 ]
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -34,22 +35,33 @@ class SpecialistMismatchError(ValueError):
     """A specialist's card and weights disagree, or either is malformed."""
 
 
+def _seal_bytes(state: dict[str, torch.Tensor], card: SpecialistCard, metadata: dict[str, str]) -> bytes:
+    """``state`` as safetensors bytes; fills the card's sha256 and parameter count."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    data = save_safetensors_bytes(state, metadata=metadata)
+    card.weights_sha256 = hashlib.sha256(data).hexdigest()
+    card.num_params = sum(int(v.numel()) for v in state.values())
+    return data
+
+
 def specialist_to_bytes(specialist: Specialist) -> bytes:
     """The encoder weights as safetensors bytes; fills the card's sha256 and parameter count."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in specialist.encoder.state_dict().items()}
-    data = save_safetensors_bytes(state, metadata={"variant": specialist.card.variant})
-    specialist.card.weights_sha256 = hashlib.sha256(data).hexdigest()
-    specialist.card.num_params = sum(int(v.numel()) for v in state.values())
-    return data
+    return _seal_bytes(specialist.encoder.state_dict(), specialist.card, {"variant": specialist.card.variant})
+
+
+def write_sealed(directory: str | Path, state: dict[str, torch.Tensor], card: SpecialistCard,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write ``state`` as ``weights.safetensors`` and ``card`` (with their sha256 and parameter count)."""
+    directory = Path(directory)
+    data = _seal_bytes(state, card, metadata or {"variant": card.variant})
+    atomic_write_bytes(directory / WEIGHTS_FILE, data)
+    atomic_write_text(directory / CARD_FILE, card.to_json())
+    return directory
 
 
 def save_specialist(specialist: Specialist, directory: str | Path) -> Path:
     """Write the encoder weights and the card (with their sha256 and parameter count); return the folder."""
-    directory = Path(directory)
-    data = specialist_to_bytes(specialist)
-    atomic_write_bytes(directory / WEIGHTS_FILE, data)
-    atomic_write_text(directory / CARD_FILE, specialist.card.to_json())
-    return directory
+    return write_sealed(directory, specialist.encoder.state_dict(), specialist.card)
 
 
 def bytes_tensor(data: bytes) -> torch.Tensor:
@@ -90,8 +102,7 @@ def _check_bands(card: SpecialistCard, path: Path | str) -> None:
             )
 
 
-def load_specialist(directory: str | Path, map_location: str | torch.device = "cpu") -> Specialist:
-    """Read a saved specialist, checking the card against the weights (see module docstring)."""
+def _read_folder(directory: str | Path) -> tuple[SpecialistCard, bytes, Path, Path]:
     directory = Path(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     card = _read_card(card_path)
@@ -99,7 +110,25 @@ def load_specialist(directory: str | Path, map_location: str | torch.device = "c
         data = weights_path.read_bytes()
     except FileNotFoundError:
         raise SpecialistMismatchError(f"{weights_path}: weights not found") from None
+    return card, data, card_path, weights_path
+
+
+def load_specialist(directory: str | Path, map_location: str | torch.device = "cpu") -> Specialist:
+    """Read a saved specialist, checking the card against the weights (see module docstring)."""
+    card, data, card_path, weights_path = _read_folder(directory)
     return _checked(card, data, card_path, weights_path).to(map_location)
+
+
+def read_sealed(directory: str | Path) -> tuple[SpecialistCard, dict[str, torch.Tensor]]:
+    """The card and tensors of a folder written by :func:`write_sealed`: bands, sha256, parameter count and
+    finiteness checked (the caller checks names and shapes against the model the card describes)."""
+    card, data, card_path, weights_path = _read_folder(directory)
+    state = _verified_state(card, data, card_path, weights_path)
+    held = sum(int(v.numel()) for v in state.values())
+    if held != card.num_params:
+        raise SpecialistMismatchError(f"{card_path}: field 'num_params' is {card.num_params}, {weights_path} "
+                                      f"holds {held}")
+    return card, state
 
 
 def specialist_from_bytes(card_json: str, data: bytes, source: str) -> Specialist:
@@ -112,7 +141,9 @@ def specialist_from_bytes(card_json: str, data: bytes, source: str) -> Specialis
     return _checked(card, data, f"{source} card", f"{source} weights")
 
 
-def _checked(card: SpecialistCard, data: bytes, card_path: Path | str, weights_path: Path | str) -> Specialist:
+def _verified_state(card: SpecialistCard, data: bytes, card_path: Path | str,
+                    weights_path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of ``data`` after checking the card's bands and sha256, and that every tensor is finite."""
     _check_bands(card, card_path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != card.weights_sha256:
@@ -124,6 +155,14 @@ def _checked(card: SpecialistCard, data: bytes, card_path: Path | str, weights_p
         state = load_safetensors_bytes(data)
     except SafetensorError as exc:
         raise SpecialistMismatchError(f"{weights_path}: not a safetensors file: {exc}") from exc
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SpecialistMismatchError(f"{weights_path}: tensor {name!r} holds NaN or infinite values")
+    return state
+
+
+def _checked(card: SpecialistCard, data: bytes, card_path: Path | str, weights_path: Path | str) -> Specialist:
+    state = _verified_state(card, data, card_path, weights_path)
     if STEM_WEIGHT in state and state[STEM_WEIGHT].shape[1] != card.num_bands:
         raise SpecialistMismatchError(
             f"{weights_path}: encoder takes {state[STEM_WEIGHT].shape[1]} input bands but field 'bands' "
@@ -146,8 +185,6 @@ def _checked(card: SpecialistCard, data: bytes, card_path: Path | str, weights_p
                 f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"variant {card.variant!r} needs {tuple(own[name].shape)}"
             )
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise SpecialistMismatchError(f"{weights_path}: tensor {name!r} holds NaN or infinite values")
     encoder.load_state_dict(state, strict=True)
     declared_params = card.num_params
     try:
