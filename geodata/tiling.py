@@ -362,7 +362,7 @@ def scenes_manifest(
             log.warning("scene %s (%dx%d): no %d px tile has %.0f%% valid, labelled pixels", scene.name, height,
                         width, size, 100 * min_valid)
     if not tiles:
-        raise RasterError(out, f"no tiles: every {size} px window is below --min-valid {min_valid} or the scenes "
+        raise RasterError(f"{len(scenes)} scenes", f"no tiles: every {size} px window is below --min-valid {min_valid} or the scenes "
                                f"are smaller than {size} px")
     return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out)
 

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64, help="tile size in pixels")
     parser.add_argument("--stride", type=int, help="pixels between tiles (default: --size)")
     parser.add_argument("--min-valid", type=float, default=0.5, help="least fraction of valid, labelled pixels")
-    parser.add_argument("--label-map", help="raw label value -> class index or 'ignore', e.g. '-1:ignore,255:1'")
+    parser.add_argument("--label-map", help="raw label value -> class index or 'ignore', e.g. --label-map=-1:ignore,255:1 (the '=' "
+                             "keeps a leading '-' from reading as an option)")
     parser.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels")
     parser.add_argument("--split-by", choices=("scene", "block"), default="scene")
     parser.add_argument("--train-first", type=int, help="scene split: the N scenes sorting first are train, "
