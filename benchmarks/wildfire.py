@@ -12,7 +12,7 @@ Rows: the model (an atto ConvNeXtV2 trained from scratch with an UPerNet head: a
 the 5 bands (z-scored, full-batch L-BFGS in torch; trained on all 14 events, scored at 0.5 and at the
 val-chosen threshold, fitted without val for the latter).
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/wildfire.py [--epochs 20 --work outputs/wildfire]
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wildfire.py [--epochs 20 --work outputs/wildfire]
 Writes benchmarks/results/wildfire.json and wildfire.md.
 """
 
