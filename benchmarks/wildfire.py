@@ -12,7 +12,7 @@ Rows: the model (an atto ConvNeXtV2 trained from scratch with an UPerNet head: a
 the 5 bands (z-scored, full-batch L-BFGS in torch; trained on all 14 events, scored at 0.5 and at the
 val-chosen threshold, fitted without val for the latter).
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wildfire.py [--epochs 20 --work outputs/wildfire]
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wildfire.py [--epochs 25 --work outputs/wildfire]
 Writes benchmarks/results/wildfire.json and wildfire.md.
 """
 
@@ -112,7 +112,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
     _run("finetune", "--encoder", encoder, "--manifest", str(manifest), "--task", "burned", "--out", str(out / "model"),
          "--overwrite", "--unfreeze", unfreeze, "--decoder", "upernet", "--epochs", str(args.epochs), "--lr",
          str(args.lr), "--batch-size", str(args.batch_size), "--patience", str(args.patience),
-         "--class-weights", "balanced", "--seed", str(args.seed))
+         "--class-weights", args.class_weights, "--seed", str(args.seed))
     train_s = time.perf_counter() - start
     probs: dict[str, np.ndarray] = {}
     predict_s, pixels = 0.0, 0
@@ -147,12 +147,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("outputs/wildfire"))
     parser.add_argument("--size", type=int, default=64, help="tile size")
-    parser.add_argument("--stride", type=int, default=64)
+    parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--val", type=int, default=3, help="of the 14 train events, held out for val")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--class-weights", default="none", help="eosfed finetune --class-weights")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
