@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "probe frozen encoders (student, specialist, ensemble) on a task",
     "manifest": "build a manifest from data on disk (per layout)",
     "prune": "score specialists' contributions and write a smaller registry",
+    "finetune": "fine-tune an encoder with a task head; write a sealed task model",
+    "predict": "map a scene raster with a fine-tuned segmentation model (GeoTIFF out)",
 }
 
 USER_ERRORS = (ValueError, KeyError, OSError, LookupError)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
-from geodata.raster import read_labelled, read_source, tile_source
+from geodata.raster import read_labelled, read_source, tile_source, tile_window
 from geodata.sensors import BandError, Sensor, get_sensor
 from geodata.stats import BandStats
 
@@ -42,7 +42,8 @@ def _check_labels(manifest: Manifest, tile: TileEntry, task: str, spec: TaskSpec
 
 
 class TileDataset(Dataset):
-    """Tiles of one sensor from a manifest, optionally filtered, cropped to a centred ``size``.
+    """Tiles of one sensor from a manifest, optionally filtered, cropped to a centred ``size`` (of the
+    tile's window, if it has one).
 
     Samples carry the sensor's image bands (``self.bands``: spectral and SAR, not its auxiliary bands)."""
 
@@ -83,12 +84,13 @@ class TileDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         tile, spec = self.tiles[index], self.task_spec
+        window = tile_window(tile)
         if spec is not None and spec.type == "segmentation":
             raster, labels = read_labelled(self._sources[index], self.sensor, self._targets[index], spec.num_classes,
-                                           spec.ignore_index, size=self.size)
+                                           spec.ignore_index, window=window, size=self.size)
             target: int | torch.Tensor = torch.from_numpy(labels)
         else:
-            raster = read_source(self._sources[index], self.sensor, size=self.size)
+            raster = read_source(self._sources[index], self.sensor, window=window, size=self.size)
             target = self._target(index) if spec is not None else None
         image = raster.data if raster.valid.all() else np.where(raster.valid, raster.data, self._fill)
         sample = {

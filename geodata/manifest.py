@@ -14,7 +14,10 @@ and several tasks. Paths are relative to the manifest's folder.
 ```
 
 A tile's ``path`` may instead be ``band_paths``: ``{"B02": "x_B02.tif", ...}``, one single-band
-file per band (resampled onto the finest grid), as BigEarthNet ships them.
+file per band (resampled onto the finest grid), as BigEarthNet ships them. A tile may be a
+``window`` ``[col_off, row_off, width, height]`` (pixels) into its file(s) and its mask, so a large
+scene is tiled without copies.
+
 
 A dataset may ship its own sensors: :meth:`Manifest.load` registers a ``sensors.yaml`` and every
 ``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`); :meth:`Manifest.save` copies
@@ -25,6 +28,7 @@ manifest reads anywhere without ``--sensors``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -32,12 +36,28 @@ from typing import Any, Literal, get_args
 from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
 
-__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES"]
+__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES",
+           "register_sensors_beside", "write_sensors_beside"]
 
 MANIFEST_VERSION = 1
 TaskType = Literal["classification", "multilabel", "segmentation"]
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 SENSOR_FILES = ("sensors.yaml", "sensors")  # beside a manifest: one YAML file, or a folder of them
+
+
+def register_sensors_beside(folder: str | Path) -> None:
+    """Register the sensor files in ``folder`` (a manifest's or a model's): ``sensors.yaml``, ``sensors/*.yaml``."""
+    load_sensor_files(p for p in (Path(folder) / name for name in SENSOR_FILES) if p.exists())
+
+
+def write_sensors_beside(folder: str | Path, sensors: Iterable[str]) -> None:
+    """Copy the YAML file of each user sensor of ``sensors`` into ``folder/sensors/<sensor>.yaml`` (built-in
+    sensors need none), so that what ``folder`` holds reads anywhere without ``--sensors``."""
+    folder = Path(folder)
+    for name in sorted({sensor_name(s) for s in sensors}):
+        source = sensor_source(name)
+        if source is not None and source.parent not in (folder.resolve(), (folder / "sensors").resolve()):
+            atomic_write_text(folder / "sensors" / f"{name}.yaml", source.read_text())
 
 
 @dataclass
@@ -70,10 +90,17 @@ class TileEntry:
     scene: str | None = None
     region: str | None = None
     institution: str | None = None
+    window: list[int] | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.band_paths is None):
             raise ValueError(f"tile {self.id!r}: give exactly one of 'path' or 'band_paths'")
+        if self.window is not None and (
+            len(self.window) != 4 or not all(isinstance(v, int) and v >= 0 for v in self.window)
+            or min(self.window[2:]) < 1
+        ):
+            raise ValueError(f"tile {self.id!r}: window must be [col_off, row_off, width, height] in pixels, "
+                             f"got {self.window!r}")
 
 
 @dataclass
@@ -97,7 +124,7 @@ class Manifest:
             raise IsADirectoryError(f"{path} is a folder; give its manifest.json") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-        load_sensor_files(p for p in (path.parent / name for name in SENSOR_FILES) if p.exists())
+        register_sensors_beside(path.parent)
         return cls.from_dict(raw, root=path.parent, source=str(path))
 
     @classmethod
@@ -135,10 +162,7 @@ class Manifest:
     def save(self, path: str | Path) -> Path:
         """Write the manifest and, beside it, the sensor files of its user sensors (module docstring)."""
         path = Path(path)
-        for name in sorted({sensor_name(t.sensor) for t in self.tiles}):
-            source = sensor_source(name)
-            if source is not None and source.parent not in (path.parent.resolve(), (path.parent / "sensors").resolve()):
-                atomic_write_text(path.parent / "sensors" / f"{name}.yaml", source.read_text())
+        write_sensors_beside(path.parent, {t.sensor for t in self.tiles})
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         self.root, self.source = path.parent, str(path)
         return path

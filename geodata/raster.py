@@ -10,7 +10,8 @@ auxiliary bands (masks, quality, probabilities) keep their place in the file but
 rasters become intensity in dB when the sensor declares ``complex: intensity_db`` and are refused
 otherwise. GeoTIFF, JPEG and PNG read alike through rasterio (an image without georeference reads on
 pixel coordinates). ``read_labelled`` reads an image with its class mask on the same window. Windows are rasterio
-``Window`` objects on the finest grid, or ``size`` for a centred square. Every problem raises
+``Window`` objects on the finest grid (a manifest tile's own: :func:`tile_window`), or ``size`` for a
+centred square (of the window, when both are given). Every problem raises
 :class:`RasterError` naming the file.
 """
 
@@ -47,6 +48,7 @@ __all__ = [
     "read_source",
     "read_labelled",
     "tile_source",
+    "tile_window",
     "check_aligned",
     "check_band_count",
     "write_geotiff",
@@ -118,18 +120,20 @@ def center_window(height: int, width: int, size: int) -> Window:
 
 
 def _window(height: int, width: int, window: Window | None, size: int | None, path: str | Path) -> Window | None:
-    if window is not None and size is not None:
-        raise ValueError("give either window or size, not both")
-    if size is not None:
-        if size > height or size > width:
-            raise RasterError(path, f"tile is {height}x{width}, smaller than the requested size {size}")
-        return center_window(height, width, size)
     if window is not None and (
         window.col_off < 0 or window.row_off < 0
         or window.col_off + window.width > width or window.row_off + window.height > height
     ):
         raise RasterError(path, f"{window} is outside the {height}x{width} raster")
-    return window
+    if size is None:
+        return window
+    h, w = (int(window.height), int(window.width)) if window is not None else (height, width)
+    if size > h or size > w:
+        raise RasterError(path, f"tile is {h}x{w}, smaller than the requested size {size}")
+    crop = center_window(h, w, size)
+    if window is None:
+        return crop
+    return Window(window.col_off + crop.col_off, window.row_off + crop.row_off, size, size)
 
 
 def _finish(
@@ -279,6 +283,11 @@ def tile_source(manifest: Manifest, tile: TileEntry) -> TileSource:
     if tile.path is not None:
         return manifest.resolve(tile.path)
     return {b: manifest.resolve(p) for b, p in (tile.band_paths or {}).items()}
+
+
+def tile_window(tile: TileEntry) -> Window | None:
+    """The tile's ``window`` into its file(s), or ``None`` for the whole file."""
+    return Window(*tile.window) if tile.window is not None else None
 
 
 def read_source(

@@ -63,7 +63,7 @@ __all__ = [
     "equivalent_band",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SENSORS_ENV = "EOSFED_SENSORS"
 SENSOR_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"  # registered at import
@@ -371,7 +371,7 @@ def load_sensor_files(paths: Iterable[str | Path]) -> list[Sensor]:
             raise FileNotFoundError(f"sensor file not found: {path}")
         for file in files:
             sensors += load_sensor_yaml(file)
-            logger.debug("registered sensors from %s", file)
+            log.debug("registered sensors from %s", file)
     return sensors
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from geodata.errors import RasterError
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest, TileEntry
-from geodata.raster import read_source, tile_source
+from geodata.raster import read_source, tile_source, tile_window
 from geodata.sensors import Sensor, get_sensor
 
 __all__ = ["BandStats", "compute_band_stats", "load_or_compute_stats", "stats_path"]
@@ -51,7 +51,7 @@ class BandStats:
 
 
 def _tiles_key(tiles: list[TileEntry]) -> str:
-    ident = [(t.id, t.path, t.band_paths) for t in tiles]
+    ident = [(t.id, t.path, t.band_paths, *([t.window] if t.window is not None else [])) for t in tiles]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -69,7 +69,7 @@ def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str |
     total_sq = np.zeros(len(bands))
     count = 0
     for tile in tqdm(tiles, desc=f"band stats {sensor.name}", unit="tile", leave=False):
-        raster = read_source(tile_source(manifest, tile), sensor)
+        raster = read_source(tile_source(manifest, tile), sensor, window=tile_window(tile))
         pixels = raster.data[:, raster.valid].astype(np.float64)
         total += pixels.sum(1)
         total_sq += np.square(pixels).sum(1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +33,8 @@ from geodata.files import atomic_write_bytes, atomic_write_text
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 
 __all__ = [
-    "ArtifactError", "Card", "field_error", "save", "load", "to_bytes", "from_bytes", "read_card", "verify",
+    "ArtifactError", "Card", "field_error", "save", "save_state", "load", "load_state", "to_bytes", "state_bytes",
+    "from_bytes", "read_card", "verify",
     "CARD_FILE", "WEIGHTS_FILE", "SCHEMA_VERSION",
 ]
 
@@ -167,21 +168,37 @@ M = TypeVar("M", bound=nn.Module)
 
 def to_bytes(card: Card, module: nn.Module) -> bytes:
     """``module``'s tensors as safetensors bytes; fills the card's ``weights_sha256`` and ``num_params``."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    # one metadata key only: safetensors writes several in an order that differs between processes
-    data = save_safetensors_bytes(state, metadata={"kind": card.KIND})
-    card.weights_sha256 = hashlib.sha256(data).hexdigest()
+    data = state_bytes(card, module.state_dict())
     card.num_params = _num_params(module)
     return data
 
 
-def save(card: Card, module: nn.Module, directory: str | Path) -> Path:
-    """Write ``weights.safetensors`` and the sealed ``card.json`` into ``directory``; return it."""
+def state_bytes(card: Card, state: Mapping[str, torch.Tensor]) -> bytes:
+    """``state`` as safetensors bytes; fills the card's ``weights_sha256`` and ``num_params`` (every element)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # one metadata key only: safetensors writes several in an order that differs between processes
+    data = save_safetensors_bytes(state, metadata={"kind": card.KIND})
+    card.weights_sha256 = hashlib.sha256(data).hexdigest()
+    card.num_params = sum(int(v.numel()) for v in state.values())
+    return data
+
+
+def _write(card: Card, data: bytes, directory: str | Path) -> Path:
     directory = Path(directory)
-    data = to_bytes(card, module)
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
     atomic_write_text(directory / CARD_FILE, card.to_json())
     return directory
+
+
+def save(card: Card, module: nn.Module, directory: str | Path) -> Path:
+    """Write ``weights.safetensors`` and the sealed ``card.json`` into ``directory``; return it."""
+    return _write(card, to_bytes(card, module), directory)
+
+
+def save_state(card: Card, state: Mapping[str, torch.Tensor], directory: str | Path) -> Path:
+    """:func:`save` for a set of tensors that no single module holds (e.g. an encoder, its task head and
+    feature statistics); :func:`load_state` reads it back."""
+    return _write(card, state_bytes(card, state), directory)
 
 
 def read_card(path: str | Path, card_type: type[C]) -> C:
@@ -219,8 +236,7 @@ def from_bytes(card_type: type[C], card_json: str | bytes, data: bytes, build: C
     return card, _filled(card, data, build, card_source, weights_source)
 
 
-def load(directory: str | Path, card_type: type[C], build: Callable[[C], M]) -> tuple[C, M]:
-    """The card in ``directory`` and the module ``build(card)`` loaded with its weights (module docstring)."""
+def _read(directory: str | Path, card_type: type[C]) -> tuple[C, bytes, str, str]:
     directory = Path(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     card = read_card(card_path, card_type)
@@ -228,7 +244,24 @@ def load(directory: str | Path, card_type: type[C], build: Callable[[C], M]) -> 
         data = weights_path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{weights_path}: weights not found") from None
-    return card, _filled(card, data, build, str(card_path), str(weights_path))
+    return card, data, str(card_path), str(weights_path)
+
+
+def load(directory: str | Path, card_type: type[C], build: Callable[[C], M]) -> tuple[C, M]:
+    """The card in ``directory`` and the module ``build(card)`` loaded with its weights (module docstring)."""
+    card, data, card_source, weights_source = _read(directory, card_type)
+    return card, _filled(card, data, build, card_source, weights_source)
+
+
+def load_state(directory: str | Path, card_type: type[C]) -> tuple[C, dict[str, torch.Tensor]]:
+    """The card and tensors :func:`save_state` wrote, verified (seal, sha256, finite values, element count);
+    the caller checks names and shapes against the model the card describes."""
+    card, data, card_source, weights_source = _read(directory, card_type)
+    state = verify(card, data, card_source, weights_source)
+    held = sum(int(v.numel()) for v in state.values())
+    if held != card.num_params:
+        raise field_error(card_source, "num_params", f"is {card.num_params}, {weights_source} holds {held}")
+    return card, state
 
 
 def _filled(card: C, data: bytes, build: Callable[[C], M], card_source: str, weights_source: str) -> M:

@@ -15,7 +15,10 @@ from torch import nn
 
 from specialists.card import TASK_TYPES
 
-__all__ = ["PooledLinearHead", "FPNSegmentationHead", "build_head", "task_loss"]
+__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "DECODERS", "build_head", "task_loss"]
+
+DECODERS = ("fpn", "upernet")
+"""Segmentation decoders: the light FPN and the UPerNet-style one (pyramid pooling + FPN + fusion)."""
 
 
 class PooledLinearHead(nn.Module):
@@ -55,23 +58,62 @@ class FPNSegmentationHead(nn.Module):
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int) -> nn.Module:
-    """The head for ``task_type`` over an encoder with ``feature_dims`` channels per scale."""
+class UPerNetHead(nn.Module):
+    """UPerNet-style decoder: pyramid pooling on the last scale, FPN with 3x3 convs per level, every level
+    upsampled to the finest scale, concatenated, fused by a 3x3 conv, classified and upsampled to input."""
+
+    def __init__(self, feature_dims: Sequence[int], num_classes: int, dim: int = 64,
+                 pool_scales: Sequence[int] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv_block(feature_dims[-1], dim, 1))
+                                   for s in pool_scales)
+        self.bottleneck = _conv_block(feature_dims[-1] + len(pool_scales) * dim, dim, 3)
+        self.laterals = nn.ModuleList(_conv_block(c, dim, 1) for c in feature_dims[:-1])
+        self.smooth = nn.ModuleList(_conv_block(dim, dim, 3) for _ in feature_dims[:-1])
+        self.fuse = _conv_block(len(feature_dims) * dim, dim, 3)
+        self.classifier = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        last = features[-1]
+        pooled = [F.interpolate(pool(last), size=last.shape[-2:], mode="bilinear", align_corners=False)
+                  for pool in self.pools]
+        levels = [self.bottleneck(torch.cat([last, *pooled], dim=1))]
+        for lateral, feature in zip(reversed(self.laterals), reversed(features[:-1])):
+            up = F.interpolate(levels[0], size=feature.shape[-2:], mode="bilinear", align_corners=False)
+            levels.insert(0, lateral(feature) + up)
+        finest = levels[0].shape[-2:]
+        outs = [smooth(x) for smooth, x in zip(self.smooth, levels[:-1])] + [levels[-1]]
+        outs = [x if x.shape[-2:] == finest else F.interpolate(x, size=finest, mode="bilinear", align_corners=False)
+                for x in outs]
+        logits = self.classifier(self.fuse(torch.cat(outs, dim=1)))
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, decoder: str = "fpn") -> nn.Module:
+    """The head for ``task_type`` over an encoder with ``feature_dims`` channels per scale (``decoder``:
+    one of :data:`DECODERS`, segmentation only)."""
     if num_classes < 1:
         raise ValueError(f"a {task_type} head needs at least one class, got {num_classes}")
     if task_type in ("classification", "multilabel"):
         return PooledLinearHead(feature_dims[-1], num_classes)
     if task_type == "segmentation":
-        return FPNSegmentationHead(feature_dims, num_classes)
+        if decoder == "fpn":
+            return FPNSegmentationHead(feature_dims, num_classes)
+        if decoder == "upernet":
+            return UPerNetHead(feature_dims, num_classes)
+        raise ValueError(f"unknown segmentation decoder {decoder!r}; expected one of {DECODERS}")
     raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
 
 
-def task_loss(task_type: str, ignore_index: int = 255) -> nn.Module:
-    """Cross-entropy (classification; segmentation with ``ignore_index``) or BCE on logits (multilabel)."""
+def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None) -> nn.Module:
+    """Cross-entropy (classification; segmentation with ``ignore_index``) or BCE on logits (multilabel).
+
+    ``class_weights``: one weight per class (cross-entropy) or positive weight per label (BCE)."""
+    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
     if task_type == "classification":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(weight=weight)
     if task_type == "multilabel":
-        return nn.BCEWithLogitsLoss()
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
     if task_type == "segmentation":
-        return nn.CrossEntropyLoss(ignore_index=ignore_index)
+        return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
     raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")

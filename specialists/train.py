@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ __all__ = [
     "make_scheduler",
     "train_one_epoch",
     "evaluate",
+    "fit",
+    "record_training",
     "train_specialist",
 ]
 
@@ -76,6 +78,7 @@ class TrainConfig(OptimConfig):
     augment: bool = True
     init_weights: str | None = None
     freeze: str = "none"
+    class_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -129,7 +132,24 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _inputs(batch: dict[str, Any], specialist: Specialist, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+class BandEncoder(Protocol):
+    """What the loops train: a module with a band tuple, taking ``[B, len(bands), H, W]`` to 4 scales
+    (a :class:`Specialist`, or any encoder seen through a fixed band tuple)."""
+
+    bands: tuple[str, ...]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def _inputs(batch: dict[str, Any], specialist: BandEncoder, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     image = select_bands(batch["image"], batch["bands"], specialist.bands, dim=1)
     return image.to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
 
@@ -156,7 +176,7 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def train_one_epoch(
-    specialist: Specialist,
+    specialist: BandEncoder,
     head: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
@@ -170,7 +190,7 @@ def train_one_epoch(
     """One pass over ``loader`` (at most ``max_steps`` optimiser steps); returns (mean loss, steps)."""
     device = torch.device(resolve_device(cfg.device))
     specialist.train(), head.train()
-    criterion = task_loss(task_type, ignore_index)
+    criterion = task_loss(task_type, ignore_index, cfg.class_weights).to(device)
     total, steps = 0.0, 0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         if max_steps is not None and steps >= max_steps:
@@ -219,7 +239,7 @@ def _metrics(task_type: str, num_classes: int, ignore_index: int) -> torchmetric
 
 @torch.no_grad()
 def evaluate(
-    specialist: Specialist,
+    specialist: BandEncoder,
     head: nn.Module,
     loader: DataLoader,
     task_type: str,
@@ -250,53 +270,49 @@ def evaluate(
     return {"loss": total / count, **{k: float(v) for k, v in metrics.compute().items()}}
 
 
-def train_specialist(
+def fit(
+    encoder: BandEncoder,
+    head: nn.Module,
     train_ds: Dataset,
     val_ds: Dataset | None,
-    card: SpecialistCard,
+    task_type: str,
+    num_classes: int,
     cfg: TrainConfig,
     ignore_index: int = 255,
-) -> tuple[Specialist, nn.Module, list[dict[str, Any]]]:
-    """Train a new specialist described by ``card`` (bands, norm stats, task, variant).
+    name: str = "model",
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Train ``encoder`` (its trainable parameters) and ``head`` with AdamW, warm-up and cosine decay.
 
-    With ``val_ds``, every epoch is validated on ``MONITOR[card.task_type]``; training stops after
+    With ``val_ds``, every epoch is validated on ``MONITOR[task_type]``; training stops after
     ``cfg.patience`` epochs without improvement (0: never) and the best epoch's weights are restored.
-    Returns the specialist (card metrics filled), its head, and one history record per epoch.
+    Returns one history record per epoch and the best epoch (``None`` without ``val_ds``).
     """
-    seed_everything(cfg.seed)
-    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
-    device = torch.device(cfg.device)
-    specialist = Specialist.from_card(card, init_weights=cfg.init_weights, freeze=cfg.freeze).to(device)
-    head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)
     train_loader = make_loader(train_ds, cfg, shuffle=True)
     val_loader = make_loader(val_ds, cfg, shuffle=False) if val_ds is not None else None
     total_steps = cfg.epochs * len(train_loader)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    optimizer = make_optimizer([specialist, head], cfg)
+    optimizer = make_optimizer([encoder, head], cfg)
     scheduler = make_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * len(train_loader)))
-    monitor = MONITOR[card.task_type]
-    log.info("training %s (%s, %d train tiles, %s val) for up to %d epochs / %d steps",
-                card.name, card.variant, len(train_ds), len(val_ds) if val_ds is not None else "no",
-                cfg.epochs, total_steps)
+    monitor = MONITOR[task_type]
+    log.info("training %s (%d train tiles, %s val) for up to %d epochs / %d steps",
+                name, len(train_ds), len(val_ds) if val_ds is not None else "no", cfg.epochs, total_steps)
 
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict, dict] | None = None
     steps = 0
     for epoch in range(1, cfg.epochs + 1):
-        loss, done = train_one_epoch(specialist, head, train_loader, optimizer, card.task_type, cfg, scheduler,
+        loss, done = train_one_epoch(encoder, head, train_loader, optimizer, task_type, cfg, scheduler,
                                      max_steps=total_steps - steps, ignore_index=ignore_index,
                                      desc=f"epoch {epoch}/{cfg.epochs}")
         steps += done
         record: dict[str, Any] = {"epoch": epoch, "steps": steps, "train_loss": loss,
                                   "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            val = evaluate(specialist, head, val_loader, card.task_type, card.num_classes, cfg, ignore_index,
-                           desc=f"val {epoch}")
+            val = evaluate(encoder, head, val_loader, task_type, num_classes, cfg, ignore_index, desc=f"val {epoch}")
             record.update({f"val_{k}": v for k, v in val.items()})
             if best is None or val[monitor] > best[0]:
-                best = (val[monitor], epoch, copy.deepcopy(specialist.encoder.state_dict()),
-                        copy.deepcopy(head.state_dict()))
+                best = (val[monitor], epoch, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
         history.append(record)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         if best is not None and cfg.patience and epoch - best[1] >= cfg.patience:
@@ -305,14 +321,42 @@ def train_specialist(
             break
         if steps >= total_steps:
             break
+    if best is None:
+        return history, None
+    encoder.load_state_dict(best[2])
+    head.load_state_dict(best[3])
+    return history, best[1]
 
+
+def train_specialist(
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    card: SpecialistCard,
+    cfg: TrainConfig,
+    ignore_index: int = 255,
+) -> tuple[Specialist, nn.Module, list[dict[str, Any]]]:
+    """Train a new specialist described by ``card`` (bands, norm stats, task, variant) with :func:`fit`.
+
+    Returns the specialist (card metrics filled), its head, and one history record per epoch.
+    """
+    seed_everything(cfg.seed)
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
+    device = torch.device(cfg.device)
+    specialist = Specialist.from_card(card, init_weights=cfg.init_weights, freeze=cfg.freeze).to(device)
+    head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)
+    history, best = fit(specialist, head, train_ds, val_ds, card.task_type, card.num_classes, cfg, ignore_index,
+                        name=f"{card.name} ({card.variant})")
+    record_training(card, history, best, train_ds, val_ds, cfg)
+    return specialist.eval(), head.eval(), history
+
+
+def record_training(card: SpecialistCard, history: list[dict[str, Any]], best: int | None, train_ds: Dataset,
+                    val_ds: Dataset | None, cfg: TrainConfig) -> None:
+    """Fill the card's metrics (the best epoch's validation scores), tile counts and training config."""
     if best is not None:
-        specialist.encoder.load_state_dict(best[2])
-        head.load_state_dict(best[3])
-        card.metrics.update({k: v for k, v in history[best[1] - 1].items() if k.startswith("val_")})
-        card.metrics["best_epoch"] = best[1]
+        card.metrics.update({k: v for k, v in history[best - 1].items() if k.startswith("val_")})
+        card.metrics["best_epoch"] = best
     card.metrics["epochs_run"] = len(history)
     card.data_summary.setdefault("tiles", {}).update(
         {"train": len(train_ds), **({"val": len(val_ds)} if val_ds is not None else {})})
     card.extra["train_config"] = asdict(cfg)
-    return specialist.eval(), head.eval(), history

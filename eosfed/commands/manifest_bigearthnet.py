@@ -11,7 +11,7 @@ from pathlib import Path
 from eosfed.commands.args import UsageError, add_output, add_sensor_files, check_output, staged_output
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     splits = _splits(args.splits)
     with staged_output(args.out, args.overwrite) as stage:
         manifest = build_bigearthnet_manifest(args.s2_root, stage, args.s1_root, splits, name=args.name)
-    logger.info("manifest %s: tiles per sensor %s, %d classes -> %s", manifest.name,
+    log.info("manifest %s: tiles per sensor %s, %d classes -> %s", manifest.name,
                 dict(Counter(t.sensor for t in manifest.tiles)), manifest.task("corine").num_classes,
                 args.out / "manifest.json")
     return 0

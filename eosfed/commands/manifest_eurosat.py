@@ -10,7 +10,7 @@ from pathlib import Path
 from eosfed.commands.args import add_output, add_sensor_files, check_output, staged_output
 from geodata.readers.eurosat import build_eurosat_manifest
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     with staged_output(args.out, args.overwrite) as stage:
         manifest = build_eurosat_manifest(args.root, stage, args.train, args.val, args.name)
-    logger.info("manifest %s: tiles per split %s -> %s", manifest.name,
+    log.info("manifest %s: tiles per split %s -> %s", manifest.name,
                 dict(Counter(t.split for t in manifest.tiles)), args.out / "manifest.json")
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from eosfed.commands.args import add_output, add_sensor_files, check_output, staged_output
 from geodata.readers.folders import build_folder_manifest
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = build_folder_manifest(args.root, stage, args.sensor, args.task, args.val, args.test, args.seed,
                                          args.classes.split(",") if args.classes else None, args.per_class,
                                          args.name)
-    logger.info("manifest %s: %d classes, tiles per split %s -> %s", manifest.name,
+    log.info("manifest %s: %d classes, tiles per split %s -> %s", manifest.name,
                 manifest.task(args.task).num_classes, dict(Counter(t.split for t in manifest.tiles)),
                 args.out / "manifest.json")
     return 0

@@ -1,0 +1,237 @@
+"""Fine-tuning an encoder with a task head on a manifest task, sealed on disk as one task model.
+
+Any encoder ``open_encoder`` names (student, specialist, registry ensemble, ``random:<variant>``) is
+seen through the task's band tuple (:class:`BandView`), partly unfrozen (``UNFREEZE``: ``none``, the
+``last_stage`` or ``all``; an ensemble stays frozen), and trained with its head by
+:func:`specialists.train.fit` (early stopping on val). The result, :class:`TaskModel`, is written by
+:func:`specialists.artifact.save_state`: ``weights.safetensors`` (encoder + head, plus an ensemble's
+feature statistics) and a :class:`~specialists.card.SpecialistCard` whose ``extra`` records the
+encoder (kind, source and its own card(s), so the folder alone rebuilds it), the head, the unfreeze
+policy and the tile size; ``bands``/``norm_mean``/``norm_std`` are the task data's (what invalid
+pixels are filled with and a random-init encoder normalises with). A ``sensors.yaml`` beside the
+weights registers the card's sensor when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from fusion.encoders import RANDOM_PREFIX, encoder_kind
+from fusion.ensemble import Ensemble
+from fusion.featstats import FeatureStats
+from fusion.registry import Registry
+from fusion.student import Student, StudentCard, band_stats_table, load_student
+from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.dataset import TileDataset
+from geodata.manifest import Manifest, register_sensors_beside, write_sensors_beside
+from geodata.sensors import Sensor, select_bands
+from geodata.stats import BandStats, load_or_compute_stats
+from specialists import Specialist, SpecialistCard, load_specialist
+from specialists.encoder import freeze_encoder
+from specialists.heads import build_head
+from specialists.artifact import ArtifactError, load_state, save_state
+from specialists.train import TrainConfig, evaluate, fit, make_loader, record_training, seed_everything
+
+__all__ = ["UNFREEZE", "TASK_MODEL_KIND", "BandView", "TaskModel", "class_balance", "finetune", "save_task_model",
+           "load_task_model"]
+
+log = logging.getLogger(__name__)
+
+UNFREEZE = ("none", "last_stage", "all")
+TASK_MODEL_KIND = "task_model"
+_STATS_PREFIX = "feature_stats."
+
+
+class BandView(nn.Module):
+    """An encoder on a fixed band tuple: ``forward(x)`` with ``x`` ``[B, len(bands), H, W]`` -> 4 scales."""
+
+    def __init__(self, encoder: nn.Module, bands: tuple[str, ...]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bands = tuple(bands)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if isinstance(self.encoder, Specialist):
+            return self.encoder(select_bands(x, self.bands, self.encoder.bands, dim=1))
+        features = self.encoder(x, self.bands)
+        # the ensemble runs in inference mode; its features become ordinary tensors the head can train on
+        return [f.clone() for f in features] if isinstance(self.encoder, Ensemble) else features
+
+    @torch.no_grad()
+    def feature_shapes(self, size: int = 64) -> tuple[list[int], list[int]]:
+        """Channels and stride of each scale, from one blank input."""
+        device = next(self.parameters()).device
+        features = self.forward(torch.zeros(1, len(self.bands), size, size, device=device))
+        return [int(f.shape[1]) for f in features], [size // int(f.shape[-1]) for f in features]
+
+
+class TaskModel(nn.Module):
+    """An encoder (through its :class:`BandView`) and a task head; ``forward(x)`` gives the head's logits."""
+
+    def __init__(self, encoder: BandView, head: nn.Module, card: SpecialistCard) -> None:
+        super().__init__()
+        self.encoder, self.head, self.card = encoder, head, card
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.encoder.bands
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x), x.shape[-2:])
+
+
+def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: str) -> tuple[nn.Module, dict]:
+    """The encoder named by ``spec`` (trainable, not wrapped) and the record that rebuilds it."""
+    kind = encoder_kind(spec)
+    if kind == "random":
+        encoder: nn.Module = Student.create(spec[len(RANDOM_PREFIX):], band_stats_table([stats]), seed=seed)
+    elif kind == "student":
+        encoder = load_student(spec, device)
+        encoder.set_band_stats({**band_stats_table([stats]), **encoder.card.band_stats})
+    elif kind == "specialist":
+        encoder = load_specialist(spec, device)
+    else:
+        encoder = Ensemble.from_registry(Registry(spec), tolerance_nm=tolerance_nm, map_location=device)
+    return encoder, {"kind": kind, "source": str(spec), **_describe(encoder)}
+
+
+def _describe(encoder: nn.Module) -> dict[str, Any]:
+    if isinstance(encoder, Student):
+        return {"card": encoder.card.to_dict()}
+    if isinstance(encoder, Specialist):
+        return {"card": encoder.card.to_dict()}
+    return {"members": {n: s.card.to_dict() for n, s in encoder.specialists.items()},
+            "tolerance_nm": encoder.tolerance_nm}
+
+
+def _rebuild(record: dict[str, Any], stats: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """An untrained encoder of the architecture ``record`` describes (weights come from the task model)."""
+    kind = record.get("kind")
+    if kind in ("random", "student"):
+        return Student(StudentCard.from_dict(record["card"], source=f"{source} encoder card"))
+    if kind == "specialist":
+        return Specialist.from_card(SpecialistCard.from_dict(record["card"], source=f"{source} encoder card"))
+    if kind == "registry":
+        members = {n: Specialist.from_card(SpecialistCard.from_dict(c, source=f"{source} member {n}"))
+                   for n, c in record["members"].items()}
+        feature_stats = {n: FeatureStats.from_tensors(
+            {k[len(f"{_STATS_PREFIX}{n}."):]: v for k, v in stats.items() if k.startswith(f"{_STATS_PREFIX}{n}.")},
+            source=f"{source} feature stats of {n}") for n in members}
+        return Ensemble(members, feature_stats, record["tolerance_nm"])
+    raise ArtifactError(f"{source}: unknown encoder kind {kind!r} in field 'extra'")
+
+
+def _set_trainable(encoder: nn.Module, policy: str, num_stages: int) -> None:
+    if policy not in UNFREEZE:
+        raise ValueError(f"unknown unfreeze policy {policy!r}; expected one of {UNFREEZE}")
+    if isinstance(encoder, Ensemble):
+        if policy != "none":
+            raise ValueError("a registry ensemble stays frozen; fine-tune it with unfreeze 'none'")
+        return
+    trunk = encoder.encoder if isinstance(encoder, Specialist) else encoder.trunk
+    freeze_encoder(trunk, {"none": "backbone", "last_stage": f"stages:{num_stages - 1}", "all": "none"}[policy])
+    if isinstance(encoder, Student):
+        encoder.stem.requires_grad_(policy == "all")
+
+
+def class_balance(dataset: TileDataset) -> list[float]:
+    """Loss weights against class imbalance: ``total / (K * count)`` per class (segmentation pixels,
+    classification tiles; 0 for an absent class), or ``negatives / positives`` per label (multilabel)."""
+    spec = dataset.task_spec
+    counts = np.zeros(spec.num_classes)
+    for sample in dataset:
+        target = torch.as_tensor(sample["target"])
+        if spec.type == "multilabel":
+            counts += target.numpy()
+        else:
+            kept = target[target != spec.ignore_index].flatten()
+            counts += np.bincount(kept.numpy(), minlength=spec.num_classes)
+    if spec.type == "multilabel":
+        return [float((len(dataset) - c) / c) if c else 1.0 for c in counts]
+    return [float(counts.sum() / (spec.num_classes * c)) if c else 0.0 for c in counts]
+
+
+def finetune(
+    encoder_spec: str, manifest: Manifest, sensor: Sensor, task_name: str, cfg: TrainConfig,
+    unfreeze: str = "none", decoder: str = "upernet", size: int | None = None, balance: bool = False,
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM, name: str | None = None,
+) -> tuple[TaskModel, list[dict[str, Any]]]:
+    """Fine-tune ``encoder_spec`` with a task head on ``manifest``'s ``train`` tiles (early stopping on
+    ``val``, test metrics on ``test`` when present); ``balance``: class weights from :func:`class_balance`."""
+    task = manifest.task(task_name)
+    stats = load_or_compute_stats(manifest, sensor, "train")
+    datasets: dict[str, Dataset] = {}
+    for split in ("train", "val", "test"):
+        if manifest.select(sensor=sensor.name, split=split, task=task_name):
+            datasets[split] = TileDataset(manifest, sensor, split=split, task=task_name, size=size, stats=stats)
+    if "train" not in datasets:
+        raise ValueError(f"manifest {manifest.name!r}: no train tiles of sensor {sensor.name!r} for task {task_name!r}")
+    if balance:
+        cfg.class_weights = class_balance(datasets["train"])
+        log.info("class weights %s", [round(w, 3) for w in cfg.class_weights])
+    seed_everything(cfg.seed)
+    encoder, record = _open(encoder_spec, stats, cfg.seed, tolerance_nm, cfg.device)
+    view = BandView(encoder, stats.bands).to(cfg.device)
+    dims, reductions = view.feature_shapes()
+    _set_trainable(encoder, unfreeze, len(dims))
+    head = build_head(task.type, dims, task.num_classes, decoder).to(cfg.device)
+    first = datasets["train"].tiles[0]
+    card = SpecialistCard(
+        name=name or f"{manifest.name}-{task_name}", institutions=[manifest.name], sensor=sensor.name,
+        bands=list(stats.bands), norm_mean=list(stats.mean), norm_std=list(stats.std), task=task_name,
+        task_type=task.type, classes=list(task.classes),
+        variant=record["card"]["variant"] if "card" in record else next(iter(record["members"].values()))["variant"],
+        feature_dims=dims, feature_reductions=reductions, data_summary={"manifest": manifest.name},
+        extra={"kind": TASK_MODEL_KIND, "encoder": record, "head": {"decoder": decoder}, "unfreeze": unfreeze,
+               "ignore_index": task.ignore_index,
+               "tile_size": size or (first.window[2] if first.window is not None else None)},
+    )
+    history, best = fit(view, head, datasets["train"], datasets.get("val"), task.type, task.num_classes, cfg,
+                        task.ignore_index, name=f"{card.name} ({record['kind']} {card.variant}, unfreeze {unfreeze})")
+    record_training(card, history, best, datasets["train"], datasets.get("val"), cfg)
+    card.metrics["trainable_params"] = sum(p.numel() for m in (view, head) for p in m.parameters() if p.requires_grad)
+    if "test" in datasets:
+        scores = evaluate(view, head, make_loader(datasets["test"], cfg, shuffle=False), task.type, task.num_classes,
+                          cfg, task.ignore_index, desc="test")
+        card.metrics.update({f"test_{k}": v for k, v in scores.items()})
+    return TaskModel(view, head, card).eval(), history
+
+
+def save_task_model(model: TaskModel, directory: str | Path) -> Path:
+    """Seal ``model`` into ``directory``, with the YAML of its sensor if it is a user sensor."""
+    directory = Path(directory)
+    state = dict(model.state_dict())
+    if isinstance(model.encoder.encoder, Ensemble):
+        for name, stats in model.encoder.encoder.stats.items():
+            state.update({f"{_STATS_PREFIX}{name}.{k}": v for k, v in stats.to_tensors().items()})
+    save_state(model.card, state, directory)
+    write_sensors_beside(directory, [model.card.sensor])
+    return directory
+
+
+def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskModel:
+    """A sealed task model (in eval mode), checked against its card; registers the sensor files beside it."""
+    directory = Path(directory)
+    register_sensors_beside(directory)
+    card, state = load_state(directory, SpecialistCard)
+    source = str(directory / "card.json")
+    if card.extra.get("kind") != TASK_MODEL_KIND:
+        raise ArtifactError(f"{source}: not a fine-tuned task model (field 'extra' has no kind "
+                                      f"{TASK_MODEL_KIND!r}); a specialist or student is an --encoder")
+    stats = {k: v for k, v in state.items() if k.startswith(_STATS_PREFIX)}
+    view = BandView(_rebuild(card.extra["encoder"], stats, source), tuple(card.bands))
+    head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"])
+    model = TaskModel(view, head, card)
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_STATS_PREFIX)}, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{directory / 'weights.safetensors'}: does not match {source}: "
+                                      f"{' '.join(str(exc).split())[:300]}") from exc
+    return model.to(map_location).eval()

@@ -1,0 +1,355 @@
+"""Scenes to manifest tiles: image raster(s) plus a label raster per scene, cut into windows.
+
+A scene is one or more image rasters (one per sensor) and one label raster, matched by a key taken
+from each file's stem. The first sensor's image fixes the scene grid. A tile is a ``window`` into
+the original files where they can be read as they are (same grid, the sensor's bands in order,
+labels already class indices); otherwise the scene is written once, co-registered onto the grid
+(rasterio ``WarpedVRT``: bilinear for images, nearest for labels), with the sensor's bands picked
+by the file's band descriptions and label values remapped, and tiles are windows into that copy.
+
+Splits: by scene (counts, explicit names, or the first ``N`` by name as train) or by spatial block
+(tiles are cut inside ``block x block`` pixel blocks, so no tile straddles two splits).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from geodata.errors import RasterError
+from geodata.manifest import Manifest, TaskSpec, TileEntry
+from geodata.raster import read_labelled
+from geodata.sensors import Sensor, get_sensor
+
+__all__ = [
+    "Scene", "find_rasters", "match_scenes", "parse_label_map", "band_indexes", "tile_windows", "split_scenes",
+    "scenes_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+IGNORE = "ignore"
+_STRIP_ROWS = 512  # rows per read/write when a scene is copied onto its grid
+
+
+@dataclass
+class Scene:
+    """One scene: an image per sensor (the first sets the grid) and its label raster."""
+
+    name: str
+    images: dict[str, Path]
+    label: Path
+
+
+def find_rasters(spec: str | Path) -> list[Path]:
+    """The rasters of a folder (``*.tif``, ``*.tiff``, ``*.vrt``) or a glob pattern, sorted."""
+    text = str(spec)
+    if os.path.isdir(text):
+        paths = [p for p in Path(text).iterdir() if p.suffix.lower() in RASTER_SUFFIXES]
+    else:
+        paths = [Path(p) for p in glob.glob(text)]
+    if not paths:
+        raise RasterError(text, "no raster files found (give a folder or a glob pattern)")
+    return sorted(paths)
+
+
+def _key(path: Path, pattern: re.Pattern[str] | None) -> str | None:
+    if pattern is None:
+        return path.stem
+    match = pattern.search(path.stem)
+    return (match.group(1) if match.groups() else match.group(0)) if match else None
+
+
+def match_scenes(images: Mapping[str, Sequence[Path]], labels: Sequence[Path], pattern: str | None = None) -> list[Scene]:
+    """Scenes keyed by file stem (or ``pattern``'s first group on the stem); the first sensor's images
+    define the scenes, every scene needs an image of each sensor and a label raster."""
+    regex = re.compile(pattern) if pattern else None
+    keyed: dict[str, dict[str, Path]] = {}
+    for sensor, paths in images.items():
+        keyed[sensor] = {k: p for p in paths if (k := _key(p, regex)) is not None}
+    label_of = {k: p for p in labels if (k := _key(p, regex)) is not None}
+    first = next(iter(images))
+    if not keyed[first]:
+        raise RasterError(first, f"no image file name matches the pattern {pattern!r}")
+    scenes = []
+    for name in sorted(keyed[first]):
+        for sensor in images:
+            if name not in keyed[sensor]:
+                raise RasterError(keyed[first][name], f"scene {name!r} has no {sensor} image")
+        if name not in label_of:
+            raise RasterError(keyed[first][name], f"scene {name!r} has no label raster")
+        scenes.append(Scene(name, {s: keyed[s][name] for s in images}, label_of[name]))
+    return scenes
+
+
+def parse_label_map(text: str | None) -> dict[int, int | None]:
+    """``"-1:ignore,255:1"`` -> ``{-1: None, 255: 1}`` (``None``: ignored pixel)."""
+    mapping: dict[int, int | None] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        raw, sep, value = item.rpartition(":")
+        try:
+            if not sep:
+                raise ValueError
+            mapping[int(raw)] = None if value.strip() == IGNORE else int(value)
+        except ValueError:
+            raise ValueError(f"label map entry {item!r} is not VALUE:CLASS or VALUE:{IGNORE}") from None
+    return mapping
+
+
+def _band_key(name: str) -> str:
+    """Band names compared without case and zero padding (``B8`` matches ``B08``)."""
+    return re.sub(r"(?<=[A-Z])0+(?=\d)", "", name.strip().upper())
+
+
+def band_indexes(descriptions: Sequence[str | None], bands: Sequence[str], where: str | Path) -> list[int]:
+    """1-based indexes of ``bands`` in a file whose bands carry ``descriptions``.
+
+    Without descriptions the file must hold exactly ``len(bands)`` bands, taken in order."""
+    if not any(descriptions):
+        if len(descriptions) != len(bands):
+            raise RasterError(where, f"{len(descriptions)} unnamed bands, expected {len(bands)} ({', '.join(bands)})")
+        return list(range(1, len(bands) + 1))
+    index = {_band_key(d): i for i, d in enumerate(descriptions, start=1) if d}
+    missing = [b for b in bands if _band_key(b) not in index]
+    if missing:
+        raise RasterError(where, f"bands {missing} missing: the file's bands are {list(descriptions)}")
+    return [index[_band_key(b)] for b in bands]
+
+
+def tile_windows(rows: tuple[int, int], cols: tuple[int, int], size: int, stride: int) -> list[Window]:
+    """``size`` windows every ``stride`` pixels inside ``[rows) x [cols)``; the last one in each direction
+    is moved back to end at the border. Empty when the region is smaller than ``size``."""
+
+    def starts(lo: int, hi: int) -> list[int]:
+        if hi - lo < size:
+            return []
+        out = list(range(lo, hi - size + 1, stride))
+        return out if out[-1] == hi - size else [*out, hi - size]
+
+    return [Window(c, r, size, size) for r in starts(*rows) for c in starts(*cols)]
+
+
+def split_scenes(
+    names: Sequence[str], test: int = 0, val: int = 0, test_names: Sequence[str] = (), val_names: Sequence[str] = (),
+    train_first: int | None = None, seed: int = 0,
+) -> dict[str, str]:
+    """Scene -> split. ``train_first``: the ``N`` names sorting first are train (the rest test);
+    else ``test_names`` or ``test`` seeded-random scenes are test. ``val_names`` or ``val`` seeded-random
+    train scenes become val."""
+    names = sorted(names)
+    unknown = sorted((set(test_names) | set(val_names)) - set(names))
+    if unknown:
+        raise ValueError(f"scenes {unknown} are not among the scenes found ({', '.join(names)})")
+    rng = random.Random(seed)
+    if train_first is not None:
+        if not 0 < train_first <= len(names):
+            raise ValueError(f"--train-first {train_first}: there are {len(names)} scenes")
+        tests = set(names[train_first:])
+    elif test_names:
+        tests = set(test_names)
+    else:
+        if test > len(names):
+            raise ValueError(f"cannot hold out {test} test scenes of {len(names)}")
+        tests = set(rng.sample(names, test))
+    train = [n for n in names if n not in tests]
+    if val_names:
+        vals = set(val_names)
+    elif val < len(train):
+        vals = set(rng.sample(train, val))
+    else:
+        vals = set(train)
+    if vals & tests or len(set(train) - vals) < 1:
+        raise ValueError(f"cannot split {len(names)} scenes into test {sorted(tests)}, val "
+                         f"{sorted(vals)} and at least one train scene")
+    return {n: "test" if n in tests else "val" if n in vals else "train" for n in names}
+
+
+def _same_grid(src: rasterio.DatasetReader, ref: rasterio.DatasetReader) -> bool:
+    return (src.crs == ref.crs and src.shape == ref.shape
+            and src.transform.almost_equals(ref.transform, precision=0.01 * abs(ref.res[0])))
+
+
+def _on_grid(src: rasterio.DatasetReader, ref: rasterio.DatasetReader, resampling: Resampling,
+             nodata: float | None) -> rasterio.DatasetReader | WarpedVRT:
+    if _same_grid(src, ref):
+        return src
+    return WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height,
+                     resampling=resampling, nodata=nodata)
+
+
+def _strips(height: int) -> list[tuple[int, int]]:
+    """``(first row, rows)`` of each strip of a ``height``-row raster."""
+    return [(r, min(_STRIP_ROWS, height - r)) for r in range(0, height, _STRIP_ROWS)]
+
+
+def _lookup(label_map: Mapping[int, int | None], num_classes: int, ignore_index: int) -> dict[int, int]:
+    lut = {v: ignore_index if c is None else c for v, c in label_map.items()}
+    bad = {v: c for v, c in lut.items() if c != ignore_index and not 0 <= c < num_classes}
+    if bad:
+        raise ValueError(f"label map sends {bad} outside the {num_classes} classes")
+    return lut
+
+
+def _label_values(src: rasterio.DatasetReader | WarpedVRT) -> set[int]:
+    values: set[int] = set()
+    for row, rows in _strips(src.height):
+        values.update(np.unique(src.read(1, window=Window(0, row, src.width, rows))).tolist())
+    return values
+
+
+def _write_on_grid(view: rasterio.DatasetReader | WarpedVRT, ref: rasterio.DatasetReader, path: Path,
+                   indexes: list[int], dtype: str, nodata: float | None,
+                   lut: Mapping[int, int] | None = None) -> Path:
+    """Copy ``indexes`` of ``view`` (already on ``ref``'s grid) to a tiled GeoTIFF, strip by strip."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=ref.width, height=ref.height, count=len(indexes), dtype=dtype,
+                   crs=ref.crs, transform=ref.transform, nodata=nodata, tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate")
+    with rasterio.open(path, "w", **profile) as dst:
+        for row, rows in _strips(ref.height):
+            window = Window(0, row, ref.width, rows)
+            data = view.read(indexes, window=window)
+            if lut is not None:
+                keys = np.fromiter(lut, dtype=np.int64)
+                data = np.asarray(data, dtype=np.int64)
+                out = data.copy()
+                for key in keys:
+                    out[data == key] = lut[int(key)]
+                data = out
+            dst.write(data.astype(dtype), window=window)
+        descriptions = [view.descriptions[i - 1] for i in indexes]
+        for i, name in enumerate(descriptions, start=1):
+            if name:
+                dst.set_band_description(i, name)
+    return path
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it (copies travel with the manifest), else absolute."""
+    path, root = Path(path).resolve(), root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _scene_sources(scene: Scene, sensors: Mapping[str, Sensor], task: TaskSpec, label_map: Mapping[int, int | None],
+                   out: Path) -> tuple[dict[str, Path], Path, tuple[int, int]]:
+    """Readable files (originals or grid copies under ``out/scenes/<name>/``) and the grid shape."""
+    copies = out / "scenes" / scene.name
+    lut = _lookup(label_map, task.num_classes, task.ignore_index)
+    first = next(iter(scene.images.values()))
+    with rasterio.open(first) as ref:
+        files: dict[str, Path] = {}
+        for sensor_name, path in scene.images.items():
+            sensor = sensors[sensor_name]
+            with rasterio.open(path) as src:
+                indexes = band_indexes(src.descriptions, sensor.bands, path)
+                if _same_grid(src, ref) and indexes == list(range(1, src.count + 1)):
+                    files[sensor_name] = path
+                    continue
+                nodata = src.nodata if src.nodata is not None else sensor.nodata
+                with _on_grid(src, ref, Resampling.bilinear, nodata if nodata is not None else np.nan) as view:
+                    files[sensor_name] = _write_on_grid(view, ref, copies / f"{sensor_name}.tif", indexes, "float32",
+                                                        nodata if nodata is not None else np.nan)
+        with rasterio.open(scene.label) as src:
+            if src.count != 1:
+                raise RasterError(scene.label, f"label raster has {src.count} bands, expected 1")
+            with _on_grid(src, ref, Resampling.nearest, task.ignore_index) as view:
+                values = _label_values(view)
+                if src.nodata is not None:
+                    values.discard(int(src.nodata))
+                unmapped = sorted(v for v in values if v not in lut and not 0 <= v < task.num_classes
+                                  and v != task.ignore_index)
+                if unmapped:
+                    raise RasterError(scene.label, f"label values {unmapped} are not in the label map "
+                                                   f"{dict(label_map)} nor class indexes 0..{task.num_classes - 1}")
+                if view is src and not any(lut.get(v, v) != v for v in values):
+                    label = scene.label
+                else:
+                    if src.nodata is not None:
+                        lut = {int(src.nodata): task.ignore_index, **lut}
+                    label = _write_on_grid(view, ref, copies / "label.tif", [1], "uint8", task.ignore_index, lut)
+        return files, label, ref.shape
+
+
+def scenes_manifest(
+    scenes: Sequence[Scene], sensors: Sequence[str], task_name: str, task: TaskSpec, out: Path, size: int,
+    stride: int, splits: Mapping[str, str] | None = None, block_size: int | None = None,
+    block_fractions: tuple[float, float] = (0.2, 0.1), min_valid: float = 0.5,
+    label_map: Mapping[int, int | None] | None = None, seed: int = 0, name: str = "scenes",
+) -> Manifest:
+    """The manifest of ``scenes`` cut into ``size`` tiles every ``stride`` pixels (see module docstring).
+
+    Give ``splits`` (scene -> split) or ``block_size`` with ``(test, val)`` fractions of the blocks.
+    A tile is kept when at least ``min_valid`` of its pixels are valid in every image and labelled.
+    Copies are written under ``out``, where the manifest is meant to be saved, and referenced relative
+    to it; original rasters by absolute path.
+    """
+    if (splits is None) == (block_size is None):
+        raise ValueError("split either by scene (splits) or by spatial block (block_size)")
+    if block_size is not None and block_size < size:
+        raise ValueError(f"block size {block_size} is smaller than the tile size {size}")
+    if size < 1 or stride < 1:
+        raise ValueError(f"tile size and stride must be positive, got {size} and {stride}")
+    resolved = {s: get_sensor(s) for s in sensors}
+    rng = random.Random(seed)
+    tiles: list[TileEntry] = []
+    for scene in tqdm(scenes, desc="scenes", unit="scene", leave=False):
+        files, label, (height, width) = _scene_sources(scene, resolved, task, label_map or {}, out)
+        if block_size is None:
+            regions = [(((0, height), (0, width)), splits[scene.name])]
+        else:
+            blocks = [((r, min(r + block_size, height)), (c, min(c + block_size, width)))
+                      for r in range(0, height, block_size) for c in range(0, width, block_size)]
+            regions = []
+            for block in blocks:
+                draw = rng.random()
+                split = ("test" if draw < block_fractions[0] else
+                         "val" if draw < block_fractions[0] + block_fractions[1] else "train")
+                regions.append((block, split))
+        kept = 0
+        for (rows, cols), split in regions:
+            for window in tile_windows(rows, cols, size, stride):
+                valid = []
+                for sensor_name, path in files.items():
+                    try:
+                        _, labels = read_labelled(path, resolved[sensor_name], label, task.num_classes,
+                                                  task.ignore_index, window=window)
+                        valid.append(float((labels != task.ignore_index).mean()))
+                    except RasterError as exc:
+                        if "nodata" not in exc.problem:
+                            raise
+                        valid.append(0.0)
+                if min(valid) < min_valid:
+                    continue
+                kept += 1
+                box = [int(window.col_off), int(window.row_off), size, size]
+                for sensor_name, path in files.items():
+                    tiles.append(TileEntry(
+                        id=f"{scene.name}-r{box[1]}-c{box[0]}-{sensor_name}", sensor=resolved[sensor_name].name,
+                        split=split, path=_relative(path, out), window=box, scene=f"{scene.name}-r{box[1]}-c{box[0]}",
+                        region=scene.name, targets={task_name: _relative(label, out)},
+                    ))
+        if kept == 0:
+            log.warning("scene %s (%dx%d): no %d px tile has %.0f%% valid, labelled pixels", scene.name, height,
+                        width, size, 100 * min_valid)
+    if not tiles:
+        raise RasterError(f"{len(scenes)} scenes", f"no tiles: every {size} px window is below --min-valid {min_valid} or the scenes "
+                               f"are smaller than {size} px")
+    return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out)
+
+

@@ -1,0 +1,126 @@
+"""``eosfed finetune`` -> ``eosfed predict`` on real wildfire scenes; a 4000x4000 scene in bounded memory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from eosfed.cli import main
+from fusion.finetune import load_task_model
+from fusion.predict import blend_weights
+from specialists.artifact import ArtifactError
+
+REPO = Path(__file__).resolve().parents[1]
+SENSOR_YAML = REPO / "benchmarks" / "wildfire_sensor.yaml"
+WILDFIRE = "sentinel2_tci_nir_swir"
+
+
+@pytest.fixture(scope="module")
+def fire_model(shared_data, tmp_path_factory):
+    """A task model fine-tuned for one epoch on 3 wildfire events (val: 1, test: 1)."""
+    root = tmp_path_factory.mktemp("fire")
+    fire = shared_data / "wildfire-s2"
+    assert main(["manifest", "scenes", "--images", f"{WILDFIRE}={fire / 'post_fire' / 'C[AL]*.tif'}",
+                 "--labels", str(fire / "masks"), "--sensors", str(SENSOR_YAML), "--out", str(root / "manifest"),
+                 "--task", "burned", "--classes", "not_burned,burned", "--size", "64", "--stride", "64",
+                 "--val-scenes", "CANAL_20240530", "--test-scenes", "CLEAR_20240626"]) == 0
+    assert main(["finetune", "--encoder", "random:convnextv2_atto", "--manifest", str(root / "manifest" / "manifest.json"),
+                 "--task", "burned", "--out", str(root / "model"), "--epochs", "1", "--batch-size", "8",
+                 "--unfreeze", "last_stage", "--decoder", "fpn", "--class-weights", "balanced"]) == 0
+    return root / "model"
+
+
+def test_finetune_writes_a_verified_task_model(fire_model):
+    card = json.loads((fire_model / "card.json").read_text())
+    assert card["task_type"] == "segmentation" and card["classes"] == ["not_burned", "burned"]
+    assert card["bands"] == ["TCI_R", "TCI_G", "TCI_B", "B08", "B12"] and len(card["norm_mean"]) == 5
+    assert card["extra"]["encoder"]["kind"] == "random" and card["extra"]["unfreeze"] == "last_stage"
+    assert card["extra"]["tile_size"] == 64 and len(card["extra"]["train_config"]["class_weights"]) == 2
+    assert {"val_miou", "test_miou", "best_epoch"} <= set(card["metrics"])
+    assert 0 < card["metrics"]["trainable_params"] < card["num_params"]
+    assert (fire_model / "sensors" / f"{WILDFIRE}.yaml").is_file()
+    model = load_task_model(fire_model)
+    assert model(torch.zeros(2, 5, 64, 64)).shape == (2, 2, 64, 64)
+
+    weights = fire_model / "weights.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ArtifactError, match="sha256"):
+            load_task_model(fire_model)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_predict_keeps_the_scene_grid(fire_model, shared_data, tmp_path):
+    scene = shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif"
+    out, probs = tmp_path / "map.tif", tmp_path / "probs.tif"
+    args = ["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(out),
+            "--probabilities", str(probs), "--overlap", "32"]
+    assert main(args) == 0
+    with rasterio.open(scene) as src, rasterio.open(out) as cls, rasterio.open(probs) as p:
+        assert cls.crs == src.crs and cls.transform == src.transform and cls.shape == src.shape
+        assert cls.dtypes == ("uint8",) and cls.nodata == 255 and p.count == 2 and p.dtypes[0] == "float32"
+        classes, prob = cls.read(1), p.read()
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-5)
+    assert (classes == prob.argmax(0)).all()
+    assert main(args) == 2  # outputs exist: refused without --overwrite
+
+
+def test_blend_weights_are_positive_and_peak_in_the_middle():
+    w = blend_weights(8)
+    assert w.min() > 0 and w[3:5, 3:5].min() == w.max() and np.allclose(w, w.T)
+
+
+def test_predict_names_missing_bands(fire_model, tmp_path, capsys):
+    scene = tmp_path / "four.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=64, height=64, count=4, dtype="float32",
+                       crs="EPSG:4326", transform=from_origin(0, 1, 0.001, 0.001)) as dst:
+        dst.write(np.ones((4, 64, 64), dtype=np.float32))
+        for i, name in enumerate(("TCI_R", "TCI_G", "TCI_B", "B8"), start=1):
+            dst.set_band_description(i, name)
+    assert main(["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path / "x.tif")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert len(err) == 1 and "bands ['B12'] missing" in err[0]
+
+
+PEAK_SCRIPT = """
+import resource, subprocess, sys
+rc = subprocess.call([sys.executable, "-m", "eosfed.cli", *sys.argv[1:]])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.e2e
+def test_4000px_scene_in_bounded_memory(fire_model, tmp_path):
+    scene = tmp_path / "big.tif"
+    rng = np.random.default_rng(0)
+    with rasterio.open(scene, "w", driver="GTiff", width=4000, height=4000, count=5, dtype="float32",
+                       crs="EPSG:32611", transform=from_origin(600000, 4000000, 20, 20), tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate") as dst:
+        for i, name in enumerate(("TCI_R", "TCI_G", "TCI_B", "B8", "B12"), start=1):
+            dst.set_band_description(i, name)
+        base = np.array([60, 60, 50, 2500, 1800], dtype=np.float32)[:, None, None]
+        for row in range(0, 4000, 500):
+            strip = base * rng.uniform(0.5, 1.5, (5, 500, 4000)).astype(np.float32)
+            dst.write(strip, window=Window(0, row, 4000, 500))
+    out = tmp_path / "big_map.tif"
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, "predict", "--model", str(fire_model), "--input", str(scene),
+         "--out", str(out), "--tile-size", "256", "--overlap", "32", "--batch-size", "16"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    peak_kib = int(run.stdout.strip().splitlines()[-1])
+    assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    with rasterio.open(out) as cls, rasterio.open(scene) as src:
+        assert cls.shape == (4000, 4000) and cls.transform == src.transform and cls.crs == src.crs
+        assert cls.overviews(1)  # cloud-optimised: overviews inside
+        assert set(np.unique(cls.read(1, window=Window(0, 0, 512, 512))).tolist()) <= {0, 1}

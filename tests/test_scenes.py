@@ -1,0 +1,159 @@
+"""``eosfed manifest scenes``: real wildfire scenes, label maps, co-registration, block splits, user errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
+
+from eosfed.cli import main
+from geodata.dataset import TileDataset
+from geodata.raster import read_labelled, tile_source, tile_window
+from geodata.sensors import SENSORS
+from geodata.manifest import Manifest
+from geodata.tiling import split_scenes
+
+SENSOR_YAML = Path(__file__).resolve().parents[1] / "benchmarks" / "wildfire_sensor.yaml"
+WILDFIRE = "sentinel2_tci_nir_swir"
+
+
+def _wildfire_args(shared_data: Path, out: Path, *extra: str, images: str = "") -> list[str]:
+    fire = shared_data / "wildfire-s2"
+    return ["manifest", "scenes", "--images", f"{WILDFIRE}={fire / 'post_fire' / images}", "--labels", str(fire / "masks"),
+            "--sensors", str(SENSOR_YAML), "--out", str(out), "--task", "burned", "--classes", "not_burned,burned",
+            *extra]
+
+
+def test_wildfire_scenes_become_windows_with_the_sensor_beside(shared_data, tmp_path):
+    out = tmp_path / "fire"
+    assert main(_wildfire_args(shared_data, out, "--size", "64", "--stride", "64", "--train-first", "14",
+                               "--val", "2")) == 0
+    assert (out / "sensors" / f"{WILDFIRE}.yaml").read_text() == SENSOR_YAML.read_text()
+    SENSORS.pop(WILDFIRE)  # what a fresh process knows: Manifest.load registers the YAML beside the manifest
+    manifest = Manifest.load(out / "manifest.json")
+    assert SENSORS[WILDFIRE].bands == ("TCI_R", "TCI_G", "TCI_B", "B08", "B12")
+    events = sorted({t.region for t in manifest.tiles})
+    assert len(events) == 20
+    by_split = {s: {t.region for t in manifest.tiles if t.split == s} for s in ("train", "val", "test")}
+    assert by_split["test"] == set(events[14:]) and len(by_split["val"]) == 2
+    assert by_split["train"] | by_split["val"] == set(events[:14]) and not by_split["train"] & by_split["val"]
+    tile = manifest.tiles[0]
+    assert tile.window[2:] == [64, 64] and Path(tile.path).parent == shared_data.resolve() / "wildfire-s2" / "post_fire"
+    assert not (out / "scenes").exists()  # the originals are read in place
+    sample = TileDataset(manifest, WILDFIRE, split="train", task="burned")[0]
+    assert sample["image"].shape == (5, 64, 64) and set(sample["target"].unique().tolist()) <= {0, 1}
+    with rasterio.open(tile_source(manifest, tile)) as src:
+        raw = src.read(window=tile_window(tile))
+    np.testing.assert_allclose(sample["image"].numpy(), raw * 1e-4, rtol=1e-5)  # B08/B12 reflectance
+
+
+def _write(path: Path, data: np.ndarray, crs: str, transform, descriptions=(), nodata=None) -> Path:
+    data = data[None] if data.ndim == 2 else data
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data)
+        for i, name in enumerate(descriptions, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+@pytest.fixture
+def toy_scenes(tmp_path):
+    """Two 48x48 scenes: RGB (UTM, 10 m) + a Sentinel-1 raster on another CRS and grid, labels -1/0/255."""
+    rng = np.random.default_rng(0)
+    for folder in ("rgb", "s1", "labels"):
+        (tmp_path / folder).mkdir()
+    for name, (x, y) in {"alpha": (500000, 4500000), "beta": (510000, 4500000)}.items():
+        utm = from_origin(x, y, 10, 10)
+        _write(tmp_path / "rgb" / f"{name}.tif", rng.integers(1, 255, (3, 48, 48), dtype=np.uint8), "EPSG:32633", utm,
+               ("BLUE", "GREEN", "RED"))  # stored in another order than the sensor's RED GREEN BLUE
+        with rasterio.open(tmp_path / "rgb" / f"{name}.tif") as src:
+            west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        _write(tmp_path / "s1" / f"{name}.tif", rng.normal(-12, 2, (2, 30, 30)).astype(np.float32), "EPSG:4326",
+               from_origin(west - 0.001, north + 0.001, (east - west + 0.002) / 30, (north - south + 0.002) / 30),
+               ("VV", "VH"))
+        labels = np.zeros((48, 48), dtype=np.int16)
+        labels[:, 24:] = 255
+        labels[:4] = -1
+        _write(tmp_path / "labels" / f"{name}_mask.tif", labels, "EPSG:32633", utm)
+    return tmp_path
+
+
+def _toy_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["manifest", "scenes", "--images", f"rgb={root / 'rgb'}", "--images", f"sentinel1_grd={root / 's1'}",
+            "--labels", str(root / "labels" / "*_mask.tif"), "--match", r"^([a-z]+)", "--out", str(out),
+            "--task", "cover", "--classes", "bare,built", *extra]
+
+
+def test_label_map_and_co_registration(toy_scenes, tmp_path):
+    out = tmp_path / "toy"
+    assert main(_toy_args(toy_scenes, out, "--label-map=-1:ignore,255:1", "--size", "16", "--stride", "16",
+                          "--test-scenes", "beta", "--min-valid", "0.1")) == 0
+    manifest = Manifest.load(out / "manifest.json")
+    assert {t.split for t in manifest.tiles if t.region == "beta"} == {"test"}
+    assert {t.sensor for t in manifest.tiles} == {"rgb", "sentinel1_grd"}
+    tile = next(t for t in manifest.tiles if t.sensor == "sentinel1_grd" and t.window[:2] == [16, 0])
+    raster, labels = read_labelled(tile_source(manifest, tile), "sentinel1_grd", manifest.resolve(tile.targets["cover"]),
+                                   2, window=tile_window(tile))
+    assert raster.data.shape == (2, 16, 16) and raster.valid.all()  # warped onto the RGB grid
+    assert (labels[:4] == 255).all() and set(np.unique(labels[4:]).tolist()) == {0, 1}
+    with rasterio.open(manifest.resolve(tile.path)) as copy, rasterio.open(toy_scenes / "rgb" / "alpha.tif") as ref:
+        assert copy.crs == ref.crs and copy.transform == ref.transform and copy.shape == ref.shape
+    rgb = next(t for t in manifest.tiles if t.sensor == "rgb" and t.region == "alpha")
+    with rasterio.open(toy_scenes / "rgb" / "alpha.tif") as src:
+        blue_first = src.read(window=tile_window(rgb))
+    picked = read_labelled(tile_source(manifest, rgb), "rgb", manifest.resolve(rgb.targets["cover"]), 2,
+                           window=tile_window(rgb))[0].data
+    np.testing.assert_allclose(picked, blue_first[::-1] / 255, rtol=1e-6)  # RED GREEN BLUE by description
+
+
+def test_block_splits_never_straddle(shared_data, tmp_path):
+    out = tmp_path / "blocks"
+    assert main(_wildfire_args(shared_data, out, "--split-by", "block", "--block-size", "64", "--size", "32",
+                               "--stride", "16", "--test-fraction", "0.3", "--val-fraction", "0.2",
+                               images="C*.tif")) == 0
+    manifest = Manifest.load(out / "manifest.json")
+    assert {t.split for t in manifest.tiles} == {"train", "val", "test"}
+    owner: dict[tuple[str, int, int], str] = {}
+    for tile in manifest.tiles:
+        col, row, size, _ = tile.window
+        assert row // 64 == (row + size - 1) // 64 and col // 64 == (col + size - 1) // 64  # inside one block
+        for r in range(row, row + size, 8):
+            for c in range(col, col + size, 8):
+                assert owner.setdefault((tile.region, r, c), tile.split) == tile.split
+
+
+def test_split_scenes_rules():
+    names = [f"s{i}" for i in range(6)]
+    first = split_scenes(names, train_first=4, val=1, seed=3)
+    assert [n for n, s in first.items() if s == "test"] == ["s4", "s5"]
+    assert sum(s == "val" for s in first.values()) == 1
+    seeded = split_scenes(names, test=2, val=1, seed=1)
+    assert seeded == split_scenes(names, test=2, val=1, seed=1)
+    assert sorted(seeded.values()).count("test") == 2
+    with pytest.raises(ValueError, match="not among"):
+        split_scenes(names, test_names=["nope"])
+
+
+def _error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]  # not progress bars
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_user_errors_are_one_line(toy_scenes, tmp_path, capsys):
+    (toy_scenes / "labels" / "beta_mask.tif").rename(toy_scenes / "beta_mask.tif")
+    assert main(_toy_args(toy_scenes, tmp_path / "a", "--label-map=-1:ignore,255:1")) == 2
+    assert "scene 'beta' has no label raster" in _error_line(capsys)
+    (toy_scenes / "beta_mask.tif").rename(toy_scenes / "labels" / "beta_mask.tif")
+
+    assert main(_toy_args(toy_scenes, tmp_path / "b", "--label-map=255:1")) == 2
+    assert "label values [-1] are not in the label map" in _error_line(capsys)
+
+    with rasterio.open(toy_scenes / "rgb" / "alpha.tif", "r+") as dst:
+        dst.set_band_description(3, "NIR")
+    assert main(_toy_args(toy_scenes, tmp_path / "c", "--label-map=-1:ignore,255:1")) == 2
+    assert "bands ['RED'] missing" in _error_line(capsys)
+    assert not (tmp_path / "c").exists()
