@@ -4,7 +4,7 @@ Sections (``--sections``, each stored under its own key of the JSON, so they can
 
 - ``overhead``: one experiment (default: the quick preset) through ``flwr run .`` (Flower's local
   simulation, its default 2 SuperNodes, a fresh isolated FLWR_HOME so the local SuperLink starts
-  too) and through ``server.run.run_experiment`` on ``InProcessGrid`` (tests/flower_harness.py: the
+  too) and through ``server.run.run_experiment`` on ``InProcessGrid`` (server/local.py: the
   same ClientApp handlers called in this process, one after another; no Flower processes, no
   serialisation), ``--repeats`` times alternating. Total wall time, per-phase seconds
   (checkpoint.json) and the ratio of the medians. The difference is split into the part outside
@@ -60,19 +60,15 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from flower_harness import (  # noqa: E402  (tests/ holds the Flower harness)
-    InProcessGrid, descendants, flwr_run, isolated_flower, pids_mentioning, run_status)
-from clients.data import open_manifest  # noqa: E402
-from clients.institution import InstitutionSpec  # noqa: E402
-from geodata.files import atomic_write_text  # noqa: E402
-from geodata.synth.spectra import CLASSES  # noqa: E402
-from pipeline.settings import RunSettings, load_experiment  # noqa: E402
-from server.phases.discover import simulated_record  # noqa: E402
-from pipeline.proxy import proxy_manifest  # noqa: E402
-from server.run import run_experiment  # noqa: E402
+from clients.data import open_manifest
+from clients.institution import InstitutionSpec
+from geodata.files import atomic_write_text
+from geodata.synth.spectra import CLASSES
+from pipeline.proxy import proxy_manifest
+from pipeline.settings import RunSettings, load_experiment
+from server.local import InProcessGrid, descendants, flwr_run, isolated_flower, pids_mentioning, run_status
+from server.phases.discover import simulated_record
+from server.run import run_experiment
 
 __all__ = ["main", "scale_overrides", "TreeSampler"]
 

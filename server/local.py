@@ -1,0 +1,246 @@
+"""Running the app on this machine: an in-process grid, and the ``flwr`` CLI against an isolated Flower home.
+
+- :class:`InProcessGrid` hands each message straight to the ClientApp in this process (one Context per
+  node, given node configs), so the coordinator runs without any Flower process; ``faults`` lets a
+  caller make chosen requests fail, go unanswered or be tampered with.
+- :func:`isolated_flower` (:func:`flower_env` + :func:`stop_local_superlink`), :func:`flwr_run` and
+  :func:`run_status` run the ``flwr`` CLI against an own ``FLWR_HOME`` (own config, local-SuperLink
+  ports and Ray temp dir, runtime dependency installation off) and stop every process it started, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+__all__ = ["InProcessGrid", "descendants", "flower_env", "flwr_json", "flwr_run", "free_port", "isolated_flower",
+           "kill_tree", "pids_mentioning", "run_config_args", "run_status", "stop_local_superlink"]
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are ClientApp calls in this process.
+
+    ``faults(message)`` returns ``None`` (the ClientApp's real reply), ``"drop"`` (no reply at all),
+    other text (an error reply with that reason), or a function that gets the real reply and
+    returns the one to deliver (to tamper with it).
+    """
+
+    def __init__(
+        self,
+        node_configs: dict[int, dict[str, Any]],
+        app: Callable[[Message, Context], Message] | None = None,
+        faults: Callable[[Message], str | Callable[[Message], Message] | None] | None = None,
+    ) -> None:
+        # Flower 1.41's Message() reads the process's task identity, which flwr-serverapp sets.
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+        if app is None:
+            from clients.client_app import app as client_app
+
+            app = client_app
+        self.app = app
+        self.faults = faults
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config=dict(cfg), state=RecordDict(), run_config={})
+            for node, cfg in node_configs.items()
+        }
+        self.sent: list[Message] = []
+        self._replies: dict[str, Message] = {}
+        self._run = None
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: ANN001
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            ids.append(message.metadata.message_id)
+            self.sent.append(message)
+            fault = self.faults(message) if self.faults else None
+            if fault == "drop":
+                continue
+            if isinstance(fault, str):
+                reply = Message(Error(code=1, reason=fault), reply_to=message)
+            else:
+                try:
+                    reply = self.app(message, self.contexts[message.metadata.dst_node_id])
+                except Exception as exc:  # the ClientApp's exception becomes an error reply, as in Flower
+                    reply = Message(Error(code=1, reason=f"{type(exc)}:<'{exc}'>"), reply_to=message)
+                if callable(fault):
+                    reply = fault(reply)
+            self._replies[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def flower_env(root: Path) -> dict[str, str]:
+    """An environment with its own FLWR_HOME (under ``root``), local-SuperLink ports and Ray temp dir.
+
+    The Ray temp dir is a short new folder in the system temp dir: Ray's AF_UNIX socket paths below
+    it must stay under 108 bytes, which a pytest ``tmp_path`` exceeds. Remove it with
+    :func:`stop_local_superlink` (or use :func:`isolated_flower`).
+    """
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(root / "flwr-home"),
+        RAY_TMPDIR=tempfile.mkdtemp(prefix="eosfed-ray-"),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+@contextmanager
+def isolated_flower(root: Path) -> Iterator[dict[str, str]]:
+    """:func:`flower_env`, then stop the local SuperLink it got and remove its Ray temp dir."""
+    env = flower_env(root)
+    try:
+        yield env
+    finally:
+        stop_local_superlink(env)
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s descendants (children first-level first), from /proc."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        kids = tree.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+def kill_tree(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM ``pid`` and its descendants, then SIGKILL what is left after ``grace_s``."""
+    pids = [pid, *descendants(pid)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for p in pids:
+        while time.monotonic() < deadline and Path(f"/proc/{p}").exists() and not _is_zombie(p):
+            time.sleep(0.1)
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (a unique temp path: never a program name)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [p for p in found if p != os.getpid()]
+
+def stop_local_superlink(env: dict[str, str]) -> None:
+    """Stop the detached local SuperLink ``flwr run`` started for this ``FLWR_HOME`` (and its tree),
+    any process still using this env's Ray temp dir, and remove that dir."""
+    for pid in pids_mentioning(str(Path(env["FLWR_HOME"]) / "local-superlink")):
+        kill_tree(pid)
+    for pid in pids_mentioning(env["RAY_TMPDIR"]):
+        kill_tree(pid)
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+def flwr_json(env: dict[str, str], args: list[str], timeout_s: float = 60) -> dict[str, Any]:
+    """``flwr ARGS --format json``'s answer; raises with the output when it is not a success."""
+    done = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout_s)
+    try:
+        answer = json.loads(done.stdout[done.stdout.index("{"):])
+    except ValueError:
+        answer = {}
+    if done.returncode != 0 or not answer.get("success"):
+        raise RuntimeError(f"flwr {' '.join(args)} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return answer
+
+def run_config_args(run_config: dict[str, str]) -> list[str]:
+    """``-c key="value"`` arguments for ``flwr run`` (values are TOML strings)."""
+    return [arg for key, value in run_config.items() for arg in ("-c", f"{key}={json.dumps(value)}")]
+
+def flwr_run(env: dict[str, str], connection: str | None, run_config: dict[str, str], timeout_s: float,
+             extra: list[str] = ()) -> tuple[int, str]:
+    """``flwr run . [connection] --stream``; returns the run id and the streamed output."""
+    cmd = [str(BIN / "flwr"), "run", str(REPO), *([connection] if connection else []), "--stream",
+           *run_config_args(run_config), *extra]
+    try:
+        done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        partial = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr))
+        raise TimeoutError(f"flwr run did not finish within {timeout_s} s:\n{partial[-5000:]}") from None
+    output = done.stdout + done.stderr
+    match = re.search(r"Successfully started run (\d+)", output)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"flwr run failed (exit {done.returncode}):\n{output[-5000:]}")
+    return int(match.group(1)), output
+
+def run_status(env: dict[str, str], connection: str | None, run_id: int) -> str:
+    """The run's status from ``flwr ls --run-id ID --format json`` (e.g. ``finished:completed``)."""
+    cmd = [str(BIN / "flwr"), "ls", *([connection] if connection else []), "--run-id", str(run_id), "--format", "json"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    try:
+        runs = json.loads(done.stdout)["runs"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise RuntimeError(f"flwr ls gave no run list ({exc}):\n{done.stdout}\n{done.stderr}") from None
+    return runs[0]["status"]
