@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import handlers
+from pipeline.logs import configure_logging
 
 app = ClientApp()
 
@@ -17,13 +17,7 @@ app = ClientApp()
 @app.lifespan()
 def lifespan(context: Context) -> Iterator[None]:
     """Show the project's INFO logs in the node's output (Flower configures only its own logger)."""
-    for name in ("clients", "specialists", "fusion", "geodata"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
+    configure_logging()
     yield
 
 

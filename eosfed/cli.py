@@ -15,6 +15,7 @@ import logging
 import sys
 
 from eosfed.commands.args import HelpFormatter, load_sensor_args
+from pipeline.logs import configure_logging
 
 COMMANDS: dict[str, str] = {
     "synth": "generate a synthetic multi-sensor world",
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(logging.DEBUG if args.verbose else logging.INFO)
         load_sensor_args(args)
         return int(_module(args.command).run(args) or 0)
     except USER_ERRORS as exc:
