@@ -5,7 +5,8 @@ A partner's SuperNode declares itself::
     flower-supernode ... --node-config 'institution="lab-a" sensor="sentinel2_l2a" task="scene"
                                         data-path="/data/lab-a/manifest.json"'
 
-(optional ``region="..."`` keeps only that region's tiles; optional ``store="DIR"`` is where the node
+(optional ``region="..."`` keeps only that region's tiles; optional ``sensors="FILE[:FILE...]"`` registers
+sensor YAML files or folders the node's data needs; optional ``store="DIR"`` is where the node
 keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``). A simulated SuperNode has only Flower's
 ``partition-id``/``num-partitions``; the coordinator assigns it institutions of the experiment and
 sends each one's record, in the same keys plus ``world`` (a synthetic-world config as JSON) and
@@ -14,10 +15,13 @@ sends each one's record, in the same keys plus ``world`` (a synthetic-world conf
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
+
+from geodata.sensors import load_sensor_files
 
 __all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "DECLARED_KEYS"]
 
@@ -46,6 +50,7 @@ class InstitutionSpec:
     world: str = ""
     cache_dir: str = ""
     store: str = ""
+    sensors: str = ""  # sensor YAML files or folders, os.pathsep-separated, registered when the spec is read
 
     @property
     def store_dir(self) -> Path:
@@ -68,6 +73,7 @@ class InstitutionSpec:
             world=_text(record, "world", source, False),
             cache_dir=_text(record, "cache-dir", source, False),
             store=_text(record, "store", source, False),
+            sensors=_text(record, "sensors", source, False),
         )
         if not _NAME.match(spec.name):
             raise ValueError(f"{source}: institution {spec.name!r} may hold only letters, digits, '.', '_', '-'")
@@ -75,6 +81,7 @@ class InstitutionSpec:
             raise ValueError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
         if spec.world and not spec.cache_dir:
             raise ValueError(f"{source}: institution {spec.name!r} has a 'world' but no 'cache-dir'")
+        load_sensor_files(p for p in spec.sensors.split(os.pathsep) if p)
         return spec
 
     def to_record(self) -> dict[str, str]:
@@ -87,6 +94,7 @@ class InstitutionSpec:
             "world": self.world,
             "cache-dir": self.cache_dir,
             "store": self.store,
+            "sensors": self.sensors,
         }
         return {k: v for k, v in record.items() if v}
 

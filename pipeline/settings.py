@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 
 from fusion.distill import DistillConfig
 from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
 from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import OptimConfig
@@ -165,6 +166,7 @@ class ExperimentConfig:
     output_dir: str = "outputs"
     cache_dir: str = "${output_dir}/cache"
     tolerance_nm: float = DEFAULT_TOLERANCE_NM
+    sensor_files: list[str] = field(default_factory=list)  # sensor YAML files or folders (here and at simulated hosts)
     federation: FederationSettings = field(default_factory=FederationSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     enrol: EnrolSettings = field(default_factory=EnrolSettings)
@@ -275,4 +277,5 @@ def load_experiment(settings: RunSettings) -> tuple[ExperimentConfig, str]:
     except OmegaConfBaseException as exc:
         raise ValueError(f"experiment {settings.experiment!r}: {exc}") from None
     assert isinstance(typed, ExperimentConfig)
+    load_sensor_files(typed.sensor_files)
     return typed, OmegaConf.to_yaml(cfg)

@@ -286,3 +286,46 @@ def test_prune_without_scorable_proxy_tiles_is_reported_not_available(tmp_path: 
     pruned = json.loads((run_dir / "phases" / "prune.json").read_text())
     assert pruned["kept"] == ["sentinel2_l2a-scene"] and pruned["note"].startswith("not available")
     assert "not available" in (run_dir / "report.md").read_text()
+
+
+def _user_sensor_manifest(tmp_path: Path, eurosat_manifest: Path) -> tuple[Path, Path]:
+    """EuroSAT's tiles relabelled as a sensor declared in a YAML outside the checkout (and outside the
+    manifest's folder), which the registry then forgets: only its path makes it known again."""
+    from geodata.manifest import Manifest
+    from geodata.sensors import SENSORS, get_sensor
+
+    s2 = get_sensor("sentinel2_l1c")
+    yaml_path = tmp_path / "elsewhere" / "lab_s2.yaml"
+    yaml_path.parent.mkdir()
+    bands = "\n".join(f"  - {{name: {b}}}" for b in s2.bands)
+    yaml_path.write_text(f"name: lab_s2\ndtype: uint16\nscale: {s2.scale}\nnodata: 0\nbands:\n{bands}\n")
+    manifest = Manifest.load(eurosat_manifest)
+    for tile in manifest.tiles:
+        tile.sensor = "lab_s2"
+    manifest.tiles = manifest.tiles[:40]
+    from geodata.sensors import load_sensor_files
+
+    load_sensor_files([yaml_path])
+    path = manifest.save(tmp_path / "lab" / "manifest.json")
+    for copy in (tmp_path / "lab" / "sensors").glob("*.yaml"):
+        copy.unlink()
+    SENSORS.pop("lab_s2")
+    return path, yaml_path
+
+
+def test_user_sensor_from_node_config_and_run_config(tmp_path: Path, eurosat_manifest: Path) -> None:
+    from geodata.sensors import SENSORS
+
+    manifest, yaml_path = _user_sensor_manifest(tmp_path, eurosat_manifest)
+    node = {"institution": "lab", "sensor": "lab_s2", "task": "scene", "data-path": str(manifest)}
+    config = {"experiment": "default", "run-name": "u", "overrides": (
+        f"~institutions output_dir={tmp_path} federation.node_wait_s=1 federation.reply_timeout_s=5 "
+        "stop_after=discover")}
+    with pytest.raises(RuntimeError, match="lab_s2"):  # without the YAML the partner cannot describe its data
+        run_experiment(InProcessGrid({300: node}), {**config, "run-name": "missing"}, flower_run_id=1)
+    run_dir = run_experiment(InProcessGrid({300: {**node, "sensors": str(yaml_path)}}), config, flower_run_id=2)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert roster["institutions"]["lab"]["sensor"] == "lab_s2"
+    SENSORS.pop("lab_s2")
+    load_experiment(RunSettings("default", (f"sensor_files=[{yaml_path}]",), "r"))
+    assert "lab_s2" in SENSORS  # the run config's sensor files are registered at the coordinator

@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 State = dict[str, torch.Tensor]
-INSTITUTION_KEYS = ("institution", "sensor", "task", "data-path", "region", "world", "cache-dir", "store")
+INSTITUTION_KEYS = ("institution", "sensor", "task", "data-path", "region", "world", "cache-dir", "store",
+                    "sensors")
 """Keys of the institution record (node-config style, see :mod:`clients.institution`); the first three
 are required."""
 NODE_KINDS = ("declared", "simulated", "unconfigured")

@@ -17,6 +17,7 @@ per Flower run) and refuses groups that differ from those later phases were buil
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,8 @@ def simulated_record(cfg: ExperimentConfig, name: str, cache_dir: Path) -> dict[
     record = {"institution": name, "sensor": inst.sensor, "task": inst.task}
     if inst.region:
         record["region"] = inst.region
+    if cfg.sensor_files:
+        record["sensors"] = os.pathsep.join(str(Path(p).expanduser().resolve()) for p in cfg.sensor_files)
     if inst.manifest:
         record["data-path"] = str(Path(inst.manifest).expanduser().resolve())
     else:
