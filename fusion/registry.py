@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from fusion.featstats import FeatureStats
+from fusion.views import plan_view
 from geodata.files import atomic_write_bytes, atomic_write_text
 from specialists import Specialist, SpecialistCard, load_specialist, save_specialist
 from specialists.artifact import CARD_FILE, read_card
@@ -100,6 +101,10 @@ class Registry:
     @property
     def entries(self) -> list[RegistryEntry]:
         return list(self._entries.values())
+
+    def readers(self, bands: Sequence[str], tolerance_nm: float) -> list[RegistryEntry]:
+        """The members that can read an input of ``bands`` (a view exists at ``tolerance_nm``)."""
+        return [e for e in self.entries if plan_view(e.name, e.bands, bands, tolerance_nm).applicable]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 from fusion.registry import Registry
-from fusion.views import plan_view
 from server.messaging import Request
 from server.phases.base import Phase, PhaseContext
 from pipeline.roster import Member
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> EnsembleFiles | str:
     """The ensemble part of the request for ``member``, or why there is none."""
     tolerance = ctx.cfg.tolerance_nm
-    readers = [e for e in registry.entries if plan_view(e.name, e.bands, member.bands, tolerance).applicable]
+    readers = registry.readers(member.bands, tolerance)
     local = [e for e in readers if not e.holder]
     if not readers:
         return f"no specialist can read {member.sensor}"

@@ -26,7 +26,6 @@ from fusion.probes import FeatureSet
 from fusion.prune import REPORT_MD
 from fusion.registry import Registry
 from fusion.teacher_cache import TeacherCache
-from fusion.views import plan_view
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
@@ -70,8 +69,7 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
         fit = [t for t in tiles if t.split == "train"]
         score = [t for t in tiles if t.split != "train"]
         bands = get_sensor(sensor).image_bands
-        players = [e for e in registry.entries if plan_view(e.name, e.bands, bands, tolerance).applicable
-                   and cache.has(e.weights_sha256, [t.id for t in tiles])]
+        players = [e for e in registry.readers(bands, tolerance) if cache.has(e.weights_sha256, [t.id for t in tiles])]
         if not players or not fit or not score:
             continue
         train = {e.name: _features(cache, e.weights_sha256, [t.id for t in fit], [t.targets[pc.task] for t in fit])
