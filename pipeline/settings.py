@@ -11,7 +11,6 @@ quoting) and the run name.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 
 from fusion.distill import DistillConfig
 from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.names import NAME_RULE, is_safe_name
 from geodata.synth.config import WorldConfig
 from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import OptimConfig
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -193,8 +192,8 @@ class ExperimentConfig:
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):
             raise ValueError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
-        if self.integrate and not _RUN_NAME.match(self.integrate):
-            raise ValueError(f"integrate: {self.integrate!r} is not a run name")
+        if self.integrate and not is_safe_name(self.integrate):
+            raise ValueError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
         if self.prune.keep_top_k < 0 or self.prune.permutations < 1:
             raise ValueError("prune.keep_top_k must be >= 0 and prune.permutations >= 1")
         if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
@@ -207,8 +206,9 @@ class ExperimentConfig:
                     inst = self.institutions[name] = InstitutionSettings(**inst)
                 except TypeError as exc:
                     raise ValueError(f"{where}: {exc}") from None
-            if not _RUN_NAME.match(name):
-                raise ValueError(f"{where}: institution names may hold only letters, digits, '.', '_', '-'")
+            for what, value in (("institution", name), ("sensor", inst.sensor), ("task", inst.task)):
+                if not is_safe_name(value):
+                    raise ValueError(f"{where}: {what} {value!r} must be {NAME_RULE}")
             if inst.manifest:
                 continue
             if inst.region:
@@ -248,8 +248,8 @@ class RunSettings:
         if not run_name:
             stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
             run_name = f"{experiment}-{stamp}"
-        if not _RUN_NAME.match(run_name):
-            raise ValueError(f"run config 'run-name' {run_name!r}: use letters, digits, '.', '_', '-' only")
+        if not is_safe_name(run_name):
+            raise ValueError(f"run config 'run-name' {run_name!r}: must be {NAME_RULE}")
         return cls(experiment=experiment, overrides=overrides, run_name=run_name)
 
 

@@ -40,6 +40,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fusion.probes import ProbeResult
+from geodata.names import NAME_RULE, is_safe_name
 from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
 
@@ -53,7 +54,7 @@ __all__ = [
 State = dict[str, torch.Tensor]
 INSTITUTION_KEYS = ("institution", "sensor", "task", "data-path", "region", "world", "cache-dir", "store")
 """Keys of the institution record (node-config style, see :mod:`clients.institution`); the first three
-are required."""
+are required safe names (:mod:`geodata.names`: they become folder names)."""
 NODE_KINDS = ("declared", "simulated", "unconfigured")
 
 
@@ -100,6 +101,7 @@ SCORE = _Rule(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 FRACTION = _Rule(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
 SHA256 = _Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
                "a sha256 hex digest")
+NAME = _Rule(is_safe_name, f"a safe name ({NAME_RULE})")
 KIND = _Rule(lambda v: v in NODE_KINDS, f"one of {list(NODE_KINDS)}")
 NAMES = _list(TEXT, "a non-empty list of unique non-empty strings", unique=True)
 TEXTS = _list(TEXT, "a non-empty list of non-empty strings")
@@ -198,8 +200,8 @@ class _Message:
 
 
 def _institution(read: _Reader) -> dict[str, str]:
-    rules = {key: TEXT for key in INSTITUTION_KEYS}
-    required = {key: rules.pop(key) for key in INSTITUTION_KEYS[:3]}
+    rules = {key: TEXT for key in INSTITUTION_KEYS[3:]}
+    required = {key: NAME for key in INSTITUTION_KEYS[:3]}
     return read.config("institution", required, rules)
 
 
@@ -244,7 +246,7 @@ class DataSummary:
     @classmethod
     def read(cls, read: _Reader) -> DataSummary:
         f = read.config("summary", {
-            "institution": TEXT, "task_type": TEXT, "classes": NAMES, "bands": NAMES, "splits": NAMES,
+            "institution": NAME, "task_type": TEXT, "classes": NAMES, "bands": NAMES, "splits": NAMES,
             "tiles": _list(COUNT, "a non-empty list of non-negative integers"), "norm_mean": NUMBERS,
             "norm_std": _list(NON_NEGATIVE, "a non-empty list of non-negative finite numbers"), "manifest": STRING})
         if len(f["tiles"]) != len(f["splits"]):

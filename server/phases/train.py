@@ -88,7 +88,7 @@ def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
             log.warning("%s failed: %s", source, exc)
             failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})
     card = run.finish(per_member, ctx.cfg.train)
-    path = ctx.run_dir / "specialists" / run.group.name / "card.json"
+    path = ctx.card_path(run.group.name)
     atomic_write_text(path, card.to_json())
     monitor = f"test_{MONITOR[card.task_type]}"
     value = card.metrics.get(monitor)
@@ -121,7 +121,7 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
     runs = []
     earlier = integrated_cards(ctx)
     for group in roster.groups.values():
-        path = ctx.run_dir / "specialists" / group.name / "card.json"
+        path = ctx.card_path(group.name)
         if group.name in earlier and sorted(earlier[group.name].institutions) == sorted(group.members):
             log.info("Group %s: enrolled in run %s, not trained again", group.name, ctx.cfg.integrate)
             results[group.name] = {"integrated_from": ctx.cfg.integrate,
