@@ -32,6 +32,7 @@ from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import OptimConfig
 
 __all__ = [
+    "AGGREGATIONS",
     "CONFIG_DIR",
     "EnrolSettings",
     "EvaluateSettings",
@@ -46,6 +47,8 @@ __all__ = [
     "load_experiment",
 ]
 
+AGGREGATIONS = ("fedavg", "median", "trimmed_mean")
+"""How phase *train* combines a round's updates (``train.aggregation``)."""
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -83,7 +86,11 @@ class TrainSettings(OptimConfig):
     ``lr`` is the first round's learning rate, decayed by a cosine over the rounds, after a linear
     warm-up over the run's first ``warmup_epochs`` local epochs; ``max_steps`` caps each node's
     optimiser steps per round (0: no cap); a round needs ``min_replies`` valid updates, else the
-    group keeps its weights.
+    group keeps its weights. Members' claims cannot take a group over: a member's weight (its declared
+    train tiles) is at most ``max_weight_share`` of the total, an update farther than ``update_factor``
+    times the median distance from the round's coordinate-wise median is refused (0: no screening;
+    three or more updates), and ``aggregation`` is ``fedavg`` (weighted mean), ``median`` or
+    ``trimmed_mean`` (see :mod:`pipeline.fedavg`).
     """
 
     rounds: int = 5
@@ -91,6 +98,9 @@ class TrainSettings(OptimConfig):
     variant: str = DEFAULT_VARIANT
     max_steps: int = 0
     min_replies: int = 1
+    max_weight_share: float = 0.5
+    update_factor: float = 5.0
+    aggregation: str = "fedavg"
 
 
 @dataclass
@@ -188,6 +198,10 @@ class ExperimentConfig:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:
             raise ValueError("train.warmup_epochs must be >= 0")
+        if not 0 < self.train.max_weight_share <= 1 or self.train.update_factor < 0:
+            raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
+        if self.train.aggregation not in AGGREGATIONS:
+            raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
         if self.enrol.weights not in ("send", "home"):
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):

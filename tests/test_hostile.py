@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
 from clients import handlers
 from clients.client_app import app as client_app
@@ -26,9 +27,11 @@ from wire.messages import IdentifyReply
 HOSTILE = 102
 
 
-def _impostor(config: dict[str, str], real: str, declared: dict[str, str]):
-    """A ClientApp whose node :data:`HOSTILE` declares the institution record ``declared`` and serves it
-    with the data of the experiment's simulated institution ``real`` (the other nodes are honest)."""
+def _impostor(config: dict[str, str], real: str, declared: dict[str, str], tiles: dict[str, int] | None = None,
+              tamper: Callable[[Message], Message] = lambda reply: reply):
+    """A ClientApp whose node :data:`HOSTILE` declares the institution record ``declared`` (and ``tiles``
+    in its summary), serves it with the data of the experiment's simulated institution ``real`` and
+    passes its replies through ``tamper`` (the other nodes are honest)."""
     cfg, _ = load_experiment(RunSettings.from_run_config(config))
     record = simulated_record(cfg, real, Path(cfg.cache_dir).resolve())
 
@@ -37,10 +40,10 @@ def _impostor(config: dict[str, str], real: str, declared: dict[str, str]):
             return client_app(message, context)
         if message.metadata.message_type == "query.identify":
             summary = handlers._summary(InstitutionSpec.from_record(record, "test"))
-            summary = dataclasses.replace(summary, institution=declared["institution"])
+            summary = dataclasses.replace(summary, institution=declared["institution"], tiles=tiles or summary.tiles)
             return Message(IdentifyReply("declared", declared, summary=summary).encode(), reply_to=message)
         message.content["institution"] = ConfigRecord(record)
-        return client_app(message, context)
+        return tamper(client_app(message, context))
 
     return app
 
@@ -59,3 +62,48 @@ def test_a_task_name_with_dots_and_slashes_is_left_out_and_writes_nothing_outsid
     assert "institution.task must be a safe name" in failure["reason"] and "x/../../../../ESCAPED" in failure["reason"]
     assert sorted(roster["groups"]) == ["sentinel2_l2a-scene"]  # the others go on
     assert Registry(run_dir / "registry").names == ["sentinel2_l2a-scene"]
+
+
+def _constant(reply: Message) -> Message:
+    """A train reply whose every floating tensor is 100 and which claims 10^12 examples."""
+    if reply.metadata.message_type != "train.specialist" or reply.has_error():
+        return reply
+    for name in ("encoder", "head"):
+        state = reply.content.array_records[name].to_torch_state_dict()
+        reply.content[name] = ArrayRecord({k: torch.full_like(v, 100.0) if v.is_floating_point() else v
+                                           for k, v in state.items()})
+    metrics = dict(reply.content.metric_records["metrics"])
+    reply.content["metrics"] = MetricRecord({**metrics, "num_examples": 1e12})
+    return reply
+
+
+def _largest_weight(run_dir: Path) -> float:
+    """The largest absolute value of the enrolled Sentinel-2 specialist's encoder weights."""
+    encoder = Registry(run_dir / "registry").load("sentinel2_l2a-scene").encoder.state_dict()
+    return max(float(v.abs().max()) for v in encoder.values() if v.is_floating_point())
+
+
+def test_one_of_three_partners_claiming_a_huge_count_cannot_take_over_the_specialist(tmp_path: Path) -> None:
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, {"train": 10**12, "val": 1, "test": 1},
+                    _constant)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    group = trained["groups"]["sentinel2_l2a-scene"]
+    assert sorted(group["members"]) == ["evil", "north_s2", "south_s2"] and group["rounds_applied"] == 2
+    refused = [(f["round"], f["institution"]) for f in trained["failures"] if "update_factor" in f["reason"]]
+    assert refused == [(1, "evil"), (2, "evil")]
+    assert _largest_weight(run_dir) < 50
+
+
+@pytest.mark.parametrize("how", ["median", "trimmed_mean"])
+def test_robust_aggregation_outvotes_a_constant_partner_without_screening(tmp_path: Path, how: str) -> None:
+    config = tiny_run_config(tmp_path, f"~institutions.city_aerial stop_after=enrol train.update_factor=0 "
+                                       f"train.aggregation={how}")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, None, _constant)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert trained["groups"]["sentinel2_l2a-scene"]["rounds_applied"] == 2
+    assert _largest_weight(run_dir) < 50

@@ -74,7 +74,8 @@ def _round(ctx: PhaseContext, runs: list[GroupTraining], r: int, failures: list[
             except ValueError as exc:
                 log.warning("Rejected %s: %s", source, exc)
                 failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
-        run.apply(r, config.lr, updates, ctx.cfg.train.min_replies)
+        for name, reason in run.apply(r, config.lr, updates)["refused"].items():
+            failures.append({"phase": "train", "round": r, "institution": name, "reason": reason})
 
 
 def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
@@ -133,7 +134,7 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
                 log.info("Group %s: specialist already trained (card %s)", group.name, path)
                 results[group.name] = _group_result(card)
                 continue
-        runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train.variant,
+        runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
                                         ctx.cfg.seed))
     for r in range(1, ctx.cfg.train.rounds + 1):
         if runs:
