@@ -131,9 +131,12 @@ def pool_norm(means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]],
     """Per-band mean and std of the union of samples, from each part's mean, std and size."""
     total = float(sum(counts))
     bands = range(len(means[0]))
-    mean = [sum(n * m[b] for m, n in zip(means, counts)) / total for b in bands]
-    second = [sum(n * (s[b] ** 2 + m[b] ** 2) for m, s, n in zip(means, stds, counts)) / total for b in bands]
-    return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
+    try:
+        mean = [sum(n * m[b] for m, n in zip(means, counts)) / total for b in bands]
+        second = [sum(n * (s[b] ** 2 + m[b] ** 2) for m, s, n in zip(means, stds, counts)) / total for b in bands]
+        return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
+    except OverflowError:
+        raise ValueError("band statistics too large to pool (a band mean or std beyond the float range)") from None
 
 
 def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -107,3 +107,35 @@ def test_robust_aggregation_outvotes_a_constant_partner_without_screening(tmp_pa
     trained = json.loads((run_dir / "phases" / "train.json").read_text())
     assert trained["groups"]["sentinel2_l2a-scene"]["rounds_applied"] == 2
     assert _largest_weight(run_dir) < 50
+
+
+SUMMARIES = {"unknown_task_type": ("task_type", "alien", "field 'task_type' is 'alien'"),
+             "overflowing_band_mean": ("norm_mean", None, "band statistics too large to pool")}
+
+
+@pytest.mark.parametrize("case", sorted(SUMMARIES))
+def test_a_malformed_data_summary_leaves_its_partner_out_and_the_others_train(tmp_path: Path, case: str) -> None:
+    key, value, reason = SUMMARIES[case]
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.describe" or institution != "south_s2":
+            return None
+
+        def tamper(reply: Message) -> Message:
+            summary = reply.content.config_records["summary"]
+            summary[key] = value if value is not None else [1e200] * len(summary["bands"])
+            return reply
+        return tamper
+
+    config = tiny_run_config(tmp_path, "stop_after=train")
+    for attempt in (1, 2):  # a resume does not repeat a crash either
+        run_dir = run_experiment(InProcessGrid(simulated_nodes(3), faults=faults), config, flower_run_id=attempt)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    [failure] = roster["failures"]
+    assert failure["institution"] == "south_s2" and failure["step"] == "describe"
+    assert "makes no valid specialist card" in failure["reason"] and reason in failure["reason"]
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert {g: r["members"] for g, r in trained["groups"].items()} == {
+        "sentinel2_l2a-scene": ["north_s2"], "aerial_rgbn-landcover": ["city_aerial"]}
+    assert all(r["rounds_applied"] == 2 for r in trained["groups"].values())

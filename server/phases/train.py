@@ -134,8 +134,13 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
                 log.info("Group %s: specialist already trained (card %s)", group.name, path)
                 results[group.name] = _group_result(card)
                 continue
-        runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
-                                        ctx.cfg.seed))
+        try:
+            runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
+                                            ctx.cfg.seed))
+        except ValueError as exc:  # one group's bad start must not stop the others
+            log.error("Group %s: cannot start training: %s", group.name, exc)
+            failures.append({"phase": "train", "group": group.name, "institution": None, "reason": str(exc)})
+            results[group.name] = {"specialist": None, "members": group.members, "history": []}
     for r in range(1, ctx.cfg.train.rounds + 1):
         if runs:
             _round(ctx, runs, r, failures)
