@@ -22,7 +22,7 @@ from pipeline.settings import RunSettings, load_experiment
 from server.phases.discover import simulated_record
 from server.run import run_experiment
 from tiny_run import simulated_nodes, tiny_run_config
-from wire.messages import IdentifyReply
+from wire.messages import TRAIN_MAXIMA, IdentifyReply
 
 HOSTILE = 102
 
@@ -139,3 +139,14 @@ def test_a_malformed_data_summary_leaves_its_partner_out_and_the_others_train(tm
     assert {g: r["members"] for g, r in trained["groups"].items()} == {
         "sentinel2_l2a-scene": ["north_s2"], "aerial_rgbn-landcover": ["city_aerial"]}
     assert all(r["rounds_applied"] == 2 for r in trained["groups"].values())
+
+
+def test_train_settings_beyond_the_node_maxima_are_refused_by_the_node_naming_the_field(tmp_path: Path) -> None:
+    config = tiny_run_config(tmp_path, f"~institutions.city_aerial stop_after=train "
+                                       f"train.local_epochs={TRAIN_MAXIMA['epochs'] + 1}")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2)), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert trained["groups"]["sentinel2_l2a-scene"]["specialist"] is None
+    reasons = {f["institution"]: f["reason"] for f in trained["failures"]}
+    assert sorted(reasons) == ["north_s2", "south_s2"]
+    assert all(f"train.epochs must be an integer in [1, {TRAIN_MAXIMA['epochs']}]" in r for r in reasons.values())

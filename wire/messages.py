@@ -45,7 +45,7 @@ from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
 
 __all__ = [
-    "WireError", "State", "INSTITUTION_KEYS", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
+    "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
     "StudentFiles", "EnsembleFiles", "IdentifyRequest", "IdentifyReply", "DescribeRequest", "DescribeReply",
     "TrainRequest", "TrainReply", "EvaluateRequest", "EvaluateReply", "EnrolRequest", "EnrolReply",
     "FeaturesRequest", "FeaturesReply", "FusionEvalRequest", "FusionEvalReply",
@@ -267,8 +267,20 @@ class DataSummary:
                 "manifest": self.manifest}
 
 
-_TRAIN_RULES = {"epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-                "warmup_epochs": NON_NEGATIVE, "seed": INT, "device": TEXT, "amp": FLAG, "max_steps": COUNT}
+TRAIN_MAXIMA = {"epochs": 1000, "batch_size": 1024, "max_steps": 1_000_000, "warmup_epochs": 1000}
+"""The most a node does for one request: a ``train`` record beyond these is refused as malformed
+(bounds what a coordinator can make a partner's machine do)."""
+
+
+def _bounded(key: str, low: int, kind: _Rule = INT) -> _Rule:
+    """``kind`` values in [``low``, ``TRAIN_MAXIMA[key]``]."""
+    top = TRAIN_MAXIMA[key]
+    return _Rule(lambda v: kind.ok(v) and low <= v <= top, f"{kind.what} in [{low}, {top}] (TRAIN_MAXIMA)")
+
+
+_TRAIN_RULES = {"epochs": _bounded("epochs", 1), "batch_size": _bounded("batch_size", 1), "lr": POSITIVE,
+                "weight_decay": NON_NEGATIVE, "warmup_epochs": _bounded("warmup_epochs", 0, NUMBER), "seed": INT,
+                "device": TEXT, "amp": FLAG, "max_steps": _bounded("max_steps", 0)}
 
 
 @dataclass(frozen=True)
