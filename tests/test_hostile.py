@@ -150,3 +150,12 @@ def test_train_settings_beyond_the_node_maxima_are_refused_by_the_node_naming_th
     reasons = {f["institution"]: f["reason"] for f in trained["failures"]}
     assert sorted(reasons) == ["north_s2", "south_s2"]
     assert all(f"train.epochs must be an integer in [1, {TRAIN_MAXIMA['epochs']}]" in r for r in reasons.values())
+
+
+@pytest.mark.parametrize("extra, reason", [("stop_after=trian", "stop_after 'trian' is not a phase"),
+                                           ("integrate=nowhere", "integrate: run 'nowhere' has no enrolled registry")])
+def test_a_wrong_run_config_fails_before_the_run_folder_exists(tmp_path: Path, extra: str, reason: str) -> None:
+    grid = InProcessGrid(simulated_nodes(1))
+    with pytest.raises(ValueError, match=reason):
+        run_experiment(grid, tiny_run_config(tmp_path, extra), flower_run_id=1)
+    assert not (tmp_path / "fl").exists() and grid.sent == []
