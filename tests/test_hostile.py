@@ -5,6 +5,7 @@ it is left out (or outweighed) with a reason while the others go on and nothing 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import json
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from clients.client_app import app as client_app
 from clients.institution import InstitutionSpec
 from flower_harness import InProcessGrid
 from fusion import Registry
+from fusion.registry import RegistryError
 from pipeline.settings import RunSettings, load_experiment
 from server.phases.discover import simulated_record
 from server.run import run_experiment
@@ -159,3 +161,19 @@ def test_a_wrong_run_config_fails_before_the_run_folder_exists(tmp_path: Path, e
     with pytest.raises(ValueError, match=reason):
         run_experiment(grid, tiny_run_config(tmp_path, extra), flower_run_id=1)
     assert not (tmp_path / "fl").exists() and grid.sent == []
+
+
+def test_a_registry_index_path_leaving_the_registry_is_refused_and_nothing_is_written_outside(tmp_path: Path) -> None:
+    first = run_experiment(InProcessGrid(simulated_nodes(2)),
+                           tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol", "first"), 1)
+    index_path = first / "registry" / "index.json"
+    index = json.loads(index_path.read_text())
+    shutil.copytree(first / "registry" / index["specialists"][0]["path"], first / "outside")
+    index["specialists"][0]["path"] = "../outside"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(RegistryError, match="field 'path' is '../outside'"):
+        Registry(first / "registry")
+    with pytest.raises(RuntimeError, match="field 'path' is '../outside'"):
+        run_experiment(InProcessGrid(simulated_nodes(2)),
+                       tiny_run_config(tmp_path, "stop_after=enrol integrate=first", "second"), 2)
+    assert not (tmp_path / "second" / "outside").exists()
