@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
 from clients import handlers
 from clients.client_app import app as client_app
@@ -177,3 +177,34 @@ def test_a_registry_index_path_leaving_the_registry_is_refused_and_nothing_is_wr
         run_experiment(InProcessGrid(simulated_nodes(2)),
                        tiny_run_config(tmp_path, "stop_after=enrol integrate=first", "second"), 2)
     assert not (tmp_path / "second" / "outside").exists()
+
+
+def test_an_upload_padded_with_an_unknown_key_is_refused_before_it_is_deserialised(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    limit = 20 * 2**20
+    deserialised: list[int] = []
+    real = ArrayRecord.to_torch_state_dict
+
+    def spy(record: ArrayRecord):
+        deserialised.append(record.count_bytes())
+        return real(record)
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.enrol" or institution != "north_s2":
+            return None
+
+        def pad(reply: Message) -> Message:
+            weights = reply.content.array_records["weights"]
+            weights["padding"] = Array(torch.zeros(limit, dtype=torch.uint8).numpy())
+            return reply
+        return pad
+
+    monkeypatch.setattr(ArrayRecord, "to_torch_state_dict", spy)
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol enrol.max_upload_mb=20")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
+    enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())
+    [failure] = enrol["failures"]
+    assert failure["institution"] == "north_s2" and "must hold just ['safetensors']" in failure["reason"]
+    assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
+    assert max(deserialised) < limit  # the padded record was never deserialised

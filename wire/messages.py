@@ -142,9 +142,14 @@ class _Reader:
         record = self._record(name, self.content.metric_records, "MetricRecord")
         return self._fields(name, record, required or {}, {key: NUMBER for key in record})
 
-    def arrays(self, name: str) -> State:
-        """The tensors of array record ``name`` (at least one)."""
+    def arrays(self, name: str, keys: set[str] | None = None, max_bytes: int | None = None) -> State:
+        """The tensors of array record ``name`` (at least one). Before anything is deserialised: only
+        ``keys`` (when given), and at most ``max_bytes`` in all (the record's size, every key counted)."""
         record = self._record(name, self.content.array_records, "ArrayRecord")
+        if keys is not None and set(record) != keys:
+            self.fail(f"{name} must hold just {sorted(keys)}, got {sorted(record)[:5]}")
+        if max_bytes is not None and record.count_bytes() > max_bytes:
+            self.fail(f"{name} of {record.count_bytes()} bytes exceeds the limit of {max_bytes} bytes")
         try:
             tensors = dict(record.to_torch_state_dict())
         except (TypeError, ValueError) as exc:
@@ -153,12 +158,12 @@ class _Reader:
             self.fail(f"{name} holds no tensor")
         return tensors
 
-    def file(self, name: str, key: str, tensors: State, max_bytes: int | None = None) -> bytes:
+    def file(self, name: str, key: str, tensors: State) -> bytes:
         """The file that ``tensors[key]`` of record ``name`` carries (see :func:`specialists.io.bytes_tensor`)."""
         if key not in tensors:
             self.fail(f"{name}.{key} is missing")
         try:
-            return tensor_bytes(tensors[key], f"{name}.{key}", max_bytes)
+            return tensor_bytes(tensors[key], f"{name}.{key}")
         except ValueError as exc:
             self.fail(str(exc))
 
@@ -612,14 +617,12 @@ class EnrolReply(_Reply):
 
     @classmethod
     def decode(cls, content: RecordDict, source: str, max_weights_bytes: int | None = None) -> Self:
-        """``max_weights_bytes`` refuses bigger weights before they are read."""
+        """``max_weights_bytes`` refuses a bigger ``weights`` record before it is deserialised."""
         read = cls._read(content, source, {"card"}, {"weights"})
         weights = None
         if read.has("weights"):
-            tensors = read.arrays("weights")
-            if set(tensors) != {"safetensors"}:
-                read.fail(f"weights must hold just the 'safetensors' file, got {sorted(tensors)[:5]}")
-            weights = read.file("weights", "safetensors", tensors, max_weights_bytes)
+            tensors = read.arrays("weights", {"safetensors"}, max_weights_bytes)
+            weights = read.file("weights", "safetensors", tensors)
         return cls(_card(read), weights)
 
 
