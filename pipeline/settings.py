@@ -28,7 +28,7 @@ from fusion.distill import DistillConfig
 from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.names import NAME_RULE, is_safe_name
 from geodata.synth.config import WorldConfig
-from specialists.trunk import DEFAULT_VARIANT
+from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
 
 __all__ = [
@@ -198,6 +198,10 @@ class ExperimentConfig:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:
             raise ValueError("train.warmup_epochs must be >= 0")
+        try:
+            check_variant(self.train.variant)
+        except ValueError as exc:
+            raise ValueError(f"train.variant: {exc}") from None
         if not 0 < self.train.max_weight_share <= 1 or self.train.update_factor < 0:
             raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
         if self.train.aggregation not in AGGREGATIONS:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
+from collections.abc import Callable
 import json
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -155,6 +156,7 @@ def test_train_settings_beyond_the_node_maxima_are_refused_by_the_node_naming_th
 
 
 @pytest.mark.parametrize("extra, reason", [("stop_after=trian", "stop_after 'trian' is not a phase"),
+                                           ("train.variant=hf-hub:evil/model", "train.variant: variant 'hf-hub:evil/model'"),
                                            ("integrate=nowhere", "integrate: run 'nowhere' has no enrolled registry")])
 def test_a_wrong_run_config_fails_before_the_run_folder_exists(tmp_path: Path, extra: str, reason: str) -> None:
     grid = InProcessGrid(simulated_nodes(1))
@@ -208,3 +210,32 @@ def test_an_upload_padded_with_an_unknown_key_is_refused_before_it_is_deserialis
     assert failure["institution"] == "north_s2" and "must hold just ['safetensors']" in failure["reason"]
     assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
     assert max(deserialised) < limit  # the padded record was never deserialised
+
+
+def test_a_kept_card_naming_a_hub_model_is_refused_without_network_and_the_next_keeper_delivers(
+        tmp_path: Path, monkeypatch) -> None:
+    attempts: list[object] = []
+
+    def no_network(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network is off in this test")
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.enrol" or institution != "north_s2":
+            return None
+
+        def hub(reply: Message) -> Message:
+            card = json.loads(reply.content.config_records["card"]["json"])
+            reply.content["card"] = ConfigRecord({"json": json.dumps({**card, "variant": "hf-hub:evil/model"})})
+            return reply
+        return hub
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
+    enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())
+    [failure] = enrol["failures"]
+    assert failure["institution"] == "north_s2" and "variant 'hf-hub:evil/model' is not a local" in failure["reason"]
+    assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
+    assert attempts == []
