@@ -9,18 +9,24 @@ import shutil
 import socket
 from collections.abc import Callable
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from rasterio.transform import from_origin
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
+import test_dataset
 from clients import handlers
 from clients.client_app import app as client_app
 from clients.institution import InstitutionSpec
 from flower_harness import InProcessGrid
 from fusion import Registry
 from fusion.registry import RegistryError
+from geodata.raster import write_geotiff
+from geodata.stats import load_or_compute_stats
 from pipeline.settings import RunSettings, load_experiment
 from server.phases.discover import simulated_record
 from server.run import run_experiment
@@ -239,3 +245,15 @@ def test_a_kept_card_naming_a_hub_model_is_refused_without_network_and_the_next_
     assert failure["institution"] == "north_s2" and "variant 'hf-hub:evil/model' is not a local" in failure["reason"]
     assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
     assert attempts == []
+
+
+def test_band_statistics_of_a_file_rewritten_in_place_are_recomputed(tmp_path: Path) -> None:
+    manifest = test_dataset.tiny_manifest(tmp_path, np.full((13, 8, 8), 1000, np.uint16))
+    first = load_or_compute_stats(manifest, test_dataset.L1C)
+    tile = tmp_path / "tile.tif"
+    stamp = tile.stat().st_mtime_ns
+    write_geotiff(tile, np.full((13, 8, 8), 3000, np.uint16), from_origin(400000, 5000000, 10, 10), "EPSG:32633",
+                  nodata=0)
+    os.utime(tile, ns=(stamp + 10**9, stamp + 10**9))
+    second = load_or_compute_stats(manifest, test_dataset.L1C)
+    assert second.mean[0] == pytest.approx(3 * first.mean[0])
