@@ -107,10 +107,12 @@ class TrainSettings(OptimConfig):
 class EnrolSettings:
     """Phase *enrol*: ``weights: send`` uploads each specialist to the coordinator's registry;
     ``weights: home`` (features-only) enrols its card and asks its holder for features later.
-    ``max_upload_mb`` refuses bigger uploads."""
+    ``max_upload_mb`` refuses bigger uploads. A specialist's weights go back out (phase *evaluate*) only
+    to its own group's members, unless ``share_weights`` lets every institution that can read them have them."""
 
     weights: str = "send"
     max_upload_mb: float = 256.0
+    share_weights: bool = False
 
 
 @dataclass

@@ -257,3 +257,28 @@ def test_band_statistics_of_a_file_rewritten_in_place_are_recomputed(tmp_path: P
     os.utime(tile, ns=(stamp + 10**9, stamp + 10**9))
     second = load_or_compute_stats(manifest, test_dataset.L1C)
     assert second.mean[0] == pytest.approx(3 * first.mean[0])
+
+
+def test_a_specialists_weights_reach_only_its_own_group_unless_sharing_is_opted_in(tmp_path: Path) -> None:
+    received: dict[str, list[str]] = {}
+
+    def faults(message: Message):
+        if message.metadata.message_type == "evaluate.fusion":
+            institution = message.content.config_records["institution"]["institution"]
+            ensemble = message.content.config_records.get("ensemble")
+            received[institution] = sorted(ensemble["names"]) if ensemble else []
+        return None
+
+    config = tiny_run_config(tmp_path, "stop_after=evaluate")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), faults=faults), config, flower_run_id=1)
+    assert received == {"north_s2": ["sentinel2_l2a-scene"], "south_s2": ["sentinel2_l2a-scene"],
+                        "city_aerial": ["aerial_rgbn-landcover"]}
+    sharing = json.loads((run_dir / "phases" / "evaluate.json").read_text())["weights_sharing"]
+    assert sharing == {"policy": "own group only", "sent": received}
+
+    received.clear()
+    shared = tiny_run_config(tmp_path, "stop_after=evaluate enrol.share_weights=true", "shared")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), faults=faults), shared, flower_run_id=2)
+    assert received["north_s2"] == ["aerial_rgbn-landcover", "sentinel2_l2a-scene"]
+    assert json.loads((run_dir / "phases" / "evaluate.json").read_text())["weights_sharing"]["policy"] == \
+        "shared with every reader"
