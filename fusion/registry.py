@@ -79,7 +79,8 @@ class Registry:
             for field in ("name", "path", "weights_sha256"):
                 if not is_safe_name(getattr(entry, field)):
                     raise RegistryError(f"{index}: specialist {entry.name!r} field {field!r} is "
-                                        f"{getattr(entry, field)!r}; it must be {NAME_RULE} (it names a file or folder here)")
+                                        f"{getattr(entry, field)!r}; it must be {NAME_RULE} "
+                                        "(it names a file or folder here)")
 
     @classmethod
     def create(cls, root: str | Path) -> "Registry":

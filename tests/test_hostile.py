@@ -162,7 +162,8 @@ def test_train_settings_beyond_the_node_maxima_are_refused_by_the_node_naming_th
 
 
 @pytest.mark.parametrize("extra, reason", [("stop_after=trian", "stop_after 'trian' is not a phase"),
-                                           ("train.variant=hf-hub:evil/model", "train.variant: variant 'hf-hub:evil/model'"),
+                                           ("train.variant=hf-hub:evil/model",
+                                            "train.variant: variant 'hf-hub:evil/model'"),
                                            ("integrate=nowhere", "integrate: run 'nowhere' has no enrolled registry")])
 def test_a_wrong_run_config_fails_before_the_run_folder_exists(tmp_path: Path, extra: str, reason: str) -> None:
     grid = InProcessGrid(simulated_nodes(1))
