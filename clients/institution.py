@@ -16,17 +16,16 @@ sends each one's record, in the same keys plus ``world`` (a synthetic-world conf
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from geodata.names import check_name
 from geodata.sensors import load_sensor_files
 
 __all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "DECLARED_KEYS"]
 
 DECLARED_KEYS = ("institution", "sensor", "task", "data-path")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _text(record: Mapping[str, Any], key: str, source: str, required: bool) -> str:
@@ -75,8 +74,11 @@ class InstitutionSpec:
             store=_text(record, "store", source, False),
             sensors=_text(record, "sensors", source, False),
         )
-        if not _NAME.match(spec.name):
-            raise ValueError(f"{source}: institution {spec.name!r} may hold only letters, digits, '.', '_', '-'")
+        for key, value in (("institution", spec.name), ("sensor", spec.sensor), ("task", spec.task)):
+            try:
+                check_name(value, key)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
         if bool(spec.data_path) == bool(spec.world):
             raise ValueError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
         if spec.world and not spec.cache_dir:

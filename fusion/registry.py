@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from fusion.featstats import FeatureStats
 from fusion.views import plan_view
 from geodata.files import atomic_write_bytes, atomic_write_text
+from geodata.names import NAME_RULE, is_safe_name
 from specialists import Specialist, SpecialistCard, load_specialist, save_specialist
 from specialists.artifact import CARD_FILE, read_card
 
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 REGISTRY_VERSION = 1
 STATS_DIR = "feature_stats"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class RegistryError(ValueError):
@@ -77,6 +76,12 @@ class Registry:
             self._entries = {e["name"]: RegistryEntry(**{**e, "bands": tuple(e["bands"])}) for e in raw["specialists"]}
         except (KeyError, TypeError) as exc:
             raise RegistryError(f"{index}: malformed field 'specialists': {exc}") from exc
+        for entry in self._entries.values():
+            for field in ("name", "path", "weights_sha256"):
+                if not is_safe_name(getattr(entry, field)):
+                    raise RegistryError(f"{index}: specialist {entry.name!r} field {field!r} is "
+                                        f"{getattr(entry, field)!r}; it must be {NAME_RULE} "
+                                        "(it names a file or folder here)")
 
     @classmethod
     def create(cls, root: str | Path) -> "Registry":
@@ -170,8 +175,8 @@ class Registry:
         return read_card(self.root / self.entry(name).path / CARD_FILE, SpecialistCard)
 
     def _new_name(self, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise RegistryError(f"specialist name {name!r} must match {_NAME.pattern} (it names a folder)")
+        if not is_safe_name(name):
+            raise RegistryError(f"specialist name {name!r} must be {NAME_RULE} (it names a folder)")
         if name in self._entries:
             raise RegistryError(f"registry {self.root}: a specialist named {name!r} is already enrolled")
         return name

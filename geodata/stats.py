@@ -1,8 +1,9 @@
 """Per-band normalisation statistics of a manifest selection, computed once and stored as JSON.
 
 The file lives beside the manifest, ``<manifest_dir>/stats/<sensor>__<split>__<key>.json``, where
-``key`` hashes the selected tiles' ids and files: a changed selection gets a new file, an unchanged
-one is loaded instead of recomputed.
+``key`` hashes the selected tiles' ids and files, and each file's size and modification time (ns): a
+changed selection, or a file rewritten in place, gets a new file; an unchanged one is loaded instead of
+recomputed.
 """
 
 from __future__ import annotations
@@ -50,15 +51,29 @@ class BandStats:
         return stats
 
 
-def _tiles_key(tiles: list[TileEntry]) -> str:
-    ident = [(t.id, t.path, t.band_paths, *([t.window] if t.window is not None else [])) for t in tiles]
+def _file_state(path: Path) -> tuple[int, int]:
+    """A file's size and modification time (ns); (-1, -1) when it cannot be read (reading it will say why)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _tiles_key(manifest: Manifest, tiles: list[TileEntry]) -> str:
+    ident = []
+    for t in tiles:
+        source = tile_source(manifest, t)
+        files = [source] if isinstance(source, Path) else [source[b] for b in sorted(source)]
+        ident.append((t.id, t.path, t.band_paths, *([t.window] if t.window is not None else []),
+                      [_file_state(f) for f in files]))
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stats_path(manifest: Manifest, sensor: str, split: str, tiles: list[TileEntry],
                stats_dir: str | Path | None = None) -> Path:
     folder = Path(stats_dir) if stats_dir is not None else manifest.root / "stats"
-    return folder / f"{sensor}__{split}__{_tiles_key(tiles)}.json"
+    return folder / f"{sensor}__{split}__{_tiles_key(manifest, tiles)}.json"
 
 
 def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str | Sensor) -> BandStats:

@@ -1,6 +1,13 @@
 """A group's specialist trained by FedAvg, without Flower: the group's starting card (members' band
-statistics pooled), the settings of each round, checked updates averaged by the members' declared
-train counts, and the sealed result. The caller moves the weights to the members and back."""
+statistics pooled), the settings of each round, checked and screened updates aggregated, and the
+sealed result. The caller moves the weights to the members and back.
+
+Every number a member declares is its own claim, so none may take the group over: a member's weight
+(its declared train count) is capped at ``train.max_weight_share`` of the total (the excess goes to the
+others), and an update farther from the round's coordinate-wise median than ``train.update_factor``
+times the members' median distance is refused. ``train.aggregation`` picks the weighted mean
+(``fedavg``), the coordinate-wise ``median`` or the ``trimmed_mean`` (without each coordinate's lowest
+and highest value; three or more updates)."""
 
 from __future__ import annotations
 
@@ -13,15 +20,15 @@ import torch
 from torch import nn
 
 from pipeline.roster import Group, Member
-from pipeline.settings import TrainSettings
+from pipeline.settings import AGGREGATIONS, TrainSettings
 from specialists.card import SpecialistCard
 from specialists.heads import build_head
 from specialists.io import specialist_to_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 
-__all__ = ["GroupTraining", "State", "Update", "check_state", "fedavg", "group_card", "pool_norm", "round_config",
-           "weighted_metrics"]
+__all__ = ["GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
+           "fedavg", "group_card", "pool_norm", "round_config", "screen", "weighted_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +68,75 @@ def fedavg(states: Sequence[State], weights: Sequence[float]) -> State:
     return out
 
 
+def capped_shares(counts: Sequence[float], max_share: float) -> list[float]:
+    """Shares proportional to ``counts``, none above ``max_share`` (at least ``1/len(counts)``): a capped
+    share's excess goes to the others in proportion to their counts."""
+    cap = max(max_share, 1.0 / len(counts))
+    shares = [0.0] * len(counts)
+    free, left = set(range(len(counts))), 1.0
+    while True:
+        total = float(sum(counts[i] for i in free))
+        over = [i for i in free if counts[i] / total * left > cap]
+        if not over:
+            for i in free:
+                shares[i] = counts[i] / total * left
+            return shares
+        for i in over:
+            shares[i] = cap
+            free.discard(i)
+            left -= cap
+
+
+def _flat(states: Sequence[State]) -> torch.Tensor:
+    """The floating tensors of each state as one float64 row per state."""
+    return torch.stack([torch.cat([v.reshape(-1).to(torch.float64) for v in s.values() if v.is_floating_point()])
+                        for s in states])
+
+
+def screen(states: Sequence[State], factor: float) -> dict[int, str]:
+    """Index -> reason for each state farther from the coordinate-wise median of ``states`` than
+    ``factor`` times the median of those distances (0: none refused)."""
+    if factor <= 0 or len(states) < 3:
+        return {}
+    flat = _flat(states)
+    distances = torch.linalg.vector_norm(flat - flat.median(dim=0).values, dim=1)
+    limit = factor * float(distances.median())
+    return {i: f"update is {float(d):.4g} from the round's coordinate-wise median, more than train.update_factor "
+               f"{factor:g} x the median distance {limit / factor:.4g}"
+            for i, d in enumerate(distances) if float(d) > limit}
+
+
+def aggregate(states: Sequence[State], weights: Sequence[float], how: str) -> State:
+    """``states`` combined by ``how`` (one of :data:`AGGREGATIONS`; ``weights`` serve ``fedavg``)."""
+    if how == "fedavg":
+        return fedavg(states, weights)
+    out: State = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            out[key] = first.clone()
+            continue
+        stack = torch.stack([s[key].to(torch.float64) for s in states])
+        if how == "median":
+            value = stack.median(dim=0).values
+        elif how == "trimmed_mean":
+            value = stack.sort(dim=0).values[1:-1].mean(dim=0) if len(states) >= 3 else stack.mean(dim=0)
+        else:
+            raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {how!r}")
+        out[key] = value.to(first.dtype)
+    return out
+
+
 def pool_norm(means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]],
               counts: Sequence[float]) -> tuple[list[float], list[float]]:
     """Per-band mean and std of the union of samples, from each part's mean, std and size."""
     total = float(sum(counts))
     bands = range(len(means[0]))
-    mean = [sum(n * m[b] for m, n in zip(means, counts)) / total for b in bands]
-    second = [sum(n * (s[b] ** 2 + m[b] ** 2) for m, s, n in zip(means, stds, counts)) / total for b in bands]
-    return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
+    try:
+        mean = [sum(n * m[b] for m, n in zip(means, counts)) / total for b in bands]
+        second = [sum(n * (s[b] ** 2 + m[b] ** 2) for m, s, n in zip(means, stds, counts)) / total for b in bands]
+        return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
+    except OverflowError:
+        raise ValueError("band statistics too large to pool (a band mean or std beyond the float range)") from None
 
 
 def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -84,10 +152,10 @@ def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float
     return out
 
 
-def group_card(group: Group, members: Sequence[Member], variant: str) -> SpecialistCard:
+def group_card(group: Group, members: Sequence[Member], variant: str, max_share: float) -> SpecialistCard:
     """The card a group's specialist starts from: the members' bands, their train-split band statistics
-    pooled, task and classes (metrics are filled in after training)."""
-    counts = [m.summary["tiles"]["train"] for m in members]
+    pooled (each member's part at most ``max_share``), task and classes (metrics are filled in after training)."""
+    counts = capped_shares([m.summary["tiles"]["train"] for m in members], max_share)
     mean, std = pool_norm([m.summary["norm"]["mean"] for m in members],
                           [m.summary["norm"]["std"] for m in members], counts)
     tiles: dict[str, int] = {}
@@ -134,19 +202,20 @@ class GroupTraining:
     card: SpecialistCard
     encoder: State
     head: State
-    train_counts: dict[str, int]  # member -> train tiles it declared at discovery (the FedAvg weights)
+    train_counts: dict[str, int]  # member -> train tiles it declared at discovery (the FedAvg weights, capped)
+    settings: TrainSettings
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds_done: int = 0
 
     @classmethod
-    def start(cls, group: Group, members: Sequence[Member], variant: str, seed: int) -> "GroupTraining":
+    def start(cls, group: Group, members: Sequence[Member], settings: TrainSettings, seed: int) -> "GroupTraining":
         """The group's card and a seeded initial encoder and head."""
-        card = group_card(group, members, variant)
+        card = group_card(group, members, settings.variant, settings.max_weight_share)
         torch.manual_seed(seed)
         specialist = Specialist.from_card(card)
         head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
         return cls(group, card, _state(specialist.encoder), _state(head),
-                   {m.name: int(m.summary["tiles"]["train"]) for m in members})
+                   {m.name: int(m.summary["tiles"]["train"]) for m in members}, settings)
 
     def check(self, update: Update, source: str) -> Update:
         """``update`` if its tensors match the global state's (``ValueError`` naming ``source`` otherwise)."""
@@ -156,21 +225,29 @@ class GroupTraining:
         check_state(self.head, update.head, f"{source} head")
         return update
 
-    def apply(self, round_index: int, lr: float, updates: Sequence[Update], min_replies: int) -> dict[str, Any]:
-        """Average the (checked) ``updates`` into the global state, weighted by the members' declared train
-        counts, if there are at least ``min_replies``; the round's history record."""
+    def apply(self, round_index: int, lr: float, updates: Sequence[Update]) -> dict[str, Any]:
+        """Screen the (checked) ``updates`` and aggregate the kept ones into the global state (see the
+        module docstring) if there are at least ``train.min_replies``; the round's history record, whose
+        ``refused`` maps each refused member to the reason."""
         per_member = {u.member: u.metrics for u in updates}
         record: dict[str, Any] = {
             "round": round_index, "lr": lr, "institutions": per_member,
             "received": weighted_metrics({k: {m: v for m, v in x.items() if m.startswith("val_")}
                                           for k, x in per_member.items()})}
-        if len(updates) >= min_replies:
-            weights = [self.train_counts[u.member] for u in updates]
-            self.encoder = fedavg([u.encoder for u in updates], weights)
-            self.head = fedavg([u.head for u in updates], weights)
+        settings = self.settings
+        refused = screen([{**u.encoder, **{f"head.{k}": v for k, v in u.head.items()}} for u in updates],
+                         settings.update_factor)
+        record["refused"] = {updates[i].member: reason for i, reason in refused.items()}
+        for member, reason in record["refused"].items():
+            log.warning("Group %s round %d refused the update of %s: %s", self.group.name, round_index, member, reason)
+        kept = [u for i, u in enumerate(updates) if i not in refused]
+        if len(kept) >= settings.min_replies:
+            weights = capped_shares([self.train_counts[u.member] for u in kept], settings.max_weight_share)
+            self.encoder = aggregate([u.encoder for u in kept], weights, settings.aggregation)
+            self.head = aggregate([u.head for u in kept], weights, settings.aggregation)
             self.rounds_done += 1
         else:
-            record["skipped"] = f"{len(updates)} valid update(s), train.min_replies is {min_replies}"
+            record["skipped"] = f"{len(kept)} valid update(s), train.min_replies is {settings.min_replies}"
             log.warning("Group %s round %d kept its weights: %s", self.group.name, round_index, record["skipped"])
         self.history.append(record)
         monitor = f"val_{MONITOR[self.card.task_type]}"

@@ -11,7 +11,6 @@ quoting) and the run name.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,12 +26,14 @@ from hydra.core.config_store import ConfigStore
 
 from fusion.distill import DistillConfig
 from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
-from specialists.trunk import DEFAULT_VARIANT
+from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
 
 __all__ = [
+    "AGGREGATIONS",
     "CONFIG_DIR",
     "EnrolSettings",
     "EvaluateSettings",
@@ -47,8 +48,9 @@ __all__ = [
     "load_experiment",
 ]
 
+AGGREGATIONS = ("fedavg", "median", "trimmed_mean")
+"""How phase *train* combines a round's updates (``train.aggregation``)."""
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -85,7 +87,11 @@ class TrainSettings(OptimConfig):
     ``lr`` is the first round's learning rate, decayed by a cosine over the rounds, after a linear
     warm-up over the run's first ``warmup_epochs`` local epochs; ``max_steps`` caps each node's
     optimiser steps per round (0: no cap); a round needs ``min_replies`` valid updates, else the
-    group keeps its weights.
+    group keeps its weights. Members' claims cannot take a group over: a member's weight (its declared
+    train tiles) is at most ``max_weight_share`` of the total, an update farther than ``update_factor``
+    times the median distance from the round's coordinate-wise median is refused (0: no screening;
+    three or more updates), and ``aggregation`` is ``fedavg`` (weighted mean), ``median`` or
+    ``trimmed_mean`` (see :mod:`pipeline.fedavg`).
     """
 
     rounds: int = 5
@@ -93,16 +99,21 @@ class TrainSettings(OptimConfig):
     variant: str = DEFAULT_VARIANT
     max_steps: int = 0
     min_replies: int = 1
+    max_weight_share: float = 0.5
+    update_factor: float = 5.0
+    aggregation: str = "fedavg"
 
 
 @dataclass
 class EnrolSettings:
     """Phase *enrol*: ``weights: send`` uploads each specialist to the coordinator's registry;
     ``weights: home`` (features-only) enrols its card and asks its holder for features later.
-    ``max_upload_mb`` refuses bigger uploads."""
+    ``max_upload_mb`` refuses bigger uploads. A specialist's weights go back out (phase *evaluate*) only
+    to its own group's members, unless ``share_weights`` lets every institution that can read them have them."""
 
     weights: str = "send"
     max_upload_mb: float = 256.0
+    share_weights: bool = False
 
 
 @dataclass
@@ -191,12 +202,20 @@ class ExperimentConfig:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:
             raise ValueError("train.warmup_epochs must be >= 0")
+        try:
+            check_variant(self.train.variant)
+        except ValueError as exc:
+            raise ValueError(f"train.variant: {exc}") from None
+        if not 0 < self.train.max_weight_share <= 1 or self.train.update_factor < 0:
+            raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
+        if self.train.aggregation not in AGGREGATIONS:
+            raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
         if self.enrol.weights not in ("send", "home"):
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):
             raise ValueError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
-        if self.integrate and not _RUN_NAME.match(self.integrate):
-            raise ValueError(f"integrate: {self.integrate!r} is not a run name")
+        if self.integrate and not is_safe_name(self.integrate):
+            raise ValueError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
         if self.prune.keep_top_k < 0 or self.prune.permutations < 1:
             raise ValueError("prune.keep_top_k must be >= 0 and prune.permutations >= 1")
         if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
@@ -209,8 +228,9 @@ class ExperimentConfig:
                     inst = self.institutions[name] = InstitutionSettings(**inst)
                 except TypeError as exc:
                     raise ValueError(f"{where}: {exc}") from None
-            if not _RUN_NAME.match(name):
-                raise ValueError(f"{where}: institution names may hold only letters, digits, '.', '_', '-'")
+            for what, value in (("institution", name), ("sensor", inst.sensor), ("task", inst.task)):
+                if not is_safe_name(value):
+                    raise ValueError(f"{where}: {what} {value!r} must be {NAME_RULE}")
             if inst.manifest:
                 continue
             if inst.region:
@@ -250,8 +270,8 @@ class RunSettings:
         if not run_name:
             stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
             run_name = f"{experiment}-{stamp}"
-        if not _RUN_NAME.match(run_name):
-            raise ValueError(f"run config 'run-name' {run_name!r}: use letters, digits, '.', '_', '-' only")
+        if not is_safe_name(run_name):
+            raise ValueError(f"run config 'run-name' {run_name!r}: must be {NAME_RULE}")
         return cls(experiment=experiment, overrides=overrides, run_name=run_name)
 
 

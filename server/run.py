@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from flwr.serverapp import Grid
 
 from server.checkpoint import RunCheckpoint
-from pipeline.settings import RunSettings, load_experiment
+from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
 from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
 
@@ -22,19 +22,27 @@ __all__ = ["run_experiment"]
 log = logging.getLogger(__name__)
 
 
+def _check_run(cfg: ExperimentConfig, order: list[str], run_dir: Path) -> None:
+    """What the settings tree alone cannot check, before the run folder exists: ``stop_after`` names a
+    phase, and the ``integrate`` run is a finished run beside this one (its registry enrolled)."""
+    if cfg.stop_after and cfg.stop_after not in order:
+        raise ValueError(f"stop_after {cfg.stop_after!r} is not a phase; phases: {order}")
+    if cfg.integrate and not (run_dir.parent / cfg.integrate / "registry" / "index.json").is_file():
+        raise ValueError(f"integrate: run {cfg.integrate!r} has no enrolled registry in {run_dir.parent}")
+
+
 def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int) -> Path:
     """Run (or resume) the experiment named by Flower's ``run_config``; returns the run folder."""
     settings = RunSettings.from_run_config(run_config)
     cfg, config_yaml = load_experiment(settings)
     run_dir = Path(cfg.output_dir).expanduser().resolve() / settings.run_name
     cache_dir = Path(cfg.cache_dir).expanduser().resolve()
+    order = [phase.name for phase in PHASES]
+    _check_run(cfg, order, run_dir)
     log.info("Run %s (experiment %s, Flower run %d): outputs in %s", settings.run_name, settings.experiment,
              flower_run_id, run_dir)
     checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
     checkpoint.add_flower_run(flower_run_id)
-    order = [phase.name for phase in PHASES]
-    if cfg.stop_after and cfg.stop_after not in order:
-        raise ValueError(f"stop_after {cfg.stop_after!r} is not a phase; phases: {order}")
     phases = PHASES[: order.index(cfg.stop_after) + 1] if cfg.stop_after else PHASES
     ctx = PhaseContext(grid, cfg, run_dir, cache_dir, checkpoint, order)
     for i, phase in enumerate(phases, 1):

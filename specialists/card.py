@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import SENSORS, BandError, get_band
 from specialists.artifact import Card, field_error
 
@@ -51,10 +52,12 @@ class SpecialistCard(Card):
     def validate(self, source: str = "card") -> None:
         """Raise :class:`~specialists.artifact.ArtifactError` naming the first bad field."""
         super().validate(source)
-        for name in ("name", "sensor", "task"):
+        if not isinstance(self.name, str) or not self.name:
+            raise field_error(source, "name", f"must be a non-empty string, got {self.name!r}")
+        for name in ("sensor", "task"):  # they name a group's folders
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise field_error(source, name, f"must be a non-empty string, got {value!r}")
+            if not is_safe_name(value):
+                raise field_error(source, name, f"must be {NAME_RULE}, got {value!r}")
         for name in ("institutions", "bands", "classes"):
             value = getattr(self, name)
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):

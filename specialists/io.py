@@ -64,10 +64,9 @@ def bytes_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def tensor_bytes(tensor: torch.Tensor, source: str, max_bytes: int | None = None) -> bytes:
-    """The bytes a :func:`bytes_tensor` carried; refuses another dtype or shape, or more than ``max_bytes``."""
+def tensor_bytes(tensor: torch.Tensor, source: str) -> bytes:
+    """The bytes a :func:`bytes_tensor` carried; refuses another dtype or shape (sizes are checked on the
+    record, before it is deserialised: :mod:`wire.messages`)."""
     if tensor.dtype != torch.uint8 or tensor.dim() != 1:
         raise ValueError(f"{source}: expected a 1-D uint8 byte tensor, got {tensor.dtype}{list(tensor.shape)}")
-    if max_bytes is not None and tensor.numel() > max_bytes:
-        raise ValueError(f"{source}: payload of {tensor.numel()} bytes exceeds the limit of {max_bytes} bytes")
     return tensor.numpy().tobytes()

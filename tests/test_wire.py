@@ -119,7 +119,8 @@ CASES: list[tuple[str, Tamper, str]] = [
      "a simulated node sent ['kind', 'num-partitions']"),
     ("identify reply (unconfigured)", _set("identity", "kind", "alien"), "identity.kind must be one of"),
     ("describe request", _drop("institution", "sensor"), "query.describe request: institution.sensor is missing"),
-    ("describe request", _set("institution", "task", 3), "institution.task must be a non-empty string, got 3"),
+    ("describe request", _set("institution", "task", 3), "institution.task must be a safe name"),
+    ("describe request", _set("institution", "task", "x/../../y"), "institution.task must be a safe name"),
     ("describe request", _set("institution", "colour", "x"), "institution has unknown field(s) ['colour']"),
     ("describe request", _set("institution", "region", NAN), "institution.region must be a non-empty string"),
     ("describe reply", _drop("summary", "splits"), "query.describe reply: summary.splits is missing"),
@@ -130,7 +131,9 @@ CASES: list[tuple[str, Tamper, str]] = [
     ("describe reply", _set("summary", "tiles", [3, 0]), "summary.tiles must count some 'train' tiles"),
     ("describe reply", _set("summary", "norm_mean", [0.1]), "summary.norm_mean must hold one value per band (2)"),
     ("train request", _drop("train", "lr"), "train.specialist request: train.lr is missing"),
-    ("train request", _set("train", "epochs", "1"), "train.epochs must be a positive integer, got '1'"),
+    ("train request", _set("train", "epochs", "1"),
+     "train.epochs must be an integer in [1, 1000] (TRAIN_MAXIMA), got '1'"),
+    ("train request", _set("train", "batch_size", 10**6), "train.batch_size must be an integer in [1, 1024]"),
     ("train request", _set("train", "momentum", 0.9), "train has unknown field(s) ['momentum']"),
     ("train request", _set("train", "lr", NAN), "train.lr must be a positive number, got nan"),
     ("train request", _drop("card", "json"), "card.json is missing"),
@@ -154,7 +157,7 @@ CASES: list[tuple[str, Tamper, str]] = [
     ("enrol reply", _drop("card", "json"), "query.enrol reply: card.json is missing"),
     ("enrol reply", _arrays("weights", {"safetensors": torch.zeros(4)}), "weights.safetensors: expected a 1-D uint8"),
     ("enrol reply", _arrays("weights", {"safetensors": bytes_tensor(b"x"), "pickle": bytes_tensor(b"y")}),
-     "weights must hold just the 'safetensors' file"),
+     "weights must hold just ['safetensors'], got ['pickle', 'safetensors']"),
     ("features request", _drop("request", "ids"), "query.features request: request.ids is missing"),
     ("features request", _set("request", "bands", "B02"), "request.bands must be a non-empty list of unique"),
     ("features request", _set("request", "colour", "x"), "request has unknown field(s) ['colour']"),
@@ -198,11 +201,14 @@ def test_every_message_type_has_malformed_cases() -> None:
     assert {type(_examples()[name]) for name, _, _ in CASES} == kinds
 
 
-def test_enrol_reply_refuses_weights_over_the_limit() -> None:
+def test_enrol_reply_refuses_weights_over_the_limit_before_deserialising(monkeypatch) -> None:
     content = EnrolReply("{}", bytes(100)).encode()
-    assert EnrolReply.decode(content, "t", max_weights_bytes=100).weights == bytes(100)
-    with pytest.raises(WireError, match="weights.safetensors: payload of 100 bytes exceeds the limit of 99 bytes"):
-        EnrolReply.decode(content, "t", max_weights_bytes=99)
+    size = content.array_records["weights"].count_bytes()
+    assert size >= 100
+    assert EnrolReply.decode(content, "t", max_weights_bytes=size).weights == bytes(100)
+    monkeypatch.setattr(ArrayRecord, "to_torch_state_dict", lambda self: pytest.fail("deserialised"))
+    with pytest.raises(WireError, match=f"weights of {size} bytes exceeds the limit of {size - 1} bytes"):
+        EnrolReply.decode(content, "t", max_weights_bytes=size - 1)
 
 
 def test_shared_files_are_encoded_once() -> None:

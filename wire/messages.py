@@ -40,11 +40,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fusion.probes import ProbeResult
+from geodata.names import NAME_RULE, is_safe_name
 from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
 
 __all__ = [
-    "WireError", "State", "INSTITUTION_KEYS", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
+    "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
     "StudentFiles", "EnsembleFiles", "IdentifyRequest", "IdentifyReply", "DescribeRequest", "DescribeReply",
     "TrainRequest", "TrainReply", "EvaluateRequest", "EvaluateReply", "EnrolRequest", "EnrolReply",
     "FeaturesRequest", "FeaturesReply", "FusionEvalRequest", "FusionEvalReply",
@@ -54,7 +55,7 @@ State = dict[str, torch.Tensor]
 INSTITUTION_KEYS = ("institution", "sensor", "task", "data-path", "region", "world", "cache-dir", "store",
                     "sensors")
 """Keys of the institution record (node-config style, see :mod:`clients.institution`); the first three
-are required."""
+are required safe names (:mod:`geodata.names`: they become folder names)."""
 NODE_KINDS = ("declared", "simulated", "unconfigured")
 
 
@@ -101,6 +102,7 @@ SCORE = _Rule(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 FRACTION = _Rule(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
 SHA256 = _Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
                "a sha256 hex digest")
+NAME = _Rule(is_safe_name, f"a safe name ({NAME_RULE})")
 KIND = _Rule(lambda v: v in NODE_KINDS, f"one of {list(NODE_KINDS)}")
 NAMES = _list(TEXT, "a non-empty list of unique non-empty strings", unique=True)
 TEXTS = _list(TEXT, "a non-empty list of non-empty strings")
@@ -141,9 +143,14 @@ class _Reader:
         record = self._record(name, self.content.metric_records, "MetricRecord")
         return self._fields(name, record, required or {}, {key: NUMBER for key in record})
 
-    def arrays(self, name: str) -> State:
-        """The tensors of array record ``name`` (at least one)."""
+    def arrays(self, name: str, keys: set[str] | None = None, max_bytes: int | None = None) -> State:
+        """The tensors of array record ``name`` (at least one). Before anything is deserialised: only
+        ``keys`` (when given), and at most ``max_bytes`` in all (the record's size, every key counted)."""
         record = self._record(name, self.content.array_records, "ArrayRecord")
+        if keys is not None and set(record) != keys:
+            self.fail(f"{name} must hold just {sorted(keys)}, got {sorted(record)[:5]}")
+        if max_bytes is not None and record.count_bytes() > max_bytes:
+            self.fail(f"{name} of {record.count_bytes()} bytes exceeds the limit of {max_bytes} bytes")
         try:
             tensors = dict(record.to_torch_state_dict())
         except (TypeError, ValueError) as exc:
@@ -152,12 +159,12 @@ class _Reader:
             self.fail(f"{name} holds no tensor")
         return tensors
 
-    def file(self, name: str, key: str, tensors: State, max_bytes: int | None = None) -> bytes:
+    def file(self, name: str, key: str, tensors: State) -> bytes:
         """The file that ``tensors[key]`` of record ``name`` carries (see :func:`specialists.io.bytes_tensor`)."""
         if key not in tensors:
             self.fail(f"{name}.{key} is missing")
         try:
-            return tensor_bytes(tensors[key], f"{name}.{key}", max_bytes)
+            return tensor_bytes(tensors[key], f"{name}.{key}")
         except ValueError as exc:
             self.fail(str(exc))
 
@@ -199,8 +206,8 @@ class _Message:
 
 
 def _institution(read: _Reader) -> dict[str, str]:
-    rules = {key: TEXT for key in INSTITUTION_KEYS}
-    required = {key: rules.pop(key) for key in INSTITUTION_KEYS[:3]}
+    rules = {key: TEXT for key in INSTITUTION_KEYS[3:]}
+    required = {key: NAME for key in INSTITUTION_KEYS[:3]}
     return read.config("institution", required, rules)
 
 
@@ -245,7 +252,7 @@ class DataSummary:
     @classmethod
     def read(cls, read: _Reader) -> DataSummary:
         f = read.config("summary", {
-            "institution": TEXT, "task_type": TEXT, "classes": NAMES, "bands": NAMES, "splits": NAMES,
+            "institution": NAME, "task_type": TEXT, "classes": NAMES, "bands": NAMES, "splits": NAMES,
             "tiles": _list(COUNT, "a non-empty list of non-negative integers"), "norm_mean": NUMBERS,
             "norm_std": _list(NON_NEGATIVE, "a non-empty list of non-negative finite numbers"), "manifest": STRING})
         if len(f["tiles"]) != len(f["splits"]):
@@ -266,8 +273,20 @@ class DataSummary:
                 "manifest": self.manifest}
 
 
-_TRAIN_RULES = {"epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-                "warmup_epochs": NON_NEGATIVE, "seed": INT, "device": TEXT, "amp": FLAG, "max_steps": COUNT}
+TRAIN_MAXIMA = {"epochs": 1000, "batch_size": 1024, "max_steps": 1_000_000, "warmup_epochs": 1000}
+"""The most a node does for one request: a ``train`` record beyond these is refused as malformed
+(bounds what a coordinator can make a partner's machine do)."""
+
+
+def _bounded(key: str, low: int, kind: _Rule = INT) -> _Rule:
+    """``kind`` values in [``low``, ``TRAIN_MAXIMA[key]``]."""
+    top = TRAIN_MAXIMA[key]
+    return _Rule(lambda v: kind.ok(v) and low <= v <= top, f"{kind.what} in [{low}, {top}] (TRAIN_MAXIMA)")
+
+
+_TRAIN_RULES = {"epochs": _bounded("epochs", 1), "batch_size": _bounded("batch_size", 1), "lr": POSITIVE,
+                "weight_decay": NON_NEGATIVE, "warmup_epochs": _bounded("warmup_epochs", 0, NUMBER), "seed": INT,
+                "device": TEXT, "amp": FLAG, "max_steps": _bounded("max_steps", 0)}
 
 
 @dataclass(frozen=True)
@@ -599,14 +618,12 @@ class EnrolReply(_Reply):
 
     @classmethod
     def decode(cls, content: RecordDict, source: str, max_weights_bytes: int | None = None) -> Self:
-        """``max_weights_bytes`` refuses bigger weights before they are read."""
+        """``max_weights_bytes`` refuses a bigger ``weights`` record before it is deserialised."""
         read = cls._read(content, source, {"card"}, {"weights"})
         weights = None
         if read.has("weights"):
-            tensors = read.arrays("weights")
-            if set(tensors) != {"safetensors"}:
-                read.fail(f"weights must hold just the 'safetensors' file, got {sorted(tensors)[:5]}")
-            weights = read.file("weights", "safetensors", tensors, max_weights_bytes)
+            tensors = read.arrays("weights", {"safetensors"}, max_weights_bytes)
+            weights = read.file("weights", "safetensors", tensors)
         return cls(_card(read), weights)
 
 

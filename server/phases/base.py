@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from flwr.serverapp import Grid
 
+from geodata.names import inside
+
 from server.checkpoint import RunCheckpoint
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, Traffic, exchange
@@ -42,6 +44,10 @@ class PhaseContext:
     @property
     def registry_dir(self) -> Path:
         return self.run_dir / "registry"
+
+    def card_path(self, group: str) -> Path:
+        """Where the coordinator keeps group ``group``'s card (``ValueError`` if that leaves the run folder)."""
+        return inside(self.run_dir, "specialists", group, "card.json")
 
     @property
     def integrated_run_dir(self) -> Path | None:

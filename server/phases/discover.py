@@ -9,7 +9,9 @@
 4. group institutions by sensor, bands and task.
 
 A summary's bands must be registry bands of the institution's declared sensor; they become the
-roster's ``Member.bands``. A node that fails a step is recorded and left out; the run stops only when fewer than
+roster's ``Member.bands``; and the summary must make a valid specialist card on its own (known task
+type, finite band statistics with positive spread), so no partner's summary can break a group's
+training. A node that fails a step is recorded and left out; the run stops only when fewer than
 ``federation.min_institutions`` institutions remain. On resume this phase runs again (node ids are
 per Flower run) and refuses groups that differ from those later phases were built on.
 """
@@ -23,10 +25,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from geodata.sensors import BandError, get_band, get_sensor
+from pipeline.fedavg import group_card
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
-from pipeline.roster import Member, Roster, form_groups
+from pipeline.roster import Group, Member, Roster, form_groups
 from wire.messages import DataSummary, DescribeReply, DescribeRequest, IdentifyReply, IdentifyRequest
 
 __all__ = ["PHASE", "discover", "simulated_record", "assign_hosts"]
@@ -103,6 +106,16 @@ def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) ->
         raise ValueError(f"{source}: bands {foreign} are not bands of sensor {sensor!r} {list(own)}")
 
 
+def _check_card(member: Member, variant: str, source: str) -> None:
+    """``member``'s summary makes a valid specialist card on its own (what its group's card pools)."""
+    alone = Group(member.name, member.sensor, member.task, member.summary["task_type"],
+                  list(member.summary["classes"]), [member.name])
+    try:
+        group_card(alone, [member], variant, 1.0)
+    except ValueError as exc:
+        raise ValueError(f"{source}: its data summary makes no valid specialist card: {exc}") from None
+
+
 def discover(ctx: PhaseContext) -> dict[str, Any]:
     cfg = ctx.cfg
     roster = Roster()
@@ -116,11 +129,13 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
         try:
             reported = summary(source)
             _check_summary(reported, name, record["sensor"], source)
+            member = Member(name, record["sensor"], record["task"], node, simulated, record, reported.to_dict(),
+                            list(reported.bands))
+            _check_card(member, cfg.train.variant, source)
         except ValueError as exc:
             roster.failures.append({"node_id": node, "institution": name, "step": step, "reason": str(exc)})
             return
-        members.append(Member(name, record["sensor"], record["task"], node, simulated, record, reported.to_dict(),
-                              list(reported.bands)))
+        members.append(member)
 
     # Declared institutions: the identify reply already holds their data summary.
     for node, reply in declared.items():

@@ -39,7 +39,7 @@ def open_registry(ctx: PhaseContext) -> Registry:
 
 
 def _recorded_card(ctx: PhaseContext, group: str) -> SpecialistCard:
-    path = ctx.run_dir / "specialists" / group / "card.json"
+    path = ctx.card_path(group)
     return SpecialistCard.from_json(path.read_text(), source=str(path))
 
 

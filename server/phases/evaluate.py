@@ -2,7 +2,9 @@
 the weights, on its own labelled splits (``evaluate.fusion``); only scores come back.
 
 Each institution gets the student's safetensors and card, plus the registry specialists that can
-read its bands (views at ``tolerance_nm``) with their proxy feature statistics. Replies
+read its bands (views at ``tolerance_nm``) with their proxy feature statistics: by default only those
+its own group trained (a partner's weights reach only the partners it trained with), every one with
+``enrol.share_weights: true``; the result says which policy held and who got which weights. Replies
 are checked (a list of probe results with finite scores in [0, 1]); a failed or malformed one is
 reported and left out, and fewer valid replies than ``evaluate.min_replies`` fail the phase.
 """
@@ -32,6 +34,10 @@ def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> Ensemble
         return f"no specialist can read {member.sensor}"
     if not local:
         return "the weights of every specialist that can read it stay home"
+    if not ctx.cfg.enrol.share_weights:
+        local = [e for e in local if member.name in registry.card(e.name).institutions]
+        if not local:
+            return "no specialist of its own group can read it (enrol.share_weights is false)"
     cards, weights, stats = {}, {}, {}
     for entry in local:
         folder = registry.root / entry.path
@@ -49,15 +55,17 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
     ec = ctx.cfg.evaluate
     student = ctx.run_dir / "student"
     files = StudentFiles((student / "card.json").read_text(), (student / "weights.safetensors").read_bytes())
-    ensembles: dict[tuple[str, ...], EnsembleFiles | str] = {}  # per bands: built once, shared by requests
-    requests, no_ensemble = [], {}
+    ensembles: dict[tuple[str, ...], EnsembleFiles | str] = {}  # per bands (or institution): built once
+    requests, no_ensemble, weights_sent = [], {}, {}
     for name, member in roster.institutions.items():
-        bands = tuple(member.bands)
-        if bands not in ensembles:
-            ensembles[bands] = _ensemble(ctx, registry, member)
-        ensemble = ensembles[bands]
+        key = tuple(member.bands) if ctx.cfg.enrol.share_weights else (name,)
+        if key not in ensembles:
+            ensembles[key] = _ensemble(ctx, registry, member)
+        ensemble = ensembles[key]
         if isinstance(ensemble, str):
             no_ensemble[name] = ensemble
+        else:
+            weights_sent[name] = list(ensemble.weights)
         probe = ProbeSettings(list(ec.fractions), list(ec.seeds), ec.batch_size, ctx.cfg.train.device, member.bands)
         request = FusionEvalRequest(member.record, probe, files, None if isinstance(ensemble, str) else ensemble)
         requests.append(Request(name, member.node_id, request.encode()))
@@ -83,7 +91,9 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
     if len(institutions) < ec.min_replies:
         raise RuntimeError(f"{len(institutions)} institution(s) returned valid evaluations, evaluate.min_replies "
                            f"is {ec.min_replies}; failures: {failures}")
-    return {"institutions": institutions, "ensemble_not_evaluated": no_ensemble, "failures": failures}
+    policy = "shared with every reader" if ctx.cfg.enrol.share_weights else "own group only"
+    return {"institutions": institutions, "ensemble_not_evaluated": no_ensemble, "failures": failures,
+            "weights_sharing": {"policy": policy, "sent": weights_sent}}
 
 
 PHASE = Phase("evaluate", evaluate)

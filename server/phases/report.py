@@ -121,6 +121,10 @@ def _evaluate(ctx: PhaseContext, result: dict) -> list[str]:
         ["institution", "sensor", "encoder", "probe", "labels", "metric", "score"], rows)
     for inst, why in result.get("ensemble_not_evaluated", {}).items():
         lines.append(f"- {inst}: ensemble not evaluated ({why})")
+    sharing = result.get("weights_sharing")
+    if sharing:
+        lines.append(f"- Specialist weights sent ({sharing['policy']}): " + "; ".join(
+            f"{inst}: {', '.join(names)}" for inst, names in sharing["sent"].items()))
     if bars:
         def draw(ax):
             encoders = sorted({e for v in bars.values() for e in v})

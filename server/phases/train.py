@@ -74,7 +74,8 @@ def _round(ctx: PhaseContext, runs: list[GroupTraining], r: int, failures: list[
             except ValueError as exc:
                 log.warning("Rejected %s: %s", source, exc)
                 failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
-        run.apply(r, config.lr, updates, ctx.cfg.train.min_replies)
+        for name, reason in run.apply(r, config.lr, updates)["refused"].items():
+            failures.append({"phase": "train", "round": r, "institution": name, "reason": reason})
 
 
 def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
@@ -88,7 +89,7 @@ def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
             log.warning("%s failed: %s", source, exc)
             failures.append({"phase": "train", "round": "final", "institution": name, "reason": str(exc)})
     card = run.finish(per_member, ctx.cfg.train)
-    path = ctx.run_dir / "specialists" / run.group.name / "card.json"
+    path = ctx.card_path(run.group.name)
     atomic_write_text(path, card.to_json())
     monitor = f"test_{MONITOR[card.task_type]}"
     value = card.metrics.get(monitor)
@@ -121,7 +122,7 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
     runs = []
     earlier = integrated_cards(ctx)
     for group in roster.groups.values():
-        path = ctx.run_dir / "specialists" / group.name / "card.json"
+        path = ctx.card_path(group.name)
         if group.name in earlier and sorted(earlier[group.name].institutions) == sorted(group.members):
             log.info("Group %s: enrolled in run %s, not trained again", group.name, ctx.cfg.integrate)
             results[group.name] = {"integrated_from": ctx.cfg.integrate,
@@ -133,8 +134,13 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
                 log.info("Group %s: specialist already trained (card %s)", group.name, path)
                 results[group.name] = _group_result(card)
                 continue
-        runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train.variant,
-                                        ctx.cfg.seed))
+        try:
+            runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
+                                            ctx.cfg.seed))
+        except ValueError as exc:  # one group's bad start must not stop the others
+            log.error("Group %s: cannot start training: %s", group.name, exc)
+            failures.append({"phase": "train", "group": group.name, "institution": None, "reason": str(exc)})
+            results[group.name] = {"specialist": None, "members": group.members, "history": []}
     for r in range(1, ctx.cfg.train.rounds + 1):
         if runs:
             _round(ctx, runs, r, failures)

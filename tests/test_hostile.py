@@ -1,0 +1,285 @@
+"""A broken or hostile partner cannot hurt the federation: each test drives the real coordinator
+(:func:`server.run.run_experiment` on the in-process grid) with one partner that lies, and checks that
+it is left out (or outweighed) with a reason while the others go on and nothing leaves the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+from collections.abc import Callable
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rasterio.transform import from_origin
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+
+import test_dataset
+from clients import handlers
+from clients.client_app import app as client_app
+from clients.institution import InstitutionSpec
+from flower_harness import InProcessGrid
+from fusion import Registry
+from fusion.registry import RegistryError
+from geodata.raster import write_geotiff
+from geodata.stats import load_or_compute_stats
+from pipeline.settings import RunSettings, load_experiment
+from server.phases.discover import simulated_record
+from server.run import run_experiment
+from tiny_run import simulated_nodes, tiny_run_config
+from wire.messages import TRAIN_MAXIMA, IdentifyReply
+
+HOSTILE = 102
+
+
+def _impostor(config: dict[str, str], real: str, declared: dict[str, str], tiles: dict[str, int] | None = None,
+              tamper: Callable[[Message], Message] = lambda reply: reply):
+    """A ClientApp whose node :data:`HOSTILE` declares the institution record ``declared`` (and ``tiles``
+    in its summary), serves it with the data of the experiment's simulated institution ``real`` and
+    passes its replies through ``tamper`` (the other nodes are honest)."""
+    cfg, _ = load_experiment(RunSettings.from_run_config(config))
+    record = simulated_record(cfg, real, Path(cfg.cache_dir).resolve())
+
+    def app(message: Message, context: Context) -> Message:
+        if context.node_id != HOSTILE:
+            return client_app(message, context)
+        if message.metadata.message_type == "query.identify":
+            summary = handlers._summary(InstitutionSpec.from_record(record, "test"))
+            summary = dataclasses.replace(summary, institution=declared["institution"], tiles=tiles or summary.tiles)
+            return Message(IdentifyReply("declared", declared, summary=summary).encode(), reply_to=message)
+        message.content["institution"] = ConfigRecord(record)
+        return tamper(client_app(message, context))
+
+    return app
+
+
+def test_a_task_name_with_dots_and_slashes_is_left_out_and_writes_nothing_outside(tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "deep"
+    config = tiny_run_config(out, "~institutions.city_aerial stop_after=enrol")
+    full = tiny_run_config(out)  # the world config that still holds city_aerial, whose data the impostor serves
+    declared = {"institution": "evil", "sensor": "aerial_rgbn", "task": "x/../../../../ESCAPED"}
+    grid = InProcessGrid(simulated_nodes(3), app=_impostor(full, "city_aerial", declared))
+    run_dir = run_experiment(grid, config, flower_run_id=1)
+    assert not (tmp_path / "runs" / "ESCAPED").exists()
+    assert [p for p in tmp_path.rglob("*ESCAPED*")] == []
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    [failure] = [f for f in roster["failures"] if f["node_id"] == HOSTILE]
+    assert "institution.task must be a safe name" in failure["reason"] and "x/../../../../ESCAPED" in failure["reason"]
+    assert sorted(roster["groups"]) == ["sentinel2_l2a-scene"]  # the others go on
+    assert Registry(run_dir / "registry").names == ["sentinel2_l2a-scene"]
+
+
+def _constant(reply: Message) -> Message:
+    """A train reply whose every floating tensor is 100 and which claims 10^12 examples."""
+    if reply.metadata.message_type != "train.specialist" or reply.has_error():
+        return reply
+    for name in ("encoder", "head"):
+        state = reply.content.array_records[name].to_torch_state_dict()
+        reply.content[name] = ArrayRecord({k: torch.full_like(v, 100.0) if v.is_floating_point() else v
+                                           for k, v in state.items()})
+    metrics = dict(reply.content.metric_records["metrics"])
+    reply.content["metrics"] = MetricRecord({**metrics, "num_examples": 1e12})
+    return reply
+
+
+def _largest_weight(run_dir: Path) -> float:
+    """The largest absolute value of the enrolled Sentinel-2 specialist's encoder weights."""
+    encoder = Registry(run_dir / "registry").load("sentinel2_l2a-scene").encoder.state_dict()
+    return max(float(v.abs().max()) for v in encoder.values() if v.is_floating_point())
+
+
+def test_one_of_three_partners_claiming_a_huge_count_cannot_take_over_the_specialist(tmp_path: Path) -> None:
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, {"train": 10**12, "val": 1, "test": 1},
+                    _constant)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    group = trained["groups"]["sentinel2_l2a-scene"]
+    assert sorted(group["members"]) == ["evil", "north_s2", "south_s2"] and group["rounds_applied"] == 2
+    refused = [(f["round"], f["institution"]) for f in trained["failures"] if "update_factor" in f["reason"]]
+    assert refused == [(1, "evil"), (2, "evil")]
+    assert _largest_weight(run_dir) < 50
+
+
+@pytest.mark.parametrize("how", ["median", "trimmed_mean"])
+def test_robust_aggregation_outvotes_a_constant_partner_without_screening(tmp_path: Path, how: str) -> None:
+    config = tiny_run_config(tmp_path, f"~institutions.city_aerial stop_after=enrol train.update_factor=0 "
+                                       f"train.aggregation={how}")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, None, _constant)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert trained["groups"]["sentinel2_l2a-scene"]["rounds_applied"] == 2
+    assert _largest_weight(run_dir) < 50
+
+
+SUMMARIES = {"unknown_task_type": ("task_type", "alien", "field 'task_type' is 'alien'"),
+             "overflowing_band_mean": ("norm_mean", None, "band statistics too large to pool")}
+
+
+@pytest.mark.parametrize("case", sorted(SUMMARIES))
+def test_a_malformed_data_summary_leaves_its_partner_out_and_the_others_train(tmp_path: Path, case: str) -> None:
+    key, value, reason = SUMMARIES[case]
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.describe" or institution != "south_s2":
+            return None
+
+        def tamper(reply: Message) -> Message:
+            summary = reply.content.config_records["summary"]
+            summary[key] = value if value is not None else [1e200] * len(summary["bands"])
+            return reply
+        return tamper
+
+    config = tiny_run_config(tmp_path, "stop_after=train")
+    for attempt in (1, 2):  # a resume does not repeat a crash either
+        run_dir = run_experiment(InProcessGrid(simulated_nodes(3), faults=faults), config, flower_run_id=attempt)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    [failure] = roster["failures"]
+    assert failure["institution"] == "south_s2" and failure["step"] == "describe"
+    assert "makes no valid specialist card" in failure["reason"] and reason in failure["reason"]
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert {g: r["members"] for g, r in trained["groups"].items()} == {
+        "sentinel2_l2a-scene": ["north_s2"], "aerial_rgbn-landcover": ["city_aerial"]}
+    assert all(r["rounds_applied"] == 2 for r in trained["groups"].values())
+
+
+def test_train_settings_beyond_the_node_maxima_are_refused_by_the_node_naming_the_field(tmp_path: Path) -> None:
+    config = tiny_run_config(tmp_path, f"~institutions.city_aerial stop_after=train "
+                                       f"train.local_epochs={TRAIN_MAXIMA['epochs'] + 1}")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2)), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    assert trained["groups"]["sentinel2_l2a-scene"]["specialist"] is None
+    reasons = {f["institution"]: f["reason"] for f in trained["failures"]}
+    assert sorted(reasons) == ["north_s2", "south_s2"]
+    assert all(f"train.epochs must be an integer in [1, {TRAIN_MAXIMA['epochs']}]" in r for r in reasons.values())
+
+
+@pytest.mark.parametrize("extra, reason", [("stop_after=trian", "stop_after 'trian' is not a phase"),
+                                           ("train.variant=hf-hub:evil/model",
+                                            "train.variant: variant 'hf-hub:evil/model'"),
+                                           ("integrate=nowhere", "integrate: run 'nowhere' has no enrolled registry")])
+def test_a_wrong_run_config_fails_before_the_run_folder_exists(tmp_path: Path, extra: str, reason: str) -> None:
+    grid = InProcessGrid(simulated_nodes(1))
+    with pytest.raises(ValueError, match=reason):
+        run_experiment(grid, tiny_run_config(tmp_path, extra), flower_run_id=1)
+    assert not (tmp_path / "fl").exists() and grid.sent == []
+
+
+def test_a_registry_index_path_leaving_the_registry_is_refused_and_nothing_is_written_outside(tmp_path: Path) -> None:
+    first = run_experiment(InProcessGrid(simulated_nodes(2)),
+                           tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol", "first"), 1)
+    index_path = first / "registry" / "index.json"
+    index = json.loads(index_path.read_text())
+    shutil.copytree(first / "registry" / index["specialists"][0]["path"], first / "outside")
+    index["specialists"][0]["path"] = "../outside"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(RegistryError, match="field 'path' is '../outside'"):
+        Registry(first / "registry")
+    with pytest.raises(RuntimeError, match="field 'path' is '../outside'"):
+        run_experiment(InProcessGrid(simulated_nodes(2)),
+                       tiny_run_config(tmp_path, "stop_after=enrol integrate=first", "second"), 2)
+    assert not (tmp_path / "second" / "outside").exists()
+
+
+def test_an_upload_padded_with_an_unknown_key_is_refused_before_it_is_deserialised(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    limit = 20 * 2**20
+    deserialised: list[int] = []
+    real = ArrayRecord.to_torch_state_dict
+
+    def spy(record: ArrayRecord):
+        deserialised.append(record.count_bytes())
+        return real(record)
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.enrol" or institution != "north_s2":
+            return None
+
+        def pad(reply: Message) -> Message:
+            weights = reply.content.array_records["weights"]
+            weights["padding"] = Array(torch.zeros(limit, dtype=torch.uint8).numpy())
+            return reply
+        return pad
+
+    monkeypatch.setattr(ArrayRecord, "to_torch_state_dict", spy)
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol enrol.max_upload_mb=20")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
+    enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())
+    [failure] = enrol["failures"]
+    assert failure["institution"] == "north_s2" and "must hold just ['safetensors']" in failure["reason"]
+    assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
+    assert max(deserialised) < limit  # the padded record was never deserialised
+
+
+def test_a_kept_card_naming_a_hub_model_is_refused_without_network_and_the_next_keeper_delivers(
+        tmp_path: Path, monkeypatch) -> None:
+    attempts: list[object] = []
+
+    def no_network(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network is off in this test")
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.enrol" or institution != "north_s2":
+            return None
+
+        def hub(reply: Message) -> Message:
+            card = json.loads(reply.content.config_records["card"]["json"])
+            reply.content["card"] = ConfigRecord({"json": json.dumps({**card, "variant": "hf-hub:evil/model"})})
+            return reply
+        return hub
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
+    enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())
+    [failure] = enrol["failures"]
+    assert failure["institution"] == "north_s2" and "variant 'hf-hub:evil/model' is not a local" in failure["reason"]
+    assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
+    assert attempts == []
+
+
+def test_band_statistics_of_a_file_rewritten_in_place_are_recomputed(tmp_path: Path) -> None:
+    manifest = test_dataset.tiny_manifest(tmp_path, np.full((13, 8, 8), 1000, np.uint16))
+    first = load_or_compute_stats(manifest, test_dataset.L1C)
+    tile = tmp_path / "tile.tif"
+    stamp = tile.stat().st_mtime_ns
+    write_geotiff(tile, np.full((13, 8, 8), 3000, np.uint16), from_origin(400000, 5000000, 10, 10), "EPSG:32633",
+                  nodata=0)
+    os.utime(tile, ns=(stamp + 10**9, stamp + 10**9))
+    second = load_or_compute_stats(manifest, test_dataset.L1C)
+    assert second.mean[0] == pytest.approx(3 * first.mean[0])
+
+
+def test_a_specialists_weights_reach_only_its_own_group_unless_sharing_is_opted_in(tmp_path: Path) -> None:
+    received: dict[str, list[str]] = {}
+
+    def faults(message: Message):
+        if message.metadata.message_type == "evaluate.fusion":
+            institution = message.content.config_records["institution"]["institution"]
+            ensemble = message.content.config_records.get("ensemble")
+            received[institution] = sorted(ensemble["names"]) if ensemble else []
+        return None
+
+    config = tiny_run_config(tmp_path, "stop_after=evaluate")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), faults=faults), config, flower_run_id=1)
+    assert received == {"north_s2": ["sentinel2_l2a-scene"], "south_s2": ["sentinel2_l2a-scene"],
+                        "city_aerial": ["aerial_rgbn-landcover"]}
+    sharing = json.loads((run_dir / "phases" / "evaluate.json").read_text())["weights_sharing"]
+    assert sharing == {"policy": "own group only", "sent": received}
+
+    received.clear()
+    shared = tiny_run_config(tmp_path, "stop_after=evaluate enrol.share_weights=true", "shared")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), faults=faults), shared, flower_run_id=2)
+    assert received["north_s2"] == ["aerial_rgbn-landcover", "sentinel2_l2a-scene"]
+    assert json.loads((run_dir / "phases" / "evaluate.json").read_text())["weights_sharing"]["policy"] == \
+        "shared with every reader"
