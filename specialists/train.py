@@ -68,7 +68,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig(OptimConfig):
-    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs)."""
+    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs; ``augment``: random
+    flips/rotations; ``gain_jitter``: the std of a random log-gain per sample and band that multiplies the
+    training images, against illumination and sensor-calibration shifts between scenes, 0: off)."""
 
     epochs: int = 30
     patience: int = 5
@@ -79,6 +81,7 @@ class TrainConfig(OptimConfig):
     init_weights: str | None = None
     freeze: str = "none"
     class_weights: list[float] | None = None
+    gain_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -86,6 +89,8 @@ class TrainConfig(OptimConfig):
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0:
             raise ValueError(f"TrainConfig: lr > 0, weight_decay/warmup_epochs/patience >= 0 required: {self}")
+        if self.gain_jitter < 0:
+            raise ValueError(f"TrainConfig.gain_jitter must be >= 0, got {self.gain_jitter}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
 
@@ -171,6 +176,11 @@ def _augment(image: torch.Tensor, target: torch.Tensor, segmentation: bool) -> t
     return image, target
 
 
+def _jitter_gain(image: torch.Tensor, std: float) -> torch.Tensor:
+    """``image`` ``[B, C, H, W]`` times ``exp(N(0, std))``, one draw per sample and band."""
+    return image * torch.exp(torch.randn(*image.shape[:2], 1, 1, device=image.device) * std)
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
 
@@ -198,6 +208,8 @@ def train_one_epoch(
         image, target = _inputs(batch, specialist, device)
         if cfg.augment:
             image, target = _augment(image, target, task_type == "segmentation")
+        if cfg.gain_jitter > 0:
+            image = _jitter_gain(image, cfg.gain_jitter)
         with _autocast(cfg, device):
             logits = head(specialist(image), image.shape[-2:])
         loss = criterion(logits.float(), target)

@@ -33,8 +33,25 @@ def fire_model(shared_data, tmp_path_factory):
                  "--val-scenes", "CANAL_20240530", "--test-scenes", "CLEAR_20240626"]) == 0
     assert main(["finetune", "--encoder", "random:convnextv2_atto", "--manifest", str(root / "manifest" / "manifest.json"),
                  "--task", "burned", "--out", str(root / "model"), "--epochs", "1", "--batch-size", "8",
-                 "--unfreeze", "last_stage", "--decoder", "fpn", "--class-weights", "balanced"]) == 0
+                 "--unfreeze", "last_stage", "--decoder", "fpn", "--class-weights", "balanced",
+                 "--gain-jitter", "0.1"]) == 0
     return root / "model"
+
+
+def test_gain_jitter_scales_each_sample_and_band_by_one_factor():
+    from specialists.train import TrainConfig, _jitter_gain
+
+    torch.manual_seed(0)
+    image = torch.rand(6, 5, 8, 8) + 0.5
+    out = _jitter_gain(image, 0.2)
+    ratio = out / image
+    assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio))  # one factor per sample and band
+    factors = ratio[:, :, 0, 0]
+    assert len(set(factors.flatten().tolist())) == 30 and (factors > 0).all()
+    assert 0.05 < factors.log().std() < 0.4
+    assert TrainConfig().gain_jitter == 0.0
+    with pytest.raises(ValueError, match="gain_jitter"):
+        TrainConfig(gain_jitter=-0.1)
 
 
 def test_finetune_writes_a_verified_task_model(fire_model):
@@ -43,6 +60,7 @@ def test_finetune_writes_a_verified_task_model(fire_model):
     assert card["bands"] == ["TCI_R", "TCI_G", "TCI_B", "B08", "B12"] and len(card["norm_mean"]) == 5
     assert card["extra"]["encoder"]["kind"] == "random" and card["extra"]["unfreeze"] == "last_stage"
     assert card["extra"]["tile_size"] == 64 and len(card["extra"]["train_config"]["class_weights"]) == 2
+    assert card["extra"]["train_config"]["gain_jitter"] == 0.1
     assert {"val_miou", "test_miou", "best_epoch"} <= set(card["metrics"])
     assert 0 < card["metrics"]["trainable_params"] < card["num_params"]
     assert (fire_model / "sensors" / f"{WILDFIRE}.yaml").is_file()
