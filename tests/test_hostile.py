@@ -283,3 +283,25 @@ def test_a_specialists_weights_reach_only_its_own_group_unless_sharing_is_opted_
     assert received["north_s2"] == ["aerial_rgbn-landcover", "sentinel2_l2a-scene"]
     assert json.loads((run_dir / "phases" / "evaluate.json").read_text())["weights_sharing"]["policy"] == \
         "shared with every reader"
+
+
+def test_an_edited_card_is_refused_by_evaluate_naming_the_field(tmp_path: Path, capsys) -> None:
+    """Row 6: a specialist's card.json edited after enrolment (bands swapped): ``eosfed evaluate`` exits 2
+    with one line naming the card and the field, instead of scoring with the wrong band order."""
+    from fusion_toys import S2_BANDS, make_specialist
+
+    from eosfed.cli import main
+    from geodata.synth import generate_world, load_world_config
+    from specialists import save_specialist
+
+    generate_world(load_world_config("tiny"), tmp_path / "world", progress=False)
+    folder = save_specialist(make_specialist("s2", "sentinel2_l2a", S2_BANDS), tmp_path / "s2")
+    card = json.loads((folder / "card.json").read_text())
+    card["bands"][0], card["bands"][1] = card["bands"][1], card["bands"][0]
+    (folder / "card.json").write_text(json.dumps(card))
+    code = main(["evaluate", "--encoder", str(folder), "--manifest", str(tmp_path / "world" / "manifest.json"),
+                 "--task", "scene", "--sensor", "sentinel2_l2a", "--out", str(tmp_path / "eval.json"),
+                 "--fractions", "1", "--seeds", "0", "--size", "32"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed evaluate: error")]
+    assert code == 2 and len(err) == 1 and "card.json" in err[0] and "bands" in err[0]
+    assert not (tmp_path / "eval.json").exists()
