@@ -105,10 +105,12 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         return self.pull_messages(self.push_messages(messages))
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
 
 def flower_env(root: Path) -> dict[str, str]:
     """An environment with its own FLWR_HOME (under ``root``), local-SuperLink ports and Ray temp dir.
@@ -131,6 +133,7 @@ def flower_env(root: Path) -> dict[str, str]:
     Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     return env
 
+
 @contextmanager
 def isolated_flower(root: Path) -> Iterator[dict[str, str]]:
     """:func:`flower_env`, then stop the local SuperLink it got and remove its Ray temp dir."""
@@ -139,6 +142,7 @@ def isolated_flower(root: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         stop_local_superlink(env)
+
 
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
@@ -151,6 +155,7 @@ def _children() -> dict[int, list[int]]:
         tree.setdefault(ppid, []).append(int(stat.parent.name))
     return tree
 
+
 def descendants(pid: int) -> list[int]:
     """``pid``'s descendants (children first-level first), from /proc."""
     tree, out, todo = _children(), [], [pid]
@@ -159,6 +164,7 @@ def descendants(pid: int) -> list[int]:
         out.extend(kids)
         todo.extend(kids)
     return out
+
 
 def kill_tree(pid: int, grace_s: float = 5.0) -> None:
     """SIGTERM ``pid`` and its descendants, then SIGKILL what is left after ``grace_s``."""
@@ -177,11 +183,13 @@ def kill_tree(pid: int, grace_s: float = 5.0) -> None:
         except ProcessLookupError:
             pass
 
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
 
 def pids_mentioning(text: str) -> list[int]:
     """PIDs whose command line contains ``text`` (a unique temp path: never a program name)."""
@@ -194,6 +202,7 @@ def pids_mentioning(text: str) -> list[int]:
             continue
     return [p for p in found if p != os.getpid()]
 
+
 def stop_local_superlink(env: dict[str, str]) -> None:
     """Stop the detached local SuperLink ``flwr run`` started for this ``FLWR_HOME`` (and its tree),
     any process still using this env's Ray temp dir, and remove that dir."""
@@ -202,6 +211,7 @@ def stop_local_superlink(env: dict[str, str]) -> None:
     for pid in pids_mentioning(env["RAY_TMPDIR"]):
         kill_tree(pid)
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
 
 def flwr_json(env: dict[str, str], args: list[str], timeout_s: float = 60) -> dict[str, Any]:
     """``flwr ARGS --format json``'s answer; raises with the output when it is not a success."""
@@ -215,9 +225,11 @@ def flwr_json(env: dict[str, str], args: list[str], timeout_s: float = 60) -> di
         raise RuntimeError(f"flwr {' '.join(args)} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
     return answer
 
+
 def run_config_args(run_config: dict[str, str]) -> list[str]:
     """``-c key="value"`` arguments for ``flwr run`` (values are TOML strings)."""
     return [arg for key, value in run_config.items() for arg in ("-c", f"{key}={json.dumps(value)}")]
+
 
 def flwr_run(env: dict[str, str], connection: str | None, run_config: dict[str, str], timeout_s: float,
              extra: list[str] = ()) -> tuple[int, str]:
@@ -234,6 +246,7 @@ def flwr_run(env: dict[str, str], connection: str | None, run_config: dict[str, 
     if done.returncode != 0 or match is None:
         raise RuntimeError(f"flwr run failed (exit {done.returncode}):\n{output[-5000:]}")
     return int(match.group(1)), output
+
 
 def run_status(env: dict[str, str], connection: str | None, run_id: int) -> str:
     """The run's status from ``flwr ls --run-id ID --format json`` (e.g. ``finished:completed``)."""
