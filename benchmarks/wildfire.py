@@ -39,7 +39,7 @@ from geodata.manifest import Manifest
 from geodata.tiling import split_scenes
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SENSOR_YAML = Path(__file__).resolve().parent / "wildfire_sensor.yaml"
+SENSOR_YAML = Path(__file__).resolve().parents[1] / "configs" / "samples" / "wildfire_sensor.yaml"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wildfire-s2"
 SENSOR = "sentinel2_tci_nir_swir"
 TRAIN_EVENTS = 14

@@ -218,7 +218,7 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
     assert sorted(evaluation["institutions"]) == ["city_aerial", "north_s2", "south_s2"]
     encoders = {r["encoder"] for r in evaluation["institutions"]["north_s2"]["results"]}
-    assert encoders == {"student", "ensemble"}
+    assert encoders == {"student", "ensemble", "random-init", "band-stats"}
     pruned = json.loads((run_dir / "phases" / "prune.json").read_text())
     assert sorted(pruned["kept"] + pruned["dropped"]) == registry.names
     assert Registry(run_dir / "registry_pruned").names == pruned["kept"]
@@ -226,6 +226,7 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     report = (run_dir / "report.md").read_text()
     for section in ("## Train", "## Enrol", "## Distill", "## Evaluate", "## Prune", "## Failures"):
         assert section in report
+    assert "| institution | sensor | metric | labels | student | ensemble | random-init | band-stats |" in report
     assert "non-finite" in report and (run_dir / "plots" / "train_rounds.png").stat().st_size > 0
     summary = json.loads((run_dir / "report.json").read_text())
     assert summary["phases"]["enrol"]["traffic"]["received"] > 1_000_000  # two specialists' weights
@@ -245,7 +246,8 @@ def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_pat
     assert sorted(distill["remote_teachers"]) == registry.names and distill["local_teachers"] == []
     assert distill["traffic"]["messages"] == 2 and distill["traffic"]["received"] > 0
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
-    assert {r["encoder"] for r in evaluation["institutions"]["north_s2"]["results"]} == {"student"}
+    assert {r["encoder"] for r in evaluation["institutions"]["north_s2"]["results"]} == {
+        "student", "random-init", "band-stats"}
     assert "stay home" in evaluation["ensemble_not_evaluated"]["north_s2"]
     assert json.loads((run_dir / "phases" / "prune.json").read_text())["scores"]
 

@@ -18,7 +18,7 @@ from fusion.predict import blend_weights
 from specialists.artifact import ArtifactError
 
 REPO = Path(__file__).resolve().parents[1]
-SENSOR_YAML = REPO / "benchmarks" / "wildfire_sensor.yaml"
+SENSOR_YAML = REPO / "configs" / "samples" / "wildfire_sensor.yaml"
 WILDFIRE = "sentinel2_tci_nir_swir"
 
 

@@ -27,8 +27,16 @@ def test_distill_evaluate_prune_chain(tmp_path):
                  "--fractions", "1", "--seeds", "0", "--size", "32"]) == 0
     rows = json.loads(out.read_text())
     assert {(r["encoder"], r["method"]) for r in rows} == {
-        (e, m) for e in ("student", "random:convnextv2_atto") for m in ("linear", "knn")}
-    assert "| student | scene | linear |" in out.with_suffix(".md").read_text()
+        (e, m) for e in ("student", "random:convnextv2_atto", "random-init", "band-stats") for m in ("linear", "knn")}
+    table = out.with_suffix(".md").read_text()
+    assert "| student | scene | linear |" in table and "| band-stats | scene | linear |" in table
+
+    assert main(["evaluate", "--encoder", str(run / "student"), "--manifest", manifest, "--task", "scene",
+                 "--sensor", "sentinel2_l2a", "--out", str(out), "--overwrite", "--fractions", "1", "--seeds", "0",
+                 "--size", "32", "--no-baselines", "--normalise", "task", "--methods", "linear"]) == 0
+    task_norm = json.loads(out.read_text())
+    assert [r["encoder"] for r in task_norm] == ["student"]
+    assert task_norm[0]["method"] == "linear" and 0 <= task_norm[0]["mean"] <= 1
 
     assert main(["prune", "--registry", str(tmp_path / "registry"), "--manifest", manifest,
                  "--eval", "presence@sentinel2_l2a", "--out", str(tmp_path / "pruned"), "--keep-top-k", "1",

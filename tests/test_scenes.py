@@ -15,7 +15,7 @@ from geodata.sensors import SENSORS
 from geodata.manifest import Manifest
 from geodata.tiling import split_scenes
 
-SENSOR_YAML = Path(__file__).resolve().parents[1] / "benchmarks" / "wildfire_sensor.yaml"
+SENSOR_YAML = Path(__file__).resolve().parents[1] / "configs" / "samples" / "wildfire_sensor.yaml"
 WILDFIRE = "sentinel2_tci_nir_swir"
 
 

@@ -2,6 +2,9 @@
 
 Encoders: a student folder, a specialist folder, a registry folder (the ensemble) or
 ``random:<variant>`` (a random-initialised student, normalised with the task's train statistics).
+Both baselines (:mod:`fusion.baselines`: a random-init twin of the first student given, band
+statistics) are probed beside them unless ``--no-baselines``. ``--normalise task`` has students
+normalise with the task's train statistics instead of their card's (the proxy's).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import logging
 from pathlib import Path
 
 from eosfed.commands.args import add_output, add_sensor_files, check_output, check_split, optional_split
+from fusion.baselines import baseline_encoders
 from fusion.data import labelled_loader
 from fusion.encoders import RANDOM_PREFIX, open_encoder
 from fusion.probes import DEFAULT_FRACTIONS, DEFAULT_SEEDS, probe_encoder, results_markdown
-from fusion.student import band_stats_table
+from fusion.student import Student, band_stats_table
 from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
@@ -46,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tolerance-nm", type=float, default=DEFAULT_TOLERANCE_NM)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                        help="also probe a random-init student of the same size and band statistics")
+    parser.add_argument("--normalise", choices=("card", "task"), default="card",
+                        help="students normalise with their card's statistics or the task's train statistics")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,12 +71,20 @@ def run(args: argparse.Namespace) -> int:
 
     val = loader(val_split) if val_split is not None else None
     train, test = loader(train_split), loader(test_split)
-    results = []
+    encoders = {}
     for spec in args.encoder:
         encoder = open_encoder(spec, args.tolerance_nm, map_location=args.device)
         if spec.startswith(RANDOM_PREFIX):
             encoder.set_band_stats(band_stats_table([stats]))
-        name = spec if spec.startswith(RANDOM_PREFIX) else Path(spec).name
+        elif isinstance(encoder, Student) and args.normalise == "task":
+            encoder.set_band_stats({**encoder.card.band_stats, **band_stats_table([stats])})
+        encoders[spec if spec.startswith(RANDOM_PREFIX) else Path(spec).name] = encoder
+    if args.baselines:
+        like = next((e for s, e in zip(args.encoder, encoders.values())
+                     if isinstance(e, Student) and not s.startswith(RANDOM_PREFIX)), None)
+        encoders |= {n: e.to(args.device) for n, e in baseline_encoders(stats, like).items()}
+    results = []
+    for name, encoder in encoders.items():
         results += probe_encoder(name, encoder, args.task, task, train, test, val, args.fractions, args.seeds,
                                  args.methods.split(",") if args.methods else None, args.device)
     atomic_write_text(args.out, json.dumps([r.to_dict() for r in results], indent=1))

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fusion.baselines import BAND_STATS, RANDOM_INIT
 from fusion.plots import save_plot
 from geodata.files import atomic_write_text
 from server.phases.base import Phase, PhaseContext
@@ -109,6 +110,31 @@ def _distill(result: dict) -> list[str]:
         _table(["teacher", "final loss", "features"], rows) + [f"![distillation loss]({result['plot']})", ""]
 
 
+HEADLINE = ("student", "ensemble", RANDOM_INIT, BAND_STATS)
+
+
+def _headline(result: dict) -> list[str]:
+    """Student, ensemble and both baselines per institution (linear or segmentation probe, most labels)."""
+    rows, scores = [], {k: [] for k in HEADLINE}
+    for inst, r in result["institutions"].items():
+        most = max(p["fraction"] for p in r["results"])
+        best = {p["encoder"]: p for p in r["results"]
+                if p["fraction"] == most and p["method"] in ("linear", "segmentation")}
+        for k in HEADLINE:
+            if k in best:
+                scores[k].append(best[k]["mean"])
+        rows.append([inst, r["sensor"], next(iter(best.values()))["metric"] if best else "-", f"{most:g}",
+                     *[f"{best[k]['mean']:.4f}" if k in best else "-" for k in HEADLINE]])
+    complete = [r for r in rows if "-" not in r[4:6]]
+    ratio = (f"{sum(float(r[4]) for r in complete) / sum(float(r[5]) for r in complete):.3f}"
+             if complete and sum(float(r[5]) for r in complete) > 0 else "-")
+    rows.append(["**mean**", "", "", "", *[f"{sum(v) / len(v):.4f}" if v else "-" for v in scores.values()]])
+    return _table(["institution", "sensor", "metric", "labels", *HEADLINE], rows) + [
+        "", f"Student / ensemble over institutions with both: {ratio}. Baselines: {RANDOM_INIT} is an untrained "
+        f"student of the same size, {BAND_STATS} a probe on per-band mean and std (per-pixel bands for "
+        "segmentation), same probe and seeds.", ""]
+
+
 def _evaluate(ctx: PhaseContext, result: dict) -> list[str]:
     rows, bars = [], {}
     for inst, r in result["institutions"].items():
@@ -117,7 +143,7 @@ def _evaluate(ctx: PhaseContext, result: dict) -> list[str]:
                          f"{p['mean']:.4f} ± {p['std']:.4f}"])
             if p["method"] in ("linear", "segmentation") and p["fraction"] == 1.0:
                 bars.setdefault(inst, {})[p["encoder"]] = p["mean"]
-    lines = ["## Evaluate (probes at each institution, its labels)", ""] + _table(
+    lines = ["## Evaluate (probes at each institution, its labels)", ""] + _headline(result) + _table(
         ["institution", "sensor", "encoder", "probe", "labels", "metric", "score"], rows)
     for inst, why in result.get("ensemble_not_evaluated", {}).items():
         lines.append(f"- {inst}: ensemble not evaluated ({why})")

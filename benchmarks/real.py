@@ -1,0 +1,263 @@
+"""The real-data benchmark (issue 14): specialists on the real samples -> student -> probes beside both baselines.
+
+Every number here is on real imagery (``../shared/data``, see :mod:`pipeline.samples` for the sets and
+their fixed splits: no scene, event or spatial block on both sides of train and test). Stages:
+
+1. manifests of the sample sets (:func:`pipeline.samples.build_samples`) and the unlabelled proxy, the
+   union of every set's train and val images with labels stripped (:func:`pipeline.samples.unlabelled_union`);
+2. one specialist per task (``eosfed train-specialist`` on its train split, early stopping on val);
+3. the registry, its proxy feature statistics and the student distilled from every specialist on the
+   proxy (:func:`pipeline.distill.distil`, the run's own step);
+4. probes on each task's test split, label fractions x seeds, all with the same protocol (linear probe
+   on pooled features for classification, the light FPN decoder for segmentation): the student
+   (normalised with its card's proxy statistics, and with the task's own: ``student-tasknorm``), the
+   ensemble, every specialist that can read the task's bands, a random-init student of the same size
+   and the band-statistics baseline (:mod:`fusion.baselines`). The "best specialist" of a task is
+   chosen on val (a held-out fifth of train without val), never on test;
+5. ``real.json`` / ``real.md`` in ``--results``: every score with its spread, and the issue's targets.
+
+Usage: python benchmarks/real.py [--out outputs/real] [--results benchmarks/results] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eosfed.cli import main as eosfed
+from fusion import Ensemble, Registry
+from fusion.baselines import BAND_STATS, RANDOM_INIT, baseline_encoders
+from fusion.data import ProxyBatches, labelled_loader
+from fusion.distill import DistillConfig
+from fusion.probes import FeatureSet, extract_features, linear_probe, probe_features, segmentation_probe, task_metric
+from fusion.student import band_stats_table
+from fusion.teacher_cache import TeacherCache
+from geodata.files import atomic_write_text
+from geodata.manifest import Manifest
+from geodata.stats import load_or_compute_stats
+from pipeline.distill import calibrate, distil, save_distilled
+from pipeline.samples import WILDFIRE_SENSOR, build_samples, unlabelled_union
+from specialists import load_specialist
+
+log = logging.getLogger("benchmarks.real")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+TOLERANCE_NM = 50.0
+
+
+@dataclass(frozen=True)
+class RealTask:
+    name: str
+    set: str
+    sensor: str
+    task: str
+    size: int | None = None  # centre crop (AID's 150 px scenes train and probe at 64 px on this CPU)
+
+
+TASKS = (
+    RealTask("eurosat-scene", "eurosat", "sentinel2_l1c", "scene"),
+    RealTask("aid-scene", "aid", "rgb", "scene", 64),
+    RealTask("wildfire-burned", "wildfire", WILDFIRE_SENSOR, "burned"),
+    RealTask("eolearn-lulc", "eolearn", "sentinel2_l1c", "lulc"),
+)
+PROXY_SETS = ("eurosat", "aid", "wildfire", "bigearthnet")  # eo-learn's 32 px chips do not fit the 64 px proxy crops
+PROXY_SIZE = 64
+
+
+def run_cli(*args: str) -> None:
+    if eosfed(list(args)) != 0:
+        raise RuntimeError(f"eosfed {' '.join(args)} failed")
+
+
+def train_specialists(manifests: dict[str, Path], out: Path, epochs: int) -> list[Path]:
+    folders = []
+    for t in TASKS:
+        folder = out / "specialists" / t.name
+        if not (folder / "card.json").exists():
+            run_cli("train-specialist", "--manifest", str(manifests[t.set]), "--sensor", t.sensor, "--task", t.task,
+                    "--name", t.name, "--out", str(folder), "--overwrite", "--epochs", str(epochs), "--patience", "8",
+                    "--batch-size", "32", *(["--size", str(t.size)] if t.size else []))
+        folders.append(folder)
+    return folders
+
+
+def selection_score(train: FeatureSet, val: FeatureSet | None, spec, seed: int = 0) -> float:
+    """A specialist's score for choosing the best: fit on train, score on val (or a held-out fifth of train)."""
+    if val is None:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        cut = max(1, len(train) // 5)
+        train, val = train.subset(order[cut:]), train.subset(order[:cut])
+    if spec.type == "segmentation":
+        return segmentation_probe(train, val, spec, seed=seed)
+    return linear_probe(train, val, spec)
+
+
+def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fractions, seeds, device: str) -> dict:
+    spec = manifest.task(t.task)
+    seg = spec.type == "segmentation"
+    stats = load_or_compute_stats(manifest, t.sensor, "train")
+    splits = [s for s in ("train", "val", "test") if manifest.select(t.sensor, s, t.task)]
+    loaders = {s: labelled_loader(manifest, t.sensor, t.task, s, t.size, 64, stats) for s in splits}
+    bands = loaders["train"].dataset.bands
+    applicable = ensemble.applicable(bands)
+    tasknorm = type(student).create(student.card.variant, student.card.band_stats, depths=student.card.depths)
+    tasknorm.load_state_dict(student.state_dict())
+    tasknorm.set_band_stats({**student.card.band_stats, **band_stats_table([stats])})
+    encoders = {"student": student, "student-tasknorm": tasknorm.eval(), **baseline_encoders(stats, student),
+                **{n: Ensemble({n: ensemble.specialists[n]}, {n: ensemble.stats[n]}, TOLERANCE_NM) for n in applicable}}
+    features = {name: {s: extract_features(enc, loader, seg, device, f"{t.name} {name} {s}")
+                       for s, loader in loaders.items()} for name, enc in encoders.items()}
+    if len(applicable) > 1:
+        features["ensemble"] = {s: FeatureSet.concat([features[n][s] for n in applicable]) for s in splits}
+    results = []
+    for name, f in features.items():
+        results += probe_features(name, t.name, spec, f["train"], f["test"], f.get("val"), fractions, seeds)
+    selection = {n: selection_score(features[n]["train"], features[n].get("val"), spec) for n in applicable}
+    return {**asdict(t), "type": spec.type, "metric": task_metric(spec), "bands": list(bands),
+            "tiles": {s: len(loader.dataset) for s, loader in loaders.items()}, "applicable": applicable,
+            "best_specialist": max(selection, key=selection.get) if selection else None, "selection": selection,
+            "params": {"student": student.inference_params(bands),
+                       "ensemble": ensemble.num_params(bands) if applicable else None},
+            "results": [r.to_dict() for r in results]}
+
+
+def scores_at(record: dict, fraction: float) -> dict[str, dict]:
+    return {r["encoder"]: r for r in record["results"] if r["fraction"] == fraction}
+
+
+def summarise(tasks: list[dict], fraction: float) -> dict:
+    rows = []
+    for record in tasks:
+        s = scores_at(record, fraction)
+        best = record["best_specialist"]
+        rows.append({"task": record["name"], "metric": record["metric"], "applicable": record["applicable"],
+                     "best_specialist": best,
+                     **{k: s[k]["mean"] if k in s else None for k in
+                        ("student", "student-tasknorm", "ensemble", RANDOM_INIT, BAND_STATS)},
+                     "best_specialist_score": s[best]["mean"] if best else None,
+                     "std": {k: v["std"] for k, v in s.items()}})
+    keys = ("student", "student-tasknorm", "ensemble", RANDOM_INIT, BAND_STATS, "best_specialist_score")
+    means = {k: float(np.mean([r[k] if r[k] is not None else r["student"] for r in rows])) for k in keys}
+    return {"fraction": fraction, "rows": rows, "means": means}
+
+
+def targets(tasks: list[dict], summary: dict) -> list[dict]:
+    m = summary["means"]
+    out = [
+        {"target": "student mean - mean of per-task best specialist (chosen on val)",
+         "value": m["student"] - m["best_specialist_score"], "threshold": ">= 0",
+         "met": m["student"] >= m["best_specialist_score"]},
+        {"target": "student mean - band-statistics baseline mean", "value": m["student"] - m[BAND_STATS],
+         "threshold": ">= 0", "met": m["student"] >= m[BAND_STATS]},
+    ]
+    ratios = [r["params"]["student"] * len(r["applicable"]) / r["params"]["ensemble"] for r in tasks if r["applicable"]]
+    out.append({"target": "max over tasks of student params / (ensemble params / N)", "value": max(ratios),
+                "threshold": "<= 1", "met": max(ratios) <= 1})
+    for row in summary["rows"]:
+        out.append({"target": f"{row['task']}: student - random-init", "value": row["student"] - row[RANDOM_INIT],
+                    "threshold": "> 0", "met": row["student"] > row[RANDOM_INIT]})
+    for t in out:
+        t["note"] = f"linear/segmentation probe at {summary['fraction']:g} of the labels, mean over seeds and " \
+                    f"{len(summary['rows'])} real tasks"
+    return out
+
+
+def markdown(record: dict) -> str:
+    lines = [f"# Real-data benchmark{' (quick check)' if record['quick'] else ''}", "",
+             f"Real samples of `../shared/data` only; {len(record['tasks'])} tasks, seeds {record['seeds']}, "
+             f"{record['specialist_epochs']} specialist epochs, {record['distill']['epochs']} distillation epochs on "
+             f"{record['proxy_tiles']} unlabelled proxy tiles ({', '.join(PROXY_SETS)}). Runtime "
+             f"{record['runtime_s'] / 60:.1f} min ({record['setup']['threads']} thread).", "", "## Targets", "",
+             "| target | value | threshold | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:+.4f} | {t['threshold']} | {'yes' if t['met'] else 'no'} |"
+              for t in record["targets"]]
+    for summary in record["summaries"]:
+        lines += ["", f"## Scores at {summary['fraction']:g} of the labels (mean ± std over seeds; test split)", "",
+                  "| task | metric | student | student (task norm) | ensemble | best specialist (on val) | "
+                  "random-init | band stats |", "|---|---|---|---|---|---|---|---|"]
+
+        def cell(row: dict, key: str, name: str | None = None) -> str:
+            value = row[key]
+            return "-" if value is None else f"{value:.4f} ± {row['std'][name or key]:.4f}"
+
+        for row in summary["rows"]:
+            best = row["best_specialist"]
+            lines.append(f"| {row['task']} | {row['metric']} | {cell(row, 'student')} | "
+                         f"{cell(row, 'student-tasknorm')} | {cell(row, 'ensemble')} | "
+                         f"{(best + ' ' + cell(row, 'best_specialist_score', best)) if best else '-'} | "
+                         f"{cell(row, RANDOM_INIT)} | {cell(row, BAND_STATS)} |")
+        m = summary["means"]
+        lines.append(f"| **mean** | | {m['student']:.4f} | {m['student-tasknorm']:.4f} | {m['ensemble']:.4f} | "
+                     f"{m['best_specialist_score']:.4f} | {m[RANDOM_INIT]:.4f} | {m[BAND_STATS]:.4f} |")
+    lines += ["", "Means over tasks: a task no second specialist reads has no ensemble row; its ensemble "
+              "score is counted as the student's in the mean.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/real"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="1 epoch each, one seed: a pipeline check")
+    parser.add_argument("--specialist-epochs", type=int, default=30)
+    parser.add_argument("--distill-epochs", type=int, default=20)
+    parser.add_argument("--depths", default="2,2,5,2", help="student blocks per stage (atto has 2,2,6,2)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--fractions", default="0.1,1")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    begin = time.perf_counter()
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    fractions = [1.0] if args.quick else [float(f) for f in args.fractions.split(",")]
+    epochs = 1 if args.quick else args.specialist_epochs
+    config = DistillConfig(epochs=1 if args.quick else args.distill_epochs, depths=[int(d) for d in args.depths.split(",")],
+                           device=args.device)
+
+    paths = build_samples(DATA, args.out / "samples")
+    manifests = {name: Manifest.load(path) for name, path in paths.items()}
+    proxy = unlabelled_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
+    folders = train_specialists(paths, args.out, epochs)
+
+    for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
+        shutil.rmtree(args.out / stale, ignore_errors=True)
+    registry = Registry.create(args.out / "registry")
+    for folder in folders:
+        registry.add(load_specialist(folder))
+    batches = ProxyBatches(proxy, None, "train", PROXY_SIZE, batch_size=32, seed=0)
+    calibrate(registry, registry.load_all(), batches, TOLERANCE_NM)
+    distilled = distil(registry, batches, TeacherCache(args.out / "cache"), config, seed=0, tolerance_nm=TOLERANCE_NM,
+                       name="student")
+    save_distilled(distilled, args.out / "distilled", args.out / "distilled" / "history.png")
+    student = distilled.student.cpu().eval()
+    ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
+
+    tasks = [probe_task(t, manifests[t.set], student, ensemble, fractions, seeds, args.device) for t in TASKS]
+    summaries = [summarise(tasks, f) for f in sorted(fractions, reverse=True)]
+    record = {"benchmark": "real", "quick": args.quick, "seeds": seeds, "fractions": fractions,
+              "specialist_epochs": epochs, "distill": asdict(config), "proxy_tiles": len(proxy.tiles),
+              "setup": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "machine": platform.machine()},
+              "tasks": tasks, "summaries": summaries, "targets": targets(tasks, summaries[0]),
+              "runtime_s": time.perf_counter() - begin}
+    args.results.mkdir(parents=True, exist_ok=True)
+    name = "real_quick" if args.quick else "real"
+    atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1))
+    atomic_write_text(args.results / f"{name}.md", markdown(record))
+    log.info("results in %s\n%s", args.results / f"{name}.json", markdown(record))
+
+
+if __name__ == "__main__":
+    main()
