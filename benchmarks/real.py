@@ -4,16 +4,18 @@ Every number here is on real imagery (``../shared/data``, see :mod:`pipeline.sam
 their fixed splits: no scene, event or spatial block on both sides of train and test). Stages:
 
 1. manifests of the sample sets (:func:`pipeline.samples.build_samples`) and the unlabelled proxy, the
-   union of every set's train and val images with labels stripped (:func:`pipeline.samples.unlabelled_union`);
+   union of every set's train and val images with labels stripped (:func:`pipeline.samples.proxy_union`);
 2. one specialist per task (``eosfed train-specialist`` on its train split, early stopping on val);
 3. the registry, its proxy feature statistics and the student distilled from every specialist on the
    proxy (:func:`pipeline.distill.distil`, the run's own step);
 4. probes on each task's test split, label fractions x seeds, all with the same protocol (linear probe
    on pooled features for classification, the light FPN decoder for segmentation): the student
-   (normalised with its card's proxy statistics, and with the task's own: ``student-tasknorm``), the
-   ensemble, every specialist that can read the task's bands, a random-init student of the same size
-   and the band-statistics baseline (:mod:`fusion.baselines`). The "best specialist" of a task is
-   chosen on val (a held-out fifth of train without val), never on test;
+   (normalised with its card's proxy statistics), the ensemble, every specialist that can read the
+   task's bands, a random-init student of the same size and the band-statistics baseline
+   (:mod:`fusion.baselines`), under two protocols: *deep* (the frozen features alone) and *+input*
+   (every learned encoder's pooled features with the input's per-band mean and std appended; for
+   segmentation the input bands, pooled onto the finest map's grid, appended to that map). The "best specialist" of a task is chosen on val (a
+   held-out fifth of train without val), never on test;
 5. ``real.json`` / ``real.md`` in ``--results``: every score with its spread, and the issue's targets.
 
 Usage: python benchmarks/real.py [--out outputs/real] [--results benchmarks/results] [--quick]
@@ -38,14 +40,14 @@ from fusion import Ensemble, Registry
 from fusion.baselines import BAND_STATS, RANDOM_INIT, baseline_encoders
 from fusion.data import ProxyBatches, labelled_loader
 from fusion.distill import DistillConfig
-from fusion.probes import FeatureSet, extract_features, linear_probe, probe_features, segmentation_probe, task_metric
-from fusion.student import band_stats_table
+from fusion.probes import (FeatureSet, extract_features, input_on_grid, linear_probe, probe_features, segmentation_probe,
+                           task_metric)
 from fusion.teacher_cache import TeacherCache
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats
 from pipeline.distill import calibrate, distil, save_distilled
-from pipeline.samples import WILDFIRE_SENSOR, build_samples, unlabelled_union
+from pipeline.samples import PROXY_SETS, WILDFIRE_SENSOR, build_samples, proxy_union
 from specialists import load_specialist
 
 log = logging.getLogger("benchmarks.real")
@@ -71,7 +73,6 @@ TASKS = (
     RealTask("wildfire-burned", "wildfire", WILDFIRE_SENSOR, "burned"),
     RealTask("eolearn-lulc", "eolearn", "sentinel2_l1c", "lulc"),
 )
-PROXY_SETS = ("eurosat", "aid", "wildfire", "bigearthnet")  # eo-learn's 32 px chips do not fit the 64 px proxy crops
 PROXY_SIZE = 64
 
 
@@ -103,7 +104,23 @@ def selection_score(train: FeatureSet, val: FeatureSet | None, spec, seed: int =
     return linear_probe(train, val, spec)
 
 
+PLUS = "+input"  # suffix of an encoder's row under the features ⊕ input protocol
+
+
+def plus_input(features: FeatureSet, band_stats: FeatureSet) -> FeatureSet:
+    """``features`` ⊕ the input (exactly :func:`fusion.probes.extract_features` with ``with_input``): the
+    band statistics appended to the pooled features, the input bands pooled onto the finest map's grid
+    appended to its channels."""
+    maps = None
+    if features.maps is not None:
+        maps = [torch.cat([input_on_grid(band_stats.maps[0], features.maps[0]), features.maps[0]], dim=1),
+                *features.maps[1:]]
+    return FeatureSet(torch.cat([features.pooled, band_stats.pooled], dim=1), features.targets, features.ids, maps)
+
+
 def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fractions, seeds, device: str) -> dict:
+    """Every encoder on task ``t`` under both protocols (deep features; features ⊕ input), the best specialist
+    of each protocol chosen on val."""
     spec = manifest.task(t.task)
     seg = spec.type == "segmentation"
     stats = load_or_compute_stats(manifest, t.sensor, "train")
@@ -111,65 +128,75 @@ def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fra
     loaders = {s: labelled_loader(manifest, t.sensor, t.task, s, t.size, 64, stats) for s in splits}
     bands = loaders["train"].dataset.bands
     applicable = ensemble.applicable(bands)
-    tasknorm = type(student).create(student.card.variant, student.card.band_stats, depths=student.card.depths)
-    tasknorm.load_state_dict(student.state_dict())
-    tasknorm.set_band_stats({**student.card.band_stats, **band_stats_table([stats])})
-    encoders = {"student": student, "student-tasknorm": tasknorm.eval(), **baseline_encoders(stats, student),
+    encoders = {"student": student, **baseline_encoders(stats, student),
                 **{n: Ensemble({n: ensemble.specialists[n]}, {n: ensemble.stats[n]}, TOLERANCE_NM) for n in applicable}}
     features = {name: {s: extract_features(enc, loader, seg, device, f"{t.name} {name} {s}")
                        for s, loader in loaders.items()} for name, enc in encoders.items()}
     if len(applicable) > 1:
         features["ensemble"] = {s: FeatureSet.concat([features[n][s] for n in applicable]) for s in splits}
+    learned = [n for n in features if n != BAND_STATS]
+    features |= {n + PLUS: {s: plus_input(features[n][s], features[BAND_STATS][s]) for s in splits} for n in learned}
     results = []
     for name, f in features.items():
-        results += probe_features(name, t.name, spec, f["train"], f["test"], f.get("val"), fractions, seeds)
-    selection = {n: selection_score(features[n]["train"], features[n].get("val"), spec) for n in applicable}
+        results += probe_features(name, t.name, spec, f["train"], f["test"], f.get("val"), fractions, seeds,
+                                  methods=("segmentation",) if seg else ("linear",))
+    best = {}
+    for suffix in ("", PLUS):
+        selection = {n: selection_score(features[n + suffix]["train"], features[n + suffix].get("val"), spec)
+                     for n in applicable}
+        best[suffix or "deep"] = max(selection, key=selection.get) + suffix if selection else None
     return {**asdict(t), "type": spec.type, "metric": task_metric(spec), "bands": list(bands),
             "tiles": {s: len(loader.dataset) for s, loader in loaders.items()}, "applicable": applicable,
-            "best_specialist": max(selection, key=selection.get) if selection else None, "selection": selection,
-            "params": {"student": student.inference_params(bands),
-                       "ensemble": ensemble.num_params(bands) if applicable else None},
+            "best_specialist": best, "params": {"student": student.inference_params(bands),
+                                                "ensemble": ensemble.num_params(bands) if applicable else None},
             "results": [r.to_dict() for r in results]}
 
 
 def scores_at(record: dict, fraction: float) -> dict[str, dict]:
-    return {r["encoder"]: r for r in record["results"] if r["fraction"] == fraction}
+    """Each encoder's linear (classification) or segmentation probe result at ``fraction`` of the labels."""
+    return {r["encoder"]: r for r in record["results"]
+            if r["fraction"] == fraction and r["method"] in ("linear", "segmentation")}
 
 
-def summarise(tasks: list[dict], fraction: float) -> dict:
+COLUMNS = ("student", "ensemble", "best specialist", RANDOM_INIT, BAND_STATS)
+
+
+def summarise(tasks: list[dict], fraction: float, protocol: str) -> dict:
+    """Per task and mean over tasks of each column under ``protocol`` (``deep`` or ``+input``); a task that no
+    second specialist reads has no ensemble: its ensemble is its one specialist."""
+    suffix = PLUS if protocol == PLUS else ""
     rows = []
     for record in tasks:
         s = scores_at(record, fraction)
-        best = record["best_specialist"]
-        rows.append({"task": record["name"], "metric": record["metric"], "applicable": record["applicable"],
-                     "best_specialist": best,
-                     **{k: s[k]["mean"] if k in s else None for k in
-                        ("student", "student-tasknorm", "ensemble", RANDOM_INIT, BAND_STATS)},
-                     "best_specialist_score": s[best]["mean"] if best else None,
-                     "std": {k: v["std"] for k, v in s.items()}})
-    keys = ("student", "student-tasknorm", "ensemble", RANDOM_INIT, BAND_STATS, "best_specialist_score")
-    means = {k: float(np.mean([r[k] if r[k] is not None else r["student"] for r in rows])) for k in keys}
-    return {"fraction": fraction, "rows": rows, "means": means}
+        best = record["best_specialist"][protocol]
+        names = {"student": "student" + suffix, RANDOM_INIT: RANDOM_INIT + suffix, BAND_STATS: BAND_STATS,
+                 "best specialist": best,
+                 "ensemble": "ensemble" + suffix if "ensemble" + suffix in s else best}
+        rows.append({"task": record["name"], "metric": record["metric"], "best_specialist": best,
+                     **{k: ({"mean": s[n]["mean"], "std": s[n]["std"]} if n in s else None) for k, n in names.items()}})
+    means = {k: float(np.mean([r[k]["mean"] for r in rows if r[k]])) for k in COLUMNS}
+    return {"fraction": fraction, "protocol": protocol, "rows": rows, "means": means}
 
 
 def targets(tasks: list[dict], summary: dict) -> list[dict]:
-    m = summary["means"]
+    m, where = summary["means"], f"{summary['protocol']} protocol"
     out = [
-        {"target": "student mean - mean of per-task best specialist (chosen on val)",
-         "value": m["student"] - m["best_specialist_score"], "threshold": ">= 0",
-         "met": m["student"] >= m["best_specialist_score"]},
-        {"target": "student mean - band-statistics baseline mean", "value": m["student"] - m[BAND_STATS],
+        {"target": f"student mean - mean of per-task best specialist (chosen on val), {where}",
+         "value": m["student"] - m["best specialist"], "threshold": ">= 0", "met": m["student"] >= m["best specialist"]},
+        {"target": f"student mean - band-statistics baseline mean, {where}", "value": m["student"] - m[BAND_STATS],
          "threshold": ">= 0", "met": m["student"] >= m[BAND_STATS]},
     ]
-    ratios = [r["params"]["student"] * len(r["applicable"]) / r["params"]["ensemble"] for r in tasks if r["applicable"]]
-    out.append({"target": "max over tasks of student params / (ensemble params / N)", "value": max(ratios),
-                "threshold": "<= 1", "met": max(ratios) <= 1})
+    if summary["protocol"] == "deep":
+        ratios = [r["params"]["student"] * len(r["applicable"]) / r["params"]["ensemble"] for r in tasks
+                  if r["applicable"]]
+        out.append({"target": "max over tasks of student params / (ensemble params / N)", "value": max(ratios),
+                    "threshold": "<= 1", "met": max(ratios) <= 1})
     for row in summary["rows"]:
-        out.append({"target": f"{row['task']}: student - random-init", "value": row["student"] - row[RANDOM_INIT],
-                    "threshold": "> 0", "met": row["student"] > row[RANDOM_INIT]})
+        gain = row["student"]["mean"] - row[RANDOM_INIT]["mean"]
+        out.append({"target": f"{row['task']}: student - random-init, {where}", "value": gain, "threshold": "> 0",
+                    "met": gain > 0})
     for t in out:
-        t["note"] = f"linear/segmentation probe at {summary['fraction']:g} of the labels, mean over seeds and " \
-                    f"{len(summary['rows'])} real tasks"
+        t["note"] = f"probe at {summary['fraction']:g} of the labels, mean over seeds, {len(summary['rows'])} real tasks"
     return out
 
 
@@ -178,31 +205,22 @@ def markdown(record: dict) -> str:
              f"Real samples of `../shared/data` only; {len(record['tasks'])} tasks, seeds {record['seeds']}, "
              f"{record['specialist_epochs']} specialist epochs, {record['distill']['epochs']} distillation epochs on "
              f"{record['proxy_tiles']} unlabelled proxy tiles ({', '.join(PROXY_SETS)}). Runtime "
-             f"{record['runtime_s'] / 60:.1f} min ({record['setup']['threads']} thread).", "", "## Targets", "",
+             f"{record['runtime_s'] / 60:.1f} min ({record['setup']['threads']} thread). Protocols: **deep** probes "
+             "the frozen features alone; **+input** appends the input's per-band mean and std to pooled features and "
+             "the input bands (pooled onto the finest map's grid) to the maps, for every learned encoder alike.", "", "## Targets", "",
              "| target | value | threshold | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:+.4f} | {t['threshold']} | {'yes' if t['met'] else 'no'} |"
               for t in record["targets"]]
     for summary in record["summaries"]:
-        lines += ["", f"## Scores at {summary['fraction']:g} of the labels (mean ± std over seeds; test split)", "",
-                  "| task | metric | student | student (task norm) | ensemble | best specialist (on val) | "
-                  "random-init | band stats |", "|---|---|---|---|---|---|---|---|"]
-
-        def cell(row: dict, key: str, name: str | None = None) -> str:
-            value = row[key]
-            return "-" if value is None else f"{value:.4f} ± {row['std'][name or key]:.4f}"
-
+        lines += ["", f"## {summary['protocol']} protocol, {summary['fraction']:g} of the labels (test split, "
+                      "mean ± std over seeds)", "",
+                  "| task | metric | " + " | ".join(COLUMNS) + " |", "|---" * (2 + len(COLUMNS)) + "|"]
         for row in summary["rows"]:
-            best = row["best_specialist"]
-            lines.append(f"| {row['task']} | {row['metric']} | {cell(row, 'student')} | "
-                         f"{cell(row, 'student-tasknorm')} | {cell(row, 'ensemble')} | "
-                         f"{(best + ' ' + cell(row, 'best_specialist_score', best)) if best else '-'} | "
-                         f"{cell(row, RANDOM_INIT)} | {cell(row, BAND_STATS)} |")
-        m = summary["means"]
-        lines.append(f"| **mean** | | {m['student']:.4f} | {m['student-tasknorm']:.4f} | {m['ensemble']:.4f} | "
-                     f"{m['best_specialist_score']:.4f} | {m[RANDOM_INIT]:.4f} | {m[BAND_STATS]:.4f} |")
-    lines += ["", "Means over tasks: a task no second specialist reads has no ensemble row; its ensemble "
-              "score is counted as the student's in the mean.", ""]
-    return "\n".join(lines)
+            cells = ["-" if row[k] is None else f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in COLUMNS]
+            cells[2] = f"{row['best_specialist']} {cells[2]}"
+            lines.append(f"| {row['task']} | {row['metric']} | " + " | ".join(cells) + " |")
+        lines.append("| **mean** | | " + " | ".join(f"{summary['means'][k]:.4f}" for k in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -228,7 +246,7 @@ def main() -> None:
 
     paths = build_samples(DATA, args.out / "samples")
     manifests = {name: Manifest.load(path) for name, path in paths.items()}
-    proxy = unlabelled_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
+    proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
     folders = train_specialists(paths, args.out, epochs)
 
     for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
@@ -236,7 +254,7 @@ def main() -> None:
     registry = Registry.create(args.out / "registry")
     for folder in folders:
         registry.add(load_specialist(folder))
-    batches = ProxyBatches(proxy, None, "train", PROXY_SIZE, batch_size=32, seed=0)
+    batches = ProxyBatches(proxy, None, None, PROXY_SIZE, batch_size=32, seed=0)
     calibrate(registry, registry.load_all(), batches, TOLERANCE_NM)
     distilled = distil(registry, batches, TeacherCache(args.out / "cache"), config, seed=0, tolerance_nm=TOLERANCE_NM,
                        name="student")
@@ -245,12 +263,13 @@ def main() -> None:
     ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
 
     tasks = [probe_task(t, manifests[t.set], student, ensemble, fractions, seeds, args.device) for t in TASKS]
-    summaries = [summarise(tasks, f) for f in sorted(fractions, reverse=True)]
+    summaries = [summarise(tasks, f, p) for p in ("deep", PLUS) for f in sorted(fractions, reverse=True)]
     record = {"benchmark": "real", "quick": args.quick, "seeds": seeds, "fractions": fractions,
               "specialist_epochs": epochs, "distill": asdict(config), "proxy_tiles": len(proxy.tiles),
               "setup": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
-              "tasks": tasks, "summaries": summaries, "targets": targets(tasks, summaries[0]),
+              "tasks": tasks, "summaries": summaries,
+              "targets": [t for p in summaries if p["fraction"] == max(fractions) for t in targets(tasks, p)],
               "runtime_s": time.perf_counter() - begin}
     args.results.mkdir(parents=True, exist_ok=True)
     name = "real_quick" if args.quick else "real"

@@ -5,7 +5,7 @@
   an untrained network of the same shape is visible.
 - :class:`BandStatistics`: no learned weights at all. ``pooled`` is the per-band mean and standard
   deviation of the tile (what a logistic regression on band statistics reads); ``forward`` hands the
-  bands themselves to the probe as one full-resolution map (per-pixel bands for segmentation).
+  bands themselves to the probe as one map (per-pixel bands on the encoders' finest grid, for segmentation).
 
 Both go through exactly the probes the encoders do (:mod:`fusion.probes`), with the same label
 fractions and seeds; their names in every table are :data:`RANDOM_INIT` and :data:`BAND_STATS`.
@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from fusion.probes import input_stats
 from fusion.student import Student, band_stats_table
 from geodata.stats import BandStats
 from specialists.trunk import DEFAULT_VARIANT
@@ -29,15 +31,20 @@ BAND_STATS = "band-stats"
 
 
 class BandStatistics(nn.Module):
-    """The band-statistics baseline behind the probe interface (no parameters)."""
+    """The band-statistics baseline behind the probe interface (no parameters). Its map is the bands
+    average-pooled onto a ``grid``-pixel grid: the stride of the encoders' finest maps (4 for ConvNeXt),
+    so the segmentation probe reads bands on the grid it reads features on (and stays as cheap)."""
+
+    def __init__(self, grid: int = 4) -> None:
+        super().__init__()
+        self.grid = grid
 
     def forward(self, x: torch.Tensor, bands: Sequence[str]) -> list[torch.Tensor]:
-        return [x.float()]
+        return [F.avg_pool2d(x.float(), self.grid, ceil_mode=True)]
 
     def pooled(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
         """``[B, 2 * bands]``: each band's mean, then each band's standard deviation, over the tile."""
-        x = x.float()
-        return torch.cat([x.mean(dim=(-2, -1)), x.std(dim=(-2, -1), unbiased=False)], dim=1)
+        return input_stats(x)
 
 
 def random_twin(stats: BandStats | Mapping[str, Sequence[float]], like: Student | None = None,

@@ -15,18 +15,19 @@ files in place; nothing is copied except eo-learn's chips and the scenes' label 
 
 Each tile of EuroSAT and AID carries a region ``part0 .. part<parts-1>``: class-balanced parts, so
 ``parts`` institutions can share one sensor and task (each its own part of every split).
-:func:`unlabelled_union` merges the ``train`` and ``val`` tiles of every set, labels stripped, into one
-proxy manifest (a teacher's distillation data never includes a test tile).
+:func:`proxy_union` merges the ``train`` and ``val`` tiles of every set, labels stripped (but for one
+set's, if asked), into one proxy manifest (the distillation data never include a test tile).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from geodata.manifest import Manifest, TaskSpec, write_sensors_beside
+from geodata.manifest import Manifest, TaskSpec, register_sensors_beside, write_sensors_beside
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eolearn import build_eolearn_manifest
 from geodata.readers.eurosat import build_eurosat_manifest
@@ -34,11 +35,12 @@ from geodata.readers.folders import build_folder_manifest
 from geodata.sensors import load_sensor_files
 from geodata.tiling import find_rasters, match_scenes, scenes_manifest, split_scenes
 
-__all__ = ["SAMPLE_SETS", "WILDFIRE_SENSOR_FILE", "build_samples", "unlabelled_union"]
+__all__ = ["PROXY_SETS", "SAMPLE_SETS", "WILDFIRE_SENSOR_FILE", "build_samples", "prepare_samples", "proxy_union"]
 
 log = logging.getLogger(__name__)
 
 SAMPLE_SETS = ("eurosat", "aid", "wildfire", "eolearn", "bigearthnet")
+PROXY_SETS = ("eurosat", "aid", "wildfire", "bigearthnet")  # eo-learn's 32 px chips are smaller than the others
 WILDFIRE_SENSOR_FILE = Path(__file__).resolve().parents[1] / "configs" / "samples" / "wildfire_sensor.yaml"
 WILDFIRE_SENSOR = "sentinel2_tci_nir_swir"
 WILDFIRE_TRAIN_EVENTS, WILDFIRE_VAL_EVENTS = 14, 3
@@ -93,22 +95,44 @@ def build_samples(root: str | Path, out: str | Path, parts: int = 2, aid_per_cla
     return paths
 
 
-def unlabelled_union(manifests: Mapping[str, Manifest], out: str | Path, splits: Sequence[str] = ("train", "val"),
-                     name: str = "samples-proxy") -> Manifest:
-    """The ``splits`` tiles of every manifest, targets stripped, ids and scenes prefixed with the set's
-    name, paths absolute, saved as ``out/manifest.json`` with the user sensors' files beside it."""
-    tiles = []
+def proxy_union(manifests: Mapping[str, Manifest], out: str | Path, splits: Sequence[str] = ("train", "val"),
+                labelled: str | None = None, name: str = "samples-proxy") -> Manifest:
+    """The ``splits`` tiles of every manifest (keeping their split), ids and scenes prefixed with the set's
+    name, paths absolute, saved as ``out/manifest.json`` with the user sensors' files beside it. Targets
+    are stripped except those of the ``labelled`` set (its tasks stay: the labelled proxy the prune phase
+    scores contributions on)."""
+    tiles, tasks = [], dict(manifests[labelled].tasks) if labelled else {}
     for set_name, manifest in manifests.items():
         for tile in manifest.tiles:
             if tile.split not in splits:
                 continue
             tiles.append(replace(
-                tile, id=f"{set_name}-{tile.id}", targets={}, split="train",
+                tile, id=f"{set_name}-{tile.id}", targets=tile.targets if set_name == labelled else {},
                 scene=f"{set_name}-{tile.scene}" if tile.scene else None,
                 path=str(manifest.resolve(tile.path).resolve()) if tile.path else None,
                 band_paths={b: str(manifest.resolve(p).resolve()) for b, p in tile.band_paths.items()}
                 if tile.band_paths else None))
-    union = Manifest(tasks={}, tiles=tiles, name=name)
+    union = Manifest(tasks=tasks, tiles=tiles, name=name)
     write_sensors_beside(out, {t.sensor for t in tiles})
     union.save(Path(out) / "manifest.json")
     return union
+
+
+def prepare_samples(root: str | Path, out: str | Path, labelled: str | None = "eurosat") -> Path:
+    """Build every set's manifest and the proxy union (``out/proxy``) once: into a staging folder
+    renamed to ``out`` when complete, so an interrupted build leaves nothing half-written. Returns ``out``."""
+    out = Path(out)
+    if (out / "proxy" / "manifest.json").is_file():
+        register_sensors_beside(out / "proxy")  # the user sensors the sets need (wildfire's)
+        return out
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"samples.root: folder of the real samples not found: {root}")
+    stage = out.with_name(out.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
+    paths = build_samples(root, stage)
+    proxy_union({n: Manifest.load(paths[n]) for n in PROXY_SETS}, stage / "proxy", labelled=labelled)
+    shutil.rmtree(out, ignore_errors=True)
+    stage.rename(out)
+    register_sensors_beside(out / "proxy")
+    log.info("real samples of %s: manifests in %s", root, out)
+    return out

@@ -43,6 +43,7 @@ __all__ = [
     "ProxySettings",
     "PruneSettings",
     "RunSettings",
+    "SamplesSettings",
     "TrainSettings",
     "compose_experiment",
     "load_experiment",
@@ -165,6 +166,18 @@ class PruneSettings:
 
 
 @dataclass
+class SamplesSettings:
+    """Real labelled samples for a run on this machine (``experiment=real``): with ``root`` set (a
+    relative path is taken from the checkout), the coordinator writes their manifests and proxy union
+    (:mod:`pipeline.samples`) into ``out`` before the first phase, once; institutions and the proxy
+    name them there. ``labelled_proxy`` is the set whose labels the proxy keeps (phase *prune*)."""
+
+    root: str = ""
+    out: str = "${output_dir}/samples"
+    labelled_proxy: str = "eurosat"
+
+
+@dataclass
 class ExperimentConfig:
     """The typed experiment: the one settings tree (each phase reads its own section; ``tolerance_nm``,
     the band-equivalence tolerance of specialists' views, is shared by distill, evaluate and prune).
@@ -185,6 +198,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
+    samples: SamplesSettings = field(default_factory=SamplesSettings)
     integrate: str = ""
     # name -> InstitutionSettings (typed in __post_init__: OmegaConf cannot add entries to a typed dict)
     institutions: dict[str, Any] = field(default_factory=dict)

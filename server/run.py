@@ -13,7 +13,8 @@ from typing import Any, Mapping
 from flwr.serverapp import Grid
 
 from server.checkpoint import RunCheckpoint
-from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
+from pipeline.samples import prepare_samples
+from pipeline.settings import CONFIG_DIR, ExperimentConfig, RunSettings, load_experiment
 from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
 
@@ -41,6 +42,10 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
     _check_run(cfg, order, run_dir)
     log.info("Run %s (experiment %s, Flower run %d): outputs in %s", settings.run_name, settings.experiment,
              flower_run_id, run_dir)
+    if cfg.samples.root:
+        root = Path(cfg.samples.root).expanduser()
+        prepare_samples(root if root.is_absolute() else CONFIG_DIR.parent / root, Path(cfg.samples.out).expanduser(),
+                        cfg.samples.labelled_proxy or None)
     checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
     checkpoint.add_flower_run(flower_run_id)
     phases = PHASES[: order.index(cfg.stop_after) + 1] if cfg.stop_after else PHASES
