@@ -60,14 +60,15 @@ def test_baselines() -> None:
 
 @pytest.mark.e2e
 def test_real_experiment_in_process(samples: Path, tmp_path: Path) -> None:
-    overrides = (f"output_dir={tmp_path} samples.out={samples} train.rounds=1 train.local_epochs=1 train.max_steps=2 "
-                 "distill.epochs=1 proxy.split=val prune.permutations=4 federation.reply_timeout_s=300")
+    # AID's 150 px scenes are left out here (the costliest to probe); `flwr run . -c 'experiment="real"'` has them
+    overrides = (f"output_dir={tmp_path} samples.out={samples} ~institutions.aid train.rounds=1 train.local_epochs=1 "
+                 "train.max_steps=2 distill.epochs=1 proxy.split=val prune.permutations=4 federation.reply_timeout_s=300")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(2)),
                              {"experiment": "real", "overrides": overrides, "run-name": "real"}, flower_run_id=1)
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert roster["groups"]["sentinel2_l1c-scene"]["members"] == ["eurosat_a", "eurosat_b"]  # FedAvg of the halves
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())["institutions"]
-    assert sorted(evaluation) == ["aid", "eolearn", "eurosat_a", "eurosat_b", "wildfire"]
+    assert sorted(evaluation) == ["eolearn", "eurosat_a", "eurosat_b", "wildfire"]
     for name, result in evaluation.items():
         assert {r["encoder"] for r in result["results"]} >= {"student", RANDOM_INIT, BAND_STATS}, name
     report = (run_dir / "report.md").read_text()

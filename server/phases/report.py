@@ -131,8 +131,8 @@ def _headline(result: dict) -> list[str]:
     rows.append(["**mean**", "", "", "", *[f"{sum(v) / len(v):.4f}" if v else "-" for v in scores.values()]])
     return _table(["institution", "sensor", "metric", "labels", *HEADLINE], rows) + [
         "", f"Student / ensemble over institutions with both: {ratio}. Baselines: {RANDOM_INIT} is an untrained "
-        f"student of the same size, {BAND_STATS} a probe on per-band mean and std (per-pixel bands for "
-        "segmentation), same probe and seeds.", ""]
+        f"student of the same size, {BAND_STATS} a probe on per-band mean and std (for segmentation: the bands "
+        "on the encoders' stride-4 grid), same probe and seeds.", ""]
 
 
 def _evaluate(ctx: PhaseContext, result: dict) -> list[str]:
