@@ -132,7 +132,8 @@ def _headline(result: dict) -> list[str]:
     return _table(["institution", "sensor", "metric", "labels", *HEADLINE], rows) + [
         "", f"Student / ensemble over institutions with both: {ratio}. Baselines: {RANDOM_INIT} is an untrained "
         f"student of the same size, {BAND_STATS} a probe on per-band mean and std (for segmentation: the bands "
-        "on the encoders' stride-4 grid), same probe and seeds.", ""]
+        "on the encoders' stride-4 grid), same probe and seeds. An institution's ensemble is the specialists it "
+        "received (without `enrol.share_weights`: its own group's specialist only).", ""]
 
 
 def _evaluate(ctx: PhaseContext, result: dict) -> list[str]:
