@@ -230,6 +230,9 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     summary = json.loads((run_dir / "report.json").read_text())
     assert summary["phases"]["enrol"]["traffic"]["received"] > 1_000_000  # two specialists' weights
     assert summary["prune"]["kept"] == pruned["kept"]
+    assert all(summary["phases"][n]["energy"]["joules"] > 0 for n in ("train", "distill", "evaluate"))
+    assert summary["energy"]["total"]["joules"] > 0 and "/proc/stat" in summary["energy"]["method"]
+    assert "## Energy and carbon" in report
 
 
 @pytest.mark.e2e
