@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,9 @@ def test_local_superlink_ports_read_from_the_running_process(tmp_path: Path) -> 
                              "--control-api-address", "127.0.0.1:4322", "--log-file",
                              str(home / "local-superlink" / "superlink.log")])
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd (its command line is ours before that)
+        while local_superlink_ports(home) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert local_superlink_ports(home) == (4321, 4322)
     finally:
         fake.kill()
