@@ -26,7 +26,12 @@ Sections (``--sections``, each stored under its own key of the JSON, so they can
   Sentinel-2 scene, Sentinel-1 scene, aerial land cover (so 3 groups whose sizes grow with N), four
   regions; through ``flwr run .`` with ``num-supernodes = min(N, --scale-nodes)``. Wall time, phase
   seconds, peak memory of the process tree, messages and bytes.
-- ``default``: the default experiment through ``flwr run .`` once (cold cache: a fresh user's run).
+- ``default``: the default experiment through ``flwr run .``, ``--default-repeats`` times (cold cache: a
+  fresh user's run); the evaluate phase's share of the wall time.
+
+``targets`` (JSON and markdown) sets the measured figures against issue 15's goals: default run <= 180 s
+and evaluate <= 15 % of it, quick preset <= 60 s through Flower and <= 1.25 x its in-process time (medians
+of the repeats), and an energy estimate (:mod:`pipeline.energy`, in every phase result) for every phase.
 
 Synthetic worlds are generated before each measured run (``warmup_s``) into a shared cache; each run
 gets its own cache folder linking to those worlds, so no run reuses another run's teacher features.
@@ -70,7 +75,7 @@ from server.local import InProcessGrid, descendants, flwr_run, isolated_flower, 
 from server.phases.discover import simulated_record
 from server.run import run_experiment
 
-__all__ = ["main", "scale_overrides", "TreeSampler"]
+__all__ = ["main", "scale_overrides", "targets", "TreeSampler"]
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -164,7 +169,7 @@ def _phase_record(run_dir: Path) -> dict[str, dict[str, Any]]:
             "sent": traffic.get("sent", 0), "received": traffic.get("received", 0),
             "messages": traffic.get("messages", 0),
             "node_peak_mb": round(max(node_peaks.values()), 1) if node_peaks else None,
-            "coordinator_peak_mb": round(traffic.get("coordinator_peak_mb", 0.0), 1)}
+            "coordinator_peak_mb": round(traffic.get("coordinator_peak_mb", 0.0), 1), "energy": result.get("energy")}
     return phases
 
 
@@ -403,11 +408,53 @@ def _growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def section_default(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    root = work / "default"
-    overrides = [f"output_dir={root / 'outputs'}"]
-    log.info("default experiment through flwr run (cold cache) ...")
-    run = run_flower(root, "default", overrides, "run", args.default_timeout_s, args.sample_s)
-    return {"experiment": "default", "cache": "cold (worlds generated during the run)", **_strip(run)}
+    """The default experiment through ``flwr run .``, ``--default-repeats`` times, each with a cold cache."""
+    runs = []
+    for repeat in range(args.default_repeats):
+        root = work / f"default-{repeat}"
+        log.info("default experiment through flwr run (cold cache) #%d ...", repeat)
+        run = run_flower(root, "default", [f"output_dir={root / 'outputs'}"], "run", args.default_timeout_s,
+                         args.sample_s)
+        log.info("default #%d: %.1f s", repeat, run["wall_s"])
+        runs.append(_strip(run))
+    walls = [r["wall_s"] for r in runs]
+    shares = [r["phases"]["evaluate"]["seconds"] / r["wall_s"] for r in runs]
+    return {"experiment": "default", "cache": "cold (worlds generated during the run)", **runs[0],
+            "walls_s": walls, "median_wall_s": float(np.median(walls)),
+            "evaluate_shares": [round(x, 3) for x in shares], "median_evaluate_share": round(float(np.median(shares)), 3)}
+
+
+def _energy_present(runs: list[dict[str, Any]]) -> bool:
+    """Every phase (but report, which records it after writing the report) of every run has an energy estimate."""
+    return bool(runs) and all((p.get("energy") or {}).get("joules", 0) > 0 for r in runs
+                              for n, p in r["phases"].items() if n != "report")
+
+
+def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals against what the sections measured (those whose section ran)."""
+    out = []
+
+    def add(target: str, value: Any, threshold: str, met: bool, note: str) -> None:
+        out.append({"target": target, "value": value, "threshold": threshold, "met": bool(met), "note": note})
+
+    default, overhead = record.get("default"), record.get("overhead")
+    if default and "walls_s" in default:
+        n = len(default["walls_s"])
+        add("default run seconds (flwr run ., cold cache)", default["median_wall_s"], "<= 180",
+            default["median_wall_s"] <= 180, f"median of {n}; load before {default['load_before']}")
+        add("evaluate share of the default run", default["median_evaluate_share"], "<= 0.15",
+            default["median_evaluate_share"] <= 0.15, f"median of {n}: evaluate phase seconds / wall")
+    if overhead and overhead["experiment"] == "quick" and not overhead["overrides"]:
+        quick = overhead["median_wall_s"]["flower"]
+        add("quick preset seconds (flwr run .)", quick, "<= 60", quick <= 60,
+            f"median of {len(overhead['walls_s']['flower'])}")
+        add("Flower overhead (quick through flwr run / in process)", overhead["ratio"], "<= 1.25",
+            overhead["ratio"] <= 1.25, "ratio of the medians of the wall times")
+    runs = [r for r in (default, overhead and overhead["flower"], overhead and overhead["in_process"]) if r]
+    if runs:
+        add("energy per phase present", _energy_present(runs), "every phase of every run", _energy_present(runs),
+            "phases' energy estimate (pipeline.energy) in the run folders")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,10 +550,28 @@ def _scaling_md(r: dict[str, Any]) -> list[str]:
 
 def _default_md(r: dict[str, Any]) -> list[str]:
     phases = ", ".join(f"{n} {p['seconds']:.0f} s" for n, p in r["phases"].items())
-    return ["## Default experiment through `flwr run .` (2 SuperNodes, cold cache)", "",
-            f"Wall {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min); phases: {phases}. Peak PSS sum {_peak(r)} MB, "
-            f"peak RSS sum {_peak(r, 'rss_mb')} MB; {r['messages']} messages, {_mb(r['sent'] + r['received'])} MB "
-            f"moved. Load average before/after: {r['load_before']} / {r['load_after']}.", ""]
+    lines = ["## Default experiment through `flwr run .` (2 SuperNodes, cold cache)", "",
+             f"Wall times {r.get('walls_s', [r['wall_s']])} s (median {r.get('median_wall_s', r['wall_s']):.0f} s); "
+             f"evaluate share {r.get('evaluate_shares', '-')}. "
+             f"First run: phases {phases}. Peak PSS sum {_peak(r)} MB, peak RSS sum {_peak(r, 'rss_mb')} MB; "
+             f"{r['messages']} messages, {_mb(r['sent'] + r['received'])} MB moved. Load average before/after: "
+             f"{r['load_before']} / {r['load_after']}.", ""]
+    energy = {n: p["energy"] for n, p in r["phases"].items() if p.get("energy")}
+    if energy:
+        lines += ["Estimated energy per phase of the first run (`pipeline.energy`: machine-wide CPU busy seconds x W "
+                  "per core + memory in use x W/GB; settings `energy.*`):", "",
+                  "| phase | CPU busy s | total Wh | gCO2e |", "|---|---|---|---|"]
+        lines += [f"| {n} | {e['cpu_s']:.1f} | {e['joules'] / 3600:.3f} | {e['co2e_g']:.3f} |" for n, e in energy.items()]
+        lines.append("")
+    return lines
+
+
+def _targets_md(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Targets (issue 15)", "", "| target | value | threshold | met | note |", "|---|---|---|---|---|"]
+    for t in rows:
+        value = f"{t['value']:.3g}" if isinstance(t["value"], float) else t["value"]
+        lines.append(f"| {t['target']} | {value} | {t['threshold']} | {'yes' if t['met'] else '**no**'} | {t['note']} |")
+    return [*lines, ""]
 
 
 def render(record: dict[str, Any]) -> str:
@@ -514,6 +579,8 @@ def render(record: dict[str, Any]) -> str:
     lines = ["# Federation cost: Flower overhead, memory, bytes per phase, scaling", "",
              f"{meta['machine']}, {meta['cpus']} CPUs shared with other work (load average recorded per run), "
              f"torch {meta['torch']}, flwr {meta['flwr']}, 1 torch thread everywhere.", ""]
+    if record.get("targets"):
+        lines += _targets_md(record["targets"])
     for key, fmt in (("overhead", _overhead_md), ("bytes", _bytes_md), ("scaling", _scaling_md),
                      ("default", _default_md)):
         if key in record:
@@ -536,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--sample-s", type=float, default=0.5, help="memory sampling interval")
     parser.add_argument("--timeout-s", type=float, default=900, help="per flwr run")
     parser.add_argument("--default-timeout-s", type=float, default=1500, help="the default experiment's flwr run")
+    parser.add_argument("--default-repeats", type=int, default=2, help="default experiment runs")
     parser.add_argument("--work", type=Path, default=None, help="keep run folders here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
     args = parser.parse_args(argv)
@@ -557,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             record[name] = {**sections[name](args, work), "sample_s": args.sample_s,
                             "section_s": round(time.perf_counter() - t0, 1),
                             "argv": list(argv) if argv is not None else sys.argv[1:]}
+            record["targets"] = targets(record)
             atomic_write_text(path, json.dumps(record, indent=1))
             atomic_write_text(args.out / "federation_cost.md", render(record))
             log.info("section %s done in %.0f s", name, record[name]["section_s"])

@@ -10,6 +10,8 @@ from flwr.clientapp import ClientApp
 
 from clients import handlers
 from pipeline.logs import configure_logging
+from wire.held import restore
+from wire.messages import FUSION_FILES
 
 app = ClientApp()
 
@@ -53,4 +55,6 @@ def features(message: Message, context: Context) -> Message:
 
 @app.evaluate("fusion")
 def evaluate_fusion(message: Message, context: Context) -> Message:
+    """The student and ensemble files are kept in the node's state: later requests refer to them (wire.held)."""
+    restore(message.content, context.state, FUSION_FILES, "coordinator")
     return handlers.evaluate_fusion(message, context)

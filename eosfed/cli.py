@@ -18,6 +18,7 @@ from eosfed.commands.args import HelpFormatter, load_sensor_args
 from pipeline.logs import configure_logging
 
 COMMANDS: dict[str, str] = {
+    "run": "run the federation on this machine through Flower (the simulation); exit 0 only when it completed",
     "synth": "generate a synthetic multi-sensor world",
     "train-specialist": "train one specialist from a manifest, no federation",
     "distill": "distil a registry's specialists into one any-sensor student",

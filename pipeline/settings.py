@@ -35,6 +35,7 @@ from specialists.train import OptimConfig
 __all__ = [
     "AGGREGATIONS",
     "CONFIG_DIR",
+    "EnergySettings",
     "EnrolSettings",
     "EvaluateSettings",
     "ExperimentConfig",
@@ -178,6 +179,17 @@ class SamplesSettings:
 
 
 @dataclass
+class EnergySettings:
+    """The figures of the energy and carbon estimate per phase (:mod:`pipeline.energy`): watts per busy CPU
+    core, watts per GB of memory in use, and the grid's carbon intensity (gCO2e per kWh; 475 is
+    CodeCarbon's world average, as is 0.375 W/GB)."""
+
+    cpu_w_per_core: float = 10.0
+    memory_w_per_gb: float = 0.375
+    grid_g_per_kwh: float = 475.0
+
+
+@dataclass
 class ExperimentConfig:
     """The typed experiment: the one settings tree (each phase reads its own section; ``tolerance_nm``,
     the band-equivalence tolerance of specialists' views, is shared by distill, evaluate and prune).
@@ -199,6 +211,7 @@ class ExperimentConfig:
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
     samples: SamplesSettings = field(default_factory=SamplesSettings)
+    energy: EnergySettings = field(default_factory=EnergySettings)
     integrate: str = ""
     # name -> InstitutionSettings (typed in __post_init__: OmegaConf cannot add entries to a typed dict)
     institutions: dict[str, Any] = field(default_factory=dict)
@@ -228,6 +241,8 @@ class ExperimentConfig:
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):
             raise ValueError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
+        if min(self.energy.cpu_w_per_core, self.energy.memory_w_per_gb, self.energy.grid_g_per_kwh) < 0:
+            raise ValueError("energy.cpu_w_per_core, memory_w_per_gb and grid_g_per_kwh must be >= 0")
         if self.integrate and not is_safe_name(self.integrate):
             raise ValueError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
         if self.prune.keep_top_k < 0 or self.prune.permutations < 1:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from flwr.serverapp import Grid
 
+from pipeline.energy import EnergyMeter
 from server.checkpoint import RunCheckpoint
 from pipeline.samples import prepare_samples
 from pipeline.settings import CONFIG_DIR, ExperimentConfig, RunSettings, load_experiment
@@ -57,11 +58,12 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
             continue
         log.info("%s ...", step)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        t0 = time.perf_counter()
+        t0, meter = time.perf_counter(), EnergyMeter()
         ctx.phase, ctx.traffic, ctx.node_peak_mb = phase.name, Traffic(), {}
         result = phase.run(ctx)
         result["traffic"] = {**asdict(ctx.traffic), "node_peak_mb": ctx.node_peak_mb,
                              "coordinator_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        result["energy"] = meter.stop(cfg.energy).to_dict()
         checkpoint.record(phase.name, result, started, time.perf_counter() - t0)
         log.info("%s finished in %.1f s", step, time.perf_counter() - t0)
     log.info("Run %s finished. Outputs: %s", settings.run_name, run_dir)

@@ -181,7 +181,11 @@ def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) 
 
 @pytest.mark.e2e
 def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prunes(tmp_path: Path) -> None:
+    evaluations = []  # (node, records carried) of each evaluate.fusion request as it leaves the coordinator
+
     def poison(message):  # south_s2's first-round update comes back with NaN weights
+        if message.metadata.message_type == "evaluate.fusion":
+            evaluations.append((message.metadata.dst_node_id, set(message.content)))
         record = message.content.config_records.get("institution", {})
         if message.metadata.message_type != "train.specialist" or record.get("institution") != "south_s2":
             return None
@@ -231,6 +235,13 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     summary = json.loads((run_dir / "report.json").read_text())
     assert summary["phases"]["enrol"]["traffic"]["received"] > 1_000_000  # two specialists' weights
     assert summary["prune"]["kept"] == pruned["kept"]
+    assert all(summary["phases"][n]["energy"]["joules"] > 0 for n in ("train", "distill", "evaluate"))
+    assert summary["energy"]["total"]["joules"] > 0 and "/proc/stat" in summary["energy"]["method"]
+    assert "## Energy and carbon" in report
+    # node 100 hosts north_s2 and city_aerial: the student goes to it once, the second request refers to it
+    assert sorted(node for node, _ in evaluations) == [100, 100, 101]
+    second = [records for node, records in evaluations if node == 100][1]
+    assert "held" in second and "student_weights" not in second
 
 
 @pytest.mark.e2e

@@ -83,3 +83,20 @@ def test_scaling_row_through_flwr_run(benchmark, tmp_path: Path) -> None:
     assert row["peak"]["processes"] >= 3 and row["peak"]["pss_mb"] > 100
     assert row["wall_s"] > row["phase_seconds"] > 0
     assert "| 2 | 2 |" in (tmp_path / "out" / "federation_cost.md").read_text()
+
+
+def test_targets_set_the_medians_against_the_goals(benchmark) -> None:
+    phases = {n: {"seconds": 10.0, "energy": {"joules": 5.0}} for n in benchmark.PHASES}
+    run = {"phases": phases}
+    record = {"default": {"walls_s": [170.0, 190.0], "median_wall_s": 180.0, "median_evaluate_share": 0.2,
+                          "load_before": [0.1], **run},
+              "overhead": {"experiment": "quick", "overrides": [], "median_wall_s": {"flower": 61.0},
+                           "walls_s": {"flower": [60.0, 62.0]}, "ratio": 1.2, "flower": run, "in_process": run}}
+    got = {t["target"].split(" (")[0]: (t["value"], t["met"]) for t in benchmark.targets(record)}
+    assert got == {"default run seconds": (180.0, True), "evaluate share of the default run": (0.2, False),
+                   "quick preset seconds": (61.0, False), "Flower overhead": (1.2, True),
+                   "energy per phase present": (True, True)}
+    phases["train"]["energy"] = None
+    assert benchmark.targets(record)[-1]["met"] is False
+    assert "| quick preset seconds (flwr run .) | 61 | <= 60 | **no** |" in "\n".join(
+        benchmark._targets_md(benchmark.targets(record)))

@@ -48,7 +48,7 @@ __all__ = [
     "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
     "StudentFiles", "EnsembleFiles", "IdentifyRequest", "IdentifyReply", "DescribeRequest", "DescribeReply",
     "TrainRequest", "TrainReply", "EvaluateRequest", "EvaluateReply", "EnrolRequest", "EnrolReply",
-    "FeaturesRequest", "FeaturesReply", "FusionEvalRequest", "FusionEvalReply",
+    "FeaturesRequest", "FeaturesReply", "FUSION_FILES", "FusionEvalRequest", "FusionEvalReply",
 ]
 
 State = dict[str, torch.Tensor]
@@ -684,6 +684,11 @@ class FeaturesReply(_Reply):
 # evaluate.fusion
 
 _RESULT_TEXTS = ("encoder", "task", "method", "metric")
+
+
+FUSION_FILES = ("student_card", "student_weights", "ensemble", "ensemble_weights")
+"""The records of an ``evaluate.fusion`` request a node keeps, so that later requests may refer to them
+(:mod:`wire.held`)."""
 
 
 @dataclass(frozen=True)

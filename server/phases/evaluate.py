@@ -7,6 +7,10 @@ its own group trained (a partner's weights reach only the partners it trained wi
 ``enrol.share_weights: true``; the result says which policy held and who got which weights. Replies
 are checked (a list of probe results with finite scores in [0, 1]); a failed or malformed one is
 reported and left out, and fewer valid replies than ``evaluate.min_replies`` fail the phase.
+
+A node that hosts several institutions gets their requests in waves (its first institution's, then its
+second's, ...): a file it received in an earlier answered request (the student, an identical ensemble)
+is not sent again, only referred to (:mod:`wire.held`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import logging
 from typing import Any
 
 from fusion.registry import Registry
-from server.messaging import Request
+from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from pipeline.roster import Member
-from wire.messages import EnsembleFiles, FusionEvalReply, FusionEvalRequest, ProbeSettings, StudentFiles
+from wire.held import held_ids, refer
+from wire.messages import FUSION_FILES, EnsembleFiles, FusionEvalReply, FusionEvalRequest, ProbeSettings, StudentFiles
 
 __all__ = ["PHASE", "evaluate"]
 
@@ -49,6 +54,27 @@ def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> Ensemble
     return EnsembleFiles(cards, weights, stats, tolerance)
 
 
+def _in_waves(ctx: PhaseContext, requests: list[Request]) -> dict[str, Outcome]:
+    """Exchange ``requests`` in waves of at most one per node; a request leaves out the files its node kept
+    from an earlier answered one."""
+    waves: list[list[Request]] = []
+    ranks: dict[int, int] = {}
+    for request in requests:
+        rank = ranks[request.node_id] = ranks.get(request.node_id, -1) + 1
+        if rank == len(waves):
+            waves.append([])
+        waves[rank].append(request)
+    holds: dict[int, dict[str, str]] = {}  # node -> record name -> content id it keeps
+    outcomes: dict[str, Outcome] = {}
+    for wave in waves:
+        sent = [Request(r.key, r.node_id, refer(r.content, holds.get(r.node_id, {}))) for r in wave]
+        outcomes.update(ctx.exchange("evaluate.fusion", sent))
+        for request in wave:
+            if outcomes[request.key].ok:
+                holds.setdefault(request.node_id, {}).update(held_ids(request.content, FUSION_FILES))
+    return {r.key: outcomes[r.key] for r in requests}
+
+
 def evaluate(ctx: PhaseContext) -> dict[str, Any]:
     roster = ctx.require_roster()
     registry = Registry(ctx.registry_dir)
@@ -70,7 +96,7 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
         request = FusionEvalRequest(member.record, probe, files, None if isinstance(ensemble, str) else ensemble)
         requests.append(Request(name, member.node_id, request.encode()))
     institutions, failures = {}, []
-    for name, outcome in ctx.exchange("evaluate.fusion", requests).items():
+    for name, outcome in _in_waves(ctx, requests).items():
         source = f"evaluation at institution {name!r}"
         try:
             if not outcome.ok:

@@ -1,0 +1,78 @@
+"""``eosfed run``: the federation simulated on this machine, through Flower, in one command.
+
+A thin wrapper over ``flwr run . --stream`` (:mod:`server.local`): the experiment is composed here
+first (a misspelt override fails at once, exit 2); runtime dependency installation is off; the Flower
+home is this checkout's own (``--state``, so no SuperLink started from elsewhere serves it); the local
+SuperLink this home already runs is reused, else one is started on free ports and stopped (with its
+process tree) at the end. Exit 0 only when ``flwr ls`` says the run is ``finished:completed``;
+otherwise 1, with the status and its reason on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from server.local import REPO, flower_env, flwr_run, local_superlink_ports, run_details, stop_local_superlink
+
+log = logging.getLogger(__name__)
+
+COMPLETED = "finished:completed"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", default="default", help="configs/experiment/<name>.yaml (run config 'experiment')")
+    parser.add_argument("--overrides", default="", metavar="'KEY=VALUE ...'",
+                        help="Hydra overrides, space separated (run config 'overrides'), e.g. 'train.rounds=10' (default: none)")
+    parser.add_argument("--run-name", default="", help="run folder under output_dir; an existing one is resumed "
+                        "(run config 'run-name'; default: <experiment>-<UTC time>)")
+    parser.add_argument("--federation-config", action="append", metavar="'KEY=VALUE ...'",
+                        help="Flower federation config, e.g. 'num-supernodes=4'; repeatable")
+    parser.add_argument("--state", type=Path, default=REPO / ".eosfed",
+                        help="this checkout's Flower state: FLWR_HOME is STATE/flwr-home")
+
+
+def run_config(args: argparse.Namespace) -> dict[str, str]:
+    """Flower's run config (``experiment``, ``overrides``, ``run-name``) from the flags, checked as the
+    ServerApp checks it (:class:`pipeline.settings.RunSettings`, then composing the experiment); the run
+    name is fixed here so the command knows the run folder."""
+    from pipeline.settings import RunSettings, load_experiment  # imports torch: only when running
+
+    settings = RunSettings.from_run_config({"experiment": args.experiment, "overrides": args.overrides,
+                                            "run-name": args.run_name})
+    load_experiment(settings)
+    return {"experiment": settings.experiment, "overrides": args.overrides, "run-name": settings.run_name}
+
+
+def federation_args(configs: list[str] | None) -> list[str]:
+    """``--federation-config VALUE`` for each given value."""
+    return [arg for value in configs or () for arg in ("--federation-config", value)]
+
+
+def run(args: argparse.Namespace) -> int:
+    config = run_config(args)
+    ports = local_superlink_ports(args.state / "flwr-home")
+    env = flower_env(args.state, ports)
+    log.info("%s local SuperLink (FLWR_HOME %s)", "Reusing the" if ports else "Starting a", env["FLWR_HOME"])
+    try:
+        try:
+            run_id, _ = flwr_run(env, None, config, None, federation_args(args.federation_config), sys.stdout.write)
+        except RuntimeError as exc:
+            log.error("%s before a run started", str(exc).splitlines()[0])
+            return 1
+        details = run_details(env, None, run_id)
+    finally:
+        if ports is None:
+            stop_local_superlink(env)
+        else:
+            shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    status, reason = details.get("status", "unknown"), " ".join(str(details.get("status-details", "")).split())
+    line = f"run {run_id} ({config['run-name']}) is {status}" + (f": {reason}" if reason else "")
+    if status != COMPLETED:
+        log.error(line)
+        return 1
+    log.info(line)
+    return 0
