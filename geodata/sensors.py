@@ -48,6 +48,7 @@ __all__ = [
     "BANDS",
     "SENSORS_ENV",
     "SENSOR_CONFIG_DIR",
+    "user_sensors_with",
     "AUXILIARY_KINDS",
     "FREQUENCY_BANDS",
     "COMPLEX_MODES",
@@ -281,6 +282,12 @@ def sensor_source(name: str) -> Path | None:
     """The YAML file a user sensor (or alias) was loaded from; ``None`` for built-ins, the checkout's
     ``configs/sensors/`` and sensors made in code."""
     return _SOURCES.get(sensor_name(name))
+
+
+def user_sensors_with(bands: Iterable[str]) -> list[str]:
+    """The user sensors (loaded from YAML outside ``configs/sensors/``) that declare any of ``bands``."""
+    wanted = set(bands)
+    return sorted(name for name in _SOURCES if wanted & set(SENSORS[name].bands))
 
 
 _SENSOR_KEYS = {f.name for f in fields(Sensor)} - {"gsd", "band_scale", "band_offset"}

@@ -30,6 +30,8 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from geodata.files import atomic_write_bytes, atomic_write_text
+from geodata.manifest import register_sensors_beside, write_sensors_beside
+from geodata.sensors import user_sensors_with
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 
 __all__ = [
@@ -86,6 +88,10 @@ class Card:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def band_names(self) -> tuple[str, ...]:
+        """The bands the weights read (their user sensors' files are written beside the artifact)."""
+        return tuple(getattr(self, "bands", None) or getattr(self, "band_stats", None) or ())
 
     def validate(self, source: str = "card") -> None:
         """Raise :class:`ArtifactError` naming the first bad field (subclasses check their own after these)."""
@@ -185,6 +191,7 @@ def state_bytes(card: Card, state: Mapping[str, torch.Tensor]) -> bytes:
 
 def _write(card: Card, data: bytes, directory: str | Path) -> Path:
     directory = Path(directory)
+    write_sensors_beside(directory, user_sensors_with(card.band_names()))  # reads anywhere without --sensors
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
     atomic_write_text(directory / CARD_FILE, card.to_json())
     return directory
@@ -238,6 +245,7 @@ def from_bytes(card_type: type[C], card_json: str | bytes, data: bytes, build: C
 
 def _read(directory: str | Path, card_type: type[C]) -> tuple[C, bytes, str, str]:
     directory = Path(directory)
+    register_sensors_beside(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     card = read_card(card_path, card_type)
     try:

@@ -73,3 +73,13 @@ def test_real_experiment_in_process(samples: Path, tmp_path: Path) -> None:
         assert {r["encoder"] for r in result["results"]} >= {"student", RANDOM_INIT, BAND_STATS}, name
     report = (run_dir / "report.md").read_text()
     assert "| eurosat_a | sentinel2_l1c |" in report and "band-stats" in report
+
+
+def test_artifacts_carry_their_user_sensors(samples: Path, tmp_path: Path) -> None:
+    from fusion.student import load_student, save_student
+
+    Manifest.load(samples / "wildfire" / "manifest.json")  # registers the wildfire sensor beside it
+    student = Student.create(band_stats={"TCI_R": [100.0, 30.0], "B08": [0.3, 0.1]}, depths=(1, 1, 1, 1), seed=0)
+    save_student(student, tmp_path / "student")
+    assert (tmp_path / "student" / "sensors" / "sentinel2_tci_nir_swir.yaml").is_file()
+    assert load_student(tmp_path / "student").card.band_stats == student.card.band_stats
