@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from eosfed.cli import main as eosfed
 from fusion import Ensemble, Registry
 from fusion.baselines import BAND_STATS, RANDOM_INIT, baseline_encoders
 from fusion.data import ProxyBatches, labelled_loader
 from fusion.distill import DistillConfig
-from fusion.probes import (FeatureSet, extract_features, input_on_grid, linear_probe, probe_features, segmentation_probe,
-                           task_metric)
+from fusion.probes import FeatureSet, extract_features, linear_probe, probe_features, segmentation_probe, task_metric
 from fusion.teacher_cache import TeacherCache
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
@@ -108,12 +108,12 @@ PLUS = "+input"  # suffix of an encoder's row under the features ⊕ input proto
 
 
 def plus_input(features: FeatureSet, band_stats: FeatureSet) -> FeatureSet:
-    """``features`` ⊕ the input (exactly :func:`fusion.probes.extract_features` with ``with_input``): the
-    band statistics appended to the pooled features, the input bands pooled onto the finest map's grid
-    appended to its channels."""
+    """``features`` ⊕ the input: the band statistics appended to the pooled features, the input bands
+    (band-stats' stride-4 map) pooled onto the finest map's grid appended to its channels."""
     maps = None
     if features.maps is not None:
-        maps = [torch.cat([input_on_grid(band_stats.maps[0], features.maps[0]), features.maps[0]], dim=1),
+        maps = [torch.cat([F.adaptive_avg_pool2d(band_stats.maps[0].float(), features.maps[0].shape[-2:]).half(),
+                          features.maps[0]], dim=1),
                 *features.maps[1:]]
     return FeatureSet(torch.cat([features.pooled, band_stats.pooled], dim=1), features.targets, features.ids, maps)
 

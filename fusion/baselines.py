@@ -19,15 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.probes import input_stats
 from fusion.student import Student, band_stats_table
 from geodata.stats import BandStats
 from specialists.trunk import DEFAULT_VARIANT
 
-__all__ = ["BAND_STATS", "RANDOM_INIT", "BandStatistics", "baseline_encoders", "random_twin"]
+__all__ = ["BAND_STATS", "RANDOM_INIT", "BandStatistics", "baseline_encoders", "input_stats", "random_twin"]
 
 RANDOM_INIT = "random-init"
 BAND_STATS = "band-stats"
+
+
+def input_stats(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 2 * bands]``: each band's mean, then each band's standard deviation, over the tile."""
+    x = x.float()
+    return torch.cat([x.mean(dim=(-2, -1)), x.std(dim=(-2, -1), unbiased=False)], dim=1)
 
 
 class BandStatistics(nn.Module):

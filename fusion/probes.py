@@ -35,8 +35,6 @@ from specialists.heads import FPNSegmentationHead, task_loss
 __all__ = [
     "Encoder",
     "FeatureSet",
-    "input_on_grid",
-    "input_stats",
     "ProbeResult",
     "extract_features",
     "label_subset",
@@ -105,24 +103,10 @@ class ProbeResult:
         return asdict(self)
 
 
-def input_stats(x: torch.Tensor) -> torch.Tensor:
-    """Per-band mean and std of the input tile (``[B, 2 * bands]``): what the band-statistics baseline reads."""
-    x = x.float()
-    return torch.cat([x.mean(dim=(-2, -1)), x.std(dim=(-2, -1), unbiased=False)], dim=1)
-
-
-def input_on_grid(x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    """The input bands average-pooled onto ``feature``'s grid (the finest map), for the *+input* protocol."""
-    return F.adaptive_avg_pool2d(x.float(), feature.shape[-2:]).to(feature.dtype)
-
-
 @torch.no_grad()
 def extract_features(encoder: Encoder, batches: Iterable[Mapping], with_maps: bool = False,
-                     device: str = "cpu", desc: str = "features", with_input: bool = False) -> FeatureSet:
-    """Run the frozen ``encoder`` once over labelled ``batches`` (``image``, ``bands``, ``target``, ``id``).
-
-    ``with_input`` (the *+input* protocol) appends the input's per-band mean and std to the pooled
-    features and the input bands, pooled onto the finest map's grid, to that map's channels."""
+                     device: str = "cpu", desc: str = "features") -> FeatureSet:
+    """Run the frozen ``encoder`` once over labelled ``batches`` (``image``, ``bands``, ``target``, ``id``)."""
     if isinstance(encoder, nn.Module):
         encoder.eval()
     pooled, targets, ids, maps = [], [], [], []
@@ -131,13 +115,9 @@ def extract_features(encoder: Encoder, batches: Iterable[Mapping], with_maps: bo
         if with_maps:
             features = encoder.forward(x, batch["bands"])
             pooled.append(global_pool(features[-1]).float().cpu())
-            if with_input:
-                features = [torch.cat([input_on_grid(x, features[0]), features[0]], dim=1), *features[1:]]
             maps.append([f.half().cpu() for f in features])
         else:
             pooled.append(encoder.pooled(x, batch["bands"]).float().cpu())
-        if with_input:
-            pooled[-1] = torch.cat([pooled[-1], input_stats(x).cpu()], dim=1)
         targets.append(torch.as_tensor(batch["target"]))
         ids.extend(batch["id"])
     if not ids:

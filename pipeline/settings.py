@@ -168,8 +168,8 @@ class PruneSettings:
 
 @dataclass
 class SamplesSettings:
-    """Real labelled samples for a run on this machine (``experiment=real``): with ``root`` set (a
-    relative path is taken from the checkout), the coordinator writes their manifests and proxy union
+    """Real labelled samples for a run on this machine (``experiment=real``): with ``root`` set (relative
+    paths, like ``output_dir``, from the coordinator's working directory: the checkout), the coordinator writes their manifests and proxy union
     (:mod:`pipeline.samples`) into ``out`` before the first phase, once; institutions and the proxy
     name them there. ``labelled_proxy`` is the set whose labels the proxy keeps (phase *prune*)."""
 

@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 from pipeline.energy import EnergyMeter
 from server.checkpoint import RunCheckpoint
 from pipeline.samples import prepare_samples
-from pipeline.settings import CONFIG_DIR, ExperimentConfig, RunSettings, load_experiment
+from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
 from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
 
@@ -44,8 +44,7 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
     log.info("Run %s (experiment %s, Flower run %d): outputs in %s", settings.run_name, settings.experiment,
              flower_run_id, run_dir)
     if cfg.samples.root:
-        root = Path(cfg.samples.root).expanduser()
-        prepare_samples(root if root.is_absolute() else CONFIG_DIR.parent / root, Path(cfg.samples.out).expanduser(),
+        prepare_samples(Path(cfg.samples.root).expanduser().resolve(), Path(cfg.samples.out).expanduser().resolve(),
                         cfg.samples.labelled_proxy or None)
     checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
     checkpoint.add_flower_run(flower_run_id)
