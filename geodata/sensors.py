@@ -285,8 +285,10 @@ def sensor_source(name: str) -> Path | None:
 
 
 def user_sensors_with(bands: Iterable[str]) -> list[str]:
-    """The user sensors (loaded from YAML outside ``configs/sensors/``) that declare any of ``bands``."""
-    wanted = set(bands)
+    """The user sensors (loaded from YAML outside ``configs/sensors/``) that declare any of ``bands`` that no
+    other sensor has: what must travel with an artifact reading ``bands`` for them to be known elsewhere."""
+    known = {b for name, sensor in SENSORS.items() if name not in _SOURCES for b in sensor.bands}
+    wanted = set(bands) - known
     return sorted(name for name in _SOURCES if wanted & set(SENSORS[name].bands))
 
 

@@ -83,3 +83,5 @@ def test_artifacts_carry_their_user_sensors(samples: Path, tmp_path: Path) -> No
     save_student(student, tmp_path / "student")
     assert (tmp_path / "student" / "sensors" / "sentinel2_tci_nir_swir.yaml").is_file()
     assert load_student(tmp_path / "student").card.band_stats == student.card.band_stats
+    save_student(Student.create(band_stats={"B08": [0.3, 0.1]}, depths=(1, 1, 1, 1), seed=0), tmp_path / "s2")
+    assert not (tmp_path / "s2" / "sensors").exists()  # built-in bands need no sensor file, though wildfire has B08
