@@ -14,7 +14,7 @@ def test_a_busy_loop_costs_positive_joules_and_carbon() -> None:
     while time.thread_time() < end:
         pass
     energy = meter.stop(EnergySettings())
-    assert energy.cpu_s >= 0.4 and energy.memory_gb > 0 and energy.seconds >= 0.5
+    assert energy.cpu_s >= 0.4 and energy.memory_gb > 0 and energy.seconds >= 0.45  # clocks differ in resolution
     assert energy.cpu_j == energy.cpu_s * EnergySettings().cpu_w_per_core
     assert energy.joules == energy.cpu_j + energy.memory_j > 0
     assert energy.co2e_g == energy.joules / 3.6e6 * EnergySettings().grid_g_per_kwh
