@@ -1,6 +1,6 @@
 """The two baselines every score sits beside: a random-initialised encoder of the same size, and band statistics.
 
-- :func:`random_twin`: an untrained student with the compared student's variant and depths (or the
+- :func:`untrained_twin`: an untrained student with the compared student's variant and depths (or the
   default variant), normalised with the task's own band statistics, so the deep features' gain over
   an untrained network of the same shape is visible.
 - :class:`BandStatistics`: no learned weights at all. ``pooled`` is the per-band mean and standard
@@ -23,7 +23,7 @@ from fusion.student import Student, band_stats_table
 from geodata.stats import BandStats
 from specialists.trunk import DEFAULT_VARIANT
 
-__all__ = ["BAND_STATS", "RANDOM_INIT", "BandStatistics", "baseline_encoders", "input_stats", "random_twin"]
+__all__ = ["BAND_STATS", "RANDOM_INIT", "BandStatistics", "baseline_encoders", "input_stats", "untrained_twin"]
 
 RANDOM_INIT = "random-init"
 BAND_STATS = "band-stats"
@@ -52,7 +52,7 @@ class BandStatistics(nn.Module):
         return input_stats(x)
 
 
-def random_twin(stats: BandStats | Mapping[str, Sequence[float]], like: Student | None = None,
+def untrained_twin(stats: BandStats | Mapping[str, Sequence[float]], like: Student | None = None,
                 seed: int = 0) -> Student:
     """An untrained student shaped like ``like`` (default: the default variant), normalised with ``stats``."""
     variant = like.card.variant if like is not None else DEFAULT_VARIANT
@@ -63,4 +63,4 @@ def random_twin(stats: BandStats | Mapping[str, Sequence[float]], like: Student 
 def baseline_encoders(stats: BandStats | Mapping[str, Sequence[float]], like: Student | None = None,
                       seed: int = 0) -> dict[str, nn.Module]:
     """Both baselines by table name: the random twin of ``like`` and band statistics."""
-    return {RANDOM_INIT: random_twin(stats, like, seed), BAND_STATS: BandStatistics()}
+    return {RANDOM_INIT: untrained_twin(stats, like, seed), BAND_STATS: BandStatistics()}
