@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "prune": "score specialists' contributions and write a smaller registry",
     "finetune": "fine-tune an encoder with a task head; write a sealed task model",
     "predict": "map a scene raster with a fine-tuned segmentation model (GeoTIFF out)",
+    "gateway": "serve partners the SuperLink's Fleet API only (TLS), keeping its Control API on loopback",
 }
 
 USER_ERRORS = (ValueError, KeyError, OSError, LookupError)

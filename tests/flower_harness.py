@@ -139,6 +139,15 @@ class FlowerProcesses:
         wait_for_port(port, 30, proc, "flower-superlink")
         return f"127.0.0.1:{port}"
 
+    def gateway(self, superlink: str, tls: TlsFiles) -> str:
+        """Start ``eosfed gateway`` on a free loopback port in front of ``superlink``; returns its address."""
+        port = free_port()
+        proc = self.start("gateway", [str(BIN / "eosfed"), "gateway", "--listen", f"127.0.0.1:{port}",
+                                      "--superlink", superlink, "--certfile", str(tls.server_cert),
+                                      "--keyfile", str(tls.server_key), "--ca-cert", str(tls.ca_cert)])
+        wait_for_port(port, 30, proc, "eosfed gateway")
+        return f"127.0.0.1:{port}"
+
     def supernode(self, name: str, superlink: str, node_config: dict[str, str], extra: list[str] = (),
                   root_cert: Path | None = None, wait: bool = True) -> int:
         """Start ``flower-supernode`` with ``node_config`` (``--insecure``, or TLS trusting ``root_cert``);

@@ -143,3 +143,13 @@ def test_complex_sar_without_a_declared_mode(capsys, tmp_path):
     argv = ["train-specialist", "--manifest", str(tmp_path / "manifest.json"), "--sensor", "s1", "--task", "scene",
             "--out", str(tmp_path / "s"), "--epochs", "1"]
     fails(capsys, argv, f"{tmp_path / 'slc.tif'}: complex values (complex64)", "complex: intensity_db")
+
+
+def test_gateway_refuses_a_superlink_off_loopback(capsys, tmp_path: Path) -> None:
+    files = [tmp_path / n for n in ("server.pem", "server.key", "ca.crt")]
+    for f in files:
+        f.write_text("x")
+    fails(capsys, ["gateway", "--superlink", "10.0.0.5:9093", "--certfile", str(files[0]), "--keyfile",
+                   str(files[1]), "--ca-cert", str(files[2])], "--superlink", "loopback")
+    fails(capsys, ["gateway", "--certfile", str(tmp_path / "none.pem"), "--keyfile", str(files[1]),
+                   "--ca-cert", str(files[2])], "--certfile", "none.pem")
