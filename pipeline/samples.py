@@ -4,8 +4,8 @@
 files in place; nothing is copied except eo-learn's chips and the scenes' label windows):
 
 - ``eurosat``: EuroSAT-MS (Sentinel-2 L1C, 10 classes): per class 6 train, 2 val, 4 test tiles;
-- ``aid``: AID aerial RGB scenes (30 classes), the first ``aid_per_class`` images of each class
-  (seeded shuffle) with a quarter for test and an eighth for val;
+- ``aid``: AID aerial RGB scenes (30 classes), every image of each class (or the first ``aid_per_class``
+  of a seeded shuffle) with a quarter for test and an eighth for val;
 - ``wildfire``: wildfire-s2 burned-area segmentation, 64 px tiles; the 14 events sorting first train
   (3 of them val), the other 6 test (no event on both sides);
 - ``eolearn``: eo-learn's test patch, 32 px chips of 5 dates; the last row of chips is test (a
@@ -59,7 +59,7 @@ def _parts(manifest: Manifest, parts: int, task: str) -> Manifest:
     return replace(manifest, tiles=tiles)
 
 
-def build_samples(root: str | Path, out: str | Path, parts: int = 2, aid_per_class: int = 24,
+def build_samples(root: str | Path, out: str | Path, parts: int = 2, aid_per_class: int | None = None,
                   sets: Sequence[str] = SAMPLE_SETS) -> dict[str, Path]:
     """Write the manifests of ``sets`` (module docstring) under ``out``; return ``set -> manifest.json``."""
     root, out = Path(root), Path(out)
@@ -118,7 +118,8 @@ def proxy_union(manifests: Mapping[str, Manifest], out: str | Path, splits: Sequ
     return union
 
 
-def prepare_samples(root: str | Path, out: str | Path, labelled: str | None = "eurosat") -> Path:
+def prepare_samples(root: str | Path, out: str | Path, labelled: str | None = "eurosat",
+                    aid_per_class: int | None = None) -> Path:
     """Build every set's manifest and the proxy union (``out/proxy``) once: into a staging folder
     renamed to ``out`` when complete, so an interrupted build leaves nothing half-written. Returns ``out``."""
     out = Path(out)
@@ -129,7 +130,7 @@ def prepare_samples(root: str | Path, out: str | Path, labelled: str | None = "e
         raise FileNotFoundError(f"samples.root: folder of the real samples not found: {root}")
     stage = out.with_name(out.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
-    paths = build_samples(root, stage)
+    paths = build_samples(root, stage, aid_per_class=aid_per_class)
     proxy_union({n: Manifest.load(paths[n]) for n in PROXY_SETS}, stage / "proxy", labelled=labelled)
     shutil.rmtree(out, ignore_errors=True)
     stage.rename(out)

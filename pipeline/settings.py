@@ -171,11 +171,13 @@ class SamplesSettings:
     """Real labelled samples for a run on this machine (``experiment=real``): with ``root`` set (relative
     paths, like ``output_dir``, from the coordinator's working directory: the checkout), the coordinator writes their manifests and proxy union
     (:mod:`pipeline.samples`) into ``out`` before the first phase, once; institutions and the proxy
-    name them there. ``labelled_proxy`` is the set whose labels the proxy keeps (phase *prune*)."""
+    name them there. ``labelled_proxy`` is the set whose labels the proxy keeps (phase *prune*);
+    ``aid_per_class`` caps AID's images per class (0: all 160 of the shared folder)."""
 
     root: str = ""
     out: str = "${output_dir}/samples"
     labelled_proxy: str = "eurosat"
+    aid_per_class: int = 0
 
 
 @dataclass

@@ -45,7 +45,7 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
              flower_run_id, run_dir)
     if cfg.samples.root:
         prepare_samples(Path(cfg.samples.root).expanduser().resolve(), Path(cfg.samples.out).expanduser().resolve(),
-                        cfg.samples.labelled_proxy or None)
+                        cfg.samples.labelled_proxy or None, cfg.samples.aid_per_class or None)
     checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
     checkpoint.add_flower_run(flower_run_id)
     phases = PHASES[: order.index(cfg.stop_after) + 1] if cfg.stop_after else PHASES

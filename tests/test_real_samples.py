@@ -29,6 +29,8 @@ def test_sample_splits_never_share_a_scene_event_or_block(samples: Path) -> None
     assert Counter(t.split for t in eurosat.tiles) == {"train": 60, "val": 20, "test": 40}
     halves = Counter((t.region, t.targets["scene"]) for t in eurosat.tiles if t.split == "train")
     assert set(halves.values()) == {3}  # class-balanced parts: 3 train tiles of each class in each half
+    aid = Manifest.load(samples / "aid" / "manifest.json")  # every image of the shared folder
+    assert Counter(t.split for t in aid.tiles) == {"train": 30 * 100, "val": 30 * 20, "test": 30 * 40}
     wildfire = Manifest.load(samples / "wildfire" / "manifest.json")
     events = {s: {t.region for t in wildfire.tiles if t.split == s} for s in ("train", "val", "test")}
     assert len(events["test"]) == 6 and not events["test"] & (events["train"] | events["val"])
