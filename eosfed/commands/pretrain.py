@@ -1,0 +1,66 @@
+"""``eosfed pretrain``: FCMAE self-supervised pretraining of a ConvNeXtV2 encoder on a manifest's tiles,
+labels ignored (:mod:`specialists.fcmae`). Writes ``weights.safetensors`` (the encoder, as
+``--init-weights`` of ``eosfed train-specialist`` reads it) and ``pretrain.json`` (config, data, loss per
+epoch, the weights' sha256)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from eosfed.commands.args import add_output, add_sensor_files, add_settings, check_split, settings_from, staged_output
+from geodata.dataset import TileDataset, collate_samples
+from geodata.manifest import Manifest
+from geodata.sensors import get_sensor
+from geodata.stats import load_or_compute_stats
+from specialists.artifact import WEIGHTS_FILE
+from specialists.encoder import build_encoder
+from specialists.fcmae import FcmaeConfig, pretrain
+from specialists.trunk import DEFAULT_VARIANT
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, type=Path, help="manifest.json (labels are not read)")
+    parser.add_argument("--sensor", required=True, help="sensor name of the tiles to pretrain on")
+    parser.add_argument("--split", default="train", help="split whose tiles are used")
+    add_output(parser, "folder to write the pretrained encoder into")
+    add_sensor_files(parser)
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
+    parser.add_argument("--size", type=int, help="centre-crop tiles to this size (a multiple of --patch)")
+    parser.add_argument("--init-weights", type=Path, help="start from this local checkpoint")
+    add_settings(parser, FcmaeConfig, "pretraining (specialists.fcmae.FcmaeConfig)")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(args.manifest)
+    sensor = get_sensor(args.sensor)
+    split = check_split(manifest, args.split, "--split", sensor=sensor.name)
+    cfg = settings_from(args, FcmaeConfig)
+    stats = load_or_compute_stats(manifest, sensor, split)
+    data = TileDataset(manifest, sensor, split=split, size=args.size, stats=stats)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_samples, drop_last=False,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    with staged_output(args.out, args.overwrite) as stage:
+        encoder = build_encoder(args.variant, in_chans=len(data.bands), init_weights=args.init_weights)
+        history = pretrain(encoder, loader, torch.tensor(stats.mean), torch.tensor(stats.std), cfg)
+        weights = stage / WEIGHTS_FILE
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(weights))
+        record = {"method": "fcmae", "variant": args.variant, "sensor": sensor.name, "bands": list(data.bands),
+                  "band_stats": {"mean": list(stats.mean), "std": list(stats.std)},
+                  "manifest": str(args.manifest), "split": split, "tiles": len(data), "size": args.size,
+                  "config": asdict(cfg), "loss": history,
+                  "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+        (stage / "pretrain.json").write_text(json.dumps(record, indent=1))
+    log.info("pretrained %s on %d %s tiles: loss %.4f -> %.4f; %s", args.variant, len(data), sensor.name,
+             history[0], history[-1], args.out / WEIGHTS_FILE)
+    return 0
