@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from fusion.finetune import TaskModel
 from geodata.errors import RasterError
+from geodata.raster import open_raster
 from geodata.sensors import Sensor
 from geodata.tiling import band_indexes, tile_windows
 
@@ -103,7 +104,7 @@ def predict_scene(
     try:
         with ExitStack() as stack:
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB))
-            src = stack.enter_context(rasterio.open(path))
+            src = stack.enter_context(open_raster(path))
             indexes = _input_indexes(src, sensor, model.bands, path)
             nodata = src.nodata if src.nodata is not None else sensor.nodata
             height, width = src.height, src.width

@@ -39,6 +39,7 @@ from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import Sensor, get_band, get_sensor
 
 __all__ = [
+    "open_raster", "READ_DRIVERS", "MAX_RASTER_PIXELS",
     "Raster",
     "TileSource",
     "center_window",
@@ -72,12 +73,36 @@ def _errors(path: str | Path) -> Iterator[None]:
         raise RasterError(path, f"cannot read: {exc}{cause}") from exc
 
 
-def _open(path: str | Path) -> rasterio.DatasetReader:
+READ_DRIVERS = {b"II*\0": "GTiff", b"MM\0*": "GTiff", b"II+\0": "GTiff", b"MM\0+": "GTiff",
+                b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG"}
+"""The only GDAL drivers a raster is opened with, by the file's first bytes: a VRT (which may point at
+``/vsicurl/`` URLs or other files) or any other format is refused."""
+MAX_RASTER_PIXELS = 2**30
+"""Width x height above which a raster is refused before anything is allocated (about 32768^2)."""
+
+
+def open_raster(path: str | Path, max_pixels: int = MAX_RASTER_PIXELS) -> rasterio.DatasetReader:
+    """Open a local raster file for reading: no ``/vsi*`` or URL paths, GeoTIFF, JPEG or PNG only (the
+    driver named by the file's first bytes, :data:`READ_DRIVERS`), at most ``max_pixels`` pixels; each
+    refusal a :class:`RasterError` naming ``path``."""
+    text = str(path)
+    if text.startswith("/vsi") or "://" in text:
+        raise RasterError(path, "only local files are read (no /vsi* or URL paths)")
     if not os.path.isfile(path):
         raise RasterError(path, "file not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    driver = next((d for magic, d in READ_DRIVERS.items() if head.startswith(magic)), None)
+    if driver is None:
+        raise RasterError(path, "not a GeoTIFF, JPEG or PNG file")
     with _errors(path), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path)
+        src = rasterio.open(path, driver=driver)
+    if src.width * src.height > max_pixels:
+        src.close()
+        raise RasterError(path, f"{src.width} x {src.height} pixels exceed the limit of {max_pixels}")
+    return src
+
 
 
 def _sensor(sensor: str | Sensor) -> Sensor:
@@ -165,7 +190,7 @@ def _read_tile(
     path: str | Path, sensor: Sensor, window: Window | None, size: int | None
 ) -> tuple[Raster, tuple[int, int]]:
     """``read_tile`` plus the full grid shape the window was taken from."""
-    with _open(path) as src, _errors(path):
+    with open_raster(path) as src, _errors(path):
         _check_count(src, sensor, path)
         win = _window(src.height, src.width, window, size, path)
         raw = src.read([i + 1 for i in _image_index(sensor)], window=win)
@@ -182,7 +207,7 @@ def _check_count(src: rasterio.DatasetReader, sensor: Sensor, path: str | Path) 
 
 def check_band_count(path: str | Path, sensor: str | Sensor) -> None:
     """Check that a raster opens and holds one band per band of ``sensor`` (reads no pixels)."""
-    with _open(path) as src:
+    with open_raster(path) as src:
         _check_count(src, _sensor(sensor), path)
 
 
@@ -220,7 +245,7 @@ def _read_band_files(
     if extra:
         raise RasterError(where, f"bands {extra} are not bands of sensor {sensor.name} {sensor.bands}")
     with ExitStack() as stack:
-        srcs = {b: stack.enter_context(_open(paths[b])) for b in bands}
+        srcs = {b: stack.enter_context(open_raster(paths[b])) for b in bands}
         for b, src in srcs.items():
             if src.count != 1:
                 raise RasterError(paths[b], f"band file for {b} has {src.count} bands, expected 1")
@@ -259,7 +284,7 @@ def read_mask(
     ``shape`` is the full grid of the image it labels (checked). The file's nodata becomes
     ``ignore_index``; any other value outside ``0..num_classes-1`` raises.
     """
-    with _open(path) as src, _errors(path):
+    with open_raster(path) as src, _errors(path):
         if src.count != 1:
             raise RasterError(path, f"mask has {src.count} bands, expected 1")
         if shape is not None and (src.height, src.width) != tuple(shape):
@@ -318,7 +343,7 @@ def read_labelled(
 
 def check_aligned(path_a: str | Path, path_b: str | Path) -> None:
     """Check two rasters of the same place (e.g. S1/S2 twins) share CRS, shape and transform."""
-    with _open(path_a) as a, _open(path_b) as b:
+    with open_raster(path_a) as a, open_raster(path_b) as b:
         if a.crs != b.crs:
             raise RasterError(path_a, f"CRS {a.crs} does not match CRS {b.crs} of its twin {path_b}")
         if a.shape != b.shape:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
-from geodata.raster import read_labelled
+from geodata.raster import open_raster, read_labelled
 from geodata.sensors import Sensor, get_sensor
 
 __all__ = [
@@ -252,11 +252,11 @@ def _scene_sources(scene: Scene, sensors: Mapping[str, Sensor], task: TaskSpec, 
     copies = out / "scenes" / scene.name
     lut = _lookup(label_map, task.num_classes, task.ignore_index)
     first = next(iter(scene.images.values()))
-    with rasterio.open(first) as ref:
+    with open_raster(first) as ref:
         files: dict[str, Path] = {}
         for sensor_name, path in scene.images.items():
             sensor = sensors[sensor_name]
-            with rasterio.open(path) as src:
+            with open_raster(path) as src:
                 indexes = band_indexes(src.descriptions, sensor.bands, path)
                 if _same_grid(src, ref) and indexes == list(range(1, src.count + 1)):
                     files[sensor_name] = path
@@ -265,7 +265,7 @@ def _scene_sources(scene: Scene, sensors: Mapping[str, Sensor], task: TaskSpec, 
                 with _on_grid(src, ref, Resampling.bilinear, nodata if nodata is not None else np.nan) as view:
                     files[sensor_name] = _write_on_grid(view, ref, copies / f"{sensor_name}.tif", indexes, "float32",
                                                         nodata if nodata is not None else np.nan)
-        with rasterio.open(scene.label) as src:
+        with open_raster(scene.label) as src:
             if src.count != 1:
                 raise RasterError(scene.label, f"label raster has {src.count} bands, expected 1")
             with _on_grid(src, ref, Resampling.nearest, task.ignore_index) as view:

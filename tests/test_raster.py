@@ -203,3 +203,50 @@ def test_complex_sar_as_intensity_db_or_refused(tmp_path):
     np.testing.assert_array_equal(read_band_files(files, slc).data, raster.data)
     with pytest.raises(ValueError, match="complex 'phase' is not one of"):
         Sensor("t_bad", ("VV",), complex="phase")
+
+
+def test_a_tile_never_makes_the_node_reach_the_network(tmp_path: Path, shared_data: Path) -> None:
+    """Issue 20 row 7: a 'tile' that is a GDAL VRT pointing at /vsicurl/ URLs, or a /vsi path itself."""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Count(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Count)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"/vsicurl/http://127.0.0.1:{server.server_port}/scene.tif"
+        vrt = tmp_path / "tile.tif"
+        vrt.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64"><VRTRasterBand dataType="UInt16" band="1">'
+                       f'<SimpleSource><SourceFilename relativeToVRT="0">{url}</SourceFilename><SourceBand>1'
+                       f'</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+        for path in (vrt, url):
+            with pytest.raises(RasterError) as err:
+                read_tile(path, "sentinel2_l1c")
+            assert str(path) in str(err.value)
+    finally:
+        server.shutdown()
+    assert hits == []
+    read_tile(eurosat_tile(shared_data), "sentinel2_l1c")  # a real GeoTIFF still reads
+
+
+def test_a_huge_raster_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    """Issue 20 row 8: a small sparse file declaring 20,000,000 x 256 pixels."""
+    path = tmp_path / "huge.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=20_000_000, height=256, count=1, dtype="uint8",
+                       tiled=True, sparse_ok=True, crs=UTM33, transform=from_origin(400000, 5000000, 10, 10)):
+        pass
+    assert path.stat().st_size < 2**20
+    with pytest.raises(RasterError, match="20000000 x 256 pixels exceed"):
+        read_tile(path, "rgb")
