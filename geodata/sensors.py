@@ -347,11 +347,26 @@ def _parse_sensor(spec: Any) -> tuple[Sensor, list[Band]]:
     return sensor, bands
 
 
+MAX_SENSOR_FILE_BYTES = 1 << 20
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors' aliases: a sensor file cannot expand itself (no "billion laughs")."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (yaml's signature)
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*name) are not allowed {self.peek_event().start_mark}")
+        return super().compose_node(parent, index)
+
+
 def load_sensor_yaml(path: str | Path) -> list[Sensor]:
-    """Register the sensor (a mapping) or sensors (a list) described in a YAML file (module docstring)."""
+    """Register the sensor (a mapping) or sensors (a list) described in a YAML file (module docstring);
+    at most :data:`MAX_SENSOR_FILE_BYTES`, no aliases."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_SENSOR_FILE_BYTES:
+            raise ValueError(f"{path}: a sensor file is at most {MAX_SENSOR_FILE_BYTES} bytes")
+        raw = yaml.load(path.read_text(), Loader=_PlainLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"sensor file not found: {path}") from None
     except yaml.YAMLError as exc:

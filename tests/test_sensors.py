@@ -223,3 +223,19 @@ def test_sensor_yaml_beside_a_manifest_is_registered(tmp_path):
     assert get_sensor("t_beside_too").bands == ("B04",)
     sample = TileDataset(manifest, "t_beside")[0]
     assert sample["bands"] == ("B04", "B08") and float(sample["image"].max()) == 3.5
+
+
+def test_a_sensor_file_cannot_expand_itself(tmp_path: Path) -> None:
+    """Issue 20 row 8: nested aliases (billion laughs) and oversized files are refused at once."""
+    from geodata.sensors import load_sensor_yaml
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="bomb.yaml: not valid YAML: aliases"):
+        load_sensor_yaml(bomb)
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * (2 << 20))
+    with pytest.raises(ValueError, match="big.yaml: a sensor file is at most"):
+        load_sensor_yaml(big)
