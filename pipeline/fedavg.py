@@ -2,12 +2,15 @@
 statistics pooled), the settings of each round, checked and screened updates aggregated, and the
 sealed result. The caller moves the weights to the members and back.
 
-Every number a member declares is its own claim, so none may take the group over: a member's weight
-(its declared train count) is capped at ``train.max_weight_share`` of the total (the excess goes to the
-others), and an update farther from the round's coordinate-wise median than ``train.update_factor``
-times the members' median distance is refused. ``train.aggregation`` picks the weighted mean
-(``fedavg``), the coordinate-wise ``median`` or the ``trimmed_mean`` (without each coordinate's lowest
-and highest value; three or more updates)."""
+Every number a member declares is its own claim, so none may take the group over. Updates the
+coordinator cannot tell apart (closer to each other than :data:`SAME` times their step from the global
+state) count as one member: one representative, one weight (the largest claim among them), one cap.
+Each such member's weight (its declared train count) is capped at ``train.max_weight_share`` of the
+total (the excess goes to the others), and with three or more of them an update farther from the
+round's coordinate-wise median than ``train.update_factor`` times the median distance (at least the
+median step, so that colluders agreeing with each other cannot refuse everyone else) is refused.
+``train.aggregation`` picks the weighted mean (``fedavg``), the coordinate-wise ``median`` or the
+``trimmed_mean`` (without each coordinate's lowest and highest value; three or more updates)."""
 
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ from specialists.io import specialist_to_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 
-__all__ = ["GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
-           "fedavg", "group_card", "pool_norm", "round_config", "screen", "weighted_metrics"]
+__all__ = ["SAME", "GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
+           "fedavg", "group_card", "indistinct", "pool_norm", "round_config", "screen", "weighted_metrics"]
 
 log = logging.getLogger(__name__)
 
 State = dict[str, torch.Tensor]
+SAME = 0.01  # updates closer than this fraction of their step from the global state are one member's
 
 
 def check_state(reference: State, update: State, source: str) -> State:
@@ -93,17 +97,36 @@ def _flat(states: Sequence[State]) -> torch.Tensor:
                         for s in states])
 
 
-def screen(states: Sequence[State], factor: float) -> dict[int, str]:
+def indistinct(states: Sequence[State], reference: State) -> list[list[int]]:
+    """``states``' indices in classes the coordinator cannot tell apart: two states closer to each other
+    than :data:`SAME` times the smaller of their distances from ``reference`` share a class."""
+    flat = _flat(states)
+    steps = torch.linalg.vector_norm(flat - _flat([reference]), dim=1)
+    classes: list[list[int]] = []
+    for i in range(len(states)):
+        for members in classes:
+            j = members[0]
+            if float(torch.linalg.vector_norm(flat[i] - flat[j])) <= SAME * min(float(steps[i]), float(steps[j])):
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    return classes
+
+
+def screen(states: Sequence[State], factor: float, reference: State) -> dict[int, str]:
     """Index -> reason for each state farther from the coordinate-wise median of ``states`` than
-    ``factor`` times the median of those distances (0: none refused)."""
+    ``factor`` times the median of those distances or of the states' steps from ``reference``, whichever
+    is larger (0 or fewer than three states: none refused)."""
     if factor <= 0 or len(states) < 3:
         return {}
     flat = _flat(states)
     distances = torch.linalg.vector_norm(flat - flat.median(dim=0).values, dim=1)
-    limit = factor * float(distances.median())
+    steps = torch.linalg.vector_norm(flat - _flat([reference]), dim=1)
+    scale = max(float(distances.median()), float(steps.median()))
     return {i: f"update is {float(d):.4g} from the round's coordinate-wise median, more than train.update_factor "
-               f"{factor:g} x the median distance {limit / factor:.4g}"
-            for i, d in enumerate(distances) if float(d) > limit}
+               f"{factor:g} x the median distance (or step) {scale:.4g}"
+            for i, d in enumerate(distances) if float(d) > factor * scale}
 
 
 def aggregate(states: Sequence[State], weights: Sequence[float], how: str) -> State:
@@ -235,19 +258,23 @@ class GroupTraining:
             "received": weighted_metrics({k: {m: v for m, v in x.items() if m.startswith("val_")}
                                           for k, x in per_member.items()})}
         settings = self.settings
-        refused = screen([{**u.encoder, **{f"head.{k}": v for k, v in u.head.items()}} for u in updates],
-                         settings.update_factor)
-        record["refused"] = {updates[i].member: reason for i, reason in refused.items()}
+        states = [{**u.encoder, **{f"head.{k}": v for k, v in u.head.items()}} for u in updates]
+        reference = {**self.encoder, **{f"head.{k}": v for k, v in self.head.items()}}
+        classes = indistinct(states, reference)
+        refused_classes = screen([states[c[0]] for c in classes], settings.update_factor, reference)
+        record["refused"] = {updates[i].member: reason for k, reason in refused_classes.items() for i in classes[k]}
         for member, reason in record["refused"].items():
             log.warning("Group %s round %d refused the update of %s: %s", self.group.name, round_index, member, reason)
-        kept = [u for i, u in enumerate(updates) if i not in refused]
-        if len(kept) >= settings.min_replies:
-            weights = capped_shares([self.train_counts[u.member] for u in kept], settings.max_weight_share)
-            self.encoder = aggregate([u.encoder for u in kept], weights, settings.aggregation)
-            self.head = aggregate([u.head for u in kept], weights, settings.aggregation)
+        kept = [c for k, c in enumerate(classes) if k not in refused_classes]
+        if sum(map(len, kept)) >= settings.min_replies:
+            weights = capped_shares([max(self.train_counts[updates[i].member] for i in c) for c in kept],
+                                    settings.max_weight_share)
+            record["shares"] = {updates[i].member: w / len(c) for c, w in zip(kept, weights) for i in c}
+            self.encoder = aggregate([updates[c[0]].encoder for c in kept], weights, settings.aggregation)
+            self.head = aggregate([updates[c[0]].head for c in kept], weights, settings.aggregation)
             self.rounds_done += 1
         else:
-            record["skipped"] = f"{len(kept)} valid update(s), train.min_replies is {settings.min_replies}"
+            record["skipped"] = f"{sum(map(len, kept))} valid update(s), train.min_replies is {settings.min_replies}"
             log.warning("Group %s round %d kept its weights: %s", self.group.name, round_index, record["skipped"])
         self.history.append(record)
         monitor = f"val_{MONITOR[self.card.task_type]}"

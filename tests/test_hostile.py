@@ -37,20 +37,24 @@ HOSTILE = 102
 
 
 def _impostor(config: dict[str, str], real: str, declared: dict[str, str], tiles: dict[str, int] | None = None,
-              tamper: Callable[[Message], Message] = lambda reply: reply):
+              tamper: Callable[[Message], Message] = lambda reply: reply, hostile: dict[int, str] | None = None):
     """A ClientApp whose node :data:`HOSTILE` declares the institution record ``declared`` (and ``tiles``
     in its summary), serves it with the data of the experiment's simulated institution ``real`` and
-    passes its replies through ``tamper`` (the other nodes are honest)."""
+    passes its replies through ``tamper`` (the other nodes are honest). ``hostile`` (node id -> declared
+    institution name) makes several such colluding nodes."""
+    hostile = hostile or {HOSTILE: declared["institution"]}
     cfg, _ = load_experiment(RunSettings.from_run_config(config))
     record = simulated_record(cfg, real, Path(cfg.cache_dir).resolve())
 
     def app(message: Message, context: Context) -> Message:
-        if context.node_id != HOSTILE:
+        if context.node_id not in hostile:
             return client_app(message, context)
         if message.metadata.message_type == "query.identify":
+            name = hostile[context.node_id]
             summary = handlers._summary(InstitutionSpec.from_record(record, "test"))
-            summary = dataclasses.replace(summary, institution=declared["institution"], tiles=tiles or summary.tiles)
-            return Message(IdentifyReply("declared", declared, summary=summary).encode(), reply_to=message)
+            summary = dataclasses.replace(summary, institution=name, tiles=tiles or summary.tiles)
+            return Message(IdentifyReply("declared", {**declared, "institution": name}, summary=summary).encode(),
+                           reply_to=message)
         message.content["institution"] = ConfigRecord(record)
         return tamper(client_app(message, context))
 
@@ -116,6 +120,39 @@ def test_robust_aggregation_outvotes_a_constant_partner_without_screening(tmp_pa
     trained = json.loads((run_dir / "phases" / "train.json").read_text())
     assert trained["groups"]["sentinel2_l2a-scene"]["rounds_applied"] == 2
     assert _largest_weight(run_dir) < 50
+
+
+def _shifted(reply: Message) -> Message:
+    """A train reply whose floating tensors are shifted by 0.01 and which claims 10^12 examples."""
+    if reply.metadata.message_type != "train.specialist" or reply.has_error():
+        return reply
+    for name in ("encoder", "head"):
+        state = reply.content.array_records[name].to_torch_state_dict()
+        reply.content[name] = ArrayRecord({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()})
+    reply.content["metrics"] = MetricRecord({**reply.content.metric_records["metrics"], "num_examples": 1e12})
+    return reply
+
+
+@pytest.mark.parametrize("nodes, tamper", [(3, _constant), (4, _shifted)])
+def test_two_colluding_partners_with_identical_updates_share_one_cap_and_refuse_no_honest_member(
+        tmp_path: Path, nodes: int, tamper: Callable[[Message], Message]) -> None:
+    """Row 2 of issue 20: two partners sending one update (and huge claims) beside one or two honest
+    members; they count as one member, so no honest member is refused and they carry at most one cap."""
+    honest = ["north_s2", "south_s2"][:nodes - 2]
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=train"
+                             + " ~institutions.south_s2" * ("south_s2" not in honest))
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    hostile = {100 + nodes - 2: "evil", 100 + nodes - 1: "evil2"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, {"train": 10**12, "val": 1, "test": 1},
+                    tamper, hostile)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(nodes), app=app), config, flower_run_id=1)
+    trained = json.loads((run_dir / "phases" / "train.json").read_text())
+    group = trained["groups"]["sentinel2_l2a-scene"]
+    assert sorted(group["members"]) == ["evil", "evil2", *honest]
+    assert group["rounds_applied"] == 2
+    for record in group["history"]:
+        assert not set(record["refused"]) - set(hostile.values())
+        assert record["shares"].get("evil", 0) + record["shares"].get("evil2", 0) <= 0.5 + 1e-9
 
 
 SUMMARIES = {"unknown_task_type": ("task_type", "alien", "field 'task_type' is 'alien'"),
