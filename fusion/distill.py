@@ -123,6 +123,9 @@ class Distiller:
             last = self.recent_loss.get(name)
             self.recent_loss[name] = value if last is None else 0.9 * last + 0.1 * value
         loss = torch.stack(list(losses.values())).mean()
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"distillation loss is not finite (per teacher {values}); the student "
+                                     f"would be ruined, so the distillation stops")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:

@@ -342,3 +342,51 @@ def test_an_edited_card_is_refused_by_evaluate_naming_the_field(tmp_path: Path, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed evaluate: error")]
     assert code == 2 and len(err) == 1 and "card.json" in err[0] and "bands" in err[0]
     assert not (tmp_path / "eval.json").exists()
+
+
+def _overflow(reply: Message) -> None:
+    """Every target 1e6 in float32 (finite on the wire, inf in float16)."""
+    for name in ("stage2", "stage3", "pooled"):
+        targets = reply.content.array_records["targets"]
+        targets[name] = Array(np.full(targets[name].numpy().shape, 1e6, np.float32))
+
+
+def _crop(reply: Message) -> None:
+    """``stage2`` one column narrower."""
+    targets = reply.content.array_records["targets"]
+    targets["stage2"] = Array(np.ascontiguousarray(targets["stage2"].numpy()[..., :-1]))
+
+
+def _half_ids(reply: Message) -> None:
+    """The first half of the ids and their rows."""
+    ids, targets = reply.content.config_records["ids"], reply.content.array_records["targets"]
+    keep = len(ids["ids"]) // 2
+    ids["ids"] = list(ids["ids"])[:keep]
+    for name in ("stage2", "stage3", "pooled"):
+        targets[name] = Array(np.ascontiguousarray(targets[name].numpy()[:keep]))
+
+
+FEATURES = {"overflow": (_overflow, "beyond the float16 range"), "crop": (_crop, "target 'stage2' should be"),
+            "half_ids": (_half_ids, "reply ids are not the")}
+
+
+@pytest.mark.parametrize("case", sorted(FEATURES))
+def test_a_teacher_replying_bad_features_is_left_out_with_its_reason_and_the_student_stays_finite(
+        tmp_path: Path, case: str) -> None:
+    """Row 3 of issue 20: a weights-home holder's feature reply that overflows float16, has a wrong
+    spatial size or half the ids is refused with its reason; the other teacher distils a finite student."""
+    tamper, reason = FEATURES[case]
+
+    def faults(message: Message):
+        institution = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.features" or institution != "north_s2":
+            return None
+        return lambda reply: (tamper(reply), reply)[1]
+
+    config = tiny_run_config(tmp_path, "enrol.weights=home ~institutions.south_s2 stop_after=distill")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
+    distill = json.loads((run_dir / "phases" / "distill.json").read_text())
+    [failure] = distill["failures"]
+    assert failure["institution"] == "north_s2" and reason in failure["reason"]
+    assert distill["remote_teachers"] == distill["teachers"] == ["aerial_rgbn-landcover"]
+    assert all(np.isfinite(distill["history"]["total"]))

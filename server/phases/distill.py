@@ -3,7 +3,8 @@
 Teacher targets are cached once (``<cache_dir>/teachers/<proxy key>/``, fp16, keyed by sample and
 weights sha256): specialists whose weights are in the registry run here; for one whose weights stay
 home the coordinator sends its holder the proxy tiles it can read (``query.features``) and caches
-the checked reply (ids it was sent, shapes from the card, finite values). With
+the checked reply (every id it was sent, shapes from the card, finite in float16, ``pooled`` the mean
+of ``stage3``); a teacher whose reply fails is left out with its reason in the phase's failures. With
 ``proxy.pair_scenes`` the other sensors' tiles of a scene learn the targets too. In integrate mode
 the extended run's student and adaptor heads are the starting point. Writes ``student/``,
 ``adaptors/``, ``distill_history.json`` and ``plots/distill_loss.png``.
@@ -18,6 +19,7 @@ import torch
 
 from fusion.adaptors import TeacherRef
 from fusion.data import ProxyBatches
+from fusion.featstats import global_pool
 from fusion.registry import Registry
 from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures
 from fusion.views import plan_view
@@ -41,7 +43,7 @@ def _proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches,
 
 
 def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
-                    batches: list[dict]) -> tuple[Request, list[str]] | None:
+                    batches: list[dict]) -> tuple[Request, list[str], tuple[int, int]] | None:
     images, ids, bands = [], [], None
     for batch in batches:
         plan = plan_view(card.name, card.bands, batch["bands"], ctx.cfg.tolerance_nm)
@@ -54,22 +56,35 @@ def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
     member = ctx.require_roster().institutions[holder]
     request = FeaturesRequest(member.record, card.weights_sha256, list(bands), ids, ctx.cfg.tolerance_nm,
                               torch.cat(images))
-    return Request(card.name, member.node_id, request.encode()), ids
+    return Request(card.name, member.node_id, request.encode()), ids, tuple(request.images.shape[-2:])
 
 
-def _remote_features(outcome: Outcome, card: SpecialistCard, sent: list[str], source: str) -> TeacherFeatures:
+def _remote_features(outcome: Outcome, card: SpecialistCard, sent: list[str], size: tuple[int, int],
+                     source: str) -> TeacherFeatures:
+    """The checked reply to a features request for ``sent`` (images of ``size``): every sent id once,
+    each target of the card's channels and strides, within float16's range, and ``pooled`` the spatial
+    mean of ``stage3`` (as the teacher computes it); ``ValueError`` naming ``source`` and what is wrong."""
     if not outcome.ok:
         raise ValueError(f"{source}: {outcome.error}")
     reply = FeaturesReply.decode(outcome.content, source)  # rows match the ids, values finite
-    if set(reply.ids) - set(sent):
-        raise ValueError(f"{source}: reply ids were not sent")
-    dims = {"stage2": card.feature_dims[-2], "stage3": card.feature_dims[-1], "pooled": card.feature_dims[-1]}
+    if sorted(reply.ids) != sorted(sent):
+        raise ValueError(f"{source}: reply ids are not the {len(sent)} ids sent "
+                         f"({len(set(sent) - set(reply.ids))} missing, {len(set(reply.ids) - set(sent))} unexpected)")
+    (h2, h3), n = card.feature_reductions[-2:], len(sent)
+    shapes = {"stage2": [n, card.feature_dims[-2], size[0] // h2, size[1] // h2],
+              "stage3": [n, card.feature_dims[-1], size[0] // h3, size[1] // h3], "pooled": [n, card.feature_dims[-1]]}
+    targets = {}
     for name in TARGETS:
         value = reply.targets.get(name)
-        if value is None or value.shape[1] != dims[name]:
-            raise ValueError(f"{source}: target {name!r} should have {dims[name]} channels, "
+        if value is None or list(value.shape) != shapes[name]:
+            raise ValueError(f"{source}: target {name!r} should be {shapes[name]}, "
                              f"got {None if value is None else list(value.shape)}")
-    return TeacherFeatures(reply.ids, {name: reply.targets[name].half() for name in TARGETS})
+        targets[name] = value.half()
+        if not bool(torch.isfinite(targets[name]).all()):
+            raise ValueError(f"{source}: target {name!r} has values beyond the float16 range")
+    if not torch.allclose(global_pool(targets["stage3"].float()), targets["pooled"].float(), rtol=0.05, atol=0.05):
+        raise ValueError(f"{source}: target 'pooled' is not the spatial mean of 'stage3'")
+    return TeacherFeatures(reply.ids, targets)
 
 
 def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, cache: TeacherCache,
@@ -96,12 +111,12 @@ def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, 
                              "reason": "no proxy tile it can read"})
             continue
         requests.append(built[0])
-        sent[entry.name] = (built[1], card, entry.holder, ref)
+        sent[entry.name] = (built[1], built[2], card, entry.holder, ref)
     for name, outcome in ctx.exchange("query.features", requests).items():
-        ids, card, holder, ref = sent[name]
+        ids, size, card, holder, ref = sent[name]
         source = f"teacher features of {name!r} from institution {holder!r}"
         try:
-            cache.put(card.weights_sha256, _remote_features(outcome, card, ids, source))
+            cache.put(card.weights_sha256, _remote_features(outcome, card, ids, size, source))
             refs.append(ref)
         except ValueError as exc:
             log.warning("Refused %s", exc)
