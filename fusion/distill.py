@@ -45,7 +45,8 @@ class DistillConfig:
     """How the student is distilled: a ``variant`` trunk (``depths``: blocks per stage, fewer than the
     variant's; ``None``: the variant's own), AdamW at ``lr`` / ``weight_decay`` with gradients clipped
     at ``grad_clip``, teachers dropped with ``drop_prob`` (the hardest is always kept); ``device``
-    ``auto`` picks a GPU when there is one."""
+    ``auto`` picks a GPU when there is one. ``init``: the checkpoint a new student's trunk starts from
+    (:mod:`specialists.init`; its stem is the student's own) or ``random``."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -55,6 +56,7 @@ class DistillConfig:
     variant: str = DEFAULT_VARIANT
     depths: Optional[List[int]] = None
     device: str = "auto"
+    init: str = "random"
 
 
 @dataclass
@@ -207,7 +209,8 @@ def distill_student(
     history.optimizer = {k: distiller.optimizer.param_groups[0][k] for k in ("lr", "weight_decay")}
     distiller.fit(batches, history)
     student.card.teachers = [{"name": t.name, "weights_sha256": t.weights_sha256} for t in adaptors.teachers.values()]
-    student.card.distill = {"total_epochs": student.card.distill.get("total_epochs", 0) + config.epochs,
+    student.card.distill = {**student.card.distill,  # keeps where a new student's weights started ("init")
+                            "total_epochs": student.card.distill.get("total_epochs", 0) + config.epochs,
                             "final_loss": history.total[-1],
                             "last_config": {k: v for k, v in asdict(config).items() if k != "device"}}
     return adaptors, history

@@ -19,6 +19,7 @@ from fusion.student import Student, band_stats_table, load_student, save_student
 from fusion.teacher_cache import TeacherCache, fill_cache
 from geodata.files import atomic_write_text
 from specialists import Specialist
+from specialists.init import RANDOM, load_encoder_weights
 from specialists.train import resolve_device
 
 __all__ = ["Distilled", "calibrate", "distil", "save_distilled"]
@@ -56,7 +57,10 @@ def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
              init: Path | None) -> tuple[Student, Adaptors | None]:
     proxy_stats = band_stats_table(batches.stats.values())
     if init is None:
-        return Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths), None
+        student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths)
+        if config.init != RANDOM:
+            student.card.distill["init"] = load_encoder_weights(student.trunk, config.init).record()
+        return student, None
     student = load_student(init / "student")
     student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with
     log.info("Student warm-started from %s", init)

@@ -26,6 +26,7 @@ from pipeline.roster import Group, Member
 from pipeline.settings import AGGREGATIONS, TrainSettings
 from specialists.card import SpecialistCard
 from specialists.heads import build_head
+from specialists.init import RANDOM, load_encoder_weights
 from specialists.io import specialist_to_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
@@ -232,10 +233,12 @@ class GroupTraining:
 
     @classmethod
     def start(cls, group: Group, members: Sequence[Member], settings: TrainSettings, seed: int) -> "GroupTraining":
-        """The group's card and a seeded initial encoder and head."""
+        """The group's card and a seeded initial encoder (or ``settings.init``'s, recorded in the card) and head."""
         card = group_card(group, members, settings.variant, settings.max_weight_share)
         torch.manual_seed(seed)
         specialist = Specialist.from_card(card)
+        if settings.init != RANDOM:
+            card.extra["init"] = load_encoder_weights(specialist.encoder, settings.init, card.bands).record()
         head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
         return cls(group, card, _state(specialist.encoder), _state(head),
                    {m.name: int(m.summary["tiles"]["train"]) for m in members}, settings)

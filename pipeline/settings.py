@@ -29,6 +29,7 @@ from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
+from specialists.init import RANDOM, check_init
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
 
@@ -93,9 +94,11 @@ class TrainSettings(OptimConfig):
     train tiles) is at most ``max_weight_share`` of the total, an update farther than ``update_factor``
     times the median distance from the round's coordinate-wise median is refused (0: no screening;
     three or more updates), and ``aggregation`` is ``fedavg`` (weighted mean), ``median`` or
-    ``trimmed_mean`` (see :mod:`pipeline.fedavg`).
+    ``trimmed_mean`` (see :mod:`pipeline.fedavg`). ``init``: the checkpoint every group's specialist
+    starts from (:mod:`specialists.init`; relative to the coordinator's working directory) or ``random``.
     """
 
+    init: str = RANDOM
     rounds: int = 5
     local_epochs: int = 1
     variant: str = DEFAULT_VARIANT
@@ -239,6 +242,8 @@ class ExperimentConfig:
             raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
         if self.train.aggregation not in AGGREGATIONS:
             raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
+        check_init(self.train.init, "train.init")
+        check_init(self.distill.init, "distill.init")
         if self.enrol.weights not in ("send", "home"):
             raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):

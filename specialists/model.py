@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -45,10 +43,10 @@ class Specialist(nn.Module):
 
     @classmethod
     def from_card(
-        cls, card: SpecialistCard, init_weights: str | Path | None = None, freeze: str = "none"
+        cls, card: SpecialistCard, freeze: str = "none"
     ) -> "Specialist":
         """A new specialist whose encoder (``card.variant``, one input per band) is built fresh."""
-        encoder = build_encoder(card.variant, in_chans=card.num_bands, init_weights=init_weights, freeze=freeze)
+        encoder = build_encoder(card.variant, in_chans=card.num_bands, freeze=freeze)
         return cls(card, encoder)
 
     @property

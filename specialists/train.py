@@ -28,6 +28,7 @@ from geodata.dataset import collate_samples
 from geodata.sensors import select_bands
 from specialists.card import SpecialistCard
 from specialists.heads import build_head, task_loss
+from specialists.init import load_encoder_weights
 from specialists.model import Specialist
 
 __all__ = [
@@ -354,7 +355,10 @@ def train_specialist(
     seed_everything(cfg.seed)
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     device = torch.device(cfg.device)
-    specialist = Specialist.from_card(card, init_weights=cfg.init_weights, freeze=cfg.freeze).to(device)
+    specialist = Specialist.from_card(card, freeze=cfg.freeze)
+    if cfg.init_weights is not None:
+        card.extra["init"] = load_encoder_weights(specialist.encoder, cfg.init_weights, card.bands).record()
+    specialist.to(device)
     head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)
     history, best = fit(specialist, head, train_ds, val_ds, card.task_type, card.num_classes, cfg, ignore_index,
                         name=f"{card.name} ({card.variant})")

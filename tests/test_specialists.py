@@ -20,6 +20,7 @@ from specialists import (
 )
 from specialists.artifact import SCHEMA_VERSION
 from specialists.encoder import build_encoder, freeze_encoder
+from specialists.init import load_encoder_weights
 
 L1C = list(get_sensor("sentinel2_l1c").bands)
 
@@ -192,28 +193,30 @@ def test_load_refuses_missing_card(tmp_path):
 # --- encoder init and freeze ----------------------------------------------------------------
 
 
-def test_init_from_timm_checkpoint_adapts_band_count(tmp_path):
+def test_init_from_timm_checkpoint_adapts_bands_by_wavelength(tmp_path):
     import timm
 
     torch.manual_seed(1)
     full = timm.create_model("convnextv2_atto", pretrained=False, in_chans=3, num_classes=7)
     path = tmp_path / "timm.safetensors"
     save_file(full.state_dict(), str(path))
-    enc = build_encoder("convnextv2_atto", in_chans=13, init_weights=path)
+    bands = get_sensor("sentinel2_l1c").bands
+    enc = build_encoder("convnextv2_atto", in_chans=13, init_weights=path, bands=bands)
     torch.testing.assert_close(enc.state_dict()["stages_3.blocks.1.mlp.fc2.weight"], full.stages[3].blocks[1].mlp.fc2.weight)
-    assert enc.state_dict()["stem_0.weight"].shape[1] == 13
+    torch.testing.assert_close(enc.state_dict()["stem_0.weight"][:, bands.index("B04")], full.stem[0].weight[:, 0])
 
 
 def test_init_from_saved_specialist(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
-    enc = build_encoder("convnextv2_atto", in_chans=13, init_weights=out)
+    enc = build_encoder("convnextv2_atto", in_chans=13)
+    assert load_encoder_weights(enc, out, specialist.bands).sha256 == specialist.card.weights_sha256
     for k, v in specialist.encoder.state_dict().items():
         torch.testing.assert_close(enc.state_dict()[k], v)
 
 
 def test_init_refuses_wrong_variant_and_missing_file(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
-    with pytest.raises(ValueError, match="not a checkpoint of this encoder"):
+    with pytest.raises(ValueError, match=r"spec: tensor '[^']+' has shape"):
         build_encoder("convnextv2_femto", in_chans=13, init_weights=out)
     with pytest.raises(FileNotFoundError, match="initial weights not found"):
         build_encoder(in_chans=13, init_weights=tmp_path / "nope.safetensors")

@@ -1,0 +1,93 @@
+"""Starting checkpoints (specialists.init): timm safetensors / .pth, EoS-FM lists, bands by wavelength, a federated
+group started from ``train.init`` (eosfed artifacts: tests/test_specialists.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from flower_harness import InProcessGrid
+from geodata.sensors import get_sensor
+from server.run import run_experiment
+from specialists.encoder import build_encoder
+from specialists.init import load_encoder_weights, read_checkpoint
+from tiny_run import simulated_nodes, tiny_run_config
+
+S2 = get_sensor("sentinel2_l2a").bands  # B04 is the 4th band
+BLOCK = "stages_3.blocks.1.mlp.fc2.weight"
+
+
+@pytest.fixture(scope="module")
+def rgb_model() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return timm.create_model("convnextv2_atto", pretrained=False, in_chans=3, num_classes=5)
+
+
+def _check_rgb(enc: torch.nn.Module, model: torch.nn.Module) -> None:
+    own = enc.state_dict()
+    torch.testing.assert_close(own[BLOCK], model.stages[3].blocks[1].mlp.fc2.weight)
+    stem = model.stem[0].weight
+    for band, channel in (("B04", 0), ("B03", 1), ("B02", 2)):  # timm order R, G, B
+        torch.testing.assert_close(own["stem_0.weight"][:, S2.index(band)], stem[:, channel])
+    torch.testing.assert_close(own["stem_0.weight"][:, S2.index("B11")], stem.mean(dim=1))  # no match: mean
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pth"])
+def test_timm_checkpoint_maps_rgb_to_sentinel2_by_wavelength(rgb_model, tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"atto.{suffix}"
+    if suffix == "safetensors":
+        save_file(rgb_model.state_dict(), str(path))
+    else:
+        torch.save({"state_dict": rgb_model.state_dict()}, path)
+    enc = build_encoder("convnextv2_atto", in_chans=len(S2), init_weights=path, bands=S2)
+    _check_rgb(enc, rgb_model)
+
+
+def test_eosfm_list_picks_the_entry_of_the_target_bands(rgb_model, tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    s1 = timm.create_model("convnextv2_atto", pretrained=False, in_chans=2, num_classes=0).state_dict()
+    path = tmp_path / "eosfm.pth"
+    torch.save([(2, s1, {"bands": ["VV", "VH"]}), (3, rgb_model.state_dict(), {"bands": ["RED", "GREEN", "BLUE"]})],
+               path)
+    enc = build_encoder("convnextv2_atto", in_chans=len(S2), init_weights=path, bands=S2)
+    _check_rgb(enc, rgb_model)
+    radar = build_encoder("convnextv2_atto", in_chans=2, init_weights=path, bands=("VH", "VV"))
+    torch.testing.assert_close(radar.state_dict()["stem_0.weight"][:, 0], s1["stem.0.weight"][:, 1])
+
+
+def test_bad_files_give_one_line_naming_file_and_tensor(rgb_model, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"junk\.pth: not a torch file") as err:
+        read_checkpoint(junk)
+    assert "\n" not in str(err.value)
+    wrong = tmp_path / "femto.safetensors"
+    save_file(timm.create_model("convnextv2_femto", pretrained=False).state_dict(), str(wrong))
+    with pytest.raises(ValueError, match=r"femto\.safetensors: tensor '[^']+' has shape .*, the encoder needs"):
+        build_encoder("convnextv2_atto", in_chans=len(S2), init_weights=wrong, bands=S2)
+    with pytest.raises(FileNotFoundError, match="initial weights not found"):
+        read_checkpoint(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.e2e
+def test_federated_group_starts_from_train_init(rgb_model, tmp_path: Path) -> None:
+    path = tmp_path / "atto.safetensors"
+    save_file(rgb_model.state_dict(), str(path))
+    sent = []
+
+    def record(message):
+        if message.metadata.message_type == "train.specialist" and message.content.config_records["train"]["seed"] == 1:
+            sent.append(message.content.array_records["encoder"].to_torch_state_dict())
+        return None
+
+    config = tiny_run_config(tmp_path, f"~institutions.city_aerial train.init={path} train.rounds=1 stop_after=train")
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(1), faults=record), config, flower_run_id=1)
+    card = json.loads((run_dir / "specialists" / "sentinel2_l2a-scene" / "card.json").read_text())
+    assert card["extra"]["init"] == {"source": str(path), "sha256": read_checkpoint(path).sha256}
+    assert sent and all(torch.equal(s[BLOCK], rgb_model.stages[3].blocks[1].mlp.fc2.weight) for s in sent)
+    torch.testing.assert_close(sent[0]["stem_0.weight"][:, S2.index("B04")], rgb_model.stem[0].weight[:, 0])
