@@ -36,6 +36,7 @@ from geodata.stats import BandStats, load_or_compute_stats
 from specialists import Specialist, SpecialistCard, load_specialist
 from specialists.encoder import freeze_encoder
 from specialists.heads import build_head
+from specialists.init import load_encoder_weights
 from specialists.artifact import ArtifactError, load_state, save_state
 from specialists.train import TrainConfig, evaluate, fit, make_loader, record_training, seed_everything
 
@@ -87,11 +88,17 @@ class TaskModel(nn.Module):
         return self.head(self.encoder(x), x.shape[-2:])
 
 
-def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: str) -> tuple[nn.Module, dict]:
-    """The encoder named by ``spec`` (trainable, not wrapped) and the record that rebuilds it."""
+def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: str,
+          init: str | None = None) -> tuple[nn.Module, dict]:
+    """The encoder named by ``spec`` (trainable, not wrapped; a new student's trunk from the checkpoint
+    ``init`` when given, :mod:`specialists.init`) and the record that rebuilds it."""
     kind = encoder_kind(spec)
+    if init is not None and kind != "random":
+        raise ValueError(f"init_weights {init}: only a new {RANDOM_PREFIX}<variant> encoder starts from a checkpoint")
     if kind == "random":
         encoder: nn.Module = Student.create(spec[len(RANDOM_PREFIX):], band_stats_table([stats]), seed=seed)
+        if init is not None:
+            encoder.card.distill["init"] = load_encoder_weights(encoder.trunk, init).record()
     elif kind == "student":
         encoder = load_student(spec, device)
         encoder.set_band_stats({**band_stats_table([stats]), **encoder.card.band_stats})
@@ -177,7 +184,7 @@ def finetune(
         cfg.class_weights = class_balance(datasets["train"])
         log.info("class weights %s", [round(w, 3) for w in cfg.class_weights])
     seed_everything(cfg.seed)
-    encoder, record = _open(encoder_spec, stats, cfg.seed, tolerance_nm, cfg.device)
+    encoder, record = _open(encoder_spec, stats, cfg.seed, tolerance_nm, cfg.device, cfg.init_weights)
     view = BandView(encoder, stats.bands).to(cfg.device)
     dims, reductions = view.feature_shapes()
     _set_trainable(encoder, unfreeze, len(dims))

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import timm
 import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from safetensors.torch import save_file
 
 from eosfed.cli import main
 from fusion.finetune import load_task_model
@@ -24,8 +26,10 @@ WILDFIRE = "sentinel2_tci_nir_swir"
 
 @pytest.fixture(scope="module")
 def fire_model(shared_data, tmp_path_factory):
-    """A task model fine-tuned for one epoch on 3 wildfire events (val: 1, test: 1)."""
+    """A task model fine-tuned for one epoch on 3 wildfire events (val: 1, test: 1), its trunk started from a
+    timm checkpoint."""
     root = tmp_path_factory.mktemp("fire")
+    save_file(timm.create_model("convnextv2_atto", pretrained=False).state_dict(), str(root / "atto.safetensors"))
     fire = shared_data / "wildfire-s2"
     assert main(["manifest", "scenes", "--images", f"{WILDFIRE}={fire / 'post_fire' / 'C[AL]*.tif'}",
                  "--labels", str(fire / "masks"), "--sensors", str(SENSOR_YAML), "--out", str(root / "manifest"),
@@ -34,7 +38,7 @@ def fire_model(shared_data, tmp_path_factory):
     assert main(["finetune", "--encoder", "random:convnextv2_atto", "--manifest", str(root / "manifest" / "manifest.json"),
                  "--task", "burned", "--out", str(root / "model"), "--epochs", "1", "--batch-size", "8",
                  "--unfreeze", "last_stage", "--decoder", "fpn", "--class-weights", "balanced",
-                 "--gain-jitter", "0.1"]) == 0
+                 "--gain-jitter", "0.1", "--init-weights", str(root / "atto.safetensors")]) == 0
     return root / "model"
 
 
@@ -61,6 +65,7 @@ def test_finetune_writes_a_verified_task_model(fire_model):
     assert card["extra"]["encoder"]["kind"] == "random" and card["extra"]["unfreeze"] == "last_stage"
     assert card["extra"]["tile_size"] == 64 and len(card["extra"]["train_config"]["class_weights"]) == 2
     assert card["extra"]["train_config"]["gain_jitter"] == 0.1
+    assert len(card["extra"]["encoder"]["card"]["distill"]["init"]["sha256"]) == 64
     assert {"val_miou", "test_miou", "best_epoch"} <= set(card["metrics"])
     assert 0 < card["metrics"]["trainable_params"] < card["num_params"]
     assert (fire_model / "sensors" / f"{WILDFIRE}.yaml").is_file()

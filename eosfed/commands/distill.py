@@ -35,12 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     add_settings(parser, ExperimentConfig, "run", only=("seed", "tolerance_nm"))
     add_settings(parser, ProxySettings, "proxy", only=("pair_scenes", "batch_size"))
-    add_settings(parser, DistillConfig, "distillation (fusion.distill.DistillConfig)")
+    add_settings(parser, DistillConfig, "distillation (fusion.distill.DistillConfig; --init-weights: its init)",
+                 skip=("init",))
+    parser.add_argument("--init-weights", default="random",
+                        help="checkpoint a new student's trunk starts from (specialists.init), or 'random'")
 
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
-    config = settings_from(args, DistillConfig)
+    config = settings_from(args, DistillConfig, init=args.init_weights)
     registry = Registry(args.registry)
     batches = ProxyBatches(args.proxy, args.proxy_sensors.split(",") if args.proxy_sensors else None, args.split or None,
                            args.size, args.batch_size, seed=args.seed, num_workers=args.num_workers)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, ExperimentConfig, "run (tolerance_nm: band equivalences of a registry ensemble)",
                  only=("tolerance_nm",))
     add_settings(parser, TrainConfig, "training (specialists.train.TrainConfig)",
-                 skip=("class_weights", "init_weights", "freeze"))
+                 skip=("class_weights", "freeze"))
 
 
 def _class_weights(text: str, num_classes: int) -> tuple[bool, list[float] | None]:
