@@ -1,5 +1,5 @@
 """Starting checkpoints (specialists.init): timm safetensors / .pth, EoS-FM lists, bands by wavelength, a federated
-group started from ``train.init`` (eosfed artifacts: tests/test_specialists.py)."""
+group started from ``train.init``, a student artifact (specialist artifacts: tests/test_specialists.py)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,25 @@ def test_federated_group_starts_from_train_init(rgb_model, tmp_path: Path) -> No
     assert card["extra"]["init"] == {"source": str(path), "sha256": read_checkpoint(path).sha256}
     assert sent and all(torch.equal(s[BLOCK], rgb_model.stages[3].blocks[1].mlp.fc2.weight) for s in sent)
     torch.testing.assert_close(sent[0]["stem_0.weight"][:, S2.index("B04")], rgb_model.stem[0].weight[:, 0])
+
+
+def test_student_trunk_from_timm_and_specialist_from_student_artifact(rgb_model, tmp_path: Path) -> None:
+    from fusion.student import Student, save_student
+
+    path = tmp_path / "atto.safetensors"
+    save_file(rgb_model.state_dict(), str(path))
+    student = Student.create("convnextv2_atto", seed=0)
+    load_encoder_weights(student.trunk, path)  # distill.init: the trunk only, the spectral stem is the student's
+    torch.testing.assert_close(student.trunk.state_dict()[BLOCK], rgb_model.stages[3].blocks[1].mlp.fc2.weight)
+    out = save_student(student, tmp_path / "student")
+    enc = build_encoder("convnextv2_atto", in_chans=len(S2))
+    ckpt = load_encoder_weights(enc, out, S2)  # no fixed stem in the file: the stem keeps its init
+    assert ckpt.bands is None and ckpt.sha256 == student.card.weights_sha256
+    torch.testing.assert_close(enc.state_dict()[BLOCK], rgb_model.stages[3].blocks[1].mlp.fc2.weight)
+
+
+def test_a_missing_init_file_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    from pipeline.settings import ExperimentConfig, TrainSettings
+
+    with pytest.raises(ValueError, match="train.init: .*nope.pth.* is neither 'random' nor an existing checkpoint"):
+        ExperimentConfig(train=TrainSettings(init=str(tmp_path / "nope.pth")))
