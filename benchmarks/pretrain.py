@@ -89,7 +89,7 @@ def run_set(name: str, manifest_path: Path, out: Path, epochs: int, seeds: list[
                 raise RuntimeError(f"eosfed pretrain failed on {name}")
         losses[seed] = json.loads((folder / "pretrain.json").read_text())["loss"]
         torch.manual_seed(seed)
-        encoders = {"fcmae": build_encoder(in_chans=len(stats.bands), init_weights=folder),
+        encoders = {"fcmae": build_encoder(in_chans=len(stats.bands), init_weights=folder / "weights.safetensors"),
                     "random-init": build_encoder(in_chans=len(stats.bands))}
         for enc_name, encoder in encoders.items():
             f = {s: features(encoder, loader, mean, std) for s, loader in loaders.items()}

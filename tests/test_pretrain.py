@@ -49,7 +49,7 @@ def test_pretrain_command_on_real_tiles(shared_data: Path, tmp_path: Path) -> No
     assert record["tiles"] == len(manifest.select(split="train")) == 20 and len(record["loss"]) == 2
     assert all(torch.isfinite(torch.tensor(record["loss"])))
     # The weights start a specialist: the encoder loads them strictly, every tensor equal.
-    encoder = build_encoder(in_chans=len(record["bands"]), init_weights=out)
+    encoder = build_encoder(in_chans=len(record["bands"]), init_weights=out / "weights.safetensors")
     saved = load_file(str(out / "weights.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in encoder.state_dict().items())
     assert main(argv) == 2  # an existing output is refused without --overwrite

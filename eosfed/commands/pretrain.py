@@ -1,6 +1,6 @@
 """``eosfed pretrain``: FCMAE self-supervised pretraining of a ConvNeXtV2 encoder on a manifest's tiles,
 labels ignored (:mod:`specialists.fcmae`). Writes ``weights.safetensors`` (the encoder, as
-``--init-weights`` of ``eosfed train-specialist`` reads it) and ``pretrain.json`` (config, data, loss per
+``--init-weights FOLDER/weights.safetensors`` of ``eosfed train-specialist`` reads it) and ``pretrain.json`` (config, data, loss per
 epoch, the weights' sha256)."""
 
 from __future__ import annotations
