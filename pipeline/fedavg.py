@@ -101,6 +101,8 @@ def _flat(states: Sequence[State]) -> torch.Tensor:
 def indistinct(states: Sequence[State], reference: State) -> list[list[int]]:
     """``states``' indices in classes the coordinator cannot tell apart: two states closer to each other
     than :data:`SAME` times the smaller of their distances from ``reference`` share a class."""
+    if not states:
+        return []
     flat = _flat(states)
     steps = torch.linalg.vector_norm(flat - _flat([reference]), dim=1)
     classes: list[list[int]] = []
