@@ -30,7 +30,7 @@ from geodata.stats import load_or_compute_stats
 from pipeline.settings import RunSettings, load_experiment
 from server.phases.discover import simulated_record
 from server.run import run_experiment
-from tiny_run import simulated_nodes, tiny_run_config
+from tiny_run import simulated_nodes, tamper_replies, tiny_run_config
 from wire.messages import TRAIN_MAXIMA, IdentifyReply
 
 HOSTILE = 102
@@ -377,12 +377,7 @@ def test_a_teacher_replying_bad_features_is_left_out_with_its_reason_and_the_stu
     spatial size or half the ids is refused with its reason; the other teacher distils a finite student."""
     tamper, reason = FEATURES[case]
 
-    def faults(message: Message):
-        institution = message.content.config_records.get("institution", {}).get("institution")
-        if message.metadata.message_type != "query.features" or institution != "north_s2":
-            return None
-        return lambda reply: (tamper(reply), reply)[1]
-
+    faults = tamper_replies("query.features", "north_s2", tamper)
     config = tiny_run_config(tmp_path, "enrol.weights=home ~institutions.south_s2 stop_after=distill")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
     distill = json.loads((run_dir / "phases" / "distill.json").read_text())

@@ -23,7 +23,7 @@ from server.phases import PHASES, Phase
 from server.run import run_experiment
 from specialists.encoder import build_encoder
 from specialists.io import bytes_tensor, tensor_bytes
-from tiny_run import simulated_nodes, tiny_run_config
+from tiny_run import simulated_nodes, tamper_replies, tiny_run_config
 
 PICKLE_RAN = []
 
@@ -95,12 +95,7 @@ CASES = {
 def test_tampered_upload_is_refused_and_another_keeper_delivers(tmp_path: Path, case: str) -> None:
     tamper, reason = CASES[case]
 
-    def faults(message):
-        institution = message.content.config_records.get("institution", {}).get("institution")
-        if message.metadata.message_type != "query.enrol" or institution != "north_s2":
-            return None
-        return lambda reply: (tamper(reply), reply)[1]
-
+    faults = tamper_replies("query.enrol", "north_s2", tamper)
     config = tiny_run_config(tmp_path, "stop_after=enrol enrol.max_upload_mb=20")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(2), faults=faults), config, flower_run_id=1)
     enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())

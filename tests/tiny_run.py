@@ -21,3 +21,16 @@ def tiny_run_config(out: Path, extra: str = "", run_name: str = "fl") -> dict[st
                  "train.rounds=2 train.max_steps=1 train.batch_size=2 federation.reply_timeout_s=5 "
                  "proxy.tiles_per_institution=6 proxy.batch_size=8 distill.epochs=1 prune.permutations=4 " + extra)
     return {"experiment": "default", "overrides": overrides, "run-name": run_name}
+
+
+def tamper_replies(message_type: str, institution: str, tamper):
+    """An :class:`InProcessGrid` ``faults`` hook: ``tamper(reply)`` on the replies to ``message_type``
+    requests for ``institution``, the others untouched."""
+
+    def faults(message):
+        name = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != message_type or name != institution:
+            return None
+        return lambda reply: (tamper(reply), reply)[1]
+
+    return faults
