@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -42,17 +42,24 @@ class ProxyBatches:
     Each sensor's tiles are normalised-filled with that sensor's band statistics (``self.stats``).
     Batches of the sensors are interleaved round-robin, so every stretch of training sees every sensor;
     with ``shuffle`` each sensor's tile order changes every epoch (deterministically from ``seed``).
+    Tiles are centre-cropped to ``size``, except those of a sensor in ``resize``: resampled whole to its size.
     """
 
     def __init__(self, manifest: Manifest | str | Path, sensors: Sequence[str] | None = None,
                  split: str | None = "train", size: int | None = None, batch_size: int = 32,
-                 shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> None:
+                 shuffle: bool = True, seed: int = 0, num_workers: int = 0,
+                 resize: Mapping[str, int] | None = None) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         names = list(sensors) if sensors else proxy_sensors(self.manifest, split)
         self.sensors, self.split = names, split
         self.stats: dict[str, BandStats] = {s: load_or_compute_stats(self.manifest, s, split or "train") for s in names}
+        resize = {get_sensor(s).name: px for s, px in (resize or {}).items()}
+        unknown = sorted(set(resize) - {get_sensor(s).name for s in names})
+        if unknown:
+            raise ValueError(f"resize names sensors {unknown} that have no proxy tiles (sensors: {names})")
         self.loaders = [
-            DataLoader(TileDataset(self.manifest, s, split=split, size=size, stats=self.stats[s]),
+            DataLoader(TileDataset(self.manifest, s, split=split, size=None if get_sensor(s).name in resize else size,
+                                   stats=self.stats[s], resize=resize.get(get_sensor(s).name)),
                        batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_samples,
                        generator=torch.Generator().manual_seed(seed))
             for s in names
@@ -77,11 +84,13 @@ class ProxyBatches:
 
 def labelled_loader(manifest: Manifest, sensor: str, task: str, split: str, size: int | None = None,
                     batch_size: int = 64, stats: BandStats | None = None, num_workers: int = 0,
-                    institution: str | None = None, region: str | None = None) -> DataLoader:
+                    institution: str | None = None, region: str | None = None,
+                    resize: int | None = None) -> DataLoader:
     """Batches of ``split`` tiles of ``sensor`` (optionally one institution or region) with targets for
-    ``task``, in a fixed order; invalid pixels are filled with ``stats`` (default: the train split's)."""
+    ``task``, in a fixed order, cropped to ``size`` then resampled to ``resize``; invalid pixels are
+    filled with ``stats`` (default: the train split's)."""
     stats = stats or load_or_compute_stats(manifest, sensor, "train", institution=institution, region=region)
     dataset = TileDataset(manifest, sensor, split=split, task=task, size=size, stats=stats,
-                          institution=institution, region=region)
+                          institution=institution, region=region, resize=resize)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_samples)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from geodata.errors import RasterError
@@ -22,7 +23,7 @@ from geodata.raster import read_labelled, read_source, tile_source, tile_window
 from geodata.sensors import BandError, Sensor, get_sensor
 from geodata.stats import BandStats
 
-__all__ = ["TileDataset", "collate_samples"]
+__all__ = ["TileDataset", "collate_samples", "resample"]
 
 
 def _check_labels(manifest: Manifest, tile: TileEntry, task: str, spec: TaskSpec) -> Any:
@@ -41,9 +42,23 @@ def _check_labels(manifest: Manifest, tile: TileEntry, task: str, spec: TaskSpec
     return value
 
 
+def resample(image: torch.Tensor, valid: torch.Tensor, target: Any, size: int,
+             ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """A ``[C, H, W]`` image (filled: no NaN) resampled to ``size`` x ``size`` by area averaging, its
+    validity (a pixel is valid when every source pixel under it was) and a ``[H, W]`` mask target
+    (nearest, ``ignore_index`` where invalid); other targets pass through."""
+    image = F.interpolate(image[None], size=(size, size), mode="area")[0]
+    valid = F.interpolate(valid[None, None].float(), size=(size, size), mode="area")[0, 0] > 1 - 1e-6
+    if isinstance(target, torch.Tensor) and target.ndim == 2:
+        target = F.interpolate(target[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+        target[~valid] = ignore_index
+    return image, valid, target
+
+
 class TileDataset(Dataset):
     """Tiles of one sensor from a manifest, optionally filtered, cropped to a centred ``size`` (of the
-    tile's window, if it has one).
+    tile's window, if it has one), then resampled to ``resize`` x ``resize`` (the whole scene at a
+    coarser ground sampling distance, where ``size`` keeps native pixels and drops the rest).
 
     Samples carry the sensor's image bands (``self.bands``: spectral and SAR, not its auxiliary bands)."""
 
@@ -57,11 +72,14 @@ class TileDataset(Dataset):
         region: str | None = None,
         size: int | None = None,
         stats: BandStats | None = None,
+        resize: int | None = None,
     ) -> None:
+        if resize is not None and resize < 1:
+            raise ValueError(f"resize must be a positive size in pixels, got {resize}")
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         self.sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
         self.bands = self.sensor.image_bands
-        self.size = size
+        self.size, self.resize = size, resize
         filters = dict(sensor=self.sensor.name, split=split, task=task, institution=institution, region=region)
         self.tiles = self.manifest.select(**filters)
         if not self.tiles:
@@ -93,12 +111,10 @@ class TileDataset(Dataset):
             raster = read_source(self._sources[index], self.sensor, window=window, size=self.size)
             target = self._target(index) if spec is not None else None
         image = raster.data if raster.valid.all() else np.where(raster.valid, raster.data, self._fill)
-        sample = {
-            "image": torch.from_numpy(image),
-            "bands": self.bands,
-            "valid": torch.from_numpy(raster.valid),
-            "id": tile.id,
-        }
+        image, valid = torch.from_numpy(image), torch.from_numpy(raster.valid)
+        if self.resize is not None:
+            image, valid, target = resample(image, valid, target, self.resize, spec.ignore_index if spec else 255)
+        sample = {"image": image, "bands": self.bands, "valid": valid, "id": tile.id}
         if spec is not None:
             sample["target"] = target
         return sample

@@ -61,6 +61,35 @@ def test_centre_crop(eurosat):
     assert torch.equal(crop, full[:, 16:48, 16:48])
 
 
+def test_resize_keeps_the_whole_scene(eurosat):
+    full = TileDataset(eurosat, L1C)[5]["image"]
+    sample = TileDataset(eurosat, L1C, size=48, resize=24)[5]
+    assert sample["image"].shape == (13, 24, 24) and sample["valid"].shape == (24, 24) and sample["valid"].all()
+    assert torch.allclose(sample["image"], torch.nn.functional.avg_pool2d(full[None, :, 8:56, 8:56], 2)[0])
+    with pytest.raises(ValueError, match="resize must be a positive size"):
+        TileDataset(eurosat, L1C, resize=0)
+
+
+def test_proxy_batches_resize_per_sensor(eurosat):
+    from fusion.data import ProxyBatches
+
+    batch = next(iter(ProxyBatches(eurosat, [L1C], "train", size=32, batch_size=4, resize={"s2_l1c": 16})))
+    assert batch["image"].shape == (4, 13, 16, 16)  # the whole 64 px tile, not its 32 px crop, resampled
+    with pytest.raises(ValueError, match=r"resize names sensors \['sentinel1_grd'\]"):
+        ProxyBatches(eurosat, [L1C], "train", resize={"sentinel1_grd": 16})
+
+
+def test_resize_segmentation_mask_nearest(tmp_path):
+    stack = np.full((13, 8, 8), 1000, np.uint16)
+    stack[:, 0, 0] = 0  # nodata: its 2x2 cell becomes invalid and ignored
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, 4:] = 2
+    sample = TileDataset(tiny_manifest(tmp_path, stack, mask), L1C, task="task", resize=4)[0]
+    assert sample["target"].dtype == torch.int64 and sample["target"].shape == (4, 4)
+    assert sample["target"][0, 0] == 255 and (sample["target"][:, 2:] == 2).all() and (sample["target"][1:, :2] == 0).all()
+    assert not sample["valid"][0, 0] and sample["valid"].sum() == 15
+
+
 def test_collate_refuses_mixed_bands(eurosat):
     sample = TileDataset(eurosat, L1C)[0]
     other = {**sample, "bands": sample["bands"][:-1] + ("B8X",), "id": "other"}

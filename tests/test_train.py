@@ -173,9 +173,10 @@ def test_train_specialist_command(tmp_path, shared_data):
     manifest = build_eurosat_manifest(shared_data / "eurosat-ms", tmp_path / "m", train_per_class=3, val_per_class=1)
     out = tmp_path / "spec"
     argv = ["train-specialist", "--manifest", str(tmp_path / "m" / "manifest.json"), "--sensor", SENSOR,
-            "--task", TASK, "--out", str(out), "--epochs", "1", "--batch-size", "32", "--size", "32"]
+            "--task", TASK, "--out", str(out), "--epochs", "1", "--batch-size", "32", "--size", "48", "--resize", "32"]
     assert cli_main(argv) == 0
     card = load_specialist(out).card
+    assert (card.data_summary["size"], card.data_summary["resize"]) == (48, 32)
     assert card.name == "eurosat-ms-sentinel2_l1c-scene" and card.institutions == ["eurosat-ms"]
     assert card.data_summary["tiles"] == {"train": 30, "val": 10, "test": 80}
     assert card.data_summary["class_counts"]["val"] == {c: 1 for c in manifest.task(TASK).classes}

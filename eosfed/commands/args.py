@@ -126,6 +126,21 @@ def settings_from(args: argparse.Namespace, settings: type[T], **fixed: Any) -> 
     return settings(**{n: getattr(args, n) for n in names if hasattr(args, n) and n not in fixed}, **fixed)
 
 
+def _pixels(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
+    return value
+
+
+def add_tile_size(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """Add ``--size`` (centre crop, native pixels) and ``--resize`` (the whole tile, or its crop, resampled)."""
+    parser.add_argument("--size", type=_pixels, help=f"centre-crop tiles to this size{note}")
+    parser.add_argument("--resize", type=_pixels,
+                        help="resample tiles (after --size) to this size by area averaging: the whole scene "
+                             "at a coarser resolution")
+
+
 def add_sensor_files(parser: argparse.ArgumentParser) -> None:
     """Add ``--sensors FILE`` (repeatable): sensor YAML files or folders registered before the command runs
     (by :func:`load_sensor_args`, which ``eosfed.cli.main`` calls for every command)."""

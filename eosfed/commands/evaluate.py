@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from eosfed.commands.args import add_output, add_sensor_files, check_output, check_split, optional_split
+from eosfed.commands.args import add_output, add_sensor_files, add_tile_size, check_output, check_split, optional_split
 from fusion.baselines import baseline_encoders
 from fusion.data import labelled_loader
 from fusion.encoders import RANDOM_PREFIX, open_encoder
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fractions", type=_floats, default=list(DEFAULT_FRACTIONS), help="e.g. 0.01,0.1,1")
     parser.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=list(DEFAULT_SEEDS))
     parser.add_argument("--methods", help="comma-separated: linear, knn, segmentation (default by task type)")
-    parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
+    add_tile_size(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tolerance-nm", type=float, default=DEFAULT_TOLERANCE_NM)
     parser.add_argument("--device", default="cpu")
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     stats = load_or_compute_stats(manifest, args.sensor, train_split)
 
     def loader(split: str):
-        return labelled_loader(manifest, args.sensor, args.task, split, args.size, args.batch_size, stats)
+        return labelled_loader(manifest, args.sensor, args.task, split, args.size, args.batch_size, stats,
+                               resize=args.resize)
 
     val = loader(val_split) if val_split is not None else None
     train, test = loader(train_split), loader(test_split)

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from eosfed.commands.args import add_output, add_sensor_files, add_settings, check_split, settings_from, staged_output
+from eosfed.commands.args import (add_output, add_sensor_files, add_settings, add_tile_size, check_split, settings_from,
+                                 staged_output)
 from geodata.dataset import TileDataset, collate_samples
 from geodata.manifest import Manifest
 from geodata.sensors import get_sensor
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(parser, "folder to write the pretrained encoder into")
     add_sensor_files(parser)
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
-    parser.add_argument("--size", type=int, help="centre-crop tiles to this size (a multiple of --patch)")
+    add_tile_size(parser, " (the size read must be a multiple of --patch)")
     parser.add_argument("--init-weights", type=Path, help="start from this local checkpoint")
     add_settings(parser, FcmaeConfig, "pretraining (specialists.fcmae.FcmaeConfig)")
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     split = check_split(manifest, args.split, "--split", sensor=sensor.name)
     cfg = settings_from(args, FcmaeConfig)
     stats = load_or_compute_stats(manifest, sensor, split)
-    data = TileDataset(manifest, sensor, split=split, size=args.size, stats=stats)
+    data = TileDataset(manifest, sensor, split=split, size=args.size, stats=stats, resize=args.resize)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_samples, drop_last=False,
                         generator=torch.Generator().manual_seed(cfg.seed))
     with staged_output(args.out, args.overwrite) as stage:
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"method": "fcmae", "variant": args.variant, "sensor": sensor.name, "bands": list(data.bands),
                   "band_stats": {"mean": list(stats.mean), "std": list(stats.std)},
                   "manifest": str(args.manifest), "split": split, "tiles": len(data), "size": args.size,
+                  "resize": args.resize,
                   "config": asdict(cfg), "loss": history,
                   "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
         (stage / "pretrain.json").write_text(json.dumps(record, indent=1))

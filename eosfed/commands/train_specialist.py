@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from eosfed.commands.args import (add_output, add_sensor_files, add_settings, check_output, check_split,
+from eosfed.commands.args import (add_output, add_sensor_files, add_settings, add_tile_size, check_output, check_split,
                                   optional_split, settings_from, staged_output)
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, TaskSpec, TileEntry
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--institution", help="only this institution's tiles (and name it on the card)")
     parser.add_argument("--name", help="specialist name (default: <institution|manifest>-<sensor>-<task>)")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
-    parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
+    add_tile_size(parser)
     add_settings(parser, TrainConfig, f"training (specialists.train.TrainConfig; --freeze: {', '.join(FREEZE_POLICIES)})")
 
 
@@ -73,14 +73,16 @@ def run(args: argparse.Namespace) -> int:
     tiles = {role: manifest.select(split=split, **filters) for role, split in splits.items() if split is not None}
     stats = load_or_compute_stats(manifest, sensor, "train", institution=args.institution)
     datasets = {role: TileDataset(manifest, sensor, split=splits[role], task=args.task,
-                                  institution=args.institution, size=args.size, stats=stats) for role in tiles}
+                                  institution=args.institution, size=args.size, stats=stats,
+                                  resize=args.resize) for role in tiles}
     institutions = [args.institution] if args.institution else sorted(
         {t.institution for t in tiles["train"] if t.institution}) or [manifest.name]
     card = SpecialistCard(
         name=args.name or f"{args.institution or manifest.name}-{sensor.name}-{args.task}",
         institutions=institutions, sensor=sensor.name, bands=list(stats.bands), norm_mean=list(stats.mean),
         norm_std=list(stats.std), task=args.task, task_type=spec.type, classes=list(spec.classes),
-        variant=args.variant, data_summary={"manifest": manifest.name, **_summary(tiles, args.task, spec)},
+        variant=args.variant, data_summary={"manifest": manifest.name, "size": args.size, "resize": args.resize,
+                      **_summary(tiles, args.task, spec)},
     )
     cfg = settings_from(args, TrainConfig)
     specialist, head, _ = train_specialist(datasets["train"], datasets.get("val"), card, cfg, spec.ignore_index)
