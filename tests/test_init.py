@@ -75,7 +75,7 @@ def test_bad_files_give_one_line_naming_file_and_tensor(rgb_model, tmp_path: Pat
 
 
 @pytest.mark.e2e
-def test_federated_group_starts_from_train_init(rgb_model, tmp_path: Path) -> None:
+def test_federated_group_and_student_start_from_their_init(rgb_model, tmp_path: Path) -> None:
     path = tmp_path / "atto.safetensors"
     save_file(rgb_model.state_dict(), str(path))
     sent = []
@@ -85,10 +85,13 @@ def test_federated_group_starts_from_train_init(rgb_model, tmp_path: Path) -> No
             sent.append(message.content.array_records["encoder"].to_torch_state_dict())
         return None
 
-    config = tiny_run_config(tmp_path, f"~institutions.city_aerial train.init={path} train.rounds=1 stop_after=train")
+    config = tiny_run_config(tmp_path, f"~institutions.city_aerial train.init={path} distill.init={path} "
+                                       "train.rounds=1 stop_after=distill")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(1), faults=record), config, flower_run_id=1)
     card = json.loads((run_dir / "specialists" / "sentinel2_l2a-scene" / "card.json").read_text())
-    assert card["extra"]["init"] == {"source": str(path), "sha256": read_checkpoint(path).sha256}
+    origin = {"source": str(path), "sha256": read_checkpoint(path).sha256}
+    assert card["extra"]["init"] == origin
+    assert json.loads((run_dir / "student" / "card.json").read_text())["distill"]["init"] == origin
     assert sent and all(torch.equal(s[BLOCK], rgb_model.stages[3].blocks[1].mlp.fc2.weight) for s in sent)
     torch.testing.assert_close(sent[0]["stem_0.weight"][:, S2.index("B04")], rgb_model.stem[0].weight[:, 0])
 
