@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from geodata.sensors import equivalent_band, select_bands
+from geodata.sensors import DEFAULT_TOLERANCE_NM, equivalent_band, select_bands
 
 __all__ = ["ViewPlan", "plan_view", "DEFAULT_TOLERANCE_NM"]
-
-DEFAULT_TOLERANCE_NM = 50.0
 
 
 @dataclass(frozen=True)

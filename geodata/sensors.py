@@ -62,6 +62,7 @@ __all__ = [
     "env_sensor_paths",
     "select_bands",
     "equivalent_band",
+    "DEFAULT_TOLERANCE_NM",
 ]
 
 log = logging.getLogger(__name__)
@@ -423,10 +424,15 @@ def select_bands(
     return x.index_select(dim, torch.as_tensor(order, device=x.device))
 
 
-def equivalent_band(want: str, have: Sequence[str], tolerance_nm: float = 30.0) -> str | None:
-    """The band of ``have`` that can stand in for ``want``: itself, the same SAR polarisation,
-    or the closest centre wavelength within ``tolerance_nm``. ``None`` if there is none (auxiliary
-    bands stand in for nothing)."""
+DEFAULT_TOLERANCE_NM = 50.0
+"""How far apart (nm) two centre wavelengths may be for one band to stand in for the other: the one
+default, read by the run settings and the CLI."""
+
+
+def equivalent_band(want: str, have: Sequence[str], tolerance_nm: float) -> str | None:
+    """The band of ``have`` that can stand in for ``want``: itself, the same SAR polarisation at the
+    same frequency band (undeclared matches only undeclared), or the closest centre wavelength within
+    ``tolerance_nm``. ``None`` if there is none (auxiliary bands stand in for nothing)."""
     if want in have:
         return want
     target = get_band(want)
@@ -438,7 +444,8 @@ def equivalent_band(want: str, have: Sequence[str], tolerance_nm: float = 30.0) 
         if band.is_auxiliary:
             continue
         if target.is_sar or band.is_sar:
-            if target.polarisation is not None and band.polarisation == target.polarisation:
+            if (target.polarisation is not None and band.polarisation == target.polarisation
+                    and band.frequency_band == target.frequency_band):
                 return name
             continue
         gap = abs(band.wavelength_nm - target.wavelength_nm)  # type: ignore[operator]

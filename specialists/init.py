@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from geodata.sensors import BandError, equivalent_band
+from geodata.sensors import DEFAULT_TOLERANCE_NM, BandError, equivalent_band
 from specialists import artifact
 from specialists.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError
 
@@ -97,7 +97,7 @@ def _tensors(raw: Any, path: Path) -> dict[str, torch.Tensor]:
 def _overlap(bands: Sequence[str] | None, want: Sequence[str] | None) -> int:
     if not bands or not want:
         return 0
-    return sum(equivalent_band(b, bands) is not None for b in want)
+    return sum(equivalent_band(b, bands, DEFAULT_TOLERANCE_NM) is not None for b in want)
 
 
 def _eosfm_entry(entries: list, path: Path, want: Sequence[str] | None) -> tuple[dict, tuple[str, ...] | None]:
@@ -172,7 +172,7 @@ def _adapt_stem(weight: torch.Tensor, have: Sequence[str], want: Sequence[str], 
     mean = weight.mean(dim=1)
     columns, unmatched = [], []
     for band in want:
-        match = equivalent_band(band, have)
+        match = equivalent_band(band, have, DEFAULT_TOLERANCE_NM)
         columns.append(weight[:, have.index(match)] if match is not None else mean)
         if match is None:
             unmatched.append(band)

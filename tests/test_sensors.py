@@ -60,12 +60,25 @@ def test_select_bands_names_every_missing_band():
 
 def test_equivalent_band_by_wavelength_and_polarisation():
     landsat = get_sensor("landsat8_oli").bands
-    assert equivalent_band("B04", landsat) == "OLI_B4"
-    assert equivalent_band("B8A", landsat) == "OLI_B5"
-    assert equivalent_band("B05", landsat) is None  # red edge: no Landsat band within 30 nm
-    assert equivalent_band("B04", ("VV", "VH")) is None
-    assert equivalent_band("VH", ("VV", "VH")) == "VH"
-    assert equivalent_band("RED", get_sensor("sentinel2_l2a").bands) == "B04"
+    assert equivalent_band("B04", landsat, 30) == "OLI_B4"
+    assert equivalent_band("B8A", landsat, 30) == "OLI_B5"
+    assert equivalent_band("B05", landsat, 30) is None  # red edge: no Landsat band within 30 nm
+    assert equivalent_band("B05", landsat, 50) == "OLI_B4"  # 49.6 nm apart
+    assert equivalent_band("B04", ("VV", "VH"), 50) is None
+    assert equivalent_band("VH", ("VV", "VH"), 50) == "VH"
+    assert equivalent_band("RED", get_sensor("sentinel2_l2a").bands, 50) == "B04"
+
+
+def test_sar_stands_in_only_at_the_same_frequency_band():
+    register_sensor(Sensor("t_palsar", ("T_HH_L", "T_HV_L", "T_VV_X")),
+                    [Band("T_HH_L", polarisation="HH", frequency_band="L"),
+                     Band("T_HV_L", polarisation="HV", frequency_band="L"),
+                     Band("T_VV_X", polarisation="VV")])
+    register_sensor(Sensor("t_csar", ("T_HH_C", "T_VV_Y")),
+                    [Band("T_HH_C", polarisation="HH", frequency_band="C"), Band("T_VV_Y", polarisation="VV")])
+    assert equivalent_band("T_HH_C", ("T_HH_L", "T_HV_L"), 50) is None  # an L-band HH is no C-band HH
+    assert equivalent_band("VV", ("T_VV_X",), 50) is None  # Sentinel-1 is C band; T_VV_X does not say
+    assert equivalent_band("T_VV_Y", ("T_VV_X",), 50) == "T_VV_X"  # both undeclared
 
 
 def test_unknown_names_are_refused():
@@ -81,7 +94,7 @@ def test_sensor_from_yaml(tmp_path):
     sensors = load_sensor_files([CONFIGS / "sensors"])
     ps = get_sensor("planetscope_sd")
     assert ps in sensors and ps.num_bands == 8 and ps.scale == pytest.approx(1e-4)
-    assert equivalent_band("B04", ps.bands) == "PS_RED"
+    assert equivalent_band("B04", ps.bands, 50) == "PS_RED"
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: broken\nbands:\n  - {name: ZZ}\n")
@@ -198,8 +211,8 @@ def test_per_band_scale_reads_tci_beside_reflectance(tmp_path, shared_data):
 def test_auxiliary_bands_are_kept_in_file_order_but_not_image_bands():
     sensor = register_sensor(Sensor("t_aux", ("B02", "T_CLOUD", "B03")), [Band("T_CLOUD", kind="probability")])
     assert sensor.num_bands == 3 and sensor.image_bands == ("B02", "B03")
-    assert equivalent_band("T_CLOUD", sensor.bands) == "T_CLOUD"  # by name only
-    assert equivalent_band("T_CLOUD", ("B02",)) is None and equivalent_band("B02", ("T_CLOUD",)) is None
+    assert equivalent_band("T_CLOUD", sensor.bands, 50) == "T_CLOUD"  # by name only
+    assert equivalent_band("T_CLOUD", ("B02",), 50) is None and equivalent_band("B02", ("T_CLOUD",), 50) is None
 
 
 def test_select_needs_only_the_selected_sensor_known():
