@@ -1,8 +1,8 @@
 """Distil the ensemble into the student on unlabeled proxy data (AM-RADIO/UNIC/Theia style).
 
 Targets: each teacher's standardised ``stage2``/``stage3`` maps and pooled feature, read from the
-:class:`~fusion.teacher_cache.TeacherCache` (filled once, before the first epoch; remote teachers
-fill it with features they computed themselves), so training epochs never call a teacher. A batch
+:class:`~fusion.teacher_cache.TeacherCache` (filled once by the caller, before the first epoch; remote
+teachers fill it with features they computed themselves), so training epochs never call a teacher. A batch
 trains against every teacher cached for all its samples. Per teacher and target the loss is
 ``0.5 * (1 - cos) + 0.5 * smooth_l1`` (cosine over channels); a teacher's loss is the mean over its
 three targets. Teacher dropping: each step every teacher but the hardest one (highest running mean
@@ -28,9 +28,7 @@ from tqdm import tqdm
 from fusion.adaptors import Adaptors, TeacherRef, match_size
 from fusion.plots import save_plot
 from fusion.student import Student
-from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
-from fusion.views import DEFAULT_TOLERANCE_NM
-from specialists import Specialist
+from fusion.teacher_cache import TARGETS, TeacherCache
 from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import resolve_device
 
@@ -177,25 +175,23 @@ class Distiller:
 
 def distill_student(
     student: Student,
-    specialists: Mapping[str, Specialist],
+    teachers: Sequence[TeacherRef],
     batches: Iterable[Mapping],
     cache: TeacherCache,
     config: DistillConfig,
     *,
     seed: int,
     adaptors: Adaptors | None = None,
-    remote_teachers: Sequence[TeacherRef] = (),
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
 ) -> tuple[Adaptors, DistillHistory]:
-    """Fill the cache from local ``specialists``, then distil every teacher with cached targets.
+    """Distil every teacher with targets in ``cache`` (filled beforehand, once:
+    :func:`~fusion.teacher_cache.fill_cache` for local specialists, partners' replies for remote ones) into ``student``; no teacher runs here.
 
     Warm start (integrate mode): pass a previously distilled ``student`` and its ``adaptors``; heads
-    of unchanged teachers are kept, new teachers get new heads. ``remote_teachers`` must already have
-    their targets in ``cache``. Records the teachers in ``student.card.teachers``.
+    of unchanged teachers are kept, new teachers get new heads. Records the teachers in
+    ``student.card.teachers``.
     """
     torch.manual_seed(seed)
-    history = DistillHistory(teacher_extractions=fill_cache(cache, specialists, batches, tolerance_nm))
-    teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote_teachers)
+    history = DistillHistory()
     adaptors = adaptors if adaptors is not None else Adaptors(student.feature_dims)
     for name in [n for n in adaptors.teachers if n not in {t.name for t in teachers}]:
         del adaptors[name]  # teachers that left the ensemble (pruned) leave the objective

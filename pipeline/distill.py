@@ -83,9 +83,9 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
     fill_s = time.perf_counter() - start
     paired = cache.share(batches.scene_partners()) if pair_scenes else 0
     student, adaptors = _student(config, batches, name, seed, init)
-    adaptors, history = distill_student(student, specialists, batches, cache, config, seed=seed, adaptors=adaptors,
-                                        remote_teachers=remote, tolerance_nm=tolerance_nm)
-    history.teacher_extractions += extractions
+    teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote)
+    adaptors, history = distill_student(student, teachers, batches, cache, config, seed=seed, adaptors=adaptors)
+    history.teacher_extractions = extractions
     log.info("Student distilled from %s (final loss %.4f)", ", ".join(adaptors.teachers), history.total[-1])
     return Distilled(student, adaptors, history, paired, extractions, fill_s)
 

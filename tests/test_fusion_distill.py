@@ -7,7 +7,7 @@ from fusion_toys import S1_BANDS, S2_BANDS, make_registry, proxy_batches
 from fusion.adaptors import AdaptorHead, TeacherRef, load_adaptors, save_adaptors
 from fusion.distill import DistillConfig, distill_student, drop_teachers, feature_loss, plot_history
 from fusion.student import Student
-from fusion.teacher_cache import TeacherCache, extract_teacher_features
+from fusion.teacher_cache import TeacherCache, extract_teacher_features, fill_cache
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,10 @@ def specialists(tmp_path_factory):
 @pytest.fixture(scope="module")
 def batches():
     return proxy_batches(S2_BANDS, n_batches=2) + proxy_batches(S1_BANDS, n_batches=1)
+
+
+def refs(specialists) -> list[TeacherRef]:
+    return [TeacherRef.of(s, n) for n, s in specialists.items()]
 
 
 def count_calls(specialists) -> dict[str, int]:
@@ -64,15 +68,17 @@ def test_teachers_run_once_and_cache_survives_restart(specialists, batches, tmp_
     calls = count_calls(specialists)
     student = Student.create(band_stats={"B04": [0.2, 0.1], "VV": [0.2, 0.1]}, seed=0)
     cache = TeacherCache(tmp_path / "cache")
-    adaptors, history = distill_student(student, specialists, batches, cache, DistillConfig(epochs=2, drop_prob=0.0), seed=0)
+    assert fill_cache(cache, specialists, batches) == 5
+    adaptors, history = distill_student(student, refs(specialists), batches, cache,
+                                        DistillConfig(epochs=2, drop_prob=0.0), seed=0)
     # s2 and aerial read the 2 Sentinel-2 batches, s1 the Sentinel-1 batch: once each, for both epochs
     assert calls == {"s2": 2, "aerial": 2, "s1": 1}
-    assert history.teacher_extractions == 5
     assert set(history.teachers) == {"s2", "s1", "aerial"} and all(len(v) == 2 for v in history.teachers.values())
     assert all(f == [1.0, 1.0] for f in history.kept_fraction.values())
     # a new run over the same cache folder never calls the teachers
-    distill_student(student, specialists, batches, TeacherCache(tmp_path / "cache"), DistillConfig(epochs=1), seed=0,
-                    adaptors=adaptors)
+    reopened = TeacherCache(tmp_path / "cache")
+    assert fill_cache(reopened, specialists, batches) == 0
+    distill_student(student, refs(specialists), batches, reopened, DistillConfig(epochs=1), seed=0, adaptors=adaptors)
     assert calls == {"s2": 2, "aerial": 2, "s1": 1}
     assert {t["name"] for t in student.card.teachers} == {"s2", "s1", "aerial"}
     assert student.card.distill["total_epochs"] == 3
@@ -82,7 +88,9 @@ def test_teachers_run_once_and_cache_survives_restart(specialists, batches, tmp_
 def test_loss_decreases(specialists):
     batches = proxy_batches(S2_BANDS, n_batches=1, batch=4)
     student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
-    _, history = distill_student(student, {"s2": specialists["s2"]}, batches, TeacherCache(),
+    cache = TeacherCache()
+    fill_cache(cache, {"s2": specialists["s2"]}, batches)
+    _, history = distill_student(student, refs({"s2": specialists["s2"]}), batches, cache,
                                  DistillConfig(epochs=6, lr=2e-3), seed=0)
     assert history.teachers["s2"][-1] < 0.8 * history.teachers["s2"][0]
 
@@ -96,13 +104,14 @@ def test_remote_teacher_features_and_warm_start(specialists, batches, tmp_path):
     ref = TeacherRef("s1-remote", partner.card.weights_sha256, partner.feature_dims)
     cache.put(ref.weights_sha256, features)
     student = Student.create(band_stats={"VV": [0.2, 0.1]}, seed=1)
-    adaptors, _ = distill_student(student, {}, batches, cache, DistillConfig(epochs=1), seed=0, remote_teachers=[ref])
+    adaptors, _ = distill_student(student, [ref], batches, cache, DistillConfig(epochs=1), seed=0)
     assert list(adaptors) == ["s1-remote"]
     save_adaptors(adaptors, tmp_path / "adaptors")
     reloaded = load_adaptors(tmp_path / "adaptors")
     assert torch.equal(reloaded["s1-remote"].stage3_std, adaptors["s1-remote"].stage3_std)
     # integrate mode: a new teacher joins, the known head is kept
     kept_head = reloaded["s1-remote"]
-    adaptors2, history = distill_student(student, {"s2": specialists["s2"]}, batches, cache, DistillConfig(epochs=1), seed=0,
-                                         adaptors=reloaded, remote_teachers=[ref])
+    fill_cache(cache, {"s2": specialists["s2"]}, batches)
+    adaptors2, history = distill_student(student, [*refs({"s2": specialists["s2"]}), ref], batches, cache,
+                                         DistillConfig(epochs=1), seed=0, adaptors=reloaded)
     assert adaptors2["s1-remote"] is kept_head and set(adaptors2) == {"s1-remote", "s2"}
