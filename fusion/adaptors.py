@@ -61,6 +61,7 @@ class AdaptorHead(nn.Module):
         for target, dim in zip(TARGETS, (teacher_dims[-2], teacher_dims[-1], teacher_dims[-1])):
             self.register_buffer(f"{target}_mean", torch.zeros(dim))
             self.register_buffer(f"{target}_std", torch.ones(dim))
+            self.register_buffer(f"{target}_rotation", torch.eye(dim))  # PHI-S; identity for per-channel
 
     def forward(self, student_features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {
@@ -69,11 +70,14 @@ class AdaptorHead(nn.Module):
             "pooled": self.pooled(global_pool(student_features[-1])),
         }
 
-    def set_target_stats(self, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def set_target_stats(self, stats: Mapping[str, tuple[torch.Tensor, ...]]) -> None:
+        """Per target ``(mean, std)`` (per channel) or ``(mean, std, rotation)`` (PHI-S)."""
         for target in TARGETS:
-            mean, std = stats[target]
+            mean, std, *rotation = stats[target]
             getattr(self, f"{target}_mean").copy_(mean)
             getattr(self, f"{target}_std").copy_(std)
+            buffer = getattr(self, f"{target}_rotation")
+            buffer.copy_(rotation[0] if rotation else torch.eye(len(mean)))
 
     def standardise(self, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw teacher targets -> the standardised space the head predicts in."""
@@ -82,7 +86,8 @@ class AdaptorHead(nn.Module):
             value = targets[target].float()
             shape = (1, -1) + (1,) * (value.ndim - 2)
             mean, std = getattr(self, f"{target}_mean"), getattr(self, f"{target}_std")
-            out[target] = (value - mean.view(shape)) / std.view(shape)
+            scaled = (value - mean.view(shape)) / std.view(shape)
+            out[target] = torch.einsum("ij,bj...->bi...", getattr(self, f"{target}_rotation"), scaled)
         return out
 
 

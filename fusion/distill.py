@@ -8,7 +8,8 @@ trains against every teacher cached for all its samples. Per teacher and target 
 three targets. Teacher dropping: each step every teacher but the hardest one (highest running mean
 loss; a teacher not yet seen counts as hardest) is dropped with probability ``drop_prob``, before
 the heads run, so a dropped teacher costs nothing; the step loss is the mean over kept teachers.
-Teacher balancing is by the per-channel standardisation of targets (PHI-S is not implemented).
+Teacher balancing (``balance``): each target standardised per channel, or by PHI-S
+(:mod:`fusion.phis`: one rotation and one scale per target, unit variance on every channel).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from fusion.adaptors import Adaptors, TeacherRef, match_size
 from fusion.plots import save_plot
 from fusion.student import Student
-from fusion.teacher_cache import TARGETS, TeacherCache
+from fusion.teacher_cache import BALANCES, TARGETS, TeacherCache
 from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import resolve_device
 
@@ -44,7 +45,8 @@ class DistillConfig:
     variant's; ``None``: the variant's own), AdamW at ``lr`` / ``weight_decay`` with gradients clipped
     at ``grad_clip``, teachers dropped with ``drop_prob`` (the hardest is always kept); ``device``
     ``auto`` picks a GPU when there is one. ``init``: the checkpoint a new student's trunk starts from
-    (:mod:`specialists.init`; its stem is the student's own) or ``random``."""
+    (:mod:`specialists.init`; its stem is the student's own) or ``random``. ``balance``: how each
+    teacher's targets are standardised, ``channel`` or ``phi_s`` (module docstring)."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -55,6 +57,11 @@ class DistillConfig:
     depths: Optional[List[int]] = None
     device: str = "auto"
     init: str = "random"
+    balance: str = "channel"
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCES:
+            raise ValueError(f"distill.balance must be one of {BALANCES}, got {self.balance!r}")
 
 
 @dataclass
@@ -200,7 +207,7 @@ def distill_student(
         if cache.num_samples(teacher.weights_sha256) == 0:
             log.warning("teacher %s has no cached targets on this proxy data; it does not take part", teacher.name)
             continue
-        adaptors.ensure(teacher).set_target_stats(cache.target_stats(teacher.weights_sha256))
+        adaptors.ensure(teacher).set_target_stats(cache.target_stats(teacher.weights_sha256, config.balance))
     distiller = Distiller(student, adaptors, cache, config, seed)
     history.optimizer = {k: distiller.optimizer.param_groups[0][k] for k in ("lr", "weight_decay")}
     distiller.fit(batches, history)

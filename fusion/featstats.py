@@ -18,12 +18,15 @@ def global_pool(feature: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelMoments:
-    """Running per-channel mean and std over every axis but the channel axis 1 (float64 sums)."""
+    """Running per-channel mean and std over every axis but the channel axis 1 (float64 sums); with
+    ``covariance`` also the channel covariance (for :func:`fusion.phis.phi_s`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, covariance: bool = False) -> None:
         self.count = 0
         self.total: torch.Tensor | None = None
         self.total_sq: torch.Tensor | None = None
+        self.tracks_covariance = covariance
+        self.total_outer: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)
@@ -32,6 +35,8 @@ class ChannelMoments:
         else:
             self.total += x.sum(1)
             self.total_sq += x.square().sum(1)
+        if self.tracks_covariance:
+            self.total_outer = x @ x.T if self.total_outer is None else self.total_outer + x @ x.T
         self.count += x.shape[1]
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +45,13 @@ class ChannelMoments:
         mean = self.total / self.count
         var = (self.total_sq / self.count - mean.square()).clamp_min(0)
         return mean.float(), var.sqrt().float().clamp_min(_MIN_STD)
+
+    def covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, covariance)`` of the channels (float64); needs ``covariance=True``."""
+        if self.total is None or self.total_outer is None:
+            raise ValueError("no features were seen, or no covariance was tracked")
+        mean = self.total / self.count
+        return mean, self.total_outer / self.count - torch.outer(mean, mean)
 
 
 @dataclass

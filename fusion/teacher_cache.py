@@ -28,15 +28,17 @@ from safetensors.torch import save as save_safetensors_bytes
 from tqdm import tqdm
 
 from fusion.featstats import ChannelMoments, global_pool
+from fusion.phis import phi_s
 from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
 from specialists import Specialist
 from geodata.files import atomic_write_bytes
 
-__all__ = ["TARGETS", "TeacherFeatures", "TeacherCache", "extract_teacher_features", "fill_cache"]
+__all__ = ["TARGETS", "BALANCES", "TeacherFeatures", "TeacherCache", "extract_teacher_features", "fill_cache"]
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("stage2", "stage3", "pooled")
+BALANCES = ("channel", "phi_s")  # how each teacher's targets are standardised (distill.balance)
 
 
 @dataclass
@@ -178,14 +180,19 @@ class TeacherCache:
             log.info("scene pairing: %d teacher targets shared with other views of the same scene", added)
         return added
 
-    def target_stats(self, sha: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Channel mean/std of each target over every cached sample of teacher ``sha``."""
+    def target_stats(self, sha: str, balance: str = "channel") -> dict[str, tuple[torch.Tensor, ...]]:
+        """How to standardise each target of teacher ``sha``, measured over every cached sample:
+        ``(mean, std)`` per channel (``balance="channel"``) or PHI-S's ``(mean, std, rotation)``."""
         if sha not in self._shards:
             raise KeyError(f"teacher {sha[:12]}: nothing cached")
-        moments = {t: ChannelMoments() for t in TARGETS}
+        if balance not in BALANCES:
+            raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+        moments = {t: ChannelMoments(covariance=balance == "phi_s") for t in TARGETS}
         for shard in self._shards[sha]:
             for t in TARGETS:
                 moments[t].update(shard[t])
+        if balance == "phi_s":
+            return {t: phi_s(*m.covariance()) for t, m in moments.items()}
         return {t: m.result() for t, m in moments.items()}
 
 

@@ -6,6 +6,8 @@ from fusion_toys import S1_BANDS, S2_BANDS, make_registry, proxy_batches
 
 from fusion.adaptors import AdaptorHead, TeacherRef, load_adaptors, save_adaptors
 from fusion.distill import DistillConfig, distill_student, drop_teachers, feature_loss, plot_history
+from fusion.featstats import ChannelMoments
+from fusion.phis import phi_s
 from fusion.student import Student
 from fusion.teacher_cache import TeacherCache, extract_teacher_features, fill_cache
 
@@ -85,14 +87,32 @@ def test_teachers_run_once_and_cache_survives_restart(specialists, batches, tmp_
     assert plot_history(history, tmp_path / "loss.png").stat().st_size > 1000
 
 
-def test_loss_decreases(specialists):
+@pytest.mark.parametrize("balance", ["channel", "phi_s"])
+def test_loss_decreases(specialists, balance):
     batches = proxy_batches(S2_BANDS, n_batches=1, batch=4)
     student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
     cache = TeacherCache()
     fill_cache(cache, {"s2": specialists["s2"]}, batches)
-    _, history = distill_student(student, refs({"s2": specialists["s2"]}), batches, cache,
-                                 DistillConfig(epochs=6, lr=2e-3), seed=0)
+    adaptors, history = distill_student(student, refs({"s2": specialists["s2"]}), batches, cache,
+                                        DistillConfig(epochs=6, lr=2e-3, balance=balance), seed=0)
     assert history.teachers["s2"][-1] < 0.8 * history.teachers["s2"][0]
+    rotation = adaptors["s2"].stage3_rotation
+    assert torch.equal(rotation, torch.eye(len(rotation))) == (balance == "channel")
+
+
+def test_phi_s_gives_every_channel_unit_variance_with_one_scale_and_one_rotation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 40, generator=g) @ torch.randn(40, 40, generator=g) * torch.logspace(-2, 1, 40)
+    moments = ChannelMoments(covariance=True)
+    moments.update(x)
+    mean, std, rotation = phi_s(*moments.covariance())
+    assert torch.all(std == std[0])  # one scale for every channel
+    torch.testing.assert_close(rotation @ rotation.T, torch.eye(40), atol=1e-4, rtol=0)
+    y = ((x - mean) / std) @ rotation.T
+    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(40), atol=1e-3, rtol=0)
+    assert x.var(0).max() / x.var(0).min() > 1e3  # per-channel variances were far apart
+    with pytest.raises(ValueError, match="distill.balance must be one of"):
+        DistillConfig(balance="pca")
 
 
 def test_remote_teacher_features_and_warm_start(specialists, batches, tmp_path):
