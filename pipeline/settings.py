@@ -185,13 +185,16 @@ class SamplesSettings:
 
 @dataclass
 class EnergySettings:
-    """The figures of the energy and carbon estimate per phase (:mod:`pipeline.energy`): watts per busy CPU
-    core, watts per GB of memory in use, and the grid's carbon intensity (gCO2e per kWh; 475 is
-    CodeCarbon's world average, as is 0.375 W/GB)."""
+    """The energy and carbon measurement per phase (:mod:`pipeline.energy`): the grid's carbon intensity,
+    CodeCarbon's figure for ``country_iso_code`` (ISO 3166-1 alpha-3, e.g. ``FRA``) when given, else
+    ``grid_g_per_kwh`` gCO2e/kWh (475: CodeCarbon's world average); the fallback estimate's watts per
+    busy CPU core and per GB of memory in use (0.375 W/GB is CodeCarbon's figure), used only when
+    CodeCarbon cannot run."""
 
+    country_iso_code: str = ""
+    grid_g_per_kwh: float = 475.0
     cpu_w_per_core: float = 10.0
     memory_w_per_gb: float = 0.375
-    grid_g_per_kwh: float = 475.0
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from flwr.serverapp import Grid
 
-from pipeline.energy import EnergyMeter
+from pipeline.energy import EnergyTracker
 from server.checkpoint import RunCheckpoint
 from pipeline.samples import prepare_samples
 from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
@@ -50,6 +50,7 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
     checkpoint.add_flower_run(flower_run_id)
     phases = PHASES[: order.index(cfg.stop_after) + 1] if cfg.stop_after else PHASES
     ctx = PhaseContext(grid, cfg, run_dir, cache_dir, checkpoint, order)
+    energy = EnergyTracker(cfg.energy)
     for i, phase in enumerate(phases, 1):
         step = f"[{i}/{len(phases)}] {phase.name}"
         if checkpoint.is_done(phase.name) and not phase.always:
@@ -57,12 +58,13 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
             continue
         log.info("%s ...", step)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        t0, meter = time.perf_counter(), EnergyMeter()
+        t0 = time.perf_counter()
+        energy.start(phase.name)
         ctx.phase, ctx.traffic, ctx.node_peak_mb = phase.name, Traffic(), {}
         result = phase.run(ctx)
         result["traffic"] = {**asdict(ctx.traffic), "node_peak_mb": ctx.node_peak_mb,
                              "coordinator_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        result["energy"] = meter.stop(cfg.energy).to_dict()
+        result["energy"] = {**energy.stop().to_dict(), "method": energy.method}
         checkpoint.record(phase.name, result, started, time.perf_counter() - t0)
         log.info("%s finished in %.1f s", step, time.perf_counter() - t0)
     log.info("Run %s finished. Outputs: %s", settings.run_name, run_dir)

@@ -14,7 +14,6 @@ from typing import Any
 from fusion.baselines import BAND_STATS, RANDOM_INIT
 from fusion.plots import save_plot
 from geodata.files import atomic_write_text
-from pipeline.energy import METHOD
 from server.phases.base import Phase, PhaseContext
 
 __all__ = ["PHASE", "report"]
@@ -55,23 +54,20 @@ def _phases(ctx: PhaseContext, results: dict[str, dict]) -> list[str]:
                                        "coordinator peak MB (so far)", "node peak MB"], rows)
 
 
-def _energy(ctx: PhaseContext, results: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
-    """The energy table (phases that recorded an estimate) and report.json's ``energy`` entry."""
+def _energy(results: dict[str, dict]) -> tuple[list[str], dict[str, Any]]:
+    """The energy table (phases that recorded a measurement) and report.json's ``energy`` entry."""
     per_phase = {n: r["energy"] for n, r in results.items() if r.get("energy")}
-    e = ctx.cfg.energy
-    method = (f"{METHOD}; {e.cpu_w_per_core:g} W per busy core, {e.memory_w_per_gb:g} W/GB, "
-              f"{e.grid_g_per_kwh:g} gCO2e/kWh")
-    rows = [[n, f"{v['cpu_s']:.1f}", f"{v['memory_gb']:.1f}", f"{v['cpu_j'] / 3600:.3f}", f"{v['memory_j'] / 3600:.3f}",
-             f"{v['joules'] / 3600:.3f}", f"{v['co2e_g']:.3f}"] for n, v in per_phase.items()]
-    total = {k: sum(v[k] for v in per_phase.values()) for k in ("cpu_s", "joules", "co2e_g")}
-    rows.append(["**total**", f"{total['cpu_s']:.1f}", "", "", "", f"{total['joules'] / 3600:.3f}",
-                 f"{total['co2e_g']:.3f}"])
-    lines = ["## Energy and carbon (estimate)", "", f"Method: {method}. Machine-wide: in the simulation it counts the "
-             "coordinator and every simulated node on this machine (and any other work on it); in a real deployment "
-             "it measures the coordinator's machine only.", ""] + _table(
-        ["phase", "CPU busy s", "memory in use GB", "CPU Wh", "memory Wh", "total Wh", "gCO2e"], rows)
-    return lines, {"method": method, "scope": "machine-wide, the coordinator's machine", "phases": per_phase,
-                   "total": {k: round(v, 4) for k, v in total.items()}}
+    methods = list(dict.fromkeys(v.get("method", "unrecorded") for v in per_phase.values()))
+    rows = [[n, f"{v['seconds']:.0f}", f"{v['cpu_wh']:.3f}", f"{v['memory_wh']:.3f}", f"{v['wh']:.3f}",
+             f"{v['co2e_g']:.3f}"] for n, v in per_phase.items()]
+    total = {k: sum(v[k] for v in per_phase.values()) for k in ("seconds", "wh", "co2e_g")}
+    rows.append(["**total**", f"{total['seconds']:.0f}", "", "", f"{total['wh']:.3f}", f"{total['co2e_g']:.3f}"])
+    lines = ["## Energy and carbon", "", f"Method: {'; then '.join(methods)}. Machine-wide: in the simulation it "
+             "counts the coordinator and every simulated node on this machine (and any other work on it); in a real "
+             "deployment it measures the coordinator's machine only.", ""] + _table(
+        ["phase", "s", "CPU Wh", "memory Wh", "total Wh", "gCO2e"], rows)
+    return lines, {"method": methods, "scope": "machine-wide, the coordinator's machine", "phases": per_phase,
+                   "total": {k: round(v, 6) for k, v in total.items()}}
 
 
 def _discover(result: dict) -> list[str]:
@@ -218,7 +214,7 @@ def report(ctx: PhaseContext) -> dict[str, Any]:
              f"`{ctx.cfg.enrol.weights}`" + (f", integrating run `{ctx.cfg.integrate}`" if ctx.cfg.integrate else "")
              + ".", ""]
     lines += _phases(ctx, results)
-    energy_lines, energy = _energy(ctx, results)
+    energy_lines, energy = _energy(results)
     lines += energy_lines
     sections = {"discover": _discover, "enrol": _enrol, "distill": _distill}
     for name in ctx.phase_order:
