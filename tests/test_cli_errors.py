@@ -33,7 +33,7 @@ def fails(capsys, argv: list[str], *names: str) -> str:
 def aid(tmp_path_factory, shared_data) -> Path:
     """A tiny AID manifest: 2 classes x 3 images, 1 test image per class."""
     out = tmp_path_factory.mktemp("aid")
-    build_folder_manifest(shared_data / "aid", out, "rgb", classes=["Beach", "Forest"], per_class=3, test=1)
+    build_folder_manifest(shared_data / "aid", out, "rgb", classes=["Beach", "Forest"], per_class=3, test_count=1)
     return out / "manifest.json"
 
 

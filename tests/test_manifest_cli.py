@@ -27,7 +27,7 @@ def ok(*argv: str) -> None:
 def test_aid_folders_manifest_and_a_specialist_trained_on_it(tmp_path, shared_data):
     out = tmp_path / "aid"
     ok("manifest", "folders", "--root", str(shared_data / "aid"), "--sensor", "rgb", "--out", str(out),
-       "--classes", "Airport,Beach,Forest", "--per-class", "4", "--val", "1", "--test", "1", "--seed", "3")
+       "--classes", "Airport,Beach,Forest", "--per-class", "4", "--val-count", "1", "--test-count", "1", "--seed", "3")
     manifest = Manifest.load(out / "manifest.json")
     assert manifest.tasks["scene"].classes == ["Airport", "Beach", "Forest"]
     assert {t.sensor for t in manifest.tiles} == {"rgb"}
@@ -38,7 +38,7 @@ def test_aid_folders_manifest_and_a_specialist_trained_on_it(tmp_path, shared_da
 
     again = tmp_path / "aid-again"
     ok("manifest", "folders", "--root", str(shared_data / "aid"), "--sensor", "rgb", "--out", str(again),
-       "--classes", "Airport,Beach,Forest", "--per-class", "4", "--val", "1", "--test", "1", "--seed", "3")
+       "--classes", "Airport,Beach,Forest", "--per-class", "4", "--val-count", "1", "--test-count", "1", "--seed", "3")
     assert (again / "manifest.json").read_text() == (out / "manifest.json").read_text()  # deterministic
 
     spec = tmp_path / "spec"
@@ -53,7 +53,7 @@ def test_aid_folders_manifest_and_a_specialist_trained_on_it(tmp_path, shared_da
 
 def test_eurosat_through_folders_and_its_own_layout(tmp_path, shared_data):
     ok("manifest", "folders", "--root", str(shared_data / "eurosat-ms"), "--sensor", "sentinel2_l1c",
-       "--out", str(tmp_path / "folders"), "--val", "1", "--test", "0.25")
+       "--out", str(tmp_path / "folders"), "--val-count", "1", "--test", "0.25")
     folders = Manifest.load(tmp_path / "folders" / "manifest.json")
     assert folders.tasks["scene"].classes == list(EUROSAT_CLASSES)  # sorted folder names
     counts = Counter((t.split, t.targets["scene"]) for t in folders.tiles)
@@ -87,17 +87,14 @@ def test_bigearthnet_and_eolearn_layouts(tmp_path, shared_data):
 
 
 def test_png_class_folders_and_a_wrong_band_count(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "png" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "png" / cls / f"{i}.png")
+    rng = np.random.default_rng(1)
+    write_png_folders(tmp_path / "png")
     ok("manifest", "folders", "--root", str(tmp_path / "png"), "--sensor", "rgb", "--out", str(tmp_path / "m"),
-       "--test", "1")
+       "--test-count", "1")
     assert Counter(t.split for t in Manifest.load(tmp_path / "m" / "manifest.json").tiles) == {"train": 4, "test": 2}
     Image.fromarray(rng.integers(0, 255, (16, 16, 4), dtype=np.uint8)).save(tmp_path / "png" / "a" / "0.png")
     assert main(["manifest", "folders", "--root", str(tmp_path / "png"), "--sensor", "rgb", "--out",
-                 str(tmp_path / "m2"), "--test", "1", "--seed", "1"]) == 2
+                 str(tmp_path / "m2"), "--test-count", "1", "--seed", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "expected 3 bands for sensor rgb, found 4" in err and ".png" in err
 
@@ -129,7 +126,7 @@ def test_user_sensor_from_a_file_with_auxiliary_bands_reads_and_trains(tmp_path)
     sensor_file.write_text(QA_SENSOR)
     out = tmp_path / "m"
     ok("manifest", "folders", "--root", str(tmp_path / "data"), "--sensors", str(sensor_file),
-       "--sensor", "t_user_s2_qa", "--out", str(out), "--test", "1")
+       "--sensor", "t_user_s2_qa", "--out", str(out), "--test-count", "1")
     assert (out / "sensors" / "t_user_s2_qa.yaml").read_text() == QA_SENSOR  # the manifest carries its sensor
     spec = tmp_path / "spec"
     ok("train-specialist", "--manifest", str(out / "manifest.json"), "--sensor", "t_user_s2_qa", "--task", "scene",
@@ -145,14 +142,47 @@ def test_user_sensor_from_the_environment(tmp_path, shared_data, monkeypatch):
     (folder / "l1c_copy.yaml").write_text(f"name: t_env_l1c\nscale: 0.0001\nnodata: 0\nbands: [{', '.join(S2_L1C)}]\n")
     monkeypatch.setenv(SENSORS_ENV, str(folder))
     ok("manifest", "folders", "--root", str(shared_data / "eurosat-ms"), "--sensor", "t_env_l1c",
-       "--classes", "Forest,River", "--per-class", "3", "--test", "1", "--out", str(tmp_path / "m"))
+       "--classes", "Forest,River", "--per-class", "3", "--test-count", "1", "--out", str(tmp_path / "m"))
     manifest = Manifest.load(tmp_path / "m" / "manifest.json")
     assert {t.sensor for t in manifest.tiles} == {"t_env_l1c"} and len(manifest.tiles) == 6
 
 
-@pytest.mark.parametrize("fraction, count", [(0.0, 0), (0.25, 3), (0.5, 6)])
-def test_split_fractions_are_per_class(fraction, count):
+def test_split_fractions_are_per_class():
     from geodata.readers.folders import per_class_count
-    assert per_class_count(fraction, 12) == count and per_class_count(2, 12) == 2
-    with pytest.raises(ValueError, match="fraction in"):
-        per_class_count(1.5, 12)
+    assert [per_class_count(12, f) for f in (0.0, 0.25, 0.5, 1.0)] == [0, 3, 6, 12]
+    assert per_class_count(12, 0.5, count=2) == 2
+    with pytest.raises(ValueError, match="fraction must be in"):
+        per_class_count(12, 1.5)
+
+
+def write_png_folders(root: Path, per_class: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_folder_splits_take_fractions_as_fractions_and_counts_as_counts(tmp_path, capsys):
+    root = write_png_folders(tmp_path / "png", per_class=4)
+
+    def splits(name: str, *flags: str) -> Counter:
+        ok("manifest", "folders", "--root", str(root), "--sensor", "rgb", "--out", str(tmp_path / name), *flags)
+        return Counter(t.split for t in Manifest.load(tmp_path / name / "manifest.json").tiles)
+
+    assert splits("all-test", "--test", "1.0") == {"test": 8}  # a test-only set, not one image per class
+    assert splits("counted", "--test-count", "4") == {"test": 8}
+    assert splits("train-only", "--test", "0") == {"train": 8}
+    assert splits("mixed", "--test", "0.5", "--val-count", "1") == {"test": 4, "val": 2, "train": 2}
+    capsys.readouterr()
+    assert main(["manifest", "folders", "--root", str(root), "--sensor", "rgb", "--out", str(tmp_path / "x"),
+                 "--test", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "eosfed manifest: error: --test 50 is not a fraction in [0, 1]; for 50 images per class give " \
+                  "--test-count 50"
+    assert main(["manifest", "folders", "--root", str(root), "--sensor", "rgb", "--out", str(tmp_path / "x"),
+                 "--test-count", "3", "--val-count", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "class 'a' has 4 images, fewer than 3 test + 2 val" in err
+    assert not (tmp_path / "x").exists()

@@ -6,8 +6,9 @@ open and hold the sensor's band count; no pixels are read). Splits are drawn per
 is class-balanced and deterministic: a class's files are sorted (numbers in names compare as
 numbers), shuffled by a generator seeded with ``seed`` and the class name, optionally cut to
 ``per_class`` files, and the first ``test`` go to "test", the next ``val`` to "val", the rest to
-"train". ``val``/``test`` are counts per class (whole numbers >= 1) or fractions of each class
-(0 <= x < 1, rounded). GeoTIFF, JPEG and PNG read through rasterio (:mod:`geodata.raster`).
+"train". ``test``/``val`` are fractions of each class (in [0, 1], rounded; ``test=1`` is a test-only
+set), or ``test_count``/``val_count`` images of each class instead. GeoTIFF, JPEG and PNG read through
+rasterio (:mod:`geodata.raster`).
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ def _natural_key(path: Path) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def per_class_count(amount: float, available: int) -> int:
-    """Files of a class a split takes: ``amount`` itself (a whole number >= 1) or that fraction (< 1), rounded."""
-    if amount < 0 or (amount >= 1 and amount != int(amount)):
-        raise ValueError(f"a split size must be a fraction in [0, 1) or a whole count, got {amount}")
-    return int(amount) if amount >= 1 else round(amount * available)
+def per_class_count(available: int, fraction: float = 0.0, count: int | None = None) -> int:
+    """Files of a class a split takes: ``count`` when given, else ``fraction`` (in [0, 1]) of ``available``, rounded."""
+    if count is not None:
+        if count < 0:
+            raise ValueError(f"a split count must be >= 0, got {count}")
+        return count
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"a split fraction must be in [0, 1], got {fraction}")
+    return round(fraction * available)
 
 
 def class_folders(root: Path, classes: Sequence[str] | None = None) -> dict[str, Path]:
@@ -58,10 +63,12 @@ def class_folders(root: Path, classes: Sequence[str] | None = None) -> dict[str,
 def build_folder_manifest(
     root: str | Path, out_dir: str | Path, sensor: str, task: str = "scene", val: float = 0.0,
     test: float = 0.2, seed: int = 0, classes: Sequence[str] | None = None, per_class: int | None = None,
-    name: str | None = None,
+    name: str | None = None, val_count: int | None = None, test_count: int | None = None,
 ) -> Manifest:
     """Index ``root/<Class>/<image>`` into ``out_dir/manifest.json`` (absolute tile paths; module docstring)."""
     root = Path(root)
+    if test_count is None and val_count is None and test + val > 1:
+        raise ValueError(f"test {test} + val {val} are more than every image of a class")
     sensor_spec = get_sensor(sensor)
     folders = class_folders(root, classes)
     tiles = []
@@ -71,10 +78,13 @@ def build_folder_manifest(
             raise RasterError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in class folder {cls!r}")
         random.Random(f"{seed}:{cls}").shuffle(files)
         files = files[:per_class] if per_class is not None else files
-        n_test, n_val = per_class_count(test, len(files)), per_class_count(val, len(files))
-        if n_test + n_val >= len(files):
-            raise RasterError(folder, f"class {cls!r} has {len(files)} images: {n_test} test + {n_val} val "
-                                      f"leave none to train")
+        n_test = per_class_count(len(files), test, test_count)
+        n_val = per_class_count(len(files), val, val_count)
+        if test_count is None and val_count is None:  # two fractions summing to <= 1 may round one image over
+            n_val = min(n_val, len(files) - n_test)
+        if n_test + n_val > len(files):
+            raise RasterError(folder, f"class {cls!r} has {len(files)} images, fewer than {n_test} test + "
+                                      f"{n_val} val")
         for i, path in enumerate(files):
             check_band_count(path, sensor_spec)
             split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
