@@ -151,14 +151,14 @@ def split_scenes(
 ) -> dict[str, str]:
     """Scene -> split. ``train_first``: the ``N`` names sorting first are train (the rest test);
     else ``test_names`` or ``test`` seeded-random scenes are test. ``val_names`` or ``val`` seeded-random
-    train scenes become val."""
+    train scenes become val. A split may be empty (``train_first=0``: a test-only set)."""
     names = sorted(names)
     unknown = sorted((set(test_names) | set(val_names)) - set(names))
     if unknown:
         raise ValueError(f"scenes {unknown} are not among the scenes found ({', '.join(names)})")
     rng = random.Random(seed)
     if train_first is not None:
-        if not 0 < train_first <= len(names):
+        if not 0 <= train_first <= len(names):
             raise ValueError(f"--train-first {train_first}: there are {len(names)} scenes")
         tests = set(names[train_first:])
     elif test_names:
@@ -170,13 +170,12 @@ def split_scenes(
     train = [n for n in names if n not in tests]
     if val_names:
         vals = set(val_names)
-    elif val < len(train):
+    elif val <= len(train):
         vals = set(rng.sample(train, val))
     else:
-        vals = set(train)
-    if vals & tests or len(set(train) - vals) < 1:
-        raise ValueError(f"cannot split {len(names)} scenes into test {sorted(tests)}, val "
-                         f"{sorted(vals)} and at least one train scene")
+        raise ValueError(f"cannot hold out {val} val scenes of the {len(train)} train scenes")
+    if vals & tests:
+        raise ValueError(f"scenes {sorted(vals & tests)} are both test and val")
     return {n: "test" if n in tests else "val" if n in vals else "train" for n in names}
 
 

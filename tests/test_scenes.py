@@ -157,3 +157,18 @@ def test_user_errors_are_one_line(toy_scenes, tmp_path, capsys):
     assert main(_toy_args(toy_scenes, tmp_path / "c", "--label-map=-1:ignore,255:1")) == 2
     assert "bands ['RED'] missing" in _error_line(capsys)
     assert not (tmp_path / "c").exists()
+
+
+def test_test_only_and_train_only_scene_sets(toy_scenes, tmp_path, capsys):
+    def splits(name: str, *flags: str) -> set[str]:
+        assert main(_toy_args(toy_scenes, tmp_path / name, "--label-map=-1:ignore,255:1", "--size", "16",
+                              "--min-valid", "0.1", *flags)) == 0
+        return {t.split for t in Manifest.load(tmp_path / name / "manifest.json").tiles}
+
+    assert splits("first0", "--train-first", "0") == {"test"}
+    assert splits("all-test", "--test", "2") == {"test"}
+    assert splits("all-train", "--train-first", "2") == {"train"}
+    assert main(_toy_args(toy_scenes, tmp_path / "x", "--train-first", "3")) == 2
+    assert "--train-first 3: there are 2 scenes" in _error_line(capsys)
+    assert main(_toy_args(toy_scenes, tmp_path / "x", "--test", "1", "--val", "2")) == 2
+    assert "cannot hold out 2 val scenes of the 1 train scenes" in _error_line(capsys)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels")
     parser.add_argument("--split-by", choices=("scene", "block"), default="scene")
     parser.add_argument("--train-first", type=int, help="scene split: the N scenes sorting first are train, "
-                                                        "the rest test")
+                                                        "the rest test (0: a test-only set)")
     parser.add_argument("--test", type=int, default=0, help="scene split: number of seeded-random test scenes")
     parser.add_argument("--val", type=int, default=0, help="scene split: number of train scenes held out as val")
     parser.add_argument("--test-scenes", type=_names, default=[], help="scene split: comma-separated test scenes")
