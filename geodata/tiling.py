@@ -74,14 +74,26 @@ def _key(path: Path, pattern: re.Pattern[str] | None) -> str | None:
     return (match.group(1) if match.groups() else match.group(0)) if match else None
 
 
+def _keyed(paths: Sequence[Path], regex: re.Pattern[str] | None, what: str) -> dict[str, Path]:
+    """``{scene key: path}``; two files with one key are refused, naming both (neither may replace the other)."""
+    keyed: dict[str, Path] = {}
+    for path in paths:
+        key = _key(path, regex)
+        if key is None:
+            continue
+        if key in keyed:
+            raise RasterError(path, f"{what}: scene {key!r} is also {keyed[key]}; scenes are keyed by file stem "
+                                    f"(or --match): rename one, or build a manifest per folder")
+        keyed[key] = path
+    return keyed
+
+
 def match_scenes(images: Mapping[str, Sequence[Path]], labels: Sequence[Path], pattern: str | None = None) -> list[Scene]:
-    """Scenes keyed by file stem (or ``pattern``'s first group on the stem); the first sensor's images
-    define the scenes, every scene needs an image of each sensor and a label raster."""
+    """Scenes keyed by file stem (or ``pattern``'s first group on the stem), one file per key and kind; the
+    first sensor's images define the scenes, every scene needs an image of each sensor and a label raster."""
     regex = re.compile(pattern) if pattern else None
-    keyed: dict[str, dict[str, Path]] = {}
-    for sensor, paths in images.items():
-        keyed[sensor] = {k: p for p in paths if (k := _key(p, regex)) is not None}
-    label_of = {k: p for p in labels if (k := _key(p, regex)) is not None}
+    keyed = {sensor: _keyed(paths, regex, f"{sensor} images") for sensor, paths in images.items()}
+    label_of = _keyed(labels, regex, "label rasters")
     first = next(iter(images))
     if not keyed[first]:
         raise RasterError(first, f"no image file name matches the pattern {pattern!r}")

@@ -172,3 +172,16 @@ def test_test_only_and_train_only_scene_sets(toy_scenes, tmp_path, capsys):
     assert "--train-first 3: there are 2 scenes" in _error_line(capsys)
     assert main(_toy_args(toy_scenes, tmp_path / "x", "--test", "1", "--val", "2")) == 2
     assert "cannot hold out 2 val scenes of the 1 train scenes" in _error_line(capsys)
+
+
+def test_scenes_of_one_file_name_in_two_folders_are_refused_naming_both(toy_scenes, tmp_path, capsys):
+    for event in ("flood1", "flood2"):
+        (toy_scenes / event).mkdir()
+        (toy_scenes / event / "alpha.tif").hardlink_to(toy_scenes / "rgb" / "alpha.tif")
+    argv = _toy_args(toy_scenes, tmp_path / "m", "--label-map=-1:ignore,255:1")
+    argv[argv.index(f"rgb={toy_scenes / 'rgb'}")] = f"rgb={toy_scenes / 'flood*' / '*.tif'}"
+    assert main(argv) == 2
+    err = _error_line(capsys)
+    assert f"{toy_scenes / 'flood2' / 'alpha.tif'}: rgb images: scene 'alpha' is also " \
+           f"{toy_scenes / 'flood1' / 'alpha.tif'}" in err
+    assert not (tmp_path / "m").exists()
