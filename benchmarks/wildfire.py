@@ -3,10 +3,10 @@
 The 14 events whose names sort first are for training (``--val`` of them held out for early stopping
 and for choosing the decision threshold); the other 6 are test events, never tuned on. Pipeline
 through the CLI: ``eosfed manifest scenes`` (tiles = windows into the shared rasters, sensor YAML
-beside), ``eosfed finetune``, ``eosfed predict`` over every full val and test scene (probabilities
-GeoTIFF). Burned pixels are scored pixel-pooled over the 6 test events (precision, recall, F1, IoU)
-at the threshold that maximises F1 on the val events, and at the precision-first operating point: the
-threshold of highest val precision among those whose val recall is at least ``--recall-floor``.
+beside), ``eosfed finetune``, ``eosfed predict`` over every full val and test scene in one call
+(probabilities GeoTIFFs). Burned pixels are scored pixel-pooled over the 6 test events (precision, recall,
+F1, IoU) at the threshold that maximises F1 on the val events, and at the precision-first operating point:
+the threshold of highest val precision among those whose val recall is at least ``--recall-floor``.
 
 Rows: the model (an atto ConvNeXtV2 trained from scratch with an UPerNet head: a specialist of these
 14 events); a random-init atto, frozen, with the same head; and a per-pixel logistic regression on
@@ -133,18 +133,18 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
              "--seed", str(args.seed + k))
         train_s += time.perf_counter() - start
         cards.append(load_task_model(model).card)
-        for split in ("val", "test"):
-            for event in events[split]:
-                start = time.perf_counter()
-                _run("predict", "--model", str(model), "--input", str(DATA / "post_fire" / f"{event}.tif"),
-                     "--out", str(out / f"{event}_classes.tif"), "--probabilities", str(out / f"{event}_probs.tif"),
-                     "--overwrite", "--tile-size", str(args.size), "--overlap", str(args.size // 2))
-                predict_s += time.perf_counter() - start
-                with rasterio.open(out / f"{event}_probs.tif") as src:
-                    burned = src.read(2)
-                    pixels += src.width * src.height
-                _, labels = read_labelled(DATA / "post_fire" / f"{event}.tif", SENSOR, DATA / "masks" / f"{event}.tif", 2)
-                probs[event] = probs.get(event, 0.0) + burned[labels != 255] / seeds
+        scored = [*events["val"], *events["test"]]
+        start = time.perf_counter()
+        _run("predict", "--model", str(model), "--input", *(str(DATA / "post_fire" / f"{e}.tif") for e in scored),
+             "--out", str(out / "maps"), "--probabilities", "--overwrite", "--tile-size", str(args.size),
+             "--overlap", str(args.size // 2))
+        predict_s += time.perf_counter() - start
+        for event in scored:
+            with rasterio.open(out / "maps" / f"{event}_probabilities.tif") as src:
+                burned = src.read(2)
+                pixels += src.width * src.height
+            _, labels = read_labelled(DATA / "post_fire" / f"{event}.tif", SENSOR, DATA / "masks" / f"{event}.tif", 2)
+            probs[event] = probs.get(event, 0.0) + burned[labels != 255] / seeds
     val_p = np.concatenate([probs[e] for e in events["val"]])
     test_p = np.concatenate([probs[e] for e in events["test"]])
     val_truth, test_truth = truth_of(events["val"]), truth_of(events["test"])

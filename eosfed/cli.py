@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "manifest": "build a manifest from data on disk (per layout)",
     "prune": "score specialists' contributions and write a smaller registry",
     "finetune": "fine-tune an encoder with a task head; write a sealed task model",
-    "predict": "map a scene raster with a fine-tuned segmentation model (GeoTIFF out)",
+    "predict": "map scene rasters with a fine-tuned segmentation model (GeoTIFFs out)",
     "gateway": "serve partners the SuperLink's Fleet API only (TLS), keeping its Control API on loopback",
 }
 

@@ -84,10 +84,10 @@ def test_finetune_writes_a_verified_task_model(fire_model):
 
 def test_predict_keeps_the_scene_grid(fire_model, shared_data, tmp_path):
     scene = shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif"
-    out, probs = tmp_path / "map.tif", tmp_path / "probs.tif"
-    args = ["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(out),
-            "--probabilities", str(probs), "--overlap", "32"]
+    args = ["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path), "--probabilities",
+            "--overlap", "32"]
     assert main(args) == 0
+    out, probs = tmp_path / "CANAL_20240530_classes.tif", tmp_path / "CANAL_20240530_probabilities.tif"
     with rasterio.open(scene) as src, rasterio.open(out) as cls, rasterio.open(probs) as p:
         assert cls.crs == src.crs and cls.transform == src.transform and cls.shape == src.shape
         assert cls.dtypes == ("uint8",) and cls.nodata == 255 and p.count == 2 and p.dtypes[0] == "float32"
@@ -95,6 +95,52 @@ def test_predict_keeps_the_scene_grid(fire_model, shared_data, tmp_path):
     np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-5)
     assert (classes == prob.argmax(0)).all()
     assert main(args) == 2  # outputs exist: refused without --overwrite
+
+
+def _crop(source: Path, out: Path, size: int = 64) -> Path:
+    with rasterio.open(source) as src:
+        profile = {**src.profile, "width": size, "height": size,
+                   "transform": src.window_transform(Window(0, 0, size, size))}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read(window=Window(0, 0, size, size)))
+            dst.descriptions = src.descriptions
+    return out
+
+
+def test_predict_several_inputs_with_the_model_loaded_once(fire_model, shared_data, tmp_path, capsys, monkeypatch):
+    import eosfed.commands.predict as predict_command
+
+    fire = shared_data / "wildfire-s2" / "post_fire"
+    first = _crop(fire / "APACHE_20240624.tif", tmp_path / "in" / "APACHE.tif")
+    for scene in ("CAMPBELL_20241028", "CLEAR_20240626"):
+        _crop(fire / f"{scene}.tif", tmp_path / "folder" / f"{scene.split('_')[0]}.tif")
+    _crop(fire / "CANAL_20240530.tif", tmp_path / "listed" / "CANAL.tif")
+    (tmp_path / "listed" / "scenes.txt").write_text("CANAL.tif\n\n")
+    loads = []
+    monkeypatch.setattr(predict_command, "load_task_model", lambda *a: loads.append(a) or load_task_model(*a))
+    out = tmp_path / "maps"
+    argv = ["predict", "--model", str(fire_model), "--out", str(out), "--input", str(first),
+            str(tmp_path / "folder"), str(tmp_path / "listed" / "scenes.txt")]
+    assert main(argv) == 0
+    assert len(loads) == 1
+    assert sorted(p.name for p in out.iterdir()) == [f"{e}_classes.tif" for e in ("APACHE", "CAMPBELL", "CANAL", "CLEAR")]
+    with rasterio.open(out / "CANAL_classes.tif") as cls, rasterio.open(tmp_path / "listed" / "CANAL.tif") as src:
+        assert cls.transform == src.transform and cls.shape == (64, 64)
+    capsys.readouterr()
+    assert main(argv) == 2  # every output is checked before the model loads
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert err == [f"eosfed predict: error: {out / 'APACHE_classes.tif'} exists; pass --overwrite to replace it"]
+    assert len(loads) == 1
+    assert main([*argv, "--overwrite"]) == 0
+
+    (tmp_path / "folder" / "APACHE.tif").write_bytes(first.read_bytes())
+    assert main([*argv, "--overwrite"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert len(err) == 1 and f"{tmp_path / 'folder' / 'APACHE.tif'} and {first} would both write" in err[0]
+    assert main(["predict", "--model", str(fire_model), "--input", str(first), "--out", str(tmp_path / "m.tif")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert len(err) == 1 and "is a folder" in err[0]
 
 
 def test_blend_weights_are_positive_and_peak_in_the_middle():
@@ -109,7 +155,7 @@ def test_predict_names_missing_bands(fire_model, tmp_path, capsys):
         dst.write(np.ones((4, 64, 64), dtype=np.float32))
         for i, name in enumerate(("TCI_R", "TCI_G", "TCI_B", "B8"), start=1):
             dst.set_band_description(i, name)
-    assert main(["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path / "x.tif")]) == 2
+    assert main(["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path / "x")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
     assert len(err) == 1 and "bands ['B12'] missing" in err[0]
 
@@ -135,10 +181,10 @@ def test_4000px_scene_in_bounded_memory(fire_model, tmp_path):
         for row in range(0, 4000, 500):
             strip = base * rng.uniform(0.5, 1.5, (5, 500, 4000)).astype(np.float32)
             dst.write(strip, window=Window(0, row, 4000, 500))
-    out = tmp_path / "big_map.tif"
+    out = tmp_path / "big_classes.tif"
     run = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, "predict", "--model", str(fire_model), "--input", str(scene),
-         "--out", str(out), "--tile-size", "256", "--overlap", "32", "--batch-size", "16"],
+         "--out", str(tmp_path), "--tile-size", "256", "--overlap", "32", "--batch-size", "16"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     peak_kib = int(run.stdout.strip().splitlines()[-1])
