@@ -1,11 +1,13 @@
 """``eosfed distill`` -> ``eosfed evaluate`` -> ``eosfed prune`` on a tiny synthetic world."""
 
 import json
+import logging
 
 from fusion_toys import make_registry
 
 from eosfed.cli import main
 from fusion import Ensemble, Registry, load_student
+from geodata.readers.folders import build_folder_manifest
 from geodata.synth import generate_world, load_world_config
 
 
@@ -27,7 +29,8 @@ def test_distill_evaluate_prune_chain(tmp_path):
                  "--fractions", "1", "--seeds", "0", "--size", "32"]) == 0
     rows = json.loads(out.read_text())
     assert {(r["encoder"], r["method"]) for r in rows} == {
-        (e, m) for e in ("student", "random:convnextv2_atto", "random-init", "band-stats") for m in ("linear", "knn")}
+        (e, m) for e in ("student", "random:convnextv2_atto", "band-stats") for m in ("linear", "knn")}  # atto: the
+    # student's random-init twin is random:convnextv2_atto, one row
     table = out.with_suffix(".md").read_text()
     assert "| student | scene | linear |" in table and "| band-stats | scene | linear |" in table
 
@@ -46,3 +49,15 @@ def test_distill_evaluate_prune_chain(tmp_path):
     report = (tmp_path / "pruned" / "prune_report.md").read_text()
     assert "kept (unscored)" in report and "taken against: random twin" in report
     assert Ensemble.from_registry(pruned).applicable(("B02", "B03", "B04", "B08")) != ["s2", "aerial"]
+
+
+def test_a_random_encoder_and_the_random_init_baseline_are_one_row(tmp_path, shared_data, caplog):
+    build_folder_manifest(shared_data / "aid", tmp_path / "aid", "rgb", classes=["Beach", "Forest"], per_class=4,
+                          test_count=2)
+    out = tmp_path / "eval.json"
+    caplog.set_level(logging.INFO, "eosfed.commands.evaluate")
+    assert main(["evaluate", "--encoder", "random:convnextv2_atto", "--manifest", str(tmp_path / "aid" / "manifest.json"),
+                 "--task", "scene", "--sensor", "rgb", "--out", str(out), "--fractions", "1", "--seeds", "0",
+                 "--size", "32", "--methods", "linear"]) == 0
+    assert [r["encoder"] for r in json.loads(out.read_text())] == ["random:convnextv2_atto", "band-stats"]
+    assert "baseline random-init is the requested random:convnextv2_atto" in caplog.text

@@ -3,8 +3,10 @@
 Encoders: a student folder, a specialist folder, a registry folder (the ensemble) or
 ``random:<variant>`` (a random-initialised student, normalised with the task's train statistics).
 Both baselines (:mod:`fusion.baselines`: a random-init twin of the first student given, band
-statistics) are probed beside them unless ``--no-baselines``. ``--normalise task`` has students
-normalise with the task's train statistics instead of their card's (the proxy's).
+statistics) are probed beside them unless ``--no-baselines``; a requested ``random:`` encoder that is
+the random-init twin (same weights and band statistics) is probed once, under its requested name.
+``--normalise task`` has students normalise with the task's train statistics instead of their card's
+(the proxy's).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from eosfed.commands.args import add_output, add_sensor_files, add_tile_size, check_output, check_split, optional_split
 from fusion.baselines import baseline_encoders
@@ -30,6 +35,15 @@ log = logging.getLogger(__name__)
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
+
+
+def _same_network(a: nn.Module, b: nn.Module) -> bool:
+    """Both students, with the same parameters, buffers and band statistics (one network under two names)."""
+    if not (isinstance(a, Student) and isinstance(b, Student)) or a.card.band_stats != b.card.band_stats:
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if args.baselines:
         like = next((e for s, e in zip(args.encoder, encoders.values())
                      if isinstance(e, Student) and not s.startswith(RANDOM_PREFIX)), None)
-        encoders |= {n: e.to(args.device) for n, e in baseline_encoders(stats, like).items()}
+        for name, baseline in baseline_encoders(stats, like).items():
+            same = next((n for n, e in encoders.items() if n.startswith(RANDOM_PREFIX) and _same_network(e, baseline)),
+                        None)
+            if same is not None:
+                log.info("baseline %s is the requested %s (same weights and band statistics): probed once, as %s",
+                         name, same, same)
+                continue
+            encoders[name] = baseline.to(args.device)
     results = []
     for name, encoder in encoders.items():
         results += probe_encoder(name, encoder, args.task, task, train, test, val, args.fractions, args.seeds,
