@@ -23,20 +23,24 @@ A dataset may ship its own sensors: :meth:`Manifest.load` registers a ``sensors.
 ``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`); :meth:`Manifest.save` copies
 the YAML file of each user sensor its tiles use into ``sensors/<sensor>.yaml`` beside it, so the
 manifest reads anywhere without ``--sensors``.
+
+:func:`merge_manifests` joins manifests (e.g. a release's train and test folders, each its own
+manifest), every tile keeping its split.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
 
-__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES",
+__all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES", "merge_manifests",
            "register_sensors_beside", "write_sensors_beside"]
 
 MANIFEST_VERSION = 1
@@ -208,3 +212,39 @@ class Manifest:
             return self.tasks[name]
         except KeyError:
             raise KeyError(f"manifest {self.name!r} has no task {name!r}; tasks: {sorted(self.tasks)}") from None
+
+
+def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, prefix: bool = False) -> Manifest:
+    """Every tile of ``manifests``, each keeping its split, as one manifest to be saved in ``root``: relative
+    paths (files, band files, segmentation masks) are rewritten relative to ``root``, absolute ones kept.
+    A task declared twice must be declared alike; a tile id in two manifests is refused. ``prefix``: each
+    tile's id, scene and region start with ``<its manifest's name>/`` (two sets that name files alike)."""
+    root = Path(root).resolve()
+    tasks: dict[str, TaskSpec] = {}
+    declared: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    tiles: list[TileEntry] = []
+    for manifest in manifests:
+        for task, spec in manifest.tasks.items():
+            if tasks.setdefault(task, spec) != spec:
+                raise ValueError(f"{manifest.source}: task {task!r} is {spec}, but {declared[task]} has {tasks[task]}")
+            declared.setdefault(task, manifest.source)
+
+        def rebase(path: str) -> str:
+            return path if Path(path).is_absolute() else os.path.relpath(manifest.root.resolve() / path, root)
+
+        masks = {t for t, spec in manifest.tasks.items() if spec.type == "segmentation"}
+        for tile in manifest.tiles:
+            if prefix:
+                tile = replace(tile, id=f"{manifest.name}/{tile.id}",
+                               scene=tile.scene and f"{manifest.name}/{tile.scene}",
+                               region=tile.region and f"{manifest.name}/{tile.region}")
+            if tile.id in owner:
+                raise ValueError(f"{manifest.source}: tile {tile.id!r} is also in {owner[tile.id]}"
+                                 + ("" if prefix else "; --prefix-ids tells them apart by manifest name"))
+            owner[tile.id] = manifest.source
+            tiles.append(replace(
+                tile, path=tile.path and rebase(tile.path),
+                band_paths=tile.band_paths and {b: rebase(p) for b, p in tile.band_paths.items()},
+                targets={t: rebase(v) if t in masks else v for t, v in tile.targets.items()}))
+    return Manifest(tasks=tasks, tiles=tiles, name=name, root=root)

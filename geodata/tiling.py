@@ -83,7 +83,8 @@ def _keyed(paths: Sequence[Path], regex: re.Pattern[str] | None, what: str) -> d
             continue
         if key in keyed:
             raise RasterError(path, f"{what}: scene {key!r} is also {keyed[key]}; scenes are keyed by file stem "
-                                    f"(or --match): rename one, or build a manifest per folder")
+                                    f"(or --match): rename one, or make a manifest per folder and join them "
+                                    f"(eosfed manifest merge --prefix-ids)")
         keyed[key] = path
     return keyed
 

@@ -186,3 +186,45 @@ def test_folder_splits_take_fractions_as_fractions_and_counts_as_counts(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "class 'a' has 4 images, fewer than 3 test + 2 val" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_merge_a_train_folder_and_a_test_folder(tmp_path, capsys):
+    write_png_folders(tmp_path / "release" / "train")
+    (tmp_path / "release" / "test").mkdir()
+    for cls in ("a", "b"):
+        (tmp_path / "release" / "train" / cls).rename(tmp_path / "release" / "test" / cls)
+    write_png_folders(tmp_path / "release" / "train", per_class=2)
+    ok("manifest", "folders", "--root", str(tmp_path / "release" / "train"), "--sensor", "rgb", "--test", "0",
+       "--out", str(tmp_path / "train"))
+    ok("manifest", "folders", "--root", str(tmp_path / "release" / "test"), "--sensor", "rgb", "--test", "1",
+       "--out", str(tmp_path / "test"))
+    test_json = tmp_path / "test" / "manifest.json"
+    raw = json.loads(test_json.read_text())
+    for tile in raw["tiles"]:  # relative paths travel with their manifest
+        tile["path"] = str(Path("..") / "release" / "test" / Path(tile["path"]).parent.name / Path(tile["path"]).name)
+    test_json.write_text(json.dumps(raw))
+
+    out = tmp_path / "joined" / "release"
+    ok("manifest", "merge", str(tmp_path / "train" / "manifest.json"), str(test_json), "--out", str(out),
+       "--prefix-ids")  # both folders hold a/0.png
+    merged = Manifest.load(out / "manifest.json")
+    assert {"train/a-0", "test/a-0"} <= {t.id for t in merged.tiles}
+    assert Counter(t.split for t in merged.tiles) == {"train": 4, "test": 6} and merged.name == "release"
+    moved = next(t for t in merged.tiles if t.split == "test")
+    assert moved.path.startswith("../../release/test/") and merged.resolve(moved.path).is_file()
+    assert Path(next(t for t in merged.tiles if t.split == "train").path).is_absolute()
+
+    capsys.readouterr()
+    assert main(["manifest", "merge", str(tmp_path / "train" / "manifest.json"), str(tmp_path / "train" / "manifest.json"),
+                 "--out", str(tmp_path / "twice")]) == 2
+    err = capsys.readouterr().err.strip()
+    first = Manifest.load(tmp_path / "train" / "manifest.json").tiles[0].id
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'train' / 'manifest.json'}: tile {first!r} is also in" in err
+    assert err.endswith("; --prefix-ids tells them apart by manifest name")
+    raw["tasks"]["scene"]["classes"] = ["a", "c"]
+    test_json.write_text(json.dumps(raw))
+    assert main(["manifest", "merge", str(tmp_path / "train" / "manifest.json"), str(test_json),
+                 "--out", str(tmp_path / "mismatch")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{test_json}: task 'scene' is" in err and "['a', 'c']" in err
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "mismatch").exists()

@@ -17,6 +17,7 @@ LAYOUTS: dict[str, str] = {
     "bigearthnet": "BigEarthNet S2 patches and their S1 twins (multilabel CORINE)",
     "eolearn": "eo-learn's test patch as chips (land-cover segmentation)",
     "scenes": "scene rasters + label rasters cut into tiles (windows), split by scene or spatial block",
+    "merge": "join manifests into one (e.g. a release's train and test folders), each tile keeping its split",
 }
 
 
