@@ -70,6 +70,7 @@ class StudentCard(Card):
 
     KIND: ClassVar[str] = "student"
     SEALED: ClassVar[tuple[str, ...]] = ("variant", "depths", "band_stats", "stem")
+    PRIVATE: ClassVar[tuple[str, ...]] = ("teachers", "distill")  # every group's hash, the distillation's record
 
     name: str = "student"
     depths: list[int] = field(default_factory=list)  # blocks per trunk stage (empty: the variant's own)

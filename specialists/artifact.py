@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
@@ -77,6 +77,7 @@ class Card:
 
     KIND: ClassVar[str]
     SEALED: ClassVar[tuple[str, ...]]  # the fields that change what the weights compute
+    PRIVATE: ClassVar[tuple[str, ...]] = ()  # what stays with the coordinator (see :meth:`shared`)
 
     variant: str = DEFAULT_VARIANT
     feature_dims: list[int] = field(default_factory=list)
@@ -116,6 +117,12 @@ class Card:
     def seal(self) -> dict[str, str]:
         """The sha256 of each sealed field's canonical JSON."""
         return {name: _digest(getattr(self, name)) for name in self.SEALED}
+
+    def shared(self) -> Self:
+        """A copy to send to partners: the :attr:`PRIVATE` fields (other partners' scores, counts, history)
+        at their defaults; the sealed fields and the weights' hash are unchanged."""
+        own = {f.name: f for f in fields(self)}
+        return replace(self, **{name: own[name].default_factory() for name in self.PRIVATE})  # type: ignore[misc]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: kind, the kind's own fields, the common fields, the seal."""

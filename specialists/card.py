@@ -27,6 +27,7 @@ class SpecialistCard(Card):
 
     KIND: ClassVar[str] = "specialist"
     SEALED: ClassVar[tuple[str, ...]] = ("variant", "bands", "norm_mean", "norm_std", "task_type", "classes")
+    PRIVATE: ClassVar[tuple[str, ...]] = ("data_summary", "metrics", "extra")  # per-member tiles, scores, history
 
     name: str
     institutions: list[str]

@@ -385,3 +385,35 @@ def test_a_teacher_replying_bad_features_is_left_out_with_its_reason_and_the_stu
     assert failure["institution"] == "north_s2" and reason in failure["reason"]
     assert distill["remote_teachers"] == distill["teachers"] == ["aerial_rgbn-landcover"]
     assert all(np.isfinite(distill["history"]["total"]))
+
+
+def _cards_sent(grid: InProcessGrid) -> list[dict]:
+    """Every card JSON the coordinator sent to a node (group cards, ensemble cards, the student card)."""
+    cards = []
+    for message in grid.sent:
+        records = message.content.config_records
+        for name in ("card", "student_card"):
+            if name in records:
+                cards.append(json.loads(records[name]["json"]))
+        if "ensemble" in records:
+            cards += [json.loads(text) for text in records["ensemble"]["cards"]]
+    return cards
+
+
+def test_cards_sent_to_partners_carry_no_other_partners_scores_or_counts(tmp_path: Path) -> None:
+    """Row 5 of issue 20: the group card each member gets (every round, at the final evaluation, in its
+    ensemble) and the student card hold no member's tiles, scores or round history, nor the teachers'
+    hashes; the coordinator keeps them in its own report."""
+    grid = InProcessGrid(simulated_nodes(2))
+    run_dir = run_experiment(grid, tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=evaluate"), 1)
+    cards = _cards_sent(grid)
+    assert {c["kind"] for c in cards} == {"specialist", "student"} and len(cards) >= 6
+    for card in cards:
+        assert not card.get("data_summary") and not card.get("metrics") and not card.get("extra")
+        assert not card.get("teachers") and not card.get("distill")
+        assert "per_institution" not in json.dumps(card) and "north_s2" not in json.dumps(card.get("extra", {}))
+    group = json.loads((run_dir / "phases" / "train.json").read_text())["groups"]["sentinel2_l2a-scene"]
+    assert sorted(group["per_institution"]) == ["north_s2", "south_s2"]
+    kept = json.loads((run_dir / "registry" / "sentinel2_l2a-scene" / "card.json").read_text())
+    assert sorted(kept["extra"]["federation"]["per_institution"]) == ["north_s2", "south_s2"]
+    assert json.loads((run_dir / "student" / "card.json").read_text())["teachers"]

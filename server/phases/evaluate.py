@@ -10,7 +10,8 @@ reported and left out, and fewer valid replies than ``evaluate.min_replies`` fai
 
 A node that hosts several institutions gets their requests in waves (its first institution's, then its
 second's, ...): a file it received in an earlier answered request (the student, an identical ensemble)
-is not sent again, only referred to (:mod:`wire.held`).
+is not sent again, only referred to (:mod:`wire.held`). Cards travel without their private fields
+(:meth:`specialists.artifact.Card.shared`): no partner learns another's scores or counts.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import logging
 from typing import Any
 
 from fusion.registry import Registry
+from fusion.student import StudentCard
 from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from pipeline.roster import Member
+from specialists.artifact import CARD_FILE, WEIGHTS_FILE, read_card
 from wire.held import held_ids, refer
 from wire.messages import FUSION_FILES, EnsembleFiles, FusionEvalReply, FusionEvalRequest, ProbeSettings, StudentFiles
 
@@ -45,9 +48,8 @@ def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> Ensemble
             return "no specialist of its own group can read it (enrol.share_weights is false)"
     cards, weights, stats = {}, {}, {}
     for entry in local:
-        folder = registry.root / entry.path
-        cards[entry.name] = (folder / "card.json").read_text()
-        weights[entry.name] = (folder / "weights.safetensors").read_bytes()
+        cards[entry.name] = registry.card(entry.name).shared().to_json()  # no member's counts or scores
+        weights[entry.name] = (registry.root / entry.path / WEIGHTS_FILE).read_bytes()
         feature_stats = registry.feature_stats(entry.name)
         if feature_stats is not None:
             stats[entry.name] = feature_stats.to_tensors()
@@ -80,7 +82,8 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
     registry = Registry(ctx.registry_dir)
     ec = ctx.cfg.evaluate
     student = ctx.run_dir / "student"
-    files = StudentFiles((student / "card.json").read_text(), (student / "weights.safetensors").read_bytes())
+    card = read_card(student / CARD_FILE, StudentCard).shared()  # no group's hash or distillation record
+    files = StudentFiles(card.to_json(), (student / WEIGHTS_FILE).read_bytes())
     ensembles: dict[tuple[str, ...], EnsembleFiles | str] = {}  # per bands (or institution): built once
     requests, no_ensemble, weights_sent = [], {}, {}
     for name, member in roster.institutions.items():

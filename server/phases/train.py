@@ -38,7 +38,7 @@ def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
     settings = TrainSettings.of(config)
     requests = []
     for run in runs:
-        card_json = run.card.to_json()
+        card_json = run.card.shared().to_json()  # no member's counts or scores travel
         for name in run.group.members:
             member = roster.institutions[name]
             job = (member.record, card_json, settings, run.encoder, run.head)
