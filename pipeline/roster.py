@@ -46,6 +46,7 @@ class Roster:
     idle_nodes: list[dict[str, Any]] = field(default_factory=list)  # {"node_id", "reason"}
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"node_id", "institution", "step", "reason"}
     num_nodes: int = 0
+    bindings: dict[str, int] = field(default_factory=dict)  # declared name -> node first admitted with it in the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +59,7 @@ class Roster:
             idle_nodes=list(raw["idle_nodes"]),
             failures=list(raw["failures"]),
             num_nodes=int(raw["num_nodes"]),
+            bindings={k: int(v) for k, v in raw.get("bindings", {}).items()},
         )
 
     def signature(self) -> dict[str, list[str]]:

@@ -417,3 +417,33 @@ def test_cards_sent_to_partners_carry_no_other_partners_scores_or_counts(tmp_pat
     kept = json.loads((run_dir / "registry" / "sentinel2_l2a-scene" / "card.json").read_text())
     assert sorted(kept["extra"]["federation"]["per_institution"]) == ["north_s2", "south_s2"]
     assert json.loads((run_dir / "student" / "card.json").read_text())["teachers"]
+
+
+def test_a_name_squatter_is_refused_by_name_and_the_node_bound_to_the_name_stays_in(tmp_path: Path) -> None:
+    """Row 6 of issue 20: ``lab-a`` is bound to node 102, which declared it first in the run; on resume a
+    node with a lower id (101) also declares ``lab-a``: it is refused by name, 102 stays ``lab-a``."""
+    config = tiny_run_config(tmp_path, "~institutions.north_s2 ~institutions.city_aerial stop_after=discover")
+    full = tiny_run_config(tmp_path)
+    declared = {"institution": "lab-a", "sensor": "sentinel2_l2a", "task": "scene"}
+    first = _impostor(full, "north_s2", declared, hostile={HOSTILE: "lab-a"})
+    run_experiment(InProcessGrid(simulated_nodes(3), app=first), config, flower_run_id=1)
+    squatted = _impostor(full, "north_s2", declared, hostile={101: "lab-a", HOSTILE: "lab-a"})
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=squatted), config, flower_run_id=2)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert roster["institutions"]["lab-a"]["node_id"] == HOSTILE and roster["bindings"] == {"lab-a": HOSTILE}
+    [failure] = roster["failures"]
+    assert failure["node_id"] == 101 and f"'lab-a' is bound to node {HOSTILE}" in failure["reason"]
+    assert roster["groups"]["sentinel2_l2a-scene"]["members"] == ["lab-a", "south_s2"]
+
+
+def test_a_name_declared_by_two_nodes_before_any_binding_is_taken_from_neither(tmp_path: Path) -> None:
+    """Row 6 of issue 20: two nodes declaring ``lab-a`` in a run's first discovery cannot be told apart:
+    both are refused by name (neither can receive the group's weights as ``lab-a``), the others go on."""
+    config = tiny_run_config(tmp_path, "~institutions.north_s2 ~institutions.city_aerial stop_after=discover")
+    declared = {"institution": "lab-a", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, hostile={101: "lab-a", HOSTILE: "lab-a"})
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert sorted(f["node_id"] for f in roster["failures"]) == [101, HOSTILE]
+    assert all("declared by nodes [101, 102] at once" in f["reason"] for f in roster["failures"])
+    assert sorted(roster["institutions"]) == ["south_s2"] and roster["bindings"] == {}

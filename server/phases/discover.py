@@ -11,7 +11,10 @@
 A summary's bands must be registry bands of the institution's declared sensor; they become the
 roster's ``Member.bands``; and the summary must make a valid specialist card on its own (known task
 type, finite band statistics with positive spread), so no partner's summary can break a group's
-training. A node that fails a step is recorded and left out; the run stops only when fewer than
+training. A declared name is bound to the node that this run first admitted with it (the roster's
+``bindings``, kept across resumes): another node declaring it is refused by name, as are all the
+declarations of a name declared by several nodes before any binding. A node that fails a step is
+recorded and left out; the run stops only when fewer than
 ``federation.min_institutions`` institutions remain. On resume this phase runs again (node ids are
 per Flower run) and refuses groups that differ from those later phases were built on.
 """
@@ -116,6 +119,30 @@ def _check_card(member: Member, variant: str, source: str) -> None:
         raise ValueError(f"{source}: its data summary makes no valid specialist card: {exc}") from None
 
 
+def _earlier_bindings(ctx: PhaseContext) -> dict[str, int]:
+    """Declared institution name -> the node bound to it by this run's earlier discovery (none at first)."""
+    if not ctx.checkpoint.is_done(PHASE.name):
+        return {}
+    return Roster.from_dict(ctx.checkpoint.result(PHASE.name)).bindings
+
+
+def _squatting(name: str, node: int, bound: dict[str, int], declarers: list[int], simulated: bool) -> str | None:
+    """Why ``node``'s declaration of ``name`` is refused (``None``: it is not): the name is a simulated
+    institution's, bound to another node earlier in this run, or, bound to none yet, declared by
+    several nodes at once (the coordinator cannot tell the owner)."""
+    if simulated:
+        return f"institution {name!r} is a simulated institution of the experiment"
+    if name in bound:
+        if bound[name] == node:
+            return None
+        return (f"institution {name!r} is bound to node {bound[name]}, which declared it first in this run; "
+                f"node {node} may not declare it (pick another run-name if the partner's node changed)")
+    if len(declarers) > 1:
+        return (f"institution {name!r} is declared by nodes {sorted(declarers)} at once and bound to none yet; "
+                f"the coordinator cannot tell its owner, so no declaration of it is taken")
+    return None
+
+
 def discover(ctx: PhaseContext) -> dict[str, Any]:
     cfg = ctx.cfg
     roster = Roster()
@@ -138,15 +165,17 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
         members.append(member)
 
     # Declared institutions: the identify reply already holds their data summary.
+    bound = _earlier_bindings(ctx)
     for node, reply in declared.items():
         name = reply.institution["institution"]
-        taken = [m.node_id for m in members if m.name == name]
-        if taken or name in cfg.institutions:
-            other = f"node {taken[0]}" if taken else "a simulated institution"
-            roster.failures.append({"node_id": node, "institution": name, "step": "identify",
-                                    "reason": f"institution {name!r} is also declared by {other}"})
+        squatted = _squatting(name, node, bound, [n for n, r in declared.items() if r.institution["institution"] == name],
+                              name in cfg.institutions)
+        if squatted:
+            log.warning("Refused node %d's declaration: %s", node, squatted)
+            roster.failures.append({"node_id": node, "institution": name, "step": "identify", "reason": squatted})
             continue
         admit(name, node, reply.institution, False, "identify", lambda source, reply=reply: reply.summary)
+    roster.bindings = {**bound, **{m.name: m.node_id for m in members}}
 
     # Simulated institutions: assigned to the simulated hosts, which prepare and summarise their data.
     host_nodes = [node for _, node in hosts]
