@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -214,6 +215,15 @@ class Sensor:
         """Per-band ``(scales, offsets)`` of ``physical = raw * scale + offset``, in band order."""
         return (self.band_scale or (self.scale,) * self.num_bands,
                 self.band_offset or (self.offset,) * self.num_bands)
+
+    def physical_ranges(self) -> tuple[tuple[float, float], ...] | None:
+        """Per band, the ``(lowest, highest)`` physical value an integer ``dtype`` can hold (``None`` for
+        floating or complex data, which have no such bound)."""
+        if self.complex is not None or not np.issubdtype(np.dtype(self.dtype), np.integer):
+            return None
+        info = np.iinfo(np.dtype(self.dtype))
+        return tuple(tuple(sorted((info.min * scale + offset, info.max * scale + offset)))
+                     for scale, offset in zip(*self.calibration()))
 
 
 BANDS: dict[str, Band] = {}

@@ -32,7 +32,7 @@ from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 
 __all__ = ["SAME", "GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
-           "fedavg", "group_card", "indistinct", "pool_norm", "round_config", "screen", "weighted_metrics"]
+           "fedavg", "group_card", "implausible_norms", "indistinct", "pool_norm", "round_config", "screen", "weighted_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,39 @@ def pool_norm(means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]],
         return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
     except OverflowError:
         raise ValueError("band statistics too large to pool (a band mean or std beyond the float range)") from None
+
+
+def implausible_norms(members: Sequence[Member], factor: float) -> dict[str, str]:
+    """Member name -> why its declared band statistics cannot be pooled with the other members' (``factor``
+    0: none). With three or more members: a band std beyond ``factor`` times, or under 1/``factor`` of, the
+    members' median std, or a band mean farther than ``factor`` median stds from the members' median
+    mean. Two members cannot outvote each other: if a band's stds differ by more than ``factor`` times, or
+    its means by more than ``factor`` times the larger std, both are named."""
+    if factor <= 0 or len(members) < 2:
+        return {}
+    means = torch.tensor([m.summary["norm"]["mean"] for m in members], dtype=torch.float64)
+    stds = torch.tensor([m.summary["norm"]["std"] for m in members], dtype=torch.float64).clamp_min(1e-12)
+    bands = members[0].bands
+    if len(members) == 2:
+        ratio, gap = stds.max(0).values / stds.min(0).values, (means[0] - means[1]).abs() / stds.max(0).values
+        bad = [b for b in range(len(bands)) if ratio[b] > factor or gap[b] > factor]
+        if not bad:
+            return {}
+        b = bad[0]
+        why = (f"band {bands[b]}: stds {stds[0, b].item():.4g} / {stds[1, b].item():.4g}, means "
+               f"{means[0, b].item():.4g} / {means[1, b].item():.4g} differ beyond federation.stats_factor {factor:g}")
+        return {m.name: f"band statistics disagree with {other.name}'s ({why}); two members cannot outvote each "
+                        f"other, so each trains alone" for m, other in ((members[0], members[1]), (members[1], members[0]))}
+    mean, std = means.median(0).values, stds.median(0).values
+    out = {}
+    for i, m in enumerate(members):
+        for b, band in enumerate(bands):
+            if not (std[b] / factor <= stds[i, b] <= std[b] * factor) or (means[i, b] - mean[b]).abs() > factor * std[b]:
+                out[m.name] = (f"band {band}: declared mean {means[i, b].item():.4g} and std {stds[i, b].item():.4g} "
+                               f"are implausible beside the group's median mean {mean[b].item():.4g} and std "
+                               f"{std[b].item():.4g} (federation.stats_factor {factor:g}); left out of group pooling")
+                break
+    return out
 
 
 def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float]:

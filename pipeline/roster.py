@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 __all__ = ["Member", "Group", "Roster", "form_groups"]
 
@@ -67,15 +67,17 @@ class Roster:
         return {name: sorted(g.members) for name, g in sorted(self.groups.items())}
 
 
-def form_groups(members: list[Member]) -> dict[str, Group]:
+def form_groups(members: list[Member], apart: Collection[str] = ()) -> dict[str, Group]:
     """Group ``members`` by sensor, task, task type, classes and bands; names are ``<sensor>-<task>``.
 
     Same sensor and task name with different classes or bands cannot be averaged: such members get
-    a separate group with a numbered name, and a warning says why.
+    a separate group with a numbered name, and a warning says why. A member named in ``apart`` is a
+    group of its own (its band statistics cannot be pooled with the others').
     """
     by_key: dict[tuple, Group] = {}
     for m in sorted(members, key=lambda m: m.name):
-        key = (m.sensor, m.task, m.summary["task_type"], tuple(m.summary["classes"]), tuple(m.bands))
+        key = (m.sensor, m.task, m.summary["task_type"], tuple(m.summary["classes"]), tuple(m.bands),
+               m.name if m.name in apart else None)
         if key not in by_key:
             by_key[key] = Group(f"{m.sensor}-{m.task}", m.sensor, m.task, key[2], list(key[3]), [])
         by_key[key].members.append(m.name)

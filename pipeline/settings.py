@@ -75,12 +75,15 @@ class InstitutionSettings:
 class FederationSettings:
     """How the coordinator waits for nodes and replies: ``min_nodes`` connected SuperNodes, waited for
     at most ``node_wait_s``; a request unanswered after ``reply_timeout_s`` fails; fewer usable
-    institutions than ``min_institutions`` stop the run."""
+    institutions than ``min_institutions`` stop the run. A group member whose declared band statistics
+    lie beyond ``stats_factor`` of the others' is left out (see :func:`pipeline.fedavg.implausible_norms`;
+    0: no check)."""
 
     min_nodes: int = 1
     node_wait_s: float = 120.0
     reply_timeout_s: float = 1800.0
     min_institutions: int = 1
+    stats_factor: float = 100.0
 
 
 @dataclass
@@ -233,6 +236,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
             raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
+        if self.federation.stats_factor != 0 and not self.federation.stats_factor >= 1:
+            raise ValueError(f"federation.stats_factor must be 0 (no check) or >= 1, got {self.federation.stats_factor}")
         if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:

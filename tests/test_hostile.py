@@ -8,6 +8,7 @@ import dataclasses
 import shutil
 import socket
 from collections.abc import Callable
+from typing import Any
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,9 @@ from fusion.registry import RegistryError
 from geodata.raster import write_geotiff
 from geodata.stats import load_or_compute_stats
 from pipeline.settings import RunSettings, load_experiment
+from pipeline.fedavg import group_card
+from specialists.trunk import DEFAULT_VARIANT
+from pipeline.roster import Roster
 from server.phases.discover import simulated_record
 from server.run import run_experiment
 from tiny_run import simulated_nodes, tamper_replies, tiny_run_config
@@ -37,12 +41,14 @@ HOSTILE = 102
 
 
 def _impostor(config: dict[str, str], real: str, declared: dict[str, str], tiles: dict[str, int] | None = None,
-              tamper: Callable[[Message], Message] = lambda reply: reply, hostile: dict[int, str] | None = None):
+              tamper: Callable[[Message], Message] = lambda reply: reply, hostile: dict[int, str] | None = None,
+              **summary: Any):
     """A ClientApp whose node :data:`HOSTILE` declares the institution record ``declared`` (and ``tiles``
-    in its summary), serves it with the data of the experiment's simulated institution ``real`` and
-    passes its replies through ``tamper`` (the other nodes are honest). ``hostile`` (node id -> declared
-    institution name) makes several such colluding nodes."""
+    and the other ``summary`` fields in its summary), serves it with the data of the experiment's
+    simulated institution ``real`` and passes its replies through ``tamper`` (the other nodes are
+    honest). ``hostile`` (node id -> declared institution name) makes several such colluding nodes."""
     hostile = hostile or {HOSTILE: declared["institution"]}
+    summaries = summary
     cfg, _ = load_experiment(RunSettings.from_run_config(config))
     record = simulated_record(cfg, real, Path(cfg.cache_dir).resolve())
 
@@ -52,7 +58,7 @@ def _impostor(config: dict[str, str], real: str, declared: dict[str, str], tiles
         if message.metadata.message_type == "query.identify":
             name = hostile[context.node_id]
             summary = handlers._summary(InstitutionSpec.from_record(record, "test"))
-            summary = dataclasses.replace(summary, institution=name, tiles=tiles or summary.tiles)
+            summary = dataclasses.replace(summary, **summaries, institution=name, tiles=tiles or summary.tiles)
             return Message(IdentifyReply("declared", {**declared, "institution": name}, summary=summary).encode(),
                            reply_to=message)
         message.content["institution"] = ConfigRecord(record)
@@ -155,8 +161,9 @@ def test_two_colluding_partners_with_identical_updates_share_one_cap_and_refuse_
         assert record["shares"].get("evil", 0) + record["shares"].get("evil2", 0) <= 0.5 + 1e-9
 
 
-SUMMARIES = {"unknown_task_type": ("task_type", "alien", "field 'task_type' is 'alien'"),
-             "overflowing_band_mean": ("norm_mean", None, "band statistics too large to pool")}
+SUMMARIES = {"unknown_task_type": ("task_type", "alien", "makes no valid specialist card: card: field 'task_type' is 'alien'"),
+             "overflowing_band_mean": ("norm_mean", None, "band B01: declared mean 1e+200 and std 0.01667 are "
+                                                          "beyond what sensor 'sentinel2_l2a' can hold")}
 
 
 @pytest.mark.parametrize("case", sorted(SUMMARIES))
@@ -180,7 +187,7 @@ def test_a_malformed_data_summary_leaves_its_partner_out_and_the_others_train(tm
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     [failure] = roster["failures"]
     assert failure["institution"] == "south_s2" and failure["step"] == "describe"
-    assert "makes no valid specialist card" in failure["reason"] and reason in failure["reason"]
+    assert reason in failure["reason"]
     trained = json.loads((run_dir / "phases" / "train.json").read_text())
     assert {g: r["members"] for g, r in trained["groups"].items()} == {
         "sentinel2_l2a-scene": ["north_s2"], "aerial_rgbn-landcover": ["city_aerial"]}
@@ -447,3 +454,57 @@ def test_a_name_declared_by_two_nodes_before_any_binding_is_taken_from_neither(t
     assert sorted(f["node_id"] for f in roster["failures"]) == [101, HOSTILE]
     assert all("declared by nodes [101, 102] at once" in f["reason"] for f in roster["failures"])
     assert sorted(roster["institutions"]) == ["south_s2"] and roster["bindings"] == {}
+
+
+def test_band_statistics_beyond_what_the_sensor_can_hold_leave_their_partner_out(tmp_path: Path) -> None:
+    """Row 4 of issue 20: a third Sentinel-2 member declares a band std of 1e12 (uint16 reflectance holds
+    at most 6.55): it is left out naming the band and the range; the group pools honest statistics."""
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=train")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, norm_std=[1e12] * 12)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    [failure] = roster["failures"]
+    assert failure["institution"] == "evil" and failure["step"] == "identify"
+    assert ("band B01: declared mean 0.3179 and std 1e+12 are beyond what sensor 'sentinel2_l2a' can hold "
+            "(values in [0, 6.554], so std <= 3.277)") in failure["reason"]
+    group = json.loads((run_dir / "phases" / "train.json").read_text())["groups"]["sentinel2_l2a-scene"]
+    assert group["members"] == ["north_s2", "south_s2"] and group["rounds_applied"] == 2
+    card = json.loads((run_dir / "specialists" / "sentinel2_l2a-scene" / "card.json").read_text())
+    assert max(card["norm_std"]) < 1
+
+
+CONSTANT = {"norm_mean": [6.0] * 12, "norm_std": [1e-6] * 12}  # within uint16 reflectance, far from the others
+
+
+def test_band_statistics_implausible_beside_the_groups_median_are_left_out_of_its_pooling_by_name(
+        tmp_path: Path) -> None:
+    """Row 4 of issue 20: a third member declares a bright constant (mean 6, std 1e-6): the median of the
+    group's three members leaves it out by name, with the band, its values and the median."""
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=discover")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, **CONSTANT)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    roster = Roster.from_dict(json.loads((run_dir / "phases" / "discover.json").read_text()))
+    [failure] = roster.failures
+    assert failure["institution"] == "evil" and failure["step"] == "statistics"
+    assert ("band B01: declared mean 6 and std 1e-06 are implausible beside the group's median mean 0.3179"
+            in failure["reason"])
+    assert sorted(roster.institutions) == ["north_s2", "south_s2"]
+    assert roster.groups["sentinel2_l2a-scene"].members == ["north_s2", "south_s2"]
+
+
+def test_two_members_whose_band_statistics_disagree_each_train_alone_with_the_reason(tmp_path: Path) -> None:
+    """Row 4 of issue 20: with two members neither can outvote the other: the pair is split, each named
+    with the reason, and the honest member's card keeps its own statistics."""
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial ~institutions.south_s2 stop_after=discover")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, hostile={101: "evil"}, **CONSTANT)
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(2), app=app), config, flower_run_id=1)
+    roster = Roster.from_dict(json.loads((run_dir / "phases" / "discover.json").read_text()))
+    assert sorted(f["institution"] for f in roster.failures) == ["evil", "north_s2"]
+    assert all("two members cannot outvote each other, so each trains alone" in f["reason"] for f in roster.failures)
+    assert sorted(g.members for g in roster.groups.values()) == [["evil"], ["north_s2"]]
+    [honest] = [g for g in roster.groups.values() if g.members == ["north_s2"]]
+    card = group_card(honest, [roster.institutions["north_s2"]], DEFAULT_VARIANT, 0.5)
+    assert card.norm_std == pytest.approx(roster.institutions["north_s2"].summary["norm"]["std"])

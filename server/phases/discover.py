@@ -9,12 +9,15 @@
 4. group institutions by sensor, bands and task.
 
 A summary's bands must be registry bands of the institution's declared sensor; they become the
-roster's ``Member.bands``; and the summary must make a valid specialist card on its own (known task
-type, finite band statistics with positive spread), so no partner's summary can break a group's
-training. A declared name is bound to the node that this run first admitted with it (the roster's
-``bindings``, kept across resumes): another node declaring it is refused by name, as are all the
-declarations of a name declared by several nodes before any binding. A node that fails a step is
-recorded and left out; the run stops only when fewer than
+roster's ``Member.bands``; their declared mean and std must be values the sensor's data type can hold;
+the summary must make a valid specialist card on its own (known task type, finite band statistics
+with positive spread), so no partner's summary can break a group's training;
+and its band statistics must be plausible beside its group's others (``federation.stats_factor``):
+in a group of three or more, a member far from the median is left out; two members that disagree
+cannot outvote each other, so each trains alone. A declared name is bound to the node that this run
+first admitted with it (the roster's ``bindings``, kept across resumes): another node declaring it
+is refused by name, as are all the declarations of a name declared by several nodes before any
+binding. A node that fails a step is recorded and left out; the run stops only when fewer than
 ``federation.min_institutions`` institutions remain. On resume this phase runs again (node ids are
 per Flower run) and refuses groups that differ from those later phases were built on.
 """
@@ -22,13 +25,14 @@ per Flower run) and refuses groups that differ from those later phases were buil
 from __future__ import annotations
 
 import json
+import math
 import os
 import logging
 from pathlib import Path
 from typing import Any, Callable
 
 from geodata.sensors import BandError, get_band, get_sensor
-from pipeline.fedavg import group_card
+from pipeline.fedavg import group_card, implausible_norms
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
@@ -95,7 +99,8 @@ def _described(outcome: Outcome, source: str) -> DataSummary:
 
 
 def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) -> None:
-    """The summary is ``name``'s, and its bands are registry bands of its declared ``sensor``."""
+    """The summary is ``name``'s, its bands are registry bands of its declared ``sensor``, and their
+    declared mean and std are values the sensor's data type can hold."""
     if summary.institution != name:
         raise ValueError(f"{source}: reply is for institution {summary.institution!r}")
     try:
@@ -107,6 +112,13 @@ def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) ->
     foreign = [b for b in summary.bands if b not in own]
     if foreign:
         raise ValueError(f"{source}: bands {foreign} are not bands of sensor {sensor!r} {list(own)}")
+    ranges = get_sensor(sensor).physical_ranges()
+    for band, mean, std in zip(summary.bands, summary.norm_mean, summary.norm_std):
+        low, high = ranges[own.index(band)] if ranges else (-math.inf, math.inf)
+        if not (low <= mean <= high and std <= (high - low) / 2):
+            raise ValueError(f"{source}: band {band}: declared mean {mean:.4g} and std {std:.4g} are beyond what "
+                             f"sensor {sensor!r} can hold (values in [{low:.4g}, {high:.4g}], so std <= "
+                             f"{(high - low) / 2:.4g})")
 
 
 def _check_card(member: Member, variant: str, source: str) -> None:
@@ -141,6 +153,24 @@ def _squatting(name: str, node: int, bound: dict[str, int], declarers: list[int]
         return (f"institution {name!r} is declared by nodes {sorted(declarers)} at once and bound to none yet; "
                 f"the coordinator cannot tell its owner, so no declaration of it is taken")
     return None
+
+
+def _poolable_groups(members: list[Member], factor: float, roster: Roster) -> dict[str, Group]:
+    """The groups of ``members`` once band statistics are checked against the group's others
+    (:func:`pipeline.fedavg.implausible_norms`): an implausible member of a group of three or more is
+    removed from ``members``, the two of a disagreeing pair train apart; each is a roster failure."""
+    by_name = {m.name: m for m in members}
+    apart = set()
+    for group in form_groups(members).values():
+        for name, reason in implausible_norms([by_name[n] for n in group.members], factor).items():
+            log.warning("Group %s: %s: %s", group.name, name, reason)
+            roster.failures.append({"node_id": by_name[name].node_id, "institution": name, "step": "statistics",
+                                    "reason": f"group {group.name}: {reason}"})
+            if len(group.members) == 2:
+                apart.add(name)
+            else:
+                members.remove(by_name[name])
+    return form_groups(members, apart)
 
 
 def discover(ctx: PhaseContext) -> dict[str, Any]:
@@ -195,8 +225,8 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
         admit(name, outcome.node_id, records[name], True, "describe",
               lambda source, outcome=outcome: _described(outcome, source))
 
+    roster.groups = _poolable_groups(members, cfg.federation.stats_factor, roster)
     roster.institutions = {m.name: m for m in sorted(members, key=lambda m: m.name)}
-    roster.groups = form_groups(members)
     _log_roster(roster)
     if len(members) < cfg.federation.min_institutions:
         reasons = "; ".join(f"{f['institution'] or 'node ' + str(f['node_id'])}: {f['reason']}" for f in roster.failures)
