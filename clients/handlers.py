@@ -18,7 +18,7 @@ import torch
 from flwr.app import Context, Message
 
 from clients.data import open_manifest, summarize
-from clients.institution import InstitutionSpec, institution_for, node_role
+from clients.institution import InstitutionSpec, institution_for, node_role, weights_policy
 from clients.probing import probe_locally
 from clients.store import keep_specialist, kept_specialist
 from clients.teacher import teacher_features
@@ -108,9 +108,14 @@ def evaluate(message: Message, context: Context) -> Message:
 
 
 def enrol(message: Message, context: Context) -> Message:
-    """The kept specialist with the requested sha256: its card, and its weights unless they stay home."""
+    """The kept specialist with the requested sha256: its card, and its weights unless they stay home (the
+    request's choice, refused for weights when the node config says ``weights="home"``)."""
     request = EnrolRequest.decode(message.content, _SOURCE)
-    specialist = kept_specialist(_institution(request.institution, context), request.sha256)
+    spec = _institution(request.institution, context)
+    if request.weights and weights_policy(context.node_config) == "home":
+        raise ValueError(f"institution {spec.name!r} keeps its specialists' weights home (node config "
+                         f"weights=\"home\"); it sends the card only (enrol.weights: home)")
+    specialist = kept_specialist(spec, request.sha256)
     weights = specialist_to_bytes(specialist) if request.weights else None
     return _reply(message, EnrolReply(specialist.card.to_json(), weights))
 

@@ -7,7 +7,9 @@ A partner's SuperNode declares itself::
 
 (optional ``region="..."`` keeps only that region's tiles; optional ``sensors="FILE[:FILE...]"`` registers
 sensor YAML files or folders the node's data needs; optional ``store="DIR"`` is where the node
-keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``). A simulated SuperNode has only Flower's
+keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``; optional ``weights="home"``
+makes the node refuse every request for a kept specialist's weights, whatever the coordinator's
+``enrol.weights``: they never leave the node after training). A simulated SuperNode has only Flower's
 ``partition-id``/``num-partitions``; the coordinator assigns it institutions of the experiment and
 sends each one's record, in the same keys plus ``world`` (a synthetic-world config as JSON) and
 ``cache-dir``, with every request. A node with neither has nothing to offer and stays idle.
@@ -23,9 +25,11 @@ from typing import Any, Literal, Mapping
 from geodata.names import check_name
 from geodata.sensors import load_sensor_files
 
-__all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "DECLARED_KEYS"]
+__all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "weights_policy", "DECLARED_KEYS",
+           "WEIGHTS_POLICIES"]
 
 DECLARED_KEYS = ("institution", "sensor", "task", "data-path")
+WEIGHTS_POLICIES = ("send", "home")
 
 
 def _text(record: Mapping[str, Any], key: str, source: str, required: bool) -> str:
@@ -111,8 +115,19 @@ class NodeRole:
     num_partitions: int = 0
 
 
+def weights_policy(node_config: Mapping[str, Any]) -> str:
+    """The node config's ``weights``: ``home`` (the node hands no kept specialist's weights out) or
+    ``send`` (the default)."""
+    value = node_config.get("weights", "send")
+    if value not in WEIGHTS_POLICIES:
+        raise ValueError(f"node config: 'weights' must be one of {list(WEIGHTS_POLICIES)}, got {value!r}")
+    return value
+
+
 def node_role(node_config: Mapping[str, Any]) -> NodeRole:
-    """The role ``node_config`` gives this node; a half-declared institution is an error naming the gap."""
+    """The role ``node_config`` gives this node; a half-declared institution (or an unknown ``weights``
+    policy) is an error naming the gap."""
+    weights_policy(node_config)
     if any(key in node_config for key in DECLARED_KEYS):
         spec = InstitutionSpec.from_record(node_config, "node config")
         if spec.world:

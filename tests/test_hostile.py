@@ -508,3 +508,18 @@ def test_two_members_whose_band_statistics_disagree_each_train_alone_with_the_re
     [honest] = [g for g in roster.groups.values() if g.members == ["north_s2"]]
     card = group_card(honest, [roster.institutions["north_s2"]], DEFAULT_VARIANT, 0.5)
     assert card.norm_std == pytest.approx(roster.institutions["north_s2"].summary["norm"]["std"])
+
+
+def test_a_node_keeping_its_weights_home_refuses_a_coordinator_asking_for_them(tmp_path: Path) -> None:
+    """Row 8 of issue 20: ``weights="home"`` in north_s2's node config: a coordinator asking for the
+    weights (``enrol.weights: send``) gets the node's refusal naming the setting; the next keeper enrols."""
+    nodes = simulated_nodes(2)
+    nodes[100]["weights"] = "home"
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=enrol")
+    run_dir = run_experiment(InProcessGrid(nodes), config, flower_run_id=1)
+    enrol = json.loads((run_dir / "phases" / "enrol.json").read_text())
+    [failure] = enrol["failures"]
+    assert failure["institution"] == "north_s2"
+    assert "institution 'north_s2' keeps its specialists' weights home (node config weights=\"home\")" in \
+        failure["reason"]
+    assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
