@@ -29,9 +29,11 @@ from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
+from geodata.synth.world import world_tasks
 from specialists.init import RANDOM, check_init
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
+from wire.messages import SIZE_MAXIMA, TRAIN_MAXIMA
 
 __all__ = [
     "AGGREGATIONS",
@@ -228,6 +230,27 @@ class ExperimentConfig:
     institutions: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
 
+    def _check_probes(self) -> None:
+        """``evaluate``'s probes within what a node does (:data:`wire.messages.SIZE_MAXIMA`) and ``prune``'s
+        task and method ones the proxy can have (from the world: its classification task)."""
+        ev, top = self.evaluate, SIZE_MAXIMA
+        if not 1 <= len(ev.fractions) <= top["fractions"] or not all(0 < f <= 1 for f in ev.fractions):
+            raise ValueError(f"evaluate.fractions must list 1 to {top['fractions']} numbers in (0, 1], got {ev.fractions}")
+        if not 1 <= len(ev.seeds) <= top["seeds"] or not all(0 <= s <= top["seed"] for s in ev.seeds):
+            raise ValueError(f"evaluate.seeds must list 1 to {top['seeds']} integers in [0, {top['seed']}], "
+                             f"got {ev.seeds}")
+        if not 1 <= ev.batch_size <= TRAIN_MAXIMA["batch_size"] or not 1 <= self.train.batch_size <= \
+                TRAIN_MAXIMA["batch_size"]:
+            raise ValueError(f"evaluate.batch_size and train.batch_size must be in [1, {TRAIN_MAXIMA['batch_size']}]")
+        if not is_safe_name(self.prune.task):
+            raise ValueError(f"prune.task {self.prune.task!r} must be {NAME_RULE}")
+        world = sorted(name for name, task in world_tasks().items() if task.type == "classification")
+        if not self.proxy.manifest and self.prune.task not in world:
+            raise ValueError(f"prune.task {self.prune.task!r} is not a classification task of the world's proxy "
+                             f"data {world}")
+        if self.prune.method not in ("linear", "knn"):
+            raise ValueError(f"prune.method must be 'linear' or 'knn', got {self.prune.method!r}")
+
     @property
     def world_config(self) -> WorldConfig | None:
         """The synthetic world, parsed (``None`` without one)."""
@@ -242,14 +265,16 @@ class ExperimentConfig:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:
             raise ValueError("train.warmup_epochs must be >= 0")
-        try:
-            check_variant(self.train.variant)
-        except ValueError as exc:
-            raise ValueError(f"train.variant: {exc}") from None
         if not 0 < self.train.max_weight_share <= 1 or self.train.update_factor < 0:
             raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
         if self.train.aggregation not in AGGREGATIONS:
             raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
+        for name, variant in (("train.variant", self.train.variant), ("distill.variant", self.distill.variant)):
+            try:
+                check_variant(variant)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        self._check_probes()
         check_init(self.train.init, "train.init")
         check_init(self.distill.init, "distill.init")
         if self.enrol.weights not in ("send", "home"):

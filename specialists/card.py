@@ -16,9 +16,10 @@ from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import SENSORS, BandError, get_band
 from specialists.artifact import Card, field_error
 
-__all__ = ["SpecialistCard", "TASK_TYPES"]
+__all__ = ["SpecialistCard", "TASK_TYPES", "MAX_CLASSES"]
 
 TASK_TYPES = ("classification", "multilabel", "segmentation")
+MAX_CLASSES = 1024  # a task's classes (a head's width): more is refused, not allocated
 
 
 @dataclass
@@ -63,6 +64,8 @@ class SpecialistCard(Card):
             value = getattr(self, name)
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
                 raise field_error(source, name, f"must be a non-empty list of non-empty strings, got {value!r}")
+        if len(self.classes) > MAX_CLASSES:
+            raise field_error(source, "classes", f"has {len(self.classes)} entries, at most {MAX_CLASSES}")
         if len(set(self.bands)) != len(self.bands):
             raise field_error(source, "bands", f"has duplicates: {self.bands}")
         for band in self.bands:

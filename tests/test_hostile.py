@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from rasterio.transform import from_origin
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 import test_dataset
 from clients import handlers
@@ -35,7 +36,7 @@ from pipeline.roster import Roster
 from server.phases.discover import simulated_record
 from server.run import run_experiment
 from tiny_run import simulated_nodes, tamper_replies, tiny_run_config
-from wire.messages import TRAIN_MAXIMA, IdentifyReply
+from wire.messages import SIZE_MAXIMA, TRAIN_MAXIMA, IdentifyReply
 
 HOSTILE = 102
 
@@ -208,7 +209,14 @@ def test_train_settings_beyond_the_node_maxima_are_refused_by_the_node_naming_th
 @pytest.mark.parametrize("extra, reason", [("stop_after=trian", "stop_after 'trian' is not a phase"),
                                            ("train.variant=hf-hub:evil/model",
                                             "train.variant: variant 'hf-hub:evil/model'"),
-                                           ("integrate=nowhere", "integrate: run 'nowhere' has no enrolled registry")])
+                                           ("integrate=nowhere", "integrate: run 'nowhere' has no enrolled registry"),
+                                           ("distill.variant=hf-hub:evil/model",
+                                            "distill.variant: variant 'hf-hub:evil/model'"),
+                                           ("prune.task=../../x", "prune.task '../../x' must be"),
+                                           ("prune.task=landcover", "prune.task 'landcover' is not a classification"),
+                                           ("evaluate.seeds=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]",
+                                            r"evaluate.seeds must list 1 to 16 integers"),
+                                           ("evaluate.batch_size=100000", "evaluate.batch_size and train.batch_size")])
 def test_a_wrong_run_config_fails_before_the_run_folder_exists(tmp_path: Path, extra: str, reason: str) -> None:
     grid = InProcessGrid(simulated_nodes(1))
     with pytest.raises(ValueError, match=reason):
@@ -523,3 +531,60 @@ def test_a_node_keeping_its_weights_home_refuses_a_coordinator_asking_for_them(t
     assert "institution 'north_s2' keeps its specialists' weights home (node config weights=\"home\")" in \
         failure["reason"]
     assert enrol["enrolled"]["sentinel2_l2a-scene"]["holder"] == "south_s2"
+
+
+def test_a_summary_with_more_classes_than_a_node_may_hold_is_refused_naming_the_field(tmp_path: Path) -> None:
+    """Row 8 of issue 20: a declared summary of 200,000 classes is refused at decode (nothing is built
+    for it), its partner left out naming ``summary.classes``; the others train."""
+    config = tiny_run_config(tmp_path, "~institutions.city_aerial stop_after=discover")
+    declared = {"institution": "evil", "sensor": "sentinel2_l2a", "task": "scene"}
+    app = _impostor(tiny_run_config(tmp_path), "north_s2", declared, classes=[f"c{i}" for i in range(200_000)])
+    run_dir = run_experiment(InProcessGrid(simulated_nodes(3), app=app), config, flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    [failure] = roster["failures"]
+    assert failure["node_id"] == HOSTILE and "summary.classes must be" in failure["reason"]
+    assert f"at most {SIZE_MAXIMA['classes']} (SIZE_MAXIMA)" in failure["reason"]
+    assert roster["groups"]["sentinel2_l2a-scene"]["members"] == ["north_s2", "south_s2"]
+
+
+def _probe_request(**probe: Any) -> RecordDict:
+    """An ``evaluate.fusion`` request for the simulated north_s2 whose probe settings are ``probe``."""
+    settings = {"fractions": [1.0], "seeds": [0], "batch_size": 8, "device": "cpu", "bands": ["B02"], **probe}
+    return RecordDict({"institution": ConfigRecord({"institution": "north_s2", "sensor": "sentinel2_l2a",
+                                                    "task": "scene"}),
+                       "probe": ConfigRecord(settings), "student_card": ConfigRecord({"json": "{}"}),
+                       "student_weights": ArrayRecord({"safetensors": Array(np.zeros(1, np.uint8))})})
+
+
+def _features_request(ids: int, side: int) -> RecordDict:
+    """A ``query.features`` request for ``ids`` images of one band, ``side`` px high and 1 px wide."""
+    return RecordDict({"institution": ConfigRecord({"institution": "north_s2", "sensor": "sentinel2_l2a",
+                                                    "task": "scene"}),
+                       "request": ConfigRecord({"sha256": "0" * 64, "bands": ["B02"],
+                                                "ids": [f"t{i}" for i in range(ids)], "tolerance_nm": 50.0}),
+                       "images": ArrayRecord({"x": Array(np.zeros((ids, 1, side, 1), np.float32))})})
+
+
+NODE_BOUNDS = {
+    "probe_fractions": ("evaluate.fusion", _probe_request(fractions=[0.5] * 17), "probe.fractions must be"),
+    "probe_seeds": ("evaluate.fusion", _probe_request(seeds=[2**40]), "probe.seeds must be a non-empty list of "
+                                                                      "integers in [0, 4294967295]"),
+    "probe_batch": ("evaluate.fusion", _probe_request(batch_size=10**6), "probe.batch_size must be an integer in "
+                                                                          "[1, 1024]"),
+    "feature_ids": ("query.features", _features_request(SIZE_MAXIMA["ids"] + 1, 1), "request.ids must be"),
+    "feature_image": ("query.features", _features_request(1, SIZE_MAXIMA["image_px"] + 1),
+                      "images.x must be at most 2048 px a side"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_BOUNDS))
+def test_a_request_beyond_the_size_maxima_is_refused_by_the_node_naming_the_field(case: str) -> None:
+    """Row 8 of issue 20: counts and sizes a coordinator asks of a node (probe fractions, seeds, batch
+    size; feature ids and image size) are bounded at decode, before any work."""
+    message_type, content, reason = NODE_BOUNDS[case]
+    context = Context(run_id=1, node_id=100, node_config={"partition-id": 0, "num-partitions": 1},
+                      state=RecordDict(), run_config={})
+    message = Message(content, 100, message_type)
+    handler = handlers.evaluate_fusion if message_type == "evaluate.fusion" else handlers.features
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        handler(message, context)

@@ -41,11 +41,12 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fusion.probes import ProbeResult
 from geodata.names import NAME_RULE, is_safe_name
+from specialists.card import MAX_CLASSES
 from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
 
 __all__ = [
-    "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
+    "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "SIZE_MAXIMA", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
     "StudentFiles", "EnsembleFiles", "IdentifyRequest", "IdentifyReply", "DescribeRequest", "DescribeReply",
     "TrainRequest", "TrainReply", "EvaluateRequest", "EvaluateReply", "EnrolRequest", "EnrolReply",
     "FeaturesRequest", "FeaturesReply", "FUSION_FILES", "FusionEvalRequest", "FusionEvalReply",
@@ -83,11 +84,18 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
-def _list(item: _Rule, what: str, unique: bool = False) -> _Rule:
-    """A non-empty list of ``item`` values (``unique``: no repeats)."""
-    return _Rule(lambda v: isinstance(v, list) and bool(v) and all(item.ok(x) for x in v)
-                 and (not unique or len(set(v)) == len(v)), what)
+def _list(item: _Rule, what: str, unique: bool = False, most: int | None = None) -> _Rule:
+    """A non-empty list of ``item`` values (``unique``: no repeats; ``most``: at most that many)."""
+    return _Rule(lambda v: isinstance(v, list) and bool(v) and (most is None or len(v) <= most)
+                 and all(item.ok(x) for x in v) and (not unique or len(set(v)) == len(v)),
+                 what if most is None else f"{what}, at most {most} (SIZE_MAXIMA)")
 
+
+SIZE_MAXIMA = {"classes": MAX_CLASSES, "bands": 64, "fractions": 16, "seeds": 16, "seed": 2**32 - 1, "ids": 65536,
+               "image_px": 2048}
+"""The most entries of a list (classes, bands, probe fractions and seeds, feature ids), the largest
+probe seed and image side a message may hold: beyond these it is refused as malformed, before anything
+is allocated for it."""
 
 TEXT = _Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
 STRING = _Rule(lambda v: isinstance(v, str), "a string")
@@ -105,6 +113,8 @@ SHA256 = _Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
 NAME = _Rule(is_safe_name, f"a safe name ({NAME_RULE})")
 KIND = _Rule(lambda v: v in NODE_KINDS, f"one of {list(NODE_KINDS)}")
 NAMES = _list(TEXT, "a non-empty list of unique non-empty strings", unique=True)
+CLASSES = _list(TEXT, "a non-empty list of unique non-empty strings", unique=True, most=SIZE_MAXIMA["classes"])
+BANDS = _list(TEXT, "a non-empty list of unique non-empty strings", unique=True, most=SIZE_MAXIMA["bands"])
 TEXTS = _list(TEXT, "a non-empty list of non-empty strings")
 NUMBERS = _list(NUMBER, "a non-empty list of finite numbers")
 
@@ -252,7 +262,7 @@ class DataSummary:
     @classmethod
     def read(cls, read: _Reader) -> DataSummary:
         f = read.config("summary", {
-            "institution": NAME, "task_type": TEXT, "classes": NAMES, "bands": NAMES, "splits": NAMES,
+            "institution": NAME, "task_type": TEXT, "classes": CLASSES, "bands": BANDS, "splits": NAMES,
             "tiles": _list(COUNT, "a non-empty list of non-negative integers"), "norm_mean": NUMBERS,
             "norm_std": _list(NON_NEGATIVE, "a non-empty list of non-negative finite numbers"), "manifest": STRING})
         if len(f["tiles"]) != len(f["splits"]):
@@ -333,10 +343,12 @@ class ProbeSettings:
 
     @classmethod
     def read(cls, read: _Reader) -> ProbeSettings:
+        seed = _Rule(lambda v: _is_int(v) and 0 <= v <= SIZE_MAXIMA["seed"], "")
         return cls(**read.config("probe", {
-            "fractions": _list(FRACTION, "a non-empty list of numbers in (0, 1]"),
-            "seeds": _list(INT, "a non-empty list of integers"), "batch_size": POSITIVE_INT, "device": TEXT,
-            "bands": NAMES}))
+            "fractions": _list(FRACTION, "a non-empty list of numbers in (0, 1]", most=SIZE_MAXIMA["fractions"]),
+            "seeds": _list(seed, f"a non-empty list of integers in [0, {SIZE_MAXIMA['seed']}]",
+                           most=SIZE_MAXIMA["seeds"]),
+            "batch_size": _bounded("batch_size", 1), "device": TEXT, "bands": BANDS}))
 
 
 @dataclass(frozen=True)
@@ -649,7 +661,8 @@ class FeaturesRequest(_Request):
     @classmethod
     def decode(cls, content: RecordDict, source: str) -> Self:
         read = cls._read(content, source, {"institution", "request", "images"})
-        request = read.config("request", {"sha256": SHA256, "bands": NAMES, "ids": NAMES, "tolerance_nm": NON_NEGATIVE})
+        ids = _list(TEXT, "a non-empty list of unique non-empty strings", unique=True, most=SIZE_MAXIMA["ids"])
+        request = read.config("request", {"sha256": SHA256, "bands": BANDS, "ids": ids, "tolerance_nm": NON_NEGATIVE})
         images = read.arrays("images")
         if set(images) != {"x"}:
             read.fail(f"images must hold just the tensor 'x', got {sorted(images)[:5]}")
@@ -657,6 +670,9 @@ class FeaturesRequest(_Request):
         read.tensor("images", "x", x, n, f"[{n} ids, {c} bands, H, W]")
         if x.dim() != 4 or x.shape[1] != c:
             read.fail(f"images.x must be [{n} ids, {c} bands, H, W], got {list(x.shape)}")
+        if max(x.shape[2:]) > SIZE_MAXIMA["image_px"]:
+            read.fail(f"images.x must be at most {SIZE_MAXIMA['image_px']} px a side (SIZE_MAXIMA), "
+                      f"got {list(x.shape[2:])}")
         return cls(_institution(read), request["sha256"], request["bands"], request["ids"], request["tolerance_nm"], x)
 
 
