@@ -109,7 +109,8 @@ def pooled_spec(specs: Sequence[InstitutionSpec], folder: Path) -> InstitutionSp
                 scene=tile.scene, region=tile.region, institution=tile.institution))
     if len({t.id for t in tiles}) != len(tiles):
         raise ValueError(f"institutions {[s.name for s in specs]} share tile ids; cannot pool")
-    path = Manifest(tasks={first.task: task}, tiles=tiles, name="pooled").save(folder / "manifest.json")
+    path = Manifest(tasks={first.task: task}, tiles=tiles, name="pooled",
+                    allow_outside_paths=True).save(folder / "manifest.json")
     return InstitutionSpec(name="pooled", sensor=first.sensor, task=first.task, data_path=str(path))
 
 

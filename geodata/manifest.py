@@ -19,6 +19,11 @@ file per band (resampled onto the finest grid), as BigEarthNet ships them. A til
 scene is tiled without copies.
 
 
+Paths (``path``, ``band_paths``, segmentation masks) stay inside the manifest's folder: an absolute
+path, or one that climbs out with ``..``, is refused at load naming the manifest and the tile, unless
+the manifest says ``"allow_outside_paths": true`` (what the builders that index data in place, e.g.
+``eosfed manifest eurosat``, write).
+
 A dataset may ship its own sensors: :meth:`Manifest.load` registers a ``sensors.yaml`` and every
 ``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`); :meth:`Manifest.save` copies
 the YAML file of each user sensor its tiles use into ``sensors/<sensor>.yaml`` beside it, so the
@@ -107,6 +112,22 @@ class TileEntry:
                              f"got {self.window!r}")
 
 
+def _outside(tile: TileEntry, tasks: dict[str, TaskSpec]) -> str | None:
+    """The first file path of ``tile`` that is absolute or leaves the manifest's folder, if any."""
+    paths = [tile.path] if tile.path is not None else list((tile.band_paths or {}).values())
+    paths += [v for k, v in tile.targets.items() if tasks[k].type == "segmentation" and isinstance(v, str)]
+    return next((p for p in paths if isinstance(p, str) and (
+        Path(p).is_absolute() or Path(os.path.normpath(p)).parts[:1] == ("..",))), None)
+
+
+def _check_inside(tile: TileEntry, tasks: dict[str, TaskSpec], source: str) -> None:
+    """Every file path of ``tile`` is relative and stays inside the manifest's folder."""
+    path = _outside(tile, tasks)
+    if path is not None:
+        raise ValueError(f"{source}: tile {tile.id!r} path {path!r} leaves the manifest's folder (absolute or "
+                         f"'..'); a manifest that indexes files elsewhere says \"allow_outside_paths\": true")
+
+
 @dataclass
 class Manifest:
     tasks: dict[str, TaskSpec]
@@ -115,6 +136,7 @@ class Manifest:
     root: Path = field(default=Path("."), compare=False)
     version: int = MANIFEST_VERSION
     source: str = field(default="manifest", compare=False)  # the file it was read from, for messages
+    allow_outside_paths: bool = False  # tile paths may be absolute or leave the manifest's folder
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
@@ -148,17 +170,24 @@ class Manifest:
             raise ValueError(f"{source}: malformed manifest: missing field {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: malformed manifest: {exc}") from exc
+        outside = raw.get("allow_outside_paths", False)
+        if not isinstance(outside, bool):
+            raise ValueError(f"{source}: 'allow_outside_paths' must be true or false, got {outside!r}")
         for tile in tiles:
             unknown = set(tile.targets) - set(tasks)
             if unknown:
                 raise ValueError(f"{source}: tile {tile.id!r} has targets for undeclared tasks {sorted(unknown)}")
-        return cls(tasks=tasks, tiles=tiles, name=raw.get("name", Path(source).stem), root=Path(root), source=source)
+            if not outside:
+                _check_inside(tile, tasks, source)
+        return cls(tasks=tasks, tiles=tiles, name=raw.get("name", Path(source).stem), root=Path(root), source=source,
+                   allow_outside_paths=outside)
 
     def to_dict(self) -> dict[str, Any]:
         tiles = [{k: v for k, v in asdict(t).items() if v is not None} for t in self.tiles]
         return {
             "version": self.version,
             "name": self.name,
+            **({"allow_outside_paths": True} if self.allow_outside_paths else {}),
             "tasks": {k: asdict(v) for k, v in self.tasks.items()},
             "tiles": tiles,
         }
@@ -218,7 +247,8 @@ def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, 
     """Every tile of ``manifests``, each keeping its split, as one manifest to be saved in ``root``: relative
     paths (files, band files, segmentation masks) are rewritten relative to ``root``, absolute ones kept.
     A task declared twice must be declared alike; a tile id in two manifests is refused. ``prefix``: each
-    tile's id, scene and region start with ``<its manifest's name>/`` (two sets that name files alike)."""
+    tile's id, scene and region start with ``<its manifest's name>/`` (two sets that name files alike).
+    The result allows outside paths when a tile's rebased path leaves ``root`` (it indexes the others' files)."""
     root = Path(root).resolve()
     tasks: dict[str, TaskSpec] = {}
     declared: dict[str, str] = {}
@@ -247,4 +277,5 @@ def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, 
                 tile, path=tile.path and rebase(tile.path),
                 band_paths=tile.band_paths and {b: rebase(p) for b, p in tile.band_paths.items()},
                 targets={t: rebase(v) if t in masks else v for t, v in tile.targets.items()}))
-    return Manifest(tasks=tasks, tiles=tiles, name=name, root=root)
+    outside = any(_outside(t, tasks) is not None for t in tiles)
+    return Manifest(tasks=tasks, tiles=tiles, name=name, root=root, allow_outside_paths=outside)

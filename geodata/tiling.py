@@ -362,6 +362,7 @@ def scenes_manifest(
     if not tiles:
         raise RasterError(f"{len(scenes)} scenes", f"no tiles: every {size} px window is below --min-valid {min_valid} or the scenes "
                                f"are smaller than {size} px")
-    return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out)
+    outside = any(Path(p).is_absolute() for t in tiles for p in (t.path, t.targets[task_name]))
+    return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out, allow_outside_paths=outside)
 
 

@@ -112,7 +112,7 @@ def proxy_union(manifests: Mapping[str, Manifest], out: str | Path, splits: Sequ
                 path=str(manifest.resolve(tile.path).resolve()) if tile.path else None,
                 band_paths={b: str(manifest.resolve(p).resolve()) for b, p in tile.band_paths.items()}
                 if tile.band_paths else None))
-    union = Manifest(tasks=tasks, tiles=tiles, name=name)
+    union = Manifest(tasks=tasks, tiles=tiles, name=name, allow_outside_paths=True)
     write_sensors_beside(out, {t.sensor for t in tiles})
     union.save(Path(out) / "manifest.json")
     return union

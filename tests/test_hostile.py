@@ -27,6 +27,7 @@ from clients.institution import InstitutionSpec
 from flower_harness import InProcessGrid
 from fusion import Registry
 from fusion.registry import RegistryError
+from geodata.manifest import Manifest
 from geodata.raster import write_geotiff
 from geodata.stats import load_or_compute_stats
 from pipeline.settings import RunSettings, load_experiment
@@ -588,3 +589,29 @@ def test_a_request_beyond_the_size_maxima_is_refused_by_the_node_naming_the_fiel
     handler = handlers.evaluate_fusion if message_type == "evaluate.fusion" else handlers.features
     with pytest.raises(ValueError, match=re.escape(reason)):
         handler(message, context)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.tif", "sub/../../outside.tif"])
+def test_a_manifest_tile_path_leaving_its_folder_is_refused_naming_the_manifest_and_tile(
+        tmp_path: Path, capsys, path: str) -> None:
+    """Row 8 of issue 20: a supplied manifest whose tile points outside its folder (absolute or ``..``)
+    is refused by ``eosfed train-specialist`` with one line naming the manifest and the tile; the same
+    manifest saying ``"allow_outside_paths": true`` reads the file."""
+    from eosfed.cli import main
+
+    folder = tmp_path / "data"
+    test_dataset.tiny_manifest(folder, np.full((13, 8, 8), 1000, np.uint16))
+    shutil.move(folder / "tile.tif", tmp_path / "outside.tif")
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["tiles"][0]["path"] = path
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    code = main(["train-specialist", "--manifest", str(folder / "manifest.json"), "--task", "task",
+                 "--sensor", test_dataset.L1C, "--out", str(tmp_path / "spec"), "--epochs", "1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1 and str(folder / "manifest.json") in err[0]
+    assert f"tile 'tiny' path '{path}' leaves the manifest's folder" in err[0]
+    assert not (tmp_path / "spec").exists()
+    if path.startswith(".."):
+        raw["allow_outside_paths"] = True
+        (folder / "manifest.json").write_text(json.dumps(raw))
+        assert Manifest.load(folder / "manifest.json").resolve(path).resolve() == (tmp_path / "outside.tif").resolve()

@@ -97,6 +97,6 @@ def build_bigearthnet_manifest(
                               f"labels {unknown} are not in the class list of task {TASK!r}")
         tile.targets = {TASK: sorted(class_list.index(l) for l in labels)}
     tasks = {TASK: TaskSpec("multilabel", class_list)}
-    manifest = Manifest(tasks=tasks, tiles=[tile for tile, _, _ in entries], name=name)
+    manifest = Manifest(tasks=tasks, tiles=[tile for tile, _, _ in entries], name=name, allow_outside_paths=True)
     manifest.save(Path(out_dir) / "manifest.json")
     return manifest

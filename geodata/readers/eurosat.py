@@ -61,6 +61,7 @@ def build_eurosat_manifest(
                   targets={TASK: EUROSAT_CLASSES.index(cls)})
         for cls, paths in files.items() for path in paths
     ]
-    manifest = Manifest(tasks={TASK: TaskSpec("classification", list(EUROSAT_CLASSES))}, tiles=tiles, name=name)
+    manifest = Manifest(tasks={TASK: TaskSpec("classification", list(EUROSAT_CLASSES))}, tiles=tiles, name=name,
+                        allow_outside_paths=True)
     manifest.save(Path(out_dir) / "manifest.json")
     return manifest

@@ -94,6 +94,6 @@ def build_folder_manifest(
     if duplicates:
         raise RasterError(root, f"images of the same name in one class folder: {duplicates[:5]}")
     manifest = Manifest(tasks={task: TaskSpec("classification", list(folders))}, tiles=tiles,
-                        name=name or root.name)
+                        name=name or root.name, allow_outside_paths=True)
     manifest.save(Path(out_dir) / "manifest.json")
     return manifest
