@@ -1,9 +1,9 @@
 """Per-band normalisation statistics of a manifest selection, computed once and stored as JSON.
 
 The file lives beside the manifest, ``<manifest_dir>/stats/<sensor>__<split>__<key>.json``, where
-``key`` hashes the selected tiles' ids and files, and each file's size and modification time (ns): a
-changed selection, or a file rewritten in place, gets a new file; an unchanged one is loaded instead of
-recomputed.
+``key`` hashes the selected tiles' ids and files, and each file's content (sha256, streamed: far cheaper
+than decoding it): a changed selection, or a file rewritten in place (whatever its size and modification
+time say), gets a new file; an unchanged one is loaded instead of recomputed.
 """
 
 from __future__ import annotations
@@ -51,13 +51,16 @@ class BandStats:
         return stats
 
 
-def _file_state(path: Path) -> tuple[int, int]:
-    """A file's size and modification time (ns); (-1, -1) when it cannot be read (reading it will say why)."""
+def _file_digest(path: Path) -> str:
+    """The sha256 of a file's content; empty when it cannot be read (reading it will say why)."""
+    digest = hashlib.sha256()
     try:
-        stat = path.stat()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                digest.update(chunk)
     except OSError:
-        return -1, -1
-    return stat.st_size, stat.st_mtime_ns
+        return ""
+    return digest.hexdigest()
 
 
 def _tiles_key(manifest: Manifest, tiles: list[TileEntry]) -> str:
@@ -66,7 +69,7 @@ def _tiles_key(manifest: Manifest, tiles: list[TileEntry]) -> str:
         source = tile_source(manifest, t)
         files = [source] if isinstance(source, Path) else [source[b] for b in sorted(source)]
         ident.append((t.id, t.path, t.band_paths, *([t.window] if t.window is not None else []),
-                      [_file_state(f) for f in files]))
+                      [_file_digest(f) for f in files]))
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

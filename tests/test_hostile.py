@@ -313,6 +313,20 @@ def test_band_statistics_of_a_file_rewritten_in_place_are_recomputed(tmp_path: P
     assert second.mean[0] == pytest.approx(3 * first.mean[0])
 
 
+def test_band_statistics_of_a_file_rewritten_with_its_size_and_mtime_kept_are_recomputed(tmp_path: Path) -> None:
+    """Row 8 of issue 20: the statistics cache is keyed by content: a tile rewritten in place to the same
+    size, its modification time put back (as ``cp -p`` or ``touch -r`` do), does not read stale statistics."""
+    manifest = test_dataset.tiny_manifest(tmp_path, np.full((13, 8, 8), 1000, np.uint16))
+    first = load_or_compute_stats(manifest, test_dataset.L1C)
+    tile = tmp_path / "tile.tif"
+    before = tile.stat()
+    write_geotiff(tile, np.full((13, 8, 8), 3000, np.uint16), from_origin(400000, 5000000, 10, 10), "EPSG:32633",
+                  nodata=0)
+    os.utime(tile, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (tile.stat().st_size, tile.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert load_or_compute_stats(manifest, test_dataset.L1C).mean[0] == pytest.approx(3 * first.mean[0])
+
+
 def test_a_specialists_weights_reach_only_its_own_group_unless_sharing_is_opted_in(tmp_path: Path) -> None:
     received: dict[str, list[str]] = {}
 
