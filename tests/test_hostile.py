@@ -629,3 +629,27 @@ def test_a_manifest_tile_path_leaving_its_folder_is_refused_naming_the_manifest_
         raw["allow_outside_paths"] = True
         (folder / "manifest.json").write_text(json.dumps(raw))
         assert Manifest.load(folder / "manifest.json").resolve(path).resolve() == (tmp_path / "outside.tif").resolve()
+
+
+def test_a_teacher_whose_features_overflow_stops_the_distillation_before_the_student_changes() -> None:
+    """A local teacher whose weights are 1000 x too large (finite, checked as a file) gives features beyond
+    float16 in the cache: the first step's loss is not finite, so :func:`fusion.distill.distill_student`
+    stops with a clear error and the student's weights are untouched."""
+    from fusion_toys import S2_BANDS, make_specialist, proxy_batches
+
+    from fusion.distill import DistillConfig, distill_student
+    from fusion.student import Student
+    from fusion.teacher_cache import TeacherCache
+    from specialists.io import specialist_to_bytes
+
+    teacher = make_specialist("s2", "sentinel2_l2a", S2_BANDS)
+    with torch.no_grad():
+        for p in teacher.encoder.parameters():
+            p.mul_(1e3)
+    specialist_to_bytes(teacher)  # its weights' hash keys the cache
+    student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"distillation loss is not finite \(per teacher \{'s2': nan\}\)"):
+        distill_student(student, {"s2": teacher}, proxy_batches(S2_BANDS, n_batches=1, batch=2), TeacherCache(),
+                        DistillConfig(epochs=1), seed=0)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
