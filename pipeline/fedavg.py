@@ -32,7 +32,8 @@ from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 
 __all__ = ["SAME", "GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
-           "fedavg", "group_card", "implausible_norms", "indistinct", "pool_norm", "round_config", "screen", "weighted_metrics"]
+           "fedavg", "group_card", "implausible_norms", "indistinct", "pool_norm", "round_config", "screen",
+           "weighted_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,15 @@ def implausible_norms(members: Sequence[Member], factor: float) -> dict[str, str
         b = bad[0]
         why = (f"band {bands[b]}: stds {stds[0, b].item():.4g} / {stds[1, b].item():.4g}, means "
                f"{means[0, b].item():.4g} / {means[1, b].item():.4g} differ beyond federation.stats_factor {factor:g}")
+        pair = ((members[0], members[1]), (members[1], members[0]))
         return {m.name: f"band statistics disagree with {other.name}'s ({why}); two members cannot outvote each "
-                        f"other, so each trains alone" for m, other in ((members[0], members[1]), (members[1], members[0]))}
+                        f"other, so each trains alone" for m, other in pair}
     mean, std = means.median(0).values, stds.median(0).values
     out = {}
     for i, m in enumerate(members):
         for b, band in enumerate(bands):
-            if not (std[b] / factor <= stds[i, b] <= std[b] * factor) or (means[i, b] - mean[b]).abs() > factor * std[b]:
+            spread = std[b] / factor <= stds[i, b] <= std[b] * factor
+            if not spread or (means[i, b] - mean[b]).abs() > factor * std[b]:
                 out[m.name] = (f"band {band}: declared mean {means[i, b].item():.4g} and std {stds[i, b].item():.4g} "
                                f"are implausible beside the group's median mean {mean[b].item():.4g} and std "
                                f"{std[b].item():.4g} (federation.stats_factor {factor:g}); left out of group pooling")

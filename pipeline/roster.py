@@ -88,7 +88,8 @@ def form_groups(members: list[Member], apart: Collection[str] = ()) -> dict[str,
             n += 1
             group.name = f"{base}-{n}"
         if n > 1:
-            log.warning("Group %s: %s share sensor and task with %s but not task type/classes/bands; kept apart",
+            log.warning("Group %s: %s share sensor and task with %s but not task type/classes/bands (or band "
+                        "statistics); kept apart",
                         group.name, group.members, groups[base].members)
         groups[group.name] = group
     return groups

@@ -235,7 +235,8 @@ class ExperimentConfig:
         task and method ones the proxy can have (from the world: its classification task)."""
         ev, top = self.evaluate, SIZE_MAXIMA
         if not 1 <= len(ev.fractions) <= top["fractions"] or not all(0 < f <= 1 for f in ev.fractions):
-            raise ValueError(f"evaluate.fractions must list 1 to {top['fractions']} numbers in (0, 1], got {ev.fractions}")
+            raise ValueError(f"evaluate.fractions must list 1 to {top['fractions']} numbers in (0, 1], "
+                             f"got {ev.fractions}")
         if not 1 <= len(ev.seeds) <= top["seeds"] or not all(0 <= s <= top["seed"] for s in ev.seeds):
             raise ValueError(f"evaluate.seeds must list 1 to {top['seeds']} integers in [0, {top['seed']}], "
                              f"got {ev.seeds}")
@@ -260,7 +261,8 @@ class ExperimentConfig:
         if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
             raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
         if self.federation.stats_factor != 0 and not self.federation.stats_factor >= 1:
-            raise ValueError(f"federation.stats_factor must be 0 (no check) or >= 1, got {self.federation.stats_factor}")
+            raise ValueError(f"federation.stats_factor must be 0 (no check) or >= 1, "
+                             f"got {self.federation.stats_factor}")
         if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
             raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:

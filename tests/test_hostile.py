@@ -163,7 +163,8 @@ def test_two_colluding_partners_with_identical_updates_share_one_cap_and_refuse_
         assert record["shares"].get("evil", 0) + record["shares"].get("evil2", 0) <= 0.5 + 1e-9
 
 
-SUMMARIES = {"unknown_task_type": ("task_type", "alien", "makes no valid specialist card: card: field 'task_type' is 'alien'"),
+SUMMARIES = {"unknown_task_type": ("task_type", "alien",
+                                   "makes no valid specialist card: card: field 'task_type' is 'alien'"),
              "overflowing_band_mean": ("norm_mean", None, "band B01: declared mean 1e+200 and std 0.01667 are "
                                                           "beyond what sensor 'sentinel2_l2a' can hold")}
 

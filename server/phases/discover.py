@@ -198,8 +198,8 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
     bound = _earlier_bindings(ctx)
     for node, reply in declared.items():
         name = reply.institution["institution"]
-        squatted = _squatting(name, node, bound, [n for n, r in declared.items() if r.institution["institution"] == name],
-                              name in cfg.institutions)
+        declarers = [n for n, r in declared.items() if r.institution["institution"] == name]
+        squatted = _squatting(name, node, bound, declarers, name in cfg.institutions)
         if squatted:
             log.warning("Refused node %d's declaration: %s", node, squatted)
             roster.failures.append({"node_id": node, "institution": name, "step": "identify", "reason": squatted})
