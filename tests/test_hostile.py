@@ -638,9 +638,10 @@ def test_a_teacher_whose_features_overflow_stops_the_distillation_before_the_stu
     stops with a clear error and the student's weights are untouched."""
     from fusion_toys import S2_BANDS, make_specialist, proxy_batches
 
+    from fusion.adaptors import TeacherRef
     from fusion.distill import DistillConfig, distill_student
     from fusion.student import Student
-    from fusion.teacher_cache import TeacherCache
+    from fusion.teacher_cache import TeacherCache, fill_cache
     from specialists.io import specialist_to_bytes
 
     teacher = make_specialist("s2", "sentinel2_l2a", S2_BANDS)
@@ -650,7 +651,8 @@ def test_a_teacher_whose_features_overflow_stops_the_distillation_before_the_stu
     specialist_to_bytes(teacher)  # its weights' hash keys the cache
     student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
     before = {k: v.clone() for k, v in student.state_dict().items()}
+    batches, cache = proxy_batches(S2_BANDS, n_batches=1, batch=2), TeacherCache()
+    fill_cache(cache, {"s2": teacher}, batches)
     with pytest.raises(FloatingPointError, match=r"distillation loss is not finite \(per teacher \{'s2': nan\}\)"):
-        distill_student(student, {"s2": teacher}, proxy_batches(S2_BANDS, n_batches=1, batch=2), TeacherCache(),
-                        DistillConfig(epochs=1), seed=0)
+        distill_student(student, [TeacherRef.of(teacher, "s2")], batches, cache, DistillConfig(epochs=1), seed=0)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
