@@ -127,7 +127,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
         model = out / ("model" if k == 0 else f"model_seed{args.seed + k}")
         start = time.perf_counter()
         _run("finetune", "--encoder", encoder, "--manifest", str(manifest), "--task", "burned", "--out", str(model),
-             "--overwrite", "--unfreeze", unfreeze, "--decoder", "upernet", "--epochs", str(args.epochs), "--lr",
+             "--overwrite", "--unfreeze", unfreeze, "--decoder", args.decoder, "--epochs", str(args.epochs), "--lr",
              str(args.lr), "--batch-size", str(args.batch_size), "--patience", str(args.patience),
              "--class-weights", args.class_weights, "--gain-jitter", str(args.gain_jitter),
              "--seed", str(args.seed + k))
@@ -152,7 +152,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
     operating = precision_threshold(val_p, val_truth, args.recall_floor)
     card = cards[0]
     return {
-        "name": name, "encoder": encoder, "unfreeze": unfreeze, "decoder": "upernet", "seeds": seeds,
+        "name": name, "encoder": encoder, "unfreeze": unfreeze, "decoder": args.decoder, "seeds": seeds,
         "test": scores(test_p, test_truth, threshold),
         "val": scores(val_p, val_truth, threshold),
         "test_precision_first": scores(test_p, test_truth, operating),
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gain-jitter", type=float, default=0.1, help="eosfed finetune --gain-jitter")
     parser.add_argument("--seeds", type=int, default=3, help="models averaged in the fine-tuned row")
+    parser.add_argument("--decoder", default="upernet", help="eosfed finetune --decoder (both model rows)")
     parser.add_argument("--recall-floor", type=float, default=0.85,
                         help="the precision-first operating point keeps at least this recall on the val events")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for wildfire.json/.md")

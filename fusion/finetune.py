@@ -85,7 +85,7 @@ class TaskModel(nn.Module):
         return self.encoder.bands
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x), x.shape[-2:])
+        return self.head(self.encoder(x), x.shape[-2:], x)
 
 
 def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: str,
@@ -188,7 +188,7 @@ def finetune(
     view = BandView(encoder, stats.bands).to(cfg.device)
     dims, reductions = view.feature_shapes()
     _set_trainable(encoder, unfreeze, len(dims))
-    head = build_head(task.type, dims, task.num_classes, decoder).to(cfg.device)
+    head = build_head(task.type, dims, task.num_classes, decoder, len(stats.bands)).to(cfg.device)
     first = datasets["train"].tiles[0]
     card = SpecialistCard(
         name=name or f"{manifest.name}-{task_name}", institutions=[manifest.name], sensor=sensor.name,
@@ -234,7 +234,8 @@ def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskMod
                                       f"{TASK_MODEL_KIND!r}); a specialist or student is an --encoder")
     stats = {k: v for k, v in state.items() if k.startswith(_STATS_PREFIX)}
     view = BandView(_rebuild(card.extra["encoder"], stats, source), tuple(card.bands))
-    head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"])
+    head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"],
+                      len(card.bands))
     model = TaskModel(view, head, card)
     try:
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_STATS_PREFIX)}, strict=True)

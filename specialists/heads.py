@@ -1,8 +1,9 @@
 """Task heads, kept outside the encoder: used while training, never part of a saved specialist.
 
-Every head is called as ``head(features, size)`` with the encoder's 4 multi-scale features and the
-input's ``(H, W)``; it returns logits ``[B, K]`` (classification, multilabel) or ``[B, K, H, W]``
-(segmentation).
+Every head is called as ``head(features, size, image)`` with the encoder's 4 multi-scale features,
+the input's ``(H, W)`` and the input itself (physical units, the encoder's bands; read only by the
+full-resolution skip of ``upernet_skip``); it returns logits ``[B, K]`` (classification, multilabel)
+or ``[B, K, H, W]`` (segmentation).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from torch import nn
 
 from specialists.card import TASK_TYPES
 
-__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "DECODERS", "build_head", "task_loss"]
+__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "UPerNetSkipHead", "DECODERS", "build_head",
+           "task_loss"]
 
-DECODERS = ("fpn", "upernet")
-"""Segmentation decoders: the light FPN and the UPerNet-style one (pyramid pooling + FPN + fusion)."""
+DECODERS = ("fpn", "upernet", "upernet_skip")
+"""Segmentation decoders: the light FPN, the UPerNet-style one (pyramid pooling + FPN + fusion), and
+UPerNet with a full-resolution skip (its fused features refined with the input bands at every pixel)."""
 
 
 class PooledLinearHead(nn.Module):
@@ -29,7 +32,8 @@ class PooledLinearHead(nn.Module):
         self.norm = nn.LayerNorm(in_dim)
         self.fc = nn.Linear(in_dim, num_classes)
 
-    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int] | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(self.norm(features[-1].mean(dim=(-2, -1))))
 
 
@@ -50,7 +54,8 @@ class FPNSegmentationHead(nn.Module):
         self.fuse = _conv_block(dim, dim, 3)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
-    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int],
+                image: torch.Tensor | None = None) -> torch.Tensor:
         x = self.laterals[-1](features[-1])
         for lateral, feature in zip(reversed(self.laterals[:-1]), reversed(features[:-1])):
             x = lateral(feature) + F.interpolate(x, size=feature.shape[-2:], mode="bilinear", align_corners=False)
@@ -73,7 +78,8 @@ class UPerNetHead(nn.Module):
         self.fuse = _conv_block(len(feature_dims) * dim, dim, 3)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
-    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def fused(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The fused ``dim``-channel map at the finest scale, before the classifier."""
         last = features[-1]
         pooled = [F.interpolate(pool(last), size=last.shape[-2:], mode="bilinear", align_corners=False)
                   for pool in self.pools]
@@ -85,13 +91,38 @@ class UPerNetHead(nn.Module):
         outs = [smooth(x) for smooth, x in zip(self.smooth, levels[:-1])] + [levels[-1]]
         outs = [x if x.shape[-2:] == finest else F.interpolate(x, size=finest, mode="bilinear", align_corners=False)
                 for x in outs]
-        logits = self.classifier(self.fuse(torch.cat(outs, dim=1)))
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat(outs, dim=1))
+
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int],
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        return F.interpolate(self.classifier(self.fused(features)), size=tuple(size), mode="bilinear",
+                             align_corners=False)
 
 
-def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, decoder: str = "fpn") -> nn.Module:
+class UPerNetSkipHead(UPerNetHead):
+    """UPerNet whose fused map, upsampled to the input, is refined with the input bands at full resolution
+    (standardised by a BatchNorm that learns their statistics; a 3x3 conv block, then the classifier):
+    edges follow the pixels instead of a stride-4 map blurred by upsampling."""
+
+    def __init__(self, feature_dims: Sequence[int], num_classes: int, in_bands: int, dim: int = 64,
+                 refine_dim: int = 32) -> None:
+        super().__init__(feature_dims, num_classes, dim)
+        self.input_norm = nn.BatchNorm2d(in_bands)
+        self.refine = _conv_block(dim + in_bands, refine_dim, 3)
+        self.classifier = nn.Conv2d(refine_dim, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int],
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        if image is None or tuple(image.shape[-2:]) != tuple(size):
+            raise ValueError("the upernet_skip decoder needs the input image at the output size")
+        up = F.interpolate(self.fused(features), size=tuple(size), mode="bilinear", align_corners=False)
+        return self.classifier(self.refine(torch.cat([up, self.input_norm(image)], dim=1)))
+
+
+def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, decoder: str = "fpn",
+               in_bands: int | None = None) -> nn.Module:
     """The head for ``task_type`` over an encoder with ``feature_dims`` channels per scale (``decoder``:
-    one of :data:`DECODERS`, segmentation only)."""
+    one of :data:`DECODERS`, segmentation only; ``upernet_skip`` needs the number of input bands)."""
     if num_classes < 1:
         raise ValueError(f"a {task_type} head needs at least one class, got {num_classes}")
     if task_type in ("classification", "multilabel"):
@@ -101,6 +132,10 @@ def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, de
             return FPNSegmentationHead(feature_dims, num_classes)
         if decoder == "upernet":
             return UPerNetHead(feature_dims, num_classes)
+        if decoder == "upernet_skip":
+            if not in_bands:
+                raise ValueError("the upernet_skip decoder needs the number of input bands")
+            return UPerNetSkipHead(feature_dims, num_classes, in_bands)
         raise ValueError(f"unknown segmentation decoder {decoder!r}; expected one of {DECODERS}")
     raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
 

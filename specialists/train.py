@@ -212,7 +212,7 @@ def train_one_epoch(
         if cfg.gain_jitter > 0:
             image = _jitter_gain(image, cfg.gain_jitter)
         with _autocast(cfg, device):
-            logits = head(specialist(image), image.shape[-2:])
+            logits = head(specialist(image), image.shape[-2:], image)
         loss = criterion(logits.float(), target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {steps}")
@@ -270,7 +270,7 @@ def evaluate(
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         image, target = _inputs(batch, specialist, device)
         with _autocast(cfg, device):
-            logits = head(specialist(image), image.shape[-2:])
+            logits = head(specialist(image), image.shape[-2:], image)
         logits = logits.float()
         total += criterion(logits, target).item() * len(image)
         count += len(image)

@@ -83,6 +83,25 @@ def test_head_output_shapes(task_type, head_cls, shape):
     assert head(feats, (36, 36)).shape == shape
 
 
+def test_full_resolution_skip_reads_the_input_pixels():
+    dims = (40, 80, 160, 320)
+    feats = [torch.rand(2, c, 64 // r, 64 // r) for c, r in zip(dims, (4, 8, 16, 32))]
+    head = build_head("segmentation", dims, 2, "upernet_skip", in_bands=5).eval()
+    image = torch.rand(2, 5, 64, 64)
+    logits = head(feats, (64, 64), image)
+    assert logits.shape == (2, 2, 64, 64)
+    edited = image.clone()
+    edited[:, :, 10, 10] += 5.0  # one pixel: its 3x3 neighbourhood of the output moves (the rest by GroupNorm only)
+    moved = (head(feats, (64, 64), edited) - logits).abs().amax(dim=(0, 1))
+    near = torch.zeros(64, 64, dtype=torch.bool)
+    near[9:12, 9:12] = True
+    assert moved[near].min() > 20 * moved[~near].max()
+    with pytest.raises(ValueError, match="needs the input image"):
+        head(feats, (64, 64))
+    with pytest.raises(ValueError, match="needs the number of input bands"):
+        build_head("segmentation", dims, 2, "upernet_skip")
+
+
 def test_build_head_refuses_unknown_task():
     with pytest.raises(ValueError, match="unknown task type 'detection'"):
         build_head("detection", (40, 80, 160, 320), 3)
