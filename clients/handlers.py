@@ -32,8 +32,8 @@ from specialists.model import Specialist
 from specialists.train import TrainConfig, resolve_device
 from wire.messages import (DataSummary, DescribeReply, DescribeRequest, EnrolReply, EnrolRequest, EnsembleFiles,
                            EvaluateReply, EvaluateRequest, FeaturesReply, FeaturesRequest, FusionEvalReply,
-                           FusionEvalRequest, IdentifyReply, IdentifyRequest, TrainReply, TrainRequest,
-                           TrainSettings)
+                           FusionEvalRequest, IdentifyReply, IdentifyRequest, RoundTraining, TrainReply,
+                           TrainRequest)
 
 __all__ = ["identify", "describe", "train", "evaluate", "enrol", "features", "evaluate_fusion"]
 
@@ -53,7 +53,7 @@ def _card(card_json: str) -> SpecialistCard:
     return SpecialistCard.from_json(card_json, source="request card")
 
 
-def _train_config(settings: TrainSettings) -> TrainConfig:
+def _train_config(settings: RoundTraining) -> TrainConfig:
     return TrainConfig(**{**dataclasses.asdict(settings), "device": resolve_device(settings.device),
                           "max_steps": settings.max_steps or None})
 

@@ -16,7 +16,7 @@ from specialists.io import bytes_tensor
 from wire.messages import (DataSummary, DescribeReply, DescribeRequest, EnrolReply, EnrolRequest, EnsembleFiles,
                            EvaluateReply, EvaluateRequest, FeaturesReply, FeaturesRequest, FusionEvalReply,
                            FusionEvalRequest, IdentifyReply, IdentifyRequest, ProbeSettings, StudentFiles,
-                           TrainReply, TrainRequest, TrainSettings, WireError)
+                           RoundTraining, TrainReply, TrainRequest, WireError)
 
 SHA = "ab" * 32
 NAN, INF = float("nan"), float("inf")
@@ -28,7 +28,7 @@ def _examples() -> dict[str, Any]:
                    "cache-dir": "/tmp/cache"}
     summary = DataSummary("lab", "classification", ["forest", "water"], ["B02", "B03"], {"test": 3, "train": 8},
                           [0.1, 0.2], [0.3, 0.4], "tiny")
-    settings = TrainSettings(epochs=1, batch_size=2, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5, seed=1001, device="cpu", amp=False,
+    settings = RoundTraining(epochs=1, batch_size=2, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5, seed=1001, device="cpu", amp=False,
                              max_steps=0)
     state = {"stem.weight": torch.randn(4, 2, 3, 3), "stem.steps": torch.tensor(3)}
     head = {"fc.weight": torch.randn(2, 4)}

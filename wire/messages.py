@@ -46,7 +46,7 @@ from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
 
 __all__ = [
-    "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "SIZE_MAXIMA", "NODE_KINDS", "DataSummary", "TrainSettings", "ProbeSettings",
+    "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "SIZE_MAXIMA", "NODE_KINDS", "DataSummary", "RoundTraining", "ProbeSettings",
     "StudentFiles", "EnsembleFiles", "IdentifyRequest", "IdentifyReply", "DescribeRequest", "DescribeReply",
     "TrainRequest", "TrainReply", "EvaluateRequest", "EvaluateReply", "EnrolRequest", "EnrolReply",
     "FeaturesRequest", "FeaturesReply", "FUSION_FILES", "FusionEvalRequest", "FusionEvalReply",
@@ -300,7 +300,7 @@ _TRAIN_RULES = {"epochs": _bounded("epochs", 1), "batch_size": _bounded("batch_s
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class RoundTraining:
     """How an institution trains (or evaluates) a specialist in one round (the fields of
     :class:`specialists.train.TrainConfig` that travel); ``max_steps`` 0: no cap."""
 
@@ -315,7 +315,7 @@ class TrainSettings:
     max_steps: int
 
     @classmethod
-    def of(cls, config: TrainConfig) -> TrainSettings:
+    def of(cls, config: TrainConfig) -> RoundTraining:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if f.name != "max_steps"},
                    max_steps=config.max_steps or 0)
 
@@ -323,7 +323,7 @@ class TrainSettings:
         return ConfigRecord(asdict(self))
 
     @classmethod
-    def read(cls, read: _Reader) -> TrainSettings:
+    def read(cls, read: _Reader) -> RoundTraining:
         return cls(**read.config("train", _TRAIN_RULES))
 
 
@@ -506,14 +506,14 @@ class DescribeReply(_Reply):
 _JOB_RECORDS = {"institution", "card", "train", "encoder", "head"}
 
 
-def _job_content(institution: dict[str, str], card: str, train: TrainSettings, encoder: State,
+def _job_content(institution: dict[str, str], card: str, train: RoundTraining, encoder: State,
                  head: State) -> RecordDict:
     return RecordDict({"institution": ConfigRecord(institution), "card": _json_record(card), "train": train.record(),
                        "encoder": ArrayRecord(encoder), "head": ArrayRecord(head)})
 
 
-def _read_job(read: _Reader) -> tuple[dict[str, str], str, TrainSettings, State, State]:
-    return _institution(read), _card(read), TrainSettings.read(read), read.arrays("encoder"), read.arrays("head")
+def _read_job(read: _Reader) -> tuple[dict[str, str], str, RoundTraining, State, State]:
+    return _institution(read), _card(read), RoundTraining.read(read), read.arrays("encoder"), read.arrays("head")
 
 
 @dataclass(frozen=True)
@@ -523,7 +523,7 @@ class TrainRequest(_Request):
     MESSAGE_TYPE = "train.specialist"
     institution: dict[str, str]
     card: str
-    train: TrainSettings
+    train: RoundTraining
     encoder: State
     head: State
 
@@ -561,7 +561,7 @@ class EvaluateRequest(_Request):
     MESSAGE_TYPE = "evaluate.specialist"
     institution: dict[str, str]
     card: str
-    train: TrainSettings
+    train: RoundTraining
     encoder: State
     head: State
     keep: bool

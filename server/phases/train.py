@@ -25,7 +25,7 @@ from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
 from specialists.train import MONITOR, TrainConfig
-from wire.messages import EvaluateReply, EvaluateRequest, TrainReply, TrainRequest, TrainSettings
+from wire.messages import EvaluateReply, EvaluateRequest, RoundTraining, TrainReply, TrainRequest
 
 __all__ = ["PHASE", "train", "integrated_cards"]
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
               keep: bool = False) -> list[Request]:
     roster = ctx.require_roster()
-    settings = TrainSettings.of(config)
+    settings = RoundTraining.of(config)
     requests = []
     for run in runs:
         card_json = run.card.shared().to_json()  # no member's counts or scores travel
