@@ -4,7 +4,7 @@ Sections (``--sections``, each stored under its own key of the JSON, so they can
 
 - ``overhead``: one experiment (default: the quick preset) through ``flwr run .`` (Flower's local
   simulation, its default 2 SuperNodes, a fresh isolated FLWR_HOME so the local SuperLink starts
-  too) and through ``server.run.run_experiment`` on ``InProcessGrid`` (server/local.py: the
+  too) and through ``server.run.run_experiment`` on ``InProcessGrid`` (server/testing.py: the
   same ClientApp handlers called in this process, one after another; no Flower processes, no
   serialisation), ``--repeats`` times alternating. Total wall time, per-phase seconds
   (checkpoint.json) and the ratio of the medians. The difference is split into the part outside
@@ -71,7 +71,8 @@ from geodata.files import atomic_write_text
 from geodata.synth.spectra import CLASSES
 from pipeline.proxy import proxy_manifest
 from pipeline.settings import RunSettings, load_experiment
-from server.local import InProcessGrid, descendants, flwr_run, isolated_flower, pids_mentioning, run_status
+from server.local import descendants, flwr_run, isolated_flower, pids_mentioning, run_status
+from server.testing import InProcessGrid
 from server.phases.discover import simulated_record
 from server.run import run_experiment
 

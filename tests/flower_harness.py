@@ -1,4 +1,4 @@
-"""Helpers for tests that drive the Flower app (beside :mod:`server.local`'s in-process grid and ``flwr``
+"""Helpers for tests that drive the Flower app (beside :mod:`server.testing`'s in-process grid and ``flwr``
 runner, re-exported here for the tests).
 
 - :class:`FlowerProcesses` starts ``flower-superlink`` / ``flower-supernode`` as separate process
@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geodata.readers.eurosat import build_eurosat_manifest
-from server.local import (InProcessGrid, descendants, flower_env, flwr_json, flwr_run, free_port, isolated_flower,  # noqa: F401
+from server.local import (descendants, flower_env, flwr_json, flwr_run, free_port, isolated_flower,  # noqa: F401
                           kill_tree, pids_mentioning, run_config_args, run_status, stop_local_superlink)
+from server.testing import InProcessGrid  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
