@@ -5,7 +5,8 @@ A partner's SuperNode declares itself::
     flower-supernode ... --node-config 'institution="lab-a" sensor="sentinel2_l2a" task="scene"
                                         data-path="/data/lab-a/manifest.json"'
 
-(optional ``region="..."`` keeps only that region's tiles; optional ``sensors="FILE[:FILE...]"`` registers
+(optional ``region="..."`` keeps only that region's tiles; optional ``resize=N`` reads each tile whole,
+resampled to N x N pixels, for training and probing; optional ``sensors="FILE[:FILE...]"`` registers
 sensor YAML files or folders the node's data needs; optional ``store="DIR"`` is where the node
 keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``; optional ``weights="home"``
 makes the node refuse every request for a kept specialist's weights, whatever the coordinator's
@@ -22,6 +23,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from geodata.dataset import MAX_TILE_PX
 from geodata.names import check_name
 from geodata.sensors import load_sensor_files
 
@@ -41,6 +43,17 @@ def _text(record: Mapping[str, Any], key: str, source: str, required: bool) -> s
     return value.strip()
 
 
+def _pixels(record: Mapping[str, Any], key: str, source: str) -> int:
+    """An optional size in pixels (an integer, or its digits as text), 1..``MAX_TILE_PX``; 0 when absent."""
+    value = record.get(key, "")
+    if value in ("", 0):
+        return 0
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= MAX_TILE_PX:
+        raise ValueError(f"{source}: {key!r} must be a size in pixels, 1..{MAX_TILE_PX}, got {value!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class InstitutionSpec:
     """One institution's identity and where its labelled data lives."""
@@ -54,6 +67,7 @@ class InstitutionSpec:
     cache_dir: str = ""
     store: str = ""
     sensors: str = ""  # sensor YAML files or folders, os.pathsep-separated, registered when the spec is read
+    resize: int = 0  # each tile read whole and resampled to resize x resize pixels (0: as it is)
 
     @property
     def store_dir(self) -> Path:
@@ -77,6 +91,7 @@ class InstitutionSpec:
             cache_dir=_text(record, "cache-dir", source, False),
             store=_text(record, "store", source, False),
             sensors=_text(record, "sensors", source, False),
+            resize=_pixels(record, "resize", source),
         )
         for key, value in (("institution", spec.name), ("sensor", spec.sensor), ("task", spec.task)):
             try:
@@ -101,6 +116,7 @@ class InstitutionSpec:
             "cache-dir": self.cache_dir,
             "store": self.store,
             "sensors": self.sensors,
+            "resize": str(self.resize) if self.resize else "",
         }
         return {k: v for k, v in record.items() if v}
 

@@ -39,7 +39,7 @@ def probe_locally(spec: InstitutionSpec, encoders: Mapping[str, nn.Module], frac
 
     def loader(split: str):
         return labelled_loader(manifest, spec.sensor, spec.task, split, batch_size=batch_size, stats=stats,
-                               region=region)
+                               region=region, resize=spec.resize or None)
 
     if baselines:
         student = encoders.get("student")

@@ -42,7 +42,8 @@ def build_model(card: SpecialistCard, encoder: State, head: State) -> tuple[Spec
 
 def _dataset(manifest: Manifest, spec: InstitutionSpec, card: SpecialistCard, split: str) -> TileDataset:
     stats = BandStats(tuple(card.bands), tuple(card.norm_mean), tuple(card.norm_std))
-    return TileDataset(manifest, spec.sensor, split=split, task=spec.task, region=spec.region or None, stats=stats)
+    return TileDataset(manifest, spec.sensor, split=split, task=spec.task, region=spec.region or None, stats=stats,
+                       resize=spec.resize or None)
 
 
 def _splits(manifest: Manifest, spec: InstitutionSpec, wanted: tuple[str, ...]) -> list[str]:

@@ -23,7 +23,10 @@ from geodata.raster import read_labelled, read_source, tile_source, tile_window
 from geodata.sensors import BandError, Sensor, get_sensor
 from geodata.stats import BandStats
 
-__all__ = ["TileDataset", "collate_samples", "resample"]
+__all__ = ["TileDataset", "collate_samples", "resample", "MAX_TILE_PX"]
+
+MAX_TILE_PX = 2048
+"""The largest tile side a model reads: the most a ``resize`` may ask, and what a message may carry."""
 
 
 def _check_labels(manifest: Manifest, tile: TileEntry, task: str, spec: TaskSpec) -> Any:
@@ -74,8 +77,8 @@ class TileDataset(Dataset):
         stats: BandStats | None = None,
         resize: int | None = None,
     ) -> None:
-        if resize is not None and resize < 1:
-            raise ValueError(f"resize must be a positive size in pixels, got {resize}")
+        if resize is not None and not 1 <= resize <= MAX_TILE_PX:
+            raise ValueError(f"resize must be a size in pixels, 1..{MAX_TILE_PX}, got {resize}")
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         self.sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
         self.bands = self.sensor.image_bands

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 
 from fusion.distill import DistillConfig
 from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
@@ -64,13 +65,15 @@ class InstitutionSettings:
 
     By default its data are its own scenes in the synthetic ``world`` (the world's institution of
     the same name); ``manifest`` instead points at an existing manifest (its tiles of ``sensor``
-    with ``task`` targets, only in ``region`` when given).
+    with ``task`` targets, only in ``region`` when given). ``resize``: its node reads each tile whole,
+    resampled to ``resize`` x ``resize`` pixels (0: as it is).
     """
 
     sensor: str
     task: str
     manifest: str = ""
     region: str = ""
+    resize: int = 0
 
 
 @dataclass
@@ -130,11 +133,13 @@ class EnrolSettings:
 class ProxySettings:
     """The unlabelled proxy data the coordinator distils on: a ``manifest`` (its ``split``; empty: all),
     or (default) ``tiles_per_institution`` new scenes of the experiment world's places (world seed +
-    ``seed_offset``), every institution observed by every sensor the specialists use. With
+    ``seed_offset``), every institution observed by every sensor the specialists use; ``resize``: per
+    sensor, its tiles read whole and resampled to that size (as its institutions read theirs). With
     ``pair_scenes`` the other sensors' tiles of a scene also learn a teacher's targets."""
 
     manifest: str = ""
     split: str = ""
+    resize: dict[str, int] = field(default_factory=dict)
     tiles_per_institution: int = 48
     seed_offset: int = 1000
     pair_scenes: bool = True
@@ -285,6 +290,9 @@ class ExperimentConfig:
             raise ValueError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
         if min(self.energy.cpu_w_per_core, self.energy.memory_w_per_gb, self.energy.grid_g_per_kwh) < 0:
             raise ValueError("energy.cpu_w_per_core, memory_w_per_gb and grid_g_per_kwh must be >= 0")
+        for sensor, px in self.proxy.resize.items():
+            if not 1 <= px <= MAX_TILE_PX:
+                raise ValueError(f"proxy.resize.{sensor}: a size in pixels, 1..{MAX_TILE_PX}, got {px}")
         if self.integrate and not is_safe_name(self.integrate):
             raise ValueError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
         if self.prune.keep_top_k < 0 or self.prune.permutations < 1:
@@ -302,6 +310,9 @@ class ExperimentConfig:
             for what, value in (("institution", name), ("sensor", inst.sensor), ("task", inst.task)):
                 if not is_safe_name(value):
                     raise ValueError(f"{where}: {what} {value!r} must be {NAME_RULE}")
+            if not 0 <= inst.resize <= MAX_TILE_PX:
+                raise ValueError(f"{where}: resize is a size in pixels, 1..{MAX_TILE_PX} (0: tiles as they are), "
+                                 f"got {inst.resize}")
             if inst.manifest:
                 continue
             if inst.region:

@@ -13,7 +13,9 @@ from flwr.app import ArrayRecord
 
 from flower_harness import InProcessGrid
 from fusion import Registry, load_student
+from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
+from geodata.sensors import get_sensor
 from geodata.synth import build_once
 from pipeline.settings import RunSettings, load_experiment
 from server.phases.discover import assign_hosts
@@ -133,6 +135,30 @@ def test_experiment_config_errors_name_the_culprit() -> None:
     with pytest.raises(ValueError, match="run-name"):
         RunSettings.from_run_config({"run-name": "../escape"})
     assert RunSettings.from_run_config({"experiment": "quick", "overrides": "a=1 'b=x y'"}).overrides == ("a=1", "b=x y")
+
+
+def test_an_institution_resize_reaches_its_node_and_its_tiles(tmp_path: Path, eurosat_manifest: Path) -> None:
+    from clients.institution import InstitutionSpec
+    from clients.training import _dataset
+    from server.phases.discover import simulated_record
+    from specialists.card import SpecialistCard
+
+    lab = f"+institutions.lab={{sensor:sentinel2_l1c,task:scene,manifest:{eurosat_manifest},resize:16}}"
+    overrides = ("~institutions", lab, "+proxy.resize.sentinel2_l1c=24")
+    cfg, _ = load_experiment(RunSettings("quick", overrides, "r"))
+    assert cfg.proxy.resize == {"sentinel2_l1c": 24}
+    record = simulated_record(cfg, "lab", tmp_path)
+    spec = InstitutionSpec.from_record(record, "request")
+    assert record["resize"] == "16" and spec.resize == 16
+    bands = list(get_sensor("sentinel2_l1c").image_bands)
+    card = SpecialistCard(name="lab", institutions=["lab"], sensor="sentinel2_l1c", bands=bands,
+                          norm_mean=[0.1] * 13, norm_std=[0.1] * 13, task="scene", task_type="classification",
+                          classes=["a", "b"])
+    assert _dataset(Manifest.load(eurosat_manifest), spec, card, "train")[0]["image"].shape == (13, 16, 16)
+    with pytest.raises(ValueError, match=r"request: 'resize' must be a size in pixels, 1..2048, got '4096'"):
+        InstitutionSpec.from_record({**record, "resize": "4096"}, "request")
+    with pytest.raises(ValueError, match=r"institutions.lab: resize is a size in pixels"):
+        load_experiment(RunSettings("quick", ("~institutions", lab.replace("resize:16", "resize:-1")), "r"))
 
 
 def test_build_once_builds_one_folder_under_concurrency(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fusion.probes import ProbeResult
+from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
 from specialists.card import MAX_CLASSES
 from specialists.io import bytes_tensor, tensor_bytes
@@ -54,7 +55,7 @@ __all__ = [
 
 State = dict[str, torch.Tensor]
 INSTITUTION_KEYS = ("institution", "sensor", "task", "data-path", "region", "world", "cache-dir", "store",
-                    "sensors")
+                    "sensors", "resize")
 """Keys of the institution record (node-config style, see :mod:`clients.institution`); the first three
 are required safe names (:mod:`geodata.names`: they become folder names)."""
 NODE_KINDS = ("declared", "simulated", "unconfigured")
@@ -92,7 +93,7 @@ def _list(item: _Rule, what: str, unique: bool = False, most: int | None = None)
 
 
 SIZE_MAXIMA = {"classes": MAX_CLASSES, "bands": 64, "fractions": 16, "seeds": 16, "seed": 2**32 - 1, "ids": 65536,
-               "image_px": 2048}
+               "image_px": MAX_TILE_PX}
 """The most entries of a list (classes, bands, probe fractions and seeds, feature ids), the largest
 probe seed and image side a message may hold: beyond these it is refused as malformed, before anything
 is allocated for it."""

@@ -50,6 +50,8 @@ def simulated_record(cfg: ExperimentConfig, name: str, cache_dir: Path) -> dict[
     record = {"institution": name, "sensor": inst.sensor, "task": inst.task}
     if inst.region:
         record["region"] = inst.region
+    if inst.resize:
+        record["resize"] = str(inst.resize)
     if cfg.sensor_files:
         record["sensors"] = os.pathsep.join(str(Path(p).expanduser().resolve()) for p in cfg.sensor_files)
     if inst.manifest:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from fusion.adaptors import TeacherRef
-from fusion.data import ProxyBatches
+from fusion.data import ProxyBatches, proxy_sensors
 from fusion.featstats import global_pool
 from fusion.registry import Registry
 from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures
@@ -39,7 +39,12 @@ def _proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches,
     """Batches of the proxy data for every sensor the registry's specialists use, and the proxy's key."""
     manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sorted({e.sensor for e in registry.entries}))
     pc = ctx.cfg.proxy
-    return ProxyBatches(manifest, split=pc.split or None, batch_size=pc.batch_size, seed=ctx.cfg.seed), key
+    present = proxy_sensors(manifest, pc.split or None)
+    resize = {s: px for s, px in pc.resize.items() if get_sensor(s).name in present}
+    if len(resize) < len(pc.resize):
+        log.info("proxy.resize: no proxy tiles of %s; ignored", sorted(set(pc.resize) - set(resize)))
+    return ProxyBatches(manifest, split=pc.split or None, batch_size=pc.batch_size, seed=ctx.cfg.seed,
+                        resize=resize), key
 
 
 def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
