@@ -82,6 +82,18 @@ def test_finetune_writes_a_verified_task_model(fire_model):
         weights.write_bytes(original)
 
 
+def test_create_model_opens_a_task_model_like_timm(fire_model):
+    import eosfed
+
+    model = eosfed.create_model(fire_model)
+    assert model.pretrained_cfg["kind"] == "task_model" and model.pretrained_cfg["bands"] == list(model.bands)
+    x = torch.rand(1, len(model.bands), 64, 64)
+    assert model(x).shape == (1, 2, 64, 64)  # the burned / not-burned logits
+    assert len(eosfed.create_model(fire_model, features_only=True)(x)) == 4
+    with pytest.raises(ValueError, match="a task model reads its own bands"):
+        eosfed.create_model(fire_model, bands=("B08",))
+
+
 def test_predict_keeps_the_scene_grid(fire_model, shared_data, tmp_path):
     scene = shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif"
     args = ["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path), "--probabilities",
