@@ -182,7 +182,7 @@ def summarise(tasks: list[dict], fraction: float, protocol: str) -> dict:
 def targets(tasks: list[dict], summary: dict, full: bool) -> list[dict]:
     """Issue 19's targets under ``summary``'s protocol: every one at all the labels (``full``), the
     band-statistics margin alone at fewer."""
-    m, where = summary["means"], f"{summary['protocol']} protocol"
+    m, where = summary["means"], f"{summary['protocol']} protocol, {summary['fraction']:g} of the labels"
 
     def target(name: str, value: float, threshold: float, strict: bool = False) -> dict:
         return {"target": f"{name}, {where}", "value": value, "threshold": f"{'>' if strict else '>='} {threshold:g}",

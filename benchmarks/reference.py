@@ -338,7 +338,8 @@ def eurosat_manifest(cfg: BenchmarkConfig, out: Path) -> Manifest:
                 seen[label] = seen.get(label, 0) + 1
                 if seen[label] <= e["per_class"]:
                     kept.append(tile)
-            manifest = Manifest(tasks=manifest.tasks, tiles=kept, name=manifest.name)
+            manifest = Manifest(tasks=manifest.tasks, tiles=kept, name=manifest.name,
+                                allow_outside_paths=manifest.allow_outside_paths)
             manifest.save(folder / "manifest.json")
         mark_done(folder, key, start)
     return Manifest.load(folder / "manifest.json")

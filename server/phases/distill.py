@@ -23,6 +23,7 @@ from fusion.featstats import global_pool
 from fusion.registry import Registry
 from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures
 from fusion.views import plan_view
+from geodata.sensors import get_sensor
 from pipeline.distill import distil, save_distilled
 from pipeline.proxy import proxy_manifest
 from server.messaging import Outcome, Request
