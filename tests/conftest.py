@@ -1,10 +1,60 @@
-"""Shared fixtures. The real data in ../shared/data is required: without it tests fail, never skip."""
+"""Shared fixtures and the test lanes. The real data in ../shared/data is required: without it tests fail,
+never skip.
 
+Lanes (markers set here at collection from what a test, its fixtures and the test-suite helpers they
+call refer to, so they mean what they say; by hand only where a test reaches Flower through a
+subprocess or a loaded script): ``flower``: the test starts real Flower processes (``flwr run``, a
+SuperLink, SuperNodes); ``federation``: it runs the coordinator in this process
+(``server.run.run_experiment``, the ``InProcessGrid``); ``slow``: long single-process work, by hand.
+Unmarked tests are unit tests: ``python -m pytest -m "not flower and not federation and not slow"``
+is the fast lane.
+"""
+
+from __future__ import annotations
+
+import types
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+LANES = {  # lane -> the names whose use puts a test in it
+    "flower": {"flwr_run", "FlowerProcesses", "isolated_flower", "run_flwr", "flower_env"},
+    "federation": {"run_experiment", "InProcessGrid"},
+}
+
+
+def _reaches(func: types.FunctionType, names: set[str], seen: set[int]) -> bool:
+    """Whether ``func``, or a function of the test suite it names (transitively), refers to one of ``names``."""
+    code = getattr(func, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    referenced = set(code.co_names) | {n for c in code.co_consts if isinstance(c, types.CodeType) for n in c.co_names}
+    if referenced & names:
+        return True
+    scope = getattr(func, "__globals__", {})
+    return any(_reaches(scope[n], names, seen) for n in referenced
+               if isinstance(scope.get(n), types.FunctionType) and "tests" in Path(scope[n].__code__.co_filename).parts)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for lane, what in (("flower", "starts real Flower processes"), ("federation", "runs the coordinator in process"),
+                       ("slow", "long single-process work")):
+        config.addinivalue_line("markers", f"{lane}: {what} (tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        funcs = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None:
+            funcs += [d.func for defs in info.name2fixturedefs.values() for d in defs]
+        for lane, names in LANES.items():
+            if any(_reaches(f, names, set()) for f in funcs if f is not None):
+                item.add_marker(lane)
+                break  # a Flower-process test is not counted again as in-process
 
 
 @pytest.fixture(scope="session")

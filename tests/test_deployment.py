@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from flower_harness import (
     FlowerProcesses,
@@ -19,7 +18,6 @@ from flower_harness import (
 from fusion import Registry
 
 
-@pytest.mark.e2e
 def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_data: Path) -> None:
     data = {name: partner_manifest(shared_data, tmp_path / name, train) for name, train in (("lab-a", 2), ("lab-b", 3))}
     out = tmp_path / "outputs"

@@ -205,7 +205,6 @@ def test_simulated_institutions_generate_their_world_slice_once(tmp_path: Path) 
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.tif")} == before
 
 
-@pytest.mark.e2e
 def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prunes(tmp_path: Path) -> None:
     evaluations = []  # (node, records carried) of each evaluate.fusion request as it leaves the coordinator
 
@@ -270,7 +269,6 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
     assert "held" in second and "student_weights" not in second
 
 
-@pytest.mark.e2e
 def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_path: Path) -> None:
     extra = "enrol.weights=home ~institutions.south_s2"
     run_dir = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, extra), flower_run_id=1)
@@ -289,7 +287,6 @@ def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_pat
     assert json.loads((run_dir / "phases" / "prune.json").read_text())["scores"]
 
 
-@pytest.mark.e2e
 def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:
     first = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, "~institutions.city_aerial"),
                            flower_run_id=1)
@@ -318,7 +315,6 @@ def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_stud
     assert {t["name"] for t in student.card.teachers} == set(after.names)
 
 
-@pytest.mark.e2e
 def test_prune_without_scorable_proxy_tiles_is_reported_not_available(tmp_path: Path) -> None:
     config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial proxy.tiles_per_institution=1")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(1)), config, flower_run_id=1)

@@ -54,6 +54,7 @@ def test_tree_sampler_sums_a_process_and_its_children(benchmark) -> None:
     assert sampler.peak(0, 1) == {}
 
 
+@pytest.mark.federation  # through the loaded benchmark script
 def test_bytes_section_compares_weights_and_features_only(benchmark, tmp_path: Path) -> None:
     record = benchmark.main(["--sections", "bytes", "--overrides", TINY, "--out", str(tmp_path / "out")])
     saved = json.loads((tmp_path / "out" / "federation_cost.json").read_text())
@@ -70,7 +71,7 @@ def test_bytes_section_compares_weights_and_features_only(benchmark, tmp_path: P
     assert "| enrol |" in (tmp_path / "out" / "federation_cost.md").read_text()
 
 
-@pytest.mark.e2e
+@pytest.mark.flower  # through the loaded benchmark script, which the lane detection does not follow
 def test_scaling_row_through_flwr_run(benchmark, tmp_path: Path) -> None:
     record = benchmark.main(["--sections", "scaling", "--scales", "2", "--scale-tiles", "6", "--scale-nodes", "2",
                              "--scale-overrides", "train.rounds=1 train.batch_size=2 distill.epochs=1 "

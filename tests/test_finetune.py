@@ -180,7 +180,7 @@ sys.exit(rc)
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_4000px_scene_in_bounded_memory(fire_model, tmp_path):
     scene = tmp_path / "big.tif"
     rng = np.random.default_rng(0)

@@ -594,9 +594,13 @@ NODE_BOUNDS = {
 
 
 @pytest.mark.parametrize("case", sorted(NODE_BOUNDS))
-def test_a_request_beyond_the_size_maxima_is_refused_by_the_node_naming_the_field(case: str) -> None:
+def test_a_request_beyond_the_size_maxima_is_refused_by_the_node_naming_the_field(case: str, monkeypatch) -> None:
     """Row 8 of issue 20: counts and sizes a coordinator asks of a node (probe fractions, seeds, batch
     size; feature ids and image size) are bounded at decode, before any work."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key in ("_task_id", "_run_id", "_node_id"):  # what flwr-serverapp sets before a Message is made
+        monkeypatch.setattr(TaskIdentity, key, 1, raising=False)
     message_type, content, reason = NODE_BOUNDS[case]
     context = Context(run_id=1, node_id=100, node_config={"partition-id": 0, "num-partitions": 1},
                       state=RecordDict(), run_config={})

@@ -74,7 +74,6 @@ def test_bad_files_give_one_line_naming_file_and_tensor(rgb_model, tmp_path: Pat
         read_checkpoint(tmp_path / "nope.safetensors")
 
 
-@pytest.mark.e2e
 def test_federated_group_and_student_start_from_their_init(rgb_model, tmp_path: Path) -> None:
     path = tmp_path / "atto.safetensors"
     save_file(rgb_model.state_dict(), str(path))

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
 
 from flower_harness import (
     FlowerProcesses,
@@ -168,14 +167,12 @@ def _assert_trained_and_enrolled_without_lab_c(tmp_path: Path, run_dir: Path) ->
     return [f for f in trained["failures"] if f["institution"] == "lab-c"]
 
 
-@pytest.mark.e2e
 def test_supernode_killed_mid_run_is_reported_and_run_completes(tmp_path: Path, shared_data: Path) -> None:
     run_dir, _ = _run_with_fault(tmp_path, shared_data, 60, _kill_after_discover)
     lost = _assert_trained_and_enrolled_without_lab_c(tmp_path, run_dir)
     assert lost and all(f["phase"] == "train" and f["reason"] for f in lost), lost
 
 
-@pytest.mark.e2e
 def test_clientapp_hung_past_the_reply_timeout_is_reported_and_run_completes(tmp_path: Path,
                                                                               shared_data: Path) -> None:
     run_dir, frozen = _run_with_fault(tmp_path, shared_data, HANG_TIMEOUT_S, _freeze_after_discover)

@@ -101,7 +101,6 @@ CASES: dict[str, Callable[[Manifest, Path], tuple[str, str]]] = {
 }
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_broken_partner_data_is_named_and_run_goes_on(tmp_path: Path, shared_data: Path, case: str) -> None:
     good = partner_manifest(shared_data, tmp_path / "lab-good", 1)

@@ -60,7 +60,6 @@ def test_baselines() -> None:
     assert twin.card.band_stats == {"RED": [0.5, 0.2]} and set(baseline_encoders({})) == {RANDOM_INIT, BAND_STATS}
 
 
-@pytest.mark.e2e
 def test_real_experiment_in_process(samples: Path, tmp_path: Path) -> None:
     # AID's 150 px scenes are left out here (the costliest to probe); `flwr run . -c 'experiment="real"'` has them
     overrides = (f"output_dir={tmp_path} samples.out={samples} ~institutions.aid train.rounds=1 train.local_epochs=1 "

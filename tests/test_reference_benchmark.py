@@ -21,7 +21,7 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_quick_run_writes_every_required_field(tmp_path, shared_data):
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path / "work"),
                            "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)

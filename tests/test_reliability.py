@@ -90,7 +90,6 @@ CASES = {
 }
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_tampered_upload_is_refused_and_another_keeper_delivers(tmp_path: Path, case: str) -> None:
     tamper, reason = CASES[case]
@@ -108,7 +107,6 @@ def test_tampered_upload_is_refused_and_another_keeper_delivers(tmp_path: Path, 
     assert PICKLE_RAN == []
 
 
-@pytest.mark.e2e
 def test_coordinator_killed_after_enrol_resumes_without_retraining(tmp_path: Path, monkeypatch) -> None:
     def killed(ctx):
         raise KeyboardInterrupt("coordinator killed")

@@ -66,7 +66,7 @@ def test_local_superlink_ports_read_from_the_running_process(tmp_path: Path) -> 
         fake.wait()
 
 
-@pytest.mark.e2e
+@pytest.mark.flower  # `eosfed run` in a subprocess drives flwr run
 def test_failed_run_exits_non_zero_with_its_reason_last(tmp_path: Path) -> None:
     """The ServerApp refuses ``integrate`` of a run that does not exist (after composition, so the
     refusal happens inside Flower, before any node works): ``flwr ls`` says finished:failed."""

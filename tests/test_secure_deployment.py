@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 
 from flower_harness import (
@@ -81,7 +80,6 @@ def _partner_tries_control(env: dict[str, str], home: Path, gateway: str, ca_cer
     }
 
 
-@pytest.mark.e2e
 def test_tls_deployment_admits_only_registered_supernodes(tmp_path: Path, shared_data: Path) -> None:
     tls = make_tls(tmp_path / "tls")
     keys = {name: make_node_key(tmp_path / "keys", name) for name in (*PARTNERS, "rogue")}

@@ -44,7 +44,6 @@ def _distilled(folder: Path) -> tuple[list[int], float]:
     return load_student(folder / "student").card.depths, history["optimizer"]["weight_decay"]
 
 
-@pytest.mark.e2e
 def test_run_config_settings_take_effect(tmp_path: Path) -> None:
     extra = (f"distill.depths=[{','.join(map(str, DEPTHS))}] distill.weight_decay={WEIGHT_DECAY} "
              f"train.warmup_epochs={WARMUP} stop_after=distill")

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from flower_harness import flwr_run, isolated_flower, pids_mentioning, run_status
 from fusion import Registry, load_student
 
 
-@pytest.mark.e2e
 def test_quick_preset_through_flwr_run(tmp_path: Path) -> None:
     out = tmp_path / "outputs"
     overrides = (f"output_dir={out} world.tiles_per_institution=6 train.rounds=1 train.local_epochs=1 "

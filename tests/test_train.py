@@ -203,7 +203,7 @@ def test_train_specialist_command(tmp_path, shared_data):
     assert card.extra["train_config"]["epochs"] == 1
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_eurosat_specialist_beats_chance(tmp_path, shared_data):
     """8 EuroSAT-MS tiles per class train, the other 4 per class test: accuracy far above 10%."""
     manifest = build_eurosat_manifest(shared_data / "eurosat-ms", tmp_path, train_per_class=8)
