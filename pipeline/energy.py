@@ -85,7 +85,7 @@ class EnergyTracker:
 
             forced = {} if settings.country_iso_code else {"force_carbon_intensity_g_co2e_kwh": settings.grid_g_per_kwh}
             return OfflineEmissionsTracker(country_iso_code=settings.country_iso_code or _LABEL_COUNTRY,
-                                           save_to_file=False, log_level="error", tracking_mode="machine",
+                                           output_methods=[], log_level="error", tracking_mode="machine",
                                            allow_multiple_runs=True, **forced)
         except Exception as exc:  # noqa: BLE001 - any failure of an optional meter falls back, with the reason
             log.warning("CodeCarbon cannot run (%s: %s); energy is estimated from /proc", type(exc).__name__, exc)
