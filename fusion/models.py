@@ -52,13 +52,13 @@ class EosfedModel(nn.Module):
         self.inner, self.bands, self.features_only = inner, bands, features_only
         self.pretrained_cfg = pretrained_cfg
         self.is_task_model = pretrained_cfg["kind"] == TASK_MODEL_KIND
-        features = self._features(torch.zeros(1, len(bands), 64, 64))
+        with torch.no_grad():
+            features = self._features(torch.zeros(1, len(bands), 64, 64))
         self.feature_info = FeatureInfo(tuple(int(f.shape[1]) for f in features),
                                         tuple(64 // int(f.shape[-1]) for f in features))
         self.num_features = self.feature_info.channels()[-1]
         self.eval()
 
-    @torch.no_grad()
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.inner.encoder(x) if self.is_task_model else self.inner(x, self.bands)
 
@@ -66,7 +66,7 @@ class EosfedModel(nn.Module):
         if x.ndim != 4 or x.shape[1] != len(self.bands):
             raise ValueError(f"expected [B, {len(self.bands)}, H, W] in the bands {self.bands}, got {tuple(x.shape)}")
         if self.features_only:
-            return self.inner.encoder(x) if self.is_task_model else self.inner(x, self.bands)
+            return self._features(x)
         if self.is_task_model:
             return self.inner(x)
         return self.inner.pooled(x, self.bands)

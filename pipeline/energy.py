@@ -65,13 +65,19 @@ class EnergyTracker:
         self.settings = settings
         self._tracker = self._codecarbon(settings)
         self._started: tuple[float, float, float] | None = None
+        self._hardware = "hardware described on the first phase"
+
+    @property
+    def method(self) -> str:
+        """Which method measures, with what hardware, and the carbon intensity (one line for the report)."""
+        s = self.settings
         if self._tracker is not None:
-            self.method = "CodeCarbon (offline, machine mode; hardware described on the first phase)"
+            how = f"CodeCarbon (offline, machine mode; {self._hardware})"
         else:
-            self.method = (f"fallback, CodeCarbon could not run: machine-wide CPU busy seconds (/proc/stat) x "
-                           f"{settings.cpu_w_per_core:g} W per busy core + memory in use (/proc/meminfo) x "
-                           f"{settings.memory_w_per_gb:g} W/GB x seconds")
-        self.method += f"; carbon at {self._intensity()}"
+            how = (f"fallback, CodeCarbon could not run: machine-wide CPU busy seconds (/proc/stat) x "
+                   f"{s.cpu_w_per_core:g} W per busy core + memory in use (/proc/meminfo) x {s.memory_w_per_gb:g} W/GB "
+                   f"x seconds")
+        return f"{how}; carbon at {self._intensity()}"
 
     def _intensity(self) -> str:
         s = self.settings
@@ -92,13 +98,10 @@ class EnergyTracker:
             return None
 
     def _describe(self, data) -> None:
-        """Put the hardware CodeCarbon measured with into :attr:`method` (once, on the first phase)."""
-        placeholder = "hardware described on the first phase"
-        if placeholder in self.method:
-            hardware = ", ".join(repr(h) for h in getattr(self._tracker, "_hardware", ()))  # e.g. CPU(Intel RAPL)
-            self.method = self.method.replace(placeholder, (
-                f"CodeCarbon {data.codecarbon_version}: {hardware or 'hardware unknown'}; CPU {data.cpu_model} "
-                f"x{data.cpu_count} at {data.cpu_power:g} W, RAM {data.ram_power:g} W"))
+        """The hardware CodeCarbon measured with (``_hardware`` is private: its only description)."""
+        hardware = ", ".join(repr(h) for h in getattr(self._tracker, "_hardware", ()))  # e.g. CPU(Intel RAPL)
+        self._hardware = (f"CodeCarbon {data.codecarbon_version}: {hardware or 'hardware unknown'}; CPU {data.cpu_model} "
+                          f"x{data.cpu_count} at {data.cpu_power:g} W, RAM {data.ram_power:g} W")
 
     def start(self, name: str) -> None:
         self._started = (time.perf_counter(), cpu_busy_seconds(), memory_in_use_gb())
