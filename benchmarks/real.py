@@ -81,14 +81,15 @@ def run_cli(*args: str) -> None:
         raise RuntimeError(f"eosfed {' '.join(args)} failed")
 
 
-def train_specialists(manifests: dict[str, Path], out: Path, epochs: int) -> list[Path]:
+def train_specialists(manifests: dict[str, Path], out: Path, epochs: int, init: str) -> list[Path]:
     folders = []
     for t in TASKS:
         folder = out / "specialists" / t.name
         if not (folder / "card.json").exists():
             run_cli("train-specialist", "--manifest", str(manifests[t.set]), "--sensor", t.sensor, "--task", t.task,
                     "--name", t.name, "--out", str(folder), "--overwrite", "--epochs", str(epochs), "--patience", "8",
-                    "--batch-size", "32", *(["--resize", str(t.resize)] if t.resize else []))
+                    "--batch-size", "32", *(["--resize", str(t.resize)] if t.resize else []),
+                    *(["--init-weights", init] if init != "random" else []))
         folders.append(folder)
     return folders
 
@@ -245,6 +246,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--fractions", default="0.1,1")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--init", default="random", choices=("random", "base"),
+                        help="where specialists and the student's trunk start (specialists.init): random (real.json), "
+                             "or the shipped synthetic base (real_base.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -253,12 +257,12 @@ def main() -> None:
     fractions = [1.0] if args.quick else [float(f) for f in args.fractions.split(",")]
     epochs = 1 if args.quick else args.specialist_epochs
     config = DistillConfig(epochs=1 if args.quick else args.distill_epochs, depths=[int(d) for d in args.depths.split(",")],
-                           device=args.device)
+                           device=args.device, init=args.init)
 
     paths = build_samples(DATA, args.out / "samples")
     manifests = {name: Manifest.load(path) for name, path in paths.items()}
     proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
-    folders = train_specialists(paths, args.out, epochs)
+    folders = train_specialists(paths, args.out / ("" if args.init == "random" else args.init), epochs, args.init)
 
     for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
         shutil.rmtree(args.out / stale, ignore_errors=True)
@@ -284,7 +288,7 @@ def main() -> None:
               "targets": [t for p in summaries for t in targets(tasks, p, p["fraction"] == max(fractions))],
               "runtime_s": time.perf_counter() - begin}
     args.results.mkdir(parents=True, exist_ok=True)
-    name = "real_quick" if args.quick else "real"
+    name = ("real_quick" if args.quick else "real") + ("" if args.init == "random" else f"_{args.init}")
     atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1))
     atomic_write_text(args.results / f"{name}.md", markdown(record))
     log.info("results in %s\n%s", args.results / f"{name}.json", markdown(record))

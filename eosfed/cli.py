@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "run": "run the federation on this machine through Flower (the simulation); exit 0 only when it completed",
     "synth": "generate a synthetic multi-sensor world",
     "train-specialist": "train one specialist from a manifest, no federation",
+    "base": "make the base checkpoint specialists and students start from (a synthetic world of its own seed)",
     "pretrain": "self-supervised FCMAE pretraining of an encoder on a manifest's tiles (labels ignored)",
     "distill": "distil a registry's specialists into one any-sensor student",
     "evaluate": "probe frozen encoders (student, specialist, ensemble) on a task",

@@ -30,6 +30,7 @@ from fusion.adaptors import Adaptors, TeacherRef, match_size
 from fusion.plots import save_plot
 from fusion.student import Student
 from fusion.teacher_cache import BALANCES, TARGETS, TeacherCache
+from specialists.init import BASE
 from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import resolve_device
 
@@ -45,7 +46,7 @@ class DistillConfig:
     variant's; ``None``: the variant's own), AdamW at ``lr`` / ``weight_decay`` with gradients clipped
     at ``grad_clip``, teachers dropped with ``drop_prob`` (the hardest is always kept); ``device``
     ``auto`` picks a GPU when there is one. ``init``: the checkpoint a new student's trunk starts from
-    (:mod:`specialists.init`; its stem is the student's own) or ``random``. ``balance``: how each
+    (:mod:`specialists.init`; its stem is the student's own): ``base`` (shipped), a file, or ``random``. ``balance``: how each
     teacher's targets are standardised, ``channel`` or ``phi_s`` (module docstring)."""
 
     epochs: int = 10
@@ -56,7 +57,7 @@ class DistillConfig:
     variant: str = DEFAULT_VARIANT
     depths: Optional[List[int]] = None
     device: str = "auto"
-    init: str = "random"
+    init: str = BASE
     balance: str = "channel"
 
     def __post_init__(self) -> None:

@@ -31,7 +31,7 @@ from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
 from geodata.synth.world import world_tasks
-from specialists.init import RANDOM, check_init
+from specialists.init import BASE, check_init
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
 from wire.messages import SIZE_MAXIMA, TRAIN_MAXIMA
@@ -103,10 +103,11 @@ class TrainSettings(OptimConfig):
     times the median distance from the round's coordinate-wise median is refused (0: no screening;
     three or more updates), and ``aggregation`` is ``fedavg`` (weighted mean), ``median`` or
     ``trimmed_mean`` (see :mod:`pipeline.fedavg`). ``init``: the checkpoint every group's specialist
-    starts from (:mod:`specialists.init`; relative to the coordinator's working directory) or ``random``.
+    starts from (:mod:`specialists.init`): ``base`` (the shipped base checkpoint), a file or folder (relative to
+    the coordinator's working directory) or ``random``.
     """
 
-    init: str = RANDOM
+    init: str = BASE
     rounds: int = 5
     local_epochs: int = 1
     variant: str = DEFAULT_VARIANT

@@ -2,9 +2,13 @@
 
 A starting checkpoint (``train.init``, ``distill.init``, ``--init``) is one of:
 
-- a timm ConvNeXtV2 checkpoint: ``*.safetensors``, or a torch file (``.pth``, ``.pt``...) read with
-  ``torch.load(weights_only=True)``, holding a state dict (or ``{"state_dict"|"model": ...}``); a
-  3-channel stem is taken as red, green, blue (``RED``, ``GREEN``, ``BLUE``);
+- ``base``: the base checkpoint shipped with the package (:func:`base_path`, made by ``eosfed base``,
+  :mod:`specialists.base`), the default of specialists and students;
+
+- a timm ConvNeXtV2 checkpoint: ``*.safetensors`` (whose metadata may name the stem's bands: ``bands``, a
+  JSON list), or a torch file (``.pth``, ``.pt``...) read with ``torch.load(weights_only=True)``, holding
+  a state dict (or ``{"state_dict"|"model": ...}``); a 3-channel stem without band names is taken as red,
+  green, blue (``RED``, ``GREEN``, ``BLUE``);
 - a sealed eosfed artifact folder (specialist or student; its ``weights.safetensors`` names the same),
   verified as on load; a specialist's stem reads its card's bands, a student has no fixed stem;
 - an EoS-FM specialist file: a torch file holding a list of ``(in_chans, state_dict, config)``
@@ -28,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from importlib import metadata
+from urllib.parse import unquote, urlparse
+
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -37,13 +44,18 @@ from geodata.sensors import DEFAULT_TOLERANCE_NM, BandError, equivalent_band
 from specialists import artifact
 from specialists.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError
 
-__all__ = ["RANDOM", "RGB_BANDS", "STEM_WEIGHT", "Checkpoint", "read_checkpoint", "load_encoder_weights",
+__all__ = ["RANDOM", "BASE", "base_path", "RGB_BANDS", "STEM_WEIGHT", "Checkpoint", "read_checkpoint", "load_encoder_weights",
            "check_init"]
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
 """The ``init`` value that keeps the seeded random initialisation."""
+BASE = "base"
+"""The ``init`` value naming the base checkpoint shipped with the package."""
+BASE_VARIANT = "convnextv2_atto"
+"""The variant the shipped base checkpoint is made for."""
+_BASE_FILE = Path("specialists") / "weights" / f"base_{BASE_VARIANT}.safetensors"
 RGB_BANDS = ("RED", "GREEN", "BLUE")
 """What a 3-channel checkpoint without band names reads (timm's ImageNet order)."""
 STEM_WEIGHT = "stem_0.weight"
@@ -65,10 +77,41 @@ class Checkpoint:
         return {"source": str(self.path), "sha256": self.sha256}
 
 
+def _install_roots() -> list[Path]:
+    """Where the installed ``eosfed`` distribution lives (its source folder first if installed editable)."""
+    try:
+        dist = metadata.distribution("eosfed")
+    except metadata.PackageNotFoundError:
+        return []
+    roots = [Path(str(dist.locate_file("")))]
+    direct = dist.read_text("direct_url.json")
+    url = json.loads(direct).get("url", "") if direct else ""
+    if url.startswith("file://"):
+        roots.insert(0, Path(unquote(urlparse(url).path)))
+    return roots
+
+
+def base_path() -> Path:
+    """The shipped base checkpoint: beside this package, else in the installed distribution (a Flower app
+    bundle carries no weights); ``FileNotFoundError`` naming where it looked."""
+    candidates = [root / _BASE_FILE for root in [Path(__file__).resolve().parent.parent, *_install_roots()]]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"init {BASE!r}: no base checkpoint at {', '.join(map(str, candidates))}; make it with "
+                            f"`eosfed base --out {candidates[0]}`, or set init to {RANDOM!r} or a checkpoint file")
+
+
 def check_init(value: str, field: str) -> None:
-    """Refuse an ``init`` setting that is neither ``random`` nor an existing path (one line naming ``field``)."""
-    if value != RANDOM and not Path(value).exists():
-        raise ValueError(f"{field}: {value!r} is neither {RANDOM!r} nor an existing checkpoint file or folder")
+    """Refuse an ``init`` setting that is neither ``random``, ``base`` (shipped) nor an existing path (one line
+    naming ``field``)."""
+    if value == BASE:
+        try:
+            base_path()
+        except FileNotFoundError as exc:
+            raise ValueError(f"{field}: {exc}") from None
+    elif value != RANDOM and not Path(value).exists():
+        raise ValueError(f"{field}: {value!r} is neither {RANDOM!r}, {BASE!r} nor an existing checkpoint file or folder")
 
 
 def _encoder_key(key: str) -> str:
@@ -78,6 +121,19 @@ def _encoder_key(key: str) -> str:
     head, _, rest = key.partition(".")
     sub, _, tail = rest.partition(".")
     return f"{head}_{sub}.{tail}" if sub.isdigit() and tail else key
+
+
+def _metadata_bands(text: str | None, path: Path) -> tuple[str, ...] | None:
+    """The ``bands`` a safetensors file's metadata names (a JSON list of band names), else ``None``."""
+    if text is None:
+        return None
+    try:
+        bands = json.loads(text)
+    except ValueError:
+        bands = None
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):
+        raise ValueError(f"{path}: metadata 'bands' is not a JSON list of band names: {text[:80]!r}")
+    return tuple(bands)
 
 
 def _sha256(path: Path) -> str:
@@ -141,7 +197,7 @@ def _artifact(directory: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
 
 def read_checkpoint(path: str | Path, want: Sequence[str] | None = None) -> Checkpoint:
     """The checkpoint at ``path`` (module docstring); ``want``, the target's bands, picks an EoS-FM entry."""
-    path = Path(path)
+    path = base_path() if str(path) == BASE else Path(path)
     if path.is_file() and path.name == WEIGHTS_FILE and (path.parent / CARD_FILE).is_file():
         path = path.parent
     if path.is_dir():
@@ -154,8 +210,11 @@ def read_checkpoint(path: str | Path, want: Sequence[str] | None = None) -> Chec
         if path.suffix == ".safetensors":
             try:
                 state = load_file(str(path))
+                with safe_open(str(path), "pt") as handle:
+                    named = (handle.metadata() or {}).get("bands")
             except (SafetensorError, OSError) as exc:
                 raise ValueError(f"{path}: not a safetensors file: {exc}") from None
+            bands = _metadata_bands(named, path)
         else:
             try:
                 raw = torch.load(path, map_location="cpu", weights_only=True)

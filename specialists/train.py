@@ -40,6 +40,7 @@ __all__ = [
     "make_loader",
     "make_optimizer",
     "make_scheduler",
+    "augment",
     "train_one_epoch",
     "evaluate",
     "fit",
@@ -165,7 +166,7 @@ def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return x.flip(-1) if flip else x
 
 
-def _augment(image: torch.Tensor, target: torch.Tensor, segmentation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(image: torch.Tensor, target: torch.Tensor, segmentation: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """An independent random flip/rotation per sample (of the 8 square symmetries; half-turns only for
     non-square tiles), applied to its mask too for segmentation."""
     quarter = 1 if image.shape[-1] == image.shape[-2] else 2
@@ -208,7 +209,7 @@ def train_one_epoch(
             break
         image, target = _inputs(batch, specialist, device)
         if cfg.augment:
-            image, target = _augment(image, target, task_type == "segmentation")
+            image, target = augment(image, target, task_type == "segmentation")
         if cfg.gain_jitter > 0:
             image = _jitter_gain(image, cfg.gain_jitter)
         with _autocast(cfg, device):

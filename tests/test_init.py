@@ -113,5 +113,5 @@ def test_student_trunk_from_timm_and_specialist_from_student_artifact(rgb_model,
 def test_a_missing_init_file_is_refused_naming_the_setting(tmp_path: Path) -> None:
     from pipeline.settings import ExperimentConfig, TrainSettings
 
-    with pytest.raises(ValueError, match="train.init: .*nope.pth.* is neither 'random' nor an existing checkpoint"):
+    with pytest.raises(ValueError, match="train.init: .*nope.pth.* is neither 'random', 'base' nor an existing checkpoint"):
         ExperimentConfig(train=TrainSettings(init=str(tmp_path / "nope.pth")))

@@ -126,14 +126,14 @@ def test_augmentation_moves_each_sample_and_its_mask_together():
     torch.manual_seed(0)
     image = torch.arange(2 * 8 * 8, dtype=torch.float32).view(1, 2, 8, 8).repeat(16, 1, 1, 1)  # identical samples
     target = image[:, 0].long()  # the mask is a pixel-exact copy of band 0
-    out, mask = train_module._augment(image, target, segmentation=True)
+    out, mask = train_module.augment(image, target, segmentation=True)
     assert out.shape == image.shape and mask.shape == target.shape
     assert torch.equal(mask, out[:, 0].long())
     assert len({tuple(x.flatten().tolist()) for x in out}) > 1  # drawn per sample, not per batch
     symmetries = {tuple(torch.rot90(image[0], k, dims=(-2, -1)).flip(-1).flatten().tolist()) for k in range(4)}
     symmetries |= {tuple(torch.rot90(image[0], k, dims=(-2, -1)).flatten().tolist()) for k in range(4)}
     assert all(tuple(x.flatten().tolist()) in symmetries for x in out)
-    wide, _ = train_module._augment(torch.rand(4, 2, 4, 6), torch.zeros(4), segmentation=False)
+    wide, _ = train_module.augment(torch.rand(4, 2, 4, 6), torch.zeros(4), segmentation=False)
     assert wide.shape == (4, 2, 4, 6)  # non-square tiles only get half turns and flips
 
 

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, ProxySettings, "proxy", only=("pair_scenes", "batch_size"))
     add_settings(parser, DistillConfig, "distillation (fusion.distill.DistillConfig; --init-weights: its init)",
                  skip=("init",))
-    parser.add_argument("--init-weights", default="random",
-                        help="checkpoint a new student's trunk starts from (specialists.init), or 'random'")
+    parser.add_argument("--init-weights", default=DistillConfig().init,
+                        help="checkpoint a new student's trunk starts from (specialists.init): 'base', a file, or 'random'")
 
 
 def run(args: argparse.Namespace) -> int:
