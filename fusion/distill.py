@@ -46,7 +46,8 @@ class DistillConfig:
     variant's; ``None``: the variant's own), AdamW at ``lr`` / ``weight_decay`` with gradients clipped
     at ``grad_clip``, teachers dropped with ``drop_prob`` (the hardest is always kept); ``device``
     ``auto`` picks a GPU when there is one. ``init``: the checkpoint a new student's trunk starts from
-    (:mod:`specialists.init`; its stem is the student's own): ``base`` (shipped), a file, or ``random``. ``balance``: how each
+    (:mod:`specialists.init`): ``base`` (shipped), a file, or ``random``; where the file's stem names its bands, the
+    student's spectral stem is first fitted (``stem_fit_steps`` Adam steps) to generate it for each proxy sensor. ``balance``: how each
     teacher's targets are standardised, ``channel`` or ``phi_s`` (module docstring)."""
 
     epochs: int = 10
@@ -58,11 +59,14 @@ class DistillConfig:
     depths: Optional[List[int]] = None
     device: str = "auto"
     init: str = BASE
+    stem_fit_steps: int = 1000
     balance: str = "channel"
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCES:
             raise ValueError(f"distill.balance must be one of {BALANCES}, got {self.balance!r}")
+        if self.stem_fit_steps < 0:
+            raise ValueError(f"distill.stem_fit_steps must be >= 0, got {self.stem_fit_steps}")
 
 
 @dataclass

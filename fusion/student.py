@@ -213,6 +213,23 @@ class SpectralStem(nn.Module):
         weight = self.to_weight(tokens).view(c, self.out_dim, p, p).transpose(0, 1) / math.sqrt(c * p * p)
         return weight.contiguous(), self.to_bias(tokens.mean(0))
 
+    def fit_kernels(self, targets: Sequence[tuple[Sequence[str], torch.Tensor, torch.Tensor]], steps: int = 1000,
+                    lr: float = 3e-3) -> float:
+        """Train this stem so that ``kernel(bands)`` gives each target's ``(weight, bias)`` (a plain stem's, e.g.
+        a checkpoint's adapted to ``bands``): Adam on the summed squared error, relative to the targets' energy.
+        Returns the final relative error."""
+        targets = [(tuple(b), w.float().to(self.freqs.device), c.float().to(self.freqs.device)) for b, w, c in targets]
+        scale = sum(float(w.pow(2).mean() + c.pow(2).mean()) for _, w, c in targets)
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        for _ in range(steps):
+            loss = sum(F.mse_loss(w_hat, w) + F.mse_loss(c_hat, c)
+                       for (bands, w, c) in targets for w_hat, c_hat in [self.kernel(bands)]) / scale
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        self._kernels.clear()
+        return float(loss.detach())
+
     def forward(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
         """Conv with the generated kernel; in eval mode without autograd the kernel is generated once
         per band set (and device), so inference costs exactly a plain ConvNeXt stem."""

@@ -45,7 +45,7 @@ from specialists import artifact
 from specialists.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError
 
 __all__ = ["RANDOM", "BASE", "base_path", "RGB_BANDS", "STEM_WEIGHT", "Checkpoint", "read_checkpoint", "load_encoder_weights",
-           "check_init"]
+           "check_init", "adapt_stem", "STEM_BIAS"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ _BASE_FILE = Path("specialists") / "weights" / f"base_{BASE_VARIANT}.safetensors
 RGB_BANDS = ("RED", "GREEN", "BLUE")
 """What a 3-channel checkpoint without band names reads (timm's ImageNet order)."""
 STEM_WEIGHT = "stem_0.weight"
+STEM_BIAS = "stem_0.bias"
 _PREFIXES = ("module.", "model.", "encoder.", "backbone.", "trunk.")  # wrappers around the trunk's keys
 
 
@@ -226,7 +227,7 @@ def read_checkpoint(path: str | Path, want: Sequence[str] | None = None) -> Chec
     return Checkpoint(path, state, bands, _sha256(source))
 
 
-def _adapt_stem(weight: torch.Tensor, have: Sequence[str], want: Sequence[str], path: Path) -> torch.Tensor:
+def adapt_stem(weight: torch.Tensor, have: Sequence[str], want: Sequence[str], path: Path) -> torch.Tensor:
     """The stem kernel reading ``want``: each band's equivalent in ``have``, else the mean kernel."""
     mean = weight.mean(dim=1)
     columns, unmatched = [], []
@@ -251,7 +252,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, bands: Sequence[s
             raise ValueError(f"{ckpt.path}: tensor {STEM_WEIGHT!r} reads {state[STEM_WEIGHT].shape[1]} bands, "
                              f"its bands are {list(have)}")
         if have is not None and bands is not None:
-            state[STEM_WEIGHT] = _adapt_stem(state[STEM_WEIGHT], have, bands, ckpt.path)
+            state[STEM_WEIGHT] = adapt_stem(state[STEM_WEIGHT], have, bands, ckpt.path)
     skipped = sorted(k for k in state if k not in own)
     loaded = {k: v for k, v in state.items() if k in own}
     for key, value in loaded.items():

@@ -19,7 +19,7 @@ from pipeline.settings import TrainSettings
 from specialists import init as init_module
 from specialists.base import union_bands
 from specialists.encoder import build_encoder
-from specialists.init import BASE, base_path, check_init, load_encoder_weights, read_checkpoint
+from specialists.init import BASE, adapt_stem, base_path, check_init, load_encoder_weights, read_checkpoint
 
 DEMO_SENSORS = ("sentinel2_l2a", "sentinel1_grd", "aerial_rgbn", "landsat8_oli")
 
@@ -75,6 +75,22 @@ def test_shipped_base_starts_every_demo_sensor_and_the_student() -> None:
     student = Student(StudentCard(depths=[2, 2, 5, 2]))
     load_encoder_weights(student.trunk, BASE)  # the trunk only: the spectral stem is the student's own
     assert TrainSettings().init == DistillConfig().init == BASE
+
+
+def test_student_stem_learns_to_generate_the_base_stem_of_each_sensor() -> None:
+    ckpt = read_checkpoint(BASE)
+    weight, bias = ckpt.state["stem_0.weight"].float(), ckpt.state["stem_0.bias"].float()
+    targets = [(get_sensor(n).image_bands, adapt_stem(weight, ckpt.bands, get_sensor(n).image_bands, ckpt.path), bias)
+               for n in DEMO_SENSORS[:3]]
+    student = Student.create(depths=[2, 2, 5, 2], seed=0)
+    with torch.no_grad():
+        before = [float((student.stem.kernel(b)[0] - w).pow(2).mean() / w.pow(2).mean()) for b, w, _ in targets]
+    assert student.stem.fit_kernels(targets) < 0.02
+    with torch.no_grad():
+        for (bands, w, c), first in zip(targets, before):
+            got_w, got_c = student.stem.kernel(bands)
+            assert float((got_w - w).pow(2).mean() / w.pow(2).mean()) < min(0.05, first / 10)
+            torch.testing.assert_close(got_c, c, atol=0.05, rtol=0.1)
 
 
 def test_missing_base_or_bad_band_metadata_is_one_line(tmp_path: Path, monkeypatch) -> None:

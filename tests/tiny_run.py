@@ -19,7 +19,7 @@ def tiny_run_config(out: Path, extra: str = "", run_name: str = "fl") -> dict[st
                  "+institutions.south_s2={sensor:sentinel2_l2a,task:scene} "
                  "+institutions.city_aerial={sensor:aerial_rgbn,task:landcover} world.aerial_factor=2 "
                  "train.rounds=2 train.max_steps=1 train.batch_size=2 federation.reply_timeout_s=5 "
-                 "proxy.tiles_per_institution=6 proxy.batch_size=8 distill.epochs=1 prune.permutations=4 " + extra)
+                 "proxy.tiles_per_institution=6 proxy.batch_size=8 distill.epochs=1 distill.stem_fit_steps=5 prune.permutations=4 " + extra)
     return {"experiment": "default", "overrides": overrides, "run-name": run_name}
 
 
