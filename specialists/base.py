@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,7 +139,7 @@ def train_base(cfg: BaseConfig, cache_dir: str | Path) -> tuple[nn.Module, tuple
     scatters = {name: _Scatter(index[name], len(union), stats.mean, stats.std) for name, (_, _, stats) in data.items()}
     trains = {name: train for name, (train, _, _) in data.items()}
     rng = random.Random(cfg.seed)
-    steps_per_epoch = len(_batches(trains, cfg.batch_size, random.Random(0)))
+    steps_per_epoch = sum(math.ceil(len(ds) / cfg.batch_size) for ds in trains.values())
     optimizer = torch.optim.AdamW([*trunk.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
     criterion = nn.CrossEntropyLoss()
