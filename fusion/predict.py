@@ -5,8 +5,8 @@ tiles run in batches, and each tile's logits are weighted by a Hann window (``si
 and summed; once a strip's rows can get no more tiles they are divided by the summed weights and
 written. Memory is bounded by one strip (``tile`` rows x scene width) and one batch, never the scene.
 The model's bands are picked by the raster's band descriptions (else the input sensor's order) and
-turned into physical units with the input sensor's scale and offset; invalid pixels (NaN, nodata)
-are filled with the model's band means and come out as nodata. Output: class indexes (uint8, nodata
+turned into physical units with each band's scale and offset (:func:`geodata.raster.calibrate`, as in
+training); invalid pixels (NaN, nodata) are filled with the model's band means and come out as nodata. Output: class indexes (uint8, nodata
 255) with the input's CRS and transform, optionally class probabilities (float32, nodata NaN), as
 Cloud-Optimised GeoTIFFs (GDAL's COG driver; else tiled GeoTIFFs with overviews).
 """
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from fusion.finetune import TaskModel
 from geodata.errors import RasterError
-from geodata.raster import open_raster
+from geodata.raster import calibrate, open_raster
 from geodata.sensors import Sensor
 from geodata.tiling import band_indexes, tile_windows
 
@@ -127,7 +127,7 @@ def predict_scene(
                     invalid = np.isnan(raw).any(0)
                     if nodata is not None and not math.isnan(nodata):
                         invalid |= (raw == nodata).any(0)
-                    data = raw * np.float32(sensor.scale) + np.float32(sensor.offset)
+                    data = calibrate(raw, sensor, model.bands)
                     data = np.where(invalid, fill, data)
                     for start in range(0, len(cols), batch_size):
                         chunk = cols[start:start + batch_size]

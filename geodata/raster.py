@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TileEntry
-from geodata.sensors import Sensor, get_band, get_sensor
+from geodata.sensors import BandError, Sensor, get_band, get_sensor
 
 __all__ = [
     "open_raster", "READ_DRIVERS", "MAX_RASTER_PIXELS",
@@ -129,6 +129,25 @@ def _physical(raw: np.ndarray, sensor: Sensor, path: str | Path) -> np.ndarray:
         return (10 * np.log10(np.square(raw.real) + np.square(raw.imag))).astype(np.float32)
 
 
+def calibrate(data: np.ndarray, sensor: Sensor, bands: Sequence[str]) -> np.ndarray:
+    """``data`` (float32, ``[len(bands), ...]``, the sensor's ``bands`` in that order) turned into physical
+    values in place with each band's own scale and offset: the one calibration of training, evaluation and
+    prediction."""
+    scales, offsets = sensor.calibration()
+    missing = [b for b in bands if b not in sensor.bands]
+    if missing:
+        raise BandError(f"bands {missing} are not bands of sensor {sensor.name!r} {sensor.bands}: their scale "
+                        "and offset are unknown")
+    at = [sensor.bands.index(b) for b in bands]
+    scale = np.asarray([scales[i] for i in at], dtype=np.float32).reshape(-1, *(1,) * (data.ndim - 1))
+    offset = np.asarray([offsets[i] for i in at], dtype=np.float32).reshape(scale.shape)
+    if (scale != 1).any():
+        data *= scale
+    if (offset != 0).any():
+        data += offset
+    return data
+
+
 def _invalid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     """Bool mask of pixels where any band (leading axes) is NaN or nodata."""
     bad = np.zeros(raw.shape[-2:], dtype=bool)
@@ -168,12 +187,7 @@ def _finish(
     if invalid.all():
         part = f"window {window}" if window is not None else "tile"
         raise RasterError(where, f"all pixels of the {part} are nodata or NaN")
-    keep = _image_index(sensor)
-    scales, offsets = (np.asarray(values, dtype=np.float32)[keep, None, None] for values in sensor.calibration())
-    if (scales != 1).any():
-        data *= scales
-    if (offsets != 0).any():
-        data += offsets
+    calibrate(data, sensor, sensor.image_bands)
     if invalid.any():
         data[:, invalid] = np.nan
     return Raster(data, ~invalid)

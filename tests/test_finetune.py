@@ -171,6 +171,30 @@ def test_predict_names_missing_bands(fire_model, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
     assert len(err) == 1 and "bands ['B12'] missing" in err[0]
 
+def test_predict_calibrates_each_band_as_training_does(fire_model, shared_data, tmp_path):
+    """A sensor with per-band scales (8-bit TCI at 1/255, reflectance at 1e-4) predicts the same map as the
+    training sensor on the same physical values: one calibration path for reading and predicting."""
+    scene = _crop(shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif", tmp_path / "a" / "CANAL.tif")
+    with rasterio.open(scene) as src:
+        profile, raw, names = src.profile, src.read(), src.descriptions
+    other = tmp_path / "b" / "CANAL.tif"
+    other.parent.mkdir()
+    with rasterio.open(other, "w", **profile) as dst:  # same physical values, TCI stored on 0..255 of 1/255
+        dst.write(np.concatenate([raw[:3] * 1e-4 * 255, raw[3:]]))
+        dst.descriptions = names
+    (tmp_path / "tci.yaml").write_text(
+        "name: t_predict_tci\ndtype: float64\nscale: 0.0001\nbands:\n"
+        + "".join(f"  - {{name: {b}, wavelength_nm: {w}, gsd_m: 10, scale: 0.00392156862745098}}\n"
+                  for b, w in (("TCI_R", 664.6), ("TCI_G", 559.8), ("TCI_B", 492.4)))
+        + "  - B08\n  - B12\n")
+    for folder, extra in (("a", []), ("b", ["--sensors", str(tmp_path / "tci.yaml"), "--sensor", "t_predict_tci"])):
+        assert main(["predict", "--model", str(fire_model), "--input", str(tmp_path / folder / "CANAL.tif"),
+                     "--out", str(tmp_path / f"out_{folder}"), "--probabilities", *extra]) == 0
+    with rasterio.open(tmp_path / "out_a" / "CANAL_probabilities.tif") as a, \
+            rasterio.open(tmp_path / "out_b" / "CANAL_probabilities.tif") as b:
+        np.testing.assert_allclose(a.read(), b.read(), atol=1e-4)
+
+
 
 PEAK_SCRIPT = """
 import resource, subprocess, sys
