@@ -1,7 +1,9 @@
 """Scenes to manifest tiles: image raster(s) plus a label raster per scene, cut into windows.
 
-A scene is one or more image rasters (one per sensor) and one label raster, matched by a key taken
-from each file's stem. The first sensor's image fixes the scene grid. A tile is a ``window`` into
+A scene is one or more images (one per sensor) and one label raster, matched by a key taken from
+each file's stem. A sensor's image is one multi-band file or one single-band file per band, the same
+key in each band's folder (a manifest tile's ``band_paths``); band files are read in place, so they
+must lie on the scene grid. The first sensor's image fixes the scene grid. A tile is a ``window`` into
 the original files where they can be read as they are (same grid, the sensor's bands in order,
 labels already class indices); otherwise the scene is written once, co-registered onto the grid
 (rasterio ``WarpedVRT``: bilinear for images, nearest for labels), with the sensor's bands picked
@@ -31,12 +33,12 @@ from tqdm import tqdm
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
-from geodata.raster import open_raster, read_labelled
+from geodata.raster import TileSource, open_raster, read_labelled
 from geodata.sensors import Sensor, get_sensor
 
 __all__ = [
-    "Scene", "find_rasters", "match_scenes", "parse_label_map", "band_indexes", "tile_windows", "split_scenes",
-    "scenes_manifest",
+    "Scene", "find_rasters", "band_files", "match_scenes", "parse_label_map", "band_indexes", "tile_windows",
+    "split_scenes", "scenes_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,11 +50,15 @@ _STRIP_ROWS = 512  # rows per read/write when a scene is copied onto its grid
 
 @dataclass
 class Scene:
-    """One scene: an image per sensor (the first sets the grid) and its label raster."""
+    """One scene: an image per sensor (a file, or band -> file; the first sets the grid) and its label raster."""
 
     name: str
-    images: dict[str, Path]
+    images: dict[str, TileSource]
     label: Path
+
+
+def _first_file(source: TileSource) -> Path:
+    return next(iter(source.values())) if isinstance(source, dict) else source
 
 
 def find_rasters(spec: str | Path) -> list[Path]:
@@ -65,6 +71,24 @@ def find_rasters(spec: str | Path) -> list[Path]:
     if not paths:
         raise RasterError(text, "no raster files found (give a folder or a glob pattern)")
     return sorted(paths)
+
+
+def band_files(sensor: str | Sensor, specs: Sequence[tuple[str, str | Path]]) -> dict[str, list[Path]]:
+    """The rasters of each ``(band, folder or glob)``, keyed by the sensor's band names (compared as
+    :func:`band_indexes` does: ``red`` is ``RED``, ``B8`` is ``B08``); every image band needs one."""
+    sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+    names = {_band_key(b): b for b in sensor.bands}
+    unknown = [b for b, _ in specs if _band_key(b) not in names]
+    if unknown:
+        raise ValueError(f"sensor {sensor.name}: {unknown} are not among its bands ({', '.join(sensor.bands)})")
+    given = [names[_band_key(b)] for b, _ in specs]
+    twice = sorted({b for b in given if given.count(b) > 1})
+    if twice:
+        raise ValueError(f"sensor {sensor.name}: bands {twice} are given twice")
+    missing = [b for b in sensor.image_bands if b not in given]
+    if missing:
+        raise ValueError(f"sensor {sensor.name}: no files given for its bands {missing}")
+    return {band: find_rasters(spec) for band, (_, spec) in zip(given, specs)}
 
 
 def _key(path: Path, pattern: re.Pattern[str] | None) -> str | None:
@@ -89,22 +113,44 @@ def _keyed(paths: Sequence[Path], regex: re.Pattern[str] | None, what: str) -> d
     return keyed
 
 
-def match_scenes(images: Mapping[str, Sequence[Path]], labels: Sequence[Path], pattern: str | None = None) -> list[Scene]:
-    """Scenes keyed by file stem (or ``pattern``'s first group on the stem), one file per key and kind; the
-    first sensor's images define the scenes, every scene needs an image of each sensor and a label raster."""
+def _sources(files: Sequence[Path] | Mapping[str, Sequence[Path]], regex: re.Pattern[str] | None,
+             sensor: str) -> dict[str, TileSource]:
+    """``{scene key: file}``, or for band files ``{scene key: {band: file}}``: a key in one band's files and
+    not in another's is refused, naming the scene and the folder that lacks it."""
+    if not isinstance(files, Mapping):
+        return _keyed(files, regex, f"{sensor} images")
+    by_band = {band: _keyed(paths, regex, f"{sensor} {band} images") for band, paths in files.items()}
+    sources: dict[str, TileSource] = {}
+    for key in sorted(set().union(*by_band.values())):
+        for band, keyed in by_band.items():
+            if key not in keyed:
+                other = next(b for b, k in by_band.items() if key in k)
+                folder = os.path.commonpath([p.parent for p in files[band]])
+                raise RasterError(folder, f"scene {key!r} has no {sensor} {band} file here (its {other} file is "
+                                          f"{by_band[other][key]})")
+        sources[key] = {band: keyed[key] for band, keyed in by_band.items()}
+    return sources
+
+
+def match_scenes(images: Mapping[str, Sequence[Path] | Mapping[str, Sequence[Path]]], labels: Sequence[Path],
+                 pattern: str | None = None) -> list[Scene]:
+    """Scenes keyed by file stem (or ``pattern``'s first group on the stem), one file per key and kind; a
+    sensor's files are a list, or ``{band: list}`` for one file per band (every key in every band's list).
+    The first sensor's images define the scenes, every scene needs an image of each sensor and a label raster."""
     regex = re.compile(pattern) if pattern else None
-    keyed = {sensor: _keyed(paths, regex, f"{sensor} images") for sensor, paths in images.items()}
+    keyed = {sensor: _sources(files, regex, sensor) for sensor, files in images.items()}
     label_of = _keyed(labels, regex, "label rasters")
     first = next(iter(images))
     if not keyed[first]:
         raise RasterError(first, f"no image file name matches the pattern {pattern!r}")
     scenes = []
     for name in sorted(keyed[first]):
+        where = _first_file(keyed[first][name])
         for sensor in images:
             if name not in keyed[sensor]:
-                raise RasterError(keyed[first][name], f"scene {name!r} has no {sensor} image")
+                raise RasterError(where, f"scene {name!r} has no {sensor} image")
         if name not in label_of:
-            raise RasterError(keyed[first][name], f"scene {name!r} has no label raster")
+            raise RasterError(where, f"scene {name!r} has no label raster")
         scenes.append(Scene(name, {s: keyed[s][name] for s in images}, label_of[name]))
     return scenes
 
@@ -258,16 +304,36 @@ def _relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
+def _grid_text(src: rasterio.DatasetReader) -> str:
+    origin = f"({src.transform.c:.10g}, {src.transform.f:.10g})"
+    return f"{src.crs} {src.height}x{src.width} px of {src.res[0]:.6g} at {origin}"
+
+
+def _check_band_files(files: Mapping[str, Path], ref: rasterio.DatasetReader, ref_path: Path) -> None:
+    """Band files are single-band and on the scene grid (``ref``'s), or refused naming both files."""
+    for band, path in files.items():
+        with open_raster(path) as src:
+            if src.count != 1:
+                raise RasterError(path, f"{band} file has {src.count} bands, expected 1")
+            if not _same_grid(src, ref):
+                raise RasterError(path, f"{band} file is on another grid ({_grid_text(src)}) than {ref_path} "
+                                        f"({_grid_text(ref)}); one scene's band files share one grid")
+
+
 def _scene_sources(scene: Scene, sensors: Mapping[str, Sensor], task: TaskSpec, label_map: Mapping[int, int | None],
-                   out: Path) -> tuple[dict[str, Path], Path, tuple[int, int]]:
+                   out: Path) -> tuple[dict[str, TileSource], Path, tuple[int, int]]:
     """Readable files (originals or grid copies under ``out/scenes/<name>/``) and the grid shape."""
     copies = out / "scenes" / scene.name
     lut = _lookup(label_map, task.num_classes, task.ignore_index)
-    first = next(iter(scene.images.values()))
+    first = _first_file(next(iter(scene.images.values())))
     with open_raster(first) as ref:
-        files: dict[str, Path] = {}
+        files: dict[str, TileSource] = {}
         for sensor_name, path in scene.images.items():
             sensor = sensors[sensor_name]
+            if isinstance(path, dict):
+                _check_band_files(path, ref, first)
+                files[sensor_name] = path
+                continue
             with open_raster(path) as src:
                 indexes = band_indexes(src.descriptions, sensor.bands, path)
                 if _same_grid(src, ref) and indexes == list(range(1, src.count + 1)):
@@ -351,10 +417,12 @@ def scenes_manifest(
                 kept += 1
                 box = [int(window.col_off), int(window.row_off), size, size]
                 for sensor_name, path in files.items():
+                    where = ({"band_paths": {b: _relative(p, out) for b, p in path.items()}} if isinstance(path, dict)
+                             else {"path": _relative(path, out)})
                     tiles.append(TileEntry(
                         id=f"{scene.name}-r{box[1]}-c{box[0]}-{sensor_name}", sensor=resolved[sensor_name].name,
-                        split=split, path=_relative(path, out), window=box, scene=f"{scene.name}-r{box[1]}-c{box[0]}",
-                        region=scene.name, targets={task_name: _relative(label, out)},
+                        split=split, window=box, scene=f"{scene.name}-r{box[1]}-c{box[0]}",
+                        region=scene.name, targets={task_name: _relative(label, out)}, **where,
                     ))
         if kept == 0:
             log.warning("scene %s (%dx%d): no %d px tile has %.0f%% valid, labelled pixels", scene.name, height,
@@ -362,7 +430,8 @@ def scenes_manifest(
     if not tiles:
         raise RasterError(f"{len(scenes)} scenes", f"no tiles: every {size} px window is below --min-valid {min_valid} or the scenes "
                                f"are smaller than {size} px")
-    outside = any(Path(p).is_absolute() for t in tiles for p in (t.path, t.targets[task_name]))
+    outside = any(Path(p).is_absolute() for t in tiles
+                  for p in [*([t.path] if t.band_paths is None else t.band_paths.values()), t.targets[task_name]])
     return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out, allow_outside_paths=outside)
 
 

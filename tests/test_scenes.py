@@ -1,16 +1,18 @@
-"""``eosfed manifest scenes``: real wildfire scenes, label maps, co-registration, block splits, user errors."""
+"""``eosfed manifest scenes``: real wildfire scenes, one file per band, label maps, co-registration, block
+splits, user errors."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from rasterio import Affine
 from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
 from eosfed.cli import main
 from geodata.dataset import TileDataset
-from geodata.raster import read_labelled, tile_source, tile_window
+from geodata.raster import read_labelled, read_tile, tile_source, tile_window
 from geodata.sensors import SENSORS
 from geodata.manifest import Manifest
 from geodata.tiling import split_scenes
@@ -57,6 +59,64 @@ def _write(path: Path, data: np.ndarray, crs: str, transform, descriptions=(), n
         for i, name in enumerate(descriptions, start=1):
             dst.set_band_description(i, name)
     return path
+
+
+BAND_FOLDERS = {"TCI_R": "red", "TCI_G": "green", "TCI_B": "blue", "B8": "nir", "B12": "swir"}
+EVENTS = ("CANAL_20240530", "CODY_20240608")
+
+
+def _band_folders(shared_data: Path, root: Path) -> str:
+    """Two wildfire scenes as one single-band GeoTIFF per band, a folder per band; the ``--images`` value."""
+    for event in EVENTS:
+        with rasterio.open(shared_data / "wildfire-s2" / "post_fire" / f"{event}.tif") as src:
+            image, crs, transform = src.read(), src.crs, src.transform
+        for band, folder in zip(image, BAND_FOLDERS.values()):
+            (root / folder).mkdir(exist_ok=True)
+            _write(root / folder / f"{event}.tif", band, crs, transform)
+    return f"{WILDFIRE}=" + ",".join(f"{band}:{root / folder}" for band, folder in BAND_FOLDERS.items())
+
+
+def _band_args(shared_data: Path, images: str, out: Path) -> list[str]:
+    return ["manifest", "scenes", "--images", images, "--labels", str(shared_data / "wildfire-s2" / "masks"),
+            "--sensors", str(SENSOR_YAML), "--out", str(out), "--task", "burned", "--classes", "not_burned,burned",
+            "--size", "64", "--test-scenes", EVENTS[1]]
+
+
+def test_one_file_per_band_scenes_read_as_their_multiband_originals(shared_data, tmp_path):
+    out = tmp_path / "bands"
+    assert main(_band_args(shared_data, _band_folders(shared_data, tmp_path), out)) == 0
+    manifest = Manifest.load(out / "manifest.json")
+    assert {t.region for t in manifest.tiles} == set(EVENTS) and {t.split for t in manifest.tiles} == {"train", "test"}
+    tile = manifest.tiles[0]
+    assert tile.path is None and list(tile.band_paths) == ["TCI_R", "TCI_G", "TCI_B", "B08", "B12"]
+    assert Path(tile.band_paths["B12"]) == (tmp_path / "swir" / f"{tile.region}.tif").resolve()
+
+    whole = tmp_path / "whole"  # the same scenes from the multi-band files: the same tiles
+    assert main(_wildfire_args(shared_data, whole, "--size", "64", "--test-scenes", EVENTS[1],
+                               images="C[AO][ND]*.tif")) == 0
+    reference = Manifest.load(whole / "manifest.json")
+    assert [(t.id, t.window, t.split) for t in reference.tiles] == [(t.id, t.window, t.split) for t in manifest.tiles]
+    dataset = TileDataset(manifest, WILDFIRE, task="burned")
+    for index in (0, len(dataset) - 1):
+        tile = dataset.tiles[index]
+        original = read_tile(tile_source(reference, reference.tiles[index]), WILDFIRE, window=tile_window(tile))
+        np.testing.assert_array_equal(dataset[index]["image"].numpy(), original.data)
+
+
+def test_band_folders_refuse_a_missing_file_and_another_grid_in_one_line(shared_data, tmp_path, capsys):
+    images = _band_folders(shared_data, tmp_path)
+    (tmp_path / "nir" / f"{EVENTS[1]}.tif").rename(tmp_path / f"{EVENTS[1]}.tif")
+    assert main(_band_args(shared_data, images, tmp_path / "a")) == 2
+    assert f"{tmp_path / 'nir'}: scene '{EVENTS[1]}' has no {WILDFIRE} B08 file here" in _error_line(capsys)
+    (tmp_path / f"{EVENTS[1]}.tif").rename(tmp_path / "nir" / f"{EVENTS[1]}.tif")
+
+    with rasterio.open(tmp_path / "swir" / f"{EVENTS[0]}.tif", "r+") as dst:
+        dst.transform = dst.transform @ Affine.translation(1, 0)
+    assert main(_band_args(shared_data, images, tmp_path / "b")) == 2
+    err = _error_line(capsys)
+    assert f"{tmp_path / 'swir' / EVENTS[0]}.tif: B12 file is on another grid" in err
+    assert f"than {tmp_path / 'red' / EVENTS[0]}.tif" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 @pytest.fixture

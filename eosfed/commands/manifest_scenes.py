@@ -1,20 +1,23 @@
 """``eosfed manifest scenes``: scene rasters plus a label raster per scene, cut into tiles.
 
-Images and labels are matched by file stem (or ``--match``'s first group). Tiles are windows into
-the original rasters; a scene that needs co-registering, band picking or a label remap is written
-once onto the first image's grid under ``<out>/scenes/``. ``--sensors FILE`` registers a sensor YAML;
-the manifest carries a copy of it (``sensors/<name>.yaml``).
+Images and labels are matched by file stem (or ``--match``'s first group); a sensor given one folder
+per band (``--images SENSOR=BAND:DIR,...``) has a scene per file name, its tiles one file per band
+(``band_paths``). Tiles are windows into the original rasters; a scene that needs co-registering, band
+picking or a label remap is written once onto the first image's grid under ``<out>/scenes/``.
+``--sensors FILE`` registers a sensor YAML; the manifest carries a copy of it (``sensors/<name>.yaml``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections import Counter
+from pathlib import Path
 
 from eosfed.commands.args import UsageError, add_output, add_sensor_files, check_output, staged_output
 from geodata.manifest import TaskSpec
-from geodata.tiling import (find_rasters, match_scenes, parse_label_map, scenes_manifest,
+from geodata.tiling import (band_files, find_rasters, match_scenes, parse_label_map, scenes_manifest,
                             split_scenes)
 
 log = logging.getLogger(__name__)
@@ -24,9 +27,29 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+_BAND_ITEM = re.compile(r"^\w+:.")  # BAND:DIR_OR_GLOB
+
+
+def _images(text: str) -> tuple[str, str | list[tuple[str, str]]]:
+    """``SENSOR=DIR_OR_GLOB`` -> ``(sensor, spec)``; ``SENSOR=BAND:DIR,BAND:DIR,...`` -> ``(sensor, [(band, dir)])``."""
+    sensor, sep, spec = text.partition("=")
+    if not sep or not sensor or not spec:
+        raise UsageError(f"--images wants SENSOR=DIR_OR_GLOB or SENSOR=BAND:DIR,BAND:DIR,..., got {text!r}")
+    items = spec.split(",")
+    if all(_BAND_ITEM.match(item) for item in items):
+        return sensor, [tuple(item.split(":", 1)) for item in items]
+    return sensor, spec
+
+
+def _files(sensor: str, spec: str | list[tuple[str, str]]) -> list[Path] | dict[str, list[Path]]:
+    return find_rasters(spec) if isinstance(spec, str) else band_files(sensor, spec)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, action="append", metavar="SENSOR=DIR_OR_GLOB",
-                        help="image rasters of one sensor; repeat for more sensors (the first sets the grid)")
+                        help="image rasters of one sensor; repeat for more sensors (the first sets the grid). "
+                             "One file per band: SENSOR=BAND:DIR_OR_GLOB,BAND:DIR_OR_GLOB,... (a scene is the "
+                             "files of one name across the band folders, all on one grid)")
     parser.add_argument("--labels", required=True, help="label rasters (folder or glob)")
     add_output(parser, "folder for manifest.json (and any co-registered scene copies)")
     parser.add_argument("--task", required=True, help="task name")
@@ -56,15 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
-    pairs = [text.partition("=") for text in args.images]
-    if any(not sep or not sensor or not spec for sensor, sep, spec in pairs):
-        raise UsageError(f"--images wants SENSOR=DIR_OR_GLOB, got {args.images}")
+    specs = [_images(text) for text in args.images]
     if len(args.classes) < 2:
         raise UsageError(f"--classes needs at least two classes (e.g. not_burned,burned), got {args.classes}")
     if args.split_by == "block" and args.block_size is None:
         raise UsageError("--split-by block needs --block-size")
     with staged_output(args.out, args.overwrite) as stage:
-        images = {sensor: find_rasters(spec) for sensor, _, spec in pairs}
+        images = {sensor: _files(sensor, spec) for sensor, spec in specs}
         scenes = match_scenes(images, find_rasters(args.labels), args.match)
         splits = None
         if args.split_by == "scene":
