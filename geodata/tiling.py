@@ -9,8 +9,12 @@ labels already class indices); otherwise the scene is written once, co-registere
 (rasterio ``WarpedVRT``: bilinear for images, nearest for labels), with the sensor's bands picked
 by the file's band descriptions and label values remapped, and tiles are windows into that copy.
 
-Splits: by scene (counts, explicit names, or the first ``N`` by name as train) or by spatial block
-(tiles are cut inside ``block x block`` pixel blocks, so no tile straddles two splits).
+Splits: by scene (counts, explicit names, or the first ``N`` by name as train) or by spatial block.
+Blocks are squares of the map, anchored at the origin of each CRS: block ``(floor(x / side),
+floor(y / side))`` in map units, a pixel in the block that holds its centre. A block's split is drawn
+from the seed, the CRS and the block alone, and tiles are cut inside blocks, so scenes of one place
+(several dates, overlapping footprints) put the same ground in the same split and no tile straddles
+two splits. Scenes without a CRS have a block grid each (on pixel coordinates).
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import rasterio
+from rasterio import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -320,9 +327,42 @@ def _check_band_files(files: Mapping[str, Path], ref: rasterio.DatasetReader, re
                                         f"({_grid_text(ref)}); one scene's band files share one grid")
 
 
+class _Grid(NamedTuple):
+    shape: tuple[int, int]
+    transform: Affine
+    crs: CRS | None
+
+
+def _map_blocks(grid: _Grid, side: float, size: int, where: Path
+                ) -> list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:
+    """The ``(rows, cols, (block x, block y))`` pixel ranges of a north-up grid in each map block it
+    covers: block ``(floor(x / side), floor(y / side))``, a pixel in the block that holds its centre."""
+    transform = grid.transform
+    if transform.b or transform.d:
+        raise RasterError(where, f"a block split needs a north-up grid; the transform {tuple(transform)[:6]} rotates")
+    pixels = side / max(abs(transform.a), abs(transform.e))
+    if pixels < size:
+        raise RasterError(where, f"a block of {side:g} map units is {pixels:.1f} px on this grid, less than the tile "
+                                 f"size {size} (the block side is in the CRS's units: {grid.crs})")
+
+    def runs(count: int, origin: float, step: float) -> list[tuple[tuple[int, int], int]]:
+        index = np.floor((origin + (np.arange(count) + 0.5) * step) / side).astype(np.int64)
+        edges = [0, *(np.flatnonzero(np.diff(index)) + 1).tolist(), count]
+        return [((a, b), int(index[a])) for a, b in zip(edges, edges[1:])]
+
+    return [(rows, cols, (bx, by)) for rows, by in runs(grid.shape[0], transform.f, transform.e)
+            for cols, bx in runs(grid.shape[1], transform.c, transform.a)]
+
+
+def _block_split(grid: str, block: tuple[int, int], fractions: tuple[float, float], seed: int) -> str:
+    """The split of a map block: a draw seeded by ``seed``, the block's ``grid`` (its CRS) and the block alone."""
+    draw = random.Random(f"{seed}/{grid}/{block[0]}/{block[1]}").random()
+    return "test" if draw < fractions[0] else "val" if draw < fractions[0] + fractions[1] else "train"
+
+
 def _scene_sources(scene: Scene, sensors: Mapping[str, Sensor], task: TaskSpec, label_map: Mapping[int, int | None],
-                   out: Path) -> tuple[dict[str, TileSource], Path, tuple[int, int]]:
-    """Readable files (originals or grid copies under ``out/scenes/<name>/``) and the grid shape."""
+                   out: Path) -> tuple[dict[str, TileSource], Path, _Grid]:
+    """Readable files (originals or grid copies under ``out/scenes/<name>/``) and the scene grid."""
     copies = out / "scenes" / scene.name
     lut = _lookup(label_map, task.num_classes, task.ignore_index)
     first = _first_file(next(iter(scene.images.values())))
@@ -361,44 +401,38 @@ def _scene_sources(scene: Scene, sensors: Mapping[str, Sensor], task: TaskSpec, 
                     if src.nodata is not None:
                         lut = {int(src.nodata): task.ignore_index, **lut}
                     label = _write_on_grid(view, ref, copies / "label.tif", [1], "uint8", task.ignore_index, lut)
-        return files, label, ref.shape
+        return files, label, _Grid(ref.shape, ref.transform, ref.crs)
 
 
 def scenes_manifest(
     scenes: Sequence[Scene], sensors: Sequence[str], task_name: str, task: TaskSpec, out: Path, size: int,
-    stride: int, splits: Mapping[str, str] | None = None, block_size: int | None = None,
+    stride: int, splits: Mapping[str, str] | None = None, block_size: float | None = None,
     block_fractions: tuple[float, float] = (0.2, 0.1), min_valid: float = 0.5,
     label_map: Mapping[int, int | None] | None = None, seed: int = 0, name: str = "scenes",
 ) -> Manifest:
     """The manifest of ``scenes`` cut into ``size`` tiles every ``stride`` pixels (see module docstring).
 
-    Give ``splits`` (scene -> split) or ``block_size`` with ``(test, val)`` fractions of the blocks.
+    Give ``splits`` (scene -> split) or ``block_size``, the side of a map block in the CRS's units (pixels
+    without a CRS), with ``(test, val)`` fractions of the blocks (module docstring).
     A tile is kept when at least ``min_valid`` of its pixels are valid in every image and labelled.
     Copies are written under ``out``, where the manifest is meant to be saved, and referenced relative
     to it; original rasters by absolute path.
     """
     if (splits is None) == (block_size is None):
         raise ValueError("split either by scene (splits) or by spatial block (block_size)")
-    if block_size is not None and block_size < size:
-        raise ValueError(f"block size {block_size} is smaller than the tile size {size}")
     if size < 1 or stride < 1:
         raise ValueError(f"tile size and stride must be positive, got {size} and {stride}")
     resolved = {s: get_sensor(s) for s in sensors}
-    rng = random.Random(seed)
     tiles: list[TileEntry] = []
     for scene in tqdm(scenes, desc="scenes", unit="scene", leave=False):
-        files, label, (height, width) = _scene_sources(scene, resolved, task, label_map or {}, out)
+        files, label, grid = _scene_sources(scene, resolved, task, label_map or {}, out)
+        height, width = grid.shape
         if block_size is None:
             regions = [(((0, height), (0, width)), splits[scene.name])]
         else:
-            blocks = [((r, min(r + block_size, height)), (c, min(c + block_size, width)))
-                      for r in range(0, height, block_size) for c in range(0, width, block_size)]
-            regions = []
-            for block in blocks:
-                draw = rng.random()
-                split = ("test" if draw < block_fractions[0] else
-                         "val" if draw < block_fractions[0] + block_fractions[1] else "train")
-                regions.append((block, split))
+            crs = grid.crs.to_string() if grid.crs else f"scene {scene.name}"
+            blocks = _map_blocks(grid, block_size, size, _first_file(next(iter(scene.images.values()))))
+            regions = [((rows, cols), _block_split(crs, block, block_fractions, seed)) for rows, cols, block in blocks]
         kept = 0
         for (rows, cols), split in regions:
             for window in tile_windows(rows, cols, size, stride):

@@ -1,4 +1,4 @@
-"""``eosfed manifest scenes``: real wildfire scenes, one file per band, label maps, co-registration, block
+"""``eosfed manifest scenes``: real wildfire scenes, one file per band, label maps, co-registration, map-block
 splits, user errors."""
 
 from pathlib import Path
@@ -9,6 +9,7 @@ import rasterio
 from rasterio import Affine
 from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window, bounds
 
 from eosfed.cli import main
 from geodata.dataset import TileDataset
@@ -169,20 +170,69 @@ def test_label_map_and_co_registration(toy_scenes, tmp_path):
     np.testing.assert_allclose(picked, blue_first[::-1] / 255, rtol=1e-6)  # RED GREEN BLUE by description
 
 
+def _blocks(transform: Affine, window: list[int], side: float) -> set[tuple[int, int]]:
+    """The map blocks of a tile's corner pixel centres."""
+    col, row, width, height = window
+    corners = [transform @ (c + 0.5, r + 0.5) for c in (col, col + width - 1) for r in (row, row + height - 1)]
+    return {(int(np.floor(x / side)), int(np.floor(y / side))) for x, y in corners}
+
+
 def test_block_splits_never_straddle(shared_data, tmp_path):
+    with rasterio.open(shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif") as src:
+        side = 64 * src.res[0]  # 64 px, in the rasters' degrees
     out = tmp_path / "blocks"
-    assert main(_wildfire_args(shared_data, out, "--split-by", "block", "--block-size", "64", "--size", "32",
+    assert main(_wildfire_args(shared_data, out, "--split-by", "block", "--block-size", repr(side), "--size", "32",
                                "--stride", "16", "--test-fraction", "0.3", "--val-fraction", "0.2",
                                images="C*.tif")) == 0
     manifest = Manifest.load(out / "manifest.json")
     assert {t.split for t in manifest.tiles} == {"train", "val", "test"}
-    owner: dict[tuple[str, int, int], str] = {}
+    grids: dict[str, Affine] = {}
+    owner: dict[tuple[int, int], str] = {}
     for tile in manifest.tiles:
-        col, row, size, _ = tile.window
-        assert row // 64 == (row + size - 1) // 64 and col // 64 == (col + size - 1) // 64  # inside one block
-        for r in range(row, row + size, 8):
-            for c in range(col, col + size, 8):
-                assert owner.setdefault((tile.region, r, c), tile.split) == tile.split
+        if tile.region not in grids:
+            with rasterio.open(tile_source(manifest, tile)) as src:
+                grids[tile.region] = src.transform
+        blocks = _blocks(grids[tile.region], tile.window, side)
+        assert len(blocks) == 1  # inside one map block
+        assert owner.setdefault(blocks.pop(), tile.split) == tile.split
+
+
+def test_dates_of_one_place_keep_each_block_of_ground_in_one_split(shared_data, tmp_path, capsys):
+    fire = shared_data / "wildfire-s2"
+    with rasterio.open(fire / "post_fire" / "CANAL_20240530.tif") as src:
+        image, crs, grid, names = src.read(), src.crs, src.transform, src.descriptions
+    with rasterio.open(fire / "masks" / "CANAL_20240530.tif") as src:
+        mask = src.read(1)
+    shifted = grid @ Affine.translation(37, 21)  # a footprint 37 px east and 21 px south of the others
+    grids = {"canal_d1": grid, "canal_d2": grid, "canal_d3": shifted}
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for name, transform in grids.items():
+        _write(tmp_path / "images" / f"{name}.tif", image, crs, transform, names)
+        _write(tmp_path / "labels" / f"{name}.tif", mask, crs, transform)
+    def site(out: Path, side: float) -> int:
+        return main(["manifest", "scenes", "--images", f"{WILDFIRE}={tmp_path / 'images'}", "--labels",
+                     str(tmp_path / "labels"), "--sensors", str(SENSOR_YAML), "--out", str(out), "--task", "burned",
+                     "--classes", "not_burned,burned", "--size", "16", "--split-by", "block", "--block-size",
+                     repr(side), "--test-fraction", "0.4", "--val-fraction", "0"])
+
+    assert site(tmp_path / "tiny", 0.001) == 2
+    assert "a block of 0.001 map units is 5.6 px on this grid, less than the tile size 16" in _error_line(capsys)
+    assert site(tmp_path / "site", 48 * grid.a) == 0
+    manifest = Manifest.load(tmp_path / "site" / "manifest.json")
+    tiles = manifest.tiles
+    assert manifest.name == "site"
+    assert {t.split for t in tiles} == {"train", "test"}
+    by_date = {d: {(tuple(t.window), t.split) for t in tiles if t.region == d} for d in grids}
+    assert by_date["canal_d1"] == by_date["canal_d2"]  # one grid, two dates: the same tiles in the same splits
+    box = np.array([bounds(Window(*t.window), grids[t.region]) for t in tiles])  # left, bottom, right, top
+    split = np.array([t.split for t in tiles])
+    wide = np.minimum(box[:, None, 2], box[None, :, 2]) - np.maximum(box[:, None, 0], box[None, :, 0])
+    high = np.minimum(box[:, None, 3], box[None, :, 3]) - np.maximum(box[:, None, 1], box[None, :, 1])
+    shared = (wide > 0.01 * grid.a) & (high > 0.01 * grid.a)  # tiles that share ground
+    across = np.array([t.region == "canal_d3" for t in tiles])
+    assert (shared & (across[:, None] != across[None, :])).sum() > 100  # the shifted date overlaps the others
+    assert not (shared & (split[:, None] != split[None, :])).any()  # ... and no ground is on both sides
 
 
 def test_split_scenes_rules():

@@ -5,6 +5,7 @@ per band (``--images SENSOR=BAND:DIR,...``) has a scene per file name, its tiles
 (``band_paths``). Tiles are windows into the original rasters; a scene that needs co-registering, band
 picking or a label remap is written once onto the first image's grid under ``<out>/scenes/``.
 ``--sensors FILE`` registers a sensor YAML; the manifest carries a copy of it (``sensors/<name>.yaml``).
+Block splits are drawn on the map (:mod:`geodata.tiling`), so several dates of one place agree.
 """
 
 from __future__ import annotations
@@ -63,14 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-map", help="raw label value -> class index or 'ignore', e.g. --label-map=-1:ignore,255:1 (the '=' "
                              "keeps a leading '-' from reading as an option)")
     parser.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels")
-    parser.add_argument("--split-by", choices=("scene", "block"), default="scene")
+    parser.add_argument("--split-by", choices=("scene", "block"), default="scene",
+                        help="block: square blocks of the map, anchored at the CRS origin (block floor(x / "
+                             "--block-size), floor(y / --block-size); a pixel in the block holding its centre); "
+                             "each block's split is drawn from --seed, the CRS and the block, tiles are cut inside "
+                             "blocks, so scenes of one place (several dates) put the same ground in one split")
     parser.add_argument("--train-first", type=int, help="scene split: the N scenes sorting first are train, "
                                                         "the rest test (0: a test-only set)")
     parser.add_argument("--test", type=int, default=0, help="scene split: number of seeded-random test scenes")
     parser.add_argument("--val", type=int, default=0, help="scene split: number of train scenes held out as val")
     parser.add_argument("--test-scenes", type=_names, default=[], help="scene split: comma-separated test scenes")
     parser.add_argument("--val-scenes", type=_names, default=[], help="scene split: comma-separated val scenes")
-    parser.add_argument("--block-size", type=int, help="block split: block side in pixels (>= --size)")
+    parser.add_argument("--block-size", type=float, help="block split: block side in the CRS's map units (metres "
+                                                         "for UTM, degrees for EPSG:4326, pixels without a CRS), "
+                                                         "at least --size pixels")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="block split: fraction of test blocks")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="block split: fraction of val blocks")
     parser.add_argument("--name", help="manifest name (default: the --out folder's name)")
