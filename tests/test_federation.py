@@ -295,7 +295,8 @@ def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_pat
     assert sorted(redistill["full"]["teachers"]) == registry.names and redistill["pruned"]["teacher_extractions"] == 0
     assert pruned["traffic"]["messages"] == 0 and 0 <= redistill["pruned"]["probe"] <= 1
     assert "### Pruned student" in (run_dir / "report.md").read_text()
-    assert json.loads((run_dir / "report.json").read_text())["prune"]["redistill"]["pruned"]["teachers"] == pruned["kept"]
+    summary = json.loads((run_dir / "report.json").read_text())
+    assert summary["prune"]["redistill"]["pruned"]["teachers"] == pruned["kept"]
 
 
 def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def test_distill_evaluate_prune_chain(tmp_path):
     # --redistill: the full student distilled one more epoch on the kept teachers, from the distill run's cache
     pruned_student = load_student(tmp_path / "pruned" / "student_pruned")
     assert {t["name"] for t in pruned_student.card.teachers} == set(pruned.names)
-    assert pruned_student.card.distill["total_epochs"] == 3 and pruned_student.card.distill["last_config"]["epochs"] == 1
+    assert pruned_student.card.distill["total_epochs"] == 3  # 2 of the full student's, 1 more
+    assert pruned_student.card.distill["last_config"]["epochs"] == 1
     record = json.loads((tmp_path / "pruned" / "redistill.json").read_text())
     assert len(record["full"]["teachers"]) == 3 and sorted(record["pruned"]["teachers"]) == sorted(pruned.names)
     assert record["pruned"]["teacher_extractions"] == 0 and record["cache"] == str(run / "teacher_cache")

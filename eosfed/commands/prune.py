@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("re-distillation (--redistill)")
     group.add_argument("--student", type=Path, help="folder of the full student: student/, adaptors/ and "
                        f"{HISTORY_FILE} (an `eosfed distill --out` folder or a run folder)")
-    group.add_argument("--proxy", type=Path, help="proxy manifest.json to distil on (default: --manifest; labels unused)")
+    group.add_argument("--proxy", type=Path,
+                       help="proxy manifest.json to distil on (default: --manifest; labels unused)")
     group.add_argument("--proxy-split", default="train", help="proxy split to use ('' for all)")
     group.add_argument("--cache", type=Path, help="teacher cache folder to read (default: the --student folder's "
                        "teacher_cache/ if there, else one in memory); kept local teachers' missing targets are added")

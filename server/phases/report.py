@@ -193,8 +193,9 @@ def _redistill(result: dict | None) -> list[str]:
     """Full vs pruned student: what each distillation read and cost, and the games' probe on each alone."""
     if not result:
         return []
-    rows = [[side, len(r["teachers"]), r["teacher_extractions"], "-" if r["targets_read"] is None else r["targets_read"],
-             r["epochs"], f"{r['seconds']:.1f}", f"{r['probe']:.4f}"]
+    rows = [[side, len(r["teachers"]), r["teacher_extractions"],
+             "-" if r["targets_read"] is None else r["targets_read"], r["epochs"], f"{r['seconds']:.1f}",
+             f"{r['probe']:.4f}"]
             for side, r in (("full (`student/`)", result["full"]), ("pruned (`student_pruned/`)", result["pruned"]))]
     return ["### Pruned student", "", "Warm-started from the full student and distilled on the kept teachers' cached "
             "targets only. Teacher extractions: teacher runs here filling the cache (0: every target was cached or "
