@@ -118,13 +118,14 @@ def _student_scores(ctx: PhaseContext, manifest: Manifest, played: dict[str, Spl
     return totals
 
 
-def _redistil(ctx: PhaseContext, pruned: Registry, manifest: Manifest, played: dict[str, Splits]) -> dict[str, Any]:
+def _redistil(ctx: PhaseContext, registry: Registry, pruned: Registry, manifest: Manifest, cache: TeacherCache,
+              played: dict[str, Splits]) -> dict[str, Any]:
     """The pruned student (``student_pruned/``), distilled on the distill phase's proxy batches and teacher
-    cache, and its comparison with the full student."""
-    batches, key = proxy_batches(ctx, Registry(ctx.registry_dir))
+    ``cache``, and its comparison with the full student."""
+    batches, _ = proxy_batches(ctx, registry)
     config = dataclasses.replace(ctx.cfg.distill, epochs=ctx.cfg.prune.redistill_epochs)
-    distilled = redistil(pruned, batches, TeacherCache(ctx.cache_dir / "teachers" / key), config, full=ctx.run_dir,
-                         seed=ctx.cfg.seed, tolerance_nm=ctx.cfg.tolerance_nm, pair_scenes=ctx.cfg.proxy.pair_scenes)
+    distilled = redistil(pruned, batches, cache, config, full=ctx.run_dir, seed=ctx.cfg.seed,
+                         tolerance_nm=ctx.cfg.tolerance_nm, pair_scenes=ctx.cfg.proxy.pair_scenes)
     student = distilled.student.cpu()
     save_student(student, ctx.run_dir / "student_pruned")
     comparison = compare_students(ctx.run_dir, distilled)
@@ -157,7 +158,8 @@ def prune_phase(ctx: PhaseContext) -> dict[str, Any]:
     report = (out / REPORT_MD).read_text()
     log.info("Pruning kept %s of %s\n%s", pruned.names, registry.names, report)
     dropped = [n for n in registry.names if n not in pruned.names]
-    redistilled = _redistil(ctx, pruned, manifest, played) if ctx.cfg.prune.redistill and dropped else None
+    redistilled = (_redistil(ctx, registry, pruned, manifest, cache, played) if ctx.cfg.prune.redistill and dropped
+                   else None)
     return {"registry": "registry_pruned", "kept": pruned.names, "dropped": dropped, "note": note,
             "report": "registry_pruned/prune_report.md", "games": [[c.to_dict() for c in g] for g in per_game],
             "scores": [c.to_dict() for c in sorted(scores, key=lambda c: c.shapley, reverse=True)],
