@@ -159,6 +159,6 @@ def test_prune_redistill_flags(capsys, tmp_path):
     base = ["prune", "--registry", str(tmp_path / "reg"), "--manifest", str(tmp_path / "m.json"),
             "--eval", "scene@sentinel2_l2a", "--out", str(tmp_path / "out"), "--keep-top-k", "1"]
     fails(capsys, [*base, "--redistill"], "--redistill needs --student")
-    fails(capsys, [*base, "--student", str(tmp_path)], "--student only apply with --redistill")
+    fails(capsys, [*base, "--student", str(tmp_path)], "--student: only with --redistill")
     fails(capsys, [*base, "--redistill", "--redistill-epochs", "0", "--student", str(tmp_path)], "--redistill-epochs")
     fails(capsys, [*base, "--redistill", "--student", str(tmp_path)], "student/card.json", "distill_history.json")

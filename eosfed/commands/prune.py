@@ -77,7 +77,7 @@ def _check_redistill(args: argparse.Namespace, settings: PruneSettings) -> None:
     if not settings.redistill:
         given = [f"--{n}" for n in REDISTILL_ONLY if getattr(args, n) is not None]
         if given:
-            raise UsageError(f"{', '.join(given)} only apply with --redistill")
+            raise UsageError(f"{', '.join(given)}: only with --redistill")
         return
     if settings.redistill_epochs < 1:
         raise UsageError(f"--redistill-epochs must be >= 1, got {settings.redistill_epochs}")
