@@ -23,7 +23,9 @@ fingerprint of its inputs, so a rerun skips what did not change (and redoes what
    val split (or a held-out fifth of train) so that the test split never steers pruning, with each
    marginal taken against the specialist's untrained random twin (``contributions.baseline``, see
    :mod:`fusion.contrib`); pruning keeps
-   the strongest ``keep_fraction`` and the pruned ensemble is probed again;
+   the strongest ``keep_fraction`` and the pruned ensemble is probed again; with ``--redistill`` the full
+   student is also distilled further on the kept teachers' cached targets only (:func:`pipeline.distill.redistil`,
+   ``contributions.redistill_epochs``) and this pruned student is probed like the full one;
 6. parameters (student inference vs the N applicable specialists) and throughput (images/s, median
    of alternating runs on one test batch); the cached-distillation and teacher-extraction speed
    ratios come from ``benchmarks/fusion_speed.py``'s stored results (that script measures them);
@@ -31,7 +33,7 @@ fingerprint of its inputs, so a rerun skips what did not change (and redoes what
    of the issue with its value, threshold and whether it is met.
 
 Usage: python benchmarks/reference.py [--config configs/benchmark/reference.yaml] [--out outputs/reference]
-       [--quick] [--results DIR] [--device cpu]
+       [--quick] [--results DIR] [--device cpu] [--redistill]
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.stats import load_or_compute_stats
 from geodata.synth import generate_world, load_world_config
 from pipeline.contrib import play, prune_by
-from pipeline.distill import calibrate, distil, save_distilled
+from pipeline.distill import calibrate, compare_students, distil, redistil, save_distilled
 from pipeline.settings import PruneSettings
 from specialists import load_specialist
 from specialists.train import TrainConfig
@@ -397,15 +399,20 @@ def selection_split(train: dict[str, FeatureSet], val: dict[str, FeatureSet] | N
     return (train, val) if key is None else (train[key], val[key])
 
 
+def task_loaders(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest) -> tuple[dict, Any]:
+    """The task's labelled loaders per split (train, test, val where it has one) and its train statistics."""
+    stats = load_or_compute_stats(manifest, task.sensor, "train", institution=task.institution)
+    splits = ["train", "test"] + (["val"] if manifest.select(task.sensor, "val", task.task, task.institution) else [])
+    return {s: labelled_loader(manifest, task.sensor, task.task, s, batch_size=cfg.probes["batch_size"],
+                               stats=stats, institution=task.institution) for s in splits}, stats
+
+
 def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, student: Student, ensemble: Ensemble,
                device: str) -> tuple[dict, TaskFeatures]:
     spec = manifest.task(task.task)
     if spec.type == "segmentation":
         raise ValueError(f"task {task.name!r}: segmentation downstream tasks are not part of this benchmark")
-    stats = load_or_compute_stats(manifest, task.sensor, "train", institution=task.institution)
-    splits = ["train", "test"] + (["val"] if manifest.select(task.sensor, "val", task.task, task.institution) else [])
-    loaders = {s: labelled_loader(manifest, task.sensor, task.task, s, batch_size=cfg.probes["batch_size"],
-                                  stats=stats, institution=task.institution) for s in splits}
+    loaders, stats = task_loaders(cfg, task, manifest)
     bands = loaders["train"].dataset.bands
     applicable = ensemble.applicable(bands)
     random = Student.create(cfg.distill.variant, depths=cfg.distill.depths, seed=0).to(device).eval()
@@ -480,6 +487,31 @@ def probe_pruned(cfg: BenchmarkConfig, record: dict, spec, data: TaskFeatures, k
     return [r.to_dict() for r in results]
 
 
+def redistill_pruned(cfg: BenchmarkConfig, pruned: Registry, proxy: Manifest, student_dir: Path,
+                     device: str) -> tuple[Student, dict]:
+    """``--redistill``: the full student distilled ``contributions.redistill_epochs`` more epochs on the kept
+    teachers' targets in the distillation stage's cache (:func:`pipeline.distill.redistil`), and what each
+    student's distillation cost (:func:`pipeline.distill.compare_students`)."""
+    folder = student_dir.parent
+    batches = ProxyBatches(proxy, cfg.proxy["sensors"], None, batch_size=cfg.proxy["batch_size"], seed=cfg.seed)
+    config = dataclasses.replace(cfg.distill, device=device, epochs=cfg.contributions.redistill_epochs)
+    distilled = redistil(pruned, batches, TeacherCache(folder / "teacher_cache"), config, full=folder, seed=cfg.seed,
+                         tolerance_nm=cfg.tolerance_nm, pair_scenes=cfg.proxy["pair_scenes"])
+    return distilled.student.eval(), compare_students(folder, distilled)
+
+
+def probe_student_pruned(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, student: Student,
+                         device: str) -> list[dict]:
+    """The pruned student's probes on ``task``, as the full student's."""
+    loaders, _ = task_loaders(cfg, task, manifest)
+    features = {s: extract_features(student, loaders[s], False, device, f"{task.name} student-pruned {s}")
+                for s in ("train", "test")}
+    with torch_threads(cfg.probe_threads):
+        results = probe_features("student-pruned", task.name, manifest.task(task.task), features["train"],
+                                 features["test"], None, cfg.probes["fractions"], cfg.probes["seeds"])
+    return [r.to_dict() for r in results]
+
+
 # -- 7. summary and targets -------------------------------------------------------------------------
 
 
@@ -504,7 +536,7 @@ def summarise(cfg: BenchmarkConfig, tasks: list[dict], fraction: float) -> dict:
         oracle = max(readable, key=lambda n: readable[n]["mean"]) if readable else None
         row = {"task": record["name"], "sensor": record["sensor"], "metric": record["metric"],
                "applicable": len(record["applicable"]), "best_specialist": best, "best_on_test": oracle}
-        for name in ("student", "ensemble", "ensemble-pruned", "random", *specialists):
+        for name in ("student", "student-pruned", "ensemble", "ensemble-pruned", "random", *specialists):
             row[name] = {k: scores[name][k] for k in ("mean", "std")} if name in scores else None
         row["best_specialist_score"] = row[best] if best else None
         row["best_on_test_score"] = row[oracle] if oracle else None
@@ -514,7 +546,7 @@ def summarise(cfg: BenchmarkConfig, tasks: list[dict], fraction: float) -> dict:
         return mean_of([r[key]["mean"] if r[key] else None for r in rows])
 
     return {"fraction": fraction, "rows": rows,
-            "means": {k: over(k) for k in ("student", "ensemble", "ensemble-pruned", "random",
+            "means": {k: over(k) for k in ("student", "student-pruned", "ensemble", "ensemble-pruned", "random",
                                            "best_specialist_score", "best_on_test_score")}}
 
 
@@ -523,7 +555,7 @@ def target(name: str, value: float | None, threshold: str, met: bool | None, not
 
 
 def check_targets(cfg: BenchmarkConfig, tasks: list[dict], summary: dict, combined: list[dict],
-                  fusion_speed: dict | None) -> list[dict]:
+                  fusion_speed: dict | None, redistill: dict | None = None) -> list[dict]:
     means = summary["means"]
     out = []
     s, e, b = means["student"], means["ensemble"], means["best_specialist_score"]
@@ -568,6 +600,14 @@ def check_targets(cfg: BenchmarkConfig, tasks: list[dict], summary: dict, combin
     out.append(target("pruned-ensemble mean / full-ensemble mean", pruned / full, ">= 0.99", pruned >= 0.99 * full,
                       f"no kept specialist reads {unreadable} (scored as the training prior)" if unreadable
                       else "every task readable"))
+    if redistill is not None:
+        student, kept = means["student-pruned"], redistill["pruned"]
+        out.append(target("pruned student mean / full student mean", student / s, ">= 0.99", student >= 0.99 * s,
+                          f"warm-started from the full student, {kept['epochs']} epochs on {len(kept['teachers'])} of "
+                          f"{len(redistill['full']['teachers'])} teachers' cached targets"))
+        out.append(target("pruned student: teacher extractions", kept["teacher_extractions"], "0",
+                          kept["teacher_extractions"] == 0, f"full student: {redistill['full']['teacher_extractions']}"
+                          f"; cached targets read {kept['targets_read']} vs {redistill['full']['targets_read']}"))
     if fusion_speed is not None:
         epoch = fusion_speed["cached_distill_epoch_vs_plain_epoch"]["ratio_median"]
         extraction = fusion_speed["teacher_extraction_vs_bare_timm"]["ratio_median"]
@@ -665,6 +705,13 @@ def markdown(record: dict) -> str:
               f"targets shared by scene pairing, {d['teacher_calls_during_epochs']} teacher calls during epochs; epoch "
               f"seconds {', '.join(f'{s:.0f}' for s in d['seconds'])}; loss {d['total'][0]:.4f} -> "
               f"{d['total'][-1]:.4f}."]
+    if record.get("redistill"):
+        r, means = record["redistill"], summary["means"]
+        lines += ["", f"Pruned student (`--redistill`): warm-started from the full student, {r['pruned']['epochs']} "
+                      f"epochs on the cached targets of {', '.join(r['pruned']['teachers'])} "
+                      f"({r['pruned']['seconds']:.0f} s, "
+                      f"{r['pruned']['teacher_extractions']} teacher extractions); linear-probe mean "
+                      f"{fmt(means['student-pruned'])} vs the full student's {fmt(means['student'])}."]
     if record["fusion_speed"] is not None:
         fs = record["fusion_speed"]
         lines += ["", f"Speed ratios from `benchmarks/fusion_speed.py` (stored results, setup: {fs['setup']}): cached "
@@ -682,7 +729,7 @@ def markdown(record: dict) -> str:
 # -- main ------------------------------------------------------------------------------------------
 
 
-def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device: str) -> dict:
+def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device: str, redistill: bool = False) -> dict:
     torch.set_num_threads(cfg.threads)
     runtime: dict[str, float] = {}
     clock = time.perf_counter()
@@ -734,13 +781,21 @@ def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device:
         record["params"]["ensemble_pruned"] = pruned_ensemble.num_params(record["bands"]) \
             if record["applicable_pruned"] else None
     lap("contributions_and_pruning")
+    costs = None
+    if redistill:
+        student_pruned, costs = redistill_pruned(cfg, pruned, proxy, student_dir, device)
+        for record, task in zip(tasks, cfg.downstream):
+            record["results"] += probe_student_pruned(cfg, task, world if task.source == "world" else eurosat,
+                                                      student_pruned, device)
+        lap("redistill")
     runtime["total"] = time.perf_counter() - start
     compute = {"world": stage_record(out / "world")["seconds"],
                "specialists": sum(stage_record(f.parent)["seconds"] for f in folders),
                "registry": stage_record(registry.root)["seconds"],
                "distill": stage_record(student_dir.parent)["seconds"],
                "eurosat": stage_record(out / "eurosat")["seconds"],
-               "probes": runtime["probes"], "contributions_and_pruning": runtime["contributions_and_pruning"]}
+               "probes": runtime["probes"], "contributions_and_pruning": runtime["contributions_and_pruning"],
+               **({"redistill": runtime["redistill"]} if redistill else {})}
     compute["total"] = sum(compute.values())
 
     fractions = [summarise(cfg, tasks, f) for f in cfg.probes["fractions"]]
@@ -766,8 +821,8 @@ def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device:
         "specialists": specialists, "distill": history, "tasks": tasks, "summary": summary, "fractions": fractions,
         "contributions": {"per_task": [[c.to_dict() for c in scores] for scores in per_task],
                           "combined": combined_dicts, "kept": pruned.names, "cka": cka},
-        "fusion_speed": fusion_speed,
-        "targets": check_targets(cfg, tasks, summary, combined_dicts, fusion_speed),
+        "redistill": costs, "fusion_speed": fusion_speed,
+        "targets": check_targets(cfg, tasks, summary, combined_dicts, fusion_speed, costs),
         "runtime_s": runtime, "pipeline_s": compute,
     }
     name = "reference_quick" if quick else "reference"
@@ -786,11 +841,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, help="where reference.{json,md} go (default benchmarks/results; "
                                                      "with --quick, the work folder)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--redistill", action="store_true", help="also distil the pruned student (warm-started from "
+                        "the full one, kept teachers' cached targets) and probe it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = args.out or ROOT / "outputs" / ("reference-quick" if args.quick else "reference")
     results = args.results or (out if args.quick else RESULTS)
-    run(load_config(args.config, args.quick), out, results, args.quick, args.device)
+    run(load_config(args.config, args.quick), out, results, args.quick, args.device, args.redistill)
 
 
 if __name__ == "__main__":

@@ -72,13 +72,15 @@ class DistillConfig:
 @dataclass
 class DistillHistory:
     """Per-epoch mean losses: overall and per teacher (over the steps it was kept in), and the fraction of
-    the steps with its targets in which it was kept."""
+    the steps with its targets in which it was kept; ``targets_read``: per teacher, the cached targets (one
+    per sample) the epochs read."""
 
     total: list[float] = field(default_factory=list)
     teachers: dict[str, list[float]] = field(default_factory=dict)
     kept_fraction: dict[str, list[float]] = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
     teacher_extractions: int = 0
+    targets_read: dict[str, int] = field(default_factory=dict)
     optimizer: dict[str, float] = field(default_factory=dict)  # the settings the optimiser ran with
 
     def to_dict(self) -> dict:
@@ -170,6 +172,7 @@ class Distiller:
                     present_counts[name] = present_counts.get(name, 0) + 1
                 for name, value in values.items():
                     sums.setdefault(name, []).append(value)
+                    history.targets_read[name] = history.targets_read.get(name, 0) + len(batch["id"])
             if not sums:
                 raise ValueError("no proxy batch has cached features of any teacher; fill the teacher cache first")
             history.seconds.append(time.perf_counter() - start)

@@ -14,7 +14,7 @@ from fusion.registry import Registry
 from geodata.manifest import TaskSpec
 from pipeline.settings import PruneSettings
 
-__all__ = ["Cka", "play", "prune_by"]
+__all__ = ["Cka", "play", "prune_by", "solo_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,13 @@ def play(train: Mapping[str, FeatureSet], test: Mapping[str, FeatureSet], task: 
         return scores, None
     names, matrix = cka_matrix({n: test[n].pooled for n in game.players})
     return scores, (names, matrix.tolist())
+
+
+def solo_scores(train: Mapping[str, FeatureSet], test: Mapping[str, FeatureSet], task: TaskSpec,
+                settings: PruneSettings, seed: int) -> dict[str, float]:
+    """Each feature set's score alone, with the games' probe (:func:`play`'s ``method`` and weight decay)."""
+    game = CoalitionGame(train, test, task, settings.method, weight_decays=(settings.weight_decay,), seed=seed)
+    return {name: game({name}) for name in game.players}
 
 
 def prune_by(registry: Registry, scores: Sequence[Contribution], out: Path, settings: PruneSettings,

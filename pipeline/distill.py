@@ -6,24 +6,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fusion.adaptors import Adaptors, TeacherRef, load_adaptors, save_adaptors
 from fusion.data import ProxyBatches
 from fusion.distill import DistillConfig, DistillHistory, distill_student, plot_history
 from fusion.ensemble import Ensemble
 from fusion.registry import Registry
-from fusion.student import Student, band_stats_table, load_student, save_student
+from fusion.student import Student, StudentCard, band_stats_table, load_student, save_student
 from fusion.teacher_cache import TeacherCache, fill_cache
 from geodata.files import atomic_write_text
 from specialists import Specialist
 from geodata.sensors import get_sensor
+from specialists.artifact import CARD_FILE, read_card
 from specialists.init import RANDOM, STEM_BIAS, STEM_WEIGHT, Checkpoint, adapt_stem, load_encoder_weights
 from specialists.train import resolve_device
 
-__all__ = ["Distilled", "calibrate", "distil", "save_distilled"]
+__all__ = ["Distilled", "calibrate", "compare_students", "distil", "redistil", "save_distilled"]
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,46 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
     start = time.perf_counter()
     extractions = fill_cache(cache, specialists, batches, tolerance_nm)
     fill_s = time.perf_counter() - start
-    paired = cache.share(batches.scene_partners()) if pair_scenes else 0
-    student, adaptors = _student(config, batches, name, seed, init)
     teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote)
+    paired = cache.share(batches.scene_partners(), [t.weights_sha256 for t in teachers]) if pair_scenes else 0
+    student, adaptors = _student(config, batches, name, seed, init)
     adaptors, history = distill_student(student, teachers, batches, cache, config, seed=seed, adaptors=adaptors)
     history.teacher_extractions = extractions
     log.info("Student distilled from %s (final loss %.4f)", ", ".join(adaptors.teachers), history.total[-1])
     return Distilled(student, adaptors, history, paired, extractions, fill_s)
+
+
+def redistil(pruned: Registry, batches: ProxyBatches, cache: TeacherCache, config: DistillConfig, *, full: Path,
+             seed: int, tolerance_nm: float, pair_scenes: bool = True) -> Distilled:
+    """The pruned student: the full student saved in ``full`` (``student/``, ``adaptors/``) distilled
+    ``config.epochs`` more epochs on the teachers of ``pruned`` only (the dropped ones' heads leave the
+    objective), from their targets in ``cache``: a kept local specialist is extracted only where the cache
+    lacks its targets; a kept teacher whose weights stay home takes part through its cached targets."""
+    full_card = read_card(full / "student" / CARD_FILE, StudentCard)
+    remote = [TeacherRef(e.name, e.weights_sha256, tuple(pruned.card(e.name).feature_dims))
+              for e in pruned.entries if e.holder and cache.num_samples(e.weights_sha256)]
+    distilled = distil(pruned, batches, cache, config, seed=seed, tolerance_nm=tolerance_nm, name=full_card.name,
+                       pair_scenes=pair_scenes, init=full, remote=remote)
+    card = distilled.student.card
+    card.name = f"{full_card.name}-pruned"
+    card.distill["pruned_from"] = {"student": full_card.weights_sha256,
+                                   "teachers_dropped": sorted({t["name"] for t in full_card.teachers}
+                                                              - {t["name"] for t in card.teachers})}
+    return distilled
+
+
+def _cost(card: StudentCard, history: Mapping[str, Any]) -> dict[str, Any]:
+    return {"teachers": [t["name"] for t in card.teachers], "teacher_extractions": history["teacher_extractions"],
+            "targets_read": sum(history["targets_read"].values()) if "targets_read" in history else None,
+            "epochs": len(history["total"]), "seconds": round(sum(history["seconds"]), 3)}
+
+
+def compare_students(full: Path, pruned: Distilled) -> dict[str, dict[str, Any]]:
+    """Full student (saved in ``full`` with its ``distill_history.json``) vs pruned student: teachers, teacher
+    extractions run, cached targets read and seconds of the distillation epochs."""
+    history = json.loads((full / HISTORY_FILE).read_text())
+    return {"full": _cost(read_card(full / "student" / CARD_FILE, StudentCard), history),
+            "pruned": _cost(pruned.student.card, pruned.history.to_dict())}
 
 
 def save_distilled(distilled: Distilled, out: Path, plot: Path) -> None:

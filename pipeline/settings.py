@@ -166,7 +166,10 @@ class PruneSettings:
     ``weight_decay``) on the members' concatenated features, on the proxy's labelled ``task`` (phase
     *prune*); each marginal is taken against the specialist's untrained twin (``baseline: random_twin``)
     or not (``none``); ``gates`` also learns sparse gates. Keep the top ``keep_top_k`` (0: no cap) and/or
-    drop those whose interval lies at or below zero (``drop_nonpositive``)."""
+    drop those whose interval lies at or below zero (``drop_nonpositive``). With ``redistill``, when a
+    specialist was dropped, a pruned student is distilled from the full student's weights on the kept
+    teachers' cached targets for ``redistill_epochs`` (3, about a third of ``distill.epochs``' 10: it starts
+    from a student that already fits those targets; more not yet measured) and saved in ``student_pruned/``."""
 
     task: str = "scene"
     baseline: str = "random_twin"
@@ -178,6 +181,8 @@ class PruneSettings:
     gates: bool = False
     keep_top_k: int = 0
     drop_nonpositive: bool = True
+    redistill: bool = False
+    redistill_epochs: int = 3
 
 
 @dataclass
@@ -296,8 +301,8 @@ class ExperimentConfig:
                 raise ValueError(f"proxy.resize.{sensor}: a size in pixels, 1..{MAX_TILE_PX}, got {px}")
         if self.integrate and not is_safe_name(self.integrate):
             raise ValueError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
-        if self.prune.keep_top_k < 0 or self.prune.permutations < 1:
-            raise ValueError("prune.keep_top_k must be >= 0 and prune.permutations >= 1")
+        if self.prune.keep_top_k < 0 or self.prune.permutations < 1 or self.prune.redistill_epochs < 1:
+            raise ValueError("prune.keep_top_k must be >= 0, prune.permutations and prune.redistill_epochs >= 1")
         if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
             raise ValueError("distill.epochs, proxy.tiles_per_institution and proxy.batch_size must be >= 1")
         world = self.world_config

@@ -153,3 +153,12 @@ def test_gateway_refuses_a_superlink_off_loopback(capsys, tmp_path: Path) -> Non
                    str(files[1]), "--ca-cert", str(files[2])], "--superlink", "loopback")
     fails(capsys, ["gateway", "--certfile", str(tmp_path / "none.pem"), "--keyfile", str(files[1]),
                    "--ca-cert", str(files[2])], "--certfile", "none.pem")
+
+
+def test_prune_redistill_flags(capsys, tmp_path):
+    base = ["prune", "--registry", str(tmp_path / "reg"), "--manifest", str(tmp_path / "m.json"),
+            "--eval", "scene@sentinel2_l2a", "--out", str(tmp_path / "out"), "--keep-top-k", "1"]
+    fails(capsys, [*base, "--redistill"], "--redistill needs --student")
+    fails(capsys, [*base, "--student", str(tmp_path)], "--student: only with --redistill")
+    fails(capsys, [*base, "--redistill", "--redistill-epochs", "0", "--student", str(tmp_path)], "--redistill-epochs")
+    fails(capsys, [*base, "--redistill", "--student", str(tmp_path)], "student/card.json", "distill_history.json")

@@ -270,7 +270,8 @@ def test_pipeline_fedavg_rejects_malformed_update_enrols_distils_evaluates_prune
 
 
 def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_path: Path) -> None:
-    extra = "enrol.weights=home ~institutions.south_s2"
+    extra = ("enrol.weights=home ~institutions.south_s2 prune.keep_top_k=1 prune.redistill=true "
+             "prune.redistill_epochs=1")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, extra), flower_run_id=1)
     registry = Registry(run_dir / "registry")
     assert registry.local_names == [] and {e.holder for e in registry.entries} == {"city_aerial", "north_s2"}
@@ -284,7 +285,18 @@ def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_pat
     assert {r["encoder"] for r in evaluation["institutions"]["north_s2"]["results"]} == {
         "student", "random-init", "band-stats"}
     assert "stay home" in evaluation["ensemble_not_evaluated"]["north_s2"]
-    assert json.loads((run_dir / "phases" / "prune.json").read_text())["scores"]
+    pruned = json.loads((run_dir / "phases" / "prune.json").read_text())
+    assert pruned["scores"] and len(pruned["kept"]) == 1 and len(pruned["dropped"]) == 1
+    # the pruned student: warm-started, taught by the kept (remote) teacher's cached targets, no new request
+    redistill = pruned["redistill"]
+    student = load_student(run_dir / "student_pruned")
+    assert [t["name"] for t in student.card.teachers] == pruned["kept"] == redistill["pruned"]["teachers"]
+    assert student.card.distill["total_epochs"] == 1 + 1 and student.card.weights_sha256 == redistill["weights_sha256"]
+    assert sorted(redistill["full"]["teachers"]) == registry.names and redistill["pruned"]["teacher_extractions"] == 0
+    assert pruned["traffic"]["messages"] == 0 and 0 <= redistill["pruned"]["probe"] <= 1
+    assert "### Pruned student" in (run_dir / "report.md").read_text()
+    summary = json.loads((run_dir / "report.json").read_text())
+    assert summary["prune"]["redistill"]["pruned"]["teachers"] == pruned["kept"]
 
 
 def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:

@@ -41,14 +41,26 @@ def test_distill_evaluate_prune_chain(tmp_path):
     assert [r["encoder"] for r in task_norm] == ["student"]
     assert task_norm[0]["method"] == "linear" and 0 <= task_norm[0]["mean"] <= 1
 
+    shards = sorted((run / "teacher_cache").rglob("*.safetensors"))
     assert main(["prune", "--registry", str(tmp_path / "registry"), "--manifest", manifest,
                  "--eval", "presence@sentinel2_l2a", "--out", str(tmp_path / "pruned"), "--keep-top-k", "1",
-                 "--no-drop-nonpositive", "--permutations", "10", "--size", "32"]) == 0
+                 "--no-drop-nonpositive", "--permutations", "10", "--size", "32",
+                 "--redistill", "--redistill-epochs", "1", "--student", str(run), "--batch-size", "4"]) == 0
     pruned = Registry(tmp_path / "pruned")
     assert len(pruned) == 2  # the lower of s2/aerial leaves; s1 could not be scored and stays
     report = (tmp_path / "pruned" / "prune_report.md").read_text()
     assert "kept (unscored)" in report and "taken against: random twin" in report
     assert Ensemble.from_registry(pruned).applicable(("B02", "B03", "B04", "B08")) != ["s2", "aerial"]
+    # --redistill: the full student distilled one more epoch on the kept teachers, from the distill run's cache
+    pruned_student = load_student(tmp_path / "pruned" / "student_pruned")
+    assert {t["name"] for t in pruned_student.card.teachers} == set(pruned.names)
+    assert pruned_student.card.distill["total_epochs"] == 3  # 2 of the full student's, 1 more
+    assert pruned_student.card.distill["last_config"]["epochs"] == 1
+    record = json.loads((tmp_path / "pruned" / "redistill.json").read_text())
+    assert len(record["full"]["teachers"]) == 3 and sorted(record["pruned"]["teachers"]) == sorted(pruned.names)
+    assert record["pruned"]["teacher_extractions"] == 0 and record["cache"] == str(run / "teacher_cache")
+    assert sorted((run / "teacher_cache").rglob("*.safetensors")) == shards  # read, never extended
+    assert all(0 <= record[side]["probe"] <= 1 for side in ("full", "pruned"))
 
 
 def test_a_random_encoder_and_the_random_init_baseline_are_one_row(tmp_path, shared_data, caplog):

@@ -23,7 +23,7 @@ def _finite(value) -> bool:
 
 @pytest.mark.slow
 def test_quick_run_writes_every_required_field(tmp_path, shared_data):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path / "work"),
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--redistill", "--out", str(tmp_path / "work"),
                            "--results", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "reference_quick.json").read_text())
@@ -39,12 +39,12 @@ def test_quick_run_writes_every_required_field(tmp_path, shared_data):
         assert _finite(task["params"]["student"]) and _finite(task["params"]["ensemble"])
         assert _finite(task["img_per_s"]["student"]) and _finite(task["img_per_s"]["ensemble"])
         encoders = {r["encoder"] for r in task["results"]}
-        assert {"student", "ensemble", "ensemble-pruned", "random", *task["applicable"]} <= encoders
+        assert {"student", "student-pruned", "ensemble", "ensemble-pruned", "random", *task["applicable"]} <= encoders
         assert all(_finite(r["mean"]) and _finite(r["std"]) for r in task["results"])
 
     summary = record["summary"]
     for row in summary["rows"]:
-        for encoder in ("student", "ensemble", "ensemble-pruned", "random", "best_specialist_score"):
+        for encoder in ("student", "student-pruned", "ensemble", "ensemble-pruned", "random", "best_specialist_score"):
             assert _finite(row[encoder]["mean"]) and _finite(row[encoder]["std"]), (row["task"], encoder)
         assert row["best_specialist"] in specialists
     assert all(_finite(v) for v in summary["means"].values())
@@ -59,10 +59,13 @@ def test_quick_run_writes_every_required_field(tmp_path, shared_data):
                      "student params", "student img/s", "unseen sensor landsat8_oli: student - random-init",
                      "unseen sensor landsat8_oli: student - best specialist", "has the lowest Shapley",
                      "Shapley interval upper bound", "pruned-ensemble mean / full-ensemble mean",
-                     "cached distillation epoch", "teacher extraction"):
+                     "cached distillation epoch", "teacher extraction", "pruned student mean / full student mean",
+                     "pruned student: teacher extractions"):
         assert any(expected in n for n in names), f"target {expected!r} missing from {names}"
     for t in record["targets"]:
         assert _finite(t["value"]) and isinstance(t["met"], bool), t
     assert _finite(record["runtime_s"]["total"]) and _finite(record["pipeline_s"]["total"])
     assert record["distill"]["teacher_extractions"] > 0 and record["distill"]["teacher_calls_during_epochs"] == 0
+    assert record["redistill"]["pruned"]["teacher_extractions"] == 0  # the kept teachers' targets were cached
+    assert sorted(record["redistill"]["pruned"]["teachers"]) == sorted(record["contributions"]["kept"])
     assert "## Targets" in (tmp_path / "reference_quick.md").read_text()

@@ -4,26 +4,40 @@ For each ``--eval TASK@SENSOR`` the specialists that can read the sensor play a 
 on their concatenated frozen features, fit on ``--train-split``, scored on ``--test-split``), by default
 against each one's untrained random twin; Shapley and leave-one-out are averaged over the games and
 the rule (``--keep-top-k``, ``--drop-nonpositive``) writes the pruned registry with
-``prune_report.{json,md}``.
+``prune_report.{json,md}``. With ``--redistill``, when a specialist was dropped, the full student of
+``--student`` is distilled further on the kept teachers' cached targets only (``--cache``; kept local
+teachers it lacks are extracted into it) with the settings its card records, into ``<out>/student_pruned/``;
+``<out>/redistill.json`` compares both students (teachers, extractions, targets read, seconds, probe).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
 from eosfed.commands.args import (UsageError, add_output, add_sensor_files, add_settings, check_output, settings_from,
                                   staged_output)
 from fusion.contrib import combine_contributions, extract_member_features, with_twins
-from fusion.data import labelled_loader
+from fusion.data import ProxyBatches, labelled_loader, proxy_sensors
+from fusion.distill import DistillConfig
 from fusion.ensemble import Ensemble
+from fusion.probes import extract_features
 from fusion.registry import Registry
+from fusion.student import Student, StudentCard, load_student, save_student
+from fusion.teacher_cache import TeacherCache
+from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
-from pipeline.contrib import play, prune_by
-from pipeline.settings import ExperimentConfig, PruneSettings
+from pipeline.contrib import play, prune_by, solo_scores
+from pipeline.distill import HISTORY_FILE, compare_students, redistil
+from pipeline.settings import ExperimentConfig, ProxySettings, PruneSettings
+from specialists.artifact import CARD_FILE, read_card
 
 log = logging.getLogger(__name__)
+
+REDISTILL_ONLY = ("student", "proxy", "cache")  # flags that mean nothing without --redistill
 
 
 def _eval_pair(text: str) -> tuple[str, str]:
@@ -43,10 +57,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of the probes and re-distillation")
     add_settings(parser, ExperimentConfig, "run", only=("seed", "tolerance_nm"))
-    add_settings(parser, PruneSettings, "contributions and rule (pipeline.settings.PruneSettings; method: linear, "
-                 "knn or segmentation; baseline: random_twin or none)", skip=("task",))
+    add_settings(parser, PruneSettings, "contributions, rule and re-distillation (pipeline.settings.PruneSettings; "
+                 "method: linear, knn or segmentation; baseline: random_twin or none)", skip=("task",))
+    group = parser.add_argument_group("re-distillation (--redistill)")
+    group.add_argument("--student", type=Path, help="folder of the full student: student/, adaptors/ and "
+                       f"{HISTORY_FILE} (an `eosfed distill --out` folder or a run folder)")
+    group.add_argument("--proxy", type=Path,
+                       help="proxy manifest.json to distil on (default: --manifest; labels unused)")
+    group.add_argument("--proxy-split", default="train", help="proxy split to use ('' for all)")
+    group.add_argument("--cache", type=Path, help="teacher cache folder to read (default: the --student folder's "
+                       "teacher_cache/ if there, else one in memory); kept local teachers' missing targets are added")
+    add_settings(parser, ProxySettings, "re-distillation proxy", only=("pair_scenes",))
+
+
+def _check_redistill(args: argparse.Namespace, settings: PruneSettings) -> None:
+    """One-line errors for the re-distillation flags, before anything runs."""
+    if not settings.redistill:
+        given = [f"--{n}" for n in REDISTILL_ONLY if getattr(args, n) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --redistill")
+        return
+    if settings.redistill_epochs < 1:
+        raise UsageError(f"--redistill-epochs must be >= 1, got {settings.redistill_epochs}")
+    if args.student is None:
+        raise UsageError("--redistill needs --student FOLDER (the full student's student/, adaptors/ and "
+                         f"{HISTORY_FILE})")
+    missing = [n for n in ("student/" + CARD_FILE, "adaptors", HISTORY_FILE) if not (args.student / n).exists()]
+    if missing:
+        raise UsageError(f"--student {args.student}: no {', '.join(missing)} (give an `eosfed distill --out` folder "
+                         "or a run folder)")
+    if args.cache is not None and not args.cache.is_dir():
+        raise UsageError(f"--cache {args.cache} is not a folder")
+
+
+def _config(card: StudentCard, epochs: int) -> DistillConfig:
+    """The full student's distillation settings (recorded in its card), for ``epochs`` epochs."""
+    known = {f.name for f in dataclasses.fields(DistillConfig)} - {"epochs", "device"}
+    return DistillConfig(**{k: v for k, v in card.distill.get("last_config", {}).items() if k in known}, epochs=epochs)
+
+
+def _probe_students(args: argparse.Namespace, manifest: Manifest, settings: PruneSettings,
+                    students: dict[str, Student]) -> dict[str, float]:
+    """Each student's score alone with the games' probe, averaged over ``--eval``."""
+    maps, totals = settings.method == "segmentation", dict.fromkeys(students, 0.0)
+    for task_name, sensor in args.evals:
+        parts = {}
+        for split in (args.train_split, args.test_split):
+            loader = labelled_loader(manifest, sensor, task_name, split, args.size, args.batch_size)
+            parts[split] = {n: extract_features(s, loader, maps) for n, s in students.items()}
+        for name, score in solo_scores(parts[args.train_split], parts[args.test_split], manifest.task(task_name),
+                                       settings, args.seed).items():
+            totals[name] += score / len(args.evals)
+    return totals
+
+
+def _redistill(args: argparse.Namespace, settings: PruneSettings, manifest: Manifest, pruned: Registry,
+               out: Path) -> None:
+    """Write ``out/student_pruned/`` and ``out/redistill.json``."""
+    proxy = Manifest.load(args.proxy) if args.proxy else manifest
+    split = args.proxy_split or None
+    if not proxy_sensors(proxy, split):
+        raise UsageError(f"{proxy.source}: --proxy-split {args.proxy_split!r} has no tiles")
+    folder = args.cache or (args.student / "teacher_cache" if (args.student / "teacher_cache").is_dir() else None)
+    batches = ProxyBatches(proxy, None, split, args.size, args.batch_size, seed=args.seed)
+    config = _config(read_card(args.student / "student" / CARD_FILE, StudentCard), settings.redistill_epochs)
+    distilled = redistil(pruned, batches, TeacherCache(folder), config, full=args.student, seed=args.seed,
+                         tolerance_nm=args.tolerance_nm, pair_scenes=args.pair_scenes)
+    student = distilled.student.cpu()
+    save_student(student, out / "student_pruned")
+    comparison = compare_students(args.student, distilled)
+    probe = _probe_students(args, manifest, settings, {"full": load_student(args.student / "student"),
+                                                       "pruned": student})
+    for side, score in probe.items():
+        comparison[side]["probe"] = score
+    record = {"student": "student_pruned", "full_student": str(args.student), "cache": str(folder) if folder else None,
+              "probe_task": f"{', '.join(f'{t}@{s}' for t, s in args.evals)}, {settings.method} probe",
+              "history": distilled.history.to_dict(), **comparison}
+    atomic_write_text(out / "redistill.json", json.dumps(record, indent=1))
+    log.info("pruned student: %s", {side: comparison[side] for side in ("full", "pruned")})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --keep-top-k K, --drop-nonpositive, or both")
     if settings.baseline not in ("random_twin", "none"):
         raise UsageError(f"--baseline must be random_twin or none, got {settings.baseline!r}")
+    _check_redistill(args, settings)
     check_output(args.out, args.overwrite)
     registry = Registry(args.registry)
     manifest = Manifest.load(args.manifest)
@@ -74,5 +165,9 @@ def run(args: argparse.Namespace) -> int:
         cka = cka or matrix
     with staged_output(args.out, args.overwrite) as stage:
         pruned, _ = prune_by(registry, combine_contributions(per_game), stage, settings, cka)
+        if settings.redistill and len(pruned) < len(registry):
+            _redistill(args, settings, manifest, pruned, stage)
+        elif settings.redistill:
+            log.warning("no specialist was dropped: no pruned student to distil")
     log.info("pruned registry at %s: %s", args.out, pruned.names)
     return 0

@@ -31,12 +31,12 @@ from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
 from wire.messages import FeaturesReply, FeaturesRequest
 
-__all__ = ["PHASE", "distill"]
+__all__ = ["PHASE", "distill", "proxy_batches"]
 
 log = logging.getLogger(__name__)
 
 
-def _proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches, str]:
+def proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches, str]:
     """Batches of the proxy data for every sensor the registry's specialists use, and the proxy's key."""
     manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sorted({e.sensor for e in registry.entries}))
     pc = ctx.cfg.proxy
@@ -132,7 +132,7 @@ def _fetch_remote(ctx: PhaseContext, registry: Registry, batches: ProxyBatches, 
 
 def distill(ctx: PhaseContext) -> dict[str, Any]:
     registry = Registry(ctx.registry_dir)
-    batches, key = _proxy_batches(ctx, registry)
+    batches, key = proxy_batches(ctx, registry)
     cache = TeacherCache(ctx.cache_dir / "teachers" / key)
     failures: list[dict[str, Any]] = []
     remote = _fetch_remote(ctx, registry, batches, cache, failures)

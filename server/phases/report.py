@@ -186,7 +186,23 @@ def _prune(ctx: PhaseContext, result: dict) -> list[str]:
     body = (ctx.run_dir / result["report"]).read_text().split("\n", 1)[1] if result.get("report") else ""
     note = [f"Note: {result['note']}.", ""] if result.get("note") else []
     return ["## Prune", "", f"Kept {', '.join(result['kept'])}; dropped {', '.join(result['dropped']) or 'none'}.",
-            ""] + note + body.splitlines() + [""]
+            ""] + note + body.splitlines() + [""] + _redistill(result.get("redistill"))
+
+
+def _redistill(result: dict | None) -> list[str]:
+    """Full vs pruned student: what each distillation read and cost, and the games' probe on each alone."""
+    if not result:
+        return []
+    rows = [[side, len(r["teachers"]), r["teacher_extractions"],
+             "-" if r["targets_read"] is None else r["targets_read"], r["epochs"], f"{r['seconds']:.1f}",
+             f"{r['probe']:.4f}"]
+            for side, r in (("full (`student/`)", result["full"]), ("pruned (`student_pruned/`)", result["pruned"]))]
+    return ["### Pruned student", "", "Warm-started from the full student and distilled on the kept teachers' cached "
+            "targets only. Teacher extractions: teacher runs here filling the cache (0: every target was cached or "
+            "computed by its holder); "
+            f"targets read: cached (teacher, tile) targets the epochs used; probe: {result['probe_task']} on the "
+            "proxy's labelled tiles, as in the games above.", ""] + _table(
+        ["student", "teachers", "teacher extractions", "targets read", "epochs", "epoch seconds", "probe"], rows)
 
 
 def _failures(results: dict[str, dict]) -> tuple[list[str], list[dict]]:
@@ -240,7 +256,8 @@ def report(ctx: PhaseContext) -> dict[str, Any]:
                    for g, r in results.get("train", {}).get("groups", {}).items()},
         "registry": results.get("enrol", {}).get("specialists"),
         "evaluate": {i: r["results"] for i, r in results.get("evaluate", {}).get("institutions", {}).items()},
-        "prune": {k: results["prune"][k] for k in ("kept", "dropped", "scores")} if "prune" in results else None,
+        "prune": {**{k: results["prune"][k] for k in ("kept", "dropped", "scores")},
+                  "redistill": results["prune"].get("redistill")} if "prune" in results else None,
         "failures": failures,
     }
     atomic_write_text(ctx.run_dir / "report.json", json.dumps(summary, indent=1))
