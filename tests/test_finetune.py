@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from eosfed.cli import main
 from fusion.finetune import load_task_model
 from fusion.predict import blend_weights
+from geodata.sensors import PRODUCT_SCALES
 from specialists.artifact import ArtifactError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,15 +173,15 @@ def test_predict_names_missing_bands(fire_model, tmp_path, capsys):
     assert len(err) == 1 and "bands ['B12'] missing" in err[0]
 
 def test_predict_calibrates_each_band_as_training_does(fire_model, shared_data, tmp_path):
-    """A sensor with per-band scales (8-bit TCI at 1/255, reflectance at 1e-4) predicts the same map as the
-    training sensor on the same physical values: one calibration path for reading and predicting."""
+    """A sensor with per-band scales (TCI on 0..255 of 1/255 reflectance, reflectance at 1e-4) predicts the same
+    map as the training sensor on the same physical values: one calibration path for reading and predicting."""
     scene = _crop(shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif", tmp_path / "a" / "CANAL.tif")
     with rasterio.open(scene) as src:
         profile, raw, names = src.profile, src.read(), src.descriptions
     other = tmp_path / "b" / "CANAL.tif"
     other.parent.mkdir()
-    with rasterio.open(other, "w", **profile) as dst:  # same physical values, TCI stored on 0..255 of 1/255
-        dst.write(np.concatenate([raw[:3] * 1e-4 * 255, raw[3:]]))
+    with rasterio.open(other, "w", **profile) as dst:  # the wildfire sensor's TCI reflectance, stored x 255
+        dst.write(np.concatenate([raw[:3] * PRODUCT_SCALES["tci"] * 255, raw[3:]]))
         dst.descriptions = names
     (tmp_path / "tci.yaml").write_text(
         "name: t_predict_tci\ndtype: float64\nscale: 0.0001\nbands:\n"
@@ -194,6 +195,15 @@ def test_predict_calibrates_each_band_as_training_does(fire_model, shared_data, 
             rasterio.open(tmp_path / "out_b" / "CANAL_probabilities.tif") as b:
         np.testing.assert_allclose(a.read(), b.read(), atol=1e-4)
 
+
+def test_an_unknown_product_is_one_line_naming_the_file_and_band(fire_model, tmp_path, capsys):
+    sensor = tmp_path / "jpeg.yaml"
+    sensor.write_text("name: t_jpeg\nbands:\n  - B08\n  - {name: T_JPEG_R, wavelength_nm: 664.6, product: jpeg}\n")
+    assert main(["predict", "--model", str(fire_model), "--input", str(tmp_path / "scene.tif"), "--out",
+                 str(tmp_path / "maps"), "--sensors", str(sensor)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert len(err) == 1 and err[0].startswith(f"eosfed predict: error: {sensor}: ")
+    assert "band 'T_JPEG_R': product 'jpeg' is not one of ['tci', 'tci_l1c']" in err[0]
 
 
 PEAK_SCRIPT = """
