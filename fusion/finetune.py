@@ -1,7 +1,9 @@
 """Fine-tuning an encoder with a task head on a manifest task, sealed on disk as one task model.
 
 Any encoder ``open_encoder`` names (student, specialist, registry ensemble, ``random:<variant>``) is
-seen through the task's band tuple (:class:`BandView`), partly unfrozen (``UNFREEZE``: ``none``, the
+seen through the task's band tuple (:class:`BandView`: a specialist reads each of its bands from the
+task's band of that name or its stand-in within ``tolerance_nm``, :func:`fusion.views.plan_view`, as an
+ensemble's members do; a student reads any bands), partly unfrozen (``UNFREEZE``: ``none``, the
 ``last_stage`` or ``all``; an ensemble stays frozen), and trained with its head by
 :func:`specialists.train.fit` (early stopping on val). The result, :class:`TaskModel`, is written by
 :func:`specialists.artifact.save_state`: ``weights.safetensors`` (encoder + head, plus an ensemble's
@@ -28,10 +30,10 @@ from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.registry import Registry
 from fusion.student import Student, StudentCard, band_stats_table, load_student
-from fusion.views import DEFAULT_TOLERANCE_NM
+from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, register_sensors_beside, write_sensors_beside
-from geodata.sensors import Sensor, select_bands
+from geodata.sensors import BandError, Sensor
 from geodata.stats import BandStats, load_or_compute_stats
 from specialists import Specialist, SpecialistCard, load_specialist
 from specialists.encoder import freeze_encoder
@@ -51,16 +53,26 @@ _STATS_PREFIX = "feature_stats."
 
 
 class BandView(nn.Module):
-    """An encoder on a fixed band tuple: ``forward(x)`` with ``x`` ``[B, len(bands), H, W]`` -> 4 scales."""
+    """An encoder on a fixed band tuple: ``forward(x)`` with ``x`` ``[B, len(bands), H, W]`` -> 4 scales.
 
-    def __init__(self, encoder: nn.Module, bands: tuple[str, ...]) -> None:
+    A specialist's bands come from ``bands`` through its view (:func:`fusion.views.plan_view` within
+    ``tolerance_nm``); a specialist that has none is a :class:`~geodata.sensors.BandError` naming its bands.
+    """
+
+    def __init__(self, encoder: nn.Module, bands: tuple[str, ...], tolerance_nm: float = DEFAULT_TOLERANCE_NM) -> None:
         super().__init__()
         self.encoder = encoder
         self.bands = tuple(bands)
+        self.plan = None
+        if isinstance(encoder, Specialist):
+            self.plan = plan_view(encoder.card.name, encoder.bands, self.bands, tolerance_nm)
+            if not self.plan.applicable:
+                raise BandError(f"specialist {encoder.card.name!r} cannot read bands {list(self.bands)}: "
+                                f"{self.plan.reason}")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if isinstance(self.encoder, Specialist):
-            return self.encoder(select_bands(x, self.bands, self.encoder.bands, dim=1))
+        if self.plan is not None:
+            return self.encoder(self.plan.select(x))
         features = self.encoder(x, self.bands)
         # the ensemble runs in inference mode; its features become ordinary tensors the head can train on
         return [f.clone() for f in features] if isinstance(self.encoder, Ensemble) else features
@@ -106,14 +118,15 @@ def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: s
         encoder = load_specialist(spec, device)
     else:
         encoder = Ensemble.from_registry(Registry(spec), tolerance_nm=tolerance_nm, map_location=device)
-    return encoder, {"kind": kind, "source": str(spec), **_describe(encoder)}
+    return encoder, {"kind": kind, "source": str(spec), **_describe(encoder, tolerance_nm)}
 
 
-def _describe(encoder: nn.Module) -> dict[str, Any]:
+def _describe(encoder: nn.Module, tolerance_nm: float) -> dict[str, Any]:
+    """The encoder's record: its card(s), and the tolerance of the view a specialist reads through."""
     if isinstance(encoder, Student):
         return {"card": encoder.card.to_dict()}
     if isinstance(encoder, Specialist):
-        return {"card": encoder.card.to_dict()}
+        return {"card": encoder.card.to_dict(), "tolerance_nm": tolerance_nm}
     return {"members": {n: s.card.to_dict() for n, s in encoder.specialists.items()},
             "tolerance_nm": encoder.tolerance_nm}
 
@@ -185,7 +198,9 @@ def finetune(
         log.info("class weights %s", [round(w, 3) for w in cfg.class_weights])
     seed_everything(cfg.seed)
     encoder, record = _open(encoder_spec, stats, cfg.seed, tolerance_nm, cfg.device, cfg.init_weights)
-    view = BandView(encoder, stats.bands).to(cfg.device)
+    view = BandView(encoder, stats.bands, tolerance_nm).to(cfg.device)
+    if view.plan is not None and view.plan.substitutions:
+        log.info("specialist %s reads %s", encoder.card.name, view.plan.stand_ins())
     dims, reductions = view.feature_shapes()
     _set_trainable(encoder, unfreeze, len(dims))
     head = build_head(task.type, dims, task.num_classes, decoder, len(stats.bands)).to(cfg.device)
@@ -233,7 +248,9 @@ def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskMod
         raise ArtifactError(f"{source}: not a fine-tuned task model (field 'extra' has no kind "
                                       f"{TASK_MODEL_KIND!r}); a specialist or student is an --encoder")
     stats = {k: v for k, v in state.items() if k.startswith(_STATS_PREFIX)}
-    view = BandView(_rebuild(card.extra["encoder"], stats, source), tuple(card.bands))
+    record = card.extra["encoder"]
+    tolerance_nm = record.get("tolerance_nm", DEFAULT_TOLERANCE_NM)  # recorded by finetune for a specialist's view
+    view = BandView(_rebuild(record, stats, source), tuple(card.bands), tolerance_nm)
     head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"],
                       len(card.bands))
     model = TaskModel(view, head, card)

@@ -4,11 +4,15 @@ The scene is read one strip of tile rows at a time (rasterio windows, boundless 
 tiles run in batches, and each tile's logits are weighted by a Hann window (``sin^2``, never zero)
 and summed; once a strip's rows can get no more tiles they are divided by the summed weights and
 written. Memory is bounded by one strip (``tile`` rows x scene width) and one batch, never the scene.
-The model's bands are picked by the raster's band descriptions (else the input sensor's order) and
-turned into physical units with each band's scale and offset (:func:`geodata.raster.calibrate`, as in
-training); invalid pixels (NaN, nodata) are filled with the model's band means and come out as nodata. Output: class indexes (uint8, nodata
-255) with the input's CRS and transform, optionally class probabilities (float32, nodata NaN), as
-Cloud-Optimised GeoTIFFs (GDAL's COG driver; else tiled GeoTIFFs with overviews).
+The raster's bands are the input sensor's, by their descriptions (else in the sensor's order). Each
+of the model's bands is read from the band of its name or, failing that, from its stand-in within
+``tolerance_nm`` (:func:`fusion.views.plan_view`, the ensemble's rule: ``TCI_R`` from ``B04``), named
+once per scene in the log. The bands read take their own scale and offset (:func:`geodata.raster.calibrate`,
+as in training), so a stand-in of another product (reflectance for an 8-bit TCI) gives the same physical
+values. Invalid pixels (NaN, nodata) are filled with the model's band means and come out as nodata.
+Output: class indexes (uint8, nodata 255) with the input's CRS and transform, optionally class
+probabilities (float32, nodata NaN), as Cloud-Optimised GeoTIFFs (GDAL's COG driver; else tiled
+GeoTIFFs with overviews).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from fusion.finetune import TaskModel
+from fusion.views import ViewPlan, plan_view
 from geodata.errors import RasterError
 from geodata.raster import calibrate, open_raster
-from geodata.sensors import Sensor
-from geodata.tiling import band_indexes, tile_windows
+from geodata.sensors import DEFAULT_TOLERANCE_NM, Sensor
+from geodata.tiling import file_bands, tile_windows
 
 __all__ = ["NODATA_CLASS", "blend_weights", "predict_scene"]
 
@@ -48,15 +53,19 @@ def blend_weights(size: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def _input_indexes(src: rasterio.DatasetReader, sensor: Sensor, bands: tuple[str, ...], path: Path) -> list[int]:
-    """1-based file bands holding ``bands``: by description, else the sensor's band order."""
-    names = list(src.descriptions)
-    if not any(names):
-        if src.count != sensor.num_bands:
-            raise RasterError(path, f"{src.count} unnamed bands, but sensor {sensor.name} has {sensor.num_bands} "
-                                    f"({', '.join(sensor.bands)})")
-        names = list(sensor.bands)
-    return band_indexes(names, bands, path)
+def _input_view(src: rasterio.DatasetReader, sensor: Sensor, model: TaskModel, path: Path,
+                tolerance_nm: float) -> tuple[list[int], ViewPlan]:
+    """The 1-based file bands that feed the model's bands, in its order, and the view that picked them."""
+    held = file_bands(src.descriptions, sensor, path)
+    plan = plan_view(model.card.name, model.bands, [b for b in held if b is not None], tolerance_nm)
+    if not plan.applicable:
+        foreign = [d for d, b in zip(src.descriptions, held) if b is None]
+        hint = f"; {foreign} are not bands of the input's sensor {sensor.name} (--sensor)" if foreign else ""
+        raise RasterError(path, f"bands {list(plan.missing)} missing: no band of the file by name or within "
+                                f"{tolerance_nm:g} nm (the file's bands are {list(src.descriptions)}){hint}")
+    if plan.substitutions:
+        log.info("%s: %s reads %s", path.name, model.card.name, plan.stand_ins())
+    return [held.index(b) + 1 for b in plan.source_bands], plan
 
 
 def _profile(src: rasterio.DatasetReader, count: int, dtype: str, nodata: float) -> dict:
@@ -86,6 +95,7 @@ def _has_cog() -> bool:
 def predict_scene(
     model: TaskModel, sensor: Sensor, path: str | Path, out: str | Path, probabilities: str | Path | None = None,
     tile: int = 256, overlap: int = 64, batch_size: int = 16, device: str = "cpu",
+    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
 ) -> dict[str, float]:
     """Write the class map of the scene at ``path`` to ``out`` (and probabilities); returns timing facts."""
     if model.card.task_type != "segmentation":
@@ -105,7 +115,7 @@ def predict_scene(
         with ExitStack() as stack:
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB))
             src = stack.enter_context(open_raster(path))
-            indexes = _input_indexes(src, sensor, model.bands, path)
+            indexes, view = _input_view(src, sensor, model, path, tolerance_nm)
             nodata = src.nodata if src.nodata is not None else sensor.nodata
             height, width = src.height, src.width
             extent_h, extent_w = max(height, tile), max(width, tile)
@@ -127,7 +137,7 @@ def predict_scene(
                     invalid = np.isnan(raw).any(0)
                     if nodata is not None and not math.isnan(nodata):
                         invalid |= (raw == nodata).any(0)
-                    data = calibrate(raw, sensor, model.bands)
+                    data = calibrate(raw, sensor, view.source_bands)
                     data = np.where(invalid, fill, data)
                     for start in range(0, len(cols), batch_size):
                         chunk = cols[start:start + batch_size]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from geodata.sensors import DEFAULT_TOLERANCE_NM, equivalent_band, select_bands
+from geodata.sensors import DEFAULT_TOLERANCE_NM, equivalent_band, get_band, select_bands
 
 __all__ = ["ViewPlan", "plan_view", "DEFAULT_TOLERANCE_NM"]
 
@@ -24,7 +24,8 @@ class ViewPlan:
     """How one specialist reads an input with bands ``input_bands``.
 
     ``source_bands[i]`` is the input band fed as the specialist's ``i``-th band (empty when not
-    applicable); ``substitutions`` lists ``(specialist band, input band)`` stand-ins.
+    applicable); ``substitutions`` lists ``(specialist band, input band)`` stand-ins; ``missing``, the
+    specialist's bands no input band serves.
     """
 
     specialist: str
@@ -32,6 +33,7 @@ class ViewPlan:
     source_bands: tuple[str, ...]
     substitutions: tuple[tuple[str, str], ...] = ()
     reason: str = ""
+    missing: tuple[str, ...] = ()
 
     @property
     def applicable(self) -> bool:
@@ -43,11 +45,21 @@ class ViewPlan:
             raise ValueError(f"specialist {self.specialist!r} cannot read bands {self.input_bands}: {self.reason}")
         return select_bands(x, self.input_bands, self.source_bands)
 
+    def stand_ins(self) -> str:
+        """The stand-ins, each with what makes it one: ``TCI_R <- B04 (664.6 vs 664.6 nm)``."""
+        return ", ".join(f"{want} <- {have} ({_likeness(want, have)})" for want, have in self.substitutions)
+
     def describe(self) -> str:
         if not self.applicable:
             return f"{self.specialist}: not applicable: {self.reason}"
-        subs = ", ".join(f"{want}<-{have}" for want, have in self.substitutions)
-        return f"{self.specialist}: applicable" + (f" with {subs}" if subs else "")
+        return f"{self.specialist}: applicable" + (f" with {self.stand_ins()}" if self.substitutions else "")
+
+
+def _likeness(want: str, have: str) -> str:
+    a, b = get_band(want), get_band(have)
+    if a.is_sar:
+        return f"{b.polarisation}, {b.frequency_band or 'undeclared'} band"
+    return f"{a.wavelength_nm:g} vs {b.wavelength_nm:g} nm"
 
 
 def plan_view(
@@ -75,5 +87,5 @@ def plan_view(
     if missing:
         reason = (f"no input band for {missing} (input bands {have}; exact names, same polarisation, "
                   f"or wavelength within {tolerance_nm:g} nm, each input band used once)")
-        return ViewPlan(specialist, have, (), (), reason)
+        return ViewPlan(specialist, have, (), (), reason, tuple(missing))
     return ViewPlan(specialist, have, tuple(sources), tuple(subs))

@@ -22,7 +22,8 @@ mapping) or a list of them::
       - {name: VV, gsd_m: 5}                         # a registered band at this sensor's GSD
       - {name: PAN, range_nm: [450, 900], gsd_m: 2}  # a new spectral band (or bandwidth_nm)
       - {name: HH, polarisation: HH, frequency_band: L}
-      - {name: TCI_R, wavelength_nm: 665, scale: 0.00392}   # per-band scale/offset
+      - {name: RE, wavelength_nm: 717, scale: 0.0001, offset: -0.1}  # per-band scale/offset
+      - {name: TCI_R, wavelength_nm: 664.6, product: tci}  # or a product fixing them (PRODUCT_SCALES)
       - {name: QA60, kind: quality}                  # kind: mask, quality or probability
 
 Registering an identical band or sensor again is a no-op; a conflicting one is an error naming it.
@@ -64,6 +65,7 @@ __all__ = [
     "select_bands",
     "equivalent_band",
     "DEFAULT_TOLERANCE_NM",
+    "PRODUCT_SCALES",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,14 @@ SPECTRAL, SAR = "spectral", "sar"
 AUXILIARY_KINDS = ("mask", "quality", "probability")
 FREQUENCY_BANDS = ("P", "L", "S", "C", "X", "Ku", "K", "Ka")
 COMPLEX_MODES = ("intensity_db",)
+PRODUCT_SCALES = {"tci": 0.2 / 255, "tci_l1c": 0.3558 / 255}
+"""A band's declared ``product`` -> its scale (offset 0): what turns its values into reflectance.
+
+``tci``, ``tci_l1c``: Sentinel-2's 8-bit true-colour image (TCI), B04/B03/B02 reflectance mapped linearly
+onto 1..255 (0: no data) and clipped. ESA's Sentinel-2 MSI user guide (product definitions) puts the
+saturation level, 255, at reflectance 0.2 (DN 2000) in L2A products and 0.3558 (DN 3558) in L1C ones, so
+reflectance = value / 255 * 0.2 (L2A) or * 0.3558 (L1C); brighter pixels are clipped at that level.
+"""
 
 
 class BandError(KeyError):
@@ -308,19 +318,32 @@ _IDENTITY_KEYS = {f.name for f in fields(Band)} - {"name", "gsd_m"}
 _USE_KEYS = ("gsd_m", "scale", "offset")
 
 
+def _product_use(name: str, entry: dict[str, Any]) -> dict[str, float]:
+    """The ``scale``/``offset`` a band's ``product`` fixes (:data:`PRODUCT_SCALES`); none without one."""
+    if "product" not in entry:
+        return {}
+    product = entry["product"]
+    if product not in PRODUCT_SCALES:
+        raise ValueError(f"band {name!r}: product {product!r} is not one of {sorted(PRODUCT_SCALES)}")
+    given = sorted({"scale", "offset"} & set(entry))
+    if given:
+        raise ValueError(f"band {name!r}: product {product!r} fixes its scale and offset; drop {given}")
+    return {"scale": PRODUCT_SCALES[product], "offset": 0.0}
+
+
 def _parse_band(entry: Any) -> tuple[Band | None, dict[str, float]]:
     """A YAML band entry -> (the band it names or declares, with this sensor's ``gsd_m`` when given;
-    its per-band ``scale``/``offset``). A name alone, or a mapping without identity fields, is a
-    registered band (``None`` if it is used as registered)."""
+    its per-band ``scale``/``offset``, given or fixed by its ``product``). A name alone, or a mapping
+    without identity fields, is a registered band (``None`` if it is used as registered)."""
     if isinstance(entry, str):
         return get_band(entry), {}
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"band entry {entry!r}: expected a band name or a mapping with a 'name'")
     name = str(entry["name"])
-    unknown = sorted(set(entry) - {"name", *_IDENTITY_KEYS, *_USE_KEYS})
+    unknown = sorted(set(entry) - {"name", "product", *_IDENTITY_KEYS, *_USE_KEYS})
     if unknown:
         raise ValueError(f"band {name!r}: unknown fields {unknown}")
-    use = {k: float(entry[k]) for k in _USE_KEYS if k in entry}
+    use = {k: float(entry[k]) for k in _USE_KEYS if k in entry} | _product_use(name, entry)
     gsd = {"gsd_m": use.pop("gsd_m")} if "gsd_m" in use else {}
     identity = {k: entry[k] for k in _IDENTITY_KEYS if k in entry}
     if "range_nm" in identity:

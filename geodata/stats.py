@@ -1,9 +1,10 @@
 """Per-band normalisation statistics of a manifest selection, computed once and stored as JSON.
 
 The file lives beside the manifest, ``<manifest_dir>/stats/<sensor>__<split>__<key>.json``, where
-``key`` hashes the selected tiles' ids and files, and each file's content (sha256, streamed: far cheaper
-than decoding it): a changed selection, or a file rewritten in place (whatever its size and modification
-time say), gets a new file; an unchanged one is loaded instead of recomputed.
+``key`` hashes the selected tiles' ids and files, each file's content (sha256, streamed: far cheaper
+than decoding it) and the sensor's per-band calibration: a changed selection, a file rewritten in place
+(whatever its size and modification time say) or a sensor whose values now mean other physical values
+gets a new file; an unchanged one is loaded instead of recomputed.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tiles_key(manifest: Manifest, tiles: list[TileEntry]) -> str:
-    ident = []
+def _tiles_key(manifest: Manifest, tiles: list[TileEntry], sensor: Sensor) -> str:
+    ident: list = [sensor.bands, sensor.calibration()]
     for t in tiles:
         source = tile_source(manifest, t)
         files = [source] if isinstance(source, Path) else [source[b] for b in sorted(source)]
@@ -73,10 +74,10 @@ def _tiles_key(manifest: Manifest, tiles: list[TileEntry]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def stats_path(manifest: Manifest, sensor: str, split: str, tiles: list[TileEntry],
+def stats_path(manifest: Manifest, sensor: Sensor, split: str, tiles: list[TileEntry],
                stats_dir: str | Path | None = None) -> Path:
     folder = Path(stats_dir) if stats_dir is not None else manifest.root / "stats"
-    return folder / f"{sensor}__{split}__{_tiles_key(manifest, tiles)}.json"
+    return folder / f"{sensor.name}__{split}__{_tiles_key(manifest, tiles, sensor)}.json"
 
 
 def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str | Sensor) -> BandStats:
@@ -109,7 +110,7 @@ def load_or_compute_stats(
         raise RasterError(f"manifest {manifest.name!r} in {manifest.root}",
                           f"no tiles for band stats (sensor={sensor.name!r}, split={split!r}, "
                           f"institution={institution!r}, region={region!r})")
-    path = stats_path(manifest, sensor.name, split, tiles, stats_dir)
+    path = stats_path(manifest, sensor, split, tiles, stats_dir)
     if path.is_file():
         return BandStats.from_dict(json.loads(path.read_text()))
     log.info("computing band stats of %d %s tiles (%s) into %s", len(tiles), sensor.name, split, path)

@@ -44,8 +44,8 @@ from geodata.raster import TileSource, open_raster, read_labelled
 from geodata.sensors import Sensor, get_sensor
 
 __all__ = [
-    "Scene", "find_rasters", "band_files", "match_scenes", "parse_label_map", "band_indexes", "tile_windows",
-    "split_scenes", "scenes_manifest",
+    "Scene", "find_rasters", "band_files", "match_scenes", "parse_label_map", "band_indexes", "file_bands",
+    "tile_windows", "split_scenes", "scenes_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,19 @@ def band_indexes(descriptions: Sequence[str | None], bands: Sequence[str], where
     if missing:
         raise RasterError(where, f"bands {missing} missing: the file's bands are {list(descriptions)}")
     return [index[_band_key(b)] for b in bands]
+
+
+def file_bands(descriptions: Sequence[str | None], sensor: Sensor, where: str | Path) -> list[str | None]:
+    """The band of ``sensor`` each band of a file holds, by its description (compared as :func:`band_indexes`
+    does; ``None``: a band that names none of them). A file without descriptions holds the sensor's bands
+    in order, as many as the sensor has."""
+    if not any(descriptions):
+        if len(descriptions) != sensor.num_bands:
+            raise RasterError(where, f"{len(descriptions)} unnamed bands, but sensor {sensor.name} has "
+                                     f"{sensor.num_bands} ({', '.join(sensor.bands)})")
+        return list(sensor.bands)
+    names = {_band_key(b): b for b in sensor.bands}
+    return [names.get(_band_key(d)) if d else None for d in descriptions]
 
 
 def tile_windows(rows: tuple[int, int], cols: tuple[int, int], size: int, stride: int) -> list[Window]:

@@ -1,6 +1,7 @@
 """TileDataset sample contract, band stats stored once, invalid-pixel filling and bad manifests."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from geodata.raster import write_geotiff
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eolearn import build_eolearn_manifest
 from geodata.readers.eurosat import build_eurosat_manifest
-from geodata.sensors import BandError
+from geodata.sensors import BandError, get_sensor
 from geodata.stats import BandStats, load_or_compute_stats
 
 L1C = "sentinel2_l1c"
@@ -115,6 +116,16 @@ def test_stats_computed_once_and_reused(tmp_path, eurosat, monkeypatch):
     manifest.tiles.pop(0)  # a changed selection gets new stats
     with pytest.raises(AssertionError, match="recomputed"):
         load_or_compute_stats(manifest, L1C)
+
+
+def test_stats_are_keyed_by_the_sensor_calibration(tmp_path, eurosat):
+    """Values that now mean other physical values (a band's scale declared anew) get statistics of their own."""
+    manifest = Manifest.from_dict(eurosat.to_dict(), root=tmp_path)
+    sensor = get_sensor(L1C)
+    first = load_or_compute_stats(manifest, sensor)
+    doubled = load_or_compute_stats(manifest, replace(sensor, band_scale=(2e-4,) * sensor.num_bands))
+    np.testing.assert_allclose(doubled.mean, 2 * np.asarray(first.mean), rtol=1e-6)
+    assert len(list((tmp_path / "stats").iterdir())) == 2
 
 
 def test_invalid_pixels_filled_with_band_mean(tmp_path):

@@ -1,6 +1,7 @@
 """``eosfed finetune`` -> ``eosfed predict`` on real wildfire scenes; a 4000x4000 scene in bounded memory."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ from safetensors.torch import save_file
 from eosfed.cli import main
 from fusion.finetune import load_task_model
 from fusion.predict import blend_weights
+from geodata.sensors import PRODUCT_SCALES
 from specialists.artifact import ArtifactError
 
 REPO = Path(__file__).resolve().parents[1]
 SENSOR_YAML = REPO / "configs" / "samples" / "wildfire_sensor.yaml"
 WILDFIRE = "sentinel2_tci_nir_swir"
+REFLECTANCE_BANDS = ("B2", "B3", "B4", "B8", "B12")
 
 
 @pytest.fixture(scope="module")
@@ -172,15 +175,15 @@ def test_predict_names_missing_bands(fire_model, tmp_path, capsys):
     assert len(err) == 1 and "bands ['B12'] missing" in err[0]
 
 def test_predict_calibrates_each_band_as_training_does(fire_model, shared_data, tmp_path):
-    """A sensor with per-band scales (8-bit TCI at 1/255, reflectance at 1e-4) predicts the same map as the
-    training sensor on the same physical values: one calibration path for reading and predicting."""
+    """A sensor with per-band scales (TCI on 0..255 of 1/255 reflectance, reflectance at 1e-4) predicts the same
+    map as the training sensor on the same physical values: one calibration path for reading and predicting."""
     scene = _crop(shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif", tmp_path / "a" / "CANAL.tif")
     with rasterio.open(scene) as src:
         profile, raw, names = src.profile, src.read(), src.descriptions
     other = tmp_path / "b" / "CANAL.tif"
     other.parent.mkdir()
-    with rasterio.open(other, "w", **profile) as dst:  # same physical values, TCI stored on 0..255 of 1/255
-        dst.write(np.concatenate([raw[:3] * 1e-4 * 255, raw[3:]]))
+    with rasterio.open(other, "w", **profile) as dst:  # the wildfire sensor's TCI reflectance, stored x 255
+        dst.write(np.concatenate([raw[:3] * PRODUCT_SCALES["tci"] * 255, raw[3:]]))
         dst.descriptions = names
     (tmp_path / "tci.yaml").write_text(
         "name: t_predict_tci\ndtype: float64\nscale: 0.0001\nbands:\n"
@@ -194,6 +197,91 @@ def test_predict_calibrates_each_band_as_training_does(fire_model, shared_data, 
             rasterio.open(tmp_path / "out_b" / "CANAL_probabilities.tif") as b:
         np.testing.assert_allclose(a.read(), b.read(), atol=1e-4)
 
+
+def _reflectance(source: Path, out: Path) -> Path:
+    """The wildfire scene ``source`` (TCI_R TCI_G TCI_B B8 B12) as ``B2 B3 B4 B8 B12`` reflectance x 10000: the
+    same ground in another encoding, its TCI values turned into reflectance by the declared TCI rule."""
+    with rasterio.open(source) as src:
+        profile, raw = src.profile, src.read()
+    blue_green_red = raw[2::-1] * PRODUCT_SCALES["tci"] * 1e4
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", **{**profile, "dtype": "float32"}) as dst:
+        dst.write(np.concatenate([blue_green_red, raw[3:]]).astype(np.float32))
+        dst.descriptions = REFLECTANCE_BANDS
+    return out
+
+
+def _stand_in_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " <- " in r.getMessage()]
+
+
+def test_predict_reads_the_tci_bands_from_reflectance_stand_ins(fire_model, shared_data, tmp_path, caplog):
+    """A scene whose file names its bands B2 B3 B4 B8 B12 (reflectance; the built-in sentinel2_l2a names them) is
+    read by the model of TCI_R TCI_G TCI_B B08 B12: the same ground gives the same map as in its own encoding."""
+    event = shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif"
+    other = _reflectance(event, tmp_path / "reflectance" / event.name)
+    assert main(["predict", "--model", str(fire_model), "--input", str(event), "--out", str(tmp_path / "own")]) == 0
+    caplog.set_level(logging.INFO, "fusion.predict")
+    assert main(["predict", "--model", str(fire_model), "--input", str(other), "--out", str(tmp_path / "stand_in"),
+                 "--sensor", "sentinel2_l2a"]) == 0
+    (line,) = _stand_in_lines(caplog)
+    assert line.endswith("reads TCI_R <- B04 (664.6 vs 664.6 nm), TCI_G <- B03 (559.8 vs 559.8 nm), "
+                         "TCI_B <- B02 (492.4 vs 492.4 nm)")
+    name = f"{event.stem}_classes.tif"
+    with rasterio.open(tmp_path / "own" / name) as a, rasterio.open(tmp_path / "stand_in" / name) as b:
+        assert a.transform == b.transform
+        own, stand_in = a.read(1), b.read(1)
+    assert (own == stand_in).mean() >= 0.98  # B8's zeros are nodata to sentinel2_l2a: the rest agrees
+
+
+def test_predict_refuses_a_band_without_stand_in_in_one_line(fire_model, tmp_path, capsys):
+    scene = tmp_path / "swir1.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=64, height=64, count=5, dtype="float32",
+                       crs="EPSG:4326", transform=from_origin(0, 1, 0.001, 0.001)) as dst:
+        dst.write(np.full((5, 64, 64), 1000, dtype=np.float32))
+        dst.descriptions = ("B2", "B3", "B4", "B8", "B11")
+    argv = ["predict", "--model", str(fire_model), "--input", str(scene), "--sensor", "sentinel2_l2a"]
+    assert main([*argv, "--out", str(tmp_path / "maps")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert len(err) == 1 and f"{scene}: bands ['B12'] missing: no band of the file by name or within 50 nm" in err[0]
+    assert main([*argv, "--out", str(tmp_path / "wide"), "--tolerance-nm", "600"]) == 0  # B12 <- B11, 589 nm apart
+
+
+def test_an_unknown_product_is_one_line_naming_the_file_and_band(fire_model, tmp_path, capsys):
+    sensor = tmp_path / "jpeg.yaml"
+    sensor.write_text("name: t_jpeg\nbands:\n  - B08\n  - {name: T_JPEG_R, wavelength_nm: 664.6, product: jpeg}\n")
+    assert main(["predict", "--model", str(fire_model), "--input", str(tmp_path / "scene.tif"), "--out",
+                 str(tmp_path / "maps"), "--sensors", str(sensor)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
+    assert len(err) == 1 and err[0].startswith(f"eosfed predict: error: {sensor}: ")
+    assert "band 'T_JPEG_R': product 'jpeg' is not one of ['tci', 'tci_l1c']" in err[0]
+
+
+def test_finetune_reads_a_reflectance_manifest_through_a_tci_specialist(fire_model, shared_data, tmp_path, caplog):
+    """A specialist of the wildfire bands (its trunk started from the wildfire model) fine-tunes on the same events
+    re-encoded as B2 B3 B4 B8 B12 reflectance, its TCI bands read from B04, B03, B02; the task model keeps the view."""
+    specialist = tmp_path / "specialist"
+    assert main(["train-specialist", "--manifest", str(fire_model.parent / "manifest" / "manifest.json"), "--sensor",
+                 WILDFIRE, "--task", "burned", "--out", str(specialist), "--epochs", "1", "--max-steps", "1",
+                 "--batch-size", "8", "--val-split", "", "--test-split", "", "--init-weights", str(fire_model)]) == 0
+    fire = shared_data / "wildfire-s2"
+    for event in ("CAMPBELL_20241028", "CANAL_20240530"):
+        _reflectance(fire / "post_fire" / f"{event}.tif", tmp_path / "scenes" / f"{event}.tif")
+    (tmp_path / "five.yaml").write_text("name: t_s2_five\nscale: 0.0001\nbands: [B02, B03, B04, B08, B12]\n")
+    assert main(["manifest", "scenes", "--images", f"t_s2_five={tmp_path / 'scenes'}", "--labels", str(fire / "masks"),
+                 "--sensors", str(tmp_path / "five.yaml"), "--out", str(tmp_path / "manifest"), "--task", "burned",
+                 "--classes", "not_burned,burned", "--size", "64", "--stride", "64", "--train-first", "2"]) == 0
+    caplog.set_level(logging.INFO, "fusion.finetune")
+    assert main(["finetune", "--encoder", str(specialist), "--manifest", str(tmp_path / "manifest" / "manifest.json"),
+                 "--task", "burned", "--out", str(tmp_path / "model"), "--epochs", "1", "--max-steps", "1",
+                 "--batch-size", "8", "--decoder", "fpn"]) == 0
+    (line,) = _stand_in_lines(caplog)
+    assert "TCI_R <- B04 (664.6 vs 664.6 nm), TCI_G <- B03 (559.8 vs 559.8 nm), TCI_B <- B02" in line
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    assert card["bands"] == ["B02", "B03", "B04", "B08", "B12"] and card["extra"]["encoder"]["kind"] == "specialist"
+    model = load_task_model(tmp_path / "model")  # the view rebuilt from the card
+    assert model.encoder.plan.source_bands == ("B04", "B03", "B02", "B08", "B12")
+    assert model(torch.rand(1, 5, 64, 64)).shape == (1, 2, 64, 64)
 
 
 PEAK_SCRIPT = """

@@ -20,13 +20,15 @@ def test_wavelength_equivalence_stands_in():
     assert dict(plan.substitutions) == {"RED": "OLI_B4", "GREEN": "OLI_B3", "BLUE": "OLI_B2", "NIR": "OLI_B5"}
     x = torch.tensor([2.0, 3.0, 4.0, 5.0]).view(1, 4, 1, 1)
     assert plan.select(x).flatten().tolist() == [4.0, 3.0, 2.0, 5.0]
+    assert plan.stand_ins().startswith("RED <- OLI_B4 (640 vs 654.5 nm), GREEN <- OLI_B3 (550 vs 561.5 nm)")
+    assert plan_view("s1", ["VV"], ["VV"]).stand_ins() == ""
 
 
 def test_not_applicable_names_missing_bands():
     plan = plan_view("aerial", ["RED", "GREEN", "BLUE", "NIR"], ["OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5"],
                      tolerance_nm=30)  # NIR 820 nm vs OLI_B5 865 nm: 45 nm apart
     assert not plan.applicable
-    assert "NIR" in plan.reason and "30 nm" in plan.reason
+    assert "NIR" in plan.reason and "30 nm" in plan.reason and plan.missing == ("NIR",)
     assert "not applicable" in plan.describe()
     with pytest.raises(ValueError, match="aerial"):
         plan.select(torch.zeros(1, 4, 2, 2))

@@ -14,7 +14,7 @@ from rasterio.windows import Window, bounds
 from eosfed.cli import main
 from geodata.dataset import TileDataset
 from geodata.raster import read_labelled, read_tile, tile_source, tile_window
-from geodata.sensors import SENSORS
+from geodata.sensors import PRODUCT_SCALES, SENSORS
 from geodata.manifest import Manifest
 from geodata.tiling import split_scenes
 
@@ -49,7 +49,8 @@ def test_wildfire_scenes_become_windows_with_the_sensor_beside(shared_data, tmp_
     assert sample["image"].shape == (5, 64, 64) and set(sample["target"].unique().tolist()) <= {0, 1}
     with rasterio.open(tile_source(manifest, tile)) as src:
         raw = src.read(window=tile_window(tile))
-    np.testing.assert_allclose(sample["image"].numpy(), raw * 1e-4, rtol=1e-5)  # B08/B12 reflectance
+    scale = np.array([PRODUCT_SCALES["tci"]] * 3 + [1e-4] * 2)[:, None, None]  # TCI by its product, B08/B12 x 1e-4
+    np.testing.assert_allclose(sample["image"].numpy(), raw * scale, rtol=1e-5)
 
 
 def _write(path: Path, data: np.ndarray, crs: str, transform, descriptions=(), nodata=None) -> Path:

@@ -208,6 +208,23 @@ def test_per_band_scale_reads_tci_beside_reflectance(tmp_path, shared_data):
     assert raster.data[:3].max() <= 1.0 and 0.0 < np.nanmean(raster.data[3]) < 1.0
 
 
+def test_a_declared_product_sets_the_band_scale(tmp_path):
+    """``product: tci`` reads 8-bit true colour as reflectance (255 is 0.2 in L2A, 0.3558 in L1C); it fixes the
+    scale and offset, so giving either beside it is refused naming the file and band."""
+    path = yaml_file(tmp_path / "tci.yaml", (
+        "name: t_product\nscale: 0.0001\nbands:\n  - {name: T_TCI_R, wavelength_nm: 664.6, product: tci}\n"
+        "  - {name: T_TCI1_R, wavelength_nm: 664.6, product: tci_l1c}\n  - B08\n"))
+    (sensor,) = load_sensor_files([path])
+    assert sensor.calibration() == ((0.2 / 255, 0.3558 / 255, 1e-4), (0.0, 0.0, 0.0))
+    (wildfire,) = load_sensor_files([CONFIGS / "samples" / "wildfire_sensor.yaml"])
+    assert wildfire.calibration()[0] == (0.2 / 255,) * 3 + (1e-4,) * 2
+    both = yaml_file(tmp_path / "both.yaml", "name: t_both\nbands:\n  - {name: T_TCI_G, wavelength_nm: 559.8, "
+                                              "product: tci, scale: 0.004}\n")
+    with pytest.raises(ValueError, match=r"both\.yaml: invalid sensor description: band 'T_TCI_G': product 'tci' "
+                                         r"fixes its scale and offset; drop \['scale'\]"):
+        load_sensor_files([both])
+
+
 def test_auxiliary_bands_are_kept_in_file_order_but_not_image_bands():
     sensor = register_sensor(Sensor("t_aux", ("B02", "T_CLOUD", "B03")), [Band("T_CLOUD", kind="probability")])
     assert sensor.num_bands == 3 and sensor.image_bands == ("B02", "B03")

@@ -1,9 +1,11 @@
 """``eosfed finetune``: fine-tune an encoder with a task head on a manifest task; write a sealed task model.
 
 The encoder is a student, specialist or registry folder, or ``random:<variant>``; ``--unfreeze`` says how
-much of it trains. Uses the ``train`` split (normalisation statistics come from it), ``val`` for early
-stopping and ``test`` for the card's test metrics when present. Writes ``card.json`` +
-``weights.safetensors`` (+ the manifest's ``sensors.yaml``) into ``--out``; ``eosfed predict`` reads it.
+much of it trains. A specialist (or a registry's members) reads each of its bands from the tiles' band of
+that name or its stand-in within ``--tolerance-nm`` (named once in the log). Uses the ``train`` split
+(normalisation statistics come from it), ``val`` for early stopping and ``test`` for the card's test
+metrics when present. Writes ``card.json`` + ``weights.safetensors`` (+ the manifest's ``sensors.yaml``)
+into ``--out``; ``eosfed predict`` reads it.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
     parser.add_argument("--name", help="model name (default: <manifest>-<task>)")
     add_sensor_files(parser)
-    add_settings(parser, ExperimentConfig, "run (tolerance_nm: band equivalences of a registry ensemble)",
-                 only=("tolerance_nm",))
+    add_settings(parser, ExperimentConfig, "band equivalence (a band a specialist or registry ensemble was trained "
+                 "on and the tiles lack is read from the tiles' band within this many nm)", only=("tolerance_nm",))
     add_settings(parser, TrainConfig, "training (specialists.train.TrainConfig)",
                  skip=("class_weights", "freeze"))
 

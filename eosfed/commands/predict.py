@@ -5,7 +5,9 @@ list's folder); the model is loaded once and the scenes run in turn. Tiles overl
 blended (Hann window); a scene is read and written in strips, so memory follows the tile batch, not
 the scene. Per input ``<stem>``, writes ``<out>/<stem>_classes.tif`` (uint8, nodata 255) with the
 input's CRS and transform as a Cloud-Optimised GeoTIFF, and with ``--probabilities``
-``<out>/<stem>_probabilities.tif`` (float32). The model's bands are picked by the input's band descriptions.
+``<out>/<stem>_probabilities.tif`` (float32). The input's bands are its sensor's (``--sensor``), named by
+the file's band descriptions; a model band the input lacks is read from the input band standing in for it
+within ``--tolerance-nm`` (named once per scene in the log), or the scene is refused naming the bands.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eosfed.commands.args import UsageError, add_sensor_files, check_output, staged_output
+from eosfed.commands.args import UsageError, add_sensor_files, add_settings, check_output, staged_output
 from fusion.finetune import load_task_model
 from fusion.predict import predict_scene
 from geodata.sensors import get_sensor
 from geodata.tiling import find_rasters
+from pipeline.settings import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_sensor_files(parser)
-    parser.add_argument("--sensor", help="sensor of the input: scale, offset, nodata, band order when the file "
-                                         "names no bands (default: the model's)")
+    parser.add_argument("--sensor", help="sensor of the input: its bands (those the file's band descriptions name, "
+                                         "else all in order), scale, offset, nodata (default: the model's)")
     parser.add_argument("--tile-size", type=int, help="tile size (default: the model's training tile size)")
     parser.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    add_settings(parser, ExperimentConfig, "band equivalence (a model band the input lacks is read from the input "
+                 "band within this many nm)", only=("tolerance_nm",))
 
 
 def scene_inputs(specs: list[Path]) -> list[Path]:
@@ -87,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
         with ExitStack() as stack:
             staged = [stack.enter_context(staged_output(p, args.overwrite, folder=False)) for p in outputs[scene]]
             predict_scene(model, sensor, scene, staged[0], staged[1] if len(staged) > 1 else None, tile, overlap,
-                          args.batch_size, args.device)
+                          args.batch_size, args.device, args.tolerance_nm)
     log.info("%d class maps written to %s", len(scenes), args.out)
     return 0
