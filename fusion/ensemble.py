@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.featstats import FeatureMoments, FeatureStats, global_pool
+from fusion.featstats import FeatureMoments, FeatureStats
 from fusion.registry import Registry
 from fusion.views import DEFAULT_TOLERANCE_NM, ViewPlan, plan_view
 from specialists import Specialist
+from specialists.trunk import pyramid_pool
 
 __all__ = ["Ensemble", "run_view"]
 
@@ -138,13 +139,9 @@ class Ensemble(nn.Module):
         return [F.conv2d(f, conv.weight[:, cols], conv.bias) for f, conv, cols in zip(scales, self.fusion, columns)]
 
     def pooled(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
-        """Concatenation of each applicable specialist's standardised pooled last-scale feature."""
-        pooled = []
-        for plan in self._require_applicable(bands):
-            last = run_view(self.specialists[plan.specialist], plan, x)[-1]
-            with torch.no_grad():
-                pooled.append(self.stats[plan.specialist].standardise_pooled(global_pool(last)))
-        return torch.cat(pooled, dim=1)
+        """:func:`specialists.trunk.pyramid_pool` of :meth:`forward`: every scale of every applicable
+        specialist, standardised."""
+        return pyramid_pool(self.forward(x, bands))
 
     def _fusion_columns(self, names: list[str]) -> list[torch.Tensor]:
         columns = []

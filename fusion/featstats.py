@@ -74,9 +74,6 @@ class FeatureStats:
             out.append((f - mean.to(f.device).view(1, -1, 1, 1)) / std.to(f.device).view(1, -1, 1, 1))
         return out
 
-    def standardise_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        return (pooled - self.pooled_mean.to(pooled.device)) / self.pooled_std.to(pooled.device)
-
     def to_tensors(self) -> dict[str, torch.Tensor]:
         out = {"pooled.mean": self.pooled_mean, "pooled.std": self.pooled_std}
         for i, (m, s) in enumerate(zip(self.means, self.stds)):

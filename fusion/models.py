@@ -4,7 +4,7 @@ A student, a specialist, a registry (the ensemble) or a fine-tuned task model, f
 ``nn.Module`` in eval mode that takes ``[B, len(bands), H, W]`` in physical units in the order of
 ``model.pretrained_cfg["bands"]`` (a student or ensemble reads any bands: give ``bands``). Outputs:
 ``features_only=True`` the 4 feature maps (``model.feature_info``: channels and reductions per
-scale), else the pooled feature ``[B, C]`` (the logits for a task model). ``pretrained_cfg`` holds
+scale), else the pooled feature ``[B, num_features]`` (every scale's channel means and stds; the logits for a task model). ``pretrained_cfg`` holds
 what timm keeps there: the kind, the bands with their normalisation, the source and the weights'
 sha256. Nothing is fetched: ``path`` is a local folder.
 """
@@ -53,10 +53,13 @@ class EosfedModel(nn.Module):
         self.pretrained_cfg = pretrained_cfg
         self.is_task_model = pretrained_cfg["kind"] == TASK_MODEL_KIND
         with torch.no_grad():
-            features = self._features(torch.zeros(1, len(bands), 64, 64))
+            zeros = torch.zeros(1, len(bands), 64, 64)
+            features = self._features(zeros)
+            pooled = None if self.is_task_model else self.inner.pooled(zeros, bands)
         self.feature_info = FeatureInfo(tuple(int(f.shape[1]) for f in features),
                                         tuple(64 // int(f.shape[-1]) for f in features))
-        self.num_features = self.feature_info.channels()[-1]
+        # what a head reads, as timm's: the pooled feature's width (the last scale's for a task model)
+        self.num_features = self.feature_info.channels()[-1] if pooled is None else int(pooled.shape[1])
         self.eval()
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -28,9 +28,10 @@ from torch import nn
 from torchmetrics.functional.classification import binary_average_precision, multiclass_jaccard_index
 from tqdm import tqdm
 
-from fusion.featstats import ChannelMoments, global_pool
+from fusion.featstats import ChannelMoments
 from geodata.manifest import TaskSpec
 from specialists.heads import FPNSegmentationHead, task_loss
+from specialists.trunk import pyramid_pool
 
 __all__ = [
     "Encoder",
@@ -114,7 +115,7 @@ def extract_features(encoder: Encoder, batches: Iterable[Mapping], with_maps: bo
         x = batch["image"].to(device)
         if with_maps:
             features = encoder.forward(x, batch["bands"])
-            pooled.append(global_pool(features[-1]).float().cpu())
+            pooled.append(pyramid_pool(features).cpu())
             maps.append([f.half().cpu() for f in features])
         else:
             pooled.append(encoder.pooled(x, batch["bands"]).float().cpu())
@@ -227,10 +228,11 @@ def linear_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, val: Featu
 
 
 def knn_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, k: int = 20, temperature: float = 0.07) -> float:
-    """Cosine kNN on pooled features, similarity-weighted votes (multilabel: weighted label average)."""
+    """Cosine kNN on pooled features z-scored with train's statistics (pooled features mix scales),
+    similarity-weighted votes (multilabel: weighted label average)."""
     if task.type == "segmentation":
         raise ValueError("kNN reads pooled features; use segmentation_probe for segmentation")
-    a, b = F.normalize(train.pooled, dim=1), F.normalize(test.pooled, dim=1)
+    a, b = (F.normalize(x, dim=1) for x in _zscore(train.pooled, test.pooled))
     sims, index = (b @ a.T).topk(min(k, len(train)), dim=1)
     weights = (sims / temperature).exp()
     if task.type == "classification":

@@ -41,7 +41,7 @@ from geodata.sensors import Band, BandError, get_band
 from geodata.stats import BandStats
 from specialists import artifact
 from specialists.artifact import Card, field_error
-from specialists.trunk import DEFAULT_VARIANT, build_trunk
+from specialists.trunk import DEFAULT_VARIANT, build_trunk, pyramid_pool
 
 __all__ = [
     "StudentCard",
@@ -331,8 +331,8 @@ class Student(nn.Module):
         return list(self.trunk(self.stem(self.normalise(x, bands), bands)))
 
     def pooled(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
-        """``[B, feature_dims[-1]]``: global average of the last scale."""
-        return self.forward(x, bands)[-1].mean(dim=(-2, -1))
+        """``[B, 2 * sum(feature_dims)]``: :func:`specialists.trunk.pyramid_pool` of every scale."""
+        return pyramid_pool(self.forward(x, bands))
 
 
 def save_student(student: Student, directory: str | Path) -> Path:

@@ -7,6 +7,7 @@ from torch import nn
 
 from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder, encoder_in_chans
+from specialists.trunk import pyramid_pool
 
 __all__ = ["Specialist"]
 
@@ -73,5 +74,6 @@ class Specialist(nn.Module):
         return list(self.encoder(self.normalise(x)))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, feature_dims[-1]]``: global average of the last scale (what linear probes read)."""
-        return self.forward(x)[-1].mean(dim=(-2, -1))
+        """``[B, 2 * sum(feature_dims)]``: :func:`specialists.trunk.pyramid_pool` of every scale (what
+        linear probes read)."""
+        return pyramid_pool(self.forward(x))

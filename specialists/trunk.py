@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import timm
+import torch
 from torch import nn
 
-__all__ = ["build_trunk", "check_variant", "DEFAULT_VARIANT", "VARIANTS"]
+__all__ = ["build_trunk", "check_variant", "pyramid_pool", "DEFAULT_VARIANT", "VARIANTS"]
 
 DEFAULT_VARIANT = "convnextv2_atto"
 VARIANTS: tuple[str, ...] = tuple(timm.list_models("convnextv2_*"))
@@ -34,3 +35,14 @@ def build_trunk(variant: str = DEFAULT_VARIANT, in_chans: int = 3, depths: Seque
     return timm.create_model(
         variant, pretrained=False, features_only=True, out_indices=OUT_INDICES, in_chans=in_chans, **overrides
     )
+
+
+def pyramid_pool(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[B, 2 * sum(C_i)]``: every scale's channel means, then their standard deviations over space.
+
+    The pooled feature every learned encoder (specialist, student, ensemble) gives probes: first- and
+    second-order statistics of each stage, so the spectral and textural evidence of the early stages
+    reaches a linear probe beside the last stage's semantics (measured on real data: README, results).
+    """
+    flat = [f.float() for f in features]
+    return torch.cat([f.mean(dim=(-2, -1)) for f in flat] + [f.std(dim=(-2, -1), correction=0) for f in flat], dim=1)

@@ -53,7 +53,7 @@ def test_plans_and_forward_only_applicable(registry):
     assert [f.shape[1] for f in features] == [80, 160, 320, 640]  # s2 + aerial concatenated
     assert ensemble.feature_dims(S2_BANDS) == (80, 160, 320, 640)
     assert calls == {"s2": 1, "aerial": 1, "s1": 0}
-    assert ensemble.pooled(torch.rand(2, 2, 32, 32), S1_BANDS).shape == (2, 320)
+    assert ensemble.pooled(torch.rand(2, 2, 32, 32), S1_BANDS).shape == (2, 1200)  # means and stds of 4 scales
     assert ensemble.num_params(S1_BANDS) == ensemble.specialists["s1"].card.num_params < ensemble.num_params()
     with pytest.raises(ValueError, match="no specialist of the ensemble can read"):
         ensemble(torch.rand(1, 1, 32, 32), ("B11",))

@@ -69,6 +69,11 @@ def test_one_interface_for_every_encoder(kind):
     batches = [{"image": torch.rand(4, 4, 32, 32), "bands": S2_BANDS, "target": torch.arange(4),
                 "id": [f"{b}-{i}" for i in range(4)]} for b in range(2)]
     features = extract_features(encoder, batches, with_maps=True)
-    assert features.pooled.shape == (8, 320) and len(features.maps) == 4
+    assert features.pooled.shape == (8, 2 * (40 + 80 + 160 + 320)) and len(features.maps) == 4  # means, stds
+    plain = extract_features(encoder, batches)  # pooled() and the maps' pyramid pool are one feature
+    torch.testing.assert_close(plain.pooled, features.pooled, rtol=1e-4, atol=1e-4)
+    last = features.maps[-1].float()
+    torch.testing.assert_close(features.pooled[:, 280:600], last.mean((2, 3)), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(features.pooled[:, 880:], last.std((2, 3), correction=0), rtol=1e-2, atol=1e-2)
     assert features.maps[0].dtype == torch.float16 and features.ids[4] == "1-0"
     assert not features.pooled.requires_grad

@@ -103,7 +103,7 @@ def test_specialist_forward_contract(specialist):
     assert specialist.feature_reductions == (4, 8, 16, 32)
     feats = specialist(torch.rand(2, 13, 64, 64))
     assert [tuple(f.shape) for f in feats] == [(2, 40, 16, 16), (2, 80, 8, 8), (2, 160, 4, 4), (2, 320, 2, 2)]
-    assert specialist.pooled(torch.rand(2, 13, 64, 64)).shape == (2, 320)
+    assert specialist.pooled(torch.rand(2, 13, 64, 64)).shape == (2, 1200)  # means and stds of 4 scales
     with pytest.raises(ValueError, match="expects \\[B, 13, H, W\\]"):
         specialist(torch.rand(2, 12, 64, 64))
 
