@@ -215,10 +215,11 @@ def targets(tasks: list[dict], summary: dict, full: bool) -> list[dict]:
 def markdown(record: dict) -> str:
     lines = [f"# Real-data benchmark{' (quick check)' if record['quick'] else ''}", "",
              f"Real samples of `../shared/data` only; {len(record['tasks'])} tasks, seeds {record['seeds']}, "
+             f"specialists and student started from {record['distill']['init']} weights, "
              f"{record['specialist_epochs']} specialist epochs, {record['distill']['epochs']} distillation epochs on "
              f"{record['proxy_tiles']} unlabelled proxy tiles ({', '.join(PROXY_SETS)}). Runtime "
              f"{record['runtime_s'] / 60:.1f} min ({record['setup']['threads']} thread). Protocols: **deep** probes "
-             "the frozen features alone; **+input** appends the input's per-band mean and std to pooled features and "
+             "the frozen features alone (classification: every stage's channel means and stds, `pyramid_pool`); **+input** appends the input's per-band mean and std to pooled features and "
              "the input bands (pooled onto the finest map's grid) to the maps, for every learned encoder alike.", "", "## Targets", "",
              "| target | value | threshold | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:+.4f} | {t['threshold']} | {'yes' if t['met'] else 'no'} |"
@@ -246,9 +247,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--fractions", default="0.1,1")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--init", default="random", choices=("random", "base"),
-                        help="where specialists and the student's trunk start (specialists.init): random (real.json), "
-                             "or the shipped synthetic base (real_base.json)")
+    parser.add_argument("--init", default="base", choices=("random", "base"),
+                        help="where specialists and the student's trunk start (specialists.init): the shipped "
+                             "synthetic base, as in a run (real.json), or random (real_random.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -262,7 +263,7 @@ def main() -> None:
     paths = build_samples(DATA, args.out / "samples")
     manifests = {name: Manifest.load(path) for name, path in paths.items()}
     proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
-    folders = train_specialists(paths, args.out / ("" if args.init == "random" else args.init), epochs, args.init)
+    folders = train_specialists(paths, args.out / args.init, epochs, args.init)
 
     for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
         shutil.rmtree(args.out / stale, ignore_errors=True)
@@ -288,7 +289,7 @@ def main() -> None:
               "targets": [t for p in summaries for t in targets(tasks, p, p["fraction"] == max(fractions))],
               "runtime_s": time.perf_counter() - begin}
     args.results.mkdir(parents=True, exist_ok=True)
-    name = ("real_quick" if args.quick else "real") + ("" if args.init == "random" else f"_{args.init}")
+    name = ("real_quick" if args.quick else "real") + ("" if args.init == "base" else f"_{args.init}")
     atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1))
     atomic_write_text(args.results / f"{name}.md", markdown(record))
     log.info("results in %s\n%s", args.results / f"{name}.json", markdown(record))
