@@ -138,7 +138,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
              "--overwrite", "--unfreeze", unfreeze, "--decoder", args.decoder, "--epochs", str(args.epochs), "--lr",
              str(args.lr), "--batch-size", str(args.batch_size), "--patience", str(args.patience),
              "--class-weights", args.class_weights, "--gain-jitter", str(args.gain_jitter),
-             "--seed", str(args.seed + k))
+             "--seed", str(args.seed + k), *(["--init-weights", args.init] if args.init != "random" else []))
         train_s += time.perf_counter() - start
         cards.append(load_task_model(model).card)
         scored = [*events["val"], *events["test"]]
@@ -228,6 +228,10 @@ def main() -> None:
     parser.add_argument("--decoder", default="upernet_skip", help="eosfed finetune --decoder (both model rows)")
     parser.add_argument("--recall-floor", type=float, default=0.85,
                         help="the precision-first operating point keeps at least this recall on the val events")
+    parser.add_argument("--init", default="random",
+                        help="the fine-tuned model's start: random, base (the shipped base checkpoint) or a checkpoint "
+                             "file (eosfed finetune --init-weights); other than random, results go to "
+                             "wildfire_<stem>.json/.md")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for wildfire.json/.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -293,7 +297,8 @@ def main() -> None:
         "rows": rows, "targets": targets, "runtime_s": time.perf_counter() - begin,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.results / "wildfire.json", json.dumps(record, indent=1))
+    stem = "wildfire" if args.init == "random" else f"wildfire_{Path(args.init).stem}"
+    atomic_write_text(args.results / f"{stem}.json", json.dumps(record, indent=1))
     lines = ["# Wildfire burned-area mapping (wildfire-s2, 6 test events, pixel-pooled)", "",
              f"Train events: {', '.join(events['train'])}; val (early stopping, threshold): {', '.join(events['val'])}; "
              f"test: {', '.join(events['test'])}.", "",
@@ -312,8 +317,8 @@ def main() -> None:
                  f"{t['f1']:.4f} | {t['iou']:.4f} | {t['threshold']:.2f} | 6 | - | - |")
     lines += ["", "| target | value | threshold | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:.4f} | {t['threshold']} | {'yes' if t['met'] else 'no'} |" for t in targets]
-    atomic_write_text(args.results / "wildfire.md", "\n".join(lines) + "\n")
-    log.info("results in %s\n%s", args.results / "wildfire.json", "\n".join(lines))
+    atomic_write_text(args.results / f"{stem}.md", "\n".join(lines) + "\n")
+    log.info("results in %s\n%s", args.results / f"{stem}.json", "\n".join(lines))
 
 
 if __name__ == "__main__":
