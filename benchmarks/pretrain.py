@@ -11,10 +11,10 @@ scores, on the test split, at 100 % and 10 % of the train labels:
 
 Second table: the shipped base checkpoint (``specialists/weights``, a synthetic world's supervised trunk)
 as the start of every specialist and of the student vs a random start, per real task, read from the
-real-data benchmark's two runs (``benchmarks/real.py``: ``real.json`` and ``--init random``'s
-``real_random.json``; same splits, probes and seeds): ``--base-from-real`` adds it without pretraining again.
+real-data benchmark's two runs of one protocol (``benchmarks/real.py``'s JSON, e.g. ``real.json`` and
+``--init random``'s ``real_random.json``): ``--base-from-real BASE RANDOM`` adds it without pretraining again.
 
-Usage: python benchmarks/pretrain.py [--epochs 8] [--seeds 0,1,2] [--sets aid,eurosat] [--base-from-real]
+Usage: python benchmarks/pretrain.py [--epochs 8] [--seeds 0,1,2] [--sets aid,eurosat] [--base-from-real BASE RANDOM]
 Results: benchmarks/results/pretrain.json (with a ``targets`` list) and pretrain.md.
 """
 
@@ -114,11 +114,11 @@ def run_set(name: str, manifest_path: Path, out: Path, epochs: int, seeds: list[
 BASE_COLUMNS = ("student", "ensemble", "best specialist")
 
 
-def base_start(results: Path) -> dict:
+def base_start(base: Path, random: Path) -> dict:
     """Per task and label fraction (deep protocol), each learned column of the real benchmark started from
-    the base vs from random weights, beside both baselines; the targets compare the student means."""
-    runs = {init: json.loads((results / name).read_text()) for init, name in (("base", "real.json"),
-                                                                                  ("random", "real_random.json"))}
+    the base (``base``'s run) vs from random weights (``random``'s), beside both baselines; the targets
+    compare the student means."""
+    runs = {"base": json.loads(base.read_text()), "random": json.loads(random.read_text())}
     tables, targets = [], []
     for summary in (s for s in runs["base"]["summaries"] if s["protocol"] == "deep"):
         other = next(s for s in runs["random"]["summaries"]
@@ -131,7 +131,8 @@ def base_start(results: Path) -> dict:
         gain = summary["means"]["student"] - other["means"]["student"]
         targets.append({"target": f"student mean from the base - from random, {summary['fraction']:g} of the labels",
                         "value": gain, "threshold": "> 0", "met": gain > 0})
-    return {"seeds": runs["base"]["seeds"], "runtime_s": {k: r["runtime_s"] for k, r in runs.items()},
+    return {"seeds": runs["base"]["seeds"], "runs": {"base": base.name, "random": random.name},
+            "runtime_s": {k: r["runtime_s"] for k, r in runs.items()},
             "tables": tables, "targets": targets}
 
 
@@ -140,7 +141,8 @@ def _base_markdown(base: dict) -> list[str]:
     lines = ["", "# The base checkpoint as the start vs a random start: the real-data benchmark", "",
              "`benchmarks/real.py` run twice, specialists and student started from the shipped base (a trunk "
              "trained with labels on a synthetic world of its own seed; no real image) or from random weights; "
-             f"same splits, probes and seeds {base['seeds']}; deep protocol, test split, mean over seeds.", ""]
+             f"same splits, probes and seeds {base['seeds']} (`{base['runs']['base']}` vs `{base['runs']['random']}`); "
+             "deep protocol, test split, mean over seeds.", ""]
     for table in base["tables"]:
         lines += [f"## {table['fraction']:g} of the labels", "", "| task | metric | " + " | ".join(heads) + " |",
                   "|---" * (2 + len(heads)) + "|"]
@@ -178,13 +180,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sets", default="aid,eurosat")
-    parser.add_argument("--base-from-real", action="store_true",
-                        help="only (re)write the base-vs-random table from real.json and real_random.json")
+    parser.add_argument("--base-from-real", nargs=2, type=Path, metavar=("BASE", "RANDOM"),
+                        help="only (re)write the base-vs-random table from two real.py results of one protocol")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.base_from_real:
         record = json.loads((args.results / "pretrain.json").read_text())
-        record["base_start"] = base_start(args.results)
+        record["base_start"] = base_start(*args.base_from_real)
         record["targets"] = [t for t in record["targets"] if not t["target"].startswith("student mean from the base")]
         record["targets"] += record["base_start"]["targets"]
         atomic_write_text(args.results / "pretrain.json", json.dumps(record, indent=1))
