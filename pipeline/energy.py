@@ -101,7 +101,7 @@ class EnergyTracker:
         """The hardware CodeCarbon measured with (``_hardware`` is private: its only description)."""
         hardware = ", ".join(repr(h) for h in getattr(self._tracker, "_hardware", ()))  # e.g. CPU(Intel RAPL)
         self._hardware = (f"CodeCarbon {data.codecarbon_version}: {hardware or 'hardware unknown'}; CPU {data.cpu_model} "
-                          f"x{data.cpu_count} at {data.cpu_power:g} W, RAM {data.ram_power:g} W")
+                          f"x{data.cpu_count}, RAM {data.ram_power:g} W")  # a phase's CPU power is its CPU Wh / s
 
     def start(self, name: str) -> None:
         self._started = (time.perf_counter(), cpu_busy_seconds(), memory_in_use_gb())
