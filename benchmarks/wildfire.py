@@ -138,7 +138,8 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
              "--overwrite", "--unfreeze", unfreeze, "--decoder", args.decoder, "--epochs", str(args.epochs), "--lr",
              str(args.lr), "--batch-size", str(args.batch_size), "--patience", str(args.patience),
              "--class-weights", args.class_weights, "--gain-jitter", str(args.gain_jitter),
-             "--seed", str(args.seed + k), *(["--init-weights", args.init] if args.init != "random" else []))
+             "--seed", str(args.seed + k), "--loss", args.loss,
+             *(["--init-weights", args.init] if args.init != "random" else []))
         train_s += time.perf_counter() - start
         cards.append(load_task_model(model).card)
         scored = [*events["val"], *events["test"]]
@@ -232,6 +233,8 @@ def main() -> None:
                         help="the fine-tuned model's start: random, base (the shipped base checkpoint) or a checkpoint "
                              "file (eosfed finetune --init-weights); other than random, results go to "
                              "wildfire_<stem>.json/.md")
+    parser.add_argument("--loss", default="ce", help="eosfed finetune --loss (ce, ce_dice); other than ce, results "
+                                                     "go to wildfire[_<init stem>]_<loss>.json/.md")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for wildfire.json/.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -297,7 +300,8 @@ def main() -> None:
         "rows": rows, "targets": targets, "runtime_s": time.perf_counter() - begin,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = "wildfire" if args.init == "random" else f"wildfire_{Path(args.init).stem}"
+    stem = "_".join(["wildfire", *([Path(args.init).stem] if args.init != "random" else []),
+                     *([args.loss] if args.loss != "ce" else [])])
     atomic_write_text(args.results / f"{stem}.json", json.dumps(record, indent=1))
     lines = ["# Wildfire burned-area mapping (wildfire-s2, 6 test events, pixel-pooled)", "",
              f"Train events: {', '.join(events['train'])}; val (early stopping, threshold): {', '.join(events['val'])}; "

@@ -16,8 +16,8 @@ from torch import nn
 
 from specialists.card import TASK_TYPES
 
-__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "UPerNetSkipHead", "DECODERS", "build_head",
-           "task_loss"]
+__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "UPerNetSkipHead", "CrossEntropyDice", "DECODERS",
+           "LOSSES", "build_head", "task_loss"]
 
 DECODERS = ("fpn", "upernet", "upernet_skip")
 """Segmentation decoders: the light FPN, the UPerNet-style one (pyramid pooling + FPN + fusion), and
@@ -140,15 +140,44 @@ def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, de
     raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
 
 
-def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None) -> nn.Module:
-    """Cross-entropy (classification; segmentation with ``ignore_index``) or BCE on logits (multilabel).
+LOSSES = ("ce", "ce_dice")
+
+
+class CrossEntropyDice(nn.Module):
+    """Segmentation cross-entropy plus soft Dice loss (one minus the mean over classes of
+    ``2|P.Y| / (|P| + |Y|)`` on the batch's softmax ``P`` and one-hot ``Y``), pixels at ``ignore_index``
+    left out: Dice weighs a class by its own area, so a rare class (burned pixels) counts as much as the
+    background, and it rewards overlap rather than per-pixel confidence."""
+
+    def __init__(self, weight: torch.Tensor | None, ignore_index: int) -> None:
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = (target != self.ignore_index).unsqueeze(1)
+        probs = logits.float().softmax(1) * valid
+        onehot = F.one_hot(target.where(valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+        inter, total = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
+        return self.ce(logits, target) + 1 - ((2 * inter + 1) / (total + 1)).mean()
+
+
+def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
+              loss: str = "ce") -> nn.Module:
+    """Cross-entropy (classification; segmentation with ``ignore_index``, plus soft Dice with ``loss``
+    ``ce_dice``) or BCE on logits (multilabel).
 
     ``class_weights``: one weight per class (cross-entropy) or positive weight per label (BCE)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if loss != "ce" and task_type != "segmentation":
+        raise ValueError(f"loss {loss!r} is for segmentation, not {task_type}")
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
     if task_type == "classification":
         return nn.CrossEntropyLoss(weight=weight)
     if task_type == "multilabel":
         return nn.BCEWithLogitsLoss(pos_weight=weight)
     if task_type == "segmentation":
-        return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        return (CrossEntropyDice(weight, ignore_index) if loss == "ce_dice"
+                else nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index))
     raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from geodata.dataset import collate_samples
 from geodata.sensors import select_bands
 from specialists.card import SpecialistCard
-from specialists.heads import build_head, task_loss
+from specialists.heads import LOSSES, build_head, task_loss
 from specialists.init import load_encoder_weights
 from specialists.model import Specialist
 
@@ -72,7 +72,8 @@ class OptimConfig:
 class TrainConfig(OptimConfig):
     """How to train one specialist (``max_steps`` caps optimiser steps over all epochs; ``augment``: random
     flips/rotations; ``gain_jitter``: the std of a random log-gain per sample and band that multiplies the
-    training images, against illumination and sensor-calibration shifts between scenes, 0: off)."""
+    training images, against illumination and sensor-calibration shifts between scenes, 0: off; ``loss``:
+    ``ce``, or ``ce_dice`` (segmentation: cross-entropy plus soft Dice, :class:`specialists.heads.CrossEntropyDice`))."""
 
     epochs: int = 30
     patience: int = 5
@@ -84,6 +85,7 @@ class TrainConfig(OptimConfig):
     freeze: str = "none"
     class_weights: list[float] | None = None
     gain_jitter: float = 0.0
+    loss: str = "ce"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -93,6 +95,8 @@ class TrainConfig(OptimConfig):
             raise ValueError(f"TrainConfig: lr > 0, weight_decay/warmup_epochs/patience >= 0 required: {self}")
         if self.gain_jitter < 0:
             raise ValueError(f"TrainConfig.gain_jitter must be >= 0, got {self.gain_jitter}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
 
@@ -202,7 +206,7 @@ def train_one_epoch(
     """One pass over ``loader`` (at most ``max_steps`` optimiser steps); returns (mean loss, steps)."""
     device = torch.device(resolve_device(cfg.device))
     specialist.train(), head.train()
-    criterion = task_loss(task_type, ignore_index, cfg.class_weights).to(device)
+    criterion = task_loss(task_type, ignore_index, cfg.class_weights, cfg.loss).to(device)
     total, steps = 0.0, 0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         if max_steps is not None and steps >= max_steps:

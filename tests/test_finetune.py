@@ -29,8 +29,8 @@ REFLECTANCE_BANDS = ("B2", "B3", "B4", "B8", "B12")
 
 @pytest.fixture(scope="module")
 def fire_model(shared_data, tmp_path_factory):
-    """A task model fine-tuned for one epoch on 3 wildfire events (val: 1, test: 1), its trunk started from a
-    timm checkpoint."""
+    """A task model fine-tuned for one epoch on 3 wildfire events (val: 1, test: 1) with cross-entropy plus
+    Dice, its trunk started from a timm checkpoint."""
     root = tmp_path_factory.mktemp("fire")
     save_file(timm.create_model("convnextv2_atto", pretrained=False).state_dict(), str(root / "atto.safetensors"))
     fire = shared_data / "wildfire-s2"
@@ -41,7 +41,7 @@ def fire_model(shared_data, tmp_path_factory):
     assert main(["finetune", "--encoder", "random:convnextv2_atto", "--manifest", str(root / "manifest" / "manifest.json"),
                  "--task", "burned", "--out", str(root / "model"), "--epochs", "1", "--batch-size", "8",
                  "--unfreeze", "last_stage", "--decoder", "fpn", "--class-weights", "balanced",
-                 "--gain-jitter", "0.1", "--init-weights", str(root / "atto.safetensors")]) == 0
+                 "--gain-jitter", "0.1", "--loss", "ce_dice", "--init-weights", str(root / "atto.safetensors")]) == 0
     return root / "model"
 
 
@@ -67,7 +67,7 @@ def test_finetune_writes_a_verified_task_model(fire_model):
     assert card["bands"] == ["TCI_R", "TCI_G", "TCI_B", "B08", "B12"] and len(card["norm_mean"]) == 5
     assert card["extra"]["encoder"]["kind"] == "random" and card["extra"]["unfreeze"] == "last_stage"
     assert card["extra"]["tile_size"] == 64 and len(card["extra"]["train_config"]["class_weights"]) == 2
-    assert card["extra"]["train_config"]["gain_jitter"] == 0.1
+    assert card["extra"]["train_config"]["gain_jitter"] == 0.1 and card["extra"]["train_config"]["loss"] == "ce_dice"
     assert len(card["extra"]["encoder"]["card"]["distill"]["init"]["sha256"]) == 64
     assert {"val_miou", "test_miou", "best_epoch"} <= set(card["metrics"])
     assert 0 < card["metrics"]["trainable_params"] < card["num_params"]

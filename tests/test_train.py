@@ -224,3 +224,28 @@ def test_eurosat_specialist_beats_chance(tmp_path, shared_data):
     loaded = load_specialist(save_specialist(specialist, tmp_path / "specialist"))
     again = evaluate(loaded, head, make_loader(test_ds, cfg, shuffle=False), "classification", 10, cfg)
     assert again["accuracy"] == scores["accuracy"]
+
+
+def test_cross_entropy_dice_leaves_ignored_pixels_out_and_rewards_overlap():
+    from specialists.heads import CrossEntropyDice, task_loss
+
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:4, 2:4] = 1  # a rare class: 8 of 128 pixels
+    perfect = torch.where(torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).bool(), 20.0, -20.0)
+    loss = task_loss("segmentation", loss="ce_dice")
+    assert isinstance(loss, CrossEntropyDice) and loss(perfect, target).item() < 1e-3
+    blind = torch.stack([torch.full((2, 8, 8), 3.0), torch.zeros(2, 8, 8)], 1)  # "background everywhere"
+    ce, dice = torch.nn.CrossEntropyLoss()(blind, target), loss(blind, target) - torch.nn.CrossEntropyLoss()(blind, target)
+    assert dice > 0.4 > ce  # Dice sees the missed rare class that the pixel-mean cross-entropy hardly does
+    ignored = target.clone()
+    ignored[:, :, 6:] = 255
+    noisy = perfect.clone()
+    noisy[:, :, :, 6:] = -perfect[:, :, :, 6:]  # wrong only where ignored
+    assert loss(noisy, ignored).item() < 1e-3
+    logits = blind.clone().requires_grad_()
+    loss(logits, target).backward()
+    assert logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="segmentation"):
+        task_loss("classification", loss="ce_dice")
+    with pytest.raises(ValueError, match="TrainConfig.loss"):
+        TrainConfig(loss="focal")
