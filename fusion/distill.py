@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from fusion.adaptors import Adaptors, TeacherRef, match_size
 from fusion.plots import save_plot
-from fusion.student import Student
+from fusion.student import STEM_FIT_STEPS, Student
 from fusion.teacher_cache import BALANCES, TARGETS, TeacherCache
 from specialists.init import BASE
 from specialists.trunk import DEFAULT_VARIANT
@@ -59,7 +59,7 @@ class DistillConfig:
     depths: Optional[List[int]] = None
     device: str = "auto"
     init: str = BASE
-    stem_fit_steps: int = 1000
+    stem_fit_steps: int = STEM_FIT_STEPS
     balance: str = "channel"
 
     def __post_init__(self) -> None:

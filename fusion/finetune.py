@@ -38,7 +38,6 @@ from geodata.stats import BandStats, load_or_compute_stats
 from specialists import Specialist, SpecialistCard, load_specialist
 from specialists.encoder import freeze_encoder
 from specialists.heads import build_head
-from specialists.init import load_encoder_weights
 from specialists.artifact import ArtifactError, load_state, save_state
 from specialists.train import TrainConfig, evaluate, fit, make_loader, record_training, seed_everything
 
@@ -110,7 +109,7 @@ def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: s
     if kind == "random":
         encoder: nn.Module = Student.create(spec[len(RANDOM_PREFIX):], band_stats_table([stats]), seed=seed)
         if init is not None:
-            encoder.card.distill["init"] = load_encoder_weights(encoder.trunk, init).record()
+            encoder.card.distill["init"] = encoder.start_from(init, [stats.bands])
     elif kind == "student":
         encoder = load_student(spec, device)
         encoder.set_band_stats({**band_stats_table([stats]), **encoder.card.band_stats})

@@ -41,9 +41,11 @@ from geodata.sensors import Band, BandError, get_band
 from geodata.stats import BandStats
 from specialists import artifact
 from specialists.artifact import Card, field_error
+from specialists.init import STEM_BIAS, STEM_WEIGHT, adapt_stem, load_encoder_weights
 from specialists.trunk import DEFAULT_VARIANT, build_trunk, pyramid_pool
 
 __all__ = [
+    "STEM_FIT_STEPS",
     "StudentCard",
     "SpectralStem",
     "Student",
@@ -61,6 +63,7 @@ POLARISATIONS = ("VV", "VH", "HH", "HV")
 _LOG_WAVELENGTH_RANGE = (math.log(350.0), math.log(2600.0))  # mapped to [0, 1] before Fourier features
 RANGE_SAMPLES = 8  # wavelengths a band with a spectral range is embedded at (midpoints of equal parts)
 _MIN_STD = 1e-6
+STEM_FIT_STEPS = 1000  # Adam steps fitting a new student's stem to a checkpoint's (relative error ~0.001 at 1000)
 _STEM_KEYS = ("embed_dim", "num_freqs")
 
 
@@ -326,6 +329,22 @@ class Student(nn.Module):
             inst = (x - x.mean(dim=(-2, -1), keepdim=True)) / x.std(dim=(-2, -1), keepdim=True).clamp_min(_MIN_STD)
             out = torch.where(instance, inst, out)
         return out
+
+    def start_from(self, init: str | Path, band_sets: Sequence[Sequence[str]],
+                   stem_fit_steps: int = STEM_FIT_STEPS) -> dict[str, Any]:
+        """Load the checkpoint ``init`` into the trunk (:func:`specialists.init.load_encoder_weights`), then fit
+        the spectral stem to generate the checkpoint's stem adapted to each of ``band_sets``, so the loaded
+        stages see what they were trained on (nothing to fit when the file names no stem bands); returns the
+        card's record of the start (source, sha256, the fit's relative error)."""
+        ckpt = load_encoder_weights(self.trunk, init)
+        record = ckpt.record()
+        if STEM_WEIGHT in ckpt.state and STEM_BIAS in ckpt.state and ckpt.bands is not None:
+            weight, bias = ckpt.state[STEM_WEIGHT].float(), ckpt.state[STEM_BIAS].float()
+            targets = [(tuple(b), adapt_stem(weight, ckpt.bands, b, ckpt.path), bias) for b in band_sets]
+            record["stem_fit_error"] = self.stem.fit_kernels(targets, stem_fit_steps)
+            log.info("student stem fitted to %s's stem on %d band sets: relative error %.4f", ckpt.path.name,
+                     len(targets), record["stem_fit_error"])
+        return record
 
     def forward(self, x: torch.Tensor, bands: Sequence[str]) -> list[torch.Tensor]:
         return list(self.trunk(self.stem(self.normalise(x, bands), bands)))

@@ -22,7 +22,7 @@ from geodata.files import atomic_write_text
 from specialists import Specialist
 from geodata.sensors import get_sensor
 from specialists.artifact import CARD_FILE, read_card
-from specialists.init import RANDOM, STEM_BIAS, STEM_WEIGHT, Checkpoint, adapt_stem, load_encoder_weights
+from specialists.init import RANDOM
 from specialists.train import resolve_device
 
 __all__ = ["Distilled", "calibrate", "compare_students", "distil", "redistil", "save_distilled"]
@@ -56,27 +56,14 @@ def calibrate(registry: Registry, specialists: dict[str, Specialist], batches: P
             registry.save_feature_stats(name, stats)
 
 
-def _fit_stem(student: Student, ckpt: Checkpoint, sensors: Sequence[str], steps: int) -> dict[str, float]:
-    """The student's spectral stem fitted to generate the checkpoint's stem, adapted to each proxy sensor's
-    bands (so the loaded trunk sees what it was trained on); nothing when the file names no stem bands."""
-    if STEM_WEIGHT not in ckpt.state or STEM_BIAS not in ckpt.state or ckpt.bands is None:
-        return {}
-    weight, bias = ckpt.state[STEM_WEIGHT].float(), ckpt.state[STEM_BIAS].float()
-    targets = [(get_sensor(s).image_bands, adapt_stem(weight, ckpt.bands, get_sensor(s).image_bands, ckpt.path), bias)
-               for s in sensors]
-    error = student.stem.fit_kernels(targets, steps)
-    log.info("student stem fitted to %s's stem on %s: relative error %.4f", ckpt.path.name, list(sensors), error)
-    return {"stem_fit_error": error}
-
-
 def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
              init: Path | None) -> tuple[Student, Adaptors | None]:
     proxy_stats = band_stats_table(batches.stats.values())
     if init is None:
         student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths)
         if config.init != RANDOM:
-            ckpt = load_encoder_weights(student.trunk, config.init)
-            student.card.distill["init"] = {**ckpt.record(), **_fit_stem(student, ckpt, batches.sensors, config.stem_fit_steps)}
+            student.card.distill["init"] = student.start_from(
+                config.init, [get_sensor(s).image_bands for s in batches.sensors], config.stem_fit_steps)
         return student, None
     student = load_student(init / "student")
     student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with

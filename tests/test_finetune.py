@@ -317,3 +317,14 @@ def test_4000px_scene_in_bounded_memory(fire_model, tmp_path):
         assert cls.shape == (4000, 4000) and cls.transform == src.transform and cls.crs == src.crs
         assert cls.overviews(1)  # cloud-optimised: overviews inside
         assert set(np.unique(cls.read(1, window=Window(0, 0, 512, 512))).tolist()) <= {0, 1}
+
+
+def test_finetune_from_the_base_fits_the_student_stem_to_the_base_stem(fire_model, tmp_path):
+    """A new student encoder started from the base loads its trunk and fits its spectral stem to the base's
+    stem read through the task's bands, so the base's stages do not read a random stem."""
+    manifest = fire_model.parent / "manifest" / "manifest.json"
+    assert main(["finetune", "--encoder", "random:convnextv2_atto", "--manifest", str(manifest), "--task", "burned",
+                 "--out", str(tmp_path / "model"), "--epochs", "1", "--batch-size", "8", "--max-steps", "1",
+                 "--unfreeze", "none", "--decoder", "fpn", "--init-weights", "base"]) == 0
+    init = json.loads((tmp_path / "model" / "card.json").read_text())["extra"]["encoder"]["card"]["distill"]["init"]
+    assert len(init["sha256"]) == 64 and init["stem_fit_error"] < 0.05
