@@ -124,9 +124,9 @@ def lr_probs(model: tuple[torch.nn.Linear, np.ndarray, np.ndarray], x: np.ndarra
 
 
 def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path, events: dict[str, list[str]],
-              args: argparse.Namespace, seeds: int = 1) -> dict:
-    """Fine-tune (``seeds`` models, seeds ``args.seed`` on, their probabilities averaged), predict every
-    val and test scene, score at the val-chosen threshold."""
+              args: argparse.Namespace, seeds: int = 1, init: str = "random") -> dict:
+    """Fine-tune (``seeds`` models from ``init``, seeds ``args.seed`` on, their probabilities averaged), predict
+    every val and test scene, score at the val-chosen threshold."""
     out = work / name
     probs: dict[str, np.ndarray] = {}
     train_s, predict_s, pixels, cards, models = 0.0, 0.0, 0, [], []
@@ -139,7 +139,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
              str(args.lr), "--batch-size", str(args.batch_size), "--patience", str(args.patience),
              "--class-weights", args.class_weights, "--gain-jitter", str(args.gain_jitter),
              "--seed", str(args.seed + k), "--loss", args.loss,
-             *(["--init-weights", args.init] if args.init != "random" else []))
+             *(["--init-weights", init] if init != "random" else []))
         train_s += time.perf_counter() - start
         cards.append(load_task_model(model).card)
         scored = [*events["val"], *events["test"]]
@@ -251,8 +251,8 @@ def main() -> None:
     split = split_scenes(names, train_first=TRAIN_EVENTS, val=args.val, seed=args.seed)
     events = {s: [n for n in names if split[n] == s] for s in ("train", "val", "test")}
 
-    rows = [model_row("specialist_from_scratch", "random:convnextv2_atto", "all", manifest, args.work, events, args,
-                      args.seeds),
+    rows = [model_row("specialist_from_scratch" if args.init == "random" else f"specialist_from_{Path(args.init).stem}",
+                      "random:convnextv2_atto", "all", manifest, args.work, events, args, args.seeds, args.init),
             model_row("random_init_frozen", "random:convnextv2_atto", "none", manifest, args.work, events, args)]
 
     x_all, y_all = scene_pixels(events["train"] + events["val"])
