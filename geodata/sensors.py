@@ -80,9 +80,11 @@ PRODUCT_SCALES = {"tci": 0.2 / 255, "tci_l1c": 0.3558 / 255}
 """A band's declared ``product`` -> its scale (offset 0): what turns its values into reflectance.
 
 ``tci``, ``tci_l1c``: Sentinel-2's 8-bit true-colour image (TCI), B04/B03/B02 reflectance mapped linearly
-onto 1..255 (0: no data) and clipped. ESA's Sentinel-2 MSI user guide (product definitions) puts the
-saturation level, 255, at reflectance 0.2 (DN 2000) in L2A products and 0.3558 (DN 3558) in L1C ones, so
-reflectance = value / 255 * 0.2 (L2A) or * 0.3558 (L1C); brighter pixels are clipped at that level.
+onto 1..255 (0: no data) and clipped. The saturation level, 255, is taken as reflectance 0.2 (DN 2000) in
+L2A products and 0.3558 (DN 3558) in L1C ones, as recalled from ESA's Sentinel-2 product definitions (not
+verified against the document offline), so reflectance = value / 255 * 0.2 (L2A) or * 0.3558 (L1C);
+brighter pixels are clipped at that level. A wrong level is one scale per band, which the encoders'
+per-band normalisation absorbs; it matters only where a TCI band and a reflectance band meet.
 """
 
 
