@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from specialists.artifact import CARD_FILE, read_card
 from specialists.init import RANDOM
 from specialists.train import resolve_device
 
-__all__ = ["Distilled", "calibrate", "compare_students", "distil", "redistil", "save_distilled"]
+__all__ = ["Distilled", "calibrate", "compare_students", "distil", "redistil", "save_distilled", "save_pruned"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,18 @@ def compare_students(full: Path, pruned: Distilled) -> dict[str, dict[str, Any]]
     history = json.loads((full / HISTORY_FILE).read_text())
     return {"full": _cost(read_card(full / "student" / CARD_FILE, StudentCard), history),
             "pruned": _cost(pruned.student.card, pruned.history.to_dict())}
+
+
+def save_pruned(distilled: Distilled, full: Path, out: Path,
+                probe: Callable[[dict[str, Student]], dict[str, float]]) -> dict[str, Any]:
+    """Save the pruned student of :func:`redistil` in ``out`` and compare it with the full student saved in
+    ``full``: their costs (:func:`compare_students`) and each one's ``probe`` score (``{"full", "pruned"}``)."""
+    student = distilled.student.cpu()
+    save_student(student, out)
+    comparison = compare_students(full, distilled)
+    for side, score in probe({"full": load_student(full / "student"), "pruned": student}).items():
+        comparison[side]["probe"] = score
+    return {"weights_sha256": student.card.weights_sha256, "history": distilled.history.to_dict(), **comparison}
 
 
 def save_distilled(distilled: Distilled, out: Path, plot: Path) -> None:

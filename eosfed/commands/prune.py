@@ -26,12 +26,12 @@ from fusion.distill import DistillConfig
 from fusion.ensemble import Ensemble
 from fusion.probes import extract_features
 from fusion.registry import Registry
-from fusion.student import Student, StudentCard, load_student, save_student
+from fusion.student import Student, StudentCard
 from fusion.teacher_cache import TeacherCache
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from pipeline.contrib import play, prune_by, solo_scores
-from pipeline.distill import HISTORY_FILE, compare_students, redistil
+from pipeline.distill import HISTORY_FILE, redistil, save_pruned
 from pipeline.settings import ExperimentConfig, ProxySettings, PruneSettings
 from specialists.artifact import CARD_FILE, read_card
 
@@ -125,18 +125,12 @@ def _redistill(args: argparse.Namespace, settings: PruneSettings, manifest: Mani
     config = _config(read_card(args.student / "student" / CARD_FILE, StudentCard), settings.redistill_epochs)
     distilled = redistil(pruned, batches, TeacherCache(folder), config, full=args.student, seed=args.seed,
                          tolerance_nm=args.tolerance_nm, pair_scenes=args.pair_scenes)
-    student = distilled.student.cpu()
-    save_student(student, out / "student_pruned")
-    comparison = compare_students(args.student, distilled)
-    probe = _probe_students(args, manifest, settings, {"full": load_student(args.student / "student"),
-                                                       "pruned": student})
-    for side, score in probe.items():
-        comparison[side]["probe"] = score
+    record = save_pruned(distilled, args.student, out / "student_pruned",
+                         lambda students: _probe_students(args, manifest, settings, students))
     record = {"student": "student_pruned", "full_student": str(args.student), "cache": str(folder) if folder else None,
-              "probe_task": f"{', '.join(f'{t}@{s}' for t, s in args.evals)}, {settings.method} probe",
-              "history": distilled.history.to_dict(), **comparison}
+              "probe_task": f"{', '.join(f'{t}@{s}' for t, s in args.evals)}, {settings.method} probe", **record}
     atomic_write_text(out / "redistill.json", json.dumps(record, indent=1))
-    log.info("pruned student: %s", {side: comparison[side] for side in ("full", "pruned")})
+    log.info("pruned student: %s", {side: record[side] for side in ("full", "pruned")})
 
 
 def run(args: argparse.Namespace) -> int:

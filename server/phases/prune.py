@@ -31,14 +31,14 @@ from fusion.ensemble import Ensemble
 from fusion.probes import FeatureSet, extract_features
 from fusion.prune import REPORT_MD
 from fusion.registry import Registry
-from fusion.student import Student, load_student, save_student
+from fusion.student import Student
 from fusion.teacher_cache import TeacherCache
 from geodata.manifest import Manifest, TileEntry
 from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
 from server.phases.distill import proxy_batches
 from pipeline.contrib import play, prune_by, solo_scores
-from pipeline.distill import compare_students, redistil
+from pipeline.distill import redistil, save_pruned
 from pipeline.proxy import proxy_manifest
 
 __all__ = ["PHASE", "prune_phase"]
@@ -126,16 +126,11 @@ def _redistil(ctx: PhaseContext, registry: Registry, pruned: Registry, manifest:
     config = dataclasses.replace(ctx.cfg.distill, epochs=ctx.cfg.prune.redistill_epochs)
     distilled = redistil(pruned, batches, cache, config, full=ctx.run_dir, seed=ctx.cfg.seed,
                          tolerance_nm=ctx.cfg.tolerance_nm, pair_scenes=ctx.cfg.proxy.pair_scenes)
-    student = distilled.student.cpu()
-    save_student(student, ctx.run_dir / "student_pruned")
-    comparison = compare_students(ctx.run_dir, distilled)
-    probe = _student_scores(ctx, manifest, played, {"full": load_student(ctx.run_dir / "student"), "pruned": student})
-    for side, score in probe.items():
-        comparison[side]["probe"] = score
-    log.info("Pruned student in student_pruned/: %s", comparison)
-    return {"student": "student_pruned", "weights_sha256": student.card.weights_sha256,
-            "probe_task": f"{ctx.cfg.prune.task}, {ctx.cfg.prune.method} probe", "history": distilled.history.to_dict(),
-            **comparison}
+    record = save_pruned(distilled, ctx.run_dir, ctx.run_dir / "student_pruned",
+                         lambda students: _student_scores(ctx, manifest, played, students))
+    log.info("Pruned student in student_pruned/: %s", {side: record[side] for side in ("full", "pruned")})
+    return {"student": "student_pruned", "probe_task": f"{ctx.cfg.prune.task}, {ctx.cfg.prune.method} probe",
+            **record}
 
 
 def prune_phase(ctx: PhaseContext) -> dict[str, Any]:
