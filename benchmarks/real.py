@@ -40,7 +40,7 @@ from eosfed.cli import main as eosfed
 from fusion import Ensemble, Registry
 from fusion.baselines import BAND_STATS, RANDOM_INIT, baseline_encoders
 from fusion.data import ProxyBatches, labelled_loader
-from fusion.distill import DistillConfig
+from fusion.distill import BALANCES, DistillConfig
 from fusion.probes import FeatureSet, extract_features, linear_probe, probe_features, segmentation_probe, task_metric
 from fusion.teacher_cache import TeacherCache
 from geodata.files import atomic_write_text
@@ -131,7 +131,8 @@ def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fra
     bands = loaders["train"].dataset.bands
     applicable = ensemble.applicable(bands)
     encoders = {"student": student, **baseline_encoders(stats, student),
-                **{n: Ensemble({n: ensemble.specialists[n]}, {n: ensemble.stats[n]}, TOLERANCE_NM) for n in applicable}}
+                **{n: Ensemble({n: ensemble.specialists[n]}, {n: ensemble.stats[n]}, tolerance_nm=TOLERANCE_NM)
+                   for n in applicable}}
     features = {name: {s: extract_features(enc, loader, seg, device, f"{t.name} {name} {s}")
                        for s, loader in loaders.items()} for name, enc in encoders.items()}
     if len(applicable) > 1:
@@ -250,6 +251,9 @@ def main() -> None:
     parser.add_argument("--init", default="base", choices=("random", "base"),
                         help="where specialists and the student's trunk start (specialists.init): the shipped "
                              "synthetic base, as in a run (real.json), or random (real_random.json)")
+    parser.add_argument("--balance", default=DistillConfig.balance, choices=BALANCES,
+                        help="distill.balance: teacher standardisation per channel, or PHI-S "
+                             "(results in real[_<init>]_phi_s.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -258,7 +262,7 @@ def main() -> None:
     fractions = [1.0] if args.quick else [float(f) for f in args.fractions.split(",")]
     epochs = 1 if args.quick else args.specialist_epochs
     config = DistillConfig(epochs=1 if args.quick else args.distill_epochs, depths=[int(d) for d in args.depths.split(",")],
-                           device=args.device, init=args.init)
+                           device=args.device, init=args.init, balance=args.balance)
 
     paths = build_samples(DATA, args.out / "samples")
     manifests = {name: Manifest.load(path) for name, path in paths.items()}
@@ -289,7 +293,8 @@ def main() -> None:
               "targets": [t for p in summaries for t in targets(tasks, p, p["fraction"] == max(fractions))],
               "runtime_s": time.perf_counter() - begin}
     args.results.mkdir(parents=True, exist_ok=True)
-    name = ("real_quick" if args.quick else "real") + ("" if args.init == "base" else f"_{args.init}")
+    name = (("real_quick" if args.quick else "real") + ("" if args.init == "base" else f"_{args.init}")
+            + ("" if args.balance == DistillConfig.balance else f"_{args.balance}"))
     atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1))
     atomic_write_text(args.results / f"{name}.md", markdown(record))
     log.info("results in %s\n%s", args.results / f"{name}.json", markdown(record))

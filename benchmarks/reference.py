@@ -71,7 +71,8 @@ from fusion.probes import (FeatureSet, ProbeResult, extract_features, linear_pro
 from fusion.prune import nonpositive_reason
 from fusion.student import band_stats_table
 from fusion.teacher_cache import TeacherCache
-from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
+from fusion.views import plan_view
+from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
@@ -349,7 +350,8 @@ def eurosat_manifest(cfg: BenchmarkConfig, out: Path) -> Manifest:
 
 def single(ensemble: Ensemble, name: str) -> Ensemble:
     """A one-member ensemble sharing ``ensemble``'s loaded specialist and its feature statistics."""
-    return Ensemble({name: ensemble.specialists[name]}, {name: ensemble.stats[name]}, ensemble.tolerance_nm)
+    return Ensemble({name: ensemble.specialists[name]}, {name: ensemble.stats[name]},
+                    tolerance_nm=ensemble.tolerance_nm)
 
 
 def first_images(loader, count: int) -> tuple[torch.Tensor, tuple[str, ...]]:
@@ -751,7 +753,7 @@ def run(cfg: BenchmarkConfig, out: Path, results_dir: Path, quick: bool, device:
     student_dir, history = distill(cfg, registry, registry_key, proxy, out, device)
     lap("distill")
     eurosat = eurosat_manifest(cfg, out)
-    student = open_encoder(student_dir, map_location=device)
+    student = open_encoder(student_dir, cfg.tolerance_nm, map_location=device)
     ensemble = Ensemble.from_registry(registry, tolerance_nm=cfg.tolerance_nm, map_location=device)
     tasks, data, specs = [], {}, {}
     for task in cfg.downstream:

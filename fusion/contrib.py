@@ -82,7 +82,7 @@ def random_twin(card: SpecialistCard, seed: int = 0) -> Specialist:
 def with_twins(ensemble: Ensemble, seed: int = 0) -> Ensemble:
     """``ensemble``'s members and their random twins (identity feature statistics: probes standardise)."""
     twins = {twin_name(n): random_twin(s.card, seed) for n, s in ensemble.specialists.items()}
-    return Ensemble({**ensemble.specialists, **twins}, {**ensemble.stats}, ensemble.tolerance_nm)
+    return Ensemble({**ensemble.specialists, **twins}, {**ensemble.stats}, tolerance_nm=ensemble.tolerance_nm)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from torch import nn
 from fusion.ensemble import Ensemble
 from fusion.registry import INDEX_FILE
 from fusion.student import Student, load_student
-from fusion.views import DEFAULT_TOLERANCE_NM
 from specialists import load_specialist
 from specialists.artifact import CARD_FILE
 
@@ -40,7 +39,7 @@ def encoder_kind(spec: str | Path) -> str:
     return "student" if json.loads(card.read_text()).get("kind") == "student" else "specialist"
 
 
-def open_encoder(spec: str | Path, tolerance_nm: float = DEFAULT_TOLERANCE_NM, seed: int = 0,
+def open_encoder(spec: str | Path, tolerance_nm: float, seed: int = 0,
                  map_location: str = "cpu") -> nn.Module:
     """The encoder named by ``spec`` (see module docstring), in eval mode."""
     kind = encoder_kind(spec)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fusion.featstats import FeatureMoments, FeatureStats
 from fusion.registry import Registry
-from fusion.views import DEFAULT_TOLERANCE_NM, ViewPlan, plan_view
+from fusion.views import ViewPlan, plan_view
 from specialists import Specialist
 from specialists.trunk import pyramid_pool
 
@@ -42,7 +42,8 @@ class Ensemble(nn.Module):
         self,
         specialists: Mapping[str, Specialist],
         stats: Mapping[str, FeatureStats] | None = None,
-        tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+        *,
+        tolerance_nm: float,
         fuse_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
@@ -72,7 +73,8 @@ class Ensemble(nn.Module):
         cls,
         registry: Registry | str,
         names: Iterable[str] | None = None,
-        tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+        *,
+        tolerance_nm: float,
         fuse_dims: Sequence[int] | None = None,
         map_location: str = "cpu",
     ) -> "Ensemble":
@@ -80,7 +82,7 @@ class Ensemble(nn.Module):
         registry = registry if isinstance(registry, Registry) else Registry(registry)
         specialists = registry.load_all(names, map_location)
         stats = {n: s for n in specialists if (s := registry.feature_stats(n)) is not None}
-        return cls(specialists, stats, tolerance_nm, fuse_dims)
+        return cls(specialists, stats, tolerance_nm=tolerance_nm, fuse_dims=fuse_dims)
 
     def train(self, mode: bool = True) -> "Ensemble":
         super().train(mode)

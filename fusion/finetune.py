@@ -30,7 +30,7 @@ from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.registry import Registry
 from fusion.student import Student, StudentCard, band_stats_table, load_student
-from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
+from fusion.views import plan_view
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, register_sensors_beside, write_sensors_beside
 from geodata.sensors import BandError, Sensor
@@ -58,12 +58,14 @@ class BandView(nn.Module):
     ``tolerance_nm``); a specialist that has none is a :class:`~geodata.sensors.BandError` naming its bands.
     """
 
-    def __init__(self, encoder: nn.Module, bands: tuple[str, ...], tolerance_nm: float = DEFAULT_TOLERANCE_NM) -> None:
+    def __init__(self, encoder: nn.Module, bands: tuple[str, ...], tolerance_nm: float | None) -> None:
         super().__init__()
         self.encoder = encoder
         self.bands = tuple(bands)
         self.plan = None
         if isinstance(encoder, Specialist):
+            if tolerance_nm is None:
+                raise ValueError(f"specialist {encoder.card.name!r}: reading it through a view needs tolerance_nm")
             self.plan = plan_view(encoder.card.name, encoder.bands, self.bands, tolerance_nm)
             if not self.plan.applicable:
                 raise BandError(f"specialist {encoder.card.name!r} cannot read bands {list(self.bands)}: "
@@ -143,7 +145,7 @@ def _rebuild(record: dict[str, Any], stats: dict[str, torch.Tensor], source: str
         feature_stats = {n: FeatureStats.from_tensors(
             {k[len(f"{_STATS_PREFIX}{n}."):]: v for k, v in stats.items() if k.startswith(f"{_STATS_PREFIX}{n}.")},
             source=f"{source} feature stats of {n}") for n in members}
-        return Ensemble(members, feature_stats, record["tolerance_nm"])
+        return Ensemble(members, feature_stats, tolerance_nm=record["tolerance_nm"])
     raise ArtifactError(f"{source}: unknown encoder kind {kind!r} in field 'extra'")
 
 
@@ -179,8 +181,8 @@ def class_balance(dataset: TileDataset) -> list[float]:
 
 def finetune(
     encoder_spec: str, manifest: Manifest, sensor: Sensor, task_name: str, cfg: TrainConfig,
-    unfreeze: str = "none", decoder: str = "upernet", size: int | None = None, balance: bool = False,
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM, name: str | None = None,
+    *, tolerance_nm: float, unfreeze: str = "none", decoder: str = "upernet", size: int | None = None,
+    balance: bool = False, name: str | None = None,
 ) -> tuple[TaskModel, list[dict[str, Any]]]:
     """Fine-tune ``encoder_spec`` with a task head on ``manifest``'s ``train`` tiles (early stopping on
     ``val``, test metrics on ``test`` when present); ``balance``: class weights from :func:`class_balance`."""
@@ -248,8 +250,8 @@ def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskMod
                                       f"{TASK_MODEL_KIND!r}); a specialist or student is an --encoder")
     stats = {k: v for k, v in state.items() if k.startswith(_STATS_PREFIX)}
     record = card.extra["encoder"]
-    tolerance_nm = record.get("tolerance_nm", DEFAULT_TOLERANCE_NM)  # recorded by finetune for a specialist's view
-    view = BandView(_rebuild(record, stats, source), tuple(card.bands), tolerance_nm)
+    # finetune records the tolerance of a specialist's view; a student or an ensemble needs none here
+    view = BandView(_rebuild(record, stats, source), tuple(card.bands), record.get("tolerance_nm"))
     head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"],
                       len(card.bands))
     model = TaskModel(view, head, card)

@@ -36,7 +36,7 @@ from fusion.finetune import TaskModel
 from fusion.views import ViewPlan, plan_view
 from geodata.errors import RasterError
 from geodata.raster import calibrate, open_raster
-from geodata.sensors import DEFAULT_TOLERANCE_NM, Sensor
+from geodata.sensors import Sensor
 from geodata.tiling import file_bands, tile_windows
 
 __all__ = ["NODATA_CLASS", "blend_weights", "predict_scene"]
@@ -94,8 +94,7 @@ def _has_cog() -> bool:
 @torch.no_grad()
 def predict_scene(
     model: TaskModel, sensor: Sensor, path: str | Path, out: str | Path, probabilities: str | Path | None = None,
-    tile: int = 256, overlap: int = 64, batch_size: int = 16, device: str = "cpu",
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+    *, tolerance_nm: float, tile: int = 256, overlap: int = 64, batch_size: int = 16, device: str = "cpu",
 ) -> dict[str, float]:
     """Write the class map of the scene at ``path`` to ``out`` (and probabilities); returns timing facts."""
     if model.card.task_type != "segmentation":

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from fusion.featstats import ChannelMoments, global_pool
 from fusion.phis import phi_s
-from fusion.views import DEFAULT_TOLERANCE_NM, plan_view
+from fusion.views import plan_view
 from specialists import Specialist
 from geodata.files import atomic_write_bytes
 
@@ -64,7 +64,7 @@ def _targets_of(features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
 def extract_teacher_features(
     specialist: Specialist,
     batches: Iterable[Mapping],
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+    tolerance_nm: float,
 ) -> TeacherFeatures:
     """Run ``specialist`` on its view of every batch it can read (``{"image", "bands", "id"}``).
 
@@ -200,7 +200,7 @@ def fill_cache(
     cache: TeacherCache,
     specialists: Mapping[str, Specialist],
     batches: Iterable[Mapping],
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+    tolerance_nm: float,
 ) -> int:
     """Cache every local specialist's targets for every batch it can read and has not cached yet.
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from geodata.sensors import DEFAULT_TOLERANCE_NM, equivalent_band, get_band, select_bands
+from geodata.sensors import equivalent_band, get_band, select_bands
 
-__all__ = ["ViewPlan", "plan_view", "DEFAULT_TOLERANCE_NM"]
+__all__ = ["ViewPlan", "plan_view"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def plan_view(
     specialist: str,
     wanted: Sequence[str],
     input_bands: Sequence[str],
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+    tolerance_nm: float,
 ) -> ViewPlan:
     """Plan how specialist ``specialist`` (trained on ``wanted``) reads an input of ``input_bands``."""
     have = tuple(input_bands)

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra.core.config_store import ConfigStore
 
 from fusion.distill import DistillConfig
-from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from fusion.registry import Registry
+from geodata.sensors import DEFAULT_TOLERANCE_NM as TOLERANCE_NM  # the run's default setting
 from specialists import Specialist, SpecialistCard
 
 S2_BANDS = ("B02", "B03", "B04", "B08")

@@ -3,7 +3,7 @@
 import json
 import logging
 
-from fusion_toys import make_registry
+from fusion_toys import TOLERANCE_NM, make_registry
 
 from eosfed.cli import main
 from fusion import Ensemble, Registry, load_student
@@ -50,7 +50,7 @@ def test_distill_evaluate_prune_chain(tmp_path):
     assert len(pruned) == 2  # the lower of s2/aerial leaves; s1 could not be scored and stays
     report = (tmp_path / "pruned" / "prune_report.md").read_text()
     assert "kept (unscored)" in report and "taken against: random twin" in report
-    assert Ensemble.from_registry(pruned).applicable(("B02", "B03", "B04", "B08")) != ["s2", "aerial"]
+    assert Ensemble.from_registry(pruned, tolerance_nm=TOLERANCE_NM).applicable(("B02", "B03", "B04", "B08")) != ["s2", "aerial"]
     # --redistill: the full student distilled one more epoch on the kept teachers, from the distill run's cache
     pruned_student = load_student(tmp_path / "pruned" / "student_pruned")
     assert {t["name"] for t in pruned_student.card.teachers} == set(pruned.names)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from fusion_toys import AERIAL_BANDS, S2_BANDS, make_registry
+from fusion_toys import TOLERANCE_NM, AERIAL_BANDS, S2_BANDS, make_registry
 
 from fusion import Ensemble, Registry
 from fusion.contrib import (BASELINE_TWIN, CoalitionGame, Contribution, cka_matrix, combine_contributions,
@@ -100,7 +100,7 @@ def test_combine_contributions_averages_over_tasks():
 
 def test_prune_writes_a_smaller_registry_that_runs_fewer_specialists(tmp_path):
     registry = make_registry(tmp_path / "full")
-    ensemble = Ensemble.from_registry(registry)
+    ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
     g = torch.Generator().manual_seed(0)
     batches = [{"image": torch.rand(6, 4, 32, 32, generator=g), "bands": S2_BANDS, "target": torch.arange(6) % 2,
                 "id": [f"{b}-{i}" for i in range(6)]} for b in range(2)]
@@ -116,7 +116,7 @@ def test_prune_writes_a_smaller_registry_that_runs_fewer_specialists(tmp_path):
     report = json.loads((tmp_path / "pruned" / "prune_report.json").read_text())
     assert list(report["dropped"]) == ["aerial"] and report["unscored"] == ["s1"]
     assert "| aerial |" in (tmp_path / "pruned" / "prune_report.md").read_text()
-    small = Ensemble.from_registry(pruned)
+    small = Ensemble.from_registry(pruned, tolerance_nm=TOLERANCE_NM)
     calls = []
     for spec in small.specialists.values():
         spec.register_forward_hook(lambda *_: calls.append(1))
@@ -188,7 +188,7 @@ def test_random_twins_turn_a_specialist_no_better_than_untrained_weights_nonposi
 
 def test_random_twin_has_the_shape_of_the_specialist_and_seeded_untrained_weights(tmp_path):
     registry = make_registry(tmp_path / "reg")
-    ensemble = Ensemble.from_registry(registry)
+    ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
     card = ensemble.specialists["s2"].card
     twin, again, other = random_twin(card, 0), random_twin(card, 0), random_twin(card, 1)
     assert twin.card.name == twin_name("s2") and twin.card.bands == card.bands and twin.card.variant == card.variant

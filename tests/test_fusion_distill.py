@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fusion_toys import S1_BANDS, S2_BANDS, make_registry, proxy_batches
+from fusion_toys import TOLERANCE_NM, S1_BANDS, S2_BANDS, make_registry, proxy_batches
 
 from fusion.adaptors import AdaptorHead, TeacherRef, load_adaptors, save_adaptors
 from fusion.distill import DistillConfig, distill_student, drop_teachers, feature_loss, plot_history
@@ -70,7 +70,7 @@ def test_teachers_run_once_and_cache_survives_restart(specialists, batches, tmp_
     calls = count_calls(specialists)
     student = Student.create(band_stats={"B04": [0.2, 0.1], "VV": [0.2, 0.1]}, seed=0)
     cache = TeacherCache(tmp_path / "cache")
-    assert fill_cache(cache, specialists, batches) == 5
+    assert fill_cache(cache, specialists, batches, tolerance_nm=TOLERANCE_NM) == 5
     adaptors, history = distill_student(student, refs(specialists), batches, cache,
                                         DistillConfig(epochs=2, drop_prob=0.0), seed=0)
     # s2 and aerial read the 2 Sentinel-2 batches, s1 the Sentinel-1 batch: once each, for both epochs
@@ -79,7 +79,7 @@ def test_teachers_run_once_and_cache_survives_restart(specialists, batches, tmp_
     assert all(f == [1.0, 1.0] for f in history.kept_fraction.values())
     # a new run over the same cache folder never calls the teachers
     reopened = TeacherCache(tmp_path / "cache")
-    assert fill_cache(reopened, specialists, batches) == 0
+    assert fill_cache(reopened, specialists, batches, tolerance_nm=TOLERANCE_NM) == 0
     distill_student(student, refs(specialists), batches, reopened, DistillConfig(epochs=1), seed=0, adaptors=adaptors)
     assert calls == {"s2": 2, "aerial": 2, "s1": 1}
     assert {t["name"] for t in student.card.teachers} == {"s2", "s1", "aerial"}
@@ -92,7 +92,7 @@ def test_loss_decreases(specialists, balance):
     batches = proxy_batches(S2_BANDS, n_batches=1, batch=4)
     student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
     cache = TeacherCache()
-    fill_cache(cache, {"s2": specialists["s2"]}, batches)
+    fill_cache(cache, {"s2": specialists["s2"]}, batches, tolerance_nm=TOLERANCE_NM)
     adaptors, history = distill_student(student, refs({"s2": specialists["s2"]}), batches, cache,
                                         DistillConfig(epochs=6, lr=2e-3, balance=balance), seed=0)
     assert history.teachers["s2"][-1] < 0.8 * history.teachers["s2"][0]
@@ -118,7 +118,7 @@ def test_phi_s_gives_every_channel_unit_variance_with_one_scale_and_one_rotation
 def test_remote_teacher_features_and_warm_start(specialists, batches, tmp_path):
     # the partner keeps its weights: it extracts features on the proxy batches and sends them back
     partner = specialists["s1"]
-    features = extract_teacher_features(partner, batches)
+    features = extract_teacher_features(partner, batches, tolerance_nm=TOLERANCE_NM)
     assert len(features.ids) == 4 and features.targets["stage3"].dtype == torch.float16
     cache = TeacherCache()
     ref = TeacherRef("s1-remote", partner.card.weights_sha256, partner.feature_dims)
@@ -131,7 +131,7 @@ def test_remote_teacher_features_and_warm_start(specialists, batches, tmp_path):
     assert torch.equal(reloaded["s1-remote"].stage3_std, adaptors["s1-remote"].stage3_std)
     # integrate mode: a new teacher joins, the known head is kept
     kept_head = reloaded["s1-remote"]
-    fill_cache(cache, {"s2": specialists["s2"]}, batches)
+    fill_cache(cache, {"s2": specialists["s2"]}, batches, tolerance_nm=TOLERANCE_NM)
     adaptors2, history = distill_student(student, [*refs({"s2": specialists["s2"]}), ref], batches, cache,
                                          DistillConfig(epochs=1), seed=0, adaptors=reloaded)
     assert adaptors2["s1-remote"] is kept_head and set(adaptors2) == {"s1-remote", "s2"}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from fusion_toys import AERIAL_BANDS, S1_BANDS, S2_BANDS, make_registry, make_specialist, proxy_batches
+from fusion_toys import TOLERANCE_NM, AERIAL_BANDS, S1_BANDS, S2_BANDS, make_registry, make_specialist, proxy_batches
 
 from fusion import Ensemble, Registry
 from fusion.registry import RegistryError
@@ -43,7 +43,7 @@ def test_add_and_remove(tmp_path):
 
 
 def test_plans_and_forward_only_applicable(registry):
-    ensemble = Ensemble.from_registry(registry)
+    ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
     calls = count_calls(ensemble)
     plans = {p.specialist: p for p in ensemble.plan(S2_BANDS)}
     assert plans["s2"].applicable and plans["aerial"].applicable and not plans["s1"].applicable
@@ -60,7 +60,7 @@ def test_plans_and_forward_only_applicable(registry):
 
 
 def test_calibration_standardises_features(registry):
-    ensemble = Ensemble.from_registry(registry)
+    ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
     batches = proxy_batches(S2_BANDS, n_batches=2) + proxy_batches(S1_BANDS, n_batches=2)
     stats = ensemble.calibrate(batches)
     assert set(stats) == {"s2", "s1", "aerial"}
@@ -73,15 +73,15 @@ def test_calibration_standardises_features(registry):
 
 
 def test_calibration_reports_specialists_without_data(registry, caplog):
-    measured = Ensemble.from_registry(registry).calibrate(proxy_batches(S2_BANDS, n_batches=1))
+    measured = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM).calibrate(proxy_batches(S2_BANDS, n_batches=1))
     assert set(measured) == {"s2", "aerial"} and "['s1']" in caplog.text
     with pytest.raises(ValueError, match="no input that any of"):
-        Ensemble.from_registry(registry, ["s1"]).calibrate(proxy_batches(S2_BANDS, n_batches=1))
+        Ensemble.from_registry(registry, ["s1"], tolerance_nm=TOLERANCE_NM).calibrate(proxy_batches(S2_BANDS, n_batches=1))
 
 
 def test_subset_runs_fewer_specialists(registry, tmp_path):
     small = registry.subset(["aerial"], tmp_path / "small")
-    ensemble = Ensemble.from_registry(small.root)
+    ensemble = Ensemble.from_registry(small.root, tolerance_nm=TOLERANCE_NM)
     calls = count_calls(ensemble)
     assert ensemble.names == ["aerial"]
     assert [f.shape[1] for f in ensemble(torch.rand(1, 4, 32, 32), AERIAL_BANDS)] == [40, 80, 160, 320]
@@ -89,7 +89,7 @@ def test_subset_runs_fewer_specialists(registry, tmp_path):
 
 
 def test_optional_fusion_uses_only_applicable_columns(registry):
-    ensemble = Ensemble.from_registry(registry, fuse_dims=(16, 16, 16, 16))
+    ensemble = Ensemble.from_registry(registry, fuse_dims=(16, 16, 16, 16), tolerance_nm=TOLERANCE_NM)
     out = ensemble(torch.rand(1, 2, 32, 32), S1_BANDS)
     assert [f.shape[1] for f in out] == [16, 16, 16, 16]
     s1_only = ensemble.specialist_features(torch.rand(1, 2, 32, 32), S1_BANDS)

@@ -1,7 +1,7 @@
 """Scene pairing: other sensors' tiles of a scene take a teacher's targets from the tile it could read."""
 
 import torch
-from fusion_toys import S1_BANDS, S2_BANDS, make_specialist, proxy_batches
+from fusion_toys import TOLERANCE_NM, S1_BANDS, S2_BANDS, make_specialist, proxy_batches
 
 from fusion.data import scene_partners
 from fusion.teacher_cache import TARGETS, TeacherCache, fill_cache
@@ -29,7 +29,7 @@ def test_share_gives_sar_tiles_the_optical_teachers_targets(tmp_path):
     optical = proxy_batches(S2_BANDS, n_batches=1, batch=3, prefix="opt")[0]
     radar = proxy_batches(S1_BANDS, n_batches=1, batch=3, prefix="sar")[0]
     cache = TeacherCache(tmp_path / "cache")
-    fill_cache(cache, {"s2": s2}, [optical, radar])
+    fill_cache(cache, {"s2": s2}, [optical, radar], tolerance_nm=TOLERANCE_NM)
     sha = s2.card.weights_sha256
     assert not cache.has(sha, radar["id"])  # the optical teacher cannot read radar tiles
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fusion_toys import S2_BANDS, make_specialist
+from fusion_toys import TOLERANCE_NM, S2_BANDS, make_specialist
 
 from fusion import Ensemble, Student
 from fusion.probes import (FeatureSet, extract_features, knn_probe, label_subset, linear_probe, probe_features,
@@ -64,7 +64,7 @@ def test_segmentation_probe_learns_from_maps():
 
 @pytest.mark.parametrize("kind", ["ensemble", "student"])
 def test_one_interface_for_every_encoder(kind):
-    encoder = (Ensemble({"s2": make_specialist("s2", "sentinel2_l2a", S2_BANDS)}) if kind == "ensemble"
+    encoder = (Ensemble({"s2": make_specialist("s2", "sentinel2_l2a", S2_BANDS)}, tolerance_nm=TOLERANCE_NM) if kind == "ensemble"
                else Student.create(seed=0))
     batches = [{"image": torch.rand(4, 4, 32, 32), "bands": S2_BANDS, "target": torch.arange(4),
                 "id": [f"{b}-{i}" for i in range(4)]} for b in range(2)]

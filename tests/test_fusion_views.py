@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from fusion.views import plan_view
+from fusion_toys import TOLERANCE_NM
 
 
 def test_selects_and_reorders_by_name():
-    plan = plan_view("s2", ["B02", "B03", "B04"], ["B04", "B08", "B02", "B03"])
+    plan = plan_view("s2", ["B02", "B03", "B04"], ["B04", "B08", "B02", "B03"], tolerance_nm=TOLERANCE_NM)
     assert plan.applicable and plan.substitutions == ()
     x = torch.arange(4.0).view(1, 4, 1, 1)  # channel i holds value i
     assert plan.select(x).flatten().tolist() == [2.0, 3.0, 0.0]
@@ -21,7 +22,7 @@ def test_wavelength_equivalence_stands_in():
     x = torch.tensor([2.0, 3.0, 4.0, 5.0]).view(1, 4, 1, 1)
     assert plan.select(x).flatten().tolist() == [4.0, 3.0, 2.0, 5.0]
     assert plan.stand_ins().startswith("RED <- OLI_B4 (640 vs 654.5 nm), GREEN <- OLI_B3 (550 vs 561.5 nm)")
-    assert plan_view("s1", ["VV"], ["VV"]).stand_ins() == ""
+    assert plan_view("s1", ["VV"], ["VV"], tolerance_nm=TOLERANCE_NM).stand_ins() == ""
 
 
 def test_not_applicable_names_missing_bands():
@@ -35,8 +36,8 @@ def test_not_applicable_names_missing_bands():
 
 
 def test_sar_needs_matching_polarisation():
-    assert not plan_view("s1", ["VV", "VH"], ["B04", "B08"]).applicable
-    assert plan_view("s1", ["VH", "VV"], ["VV", "VH"]).source_bands == ("VH", "VV")
+    assert not plan_view("s1", ["VV", "VH"], ["B04", "B08"], tolerance_nm=TOLERANCE_NM).applicable
+    assert plan_view("s1", ["VH", "VV"], ["VV", "VH"], tolerance_nm=TOLERANCE_NM).source_bands == ("VH", "VV")
 
 
 def test_input_band_never_stands_in_twice():

@@ -21,6 +21,7 @@ from rasterio.transform import from_origin
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 import test_dataset
+from fusion_toys import TOLERANCE_NM
 from clients import handlers
 from clients.client_app import app as client_app
 from clients.institution import InstitutionSpec
@@ -656,7 +657,7 @@ def test_a_teacher_whose_features_overflow_stops_the_distillation_before_the_stu
     student = Student.create(band_stats={"B04": [0.2, 0.1]}, seed=0)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     batches, cache = proxy_batches(S2_BANDS, n_batches=1, batch=2), TeacherCache()
-    fill_cache(cache, {"s2": teacher}, batches)
+    fill_cache(cache, {"s2": teacher}, batches, tolerance_nm=TOLERANCE_NM)
     with pytest.raises(FloatingPointError, match=r"distillation loss is not finite \(per teacher \{'s2': nan\}\)"):
         distill_student(student, [TeacherRef.of(teacher, "s2")], batches, cache, DistillConfig(epochs=1), seed=0)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())

@@ -25,7 +25,7 @@ from fusion.data import labelled_loader
 from fusion.encoders import RANDOM_PREFIX, open_encoder
 from fusion.probes import DEFAULT_FRACTIONS, DEFAULT_SEEDS, probe_encoder, results_markdown
 from fusion.student import Student, band_stats_table
-from fusion.views import DEFAULT_TOLERANCE_NM
+from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats

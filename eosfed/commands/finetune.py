@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         args.sensor = sensors[0]
     balanced, weights = _class_weights(args.class_weights, task.num_classes)
     cfg = settings_from(args, TrainConfig, class_weights=weights, device=resolve_device(args.device))
-    model, _ = finetune(args.encoder, manifest, get_sensor(args.sensor), args.task, cfg, args.unfreeze,
-                        args.decoder, args.size, balanced, args.tolerance_nm, args.name)
+    model, _ = finetune(args.encoder, manifest, get_sensor(args.sensor), args.task, cfg,
+                        tolerance_nm=args.tolerance_nm, unfreeze=args.unfreeze, decoder=args.decoder, size=args.size,
+                        balance=balanced, name=args.name)
     with staged_output(args.out, args.overwrite) as stage:
         save_task_model(model.cpu(), stage)
     scores = {k: round(v, 4) for k, v in model.card.metrics.items() if isinstance(v, float)}

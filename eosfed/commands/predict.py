@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     for scene in tqdm(scenes, desc="scenes", unit="scene", leave=False):
         with ExitStack() as stack:
             staged = [stack.enter_context(staged_output(p, args.overwrite, folder=False)) for p in outputs[scene]]
-            predict_scene(model, sensor, scene, staged[0], staged[1] if len(staged) > 1 else None, tile, overlap,
-                          args.batch_size, args.device, args.tolerance_nm)
+            predict_scene(model, sensor, scene, staged[0], staged[1] if len(staged) > 1 else None,
+                          tolerance_nm=args.tolerance_nm, tile=tile, overlap=overlap, batch_size=args.batch_size,
+                          device=args.device)
     log.info("%d class maps written to %s", len(scenes), args.out)
     return 0
