@@ -43,6 +43,7 @@ __all__ = [
     "Raster",
     "TileSource",
     "center_window",
+    "band_calibration",
     "read_tile",
     "read_band_files",
     "read_mask",
@@ -129,18 +130,23 @@ def _physical(raw: np.ndarray, sensor: Sensor, path: str | Path) -> np.ndarray:
         return (10 * np.log10(np.square(raw.real) + np.square(raw.imag))).astype(np.float32)
 
 
-def calibrate(data: np.ndarray, sensor: Sensor, bands: Sequence[str]) -> np.ndarray:
-    """``data`` (float32, ``[len(bands), ...]``, the sensor's ``bands`` in that order) turned into physical
-    values in place with each band's own scale and offset: the one calibration of training, evaluation and
-    prediction."""
+def band_calibration(sensor: Sensor, bands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(scale, offset)`` of ``bands`` (of ``sensor``, in that order): ``physical = raw * scale + offset``."""
     scales, offsets = sensor.calibration()
     missing = [b for b in bands if b not in sensor.bands]
     if missing:
         raise BandError(f"bands {missing} are not bands of sensor {sensor.name!r} {sensor.bands}: their scale "
                         "and offset are unknown")
     at = [sensor.bands.index(b) for b in bands]
-    scale = np.asarray([scales[i] for i in at], dtype=np.float32).reshape(-1, *(1,) * (data.ndim - 1))
-    offset = np.asarray([offsets[i] for i in at], dtype=np.float32).reshape(scale.shape)
+    return (np.asarray([scales[i] for i in at], dtype=np.float32), np.asarray([offsets[i] for i in at], dtype=np.float32))
+
+
+def calibrate(data: np.ndarray, sensor: Sensor, bands: Sequence[str]) -> np.ndarray:
+    """``data`` (float32, ``[len(bands), ...]``, the sensor's ``bands`` in that order) turned into physical
+    values in place with each band's own scale and offset: the one calibration of training, evaluation and
+    prediction."""
+    scale, offset = band_calibration(sensor, bands)
+    scale, offset = (a.reshape(-1, *(1,) * (data.ndim - 1)) for a in (scale, offset))
     if (scale != 1).any():
         data *= scale
     if (offset != 0).any():
