@@ -33,7 +33,6 @@ from fusion.encoders import encoder_kind
 from fusion.ensemble import Ensemble
 from fusion.finetune import BandView
 from fusion.student import load_student
-from fusion.views import DEFAULT_TOLERANCE_NM
 from geodata.raster import band_calibration
 from geodata.sensors import BandError, get_sensor, load_sensor_files
 from specialists import load_specialist
@@ -64,7 +63,7 @@ class EosfedBackbone(nn.Module):
 
 
 def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str | None,
-           sensor_files: Sequence[str | Path], tolerance_nm: float, load: Callable[[Path], nn.Module],
+           sensor_files: Sequence[str | Path], tolerance_nm: float | None, load: Callable[[Path], nn.Module],
            own_bands: Callable[[nn.Module], Sequence[str]] | None = None) -> EosfedBackbone:
     """The :class:`EosfedBackbone` of the ``kind`` folder at ``path``. A band error is re-raised as a
     ``ValueError``: TerraTorch's registry takes a ``KeyError`` for "no such backbone" and drops its message."""
@@ -92,23 +91,21 @@ def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str
 def eosfed_student(path: str | Path, bands: Sequence[str] | None = None, sensor: str | None = None,
                    sensor_files: Sequence[str | Path] = ()) -> EosfedBackbone:
     """The student at ``path`` (trainable), reading ``bands`` (module docstring)."""
-    return _build("student", path, bands, sensor, sensor_files, DEFAULT_TOLERANCE_NM, load_student)
+    return _build("student", path, bands, sensor, sensor_files, None, load_student)
 
 
 @TERRATORCH_BACKBONE_REGISTRY.register
-def eosfed_specialist(path: str | Path, bands: Sequence[str] | None = None, sensor: str | None = None,
-                      sensor_files: Sequence[str | Path] = (),
-                      tolerance_nm: float = DEFAULT_TOLERANCE_NM) -> EosfedBackbone:
+def eosfed_specialist(path: str | Path, tolerance_nm: float, bands: Sequence[str] | None = None,
+                      sensor: str | None = None, sensor_files: Sequence[str | Path] = ()) -> EosfedBackbone:
     """The specialist at ``path`` (trainable), its bands read from ``bands`` (default: its own) by name or
-    wavelength (module docstring)."""
+    wavelength within ``tolerance_nm`` (the run's setting; module docstring)."""
     return _build("specialist", path, bands, sensor, sensor_files, tolerance_nm, load_specialist,
                   lambda specialist: specialist.bands)
 
 
 @TERRATORCH_BACKBONE_REGISTRY.register
-def eosfed_ensemble(path: str | Path, bands: Sequence[str] | None = None, sensor: str | None = None,
-                    sensor_files: Sequence[str | Path] = (),
-                    tolerance_nm: float = DEFAULT_TOLERANCE_NM) -> EosfedBackbone:
+def eosfed_ensemble(path: str | Path, tolerance_nm: float, bands: Sequence[str] | None = None,
+                    sensor: str | None = None, sensor_files: Sequence[str | Path] = ()) -> EosfedBackbone:
     """The registry at ``path`` as its ensemble (frozen specialists), reading ``bands`` (module docstring)."""
     return _build("registry", path, bands, sensor, sensor_files, tolerance_nm,
                   lambda p: Ensemble.from_registry(p, tolerance_nm=tolerance_nm))

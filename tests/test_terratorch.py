@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fusion_toys import S1_BANDS, S2_BANDS, make_registry, make_specialist
+from fusion_toys import TOLERANCE_NM, S1_BANDS, S2_BANDS, make_registry, make_specialist
 from terratorch.cli_tools import build_lightning_cli
 from terratorch.registry import BACKBONE_REGISTRY
 
@@ -40,7 +40,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind, bands", [("student", ("VV", "B04")), ("specialist", None), ("ensemble", S1_BANDS)])
 def test_backbone_contract(artifacts, kind, bands):
-    backbone = BACKBONE_REGISTRY.build(f"eosfed_{kind}", path=str(artifacts[kind]), bands=bands)
+    tolerance = {} if kind == "student" else {"tolerance_nm": TOLERANCE_NM}
+    backbone = BACKBONE_REGISTRY.build(f"eosfed_{kind}", path=str(artifacts[kind]), bands=bands, **tolerance)
     assert isinstance(backbone, EosfedBackbone) and backbone.bands == (bands or S2_BANDS)
     features = backbone(torch.rand(2, len(backbone.bands), 64, 64))
     assert len(features) == len(backbone.out_channels) == 4
@@ -50,8 +51,8 @@ def test_backbone_contract(artifacts, kind, bands):
 
 
 def test_specialist_reads_the_wildfire_files_by_wavelength_and_calibrates_them(artifacts):
-    own = eosfed_specialist(artifacts["specialist"]).eval()
-    fire = eosfed_specialist(artifacts["specialist"], bands=WILDFIRE_BANDS, **WILDFIRE_SENSOR).eval()
+    own = eosfed_specialist(artifacts["specialist"], TOLERANCE_NM).eval()
+    fire = eosfed_specialist(artifacts["specialist"], TOLERANCE_NM, bands=WILDFIRE_BANDS, **WILDFIRE_SENSOR).eval()
     reflectance = torch.rand(1, 4, 64, 64) * 0.2  # B02 B03 B04 B08
     tci = reflectance[:, [2, 1, 0]] / PRODUCT_SCALES["tci"]  # TCI_R TCI_G TCI_B: B04 B03 B02 in 8-bit counts
     stored = torch.cat([tci, reflectance[:, 3:] * 10000, torch.rand(1, 1, 64, 64) * 5000], dim=1)
@@ -66,9 +67,9 @@ def test_bad_input_is_refused_in_one_line(artifacts):
     with pytest.raises(ValueError, match="a student reads any bands: give bands"):
         eosfed_student(artifacts["student"])
     with pytest.raises(ValueError, match="a student, not a specialist"):
-        eosfed_specialist(artifacts["student"])
+        eosfed_specialist(artifacts["student"], TOLERANCE_NM)
     with pytest.raises(ValueError, match=r"cannot read bands \['VV', 'VH'\]"):
-        eosfed_specialist(artifacts["specialist"], bands=S1_BANDS)
+        eosfed_specialist(artifacts["specialist"], TOLERANCE_NM, bands=S1_BANDS)
     with pytest.raises(ValueError, match=r"expected \[B, 2, H, W\]"):
         eosfed_student(artifacts["student"], bands=S1_BANDS)(torch.rand(1, 3, 64, 64))
 
@@ -91,6 +92,7 @@ def test_terratorch_fit_of_the_yaml_on_wildfire(artifacts, shared_data, terrator
     path = artifacts[kind]
     cli = terratorch_cli(["fit", "-c", str(YAML), f"--model.init_args.model_args.backbone=eosfed_{kind}",
                           f"--model.init_args.model_args.backbone_path={path}", "--trainer.max_steps=2",
+                          *([] if kind == "student" else [f"--model.init_args.model_args.backbone_tolerance_nm={TOLERANCE_NM}"]),
                           "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}"])
     assert cli.trainer.global_step == 2
     metrics = cli.trainer.callback_metrics
