@@ -44,7 +44,7 @@ from geodata.raster import TileSource, open_raster, read_labelled
 from geodata.sensors import Sensor, get_sensor
 
 __all__ = [
-    "Scene", "find_rasters", "band_files", "match_scenes", "parse_label_map", "band_indexes", "file_bands",
+    "Scene", "find_rasters", "band_files", "match_scenes", "parse_label_map", "band_key", "band_indexes", "file_bands",
     "tile_windows", "split_scenes", "scenes_manifest",
 ]
 
@@ -84,11 +84,11 @@ def band_files(sensor: str | Sensor, specs: Sequence[tuple[str, str | Path]]) ->
     """The rasters of each ``(band, folder or glob)``, keyed by the sensor's band names (compared as
     :func:`band_indexes` does: ``red`` is ``RED``, ``B8`` is ``B08``); every image band needs one."""
     sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
-    names = {_band_key(b): b for b in sensor.bands}
-    unknown = [b for b, _ in specs if _band_key(b) not in names]
+    names = {band_key(b): b for b in sensor.bands}
+    unknown = [b for b, _ in specs if band_key(b) not in names]
     if unknown:
         raise ValueError(f"sensor {sensor.name}: {unknown} are not among its bands ({', '.join(sensor.bands)})")
-    given = [names[_band_key(b)] for b, _ in specs]
+    given = [names[band_key(b)] for b, _ in specs]
     twice = sorted({b for b in given if given.count(b) > 1})
     if twice:
         raise ValueError(f"sensor {sensor.name}: bands {twice} are given twice")
@@ -178,7 +178,7 @@ def parse_label_map(text: str | None) -> dict[int, int | None]:
     return mapping
 
 
-def _band_key(name: str) -> str:
+def band_key(name: str) -> str:
     """Band names compared without case and zero padding (``B8`` matches ``B08``)."""
     return re.sub(r"(?<=[A-Z])0+(?=\d)", "", name.strip().upper())
 
@@ -191,11 +191,11 @@ def band_indexes(descriptions: Sequence[str | None], bands: Sequence[str], where
         if len(descriptions) != len(bands):
             raise RasterError(where, f"{len(descriptions)} unnamed bands, expected {len(bands)} ({', '.join(bands)})")
         return list(range(1, len(bands) + 1))
-    index = {_band_key(d): i for i, d in enumerate(descriptions, start=1) if d}
-    missing = [b for b in bands if _band_key(b) not in index]
+    index = {band_key(d): i for i, d in enumerate(descriptions, start=1) if d}
+    missing = [b for b in bands if band_key(b) not in index]
     if missing:
         raise RasterError(where, f"bands {missing} missing: the file's bands are {list(descriptions)}")
-    return [index[_band_key(b)] for b in bands]
+    return [index[band_key(b)] for b in bands]
 
 
 def file_bands(descriptions: Sequence[str | None], sensor: Sensor, where: str | Path) -> list[str | None]:
@@ -207,8 +207,8 @@ def file_bands(descriptions: Sequence[str | None], sensor: Sensor, where: str | 
             raise RasterError(where, f"{len(descriptions)} unnamed bands, but sensor {sensor.name} has "
                                      f"{sensor.num_bands} ({', '.join(sensor.bands)})")
         return list(sensor.bands)
-    names = {_band_key(b): b for b in sensor.bands}
-    return [names.get(_band_key(d)) if d else None for d in descriptions]
+    names = {band_key(b): b for b in sensor.bands}
+    return [names.get(band_key(d)) if d else None for d in descriptions]
 
 
 def tile_windows(rows: tuple[int, int], cols: tuple[int, int], size: int, stride: int) -> list[Window]:

@@ -16,6 +16,7 @@ LAYOUTS: dict[str, str] = {
     "eurosat": "EuroSAT-MS class folders (13-band Sentinel-2 L1C)",
     "bigearthnet": "BigEarthNet S2 patches and their S1 twins (multilabel CORINE)",
     "eolearn": "eo-learn's test patch as chips (land-cover segmentation)",
+    "torchgeo": "a torchgeo dataset on disk: EuroSAT in its layout (its split files) or any RasterDataset's scenes",
     "scenes": "scene rasters + label rasters cut into tiles (windows), split by scene or spatial block",
     "merge": "join manifests into one (e.g. a release's train and test folders), each tile keeping its split",
 }

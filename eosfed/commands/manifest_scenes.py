@@ -14,11 +14,12 @@ import argparse
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from eosfed.commands.args import UsageError, add_output, add_sensor_files, check_output, staged_output
 from geodata.manifest import TaskSpec
-from geodata.tiling import (band_files, find_rasters, match_scenes, parse_label_map, scenes_manifest,
+from geodata.tiling import (Scene, band_files, find_rasters, match_scenes, parse_label_map, scenes_manifest,
                             split_scenes)
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "One file per band: SENSOR=BAND:DIR_OR_GLOB,BAND:DIR_OR_GLOB,... (a scene is the "
                              "files of one name across the band folders, all on one grid)")
     parser.add_argument("--labels", required=True, help="label rasters (folder or glob)")
+    parser.add_argument("--match", help="regex on file stems whose first group is the scene key (default: the stem)")
+    add_tiling_arguments(parser)
+
+
+def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of cutting scenes into tiles and splitting them (also ``eosfed manifest torchgeo raster``'s)."""
     add_output(parser, "folder for manifest.json (and any co-registered scene copies)")
     parser.add_argument("--task", required=True, help="task name")
     parser.add_argument("--classes", required=True, type=_names, help="class names in index order, e.g. "
                                                                        "not_burned,burned")
     add_sensor_files(parser)
-    parser.add_argument("--match", help="regex on file stems whose first group is the scene key (default: the stem)")
     parser.add_argument("--size", type=int, default=64, help="tile size in pixels")
     parser.add_argument("--stride", type=int, help="pixels between tiles (default: --size)")
     parser.add_argument("--min-valid", type=float, default=0.5, help="least fraction of valid, labelled pixels")
@@ -87,25 +93,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     specs = [_images(text) for text in args.images]
+
+    def find() -> tuple[list[Scene], list[str]]:
+        images = {sensor: _files(sensor, spec) for sensor, spec in specs}
+        return match_scenes(images, find_rasters(args.labels), args.match), list(images)
+
+    write_scenes(args, find)
+    return 0
+
+
+def write_scenes(args: argparse.Namespace, find: Callable[[], tuple[list[Scene], list[str]]]) -> None:
+    """Cut the scenes ``find`` returns (with their sensors) into tiles, split them as the
+    :func:`add_tiling_arguments` flags say, and write ``--out``."""
     if len(args.classes) < 2:
         raise UsageError(f"--classes needs at least two classes (e.g. not_burned,burned), got {args.classes}")
     if args.split_by == "block" and args.block_size is None:
         raise UsageError("--split-by block needs --block-size")
     with staged_output(args.out, args.overwrite) as stage:
-        images = {sensor: _files(sensor, spec) for sensor, spec in specs}
-        scenes = match_scenes(images, find_rasters(args.labels), args.match)
+        scenes, sensors = find()
         splits = None
         if args.split_by == "scene":
             splits = split_scenes([s.name for s in scenes], args.test, args.val, args.test_scenes, args.val_scenes,
                                   args.train_first, args.seed)
         task = TaskSpec("segmentation", args.classes, args.ignore_index)
         manifest = scenes_manifest(
-            scenes, list(images), args.task, task, stage, args.size, args.stride or args.size, splits,
+            scenes, sensors, args.task, task, stage, args.size, args.stride or args.size, splits,
             args.block_size if args.split_by == "block" else None, (args.test_fraction, args.val_fraction),
             args.min_valid, parse_label_map(args.label_map), args.seed, args.name or args.out.name,
         )
         manifest.save(stage / "manifest.json")
     counts = Counter(t.split for t in manifest.tiles)
     log.info("%d scenes -> %d tiles %s in %s", len(scenes), len(manifest.tiles), dict(sorted(counts.items())),
-                args.out / "manifest.json")
-    return 0
+             args.out / "manifest.json")

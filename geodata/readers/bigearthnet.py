@@ -59,12 +59,12 @@ def _patches(root: Path) -> list[Path]:
 def build_bigearthnet_manifest(
     s2_root: str | Path, out_dir: str | Path, s1_root: str | Path | None = None,
     splits: Mapping[str, str] | None = None, classes: Sequence[str] | None = None,
-    name: str = "bigearthnet",
+    name: str = "bigearthnet", listed_only: bool = False,
 ) -> Manifest:
     """Index S2 patches (and their S1 twins) into ``out_dir/manifest.json`` (absolute paths).
 
-    ``splits`` maps S2 patch names to a split (default "train"; BigEarthNet ships its splits as
-    patch-name lists); an S1 patch takes its twin's split.
+    ``splits`` maps S2 patch names to a split (BigEarthNet ships its splits as patch-name lists); a
+    patch not in it is "train", or left out when ``listed_only``; an S1 patch follows its twin.
     """
     splits = splits or {}
     s2 = get_sensor(S2_SENSOR)
@@ -72,6 +72,8 @@ def build_bigearthnet_manifest(
     entries: list[tuple[TileEntry, list[str], Path]] = []
     s2_bands: dict[str, dict[str, str]] = {}
     for patch in _patches(Path(s2_root)):
+        if listed_only and patch.name not in splits:
+            continue
         meta = read_patch_metadata(patch)
         s2_bands[patch.name] = _band_paths(patch, S2_SENSOR)
         tile = TileEntry(id=patch.name, sensor=S2_SENSOR, split=splits.get(patch.name, "train"),
@@ -80,6 +82,8 @@ def build_bigearthnet_manifest(
     for patch in _patches(Path(s1_root)) if s1_root is not None else []:
         meta = read_patch_metadata(patch)
         twin = meta.get("corresponding_s2_patch")
+        if listed_only and twin not in splits:
+            continue
         if twin not in s2_bands:
             raise RasterError(patch / f"{patch.name}_labels_metadata.json",
                               f"corresponding_s2_patch {twin!r} is not among the S2 patches in {s2_root}")
