@@ -68,6 +68,11 @@ def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str
     """The :class:`EosfedBackbone` of the ``kind`` folder at ``path``. A band error is re-raised as a
     ``ValueError``: TerraTorch's registry takes a ``KeyError`` for "no such backbone" and drops its message."""
     path = Path(path)
+    if tolerance_nm is not None:  # TerraTorch's model_args are untyped: a YAML or flag value may come as text
+        try:
+            tolerance_nm = float(tolerance_nm)
+        except ValueError:
+            raise ValueError(f"backbone_tolerance_nm must be a number of nm, got {tolerance_nm!r}") from None
     found = encoder_kind(path)
     if found != kind:
         raise ValueError(f"{path}: a {found}, not a {kind} (use the eosfed_{'ensemble' if found == 'registry' else found} "
