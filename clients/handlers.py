@@ -26,6 +26,7 @@ from clients.training import build_model, evaluate_splits, fit
 from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.student import student_from_bytes
+from pipeline.privacy import clip_update
 from specialists.card import SpecialistCard
 from specialists.io import specialist_from_bytes, specialist_to_bytes
 from specialists.model import Specialist
@@ -54,8 +55,8 @@ def _card(card_json: str) -> SpecialistCard:
 
 
 def _train_config(settings: RoundTraining) -> TrainConfig:
-    return TrainConfig(**{**dataclasses.asdict(settings), "device": resolve_device(settings.device),
-                          "max_steps": settings.max_steps or None})
+    sent = {k: v for k, v in dataclasses.asdict(settings).items() if k != "clipping_norm"}
+    return TrainConfig(**{**sent, "device": resolve_device(settings.device), "max_steps": settings.max_steps or None})
 
 
 def _summary(spec: InstitutionSpec) -> DataSummary:
@@ -85,10 +86,13 @@ def describe(message: Message, context: Context) -> Message:
 
 
 def train(message: Message, context: Context) -> Message:
-    """One FedAvg round: validate the received specialist, train it locally, return the weights."""
+    """One FedAvg round: validate the received specialist, train it locally, return the weights (the update
+    clipped when the request says so)."""
     request = TrainRequest.decode(message.content, _SOURCE)
     spec, card = _institution(request.institution, context), _card(request.card)
     encoder, head, metrics = fit(spec, card, request.encoder, request.head, _train_config(request.train))
+    if request.train.clipping_norm > 0:  # train.dp.mode client: the update leaves clipped
+        (encoder, head), _ = clip_update([request.encoder, request.head], [encoder, head], request.train.clipping_norm)
     metrics["peak_rss_mb"] = _peak_rss_mb()
     return _reply(message, TrainReply(encoder, head, metrics))
 

@@ -10,7 +10,9 @@ total (the excess goes to the others), and with three or more of them an update 
 round's coordinate-wise median than ``train.update_factor`` times the median distance (at least the
 median step, so that colluders agreeing with each other cannot refuse everyone else) is refused.
 ``train.aggregation`` picks the weighted mean (``fedavg``), the coordinate-wise ``median`` or the
-``trimmed_mean`` (without each coordinate's lowest and highest value; three or more updates)."""
+``trimmed_mean`` (without each coordinate's lowest and highest value; three or more updates). With
+``train.dp`` each update is clipped (by its member, the norm checked here, or here) and the weighted mean
+noised (:mod:`pipeline.privacy`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from pipeline.privacy import add_noise, clip_update, epsilon, noise_stdv, update_norm
 from pipeline.roster import Group, Member
 from pipeline.settings import AGGREGATIONS, TrainSettings
 from specialists.card import SpecialistCard
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 State = dict[str, torch.Tensor]
 SAME = 0.01  # updates closer than this fraction of their step from the global state are one member's
+CLIP_SLACK = 1e-4  # a member's clipped update may exceed train.dp.clipping_norm by this fraction (float32 rounding)
 
 
 def check_state(reference: State, update: State, source: str) -> State:
@@ -287,7 +291,23 @@ class GroupTraining:
             raise ValueError(f"{source}: 'num_examples' must be positive, got {update.metrics.get('num_examples')}")
         check_state(self.encoder, update.encoder, f"{source} encoder")
         check_state(self.head, update.head, f"{source} head")
+        dp = self.settings.dp
+        if dp.mode == "client":
+            norm = update_norm([self.encoder, self.head], [update.encoder, update.head])
+            if norm > dp.clipping_norm * (1 + CLIP_SLACK):
+                raise ValueError(f"{source}: update norm {norm:.6g} exceeds train.dp.clipping_norm "
+                                 f"{dp.clipping_norm:g} (train.dp.mode 'client': the member clips its update)")
         return update
+
+    def _clipped(self, updates: Sequence[Update], record: dict[str, Any]) -> list[Update]:
+        """``updates`` clipped to ``train.dp.clipping_norm`` (their norms before in ``record['dp']``)."""
+        out, norms = [], {}
+        for u in updates:
+            (encoder, head), norms[u.member] = clip_update([self.encoder, self.head], [u.encoder, u.head],
+                                                           self.settings.dp.clipping_norm)
+            out.append(Update(u.member, encoder, head, u.metrics))
+        record["dp"] = {"update_norms": norms}
+        return out
 
     def apply(self, round_index: int, lr: float, updates: Sequence[Update]) -> dict[str, Any]:
         """Screen the (checked) ``updates`` and aggregate the kept ones into the global state (see the
@@ -299,6 +319,8 @@ class GroupTraining:
             "received": weighted_metrics({k: {m: v for m, v in x.items() if m.startswith("val_")}
                                           for k, x in per_member.items()})}
         settings = self.settings
+        if settings.dp.mode == "server":
+            updates = self._clipped(updates, record)
         states = [{**u.encoder, **{f"head.{k}": v for k, v in u.head.items()}} for u in updates]
         reference = {**self.encoder, **{f"head.{k}": v for k, v in self.head.items()}}
         classes = indistinct(states, reference)
@@ -313,6 +335,10 @@ class GroupTraining:
             record["shares"] = {updates[i].member: w / len(c) for c, w in zip(kept, weights) for i in c}
             self.encoder = aggregate([updates[c[0]].encoder for c in kept], weights, settings.aggregation)
             self.head = aggregate([updates[c[0]].head for c in kept], weights, settings.aggregation)
+            if settings.dp.mode != "none":
+                stdv = noise_stdv(settings.dp.noise_multiplier, settings.dp.clipping_norm, max(weights))
+                self.encoder, self.head = add_noise([self.encoder, self.head], stdv)
+                record.setdefault("dp", {})["noise_stdv"] = stdv
             self.rounds_done += 1
         else:
             record["skipped"] = f"{sum(map(len, kept))} valid update(s), train.min_replies is {settings.min_replies}"
@@ -331,10 +357,22 @@ class GroupTraining:
         specialist.encoder.load_state_dict(self.encoder, strict=True)
         specialist_to_bytes(specialist)
 
+    def privacy(self) -> dict[str, Any] | None:
+        """``train.dp`` and the epsilon its noised rounds spent (``None`` with DP off)."""
+        dp = self.settings.dp
+        if dp.mode == "none":
+            return None
+        return {**asdict(dp), "rounds": self.rounds_done,
+                "epsilon": epsilon(dp.noise_multiplier, self.rounds_done, dp.delta)}
+
     def finish(self, per_member: dict[str, dict[str, float]], settings: TrainSettings) -> SpecialistCard:
-        """The card with the members' final metrics (weighted), the round history and who keeps it."""
+        """The card with the members' final metrics (weighted), the round history, who keeps it and, with
+        ``train.dp``, the privacy spent (``extra['dp']``, ``metrics['dp_epsilon']``)."""
         card = self.card
         card.metrics.update(weighted_metrics(per_member))
+        if (dp := self.privacy()) is not None:
+            card.extra["dp"] = dp
+            card.metrics["dp_epsilon"] = dp["epsilon"]
         card.extra["federation"] = {"rounds": settings.rounds, "rounds_applied": self.rounds_done,
                                     "per_institution": per_member, "history": self.history,
                                     "train": asdict(settings)}

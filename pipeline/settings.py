@@ -39,6 +39,8 @@ from wire.messages import SIZE_MAXIMA, TRAIN_MAXIMA
 __all__ = [
     "AGGREGATIONS",
     "CONFIG_DIR",
+    "DP_MODES",
+    "DpSettings",
     "EnergySettings",
     "EnrolSettings",
     "EvaluateSettings",
@@ -56,6 +58,8 @@ __all__ = [
 
 AGGREGATIONS = ("fedavg", "median", "trimmed_mean")
 """How phase *train* combines a round's updates (``train.aggregation``)."""
+DP_MODES = ("none", "client", "server")
+"""Who clips a member's round update under ``train.dp`` (``none``: no differential privacy)."""
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -92,6 +96,30 @@ class FederationSettings:
 
 
 @dataclass
+class DpSettings:
+    """Differential privacy of phase *train* (:mod:`pipeline.privacy`, Flower's fixed clipping): each member's
+    round update (its weights minus the round's global weights) is clipped to L2 norm ``clipping_norm`` by
+    the member (``mode: client``) or by the coordinator (``server``), and the coordinator adds Gaussian noise
+    of std ``noise_multiplier`` x ``clipping_norm`` x the largest member share to the round's weighted mean.
+    The epsilon spent at ``delta`` is reported per group. ``none``: off."""
+
+    mode: str = "none"
+    clipping_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+
+    def check(self) -> None:
+        """``ValueError`` naming the first setting out of range."""
+        if self.mode not in DP_MODES:
+            raise ValueError(f"train.dp.mode must be one of {list(DP_MODES)}, got {self.mode!r}")
+        for name in ("clipping_norm", "noise_multiplier"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"train.dp.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"train.dp.delta must be in (0, 1), got {self.delta}")
+
+
+@dataclass
 class TrainSettings(OptimConfig):
     """Phase *train*: per group, ``rounds`` FedAvg rounds of ``local_epochs`` local epochs each.
 
@@ -104,7 +132,7 @@ class TrainSettings(OptimConfig):
     three or more updates), and ``aggregation`` is ``fedavg`` (weighted mean), ``median`` or
     ``trimmed_mean`` (see :mod:`pipeline.fedavg`). ``init``: the checkpoint every group's specialist
     starts from (:mod:`specialists.init`): ``base`` (the shipped base checkpoint), a file or folder (relative to
-    the coordinator's working directory) or ``random``.
+    the coordinator's working directory) or ``random``. ``dp``: differential privacy (:class:`DpSettings`).
     """
 
     init: str = BASE
@@ -116,6 +144,7 @@ class TrainSettings(OptimConfig):
     max_weight_share: float = 0.5
     update_factor: float = 5.0
     aggregation: str = "fedavg"
+    dp: DpSettings = field(default_factory=DpSettings)
 
 
 @dataclass
@@ -282,6 +311,10 @@ class ExperimentConfig:
             raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
         if self.train.aggregation not in AGGREGATIONS:
             raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
+        self.train.dp.check()
+        if self.train.dp.mode != "none" and self.train.aggregation != "fedavg":
+            raise ValueError(f"train.dp.mode {self.train.dp.mode!r} needs train.aggregation 'fedavg' (the privacy "
+                             f"accounting bounds a weighted mean), got {self.train.aggregation!r}")
         for name, variant in (("train.variant", self.train.variant), ("distill.variant", self.distill.variant)):
             try:
                 check_variant(variant)

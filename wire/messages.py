@@ -297,13 +297,15 @@ def _bounded(key: str, low: int, kind: _Rule = INT) -> _Rule:
 
 _TRAIN_RULES = {"epochs": _bounded("epochs", 1), "batch_size": _bounded("batch_size", 1), "lr": POSITIVE,
                 "weight_decay": NON_NEGATIVE, "warmup_epochs": _bounded("warmup_epochs", 0, NUMBER), "seed": INT,
-                "device": TEXT, "amp": FLAG, "max_steps": _bounded("max_steps", 0)}
+                "device": TEXT, "amp": FLAG, "max_steps": _bounded("max_steps", 0),
+                "clipping_norm": NON_NEGATIVE}
 
 
 @dataclass(frozen=True)
 class RoundTraining:
     """How an institution trains (or evaluates) a specialist in one round (the fields of
-    :class:`specialists.train.TrainConfig` that travel); ``max_steps`` 0: no cap."""
+    :class:`specialists.train.TrainConfig` that travel); ``max_steps`` 0: no cap; ``clipping_norm``: the L2
+    norm the member clips its update to before replying (``train.dp.mode`` ``client``; 0: no clipping)."""
 
     epochs: int
     batch_size: int
@@ -314,11 +316,13 @@ class RoundTraining:
     device: str
     amp: bool
     max_steps: int
+    clipping_norm: float = 0.0
 
     @classmethod
-    def of(cls, config: TrainConfig) -> RoundTraining:
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if f.name != "max_steps"},
-                   max_steps=config.max_steps or 0)
+    def of(cls, config: TrainConfig, clipping_norm: float = 0.0) -> RoundTraining:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if f.name not in ("max_steps",
+                                                                                            "clipping_norm")},
+                   max_steps=config.max_steps or 0, clipping_norm=float(clipping_norm))
 
     def record(self) -> ConfigRecord:
         return ConfigRecord(asdict(self))

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 if TYPE_CHECKING:
     from geodata.manifest import Manifest
 
-__all__ = ["HelpFormatter", "UsageError", "add_output", "add_settings", "check_output", "settings_from", "staged_output",
+__all__ = ["HelpFormatter", "UsageError", "add_output", "add_settings", "check_output", "overrides_from",
+           "settings_from", "staged_output",
            "add_sensor_files", "load_sensor_args", "check_split", "optional_split"]
 
 T = TypeVar("T")
@@ -100,24 +101,35 @@ def _flag_type(hint: Any) -> tuple[Any, str | None]:
 
 
 def add_settings(parser: argparse.ArgumentParser, settings: type, title: str, only: tuple[str, ...] = (),
-                 skip: tuple[str, ...] = ()) -> None:
+                 skip: tuple[str, ...] = (), path: str = "") -> None:
     """One ``--flag`` per field of the dataclass ``settings`` (``weight_decay`` -> ``--weight-decay``; only
     the fields in ``only`` when given, none in ``skip``), its default the field's; booleans become
-    ``--flag/--no-flag``."""
+    ``--flag/--no-flag``. With ``path``, the settings' place in the tree (``train.dp``), flags take its last
+    part as a prefix (``--dp-clipping-norm``) and are unset unless given, for :func:`overrides_from`."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(settings)
     defaults = settings()
+    prefix = path.rsplit(".", 1)[-1] + "_" if path else ""
     for f in dataclasses.fields(settings):
         if f.name in skip or (only and f.name not in only):
             continue
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        flag, default = "--" + (prefix + f.name).replace("_", "-"), getattr(defaults, f.name)
+        dest, text = (f"{path}.{f.name}", f"{path}.{f.name} (default: the experiment's, else {default})") if path \
+            else (f.name, f"{settings.__name__}.{f.name}")
         kind, nargs = _flag_type(hints[f.name])
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                               help=f"{settings.__name__}.{f.name}")
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None if path else default,
+                               dest=dest, help=text)
         else:
-            group.add_argument(flag, type=kind, nargs=nargs, default=default, dest=f.name,
-                               help=f"{settings.__name__}.{f.name}")
+            group.add_argument(flag, type=kind, nargs=nargs, default=None if path else default, dest=dest, help=text,
+                               metavar=f.name.upper())
+
+
+def overrides_from(args: argparse.Namespace, settings: type, path: str) -> list[str]:
+    """Hydra overrides (``train.dp.mode=server``) for the flags :func:`add_settings` added under ``path``
+    that were given."""
+    return [f"{path}.{f.name}={value}" for f in dataclasses.fields(settings)
+            if (value := getattr(args, f"{path}.{f.name}", None)) is not None]
 
 
 def settings_from(args: argparse.Namespace, settings: type[T], **fixed: Any) -> T:

@@ -16,11 +16,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from eosfed.commands.args import add_settings, overrides_from
 from server.local import REPO, flower_env, flwr_run, local_superlink_ports, run_details, stop_local_superlink
 
 log = logging.getLogger(__name__)
 
 COMPLETED = "finished:completed"
+DP = "train.dp"  # the settings the --dp-* flags set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,18 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Flower federation config, e.g. 'num-supernodes=4'; repeatable")
     parser.add_argument("--state", type=Path, default=REPO / ".eosfed",
                         help="this checkout's Flower state: FLWR_HOME is STATE/flwr-home")
+    from pipeline.settings import DpSettings  # imports torch: only for this command
+
+    add_settings(parser, DpSettings, "differential privacy of phase train (added to --overrides)", path=DP)
 
 
 def run_config(args: argparse.Namespace) -> dict[str, str]:
-    """Flower's run config (``experiment``, ``overrides``, ``run-name``) from the flags, checked as the
-    ServerApp checks it (:class:`pipeline.settings.RunSettings`, then composing the experiment); the run
-    name is fixed here so the command knows the run folder."""
-    from pipeline.settings import RunSettings, load_experiment  # imports torch: only when running
+    """Flower's run config (``experiment``, ``overrides`` and the ``--dp-*`` flags' ones, ``run-name``) from the
+    flags, checked as the ServerApp checks it (:class:`pipeline.settings.RunSettings`, then composing the
+    experiment); the run name is fixed here so the command knows the run folder."""
+    from pipeline.settings import DpSettings, RunSettings, load_experiment  # imports torch: only when running
 
-    settings = RunSettings.from_run_config({"experiment": args.experiment, "overrides": args.overrides,
+    overrides = " ".join([args.overrides, *overrides_from(args, DpSettings, DP)]).strip()
+    settings = RunSettings.from_run_config({"experiment": args.experiment, "overrides": overrides,
                                             "run-name": args.run_name})
     load_experiment(settings)
-    return {"experiment": settings.experiment, "overrides": args.overrides, "run-name": settings.run_name}
+    return {"experiment": settings.experiment, "overrides": overrides, "run-name": settings.run_name}
 
 
 def federation_args(configs: list[str] | None) -> list[str]:

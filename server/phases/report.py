@@ -79,23 +79,32 @@ def _discover(result: dict) -> list[str]:
     return lines
 
 
+def _privacy(dp: dict | None) -> str:
+    """A group's ``train.dp`` and the epsilon it spent, in one cell."""
+    if not dp:
+        return "off"
+    return (f"clip {dp['clipping_norm']:g}, noise {dp['noise_multiplier']:g}, epsilon {dp['epsilon']:.3g} at delta "
+            f"{dp['delta']:g}, {dp['mode']}-side clipping ({dp['rounds']} noised rounds)")
+
+
 def _train(ctx: PhaseContext, result: dict) -> list[str]:
     rows, curves = [], {}
     for group, r in result["groups"].items():
         if r.get("integrated_from"):
-            rows.append([group, ", ".join(r["members"]), f"from run {r['integrated_from']}", "", ""])
+            rows.append([group, ", ".join(r["members"]), f"from run {r['integrated_from']}", "", "", ""])
             continue
         metrics = r.get("metrics", {})
         tests = {k: v for k, v in metrics.items() if k.startswith("test_") and not k.endswith("_count")}
         rows.append([group, ", ".join(r["members"]), r.get("rounds_applied", 0),
-                     ", ".join(f"{k} {v:.4f}" for k, v in tests.items()) or "-", ", ".join(r.get("kept_by", []))])
+                     ", ".join(f"{k} {v:.4f}" for k, v in tests.items()) or "-", ", ".join(r.get("kept_by", [])),
+                     _privacy(r.get("dp"))])
         for record in r.get("history", []):
             val = {k: v for k, v in record.get("received", {}).items() if k.startswith("val_") and "loss" not in k}
             if val:
                 key = sorted(val)[0]
                 curves.setdefault(f"{group} ({key})", []).append((record["round"], val[key]))
     lines = ["## Train (FedAvg per group)", ""] + _table(
-        ["group", "members", "rounds applied", "final test metrics", "kept by"], rows)
+        ["group", "members", "rounds applied", "final test metrics", "kept by", "differential privacy"], rows)
     if curves:
         def draw(ax):
             for label, points in curves.items():
@@ -252,7 +261,7 @@ def report(ctx: PhaseContext) -> dict[str, Any]:
         "phases": {n: {"seconds": state["phases"][n]["seconds"], "traffic": results[n].get("traffic"),
                        "energy": results[n].get("energy")} for n in results},
         "energy": energy,
-        "groups": {g: {k: r.get(k) for k in ("metrics", "members", "weights_sha256", "integrated_from")}
+        "groups": {g: {k: r.get(k) for k in ("metrics", "members", "weights_sha256", "integrated_from", "dp")}
                    for g, r in results.get("train", {}).get("groups", {}).items()},
         "registry": results.get("enrol", {}).get("specialists"),
         "evaluate": {i: r["results"] for i, r in results.get("evaluate", {}).get("institutions", {}).items()},

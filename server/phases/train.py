@@ -5,10 +5,12 @@ pooled, task, classes, variant) and a seeded initial encoder and head. Each roun
 global weights to every member (``train.specialist``); a member first measures them on its ``val``
 split, then trains ``train.local_epochs`` epochs and returns its weights. Replies are checked (same
 tensors, shapes, dtypes, finite values, positive example count) and averaged weighted by train
-examples; a bad or missing reply is logged and left out. After the last round every member
-measures the final weights on ``val`` and ``test`` (``evaluate.specialist``) and keeps them in its
-store (:mod:`clients.store`); the coordinator keeps only the card, with the weights' sha256, metrics
-and round history, in ``specialists/<group>/card.json`` (phase *enrol* brings the weights, or not).
+examples; a bad or missing reply is logged and left out. With ``train.dp`` the updates are clipped (by the
+members, ``client``: the request carries the norm and a longer update is refused; or here, ``server``) and
+each round's average noised; the group's epsilon goes in its result and card (:mod:`pipeline.privacy`).
+After the last round every member measures the final weights on ``val`` and ``test``
+(``evaluate.specialist``) and keeps them in its store (:mod:`clients.store`); the coordinator keeps only
+the card, with the weights' sha256, metrics and round history, in ``specialists/<group>/card.json`` (phase *enrol* brings the weights, or not).
 A group whose card an earlier attempt saved is not trained again; in integrate mode neither is a
 group already enrolled in the extended run's registry.
 """
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
               keep: bool = False) -> list[Request]:
     roster = ctx.require_roster()
-    settings = RoundTraining.of(config)
+    dp = ctx.cfg.train.dp
+    settings = RoundTraining.of(config, dp.clipping_norm if dp.mode == "client" and not keep else 0.0)
     requests = []
     for run in runs:
         card_json = run.card.shared().to_json()  # no member's counts or scores travel
@@ -101,6 +104,7 @@ def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
 def _group_result(card: SpecialistCard) -> dict[str, Any]:
     return {"specialist": f"specialists/{card.name}", "weights_sha256": card.weights_sha256,
             "members": list(card.institutions), "kept_by": card.extra.get("kept_by", []), "metrics": card.metrics,
+            "dp": card.extra.get("dp"),
             **{k: card.extra["federation"][k] for k in ("rounds_applied", "per_institution", "history")}}
 
 
