@@ -20,6 +20,7 @@ from geodata.sensors import get_sensor
 from geodata.stats import compute_band_stats
 from geodata.synth import WorldConfig, cached_world
 from wire.messages import DataSummary
+from geodata.errors import InputError
 
 __all__ = ["open_manifest", "world_slice", "institution_tiles", "summarize"]
 
@@ -32,7 +33,7 @@ def world_slice(spec: InstitutionSpec) -> Manifest:
     world = WorldConfig.from_dict(json.loads(spec.world), source=f"{source}: world")
     own = world.institution(spec.name)
     if spec.sensor not in own.sensors:
-        raise ValueError(f"{source}: world {world.name!r} gives it {list(own.sensors)}, not {spec.sensor!r}")
+        raise InputError(f"{source}: world {world.name!r} gives it {list(own.sensors)}, not {spec.sensor!r}")
     sliced = world.replace(institutions=(dataclasses.replace(own, sensors=(spec.sensor,)),))
     return cached_world(sliced, spec.cache_dir, f"{world.name}-{spec.name}-{spec.sensor}")
 
@@ -54,7 +55,7 @@ def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | No
     tiles = manifest.select(sensor=spec.sensor, split=split, task=spec.task, region=spec.region or None)
     if not tiles and split is None:
         where = f" in region {spec.region!r}" if spec.region else ""
-        raise ValueError(
+        raise InputError(
             f"institution {spec.name!r}: manifest {manifest.name!r} ({manifest.root}) has no {spec.sensor} "
             f"tiles with {spec.task!r} targets{where}"
         )
@@ -68,7 +69,7 @@ def summarize(manifest: Manifest, spec: InstitutionSpec) -> DataSummary:
     task = manifest.task(spec.task)
     splits = Counter(tile.split for tile in institution_tiles(manifest, spec))
     if not splits.get("train"):
-        raise ValueError(f"institution {spec.name!r}: manifest {manifest.root}: no 'train' tiles "
+        raise InputError(f"institution {spec.name!r}: manifest {manifest.root}: no 'train' tiles "
                          f"(splits: {dict(splits)})")
     stats = compute_band_stats(manifest, institution_tiles(manifest, spec, "train"), sensor)
     return DataSummary(spec.name, task.type, list(task.classes), list(sensor.image_bands), dict(sorted(splits.items())),

@@ -35,6 +35,7 @@ from wire.messages import (DataSummary, DescribeReply, DescribeRequest, EnrolRep
                            EvaluateReply, EvaluateRequest, FeaturesReply, FeaturesRequest, FusionEvalReply,
                            FusionEvalRequest, IdentifyReply, IdentifyRequest, RoundTraining, TrainReply,
                            TrainRequest)
+from geodata.errors import InputError
 
 __all__ = ["identify", "describe", "train", "evaluate", "enrol", "features", "evaluate_fusion"]
 
@@ -74,7 +75,7 @@ def identify(message: Message, context: Context) -> Message:
         try:
             summary = _summary(role.institution)
         except Exception as exc:  # the coordinator knows only the node id: name the institution
-            raise ValueError(f"institution {role.institution.name!r}: {exc}") from exc
+            raise InputError(f"institution {role.institution.name!r}: {exc}") from exc
     institution = role.institution.to_record() if role.institution is not None else {}
     return _reply(message, IdentifyReply(role.kind, institution, role.partition_id, role.num_partitions, summary))
 
@@ -117,7 +118,7 @@ def enrol(message: Message, context: Context) -> Message:
     request = EnrolRequest.decode(message.content, _SOURCE)
     spec = _institution(request.institution, context)
     if request.weights and weights_policy(context.node_config) == "home":
-        raise ValueError(f"institution {spec.name!r} keeps its specialists' weights home (node config "
+        raise InputError(f"institution {spec.name!r} keeps its specialists' weights home (node config "
                          f"weights=\"home\"); it sends the card only (enrol.weights: home)")
     specialist = kept_specialist(spec, request.sha256)
     weights = specialist_to_bytes(specialist) if request.weights else None

@@ -26,6 +26,7 @@ from typing import Any, Literal, Mapping
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import check_name
 from geodata.sensors import load_sensor_files
+from geodata.errors import InputError
 
 __all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "weights_policy", "DECLARED_KEYS",
            "WEIGHTS_POLICIES"]
@@ -37,9 +38,9 @@ WEIGHTS_POLICIES = ("send", "home")
 def _text(record: Mapping[str, Any], key: str, source: str, required: bool) -> str:
     value = record.get(key, "")
     if not isinstance(value, str):
-        raise ValueError(f"{source}: {key!r} must be a string, got {value!r}")
+        raise InputError(f"{source}: {key!r} must be a string, got {value!r}")
     if required and not value.strip():
-        raise ValueError(f"{source}: {key!r} is missing")
+        raise InputError(f"{source}: {key!r} is missing")
     return value.strip()
 
 
@@ -50,7 +51,7 @@ def _pixels(record: Mapping[str, Any], key: str, source: str) -> int:
         return 0
     text = str(value).strip()
     if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= MAX_TILE_PX:
-        raise ValueError(f"{source}: {key!r} must be a size in pixels, 1..{MAX_TILE_PX}, got {value!r}")
+        raise InputError(f"{source}: {key!r} must be a size in pixels, 1..{MAX_TILE_PX}, got {value!r}")
     return int(text)
 
 
@@ -97,11 +98,11 @@ class InstitutionSpec:
             try:
                 check_name(value, key)
             except ValueError as exc:
-                raise ValueError(f"{source}: {exc}") from None
+                raise InputError(f"{source}: {exc}") from None
         if bool(spec.data_path) == bool(spec.world):
-            raise ValueError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
+            raise InputError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
         if spec.world and not spec.cache_dir:
-            raise ValueError(f"{source}: institution {spec.name!r} has a 'world' but no 'cache-dir'")
+            raise InputError(f"{source}: institution {spec.name!r} has a 'world' but no 'cache-dir'")
         load_sensor_files(p for p in spec.sensors.split(os.pathsep) if p)
         return spec
 
@@ -136,7 +137,7 @@ def weights_policy(node_config: Mapping[str, Any]) -> str:
     ``send`` (the default)."""
     value = node_config.get("weights", "send")
     if value not in WEIGHTS_POLICIES:
-        raise ValueError(f"node config: 'weights' must be one of {list(WEIGHTS_POLICIES)}, got {value!r}")
+        raise InputError(f"node config: 'weights' must be one of {list(WEIGHTS_POLICIES)}, got {value!r}")
     return value
 
 
@@ -147,7 +148,7 @@ def node_role(node_config: Mapping[str, Any]) -> NodeRole:
     if any(key in node_config for key in DECLARED_KEYS):
         spec = InstitutionSpec.from_record(node_config, "node config")
         if spec.world:
-            raise ValueError("node config: 'world' is for simulated institutions; declare a 'data-path'")
+            raise InputError("node config: 'world' is for simulated institutions; declare a 'data-path'")
         return NodeRole("declared", institution=spec)
     if "partition-id" in node_config:
         return NodeRole(
@@ -164,9 +165,9 @@ def institution_for(node_config: Mapping[str, Any], requested: Mapping[str, Any]
     name = requested.get("institution")
     if role.institution is not None:
         if name != role.institution.name:
-            raise ValueError(f"this node is institution {role.institution.name!r}, not {name!r}")
+            raise InputError(f"this node is institution {role.institution.name!r}, not {name!r}")
         return role.institution
     if role.kind == "simulated":
         return InstitutionSpec.from_record(requested, f"request for institution {name!r}")
-    raise ValueError(f"this node declares no institution (node config keys: {sorted(node_config)}); "
+    raise InputError(f"this node declares no institution (node config keys: {sorted(node_config)}); "
                      f"it cannot serve {name!r}")

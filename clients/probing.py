@@ -16,6 +16,7 @@ from fusion.data import labelled_loader
 from fusion.probes import ProbeResult, probe_encoder
 from fusion.student import Student
 from geodata.stats import load_or_compute_stats
+from geodata.errors import InputError
 
 __all__ = ["probe_locally"]
 
@@ -32,7 +33,7 @@ def probe_locally(spec: InstitutionSpec, encoders: Mapping[str, nn.Module], frac
     task = manifest.task(spec.task)
     splits = {s: bool(institution_tiles(manifest, spec, s)) for s in ("train", "val", "test")}
     if not (splits["train"] and splits["test"]):
-        raise ValueError(f"institution {spec.name!r}: probing needs 'train' and 'test' tiles, it has "
+        raise InputError(f"institution {spec.name!r}: probing needs 'train' and 'test' tiles, it has "
                          f"{[s for s, present in splits.items() if present]}")
     region = spec.region or None
     stats = load_or_compute_stats(manifest, spec.sensor, "train", region=region)

@@ -13,6 +13,7 @@ from pathlib import Path
 from clients.institution import InstitutionSpec
 from specialists import Specialist, load_specialist, save_specialist
 from specialists.io import specialist_to_bytes
+from geodata.errors import InputError
 
 __all__ = ["keep_specialist", "kept_specialist"]
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def _folder(spec: InstitutionSpec, sha: str) -> Path:
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise ValueError(f"institution {spec.name!r}: {sha!r} is not a sha256 hex digest")
+        raise InputError(f"institution {spec.name!r}: {sha!r} is not a sha256 hex digest")
     return spec.store_dir / "specialists" / sha
 
 
@@ -31,7 +32,7 @@ def keep_specialist(spec: InstitutionSpec, specialist: Specialist) -> Path:
     folder = _folder(spec, expected)
     specialist_to_bytes(specialist)
     if specialist.card.weights_sha256 != expected:
-        raise ValueError(f"institution {spec.name!r}: received weights hash to {specialist.card.weights_sha256}, "
+        raise InputError(f"institution {spec.name!r}: received weights hash to {specialist.card.weights_sha256}, "
                          f"the card says {expected}")
     save_specialist(specialist, folder)
     log.info("Institution %s keeps specialist %s in %s", spec.name, specialist.card.name, folder)
@@ -42,5 +43,5 @@ def kept_specialist(spec: InstitutionSpec, sha: str) -> Specialist:
     """The specialist with weights ``sha`` from the store (checked on load)."""
     folder = _folder(spec, sha)
     if not folder.is_dir():
-        raise ValueError(f"institution {spec.name!r} keeps no specialist with sha256 {sha[:12]}... in {folder.parent}")
+        raise InputError(f"institution {spec.name!r} keeps no specialist with sha256 {sha[:12]}... in {folder.parent}")
     return load_specialist(folder)

@@ -10,6 +10,7 @@ import torch
 from clients.institution import InstitutionSpec
 from clients.store import kept_specialist
 from fusion.teacher_cache import TeacherFeatures, extract_teacher_features
+from geodata.errors import InputError
 
 __all__ = ["teacher_features"]
 
@@ -25,7 +26,7 @@ def teacher_features(spec: InstitutionSpec, sha: str, images: torch.Tensor, band
                for i in range(0, len(ids), batch_size)]
     features = extract_teacher_features(specialist, batches, tolerance_nm)
     if not features.ids:
-        raise ValueError(f"institution {spec.name!r}: specialist {specialist.card.name!r} cannot read bands {bands}")
+        raise InputError(f"institution {spec.name!r}: specialist {specialist.card.name!r} cannot read bands {bands}")
     log.info("Institution %s: teacher features of %s on %d proxy tiles", spec.name, specialist.card.name,
              len(features.ids))
     return features

@@ -2,7 +2,7 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; register it in
 ``COMMANDS`` with a one-line help. Modules are imported only when their command runs. A user error
-(:class:`eosfed.commands.args.UsageError`, a missing file, a bad value) ends in one line on stderr
+(:class:`geodata.errors.InputError`: a wrong flag, file, band or value; or a missing file) ends in one line on stderr
 and exit status 2; ``-v`` shows the traceback. Before a command runs, the sensors of ``$EOSFED_SENSORS``
 and of its ``--sensors FILE`` options are registered.
 """
@@ -15,6 +15,7 @@ import logging
 import sys
 
 from eosfed.commands.args import HelpFormatter, load_sensor_args
+from geodata.errors import InputError
 from pipeline.logs import configure_logging
 
 COMMANDS: dict[str, str] = {
@@ -32,7 +33,7 @@ COMMANDS: dict[str, str] = {
     "gateway": "serve partners the SuperLink's Fleet API only (TLS), keeping its Control API on loopback",
 }
 
-USER_ERRORS = (ValueError, KeyError, OSError, LookupError)
+USER_ERRORS = (InputError, OSError)  # anything else is a bug: its traceback is kept
 
 
 def _module(command: str):

@@ -25,6 +25,7 @@ from fusion.featstats import global_pool
 from fusion.teacher_cache import TARGETS
 from geodata.files import atomic_write_bytes, atomic_write_text
 from specialists import Specialist
+from geodata.errors import InputError
 
 __all__ = ["TeacherRef", "AdaptorHead", "Adaptors", "save_adaptors", "load_adaptors"]
 
@@ -137,10 +138,10 @@ def load_adaptors(directory: str | Path) -> Adaptors:
     except FileNotFoundError:
         raise FileNotFoundError(f"adaptors not found: {index_path}") from None
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{index_path}: malformed adaptor index: {exc}") from exc
+        raise InputError(f"{index_path}: malformed adaptor index: {exc}") from exc
     state = load_safetensors_bytes((directory / ADAPTORS_WEIGHTS).read_bytes())
     try:
         adaptors.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{directory / ADAPTORS_WEIGHTS}: does not match {index_path}: {exc}") from exc
+        raise InputError(f"{directory / ADAPTORS_WEIGHTS}: does not match {index_path}: {exc}") from exc
     return adaptors

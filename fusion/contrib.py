@@ -40,6 +40,7 @@ from geodata.manifest import TaskSpec
 from specialists.card import SpecialistCard
 from specialists.heads import task_loss
 from specialists.model import Specialist
+from geodata.errors import InputError
 
 __all__ = [
     "Contribution",
@@ -126,12 +127,12 @@ def extract_member_features(ensemble: Ensemble, batches: Iterable[Mapping], with
         targets.append(torch.as_tensor(batch["target"]))
         ids.extend(batch["id"])
     if not ids:
-        raise ValueError("no batches to extract member features from")
+        raise InputError("no batches to extract member features from")
     target = torch.cat(targets)
     out = {}
     for name, part in parts.items():
         if len(part["pooled"]) != len(targets):
-            raise ValueError(f"specialist {name!r} could read only some batches; give batches of one band set")
+            raise InputError(f"specialist {name!r} could read only some batches; give batches of one band set")
         maps = [torch.cat(scale) for scale in zip(*part["maps"])] if with_maps else None
         out[name] = FeatureSet(torch.cat(part["pooled"]), target, ids, maps)
     return out
@@ -147,12 +148,12 @@ class CoalitionGame:
                  method: str = "linear", val: Mapping[str, FeatureSet] | None = None,
                  weight_decays: Sequence[float] = (1e-2,), seed: int = 0) -> None:
         if set(train) != set(test) or (val is not None and set(val) != set(train)):
-            raise ValueError(f"train/test/val features cover different specialists: {sorted(train)} vs {sorted(test)}")
+            raise InputError(f"train/test/val features cover different specialists: {sorted(train)} vs {sorted(test)}")
         self.players = [n for n in train if not n.startswith(TWIN_PREFIX)]
         self.twins = {p: twin_name(p) for p in self.players if twin_name(p) in train}
         if self.twins and len(self.twins) != len(self.players):
             missing = [p for p in self.players if p not in self.twins]
-            raise ValueError(f"random twins are given for some specialists but not for {missing}")
+            raise InputError(f"random twins are given for some specialists but not for {missing}")
         self.train, self.test, self.val, self.task = train, test, val, task
         self.method, self.weight_decays, self.seed = method, tuple(weight_decays), seed
         self._values: dict[frozenset[str], float] = {}
@@ -180,7 +181,7 @@ class CoalitionGame:
             return knn_probe(train, test, self.task)
         if self.method == "segmentation":
             return segmentation_probe(train, test, self.task, self.seed)
-        raise ValueError(f"unknown probe method {self.method!r}")
+        raise InputError(f"unknown probe method {self.method!r}")
 
     def _prior_score(self) -> float:
         """Score of predicting the training prior everywhere."""
@@ -245,7 +246,7 @@ def leave_one_out(players: Sequence[str], value: Callable[[frozenset[str]], floa
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear centred kernel alignment of two feature matrices over the same ``N`` samples."""
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs features of the same samples: {x.shape[0]} vs {y.shape[0]} rows")
+        raise InputError(f"CKA needs features of the same samples: {x.shape[0]} vs {y.shape[0]} rows")
     x = (x - x.mean(0)).double()
     y = (y - y.mean(0)).double()
     cross = (y.T @ x).square().sum()
@@ -266,7 +267,7 @@ def learned_gates(train: Mapping[str, FeatureSet], task: TaskSpec, sparsity: flo
     """Gate in [0, 1] per specialist, trained with a linear classifier on gated pooled features and an
     L1 penalty ``sparsity * sum(gates)``; a gate near 0 marks a specialist the task does not need."""
     if task.type == "segmentation":
-        raise ValueError("learned gates read pooled features (classification or multilabel tasks)")
+        raise InputError("learned gates read pooled features (classification or multilabel tasks)")
     torch.manual_seed(seed)
     names = list(train)
     blocks = []
@@ -318,7 +319,7 @@ def combine_contributions(per_task: Sequence[Sequence[Contribution]]) -> list[Co
         gates = [c.gate for c in items if c.gate is not None]
         baselines = {c.baseline for c in items}
         if len(baselines) > 1:
-            raise ValueError(f"specialist {name!r} was scored against different baselines {sorted(baselines)}")
+            raise InputError(f"specialist {name!r} was scored against different baselines {sorted(baselines)}")
         out.append(Contribution(name, mean, mean - half, mean + half, sum(c.loo for c in items) / k,
                                 sum(c.permutations for c in items), sum(gates) / len(gates) if gates else None,
                                 tuple(t for c in items for t in c.tasks), baselines.pop()))

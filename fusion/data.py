@@ -12,6 +12,7 @@ from geodata.dataset import TileDataset, collate_samples
 from geodata.manifest import Manifest
 from geodata.sensors import get_sensor, sensor_name
 from geodata.stats import BandStats, load_or_compute_stats
+from geodata.errors import InputError
 
 __all__ = ["ProxyBatches", "labelled_loader", "proxy_sensors", "scene_partners"]
 
@@ -56,7 +57,7 @@ class ProxyBatches:
         resize = {get_sensor(s).name: px for s, px in (resize or {}).items()}
         unknown = sorted(set(resize) - {get_sensor(s).name for s in names})
         if unknown:
-            raise ValueError(f"resize names sensors {unknown} that have no proxy tiles (sensors: {names})")
+            raise InputError(f"resize names sensors {unknown} that have no proxy tiles (sensors: {names})")
         self.loaders = [
             DataLoader(TileDataset(self.manifest, s, split=split, size=None if get_sensor(s).name in resize else size,
                                    stats=self.stats[s], resize=resize.get(get_sensor(s).name)),

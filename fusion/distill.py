@@ -33,6 +33,7 @@ from fusion.teacher_cache import BALANCES, TARGETS, TeacherCache
 from specialists.init import BASE
 from specialists.trunk import DEFAULT_VARIANT
 from specialists.train import resolve_device
+from geodata.errors import InputError
 
 __all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "feature_loss", "drop_teachers",
            "plot_history"]
@@ -64,9 +65,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCES:
-            raise ValueError(f"distill.balance must be one of {BALANCES}, got {self.balance!r}")
+            raise InputError(f"distill.balance must be one of {BALANCES}, got {self.balance!r}")
         if self.stem_fit_steps < 0:
-            raise ValueError(f"distill.stem_fit_steps must be >= 0, got {self.stem_fit_steps}")
+            raise InputError(f"distill.stem_fit_steps must be >= 0, got {self.stem_fit_steps}")
 
 
 @dataclass
@@ -174,7 +175,7 @@ class Distiller:
                     sums.setdefault(name, []).append(value)
                     history.targets_read[name] = history.targets_read.get(name, 0) + len(batch["id"])
             if not sums:
-                raise ValueError("no proxy batch has cached features of any teacher; fill the teacher cache first")
+                raise InputError("no proxy batch has cached features of any teacher; fill the teacher cache first")
             history.seconds.append(time.perf_counter() - start)
             for name, count in present_counts.items():  # a teacher dropped all epoch records NaN
                 values = sums.get(name, [])

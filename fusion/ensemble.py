@@ -23,6 +23,7 @@ from fusion.registry import Registry
 from fusion.views import ViewPlan, plan_view
 from specialists import Specialist
 from specialists.trunk import pyramid_pool
+from geodata.errors import InputError
 
 __all__ = ["Ensemble", "run_view"]
 
@@ -48,7 +49,7 @@ class Ensemble(nn.Module):
     ) -> None:
         super().__init__()
         if not specialists:
-            raise ValueError("an ensemble needs at least one specialist")
+            raise InputError("an ensemble needs at least one specialist")
         self.specialists = nn.ModuleDict(dict(specialists))
         for p in self.specialists.parameters():
             p.requires_grad_(False)
@@ -106,7 +107,7 @@ class Ensemble(nn.Module):
     def _require_applicable(self, bands: Sequence[str]) -> list[ViewPlan]:
         plans = [p for p in self.plan(bands) if p.applicable]
         if not plans:
-            raise ValueError(f"no specialist of the ensemble can read bands {tuple(bands)}: "
+            raise InputError(f"no specialist of the ensemble can read bands {tuple(bands)}: "
                              + "; ".join(p.describe() for p in self.plan(bands)))
         return plans
 
@@ -173,7 +174,7 @@ class Ensemble(nn.Module):
                     moments[plan.specialist].update(run_view(self.specialists[plan.specialist], plan, batch["image"]))
         unseen = [n for n, m in moments.items() if not m.scales]
         if len(unseen) == len(moments):
-            raise ValueError(f"calibration data has no input that any of {unseen} can read")
+            raise InputError(f"calibration data has no input that any of {unseen} can read")
         if unseen:
             log.warning("calibration data has no input that specialists %s can read; they keep their statistics",
                            unseen)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from geodata.errors import InputError
 
 __all__ = ["ChannelMoments", "FeatureMoments", "FeatureStats", "global_pool"]
 
@@ -41,7 +42,7 @@ class ChannelMoments:
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.total is None:
-            raise ValueError("no features were seen; cannot compute channel statistics")
+            raise InputError("no features were seen; cannot compute channel statistics")
         mean = self.total / self.count
         var = (self.total_sq / self.count - mean.square()).clamp_min(0)
         return mean.float(), var.sqrt().float().clamp_min(_MIN_STD)
@@ -49,7 +50,7 @@ class ChannelMoments:
     def covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, covariance)`` of the channels (float64); needs ``covariance=True``."""
         if self.total is None or self.total_outer is None:
-            raise ValueError("no features were seen, or no covariance was tracked")
+            raise InputError("no features were seen, or no covariance was tracked")
         mean = self.total / self.count
         return mean, self.total_outer / self.count - torch.outer(mean, mean)
 
@@ -87,7 +88,7 @@ class FeatureStats:
             return cls([tensors[f"scale{i}.mean"] for i in range(n)], [tensors[f"scale{i}.std"] for i in range(n)],
                        tensors["pooled.mean"], tensors["pooled.std"])
         except KeyError as exc:
-            raise ValueError(f"{source}: missing tensor {exc}") from None
+            raise InputError(f"{source}: missing tensor {exc}") from None
 
 
 class FeatureMoments:
@@ -106,6 +107,6 @@ class FeatureMoments:
 
     def result(self) -> FeatureStats:
         if not self.scales:
-            raise ValueError("no features were seen; cannot compute feature statistics")
+            raise InputError("no features were seen; cannot compute feature statistics")
         results = [m.result() for m in self.scales]
         return FeatureStats([r[0] for r in results], [r[1] for r in results], *self.pooled.result())

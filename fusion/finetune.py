@@ -40,6 +40,7 @@ from specialists.encoder import freeze_encoder
 from specialists.heads import build_head
 from specialists.artifact import ArtifactError, load_state, save_state
 from specialists.train import TrainConfig, evaluate, fit, make_loader, record_training, seed_everything
+from geodata.errors import InputError
 
 __all__ = ["UNFREEZE", "TASK_MODEL_KIND", "BandView", "TaskModel", "class_balance", "finetune", "save_task_model",
            "load_task_model"]
@@ -65,7 +66,7 @@ class BandView(nn.Module):
         self.plan = None
         if isinstance(encoder, Specialist):
             if tolerance_nm is None:
-                raise ValueError(f"specialist {encoder.card.name!r}: reading it through a view needs tolerance_nm")
+                raise InputError(f"specialist {encoder.card.name!r}: reading it through a view needs tolerance_nm")
             self.plan = plan_view(encoder.card.name, encoder.bands, self.bands, tolerance_nm)
             if not self.plan.applicable:
                 raise BandError(f"specialist {encoder.card.name!r} cannot read bands {list(self.bands)}: "
@@ -107,7 +108,7 @@ def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: s
     ``init`` when given, :mod:`specialists.init`) and the record that rebuilds it."""
     kind = encoder_kind(spec)
     if init is not None and kind != "random":
-        raise ValueError(f"init_weights {init}: only a new {RANDOM_PREFIX}<variant> encoder starts from a checkpoint")
+        raise InputError(f"init_weights {init}: only a new {RANDOM_PREFIX}<variant> encoder starts from a checkpoint")
     if kind == "random":
         encoder: nn.Module = Student.create(spec[len(RANDOM_PREFIX):], band_stats_table([stats]), seed=seed)
         if init is not None:
@@ -151,10 +152,10 @@ def _rebuild(record: dict[str, Any], stats: dict[str, torch.Tensor], source: str
 
 def _set_trainable(encoder: nn.Module, policy: str, num_stages: int) -> None:
     if policy not in UNFREEZE:
-        raise ValueError(f"unknown unfreeze policy {policy!r}; expected one of {UNFREEZE}")
+        raise InputError(f"unknown unfreeze policy {policy!r}; expected one of {UNFREEZE}")
     if isinstance(encoder, Ensemble):
         if policy != "none":
-            raise ValueError("a registry ensemble stays frozen; fine-tune it with unfreeze 'none'")
+            raise InputError("a registry ensemble stays frozen; fine-tune it with unfreeze 'none'")
         return
     trunk = encoder.encoder if isinstance(encoder, Specialist) else encoder.trunk
     freeze_encoder(trunk, {"none": "backbone", "last_stage": f"stages:{num_stages - 1}", "all": "none"}[policy])
@@ -193,7 +194,7 @@ def finetune(
         if manifest.select(sensor=sensor.name, split=split, task=task_name):
             datasets[split] = TileDataset(manifest, sensor, split=split, task=task_name, size=size, stats=stats)
     if "train" not in datasets:
-        raise ValueError(f"manifest {manifest.name!r}: no train tiles of sensor {sensor.name!r} for task {task_name!r}")
+        raise InputError(f"manifest {manifest.name!r}: no train tiles of sensor {sensor.name!r} for task {task_name!r}")
     if balance:
         cfg.class_weights = class_balance(datasets["train"])
         log.info("class weights %s", [round(w, 3) for w in cfg.class_weights])

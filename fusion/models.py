@@ -24,6 +24,7 @@ from fusion.ensemble import Ensemble
 from fusion.finetune import TASK_MODEL_KIND, load_task_model
 from fusion.student import Student
 from specialists.artifact import CARD_FILE
+from geodata.errors import InputError
 
 __all__ = ["create_model", "EosfedModel", "FeatureInfo"]
 
@@ -66,7 +67,7 @@ class EosfedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != len(self.bands):
-            raise ValueError(f"expected [B, {len(self.bands)}, H, W] in the bands {self.bands}, got {tuple(x.shape)}")
+            raise InputError(f"expected [B, {len(self.bands)}, H, W] in the bands {self.bands}, got {tuple(x.shape)}")
         if self.features_only:
             return self._features(x)
         if self.is_task_model:
@@ -92,7 +93,7 @@ def create_model(path: str | Path, features_only: bool = False, bands: Sequence[
         model = load_task_model(path, map_location)
         own, kind = tuple(model.card.bands), TASK_MODEL_KIND
         if bands is not None and tuple(bands) != own:
-            raise ValueError(f"{path}: a task model reads its own bands {own}, not {tuple(bands)}")
+            raise InputError(f"{path}: a task model reads its own bands {own}, not {tuple(bands)}")
         cfg = {"mean": list(model.card.norm_mean), "std": list(model.card.norm_std),
                "weights_sha256": model.card.weights_sha256}
         return EosfedModel(model, own, features_only, {"kind": kind, "bands": list(own), "source": str(path), **cfg})
@@ -100,7 +101,7 @@ def create_model(path: str | Path, features_only: bool = False, bands: Sequence[
     inner = open_encoder(path, tolerance_nm=0.0 if tolerance_nm is None else tolerance_nm, map_location=map_location)
     if isinstance(inner, Student):
         if bands is None:
-            raise ValueError(f"{path}: a student reads any bands: give bands=(...) in the input's order")
+            raise InputError(f"{path}: a student reads any bands: give bands=(...) in the input's order")
         table = inner.card.band_stats
         cfg = {"mean": [table.get(b, [None])[0] for b in bands], "std": [table.get(b, [None, None])[1] for b in bands],
                "weights_sha256": inner.card.weights_sha256}
@@ -109,7 +110,7 @@ def create_model(path: str | Path, features_only: bool = False, bands: Sequence[
         members = list(inner.specialists.values())
         if bands is None:
             if len(members) != 1:
-                raise ValueError(f"{path}: an ensemble of {len(members)} specialists: give bands=(...)")
+                raise InputError(f"{path}: an ensemble of {len(members)} specialists: give bands=(...)")
             bands = members[0].bands
         cfg = {"members": {n: {"bands": list(s.bands), "mean": list(s.card.norm_mean), "std": list(s.card.norm_std),
                                "weights_sha256": s.card.weights_sha256} for n, s in inner.specialists.items()}}

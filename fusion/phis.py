@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+from geodata.errors import InputError
 
 __all__ = ["hadamard", "phi_s"]
 
@@ -49,7 +50,7 @@ def hadamard(n: int) -> torch.Tensor:
         for _ in range(k):
             matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
         return matrix / n ** 0.5
-    raise ValueError(f"no Hadamard matrix of order {n} from Sylvester or Paley I constructions")
+    raise InputError(f"no Hadamard matrix of order {n} from Sylvester or Paley I constructions")
 
 
 def phi_s(mean: torch.Tensor, covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from fusion.finetune import TaskModel
 from fusion.views import ViewPlan, plan_view
-from geodata.errors import RasterError
+from geodata.errors import InputError, RasterError
 from geodata.raster import calibrate, open_raster
 from geodata.sensors import Sensor
 from geodata.tiling import file_bands, tile_windows
@@ -98,10 +98,10 @@ def predict_scene(
 ) -> dict[str, float]:
     """Write the class map of the scene at ``path`` to ``out`` (and probabilities); returns timing facts."""
     if model.card.task_type != "segmentation":
-        raise ValueError(f"model {model.card.name!r} is a {model.card.task_type} model; predict maps need "
+        raise InputError(f"model {model.card.name!r} is a {model.card.task_type} model; predict maps need "
                          "a segmentation model")
     if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile size {tile}), got {overlap}")
+        raise InputError(f"overlap must be in [0, tile size {tile}), got {overlap}")
     path, out = Path(path), Path(out)
     if not path.is_file():
         raise RasterError(path, "file not found")

@@ -32,6 +32,7 @@ from fusion.featstats import ChannelMoments
 from geodata.manifest import TaskSpec
 from specialists.heads import FPNSegmentationHead, task_loss
 from specialists.trunk import pyramid_pool
+from geodata.errors import InputError
 
 __all__ = [
     "Encoder",
@@ -122,7 +123,7 @@ def extract_features(encoder: Encoder, batches: Iterable[Mapping], with_maps: bo
         targets.append(torch.as_tensor(batch["target"]))
         ids.extend(batch["id"])
     if not ids:
-        raise ValueError(f"{desc}: no batches to extract features from")
+        raise InputError(f"{desc}: no batches to extract features from")
     stacked = [torch.cat(scale) for scale in zip(*maps)] if with_maps else None
     return FeatureSet(torch.cat(pooled), torch.cat(targets), ids, stacked)
 
@@ -161,7 +162,7 @@ def score_predictions(scores: torch.Tensor, targets: torch.Tensor, task: TaskSpe
     if task.type == "multilabel":
         present = (targets > 0).any(0)
         if not present.any():
-            raise ValueError("multilabel test split has no positive label at all")
+            raise InputError("multilabel test split has no positive label at all")
         return float(np.mean([float(binary_average_precision(scores[:, k], targets[:, k].int()))
                               for k in present.nonzero().flatten().tolist()]))
     per_class = multiclass_jaccard_index(scores.argmax(1), targets, num_classes=task.num_classes, average="none",
@@ -203,7 +204,7 @@ def linear_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, val: Featu
     otherwise the middle of the grid is used. The final fit uses all of ``train``.
     """
     if task.type == "segmentation":
-        raise ValueError("the linear probe reads pooled features; use segmentation_probe for segmentation")
+        raise InputError("the linear probe reads pooled features; use segmentation_probe for segmentation")
     y_train = train.targets.float() if task.type == "multilabel" else train.targets
     if len(weight_decays) > 1:
         if val is None and len(train) >= 10:
@@ -231,7 +232,7 @@ def knn_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, k: int = 20, 
     """Cosine kNN on pooled features z-scored with train's statistics (pooled features mix scales),
     similarity-weighted votes (multilabel: weighted label average)."""
     if task.type == "segmentation":
-        raise ValueError("kNN reads pooled features; use segmentation_probe for segmentation")
+        raise InputError("kNN reads pooled features; use segmentation_probe for segmentation")
     a, b = (F.normalize(x, dim=1) for x in _zscore(train.pooled, test.pooled))
     sims, index = (b @ a.T).topk(min(k, len(train)), dim=1)
     weights = (sims / temperature).exp()
@@ -247,7 +248,7 @@ def segmentation_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, seed
                        batch_size: int = 16, lr: float = 1e-3) -> float:
     """Test mIoU of a light FPN decoder trained on frozen, per-channel standardised multi-scale maps."""
     if train.maps is None or test.maps is None:
-        raise ValueError("segmentation probe needs multi-scale maps; extract features with with_maps=True")
+        raise InputError("segmentation probe needs multi-scale maps; extract features with with_maps=True")
     stats = []
     for scale in train.maps:
         moments = ChannelMoments()
@@ -303,7 +304,7 @@ def probe_features(
                 elif method == "segmentation":
                     values.append(segmentation_probe(part, test, task, seed=seed))
                 else:
-                    raise ValueError(f"unknown probe method {method!r}; expected linear, knn or segmentation")
+                    raise InputError(f"unknown probe method {method!r}; expected linear, knn or segmentation")
             arr = np.asarray(values)
             results.append(ProbeResult(name, task_name, method, float(fraction), task_metric(task), float(arr.mean()),
                                        float(arr.std()), [float(v) for v in values]))

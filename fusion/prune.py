@@ -17,6 +17,7 @@ from pathlib import Path
 from fusion.contrib import BASELINE_TWIN, Contribution
 from fusion.registry import Registry
 from geodata.files import atomic_write_text
+from geodata.errors import InputError
 
 __all__ = ["prune", "select_kept", "REPORT_JSON", "REPORT_MD"]
 
@@ -38,13 +39,13 @@ def select_kept(names: Sequence[str], scores: Sequence[Contribution], keep_top_k
                 drop_nonpositive: bool = False) -> tuple[list[str], dict[str, str]]:
     """Names kept (registry order) and, for each dropped one, why."""
     if keep_top_k is None and not drop_nonpositive:
-        raise ValueError("give keep_top_k, drop_nonpositive, or both")
+        raise InputError("give keep_top_k, drop_nonpositive, or both")
     if keep_top_k is not None and keep_top_k < 1:
-        raise ValueError(f"keep_top_k must be at least 1, got {keep_top_k}")
+        raise InputError(f"keep_top_k must be at least 1, got {keep_top_k}")
     by_name = {c.name: c for c in scores}
     unknown = sorted(set(by_name) - set(names))
     if unknown:
-        raise ValueError(f"scores name specialists {unknown} that the registry does not hold ({list(names)})")
+        raise InputError(f"scores name specialists {unknown} that the registry does not hold ({list(names)})")
     dropped: dict[str, str] = {}
     if drop_nonpositive:
         dropped.update((c.name, reason) for c in scores if (reason := nonpositive_reason(c)))
@@ -55,7 +56,7 @@ def select_kept(names: Sequence[str], scores: Sequence[Contribution], keep_top_k
                 dropped[c.name] = f"rank {rank} by Shapley ({c.shapley:.4f}) is below the top {keep_top_k}"
     kept = [n for n in names if n not in dropped]
     if not kept:
-        raise ValueError("pruning would drop every specialist; nothing left to run")
+        raise InputError("pruning would drop every specialist; nothing left to run")
     return kept, dropped
 
 

@@ -32,6 +32,7 @@ from geodata.files import atomic_write_bytes, atomic_write_text
 from geodata.names import NAME_RULE, is_safe_name
 from specialists import Specialist, SpecialistCard, load_specialist, save_specialist
 from specialists.artifact import CARD_FILE, read_card
+from geodata.errors import InputError
 
 __all__ = ["Registry", "RegistryEntry", "RegistryError", "INDEX_FILE"]
 
@@ -42,7 +43,7 @@ REGISTRY_VERSION = 1
 STATS_DIR = "feature_stats"
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """A registry folder or index is malformed, or a name is unknown or taken."""
 
 

@@ -43,6 +43,7 @@ from specialists import artifact
 from specialists.artifact import Card, field_error
 from specialists.init import STEM_BIAS, STEM_WEIGHT, adapt_stem, load_encoder_weights
 from specialists.trunk import DEFAULT_VARIANT, build_trunk, pyramid_pool
+from geodata.errors import InputError
 
 __all__ = [
     "STEM_FIT_STEPS",
@@ -255,7 +256,7 @@ class Student(nn.Module):
         trunk = build_trunk(card.variant, depths=card.depths)
         stem_conv = getattr(trunk, "stem_0", None)
         if not isinstance(stem_conv, nn.Conv2d):
-            raise ValueError(f"student variant {card.variant!r}: expected a ConvNeXt-style 'stem_0' conv")
+            raise InputError(f"student variant {card.variant!r}: expected a ConvNeXt-style 'stem_0' conv")
         trunk.stem_0 = nn.Identity()
         self.stem = SpectralStem(stem_conv.out_channels, stem_conv.kernel_size[0], **card.stem)
         self.trunk = trunk

@@ -32,6 +32,7 @@ from fusion.phis import phi_s
 from fusion.views import plan_view
 from specialists import Specialist
 from geodata.files import atomic_write_bytes
+from geodata.errors import InputError
 
 __all__ = ["TARGETS", "BALANCES", "TeacherFeatures", "TeacherCache", "extract_teacher_features", "fill_cache"]
 
@@ -51,10 +52,10 @@ class TeacherFeatures:
     def __post_init__(self) -> None:
         missing = set(TARGETS) - set(self.targets)
         if missing:
-            raise ValueError(f"teacher features lack targets {sorted(missing)}")
+            raise InputError(f"teacher features lack targets {sorted(missing)}")
         bad = {t: v.shape[0] for t, v in self.targets.items() if v.shape[0] != len(self.ids)}
         if bad:
-            raise ValueError(f"teacher features for {len(self.ids)} ids have row counts {bad}")
+            raise InputError(f"teacher features for {len(self.ids)} ids have row counts {bad}")
 
 
 def _targets_of(features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,7 +86,7 @@ def extract_teacher_features(
     for t in TARGETS:
         shapes = {tuple(p.shape[1:]) for p in parts[t]}
         if len(shapes) > 1:
-            raise ValueError(f"specialist {specialist.card.name!r}: target {t} has several shapes {sorted(shapes)}; "
+            raise InputError(f"specialist {specialist.card.name!r}: target {t} has several shapes {sorted(shapes)}; "
                              "give proxy images of one size")
     return TeacherFeatures(ids, {t: torch.cat(parts[t]) if parts[t] else torch.empty(0, dtype=torch.float16)
                                  for t in TARGETS})
@@ -108,10 +109,10 @@ class TeacherCache:
             try:
                 ids = json.loads(meta["ids"])
             except (KeyError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{path}: teacher cache shard without a valid 'ids' metadata entry: {exc}") from None
+                raise InputError(f"{path}: teacher cache shard without a valid 'ids' metadata entry: {exc}") from None
             missing = set(TARGETS) - set(f.keys())
             if missing:
-                raise ValueError(f"{path}: teacher cache shard lacks tensors {sorted(missing)}")
+                raise InputError(f"{path}: teacher cache shard lacks tensors {sorted(missing)}")
             self._index(path.parent.name, TeacherFeatures(ids, {t: f.get_tensor(t) for t in TARGETS}))
 
     def _index(self, sha: str, features: TeacherFeatures) -> int:
@@ -186,7 +187,7 @@ class TeacherCache:
         if sha not in self._shards:
             raise KeyError(f"teacher {sha[:12]}: nothing cached")
         if balance not in BALANCES:
-            raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+            raise InputError(f"balance must be one of {BALANCES}, got {balance!r}")
         moments = {t: ChannelMoments(covariance=balance == "phi_s") for t in TARGETS}
         for shard in self._shards[sha]:
             for t in TARGETS:
@@ -211,7 +212,7 @@ def fill_cache(
         for spec in specialists.values():
             sha = spec.card.weights_sha256
             if not sha:
-                raise ValueError(f"specialist {spec.card.name!r} has no weights_sha256; save or load it first")
+                raise InputError(f"specialist {spec.card.name!r} has no weights_sha256; save or load it first")
             if cache.has(sha, batch["id"]):
                 continue
             features = extract_teacher_features(spec, [batch], tolerance_nm)

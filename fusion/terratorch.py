@@ -36,6 +36,7 @@ from fusion.student import load_student
 from geodata.raster import band_calibration
 from geodata.sensors import BandError, get_sensor, load_sensor_files
 from specialists import load_specialist
+from geodata.errors import InputError
 
 __all__ = ["EosfedBackbone", "eosfed_student", "eosfed_specialist", "eosfed_ensemble"]
 
@@ -58,7 +59,7 @@ class EosfedBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != len(self.bands):
-            raise ValueError(f"expected [B, {len(self.bands)}, H, W] in the bands {self.bands}, got {tuple(x.shape)}")
+            raise InputError(f"expected [B, {len(self.bands)}, H, W] in the bands {self.bands}, got {tuple(x.shape)}")
         return self.view(x * self.scale + self.offset)
 
 
@@ -72,21 +73,21 @@ def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str
         try:
             tolerance_nm = float(tolerance_nm)
         except ValueError:
-            raise ValueError(f"backbone_tolerance_nm must be a number of nm, got {tolerance_nm!r}") from None
+            raise InputError(f"backbone_tolerance_nm must be a number of nm, got {tolerance_nm!r}") from None
     found = encoder_kind(path)
     if found != kind:
-        raise ValueError(f"{path}: a {found}, not a {kind} (use the eosfed_{'ensemble' if found == 'registry' else found} "
+        raise InputError(f"{path}: a {found}, not a {kind} (use the eosfed_{'ensemble' if found == 'registry' else found} "
                          "backbone)")
     try:
         load_sensor_files(sensor_files)
         encoder = load(path)
         if bands is None:
             if own_bands is None:
-                raise ValueError(f"{path}: a {kind} reads any bands: give bands (backbone_bands) in the input's order")
+                raise InputError(f"{path}: a {kind} reads any bands: give bands (backbone_bands) in the input's order")
             bands = own_bands(encoder)
         backbone = EosfedBackbone(BandView(encoder, tuple(bands), tolerance_nm), sensor)
     except BandError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
     log.info("TerraTorch backbone eosfed_%s from %s on bands %s: out_channels %s", kind, path, backbone.bands,
              backbone.out_channels)
     return backbone

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from geodata.sensors import equivalent_band, get_band, select_bands
+from geodata.errors import InputError
 
 __all__ = ["ViewPlan", "plan_view"]
 
@@ -42,7 +43,7 @@ class ViewPlan:
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (``[B, len(input_bands), H, W]``) reordered into the specialist's band order."""
         if not self.applicable:
-            raise ValueError(f"specialist {self.specialist!r} cannot read bands {self.input_bands}: {self.reason}")
+            raise InputError(f"specialist {self.specialist!r} cannot read bands {self.input_bands}: {self.reason}")
         return select_bands(x, self.input_bands, self.source_bands)
 
     def stand_ins(self) -> str:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from geodata.errors import RasterError
+from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import read_labelled, read_source, tile_source, tile_window
 from geodata.sensors import BandError, Sensor, get_sensor
@@ -78,7 +78,7 @@ class TileDataset(Dataset):
         resize: int | None = None,
     ) -> None:
         if resize is not None and not 1 <= resize <= MAX_TILE_PX:
-            raise ValueError(f"resize must be a size in pixels, 1..{MAX_TILE_PX}, got {resize}")
+            raise InputError(f"resize must be a size in pixels, 1..{MAX_TILE_PX}, got {resize}")
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
         self.sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
         self.bands = self.sensor.image_bands

@@ -1,13 +1,20 @@
-"""The one error type for bad raster input."""
+"""Error types for bad input: :class:`InputError`, the base of every error eosfed raises on purpose about
+what it was given, and :class:`RasterError` for raster files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RasterError"]
+__all__ = ["InputError", "RasterError"]
 
 
-class RasterError(ValueError):
+class InputError(ValueError):
+    """Bad input: a file, a setting, a name, a partner's message. Its message names what is wrong (file,
+    band, node, field); ``eosfed`` shows it as one line with exit status 2. Any other exception is a bug and
+    keeps its traceback."""
+
+
+class RasterError(InputError):
     """Bad raster input: the message starts with the file (or manifest) at fault, then the problem.
 
     Raised for unreadable or truncated files, a band count that does not match the declared sensor,

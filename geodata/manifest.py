@@ -44,6 +44,7 @@ from typing import Any, Literal, get_args
 
 from geodata.files import atomic_write_text
 from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
+from geodata.errors import InputError
 
 __all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES", "merge_manifests",
            "register_sensors_beside", "write_sensors_beside"]
@@ -77,11 +78,11 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
-            raise ValueError(f"type {self.type!r} is not one of {TASK_TYPES}")
+            raise InputError(f"type {self.type!r} is not one of {TASK_TYPES}")
         if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
-            raise ValueError(f"classes must be a list of names, got {self.classes!r}")
+            raise InputError(f"classes must be a list of names, got {self.classes!r}")
         if not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool):
-            raise ValueError(f"ignore_index must be an integer, got {self.ignore_index!r}")
+            raise InputError(f"ignore_index must be an integer, got {self.ignore_index!r}")
 
     @property
     def num_classes(self) -> int:
@@ -103,12 +104,12 @@ class TileEntry:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.band_paths is None):
-            raise ValueError(f"tile {self.id!r}: give exactly one of 'path' or 'band_paths'")
+            raise InputError(f"tile {self.id!r}: give exactly one of 'path' or 'band_paths'")
         if self.window is not None and (
             len(self.window) != 4 or not all(isinstance(v, int) and v >= 0 for v in self.window)
             or min(self.window[2:]) < 1
         ):
-            raise ValueError(f"tile {self.id!r}: window must be [col_off, row_off, width, height] in pixels, "
+            raise InputError(f"tile {self.id!r}: window must be [col_off, row_off, width, height] in pixels, "
                              f"got {self.window!r}")
 
 
@@ -124,7 +125,7 @@ def _check_inside(tile: TileEntry, tasks: dict[str, TaskSpec], source: str) -> N
     """Every file path of ``tile`` is relative and stays inside the manifest's folder."""
     path = _outside(tile, tasks)
     if path is not None:
-        raise ValueError(f"{source}: tile {tile.id!r} path {path!r} leaves the manifest's folder (absolute or "
+        raise InputError(f"{source}: tile {tile.id!r} path {path!r} leaves the manifest's folder (absolute or "
                          f"'..'); a manifest that indexes files elsewhere says \"allow_outside_paths\": true")
 
 
@@ -149,7 +150,7 @@ class Manifest:
         except IsADirectoryError:
             raise IsADirectoryError(f"{path} is a folder; give its manifest.json") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+            raise InputError(f"{path}: not valid JSON: {exc}") from exc
         register_sensors_beside(path.parent)
         return cls.from_dict(raw, root=path.parent, source=str(path))
 
@@ -157,26 +158,26 @@ class Manifest:
     def from_dict(cls, raw: dict[str, Any], root: str | Path = ".", source: str = "manifest") -> "Manifest":
         version = raw.get("version", MANIFEST_VERSION)
         if version != MANIFEST_VERSION:
-            raise ValueError(f"{source}: manifest version {version} is not supported (expected {MANIFEST_VERSION})")
+            raise InputError(f"{source}: manifest version {version} is not supported (expected {MANIFEST_VERSION})")
         tasks = {}
         for name, spec in raw.get("tasks", {}).items():
             try:
                 tasks[name] = TaskSpec(**spec)
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"{source}: malformed manifest: task {name!r}: {exc}") from exc
+                raise InputError(f"{source}: malformed manifest: task {name!r}: {exc}") from exc
         try:
             tiles = [TileEntry(**t) for t in raw["tiles"]]
         except KeyError as exc:
-            raise ValueError(f"{source}: malformed manifest: missing field {exc}") from exc
+            raise InputError(f"{source}: malformed manifest: missing field {exc}") from exc
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: malformed manifest: {exc}") from exc
+            raise InputError(f"{source}: malformed manifest: {exc}") from exc
         outside = raw.get("allow_outside_paths", False)
         if not isinstance(outside, bool):
-            raise ValueError(f"{source}: 'allow_outside_paths' must be true or false, got {outside!r}")
+            raise InputError(f"{source}: 'allow_outside_paths' must be true or false, got {outside!r}")
         for tile in tiles:
             unknown = set(tile.targets) - set(tasks)
             if unknown:
-                raise ValueError(f"{source}: tile {tile.id!r} has targets for undeclared tasks {sorted(unknown)}")
+                raise InputError(f"{source}: tile {tile.id!r} has targets for undeclared tasks {sorted(unknown)}")
             if not outside:
                 _check_inside(tile, tasks, source)
         return cls(tasks=tasks, tiles=tiles, name=raw.get("name", Path(source).stem), root=Path(root), source=source,
@@ -240,7 +241,7 @@ class Manifest:
         try:
             return self.tasks[name]
         except KeyError:
-            raise KeyError(f"manifest {self.name!r} has no task {name!r}; tasks: {sorted(self.tasks)}") from None
+            raise InputError(f"manifest {self.name!r} has no task {name!r}; tasks: {sorted(self.tasks)}") from None
 
 
 def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, prefix: bool = False) -> Manifest:
@@ -257,7 +258,7 @@ def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, 
     for manifest in manifests:
         for task, spec in manifest.tasks.items():
             if tasks.setdefault(task, spec) != spec:
-                raise ValueError(f"{manifest.source}: task {task!r} is {spec}, but {declared[task]} has {tasks[task]}")
+                raise InputError(f"{manifest.source}: task {task!r} is {spec}, but {declared[task]} has {tasks[task]}")
             declared.setdefault(task, manifest.source)
 
         def rebase(path: str) -> str:
@@ -270,7 +271,7 @@ def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, 
                                scene=tile.scene and f"{manifest.name}/{tile.scene}",
                                region=tile.region and f"{manifest.name}/{tile.region}")
             if tile.id in owner:
-                raise ValueError(f"{manifest.source}: tile {tile.id!r} is also in {owner[tile.id]}"
+                raise InputError(f"{manifest.source}: tile {tile.id!r} is also in {owner[tile.id]}"
                                  + ("" if prefix else "; --prefix-ids tells them apart by manifest name"))
             owner[tile.id] = manifest.source
             tiles.append(replace(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from geodata.errors import InputError
 
 __all__ = ["SAFE_NAME", "NAME_RULE", "is_safe_name", "check_name", "inside"]
 
@@ -25,7 +26,7 @@ def is_safe_name(value: Any) -> bool:
 def check_name(value: Any, what: str) -> str:
     """``value`` if it is a safe name; otherwise ``ValueError`` naming ``what`` (e.g. "institution")."""
     if not is_safe_name(value):
-        raise ValueError(f"{what} {value!r} must be {NAME_RULE}")
+        raise InputError(f"{what} {value!r} must be {NAME_RULE}")
     return value
 
 
@@ -34,5 +35,5 @@ def inside(root: str | Path, *parts: str) -> Path:
     root = Path(root)
     path = root.joinpath(*parts)
     if not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"path {'/'.join(parts)!r} leaves {root}")
+        raise InputError(f"path {'/'.join(parts)!r} leaves {root}")
     return path

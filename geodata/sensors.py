@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from geodata.errors import InputError
 
 __all__ = [
     "Band",
@@ -88,7 +89,7 @@ per-band normalisation absorbs; it matters only where a TCI band and a reflectan
 """
 
 
-class BandError(KeyError):
+class BandError(InputError, KeyError):
     """A band is missing from an input or unknown to the registry."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
@@ -117,42 +118,42 @@ class Band:
         spectral = (self.wavelength_nm, self.range_nm, self.bandwidth_nm)
         if self.polarisation is not None:
             if any(v is not None for v in spectral):
-                raise ValueError(f"band {self.name!r}: give a wavelength (spectral) or a polarisation (SAR), not both")
+                raise InputError(f"band {self.name!r}: give a wavelength (spectral) or a polarisation (SAR), not both")
             if self.frequency_band is not None and self.frequency_band not in FREQUENCY_BANDS:
-                raise ValueError(f"band {self.name!r}: frequency_band {self.frequency_band!r} is not one of "
+                raise InputError(f"band {self.name!r}: frequency_band {self.frequency_band!r} is not one of "
                                  f"{FREQUENCY_BANDS}")
             self._set_kind(SAR)
         elif any(v is not None for v in spectral):
             if self.frequency_band is not None:
-                raise ValueError(f"band {self.name!r}: frequency_band is for SAR bands")
+                raise InputError(f"band {self.name!r}: frequency_band is for SAR bands")
             self._check_spectrum()
             self._set_kind(SPECTRAL)
         elif self.kind not in AUXILIARY_KINDS:
-            raise ValueError(f"band {self.name!r}: give wavelength_nm or range_nm (spectral), polarisation (SAR), "
+            raise InputError(f"band {self.name!r}: give wavelength_nm or range_nm (spectral), polarisation (SAR), "
                              f"or a kind among {AUXILIARY_KINDS}")
 
     def _set_kind(self, kind: str) -> None:
         if self.kind not in (None, kind):
-            raise ValueError(f"band {self.name!r}: kind {self.kind!r} contradicts its descriptors ({kind})")
+            raise InputError(f"band {self.name!r}: kind {self.kind!r} contradicts its descriptors ({kind})")
         object.__setattr__(self, "kind", kind)
 
     def _check_spectrum(self) -> None:
         if self.range_nm is not None:
             if self.bandwidth_nm is not None:
-                raise ValueError(f"band {self.name!r}: give range_nm or bandwidth_nm, not both")
+                raise InputError(f"band {self.name!r}: give range_nm or bandwidth_nm, not both")
             lo, hi = (float(v) for v in self.range_nm)
             if not 0 < lo < hi:
-                raise ValueError(f"band {self.name!r}: range_nm must be [lo, hi] with 0 < lo < hi, got {self.range_nm}")
+                raise InputError(f"band {self.name!r}: range_nm must be [lo, hi] with 0 < lo < hi, got {self.range_nm}")
             object.__setattr__(self, "range_nm", (lo, hi))
             if self.wavelength_nm is None:
                 object.__setattr__(self, "wavelength_nm", (lo + hi) / 2)
             elif not lo <= self.wavelength_nm <= hi:
-                raise ValueError(f"band {self.name!r}: wavelength_nm {self.wavelength_nm} is outside range_nm "
+                raise InputError(f"band {self.name!r}: wavelength_nm {self.wavelength_nm} is outside range_nm "
                                  f"{self.range_nm}")
         if self.wavelength_nm is None:
-            raise ValueError(f"band {self.name!r}: bandwidth_nm needs wavelength_nm")
+            raise InputError(f"band {self.name!r}: bandwidth_nm needs wavelength_nm")
         if self.bandwidth_nm is not None and not self.bandwidth_nm > 0:
-            raise ValueError(f"band {self.name!r}: bandwidth_nm must be positive, got {self.bandwidth_nm}")
+            raise InputError(f"band {self.name!r}: bandwidth_nm must be positive, got {self.bandwidth_nm}")
 
     @property
     def is_sar(self) -> bool:
@@ -201,9 +202,9 @@ class Sensor:
         for name in ("gsd", "band_scale", "band_offset"):
             value = getattr(self, name)
             if value and len(value) != len(self.bands):
-                raise ValueError(f"sensor {self.name!r}: {name} has {len(value)} values for {len(self.bands)} bands")
+                raise InputError(f"sensor {self.name!r}: {name} has {len(value)} values for {len(self.bands)} bands")
         if self.complex is not None and self.complex not in COMPLEX_MODES:
-            raise ValueError(f"sensor {self.name!r}: complex {self.complex!r} is not one of {COMPLEX_MODES}")
+            raise InputError(f"sensor {self.name!r}: complex {self.complex!r} is not one of {COMPLEX_MODES}")
 
     @property
     def num_bands(self) -> int:
@@ -259,20 +260,20 @@ def register_sensor(sensor: Sensor, bands: Iterable[Band] = ()) -> Sensor:
     for band in declared.values():
         known = BANDS.get(band.name)
         if known is not None and known != band:
-            raise ValueError(f"band {band.name!r} conflicts with its registered definition: "
+            raise InputError(f"band {band.name!r} conflicts with its registered definition: "
                              f"{_differences(band, known)}")
     unknown = [b for b in sensor.bands if b not in BANDS and b not in declared]
     if unknown:
         raise BandError(f"sensor {sensor.name!r}: unknown bands {unknown}; declare them first")
     if len(set(sensor.bands)) != len(sensor.bands):
-        raise ValueError(f"sensor {sensor.name!r}: duplicate band names in {sensor.bands}")
+        raise InputError(f"sensor {sensor.name!r}: duplicate band names in {sensor.bands}")
     if not sensor.gsd:
         sensor = replace(sensor, gsd=tuple(float((declared.get(b) or BANDS[b]).gsd_m) for b in sensor.bands))
     for key in (sensor.name, *sensor.aliases):
         known_sensor = SENSORS.get(key)
         if known_sensor is not None and known_sensor != sensor:
             what = "sensor" if key == sensor.name else f"alias of sensor {sensor.name!r}"
-            raise ValueError(f"{what} {key!r} conflicts with the registered sensor {known_sensor.name!r}: "
+            raise InputError(f"{what} {key!r} conflicts with the registered sensor {known_sensor.name!r}: "
                              f"{_differences(sensor, known_sensor) or 'another sensor'}")
     for band in declared.values():
         BANDS.setdefault(band.name, band)
@@ -326,10 +327,10 @@ def _product_use(name: str, entry: dict[str, Any]) -> dict[str, float]:
         return {}
     product = entry["product"]
     if product not in PRODUCT_SCALES:
-        raise ValueError(f"band {name!r}: product {product!r} is not one of {sorted(PRODUCT_SCALES)}")
+        raise InputError(f"band {name!r}: product {product!r} is not one of {sorted(PRODUCT_SCALES)}")
     given = sorted({"scale", "offset"} & set(entry))
     if given:
-        raise ValueError(f"band {name!r}: product {product!r} fixes its scale and offset; drop {given}")
+        raise InputError(f"band {name!r}: product {product!r} fixes its scale and offset; drop {given}")
     return {"scale": PRODUCT_SCALES[product], "offset": 0.0}
 
 
@@ -340,11 +341,11 @@ def _parse_band(entry: Any) -> tuple[Band | None, dict[str, float]]:
     if isinstance(entry, str):
         return get_band(entry), {}
     if not isinstance(entry, dict) or "name" not in entry:
-        raise ValueError(f"band entry {entry!r}: expected a band name or a mapping with a 'name'")
+        raise InputError(f"band entry {entry!r}: expected a band name or a mapping with a 'name'")
     name = str(entry["name"])
     unknown = sorted(set(entry) - {"name", "product", *_IDENTITY_KEYS, *_USE_KEYS})
     if unknown:
-        raise ValueError(f"band {name!r}: unknown fields {unknown}")
+        raise InputError(f"band {name!r}: unknown fields {unknown}")
     use = {k: float(entry[k]) for k in _USE_KEYS if k in entry} | _product_use(name, entry)
     gsd = {"gsd_m": use.pop("gsd_m")} if "gsd_m" in use else {}
     identity = {k: entry[k] for k in _IDENTITY_KEYS if k in entry}
@@ -356,13 +357,13 @@ def _parse_band(entry: Any) -> tuple[Band | None, dict[str, float]]:
 
 def _parse_sensor(spec: Any) -> tuple[Sensor, list[Band]]:
     if not isinstance(spec, dict):
-        raise ValueError(f"expected a mapping per sensor, got {type(spec).__name__}")
+        raise InputError(f"expected a mapping per sensor, got {type(spec).__name__}")
     missing = [k for k in ("name", "bands") if k not in spec]
     if missing:
-        raise ValueError(f"missing fields {missing}")
+        raise InputError(f"missing fields {missing}")
     unknown = sorted(set(spec) - _SENSOR_KEYS)
     if unknown:
-        raise ValueError(f"sensor {spec['name']!r}: unknown fields {unknown}")
+        raise InputError(f"sensor {spec['name']!r}: unknown fields {unknown}")
     parsed = [_parse_band(entry) for entry in spec["bands"]]
     bands = [band for band, _ in parsed]
     scale, offset = float(spec.get("scale", 1.0)), float(spec.get("offset", 0.0))
@@ -401,18 +402,18 @@ def load_sensor_yaml(path: str | Path) -> list[Sensor]:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_SENSOR_FILE_BYTES:
-            raise ValueError(f"{path}: a sensor file is at most {MAX_SENSOR_FILE_BYTES} bytes")
+            raise InputError(f"{path}: a sensor file is at most {MAX_SENSOR_FILE_BYTES} bytes")
         raw = yaml.load(path.read_text(), Loader=_PlainLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise FileNotFoundError(f"sensor file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     sensors = []
     for spec in raw if isinstance(raw, list) else [raw]:
         try:
             sensor = register_sensor(*_parse_sensor(spec))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid sensor description: {exc}") from exc
+            raise InputError(f"{path}: invalid sensor description: {exc}") from exc
         if path.resolve().parent != SENSOR_CONFIG_DIR:
             _SOURCES.setdefault(sensor.name, path.resolve())
         sensors.append(sensor)

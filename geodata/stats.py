@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from geodata.errors import RasterError
+from geodata.errors import InputError, RasterError
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest, TileEntry
 from geodata.raster import read_source, tile_source, tile_window
@@ -47,7 +47,7 @@ class BandStats:
     def from_dict(cls, raw: dict[str, Any]) -> "BandStats":
         stats = cls(tuple(raw["bands"]), tuple(map(float, raw["mean"])), tuple(map(float, raw["std"])))
         if not len(stats.bands) == len(stats.mean) == len(stats.std):
-            raise ValueError(f"band stats: {len(stats.bands)} bands but {len(stats.mean)} means, "
+            raise InputError(f"band stats: {len(stats.bands)} bands but {len(stats.mean)} means, "
                              f"{len(stats.std)} stds")
         return stats
 

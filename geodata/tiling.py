@@ -38,7 +38,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from geodata.errors import RasterError
+from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import TileSource, open_raster, read_labelled
 from geodata.sensors import Sensor, get_sensor
@@ -87,14 +87,14 @@ def band_files(sensor: str | Sensor, specs: Sequence[tuple[str, str | Path]]) ->
     names = {band_key(b): b for b in sensor.bands}
     unknown = [b for b, _ in specs if band_key(b) not in names]
     if unknown:
-        raise ValueError(f"sensor {sensor.name}: {unknown} are not among its bands ({', '.join(sensor.bands)})")
+        raise InputError(f"sensor {sensor.name}: {unknown} are not among its bands ({', '.join(sensor.bands)})")
     given = [names[band_key(b)] for b, _ in specs]
     twice = sorted({b for b in given if given.count(b) > 1})
     if twice:
-        raise ValueError(f"sensor {sensor.name}: bands {twice} are given twice")
+        raise InputError(f"sensor {sensor.name}: bands {twice} are given twice")
     missing = [b for b in sensor.image_bands if b not in given]
     if missing:
-        raise ValueError(f"sensor {sensor.name}: no files given for its bands {missing}")
+        raise InputError(f"sensor {sensor.name}: no files given for its bands {missing}")
     return {band: find_rasters(spec) for band, (_, spec) in zip(given, specs)}
 
 
@@ -174,7 +174,7 @@ def parse_label_map(text: str | None) -> dict[int, int | None]:
                 raise ValueError
             mapping[int(raw)] = None if value.strip() == IGNORE else int(value)
         except ValueError:
-            raise ValueError(f"label map entry {item!r} is not VALUE:CLASS or VALUE:{IGNORE}") from None
+            raise InputError(f"label map entry {item!r} is not VALUE:CLASS or VALUE:{IGNORE}") from None
     return mapping
 
 
@@ -234,17 +234,17 @@ def split_scenes(
     names = sorted(names)
     unknown = sorted((set(test_names) | set(val_names)) - set(names))
     if unknown:
-        raise ValueError(f"scenes {unknown} are not among the scenes found ({', '.join(names)})")
+        raise InputError(f"scenes {unknown} are not among the scenes found ({', '.join(names)})")
     rng = random.Random(seed)
     if train_first is not None:
         if not 0 <= train_first <= len(names):
-            raise ValueError(f"--train-first {train_first}: there are {len(names)} scenes")
+            raise InputError(f"--train-first {train_first}: there are {len(names)} scenes")
         tests = set(names[train_first:])
     elif test_names:
         tests = set(test_names)
     else:
         if test > len(names):
-            raise ValueError(f"cannot hold out {test} test scenes of {len(names)}")
+            raise InputError(f"cannot hold out {test} test scenes of {len(names)}")
         tests = set(rng.sample(names, test))
     train = [n for n in names if n not in tests]
     if val_names:
@@ -252,9 +252,9 @@ def split_scenes(
     elif val <= len(train):
         vals = set(rng.sample(train, val))
     else:
-        raise ValueError(f"cannot hold out {val} val scenes of the {len(train)} train scenes")
+        raise InputError(f"cannot hold out {val} val scenes of the {len(train)} train scenes")
     if vals & tests:
-        raise ValueError(f"scenes {sorted(vals & tests)} are both test and val")
+        raise InputError(f"scenes {sorted(vals & tests)} are both test and val")
     return {n: "test" if n in tests else "val" if n in vals else "train" for n in names}
 
 
@@ -280,7 +280,7 @@ def _lookup(label_map: Mapping[int, int | None], num_classes: int, ignore_index:
     lut = {v: ignore_index if c is None else c for v, c in label_map.items()}
     bad = {v: c for v, c in lut.items() if c != ignore_index and not 0 <= c < num_classes}
     if bad:
-        raise ValueError(f"label map sends {bad} outside the {num_classes} classes")
+        raise InputError(f"label map sends {bad} outside the {num_classes} classes")
     return lut
 
 
@@ -432,9 +432,9 @@ def scenes_manifest(
     to it; original rasters by absolute path.
     """
     if (splits is None) == (block_size is None):
-        raise ValueError("split either by scene (splits) or by spatial block (block_size)")
+        raise InputError("split either by scene (splits) or by spatial block (block_size)")
     if size < 1 or stride < 1:
-        raise ValueError(f"tile size and stride must be positive, got {size} and {stride}")
+        raise InputError(f"tile size and stride must be positive, got {size} and {stride}")
     resolved = {s: get_sensor(s) for s in sensors}
     tiles: list[TileEntry] = []
     for scene in tqdm(scenes, desc="scenes", unit="scene", leave=False):

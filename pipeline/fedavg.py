@@ -33,6 +33,7 @@ from specialists.init import RANDOM, load_encoder_weights
 from specialists.io import specialist_to_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
+from geodata.errors import InputError
 
 __all__ = ["SAME", "GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
            "fedavg", "group_card", "implausible_norms", "indistinct", "pool_norm", "round_config", "screen",
@@ -50,21 +51,21 @@ def check_state(reference: State, update: State, source: str) -> State:
     otherwise ``ValueError`` naming ``source`` and the first offending tensor."""
     missing, extra = sorted(set(reference) - set(update)), sorted(set(update) - set(reference))
     if missing or extra:
-        raise ValueError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}")
+        raise InputError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}")
     for key, ref in reference.items():
         value = update[key]
         if value.shape != ref.shape or value.dtype != ref.dtype:
-            raise ValueError(f"{source}: tensor {key!r} is {value.dtype}{list(value.shape)}, "
+            raise InputError(f"{source}: tensor {key!r} is {value.dtype}{list(value.shape)}, "
                              f"expected {ref.dtype}{list(ref.shape)}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{source}: tensor {key!r} has non-finite values")
+            raise InputError(f"{source}: tensor {key!r} has non-finite values")
     return update
 
 
 def fedavg(states: Sequence[State], weights: Sequence[float]) -> State:
     """Weighted mean of floating tensors (others are taken from the first state)."""
     if not states or len(states) != len(weights) or sum(weights) <= 0:
-        raise ValueError(f"fedavg needs states with positive total weight, got {len(states)} / {list(weights)}")
+        raise InputError(f"fedavg needs states with positive total weight, got {len(states)} / {list(weights)}")
     total = float(sum(weights))
     out: State = {}
     for key, first in states[0].items():
@@ -152,7 +153,7 @@ def aggregate(states: Sequence[State], weights: Sequence[float], how: str) -> St
         elif how == "trimmed_mean":
             value = stack.sort(dim=0).values[1:-1].mean(dim=0) if len(states) >= 3 else stack.mean(dim=0)
         else:
-            raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {how!r}")
+            raise InputError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {how!r}")
         out[key] = value.to(first.dtype)
     return out
 
@@ -167,7 +168,7 @@ def pool_norm(means: Sequence[Sequence[float]], stds: Sequence[Sequence[float]],
         second = [sum(n * (s[b] ** 2 + m[b] ** 2) for m, s, n in zip(means, stds, counts)) / total for b in bands]
         return mean, [math.sqrt(max(q - mu**2, 1e-12)) for q, mu in zip(second, mean)]
     except OverflowError:
-        raise ValueError("band statistics too large to pool (a band mean or std beyond the float range)") from None
+        raise InputError("band statistics too large to pool (a band mean or std beyond the float range)") from None
 
 
 def implausible_norms(members: Sequence[Member], factor: float) -> dict[str, str]:
@@ -288,14 +289,14 @@ class GroupTraining:
     def check(self, update: Update, source: str) -> Update:
         """``update`` if its tensors match the global state's (``ValueError`` naming ``source`` otherwise)."""
         if not update.metrics.get("num_examples", 0) > 0:
-            raise ValueError(f"{source}: 'num_examples' must be positive, got {update.metrics.get('num_examples')}")
+            raise InputError(f"{source}: 'num_examples' must be positive, got {update.metrics.get('num_examples')}")
         check_state(self.encoder, update.encoder, f"{source} encoder")
         check_state(self.head, update.head, f"{source} head")
         dp = self.settings.dp
         if dp.mode == "client":
             norm = update_norm([self.encoder, self.head], [update.encoder, update.head])
             if norm > dp.clipping_norm * (1 + CLIP_SLACK):
-                raise ValueError(f"{source}: update norm {norm:.6g} exceeds train.dp.clipping_norm "
+                raise InputError(f"{source}: update norm {norm:.6g} exceeds train.dp.clipping_norm "
                                  f"{dp.clipping_norm:g} (train.dp.mode 'client': the member clips its update)")
         return update
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from geodata.manifest import Manifest
 from geodata.synth import cached_world
 from pipeline.settings import ExperimentConfig
+from geodata.errors import InputError
 
 __all__ = ["proxy_manifest"]
 
@@ -27,7 +28,7 @@ def proxy_manifest(cfg: ExperimentConfig, cache_dir: Path, sensors: Sequence[str
         return manifest, "manifest-" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
     world = cfg.world_config
     if world is None:
-        raise ValueError("proxy: no 'proxy.manifest' and no synthetic 'world' to generate proxy scenes from")
+        raise InputError("proxy: no 'proxy.manifest' and no synthetic 'world' to generate proxy scenes from")
     proxy = world.replace(
         name=f"{world.name}-proxy", seed=world.seed + cfg.proxy.seed_offset,
         tiles_per_institution=cfg.proxy.tiles_per_institution,

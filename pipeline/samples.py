@@ -34,6 +34,7 @@ from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.readers.folders import build_folder_manifest
 from geodata.sensors import load_sensor_files
 from geodata.tiling import find_rasters, match_scenes, scenes_manifest, split_scenes
+from geodata.errors import InputError
 
 __all__ = ["PROXY_SETS", "SAMPLE_SETS", "WILDFIRE_SENSOR_FILE", "build_samples", "prepare_samples", "proxy_union"]
 
@@ -65,7 +66,7 @@ def build_samples(root: str | Path, out: str | Path, parts: int = 2, aid_per_cla
     root, out = Path(root), Path(out)
     unknown = sorted(set(sets) - set(SAMPLE_SETS))
     if unknown:
-        raise ValueError(f"unknown sample sets {unknown}; expected some of {list(SAMPLE_SETS)}")
+        raise InputError(f"unknown sample sets {unknown}; expected some of {list(SAMPLE_SETS)}")
     paths: dict[str, Path] = {}
     for name in sets:
         folder = out / name

@@ -35,6 +35,7 @@ from specialists.init import BASE, check_init
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
 from wire.messages import SIZE_MAXIMA, TRAIN_MAXIMA
+from geodata.errors import InputError
 
 __all__ = [
     "AGGREGATIONS",
@@ -111,12 +112,12 @@ class DpSettings:
     def check(self) -> None:
         """``ValueError`` naming the first setting out of range."""
         if self.mode not in DP_MODES:
-            raise ValueError(f"train.dp.mode must be one of {list(DP_MODES)}, got {self.mode!r}")
+            raise InputError(f"train.dp.mode must be one of {list(DP_MODES)}, got {self.mode!r}")
         for name in ("clipping_norm", "noise_multiplier"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"train.dp.{name} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"train.dp.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.delta < 1:
-            raise ValueError(f"train.dp.delta must be in (0, 1), got {self.delta}")
+            raise InputError(f"train.dp.delta must be in (0, 1), got {self.delta}")
 
 
 @dataclass
@@ -275,22 +276,22 @@ class ExperimentConfig:
         task and method ones the proxy can have (from the world: its classification task)."""
         ev, top = self.evaluate, SIZE_MAXIMA
         if not 1 <= len(ev.fractions) <= top["fractions"] or not all(0 < f <= 1 for f in ev.fractions):
-            raise ValueError(f"evaluate.fractions must list 1 to {top['fractions']} numbers in (0, 1], "
+            raise InputError(f"evaluate.fractions must list 1 to {top['fractions']} numbers in (0, 1], "
                              f"got {ev.fractions}")
         if not 1 <= len(ev.seeds) <= top["seeds"] or not all(0 <= s <= top["seed"] for s in ev.seeds):
-            raise ValueError(f"evaluate.seeds must list 1 to {top['seeds']} integers in [0, {top['seed']}], "
+            raise InputError(f"evaluate.seeds must list 1 to {top['seeds']} integers in [0, {top['seed']}], "
                              f"got {ev.seeds}")
         if not 1 <= ev.batch_size <= TRAIN_MAXIMA["batch_size"] or not 1 <= self.train.batch_size <= \
                 TRAIN_MAXIMA["batch_size"]:
-            raise ValueError(f"evaluate.batch_size and train.batch_size must be in [1, {TRAIN_MAXIMA['batch_size']}]")
+            raise InputError(f"evaluate.batch_size and train.batch_size must be in [1, {TRAIN_MAXIMA['batch_size']}]")
         if not is_safe_name(self.prune.task):
-            raise ValueError(f"prune.task {self.prune.task!r} must be {NAME_RULE}")
+            raise InputError(f"prune.task {self.prune.task!r} must be {NAME_RULE}")
         world = sorted(name for name, task in world_tasks().items() if task.type == "classification")
         if not self.proxy.manifest and self.prune.task not in world:
-            raise ValueError(f"prune.task {self.prune.task!r} is not a classification task of the world's proxy "
+            raise InputError(f"prune.task {self.prune.task!r} is not a classification task of the world's proxy "
                              f"data {world}")
         if self.prune.method not in ("linear", "knn"):
-            raise ValueError(f"prune.method must be 'linear' or 'knn', got {self.prune.method!r}")
+            raise InputError(f"prune.method must be 'linear' or 'knn', got {self.prune.method!r}")
 
     @property
     def world_config(self) -> WorldConfig | None:
@@ -299,45 +300,45 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if self.federation.min_nodes < 1 or self.federation.min_institutions < 1:
-            raise ValueError("federation.min_nodes and federation.min_institutions must be >= 1")
+            raise InputError("federation.min_nodes and federation.min_institutions must be >= 1")
         if self.federation.stats_factor != 0 and not self.federation.stats_factor >= 1:
-            raise ValueError(f"federation.stats_factor must be 0 (no check) or >= 1, "
+            raise InputError(f"federation.stats_factor must be 0 (no check) or >= 1, "
                              f"got {self.federation.stats_factor}")
         if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
-            raise ValueError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
+            raise InputError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
         if self.train.warmup_epochs < 0:
-            raise ValueError("train.warmup_epochs must be >= 0")
+            raise InputError("train.warmup_epochs must be >= 0")
         if not 0 < self.train.max_weight_share <= 1 or self.train.update_factor < 0:
-            raise ValueError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
+            raise InputError("train.max_weight_share must be in (0, 1] and train.update_factor >= 0")
         if self.train.aggregation not in AGGREGATIONS:
-            raise ValueError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
+            raise InputError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {self.train.aggregation!r}")
         self.train.dp.check()
         if self.train.dp.mode != "none" and self.train.aggregation != "fedavg":
-            raise ValueError(f"train.dp.mode {self.train.dp.mode!r} needs train.aggregation 'fedavg' (the privacy "
+            raise InputError(f"train.dp.mode {self.train.dp.mode!r} needs train.aggregation 'fedavg' (the privacy "
                              f"accounting bounds a weighted mean), got {self.train.aggregation!r}")
         for name, variant in (("train.variant", self.train.variant), ("distill.variant", self.distill.variant)):
             try:
                 check_variant(variant)
             except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+                raise InputError(f"{name}: {exc}") from None
         self._check_probes()
         check_init(self.train.init, "train.init")
         check_init(self.distill.init, "distill.init")
         if self.enrol.weights not in ("send", "home"):
-            raise ValueError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
+            raise InputError(f"enrol.weights must be 'send' or 'home', got {self.enrol.weights!r}")
         if self.prune.baseline not in ("random_twin", "none"):
-            raise ValueError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
+            raise InputError(f"prune.baseline must be 'random_twin' or 'none', got {self.prune.baseline!r}")
         if min(self.energy.cpu_w_per_core, self.energy.memory_w_per_gb, self.energy.grid_g_per_kwh) < 0:
-            raise ValueError("energy.cpu_w_per_core, memory_w_per_gb and grid_g_per_kwh must be >= 0")
+            raise InputError("energy.cpu_w_per_core, memory_w_per_gb and grid_g_per_kwh must be >= 0")
         for sensor, px in self.proxy.resize.items():
             if not 1 <= px <= MAX_TILE_PX:
-                raise ValueError(f"proxy.resize.{sensor}: a size in pixels, 1..{MAX_TILE_PX}, got {px}")
+                raise InputError(f"proxy.resize.{sensor}: a size in pixels, 1..{MAX_TILE_PX}, got {px}")
         if self.integrate and not is_safe_name(self.integrate):
-            raise ValueError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
+            raise InputError(f"integrate: {self.integrate!r} is not a run name ({NAME_RULE})")
         if self.prune.keep_top_k < 0 or self.prune.permutations < 1 or self.prune.redistill_epochs < 1:
-            raise ValueError("prune.keep_top_k must be >= 0, prune.permutations and prune.redistill_epochs >= 1")
+            raise InputError("prune.keep_top_k must be >= 0, prune.permutations and prune.redistill_epochs >= 1")
         if min(self.distill.epochs, self.proxy.tiles_per_institution, self.proxy.batch_size) < 1:
-            raise ValueError("distill.epochs, proxy.tiles_per_institution and proxy.batch_size must be >= 1")
+            raise InputError("distill.epochs, proxy.tiles_per_institution and proxy.batch_size must be >= 1")
         world = self.world_config
         for name, inst in list(self.institutions.items()):
             where = f"institutions.{name}"
@@ -345,25 +346,25 @@ class ExperimentConfig:
                 try:
                     inst = self.institutions[name] = InstitutionSettings(**inst)
                 except TypeError as exc:
-                    raise ValueError(f"{where}: {exc}") from None
+                    raise InputError(f"{where}: {exc}") from None
             for what, value in (("institution", name), ("sensor", inst.sensor), ("task", inst.task)):
                 if not is_safe_name(value):
-                    raise ValueError(f"{where}: {what} {value!r} must be {NAME_RULE}")
+                    raise InputError(f"{where}: {what} {value!r} must be {NAME_RULE}")
             if not 0 <= inst.resize <= MAX_TILE_PX:
-                raise ValueError(f"{where}: resize is a size in pixels, 1..{MAX_TILE_PX} (0: tiles as they are), "
+                raise InputError(f"{where}: resize is a size in pixels, 1..{MAX_TILE_PX} (0: tiles as they are), "
                                  f"got {inst.resize}")
             if inst.manifest:
                 continue
             if inst.region:
-                raise ValueError(f"{where}: 'region' filters a 'manifest'; world institutions have their own region")
+                raise InputError(f"{where}: 'region' filters a 'manifest'; world institutions have their own region")
             if world is None:
-                raise ValueError(f"{where}: no 'manifest' and no synthetic 'world' config to generate its data")
+                raise InputError(f"{where}: no 'manifest' and no synthetic 'world' config to generate its data")
             sensors = next((w.sensors for w in world.institutions if w.name == name), None)
             if sensors is None:
-                raise ValueError(f"{where}: world {world.name!r} has no institution {name!r}; "
+                raise InputError(f"{where}: world {world.name!r} has no institution {name!r}; "
                                  f"it has {[w.name for w in world.institutions]}")
             if inst.sensor not in sensors:
-                raise ValueError(f"{where}: world institution {name!r} observes {list(sensors)}, not {inst.sensor!r}")
+                raise InputError(f"{where}: world institution {name!r} observes {list(sensors)}, not {inst.sensor!r}")
 
 
 @dataclass(frozen=True)
@@ -379,20 +380,20 @@ class RunSettings:
         def text(key: str) -> str:
             value = run_config.get(key, "")
             if not isinstance(value, str):
-                raise ValueError(f"run config {key!r} must be a string, got {value!r}")
+                raise InputError(f"run config {key!r} must be a string, got {value!r}")
             return value.strip()
 
         experiment = text("experiment") or "default"
         try:
             overrides = tuple(shlex.split(text("overrides")))
         except ValueError as exc:
-            raise ValueError(f"run config 'overrides': {exc}") from None
+            raise InputError(f"run config 'overrides': {exc}") from None
         run_name = text("run-name")
         if not run_name:
             stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
             run_name = f"{experiment}-{stamp}"
         if not is_safe_name(run_name):
-            raise ValueError(f"run config 'run-name' {run_name!r}: must be {NAME_RULE}")
+            raise InputError(f"run config 'run-name' {run_name!r}: must be {NAME_RULE}")
         return cls(experiment=experiment, overrides=overrides, run_name=run_name)
 
 
@@ -406,7 +407,7 @@ def compose_experiment(experiment: str, overrides: tuple[str, ...] | list[str] =
             cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ValueError(f"experiment {experiment!r} with overrides {list(overrides)}: {exc}") from None
+        raise InputError(f"experiment {experiment!r} with overrides {list(overrides)}: {exc}") from None
     return cfg
 
 
@@ -416,7 +417,7 @@ def load_experiment(settings: RunSettings) -> tuple[ExperimentConfig, str]:
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), cfg))
     except OmegaConfBaseException as exc:
-        raise ValueError(f"experiment {settings.experiment!r}: {exc}") from None
+        raise InputError(f"experiment {settings.experiment!r}: {exc}") from None
     assert isinstance(typed, ExperimentConfig)
     load_sensor_files(typed.sensor_files)
     return typed, OmegaConf.to_yaml(cfg)

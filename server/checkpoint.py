@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from geodata.files import atomic_write_text
+from geodata.errors import InputError
 
 __all__ = ["RunCheckpoint", "CHECKPOINT_VERSION"]
 
@@ -55,11 +56,11 @@ class RunCheckpoint:
             try:
                 state = json.loads(path.read_text())
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc}); remove it or pick another run-name") from None
+                raise InputError(f"{path}: not valid JSON ({exc}); remove it or pick another run-name") from None
             if state.get("version") != CHECKPOINT_VERSION:
-                raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
+                raise InputError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
             if state.get("config_sha256") != digest:
-                raise ValueError(
+                raise InputError(
                     f"{run_dir}: this run was started with another config (see its config.yaml); "
                     "pick another run-name to start a new run"
                 )

@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from geodata.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def serve(listen: str, superlink: str, certfile: Path, keyfile: Path, ca_cert: P
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"--listen {listen!r}: expected HOST:PORT")
+        raise InputError(f"--listen {listen!r}: expected HOST:PORT")
     log.info("gateway: serving the Fleet API of %s on https://%s", superlink, listen)
     uvicorn.run(create_gateway(superlink, ca_cert), host=host, port=int(port), ssl_certfile=str(certfile),
                 ssl_keyfile=str(keyfile), log_level="warning")

@@ -18,6 +18,7 @@ from pipeline.samples import prepare_samples
 from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
 from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
+from geodata.errors import InputError
 
 __all__ = ["run_experiment"]
 
@@ -28,9 +29,9 @@ def _check_run(cfg: ExperimentConfig, order: list[str], run_dir: Path) -> None:
     """What the settings tree alone cannot check, before the run folder exists: ``stop_after`` names a
     phase, and the ``integrate`` run is a finished run beside this one (its registry enrolled)."""
     if cfg.stop_after and cfg.stop_after not in order:
-        raise ValueError(f"stop_after {cfg.stop_after!r} is not a phase; phases: {order}")
+        raise InputError(f"stop_after {cfg.stop_after!r} is not a phase; phases: {order}")
     if cfg.integrate and not (run_dir.parent / cfg.integrate / "registry" / "index.json").is_file():
-        raise ValueError(f"integrate: run {cfg.integrate!r} has no enrolled registry in {run_dir.parent}")
+        raise InputError(f"integrate: run {cfg.integrate!r} has no enrolled registry in {run_dir.parent}")
 
 
 def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int) -> Path:

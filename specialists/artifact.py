@@ -33,6 +33,7 @@ from geodata.files import atomic_write_bytes, atomic_write_text
 from geodata.manifest import register_sensors_beside, write_sensors_beside
 from geodata.sensors import user_sensors_with
 from specialists.trunk import DEFAULT_VARIANT, check_variant
+from geodata.errors import InputError
 
 __all__ = [
     "ArtifactError", "Card", "field_error", "save", "save_state", "load", "load_state", "to_bytes", "state_bytes",
@@ -45,7 +46,7 @@ WEIGHTS_FILE = "weights.safetensors"
 SCHEMA_VERSION = 2
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """A card or its weights are malformed, edited after saving, or disagree (the message names the file
     and field at fault)."""
 

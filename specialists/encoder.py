@@ -13,6 +13,7 @@ from torch import nn
 
 from specialists.init import STEM_WEIGHT, load_encoder_weights
 from specialists.trunk import DEFAULT_VARIANT, build_trunk
+from geodata.errors import InputError
 
 __all__ = [
     "build_encoder", "freeze_encoder", "encoder_in_chans", "FREEZE_POLICIES", "STEM_WEIGHT",
@@ -42,7 +43,7 @@ def _stage_modules(encoder: nn.Module) -> tuple[list[nn.Module], list[nn.Module]
     stem = [m for n, m in children.items() if n.startswith("stem")]
     stages = [m for n, m in children.items() if n.startswith("stages")]
     if not stem or not stages:
-        raise ValueError(f"encoder has no stem/stages children: {list(children)}")
+        raise InputError(f"encoder has no stem/stages children: {list(children)}")
     return stem, stages
 
 
@@ -58,10 +59,10 @@ def freeze_encoder(encoder: nn.Module, policy: str = "none") -> None:
     elif policy.startswith("stages:") and policy[len("stages:"):].isdigit():
         k = int(policy[len("stages:"):])
         if not 1 <= k <= len(stages):
-            raise ValueError(f"freeze policy {policy!r}: K must be in 1..{len(stages)}")
+            raise InputError(f"freeze policy {policy!r}: K must be in 1..{len(stages)}")
         frozen = stem + stages[:k]
     else:
-        raise ValueError(f"unknown freeze policy {policy!r}; expected one of {FREEZE_POLICIES}")
+        raise InputError(f"unknown freeze policy {policy!r}; expected one of {FREEZE_POLICIES}")
     for p in encoder.parameters():
         p.requires_grad_(True)
     for module in frozen:

@@ -20,6 +20,7 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from geodata.errors import InputError
 
 __all__ = ["FcmaeConfig", "Fcmae", "random_patch_mask", "pretrain"]
 
@@ -45,7 +46,7 @@ def random_patch_mask(batch: int, height: int, width: int, patch: int, ratio: fl
                       generator: torch.Generator) -> torch.Tensor:
     """A ``(batch, 1, height, width)`` float mask, 1 where masked: ``ratio`` of the ``patch`` squares."""
     if height % patch or width % patch:
-        raise ValueError(f"fcmae: tile {height}x{width} is not a multiple of the {patch} px mask patch")
+        raise InputError(f"fcmae: tile {height}x{width} is not a multiple of the {patch} px mask patch")
     gh, gw = height // patch, width // patch
     n = gh * gw
     keep = max(1, min(n - 1, round(n * (1 - ratio))))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specialists.card import TASK_TYPES
+from geodata.errors import InputError
 
 __all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "UPerNetSkipHead", "CrossEntropyDice", "DECODERS",
            "LOSSES", "build_head", "task_loss"]
@@ -114,7 +115,7 @@ class UPerNetSkipHead(UPerNetHead):
     def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int],
                 image: torch.Tensor | None = None) -> torch.Tensor:
         if image is None or tuple(image.shape[-2:]) != tuple(size):
-            raise ValueError("the upernet_skip decoder needs the input image at the output size")
+            raise InputError("the upernet_skip decoder needs the input image at the output size")
         up = F.interpolate(self.fused(features), size=tuple(size), mode="bilinear", align_corners=False)
         return self.classifier(self.refine(torch.cat([up, self.input_norm(image)], dim=1)))
 
@@ -124,7 +125,7 @@ def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, de
     """The head for ``task_type`` over an encoder with ``feature_dims`` channels per scale (``decoder``:
     one of :data:`DECODERS`, segmentation only; ``upernet_skip`` needs the number of input bands)."""
     if num_classes < 1:
-        raise ValueError(f"a {task_type} head needs at least one class, got {num_classes}")
+        raise InputError(f"a {task_type} head needs at least one class, got {num_classes}")
     if task_type in ("classification", "multilabel"):
         return PooledLinearHead(feature_dims[-1], num_classes)
     if task_type == "segmentation":
@@ -134,10 +135,10 @@ def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, de
             return UPerNetHead(feature_dims, num_classes)
         if decoder == "upernet_skip":
             if not in_bands:
-                raise ValueError("the upernet_skip decoder needs the number of input bands")
+                raise InputError("the upernet_skip decoder needs the number of input bands")
             return UPerNetSkipHead(feature_dims, num_classes, in_bands)
-        raise ValueError(f"unknown segmentation decoder {decoder!r}; expected one of {DECODERS}")
-    raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
+        raise InputError(f"unknown segmentation decoder {decoder!r}; expected one of {DECODERS}")
+    raise InputError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
 
 
 LOSSES = ("ce", "ce_dice")
@@ -169,9 +170,9 @@ def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[f
 
     ``class_weights``: one weight per class (cross-entropy) or positive weight per label (BCE)."""
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        raise InputError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     if loss != "ce" and task_type != "segmentation":
-        raise ValueError(f"loss {loss!r} is for segmentation, not {task_type}")
+        raise InputError(f"loss {loss!r} is for segmentation, not {task_type}")
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
     if task_type == "classification":
         return nn.CrossEntropyLoss(weight=weight)
@@ -180,4 +181,4 @@ def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[f
     if task_type == "segmentation":
         return (CrossEntropyDice(weight, ignore_index) if loss == "ce_dice"
                 else nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index))
-    raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
+    raise InputError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")

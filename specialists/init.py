@@ -43,6 +43,7 @@ from torch import nn
 from geodata.sensors import DEFAULT_TOLERANCE_NM, BandError, equivalent_band
 from specialists import artifact
 from specialists.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError
+from geodata.errors import InputError
 
 __all__ = ["RANDOM", "BASE", "base_path", "RGB_BANDS", "STEM_WEIGHT", "Checkpoint", "read_checkpoint", "load_encoder_weights",
            "check_init", "adapt_stem", "STEM_BIAS"]
@@ -110,9 +111,9 @@ def check_init(value: str, field: str) -> None:
         try:
             base_path()
         except FileNotFoundError as exc:
-            raise ValueError(f"{field}: {exc}") from None
+            raise InputError(f"{field}: {exc}") from None
     elif value != RANDOM and not Path(value).exists():
-        raise ValueError(f"{field}: {value!r} is neither {RANDOM!r}, {BASE!r} nor an existing checkpoint file or folder")
+        raise InputError(f"{field}: {value!r} is neither {RANDOM!r}, {BASE!r} nor an existing checkpoint file or folder")
 
 
 def _encoder_key(key: str) -> str:
@@ -133,7 +134,7 @@ def _metadata_bands(text: str | None, path: Path) -> tuple[str, ...] | None:
     except ValueError:
         bands = None
     if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):
-        raise ValueError(f"{path}: metadata 'bands' is not a JSON list of band names: {text[:80]!r}")
+        raise InputError(f"{path}: metadata 'bands' is not a JSON list of band names: {text[:80]!r}")
     return tuple(bands)
 
 
@@ -147,7 +148,7 @@ def _tensors(raw: Any, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(raw.get(key), dict):
                 raw = raw[key]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        raise InputError(f"{path}: not a state dict of tensors")
     return {str(k): v for k, v in raw.items()}
 
 
@@ -162,17 +163,17 @@ def _eosfm_entry(entries: list, path: Path, want: Sequence[str] | None) -> tuple
     parsed = []
     for i, entry in enumerate(entries):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[2], dict)):
-            raise ValueError(f"{path}: entry {i} is not an (in_chans, state_dict, config) triple")
+            raise InputError(f"{path}: entry {i} is not an (in_chans, state_dict, config) triple")
         bands = entry[2].get("bands")
         bands = tuple(str(b) for b in bands) if bands else None
         if bands is not None and len(bands) != int(entry[0]):
-            raise ValueError(f"{path}: entry {i} lists {len(bands)} bands for in_chans {entry[0]}")
+            raise InputError(f"{path}: entry {i} lists {len(bands)} bands for in_chans {entry[0]}")
         try:
             parsed.append((_overlap(bands, want), i, _tensors(entry[1], path), bands))
         except BandError as exc:
-            raise ValueError(f"{path}: entry {i}: {exc}") from None
+            raise InputError(f"{path}: entry {i}: {exc}") from None
     if not parsed:
-        raise ValueError(f"{path}: an EoS-FM file with no entries")
+        raise InputError(f"{path}: an EoS-FM file with no entries")
     score, i, state, bands = max(parsed, key=lambda p: (p[0], -p[1]))
     log.info("%s: EoS-FM entry %d of %d (bands %s, %d target bands matched)", path, i, len(parsed), bands, score)
     return state, bands
@@ -185,14 +186,14 @@ def _artifact(directory: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
     try:
         kind = json.loads((directory / CARD_FILE).read_text()).get("kind")
     except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{directory / CARD_FILE}: not a readable card: {exc}") from None
+        raise InputError(f"{directory / CARD_FILE}: not a readable card: {exc}") from None
     types = {SpecialistCard.KIND: SpecialistCard, StudentCard.KIND: StudentCard}
     if kind not in types:
-        raise ValueError(f"{directory / CARD_FILE}: kind {kind!r} is not one of {sorted(types)}")
+        raise InputError(f"{directory / CARD_FILE}: kind {kind!r} is not one of {sorted(types)}")
     try:
         card, state = artifact.load_state(directory, types[kind])
     except ArtifactError as exc:
-        raise ValueError(str(exc)) from None
+        raise InputError(str(exc)) from None
     return state, tuple(card.bands) if kind == SpecialistCard.KIND else None
 
 
@@ -214,14 +215,14 @@ def read_checkpoint(path: str | Path, want: Sequence[str] | None = None) -> Chec
                 with safe_open(str(path), "pt") as handle:
                     named = (handle.metadata() or {}).get("bands")
             except (SafetensorError, OSError) as exc:
-                raise ValueError(f"{path}: not a safetensors file: {exc}") from None
+                raise InputError(f"{path}: not a safetensors file: {exc}") from None
             bands = _metadata_bands(named, path)
         else:
             try:
                 raw = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - pickle and zip errors of every kind
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ValueError(f"{path}: not a torch file of tensors (torch.load weights_only=True): {first}") from None
+                raise InputError(f"{path}: not a torch file of tensors (torch.load weights_only=True): {first}") from None
             state, bands = _eosfm_entry(raw, path, want) if isinstance(raw, (list, tuple)) else (_tensors(raw, path), None)
     state = {_encoder_key(k): v for k, v in state.items()}
     return Checkpoint(path, state, bands, _sha256(source))
@@ -249,7 +250,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, bands: Sequence[s
     if STEM_WEIGHT in state and STEM_WEIGHT in own:
         have = ckpt.bands or (RGB_BANDS if state[STEM_WEIGHT].shape[1] == 3 else None)
         if have is not None and len(have) != state[STEM_WEIGHT].shape[1]:
-            raise ValueError(f"{ckpt.path}: tensor {STEM_WEIGHT!r} reads {state[STEM_WEIGHT].shape[1]} bands, "
+            raise InputError(f"{ckpt.path}: tensor {STEM_WEIGHT!r} reads {state[STEM_WEIGHT].shape[1]} bands, "
                              f"its bands are {list(have)}")
         if have is not None and bands is not None:
             state[STEM_WEIGHT] = adapt_stem(state[STEM_WEIGHT], have, bands, ckpt.path)
@@ -257,12 +258,12 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, bands: Sequence[s
     loaded = {k: v for k, v in state.items() if k in own}
     for key, value in loaded.items():
         if value.shape != own[key].shape:
-            raise ValueError(f"{ckpt.path}: tensor {key!r} has shape {tuple(value.shape)}, the encoder needs "
+            raise InputError(f"{ckpt.path}: tensor {key!r} has shape {tuple(value.shape)}, the encoder needs "
                              f"{tuple(own[key].shape)}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{ckpt.path}: tensor {key!r} has non-finite values")
+            raise InputError(f"{ckpt.path}: tensor {key!r} has non-finite values")
     if not any(k.startswith("stages") for k in loaded):
-        raise ValueError(f"{ckpt.path}: no tensor fits this encoder (its keys start {sorted(state)[:3]})")
+        raise InputError(f"{ckpt.path}: no tensor fits this encoder (its keys start {sorted(state)[:3]})")
     kept = sorted(set(own) - set(loaded))
     if skipped:
         log.info("%s: skipped %d tensors the encoder lacks (%s...)", ckpt.path, len(skipped), skipped[:3])

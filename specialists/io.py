@@ -17,6 +17,7 @@ from specialists.artifact import ArtifactError
 from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder
 from specialists.model import Specialist
+from geodata.errors import InputError
 
 __all__ = [
     "save_specialist", "load_specialist", "specialist_to_bytes", "specialist_from_bytes", "bytes_tensor",
@@ -68,5 +69,5 @@ def tensor_bytes(tensor: torch.Tensor, source: str) -> bytes:
     """The bytes a :func:`bytes_tensor` carried; refuses another dtype or shape (sizes are checked on the
     record, before it is deserialised: :mod:`wire.messages`)."""
     if tensor.dtype != torch.uint8 or tensor.dim() != 1:
-        raise ValueError(f"{source}: expected a 1-D uint8 byte tensor, got {tensor.dtype}{list(tensor.shape)}")
+        raise InputError(f"{source}: expected a 1-D uint8 byte tensor, got {tensor.dtype}{list(tensor.shape)}")
     return tensor.numpy().tobytes()

@@ -8,6 +8,7 @@ from torch import nn
 from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder, encoder_in_chans
 from specialists.trunk import pyramid_pool
+from geodata.errors import InputError
 
 __all__ = ["Specialist"]
 
@@ -23,14 +24,14 @@ class Specialist(nn.Module):
     def __init__(self, card: SpecialistCard, encoder: nn.Module) -> None:
         super().__init__()
         if encoder_in_chans(encoder) != card.num_bands:
-            raise ValueError(
+            raise InputError(
                 f"specialist {card.name!r}: encoder takes {encoder_in_chans(encoder)} channels "
                 f"but the card lists {card.num_bands} bands {card.bands}"
             )
         dims = [int(c) for c in encoder.feature_info.channels()]
         reductions = [int(r) for r in encoder.feature_info.reduction()]
         if card.feature_dims and (card.feature_dims != dims or card.feature_reductions != reductions):
-            raise ValueError(
+            raise InputError(
                 f"specialist {card.name!r}: card feature_dims/reductions {card.feature_dims}/"
                 f"{card.feature_reductions} do not match encoder {card.variant!r} ({dims}/{reductions})"
             )
@@ -64,7 +65,7 @@ class Specialist(nn.Module):
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.card.num_bands:
-            raise ValueError(
+            raise InputError(
                 f"specialist {self.card.name!r} expects [B, {self.card.num_bands}, H, W] "
                 f"(bands {self.bands}), got shape {tuple(x.shape)}"
             )

@@ -30,6 +30,7 @@ from specialists.card import SpecialistCard
 from specialists.heads import LOSSES, build_head, task_loss
 from specialists.init import load_encoder_weights
 from specialists.model import Specialist
+from geodata.errors import InputError
 
 __all__ = [
     "OptimConfig",
@@ -90,15 +91,15 @@ class TrainConfig(OptimConfig):
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0:
-            raise ValueError(f"TrainConfig: lr > 0, weight_decay/warmup_epochs/patience >= 0 required: {self}")
+            raise InputError(f"TrainConfig: lr > 0, weight_decay/warmup_epochs/patience >= 0 required: {self}")
         if self.gain_jitter < 0:
-            raise ValueError(f"TrainConfig.gain_jitter must be >= 0, got {self.gain_jitter}")
+            raise InputError(f"TrainConfig.gain_jitter must be >= 0, got {self.gain_jitter}")
         if self.loss not in LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+            raise InputError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+            raise InputError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
 
 
 def resolve_device(device: str) -> str:
@@ -251,7 +252,7 @@ def _metrics(task_type: str, num_classes: int, ignore_index: int) -> torchmetric
                 num_classes, average="micro", ignore_index=ignore_index),
         }
     else:
-        raise ValueError(f"unknown task type {task_type!r}; expected one of {tuple(MONITOR)}")
+        raise InputError(f"unknown task type {task_type!r}; expected one of {tuple(MONITOR)}")
     return torchmetrics.MetricCollection(metrics)
 
 
@@ -284,7 +285,7 @@ def evaluate(
         else:
             metrics.update(logits.argmax(1), target)
     if count == 0:
-        raise ValueError(f"{desc}: the loader yielded no samples")
+        raise InputError(f"{desc}: the loader yielded no samples")
     return {"loss": total / count, **{k: float(v) for k, v in metrics.compute().items()}}
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import timm
 import torch
 from torch import nn
+from geodata.errors import InputError
 
 __all__ = ["build_trunk", "check_variant", "pyramid_pool", "DEFAULT_VARIANT", "VARIANTS"]
 
@@ -24,7 +25,7 @@ OUT_INDICES = (0, 1, 2, 3)
 def check_variant(variant: object) -> None:
     """Raise ``ValueError`` unless ``variant`` is one of :data:`VARIANTS`."""
     if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r} is not a local timm ConvNeXtV2 model; expected one of {list(VARIANTS)}")
+        raise InputError(f"variant {variant!r} is not a local timm ConvNeXtV2 model; expected one of {list(VARIANTS)}")
 
 
 def build_trunk(variant: str = DEFAULT_VARIANT, in_chans: int = 3, depths: Sequence[int] | None = None) -> nn.Module:

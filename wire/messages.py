@@ -45,6 +45,7 @@ from geodata.names import NAME_RULE, is_safe_name
 from specialists.card import MAX_CLASSES
 from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
+from geodata.errors import InputError
 
 __all__ = [
     "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "SIZE_MAXIMA", "NODE_KINDS", "DataSummary", "RoundTraining", "ProbeSettings",
@@ -61,7 +62,7 @@ are required safe names (:mod:`geodata.names`: they become folder names)."""
 NODE_KINDS = ("declared", "simulated", "unconfigured")
 
 
-class WireError(ValueError):
+class WireError(InputError):
     """A message that breaks the protocol; the text names the message, the record and the field."""
 
 

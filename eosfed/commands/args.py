@@ -13,6 +13,7 @@ import types
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, TypeVar
+from geodata.errors import InputError
 
 if TYPE_CHECKING:
     from geodata.manifest import Manifest
@@ -35,7 +36,7 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """A mistake of the user's (a wrong name, flag or file): shown as one line, exit status 2."""
 
 

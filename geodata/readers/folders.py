@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from geodata.errors import RasterError
+from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import check_band_count
 from geodata.sensors import get_sensor
@@ -38,10 +38,10 @@ def per_class_count(available: int, fraction: float = 0.0, count: int | None = N
     """Files of a class a split takes: ``count`` when given, else ``fraction`` (in [0, 1]) of ``available``, rounded."""
     if count is not None:
         if count < 0:
-            raise ValueError(f"a split count must be >= 0, got {count}")
+            raise InputError(f"a split count must be >= 0, got {count}")
         return count
     if not 0 <= fraction <= 1:
-        raise ValueError(f"a split fraction must be in [0, 1], got {fraction}")
+        raise InputError(f"a split fraction must be in [0, 1], got {fraction}")
     return round(fraction * available)
 
 
@@ -68,7 +68,7 @@ def build_folder_manifest(
     """Index ``root/<Class>/<image>`` into ``out_dir/manifest.json`` (absolute tile paths; module docstring)."""
     root = Path(root)
     if test_count is None and val_count is None and test + val > 1:
-        raise ValueError(f"test {test} + val {val} are more than every image of a class")
+        raise InputError(f"test {test} + val {val} are more than every image of a class")
     sensor_spec = get_sensor(sensor)
     folders = class_folders(root, classes)
     tiles = []

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from geodata.errors import RasterError
+from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eurosat import class_files, eurosat_manifest
@@ -120,9 +120,9 @@ def raster_dataset(path: str) -> type:
     try:
         cls = getattr(importlib.import_module(module), name, None) if module else None
     except ImportError as exc:
-        raise ValueError(f"cannot import {path!r}: {exc}") from None
+        raise InputError(f"cannot import {path!r}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, RasterDataset)):
-        raise ValueError(f"{path!r} is not a torchgeo RasterDataset subclass (give module.Class)")
+        raise InputError(f"{path!r} is not a torchgeo RasterDataset subclass (give module.Class)")
     return cls
 
 

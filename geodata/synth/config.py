@@ -12,6 +12,7 @@ import yaml
 
 from geodata.sensors import BandError, get_sensor
 from geodata.synth.spectra import CLASSES
+from geodata.errors import InputError
 
 __all__ = ["RegionConfig", "InstitutionConfig", "WorldConfig", "PRESET_DIR", "load_world_config"]
 
@@ -73,43 +74,43 @@ class WorldConfig:
         """Raise ``ValueError`` naming the first bad field."""
         where = f"world {self.name!r}"
         if self.tile_size < 8:
-            raise ValueError(f"{where}: tile_size must be >= 8, got {self.tile_size}")
+            raise InputError(f"{where}: tile_size must be >= 8, got {self.tile_size}")
         if self.pixel_size_m <= 0 or self.aerial_factor < 1:
-            raise ValueError(f"{where}: pixel_size_m must be > 0 and aerial_factor >= 1")
+            raise InputError(f"{where}: pixel_size_m must be > 0 and aerial_factor >= 1")
         if not 0 < self.presence_threshold < 1:
-            raise ValueError(f"{where}: presence_threshold must lie in (0, 1), got {self.presence_threshold}")
+            raise InputError(f"{where}: presence_threshold must lie in (0, 1), got {self.presence_threshold}")
         if self.sar_looks <= 0:
-            raise ValueError(f"{where}: sar_looks must be > 0, got {self.sar_looks}")
+            raise InputError(f"{where}: sar_looks must be > 0, got {self.sar_looks}")
         if not self.splits or any(v < 0 for v in self.splits.values()) or sum(self.splits.values()) <= 0:
-            raise ValueError(f"{where}: splits need non-negative fractions with a positive sum, got {dict(self.splits)}")
+            raise InputError(f"{where}: splits need non-negative fractions with a positive sum, got {dict(self.splits)}")
         regions = [r.name for r in self.regions]
         if len(set(regions)) != len(regions):
-            raise ValueError(f"{where}: duplicate region names {regions}")
+            raise InputError(f"{where}: duplicate region names {regions}")
         names = [i.name for i in self.institutions]
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"{where}: institutions must be non-empty with unique names, got {names}")
+            raise InputError(f"{where}: institutions must be non-empty with unique names, got {names}")
         for inst in self.institutions:
             at = f"{where}, institution {inst.name!r}"
             if inst.region not in regions:
-                raise ValueError(f"{at}: unknown region {inst.region!r}; regions: {regions}")
+                raise InputError(f"{at}: unknown region {inst.region!r}; regions: {regions}")
             if not inst.sensors:
-                raise ValueError(f"{at}: needs at least one sensor")
+                raise InputError(f"{at}: needs at least one sensor")
             for sensor in inst.sensors:
                 try:
                     get_sensor(sensor)
                 except BandError as exc:
-                    raise ValueError(f"{at}: {exc}") from None
+                    raise InputError(f"{at}: {exc}") from None
             unknown = set(inst.class_priors) - set(CLASSES)
             if unknown:
-                raise ValueError(f"{at}: unknown classes {sorted(unknown)} in class_priors; classes: {list(CLASSES)}")
+                raise InputError(f"{at}: unknown classes {sorted(unknown)} in class_priors; classes: {list(CLASSES)}")
             if any(v < 0 for v in inst.class_priors.values()) or sum(inst.class_priors.values()) <= 0:
-                raise ValueError(f"{at}: class_priors need non-negative weights with a positive sum")
+                raise InputError(f"{at}: class_priors need non-negative weights with a positive sum")
             if not 0 <= inst.domain_shift <= 1:
-                raise ValueError(f"{at}: domain_shift must lie in [0, 1], got {inst.domain_shift}")
+                raise InputError(f"{at}: domain_shift must lie in [0, 1], got {inst.domain_shift}")
             if inst.season is not None and not -1 <= inst.season <= 1:
-                raise ValueError(f"{at}: season must lie in [-1, 1], got {inst.season}")
+                raise InputError(f"{at}: season must lie in [-1, 1], got {inst.season}")
             if self.tiles_for(inst) < 1:
-                raise ValueError(f"{at}: needs at least one tile")
+                raise InputError(f"{at}: needs at least one tile")
 
     def tiles_for(self, institution: InstitutionConfig) -> int:
         return institution.tiles if institution.tiles is not None else self.tiles_per_institution
@@ -121,7 +122,7 @@ class WorldConfig:
         for inst in self.institutions:
             if inst.name == name:
                 return inst
-        raise KeyError(f"world {self.name!r} has no institution {name!r}; have {[i.name for i in self.institutions]}")
+        raise InputError(f"world {self.name!r} has no institution {name!r}; have {[i.name for i in self.institutions]}")
 
     def replace(self, **changes: Any) -> "WorldConfig":
         return dataclasses.replace(self, **changes)
@@ -141,9 +142,9 @@ class WorldConfig:
             )
             return cls(regions=regions, institutions=institutions, **raw)
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: invalid world description: {exc}") from exc
+            raise InputError(f"{source}: invalid world description: {exc}") from exc
         except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from exc
+            raise InputError(f"{source}: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -167,6 +168,6 @@ def load_world_config(preset_or_path: str | Path, **overrides: Any) -> WorldConf
     except FileNotFoundError:
         raise FileNotFoundError(f"world config not found: {path}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a world config must be a YAML mapping")
+        raise InputError(f"{path}: a world config must be a YAML mapping")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return WorldConfig.from_dict(raw, source=str(path))

@@ -18,6 +18,7 @@ import numpy as np
 from geodata.sensors import Sensor, get_band
 from geodata.synth.landcover import SceneGrid
 from geodata.synth.spectra import material_matrix
+from geodata.errors import InputError
 
 __all__ = ["OpticalLook", "RadarLook", "render_optical", "render_sar", "encode", "blur_sigma_px"]
 
@@ -80,7 +81,7 @@ def render_optical(grid: SceneGrid, sensor: Sensor, pixel_m: float, look: Optica
                    rng: np.random.Generator) -> np.ndarray:
     """Reflectance-like physical values of the sensor's bands, float32 ``[len(bands), n, n]``."""
     if grid.materials is None:
-        raise ValueError("scene grid was evaluated without materials; optical rendering needs them")
+        raise InputError("scene grid was evaluated without materials; optical rendering needs them")
     bands = sensor.bands
     table = material_matrix(bands)
     m, n, _ = grid.materials.shape
@@ -101,7 +102,7 @@ def render_optical(grid: SceneGrid, sensor: Sensor, pixel_m: float, look: Optica
 def render_sar(grid: SceneGrid, bands: Sequence[str], look: RadarLook, rng: np.random.Generator) -> np.ndarray:
     """Backscatter in dB with speckle, float32 ``[len(bands), n, n]`` (bands: VV and/or VH)."""
     if grid.vv is None or grid.vh is None:
-        raise ValueError("scene grid was evaluated without radar; SAR rendering needs it")
+        raise InputError("scene grid was evaluated without radar; SAR rendering needs it")
     power = {"VV": grid.vv, "VH": grid.vh}
     gain = np.float32(10 ** (look.calibration_db / 10))
     floor = np.float32(10 ** (NESZ_DB / 10))
@@ -109,7 +110,7 @@ def render_sar(grid: SceneGrid, bands: Sequence[str], look: RadarLook, rng: np.r
     for name in bands:
         pol = get_band(name).polarisation
         if pol not in power:
-            raise ValueError(f"band {name!r}: no radar model for polarisation {pol!r} (have VV, VH)")
+            raise InputError(f"band {name!r}: no radar model for polarisation {pol!r} (have VV, VH)")
         speckle = rng.gamma(look.looks, 1 / look.looks, size=grid.vv.shape).astype(np.float32)
         out.append(10 * np.log10((power[pol] * gain + floor) * speckle + np.float32(1e-6)))
     return np.stack(out)
@@ -133,5 +134,5 @@ def encode(physical: np.ndarray, sensor: Sensor) -> np.ndarray:
         elif sensor.nodata == high:
             high -= 1
         elif low < sensor.nodata < high:
-            raise ValueError(f"sensor {sensor.name!r}: nodata {sensor.nodata} inside the value range; cannot encode")
+            raise InputError(f"sensor {sensor.name!r}: nodata {sensor.nodata} inside the value range; cannot encode")
     return np.clip(raw, low, high).astype(dtype)

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from geodata.sensors import get_band
+from geodata.errors import InputError
 
 __all__ = ["CLASSES", "MATERIALS", "BACKSCATTER_DB", "reflectance", "material_matrix", "backscatter_linear"]
 
@@ -81,7 +82,7 @@ def reflectance(material: str, wavelength_nm: float | np.ndarray) -> np.ndarray:
     try:
         knots = _LIBRARY[material]
     except KeyError:
-        raise KeyError(f"unknown material {material!r}; known: {list(MATERIALS)}") from None
+        raise InputError(f"unknown material {material!r}; known: {list(MATERIALS)}") from None
     return np.interp(wavelength_nm, list(knots), list(knots.values()))
 
 
@@ -95,7 +96,7 @@ def material_matrix(bands: Sequence[str]) -> np.ndarray:
     for name in bands:
         band = get_band(name)
         if band.wavelength_nm is None:
-            raise ValueError(f"band {name!r} is a SAR channel; optical rendering needs wavelengths")
+            raise InputError(f"band {name!r} is a SAR channel; optical rendering needs wavelengths")
         wavelengths.append(band.wavelength_nm)
     table = np.stack([reflectance(m, np.asarray(wavelengths)) for m in MATERIALS], axis=1)
     table = table.astype(np.float32)
@@ -107,5 +108,5 @@ def backscatter_linear(polarisation: str) -> np.ndarray:
     """Per-class backscatter in linear power for ``"VV"`` or ``"VH"``: float32 ``[len(CLASSES)]``."""
     index = {"VV": 0, "VH": 1}.get(polarisation)
     if index is None:
-        raise ValueError(f"no backscatter model for polarisation {polarisation!r} (have VV, VH)")
+        raise InputError(f"no backscatter model for polarisation {polarisation!r} (have VV, VH)")
     return np.array([10 ** (BACKSCATTER_DB[c][index] / 10) for c in CLASSES], dtype=np.float32)

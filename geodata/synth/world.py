@@ -32,6 +32,7 @@ from geodata.synth.config import InstitutionConfig, WorldConfig
 from geodata.synth.landcover import SceneGrid, SceneLatent, class_fractions
 from geodata.synth.render import OpticalLook, RadarLook, encode, render_optical, render_sar
 from geodata.synth.spectra import CLASSES
+from geodata.errors import InputError
 
 __all__ = ["Domain", "SensorTile", "RenderedScene", "institution_domain", "grid_factor", "render_scene",
            "iter_scenes", "world_tasks", "generate_world"]
@@ -115,7 +116,7 @@ def grid_factor(sensor: Sensor, config: WorldConfig) -> int:
 def _is_sar(sensor: Sensor) -> bool:
     kinds = {get_band(b).is_sar for b in sensor.bands}
     if len(kinds) > 1:
-        raise ValueError(f"sensor {sensor.name!r} mixes SAR and optical bands; cannot render it")
+        raise InputError(f"sensor {sensor.name!r} mixes SAR and optical bands; cannot render it")
     return kinds.pop()
 
 

@@ -38,6 +38,7 @@ from server.messaging import Outcome, Request, wait_for_nodes
 from server.phases.base import Phase, PhaseContext
 from pipeline.roster import Group, Member, Roster, form_groups
 from wire.messages import DataSummary, DescribeReply, DescribeRequest, IdentifyReply, IdentifyRequest
+from geodata.errors import InputError
 
 __all__ = ["PHASE", "discover", "simulated_record", "assign_hosts"]
 
@@ -79,7 +80,7 @@ def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, IdentifyRepl
         node = outcome.node_id
         try:
             if not outcome.ok:
-                raise ValueError(outcome.error)
+                raise InputError(outcome.error)
             reply = IdentifyReply.decode(outcome.content, f"node {node}")
         except ValueError as exc:
             roster.failures.append({"node_id": node, "institution": None, "step": "identify", "reason": str(exc)})
@@ -96,7 +97,7 @@ def _identify(ctx: PhaseContext, roster: Roster) -> tuple[dict[int, IdentifyRepl
 def _described(outcome: Outcome, source: str) -> DataSummary:
     """The data summary of a describe reply; ``ValueError`` says what is wrong."""
     if not outcome.ok:
-        raise ValueError(outcome.error)
+        raise InputError(outcome.error)
     return DescribeReply.decode(outcome.content, source).summary
 
 
@@ -104,21 +105,21 @@ def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) ->
     """The summary is ``name``'s, its bands are registry bands of its declared ``sensor``, and their
     declared mean and std are values the sensor's data type can hold."""
     if summary.institution != name:
-        raise ValueError(f"{source}: reply is for institution {summary.institution!r}")
+        raise InputError(f"{source}: reply is for institution {summary.institution!r}")
     try:
         own = get_sensor(sensor).bands
         for band in summary.bands:
             get_band(band)
     except BandError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+        raise InputError(f"{source}: {exc}") from None
     foreign = [b for b in summary.bands if b not in own]
     if foreign:
-        raise ValueError(f"{source}: bands {foreign} are not bands of sensor {sensor!r} {list(own)}")
+        raise InputError(f"{source}: bands {foreign} are not bands of sensor {sensor!r} {list(own)}")
     ranges = get_sensor(sensor).physical_ranges()
     for band, mean, std in zip(summary.bands, summary.norm_mean, summary.norm_std):
         low, high = ranges[own.index(band)] if ranges else (-math.inf, math.inf)
         if not (low <= mean <= high and std <= (high - low) / 2):
-            raise ValueError(f"{source}: band {band}: declared mean {mean:.4g} and std {std:.4g} are beyond what "
+            raise InputError(f"{source}: band {band}: declared mean {mean:.4g} and std {std:.4g} are beyond what "
                              f"sensor {sensor!r} can hold (values in [{low:.4g}, {high:.4g}], so std <= "
                              f"{(high - low) / 2:.4g})")
 
@@ -130,7 +131,7 @@ def _check_card(member: Member, variant: str, source: str) -> None:
     try:
         group_card(alone, [member], variant, 1.0)
     except ValueError as exc:
-        raise ValueError(f"{source}: its data summary makes no valid specialist card: {exc}") from None
+        raise InputError(f"{source}: its data summary makes no valid specialist card: {exc}") from None
 
 
 def _earlier_bindings(ctx: PhaseContext) -> dict[str, int]:

@@ -30,6 +30,7 @@ from server.messaging import Outcome, Request
 from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
 from wire.messages import FeaturesReply, FeaturesRequest
+from geodata.errors import InputError
 
 __all__ = ["PHASE", "distill", "proxy_batches"]
 
@@ -71,10 +72,10 @@ def _remote_features(outcome: Outcome, card: SpecialistCard, sent: list[str], si
     each target of the card's channels and strides, within float16's range, and ``pooled`` the spatial
     mean of ``stage3`` (as the teacher computes it); ``ValueError`` naming ``source`` and what is wrong."""
     if not outcome.ok:
-        raise ValueError(f"{source}: {outcome.error}")
+        raise InputError(f"{source}: {outcome.error}")
     reply = FeaturesReply.decode(outcome.content, source)  # rows match the ids, values finite
     if sorted(reply.ids) != sorted(sent):
-        raise ValueError(f"{source}: reply ids are not the {len(sent)} ids sent "
+        raise InputError(f"{source}: reply ids are not the {len(sent)} ids sent "
                          f"({len(set(sent) - set(reply.ids))} missing, {len(set(reply.ids) - set(sent))} unexpected)")
     (h2, h3), n = card.feature_reductions[-2:], len(sent)
     shapes = {"stage2": [n, card.feature_dims[-2], size[0] // h2, size[1] // h2],
@@ -83,13 +84,13 @@ def _remote_features(outcome: Outcome, card: SpecialistCard, sent: list[str], si
     for name in TARGETS:
         value = reply.targets.get(name)
         if value is None or list(value.shape) != shapes[name]:
-            raise ValueError(f"{source}: target {name!r} should be {shapes[name]}, "
+            raise InputError(f"{source}: target {name!r} should be {shapes[name]}, "
                              f"got {None if value is None else list(value.shape)}")
         targets[name] = value.half()
         if not bool(torch.isfinite(targets[name]).all()):
-            raise ValueError(f"{source}: target {name!r} has values beyond the float16 range")
+            raise InputError(f"{source}: target {name!r} has values beyond the float16 range")
     if not torch.allclose(global_pool(targets["stage3"].float()), targets["pooled"].float(), rtol=0.05, atol=0.05):
-        raise ValueError(f"{source}: target 'pooled' is not the spatial mean of 'stage3'")
+        raise InputError(f"{source}: target 'pooled' is not the spatial mean of 'stage3'")
     return TeacherFeatures(reply.ids, targets)
 
 

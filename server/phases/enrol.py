@@ -21,6 +21,7 @@ from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
 from specialists.io import specialist_from_bytes
 from wire.messages import EnrolReply, EnrolRequest
+from geodata.errors import InputError
 
 __all__ = ["PHASE", "enrol", "open_registry"]
 
@@ -47,13 +48,13 @@ def _check_card(received: SpecialistCard, expected: SpecialistCard, source: str)
     for field in ("weights_sha256", "sensor", "bands", "variant", "task"):
         got, want = getattr(received, field), getattr(expected, field)
         if got != want:
-            raise ValueError(f"{source}: card field {field!r} is {got!r}, the coordinator recorded {want!r}")
+            raise InputError(f"{source}: card field {field!r} is {got!r}, the coordinator recorded {want!r}")
 
 
 def _admit(ctx: PhaseContext, registry: Registry, group: str, holder: str, outcome: Outcome) -> dict[str, Any]:
     source = f"enrolment of {group!r} from institution {holder!r}"
     if not outcome.ok:
-        raise ValueError(f"{source}: {outcome.error}")
+        raise InputError(f"{source}: {outcome.error}")
     expected = _recorded_card(ctx, group)
     reply = EnrolReply.decode(outcome.content, source, int(ctx.cfg.enrol.max_upload_mb * 2**20))
     if ctx.cfg.enrol.weights == "home":
@@ -62,7 +63,7 @@ def _admit(ctx: PhaseContext, registry: Registry, group: str, holder: str, outco
         registry.add_card(expected, holder, name=group)
         return {"holder": holder, "weights_sha256": expected.weights_sha256, "weights_bytes": 0}
     if reply.weights is None:
-        raise ValueError(f"{source}: reply has no 'weights'")
+        raise InputError(f"{source}: reply has no 'weights'")
     specialist = specialist_from_bytes(reply.card, reply.weights, source)
     _check_card(specialist.card, expected, source)
     specialist.card = expected  # the coordinator's card (metrics, history) with the verified weights

@@ -27,6 +27,7 @@ from pipeline.roster import Member
 from specialists.artifact import CARD_FILE, WEIGHTS_FILE, read_card
 from wire.held import held_ids, refer
 from wire.messages import FUSION_FILES, EnsembleFiles, FusionEvalReply, FusionEvalRequest, ProbeSettings, StudentFiles
+from geodata.errors import InputError
 
 __all__ = ["PHASE", "evaluate"]
 
@@ -103,7 +104,7 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
         source = f"evaluation at institution {name!r}"
         try:
             if not outcome.ok:
-                raise ValueError(f"{source}: {outcome.error}")
+                raise InputError(f"{source}: {outcome.error}")
             reply = FusionEvalReply.decode(outcome.content, source)
         except ValueError as exc:
             log.warning("Left out %s", exc)

@@ -40,6 +40,7 @@ from server.phases.distill import proxy_batches
 from pipeline.contrib import play, prune_by, solo_scores
 from pipeline.distill import redistil, save_pruned
 from pipeline.proxy import proxy_manifest
+from geodata.errors import InputError
 
 __all__ = ["PHASE", "prune_phase"]
 
@@ -81,7 +82,7 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
     pc, tolerance = ctx.cfg.prune, ctx.cfg.tolerance_nm
     task = manifest.task(pc.task)
     if task.type != "classification":
-        raise ValueError(f"prune.task {pc.task!r} is a {task.type} task of the proxy data; choose a classification task")
+        raise InputError(f"prune.task {pc.task!r} is a {task.type} task of the proxy data; choose a classification task")
     per_game, cka, played = [], None, {}
     for sensor in sorted({get_sensor(t.sensor).name for t in manifest.tiles}):
         tiles = manifest.select(sensor=sensor, task=pc.task)

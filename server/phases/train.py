@@ -28,6 +28,7 @@ from server.phases.base import Phase, PhaseContext
 from specialists.card import SpecialistCard
 from specialists.train import MONITOR, TrainConfig
 from wire.messages import EvaluateReply, EvaluateRequest, RoundTraining, TrainReply, TrainRequest
+from geodata.errors import InputError
 
 __all__ = ["PHASE", "train", "integrated_cards"]
 
@@ -54,7 +55,7 @@ def _reply(ctx: PhaseContext, outcome: Outcome, reply: type[TrainReply | Evaluat
            institution: str) -> TrainReply | EvaluateReply:
     """The decoded reply of a member (its peak memory noted); ``ValueError`` when it failed."""
     if not outcome.ok:
-        raise ValueError(outcome.error)
+        raise InputError(outcome.error)
     decoded = reply.decode(outcome.content, source)
     ctx.note_memory(institution, decoded.metrics)
     return decoded
