@@ -62,7 +62,7 @@ def _setting(experiment: str, overrides: Sequence[str], group_name: str, noise: 
             "median_update_norm": statistics.median(norms) if norms else None,
             "noise_stdv": [h["dp"]["noise_stdv"] for h in history if "dp" in h] or None,
             "group_info": {"group": group.name, "members": group.members, "classes": len(group.classes),
-                     "task_type": group.task_type, "tiles": {m: cache["roster"].institutions[m].summary["tiles"]
+                     "task_type": group.task_type, "tiles": {m: cache["roster"].institutions[m].summary.tiles
                                                              for m in group.members}},
             "train": {k: getattr(cfg.train, k) for k in ("rounds", "local_epochs", "batch_size", "lr", "variant",
                                                           "init", "max_steps")},

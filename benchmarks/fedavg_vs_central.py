@@ -69,7 +69,7 @@ def _roster(cfg: ExperimentConfig, cache_dir: Path) -> tuple[Roster, dict[str, I
         record = simulated_record(cfg, name, cache_dir)
         spec = InstitutionSpec.from_record(record, f"institution {name!r}")
         summary = summarize(open_manifest(spec), spec)
-        members.append(Member(name, spec.sensor, spec.task, node_id, True, record, summary.to_dict(),
+        members.append(Member(name, spec.sensor, spec.task, node_id, True, record, summary,
                               list(summary.bands)))
         specs[name] = spec
     roster.institutions = {m.name: m for m in members}
@@ -170,7 +170,7 @@ def run_benchmark(experiment: str, overrides: Sequence[str], seeds: Sequence[int
             rows.append(row)
     ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
     median_ratio = statistics.median(ratios) if ratios else None
-    tiles = {name: roster.institutions[name].summary["tiles"] for name in group.members}
+    tiles = {name: roster.institutions[name].summary.tiles for name in group.members}
     train_tiles = [t["train"] for t in tiles.values()]
     tc = base.train
     return {

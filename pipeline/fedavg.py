@@ -179,8 +179,8 @@ def implausible_norms(members: Sequence[Member], factor: float) -> dict[str, str
     its means by more than ``factor`` times the larger std, both are named."""
     if factor <= 0 or len(members) < 2:
         return {}
-    means = torch.tensor([m.summary["norm"]["mean"] for m in members], dtype=torch.float64)
-    stds = torch.tensor([m.summary["norm"]["std"] for m in members], dtype=torch.float64).clamp_min(1e-12)
+    means = torch.tensor([m.summary.norm_mean for m in members], dtype=torch.float64)
+    stds = torch.tensor([m.summary.norm_std for m in members], dtype=torch.float64).clamp_min(1e-12)
     bands = members[0].bands
     if len(members) == 2:
         ratio, gap = stds.max(0).values / stds.min(0).values, (means[0] - means[1]).abs() / stds.max(0).values
@@ -222,18 +222,18 @@ def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float
 def group_card(group: Group, members: Sequence[Member], variant: str, max_share: float) -> SpecialistCard:
     """The card a group's specialist starts from: the members' bands, their train-split band statistics
     pooled (each member's part at most ``max_share``), task and classes (metrics are filled in after training)."""
-    counts = capped_shares([m.summary["tiles"]["train"] for m in members], max_share)
-    mean, std = pool_norm([m.summary["norm"]["mean"] for m in members],
-                          [m.summary["norm"]["std"] for m in members], counts)
+    counts = capped_shares([m.summary.tiles["train"] for m in members], max_share)
+    mean, std = pool_norm([m.summary.norm_mean for m in members],
+                          [m.summary.norm_std for m in members], counts)
     tiles: dict[str, int] = {}
     for m in members:
-        for split, n in m.summary["tiles"].items():
+        for split, n in m.summary.tiles.items():
             tiles[split] = tiles.get(split, 0) + n
     return SpecialistCard(
         name=group.name, institutions=list(group.members), sensor=group.sensor,
         bands=list(members[0].bands), norm_mean=mean, norm_std=std, task=group.task,
         task_type=group.task_type, classes=list(group.classes), variant=variant,
-        data_summary={"tiles": tiles, "institutions": {m.name: m.summary["tiles"] for m in members}},
+        data_summary={"tiles": tiles, "institutions": {m.name: m.summary.tiles for m in members}},
     )
 
 
@@ -284,7 +284,7 @@ class GroupTraining:
             card.extra["init"] = load_encoder_weights(specialist.encoder, settings.init, card.bands).record()
         head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
         return cls(group, card, _state(specialist.encoder), _state(head),
-                   {m.name: int(m.summary["tiles"]["train"]) for m in members}, settings)
+                   {m.name: int(m.summary.tiles["train"]) for m in members}, settings)
 
     def check(self, update: Update, source: str) -> Update:
         """``update`` if its tensors match the global state's (``ValueError`` naming ``source`` otherwise)."""

@@ -10,6 +10,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Collection
 
+from wire.messages import DataSummary
+
 __all__ = ["Member", "Group", "Roster", "form_groups"]
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ class Member:
     node_id: int
     simulated: bool
     record: dict[str, Any]  # the institution record sent with every request to it
-    summary: dict[str, Any]  # what its node reported about its data
+    summary: DataSummary  # what its node reported about its data (checked at discover)
     bands: list[str]  # the bands its data has, as its node reported them (checked at discover)
 
 
@@ -54,7 +56,8 @@ class Roster:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Roster":
         return cls(
-            institutions={k: Member(**v) for k, v in raw["institutions"].items()},
+            institutions={k: Member(**{**v, "summary": DataSummary(**v["summary"])})
+                          for k, v in raw["institutions"].items()},
             groups={k: Group(**v) for k, v in raw["groups"].items()},
             idle_nodes=list(raw["idle_nodes"]),
             failures=list(raw["failures"]),
@@ -76,7 +79,7 @@ def form_groups(members: list[Member], apart: Collection[str] = ()) -> dict[str,
     """
     by_key: dict[tuple, Group] = {}
     for m in sorted(members, key=lambda m: m.name):
-        key = (m.sensor, m.task, m.summary["task_type"], tuple(m.summary["classes"]), tuple(m.bands),
+        key = (m.sensor, m.task, m.summary.task_type, tuple(m.summary.classes), tuple(m.bands),
                m.name if m.name in apart else None)
         if key not in by_key:
             by_key[key] = Group(f"{m.sensor}-{m.task}", m.sensor, m.task, key[2], list(key[3]), [])

@@ -532,7 +532,7 @@ def test_two_members_whose_band_statistics_disagree_each_train_alone_with_the_re
     assert sorted(g.members for g in roster.groups.values()) == [["evil"], ["north_s2"]]
     [honest] = [g for g in roster.groups.values() if g.members == ["north_s2"]]
     card = group_card(honest, [roster.institutions["north_s2"]], DEFAULT_VARIANT, 0.5)
-    assert card.norm_std == pytest.approx(roster.institutions["north_s2"].summary["norm"]["std"])
+    assert card.norm_std == pytest.approx(roster.institutions["north_s2"].summary.norm_std)
 
 
 def test_a_node_keeping_its_weights_home_refuses_a_coordinator_asking_for_them(tmp_path: Path) -> None:

@@ -278,12 +278,6 @@ class DataSummary:
         return cls(f["institution"], f["task_type"], f["classes"], f["bands"], tiles, f["norm_mean"], f["norm_std"],
                    f["manifest"])
 
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as the roster keeps it (JSON; the institution is the roster entry's name)."""
-        return {"task_type": self.task_type, "classes": list(self.classes), "bands": list(self.bands),
-                "tiles": dict(self.tiles), "norm": {"mean": list(self.norm_mean), "std": list(self.norm_std)},
-                "manifest": self.manifest}
-
 
 TRAIN_MAXIMA = {"epochs": 1000, "batch_size": 1024, "max_steps": 1_000_000, "warmup_epochs": 1000}
 """The most a node does for one request: a ``train`` record beyond these is refused as malformed

@@ -126,8 +126,8 @@ def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) ->
 
 def _check_card(member: Member, variant: str, source: str) -> None:
     """``member``'s summary makes a valid specialist card on its own (what its group's card pools)."""
-    alone = Group(member.name, member.sensor, member.task, member.summary["task_type"],
-                  list(member.summary["classes"]), [member.name])
+    alone = Group(member.name, member.sensor, member.task, member.summary.task_type,
+                  list(member.summary.classes), [member.name])
     try:
         group_card(alone, [member], variant, 1.0)
     except ValueError as exc:
@@ -189,7 +189,7 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
         try:
             reported = summary(source)
             _check_summary(reported, name, record["sensor"], source)
-            member = Member(name, record["sensor"], record["task"], node, simulated, record, reported.to_dict(),
+            member = Member(name, record["sensor"], record["task"], node, simulated, record, reported,
                             list(reported.bands))
             _check_card(member, cfg.train.variant, source)
         except ValueError as exc:
@@ -243,7 +243,7 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
 def _log_roster(roster: Roster) -> None:
     for m in roster.institutions.values():
         log.info("Institution %-14s node %-20d %-14s %-10s tiles %s%s", m.name, m.node_id, m.sensor, m.task,
-                 m.summary["tiles"], " (simulated)" if m.simulated else "")
+                 m.summary.tiles, " (simulated)" if m.simulated else "")
     for g in roster.groups.values():
         log.info("Group %s: %s (%s, %d classes)", g.name, ", ".join(g.members), g.task_type, len(g.classes))
     for idle in roster.idle_nodes:
