@@ -5,32 +5,28 @@ feature maps (1x1-conv MLPs) and the student's pooled feature to the teacher's s
 feature (MLP). It carries the teacher's target statistics, so after distillation the student plus
 its adaptors emits each teacher's (and so the ensemble's) standardised feature layout.
 
-On disk: ``adaptors.safetensors`` (``<teacher>.<param>``) + ``adaptors.json`` (teacher hashes and dims).
+On disk a sealed artifact like every other: ``weights.safetensors`` (``<teacher>.<param>``) and ``card.json``
+(:class:`AdaptorsCard`: the student's dims and each teacher's name, hash and dims, sealed; the weights' sha256).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from fusion.featstats import global_pool
 from fusion.teacher_cache import TARGETS
-from geodata.files import atomic_write_bytes, atomic_write_text
-from specialists import Specialist
 from geodata.errors import InputError
+from specialists import Specialist
+from specialists.artifact import Card, field_error, load_state, save_state
 
-__all__ = ["TeacherRef", "AdaptorHead", "Adaptors", "save_adaptors", "load_adaptors"]
-
-ADAPTORS_WEIGHTS = "adaptors.safetensors"
-ADAPTORS_INDEX = "adaptors.json"
+__all__ = ["TeacherRef", "AdaptorHead", "Adaptors", "AdaptorsCard", "save_adaptors", "load_adaptors"]
 
 
 @dataclass(frozen=True)
@@ -116,32 +112,46 @@ class Adaptors(nn.ModuleDict):
         return self[teacher.name]
 
 
+@dataclass(kw_only=True)
+class AdaptorsCard(Card):
+    """What a saved set of adaptor heads is: the student's feature dims and, per head, its teacher's name,
+    weights' sha256 and feature dims (all sealed: they fix what the heads compute and for whom)."""
+
+    KIND: ClassVar[str] = "adaptors"
+    SEALED: ClassVar[tuple[str, ...]] = ("student_dims", "teachers")
+
+    student_dims: list[int] = field(default_factory=list)
+    teachers: list[dict[str, Any]] = field(default_factory=list)
+
+    def validate(self, source: str = "adaptors card") -> None:
+        super().validate(source)
+        if not isinstance(self.student_dims, list) or not all(isinstance(d, int) and d > 0 for d in self.student_dims):
+            raise field_error(source, "student_dims", f"must be a list of positive integers, got {self.student_dims!r}")
+        for t in self.teachers:
+            if (not isinstance(t, dict) or sorted(t) != ["feature_dims", "name", "weights_sha256"]
+                    or not isinstance(t["name"], str) or not isinstance(t["weights_sha256"], str)
+                    or not isinstance(t["feature_dims"], list)
+                    or not all(isinstance(d, int) and d > 0 for d in t["feature_dims"])):
+                raise field_error(source, "teachers", f"each entry needs name, weights_sha256 and feature_dims, got {t!r}")
+
+
 def save_adaptors(adaptors: Adaptors, directory: str | Path) -> Path:
-    directory = Path(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in adaptors.state_dict().items()}
-    atomic_write_bytes(directory / ADAPTORS_WEIGHTS, save_safetensors_bytes(state))
-    index = {"student_dims": list(adaptors.student_dims),
-             "teachers": [{"name": t.name, "weights_sha256": t.weights_sha256, "feature_dims": list(t.feature_dims)}
-                          for t in adaptors.teachers.values()]}
-    atomic_write_text(directory / ADAPTORS_INDEX, json.dumps(index, indent=1))
-    return directory
+    """Write ``adaptors`` as a sealed artifact into ``directory``."""
+    card = AdaptorsCard(student_dims=list(adaptors.student_dims),
+                        teachers=[{"name": t.name, "weights_sha256": t.weights_sha256,
+                                   "feature_dims": list(t.feature_dims)} for t in adaptors.teachers.values()])
+    return save_state(card, adaptors.state_dict(), directory)
 
 
 def load_adaptors(directory: str | Path) -> Adaptors:
-    directory = Path(directory)
-    index_path = directory / ADAPTORS_INDEX
-    try:
-        index = json.loads(index_path.read_text())
-        adaptors = Adaptors(index["student_dims"])
-        for t in index["teachers"]:
-            adaptors.ensure(TeacherRef(t["name"], t["weights_sha256"], tuple(t["feature_dims"])))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"adaptors not found: {index_path}") from None
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{index_path}: malformed adaptor index: {exc}") from exc
-    state = load_safetensors_bytes((directory / ADAPTORS_WEIGHTS).read_bytes())
+    """The adaptor heads :func:`save_adaptors` wrote, verified against their card (seal, sha256, shapes)."""
+    card, state = load_state(directory, AdaptorsCard)
+    adaptors = Adaptors(card.student_dims)
+    for t in card.teachers:
+        adaptors.ensure(TeacherRef(t["name"], t["weights_sha256"], tuple(t["feature_dims"])))
     try:
         adaptors.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"{directory / ADAPTORS_WEIGHTS}: does not match {index_path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{directory}: the adaptor weights do not match their card: {first}") from None
     return adaptors

@@ -1,5 +1,8 @@
 """Distillation: loss and standardisation math, teacher dropping, cache reuse, remote teachers, warm start."""
 
+import json
+import shutil
+
 import pytest
 import torch
 from fusion_toys import TOLERANCE_NM, S1_BANDS, S2_BANDS, make_registry, proxy_batches
@@ -10,6 +13,7 @@ from fusion.featstats import ChannelMoments
 from fusion.phis import phi_s
 from fusion.student import Student
 from fusion.teacher_cache import TeacherCache, extract_teacher_features, fill_cache
+from specialists.artifact import ArtifactError
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +133,14 @@ def test_remote_teacher_features_and_warm_start(specialists, batches, tmp_path):
     save_adaptors(adaptors, tmp_path / "adaptors")
     reloaded = load_adaptors(tmp_path / "adaptors")
     assert torch.equal(reloaded["s1-remote"].stage3_std, adaptors["s1-remote"].stage3_std)
+    # a sealed artifact: a card edited after saving (another teacher's hash) is refused naming the field
+    card_path = tmp_path / "adaptors" / "card.json"
+    edited = json.loads(card_path.read_text())
+    edited["teachers"][0]["weights_sha256"] = "0" * 64
+    shutil.copytree(tmp_path / "adaptors", tmp_path / "edited")
+    (tmp_path / "edited" / "card.json").write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match="field 'teachers'"):
+        load_adaptors(tmp_path / "edited")
     # integrate mode: a new teacher joins, the known head is kept
     kept_head = reloaded["s1-remote"]
     fill_cache(cache, {"s2": specialists["s2"]}, batches, tolerance_nm=TOLERANCE_NM)
