@@ -1,13 +1,16 @@
-"""Open any saved encoder behind the probe interface (``forward(x, bands)``, ``pooled(x, bands)``).
+"""The one place that opens an encoder of any kind.
 
-``open_encoder(path)`` reads a student folder (``card.json`` with ``kind: "student"``), a specialist
-folder (as a one-member ensemble), or a registry folder (``index.json``: the ensemble);
-``random:<variant>`` gives a random-initialised student of that variant (the same-size baseline).
+An encoder spec is a student folder (``card.json`` with ``kind: "student"``), a specialist folder, a
+registry folder (``index.json``: the ensemble), or ``random:<variant>`` (a random-initialised student of
+that variant: the same-size baseline). :func:`load_encoder` gives the module as stored (trainable);
+:func:`open_encoder` gives it frozen behind the probe interface (``forward(x, bands)``,
+``pooled(x, bands)``: a specialist as a one-member ensemble).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torch import nn
@@ -15,10 +18,11 @@ from torch import nn
 from fusion.ensemble import Ensemble
 from fusion.registry import INDEX_FILE
 from fusion.student import Student, load_student
-from specialists import load_specialist
+from specialists import Specialist, load_specialist
+from geodata.errors import InputError
 from specialists.artifact import CARD_FILE
 
-__all__ = ["open_encoder", "encoder_kind", "RANDOM_PREFIX", "ENCODER_KINDS"]
+__all__ = ["open_encoder", "load_encoder", "encoder_kind", "RANDOM_PREFIX", "ENCODER_KINDS"]
 
 RANDOM_PREFIX = "random:"
 ENCODER_KINDS = ("random", "registry", "student", "specialist")
@@ -39,15 +43,27 @@ def encoder_kind(spec: str | Path) -> str:
     return "student" if json.loads(card.read_text()).get("kind") == "student" else "specialist"
 
 
-def open_encoder(spec: str | Path, tolerance_nm: float, seed: int = 0,
-                 map_location: str = "cpu") -> nn.Module:
-    """The encoder named by ``spec`` (see module docstring), in eval mode."""
+def load_encoder(spec: str | Path, tolerance_nm: float | None, seed: int = 0, map_location: str = "cpu",
+                 band_stats: Mapping[str, Sequence[float]] | None = None) -> nn.Module:
+    """The encoder ``spec`` names as stored: a :class:`Student` (``random:``: a new one, seeded, reading
+    ``band_stats``), a :class:`~specialists.Specialist` or an :class:`Ensemble` (``tolerance_nm``: its views;
+    ``None`` only where ``spec`` is no registry)."""
     kind = encoder_kind(spec)
     if kind == "random":
-        return Student.create(variant=str(spec)[len(RANDOM_PREFIX):], seed=seed).to(map_location).eval()
+        return Student.create(str(spec)[len(RANDOM_PREFIX):], band_stats, seed=seed).to(map_location)
     if kind == "registry":
-        return Ensemble.from_registry(spec, tolerance_nm=tolerance_nm, map_location=map_location).eval()
+        if tolerance_nm is None:
+            raise InputError(f"{spec}: an ensemble's views need tolerance_nm")
+        return Ensemble.from_registry(spec, tolerance_nm=tolerance_nm, map_location=map_location)
     if kind == "student":
         return load_student(spec, map_location)
-    specialist = load_specialist(spec, map_location)
-    return Ensemble({specialist.card.name: specialist}, tolerance_nm=tolerance_nm).eval()
+    return load_specialist(spec, map_location)
+
+
+def open_encoder(spec: str | Path, tolerance_nm: float, seed: int = 0,
+                 map_location: str = "cpu") -> nn.Module:
+    """The encoder named by ``spec``, frozen (eval mode) behind the probe interface (module docstring)."""
+    encoder = load_encoder(spec, tolerance_nm, seed, map_location)
+    if isinstance(encoder, Specialist):
+        encoder = Ensemble({encoder.card.name: encoder}, tolerance_nm=tolerance_nm)
+    return encoder.eval()

@@ -25,17 +25,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fusion.encoders import RANDOM_PREFIX, encoder_kind
+from fusion.encoders import RANDOM_PREFIX, encoder_kind, load_encoder
 from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
-from fusion.registry import Registry
-from fusion.student import Student, StudentCard, band_stats_table, load_student
+from fusion.student import Student, StudentCard, band_stats_table
 from fusion.views import plan_view
 from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, register_sensors_beside, write_sensors_beside
 from geodata.sensors import BandError, Sensor
 from geodata.stats import BandStats, load_or_compute_stats
-from specialists import Specialist, SpecialistCard, load_specialist
+from specialists import Specialist, SpecialistCard
 from specialists.encoder import freeze_encoder
 from specialists.heads import build_head
 from specialists.artifact import ArtifactError, load_state, save_state
@@ -109,17 +108,11 @@ def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: s
     kind = encoder_kind(spec)
     if init is not None and kind != "random":
         raise InputError(f"init_weights {init}: only a new {RANDOM_PREFIX}<variant> encoder starts from a checkpoint")
-    if kind == "random":
-        encoder: nn.Module = Student.create(spec[len(RANDOM_PREFIX):], band_stats_table([stats]), seed=seed)
-        if init is not None:
-            encoder.card.distill["init"] = encoder.start_from(init, [stats.bands])
+    encoder = load_encoder(spec, tolerance_nm, seed, device, band_stats_table([stats]))
+    if kind == "random" and init is not None:
+        encoder.card.distill["init"] = encoder.start_from(init, [stats.bands])
     elif kind == "student":
-        encoder = load_student(spec, device)
         encoder.set_band_stats({**band_stats_table([stats]), **encoder.card.band_stats})
-    elif kind == "specialist":
-        encoder = load_specialist(spec, device)
-    else:
-        encoder = Ensemble.from_registry(Registry(spec), tolerance_nm=tolerance_nm, map_location=device)
     return encoder, {"kind": kind, "source": str(spec), **_describe(encoder, tolerance_nm)}
 
 

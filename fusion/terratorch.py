@@ -29,14 +29,11 @@ import torch
 from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
-from fusion.encoders import encoder_kind
-from fusion.ensemble import Ensemble
+from fusion.encoders import encoder_kind, load_encoder
 from fusion.finetune import BandView
-from fusion.student import load_student
+from geodata.errors import InputError
 from geodata.raster import band_calibration
 from geodata.sensors import BandError, get_sensor, load_sensor_files
-from specialists import load_specialist
-from geodata.errors import InputError
 
 __all__ = ["EosfedBackbone", "eosfed_student", "eosfed_specialist", "eosfed_ensemble"]
 
@@ -64,7 +61,7 @@ class EosfedBackbone(nn.Module):
 
 
 def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str | None,
-           sensor_files: Sequence[str | Path], tolerance_nm: float | None, load: Callable[[Path], nn.Module],
+           sensor_files: Sequence[str | Path], tolerance_nm: float | None,
            own_bands: Callable[[nn.Module], Sequence[str]] | None = None) -> EosfedBackbone:
     """The :class:`EosfedBackbone` of the ``kind`` folder at ``path``. A band error is re-raised as a
     ``ValueError``: TerraTorch's registry takes a ``KeyError`` for "no such backbone" and drops its message."""
@@ -80,7 +77,7 @@ def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str
                          "backbone)")
     try:
         load_sensor_files(sensor_files)
-        encoder = load(path)
+        encoder = load_encoder(path, tolerance_nm)
         if bands is None:
             if own_bands is None:
                 raise InputError(f"{path}: a {kind} reads any bands: give bands (backbone_bands) in the input's order")
@@ -97,7 +94,7 @@ def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str
 def eosfed_student(path: str | Path, bands: Sequence[str] | None = None, sensor: str | None = None,
                    sensor_files: Sequence[str | Path] = ()) -> EosfedBackbone:
     """The student at ``path`` (trainable), reading ``bands`` (module docstring)."""
-    return _build("student", path, bands, sensor, sensor_files, None, load_student)
+    return _build("student", path, bands, sensor, sensor_files, None)
 
 
 @TERRATORCH_BACKBONE_REGISTRY.register
@@ -105,13 +102,11 @@ def eosfed_specialist(path: str | Path, tolerance_nm: float, bands: Sequence[str
                       sensor: str | None = None, sensor_files: Sequence[str | Path] = ()) -> EosfedBackbone:
     """The specialist at ``path`` (trainable), its bands read from ``bands`` (default: its own) by name or
     wavelength within ``tolerance_nm`` (the run's setting; module docstring)."""
-    return _build("specialist", path, bands, sensor, sensor_files, tolerance_nm, load_specialist,
-                  lambda specialist: specialist.bands)
+    return _build("specialist", path, bands, sensor, sensor_files, tolerance_nm, lambda specialist: specialist.bands)
 
 
 @TERRATORCH_BACKBONE_REGISTRY.register
 def eosfed_ensemble(path: str | Path, tolerance_nm: float, bands: Sequence[str] | None = None,
                     sensor: str | None = None, sensor_files: Sequence[str | Path] = ()) -> EosfedBackbone:
     """The registry at ``path`` as its ensemble (frozen specialists), reading ``bands`` (module docstring)."""
-    return _build("registry", path, bands, sensor, sensor_files, tolerance_nm,
-                  lambda p: Ensemble.from_registry(p, tolerance_nm=tolerance_nm))
+    return _build("registry", path, bands, sensor, sensor_files, tolerance_nm)
