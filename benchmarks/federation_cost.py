@@ -81,7 +81,7 @@ __all__ = ["main", "scale_overrides", "targets", "TreeSampler"]
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("scaling", "overhead", "bytes", "default")  # run in this order
-PHASES = ("discover", "train", "enrol", "distill", "evaluate", "prune", "report")
+PHASES = ("discover", "pretrain", "train", "enrol", "distill", "evaluate", "prune", "report")
 # (sensor, task) of the generated institutions, in turn
 SCALE_KINDS = (("sentinel2_l2a", "scene"), ("sentinel1_grd", "scene"), ("aerial_rgbn", "landcover"))
 SCALE_REGIONS = ("r0", "r1", "r2", "r3")  # the default world's regions

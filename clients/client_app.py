@@ -38,6 +38,11 @@ def train(message: Message, context: Context) -> Message:
     return handlers.train(message, context)
 
 
+@app.train("pretrain")
+def pretrain(message: Message, context: Context) -> Message:
+    return handlers.pretrain(message, context)
+
+
 @app.evaluate("specialist")
 def evaluate(message: Message, context: Context) -> Message:
     return handlers.evaluate(message, context)

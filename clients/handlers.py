@@ -22,7 +22,7 @@ from clients.institution import InstitutionSpec, institution_for, node_role, wei
 from clients.probing import probe_locally
 from clients.store import keep_specialist, kept_specialist
 from clients.teacher import teacher_features
-from clients.training import build_model, evaluate_splits, fit
+from clients.training import build_model, evaluate_splits, fit, fit_fcmae
 from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.student import student_from_bytes
@@ -33,11 +33,11 @@ from specialists.model import Specialist
 from specialists.train import TrainConfig, resolve_device
 from wire.messages import (DataSummary, DescribeReply, DescribeRequest, EnrolReply, EnrolRequest, EnsembleFiles,
                            EvaluateReply, EvaluateRequest, FeaturesReply, FeaturesRequest, FusionEvalReply,
-                           FusionEvalRequest, IdentifyReply, IdentifyRequest, RoundTraining, TrainReply,
-                           TrainRequest)
+                           FusionEvalRequest, IdentifyReply, IdentifyRequest, PretrainReply, PretrainRequest,
+                           RoundTraining, TrainReply, TrainRequest)
 from geodata.errors import InputError
 
-__all__ = ["identify", "describe", "train", "evaluate", "enrol", "features", "evaluate_fusion"]
+__all__ = ["identify", "describe", "train", "pretrain", "evaluate", "enrol", "features", "evaluate_fusion"]
 
 log = logging.getLogger(__name__)
 _SOURCE = "coordinator"  # who sent every request a handler decodes
@@ -96,6 +96,15 @@ def train(message: Message, context: Context) -> Message:
         (encoder, head), _ = clip_update([request.encoder, request.head], [encoder, head], request.train.clipping_norm)
     metrics["peak_rss_mb"] = _peak_rss_mb()
     return _reply(message, TrainReply(encoder, head, metrics))
+
+
+def pretrain(message: Message, context: Context) -> Message:
+    """One federated FCMAE round: pretrain the received encoder and decoder on the local train tiles, return them."""
+    request = PretrainRequest.decode(message.content, _SOURCE)
+    spec, card = _institution(request.institution, context), _card(request.card)
+    encoder, decoder, metrics = fit_fcmae(spec, card, request.encoder, request.decoder, request.pretrain)
+    metrics["peak_rss_mb"] = _peak_rss_mb()
+    return _reply(message, PretrainReply(encoder, decoder, metrics))
 
 
 def evaluate(message: Message, context: Context) -> Message:

@@ -1,5 +1,6 @@
 """Local work on a group's specialist: train it a few epochs from the received weights (one FedAvg
-round), or evaluate it on the local labelled splits. Weights arrive and leave as state dicts;
+round), pretrain its encoder by FCMAE on the train tiles (one federated pretraining round), or evaluate it
+on the local labelled splits. Weights arrive and leave as state dicts;
 the model is always rebuilt from the card, never unpickled.
 """
 
@@ -17,12 +18,13 @@ from geodata.manifest import Manifest
 from geodata.stats import BandStats
 from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder
+from specialists.fcmae import Fcmae, FcmaeConfig, fcmae_loader, planned_steps, pretrain
 from specialists.heads import build_head
 from specialists.model import Specialist
 from specialists.train import (TrainConfig, evaluate, make_loader, make_optimizer, make_scheduler, resolve_device,
                                seed_everything, train_one_epoch)
 
-__all__ = ["build_model", "fit", "evaluate_splits"]
+__all__ = ["build_model", "fit", "fit_fcmae", "evaluate_splits"]
 
 log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
@@ -105,3 +107,22 @@ def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State
     log.info("Institution %s: %d steps on %d tiles, train loss %.4g", spec.name, steps, len(data),
              metrics["train_loss"])
     return _cpu_state(specialist.encoder), _cpu_state(task_head), metrics
+
+
+def fit_fcmae(spec: InstitutionSpec, card: SpecialistCard, encoder: State, decoder: State,
+              cfg: FcmaeConfig) -> tuple[State, State, dict[str, float]]:
+    """One federated FCMAE round on this institution's ``train`` tiles only (labels ignored; a manifest marks no
+    other unlabelled tiles), normalised by the card's band statistics: the encoder and decoder after
+    ``cfg.epochs`` local epochs (at most ``cfg.max_steps`` steps)."""
+    with torch.device("meta"):
+        model = Fcmae(build_encoder(card.variant, in_chans=card.num_bands), card.num_bands, cfg.patch)
+    model.encoder.load_state_dict(_copy(encoder), strict=True, assign=True)
+    model.decoder.load_state_dict(_copy(decoder), strict=True, assign=True)
+    data = _dataset(open_manifest(spec), spec, card, "train")
+    loader = fcmae_loader(data, cfg)
+    history = pretrain(model, loader, torch.tensor(card.norm_mean), torch.tensor(card.norm_std), cfg)
+    steps = planned_steps(cfg, len(loader))
+    metrics = {"num_examples": len(data), "loss": history[-1], "first_loss": history[0], "steps": steps}
+    log.info("Institution %s: FCMAE %d steps on %d train tiles, masked-patch loss %.4g -> %.4g", spec.name, steps,
+             len(data), history[0], history[-1])
+    return _cpu_state(model.encoder), _cpu_state(model.decoder), metrics

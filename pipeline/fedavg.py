@@ -35,9 +35,9 @@ from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 from geodata.errors import InputError
 
-__all__ = ["SAME", "GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state",
-           "fedavg", "group_card", "implausible_norms", "indistinct", "pool_norm", "round_config", "screen",
-           "weighted_metrics"]
+__all__ = ["SAME", "GroupTraining", "State", "Update", "aggregate", "capped_shares", "check_state", "combine",
+           "fedavg", "group_card", "implausible_norms", "indistinct", "join_states", "pool_norm", "round_config",
+           "screen", "split_states", "weighted_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,44 @@ def _state(module: nn.Module) -> State:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+_SECOND = "head."  # the prefix of a joined state's second part (a task head, or FCMAE's decoder)
+
+
+def join_states(first: State, second: State) -> State:
+    """One state of both parts (``second``'s keys prefixed), so that :func:`combine` screens them together."""
+    return {**first, **{_SECOND + k: v for k, v in second.items()}}
+
+
+def split_states(state: State) -> tuple[State, State]:
+    """The two parts of a :func:`join_states` state."""
+    return ({k: v for k, v in state.items() if not k.startswith(_SECOND)},
+            {k[len(_SECOND):]: v for k, v in state.items() if k.startswith(_SECOND)})
+
+
+def combine(where: str, reference: State, updates: Sequence[tuple[str, State]], counts: dict[str, int],
+            settings: TrainSettings) -> tuple[State | None, dict[str, Any]]:
+    """One round's checked ``updates`` (member, state) screened and aggregated (see the module docstring):
+    the new state, ``None`` when fewer than ``train.min_replies`` are kept, and the round record's
+    ``refused`` (member -> reason) with ``shares`` or ``skipped``; ``counts``: the members' declared train
+    tiles, ``where`` starts the log lines; ``max_share``: the largest weight of one distinct update."""
+    states = [state for _, state in updates]
+    classes = indistinct(states, reference)
+    refused_classes = screen([states[c[0]] for c in classes], settings.update_factor, reference)
+    record: dict[str, Any] = {
+        "refused": {updates[i][0]: reason for k, reason in refused_classes.items() for i in classes[k]}}
+    for member, reason in record["refused"].items():
+        log.warning("%s refused the update of %s: %s", where, member, reason)
+    kept = [c for k, c in enumerate(classes) if k not in refused_classes]
+    if sum(map(len, kept)) < settings.min_replies:
+        record["skipped"] = f"{sum(map(len, kept))} valid update(s), train.min_replies is {settings.min_replies}"
+        log.warning("%s kept its weights: %s", where, record["skipped"])
+        return None, record
+    weights = capped_shares([max(counts[updates[i][0]] for i in c) for c in kept], settings.max_weight_share)
+    record["shares"] = {updates[i][0]: w / len(c) for c, w in zip(kept, weights) for i in c}
+    record["max_share"] = max(weights)  # the most one kept update moves the mean by (per unit of its length)
+    return aggregate([states[c[0]] for c in kept], weights, settings.aggregation), record
+
+
 @dataclass
 class Update:
     """One member's reply to a round: its weights and metrics (``num_examples`` is what it claims)."""
@@ -310,10 +348,16 @@ class GroupTraining:
         record["dp"] = {"update_norms": norms}
         return out
 
+    def start_from(self, encoder: State, record: dict[str, Any]) -> None:
+        """Start from ``encoder`` (checked against the initial encoder's tensors) instead; ``record`` (where it
+        came from) goes into the card's ``extra["pretrain"]``."""
+        source = f"group {self.group.name}'s pretrained encoder"
+        self.encoder = {k: v.clone() for k, v in check_state(self.encoder, encoder, source).items()}
+        self.card.extra["pretrain"] = record
+
     def apply(self, round_index: int, lr: float, updates: Sequence[Update]) -> dict[str, Any]:
-        """Screen the (checked) ``updates`` and aggregate the kept ones into the global state (see the
-        module docstring) if there are at least ``train.min_replies``; the round's history record, whose
-        ``refused`` maps each refused member to the reason."""
+        """Screen the (checked) ``updates`` and aggregate the kept ones into the global state (see
+        :func:`combine`); the round's history record, whose ``refused`` maps each refused member to the reason."""
         per_member = {u.member: u.metrics for u in updates}
         record: dict[str, Any] = {
             "round": round_index, "lr": lr, "institutions": per_member,
@@ -322,28 +366,17 @@ class GroupTraining:
         settings = self.settings
         if settings.dp.mode == "server":
             updates = self._clipped(updates, record)
-        states = [{**u.encoder, **{f"head.{k}": v for k, v in u.head.items()}} for u in updates]
-        reference = {**self.encoder, **{f"head.{k}": v for k, v in self.head.items()}}
-        classes = indistinct(states, reference)
-        refused_classes = screen([states[c[0]] for c in classes], settings.update_factor, reference)
-        record["refused"] = {updates[i].member: reason for k, reason in refused_classes.items() for i in classes[k]}
-        for member, reason in record["refused"].items():
-            log.warning("Group %s round %d refused the update of %s: %s", self.group.name, round_index, member, reason)
-        kept = [c for k, c in enumerate(classes) if k not in refused_classes]
-        if sum(map(len, kept)) >= settings.min_replies:
-            weights = capped_shares([max(self.train_counts[updates[i].member] for i in c) for c in kept],
-                                    settings.max_weight_share)
-            record["shares"] = {updates[i].member: w / len(c) for c, w in zip(kept, weights) for i in c}
-            self.encoder = aggregate([updates[c[0]].encoder for c in kept], weights, settings.aggregation)
-            self.head = aggregate([updates[c[0]].head for c in kept], weights, settings.aggregation)
+        state, outcome = combine(f"Group {self.group.name} round {round_index}", join_states(self.encoder, self.head),
+                                 [(u.member, join_states(u.encoder, u.head)) for u in updates], self.train_counts,
+                                 settings)
+        record.update(outcome)
+        if state is not None:
+            self.encoder, self.head = split_states(state)
             if settings.dp.mode != "none":
-                stdv = noise_stdv(settings.dp.noise_multiplier, settings.dp.clipping_norm, max(weights))
+                stdv = noise_stdv(settings.dp.noise_multiplier, settings.dp.clipping_norm, outcome["max_share"])
                 self.encoder, self.head = add_noise([self.encoder, self.head], stdv)
                 record.setdefault("dp", {})["noise_stdv"] = stdv
             self.rounds_done += 1
-        else:
-            record["skipped"] = f"{sum(map(len, kept))} valid update(s), train.min_replies is {settings.min_replies}"
-            log.warning("Group %s round %d kept its weights: %s", self.group.name, round_index, record["skipped"])
         self.history.append(record)
         monitor = f"val_{MONITOR[self.card.task_type]}"
         value = record["received"].get(monitor)

@@ -31,6 +31,7 @@ from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import load_sensor_files
 from geodata.synth.config import WorldConfig
 from geodata.synth.world import world_tasks
+from specialists.fcmae import FcmaeOptim
 from specialists.init import BASE, check_init
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 from specialists.train import OptimConfig
@@ -48,6 +49,7 @@ __all__ = [
     "ExperimentConfig",
     "FederationSettings",
     "InstitutionSettings",
+    "PretrainSettings",
     "ProxySettings",
     "PruneSettings",
     "RunSettings",
@@ -118,6 +120,33 @@ class DpSettings:
                 raise InputError(f"train.dp.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.delta < 1:
             raise InputError(f"train.dp.delta must be in (0, 1), got {self.delta}")
+
+
+@dataclass
+class PretrainSettings(FcmaeOptim):
+    """Phase *pretrain* (before *train*): per group, ``rounds`` FedAvg rounds of FCMAE
+    (:mod:`specialists.fcmae`) on the members' train tiles, labels ignored, ``local_epochs`` each (0 rounds:
+    no such phase). The round's learning rate is ``lr`` decayed by a cosine over the rounds (and over each
+    round's steps); the group's robustness settings are ``train``'s (``min_replies``, ``max_weight_share``,
+    ``update_factor``, ``aggregation``). The group's *train* phase starts from the result."""
+
+    rounds: int = 0
+    local_epochs: int = 1
+
+    def check(self) -> None:
+        """``ValueError`` naming the first field out of range."""
+        for name, ok, what in (("rounds", self.rounds >= 0, ">= 0"),
+                               ("local_epochs", 1 <= self.local_epochs <= TRAIN_MAXIMA["epochs"],
+                                f"in [1, {TRAIN_MAXIMA['epochs']}]"),
+                               ("batch_size", 1 <= self.batch_size <= TRAIN_MAXIMA["batch_size"],
+                                f"in [1, {TRAIN_MAXIMA['batch_size']}]"),
+                               ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
+                               ("patch", 1 <= self.patch <= MAX_TILE_PX, f"in [1, {MAX_TILE_PX}]"),
+                               ("max_steps", 0 <= self.max_steps <= TRAIN_MAXIMA["max_steps"],
+                                f"in [0, {TRAIN_MAXIMA['max_steps']}]")):
+            if not ok:
+                raise InputError(f"pretrain.{name} must be {what}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -258,6 +287,7 @@ class ExperimentConfig:
     tolerance_nm: float = DEFAULT_TOLERANCE_NM
     sensor_files: list[str] = field(default_factory=list)  # sensor YAML files or folders (here and at simulated hosts)
     federation: FederationSettings = field(default_factory=FederationSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     enrol: EnrolSettings = field(default_factory=EnrolSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
@@ -306,6 +336,7 @@ class ExperimentConfig:
                              f"got {self.federation.stats_factor}")
         if min(self.train.rounds, self.train.local_epochs, self.train.batch_size, self.train.min_replies) < 1:
             raise InputError("train.rounds, local_epochs, batch_size and min_replies must be >= 1")
+        self.pretrain.check()
         if self.train.warmup_epochs < 0:
             raise InputError("train.warmup_epochs must be >= 0")
         if not 0 < self.train.max_weight_share <= 1 or self.train.update_factor < 0:

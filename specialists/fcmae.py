@@ -5,7 +5,8 @@ mask applied again after the stem and after every stage (the dense form of FCMAE
 masked positions stay zero, so no information leaks into them through the 7x7 depthwise kernels); a light
 decoder (one ConvNeXtV2 block with GRN on the last stage, a 1x1 projection to ``stride^2 x bands`` values
 and a pixel shuffle) reconstructs the image, and the loss is the mean squared error of per-patch
-normalised pixels on the **masked** patches only. The decoder is thrown away; the encoder's weights start
+normalised pixels on the **masked** patches only. The decoder is thrown away after pretraining (in the
+federated phase it travels and is averaged with the encoder between rounds); the encoder's weights start
 a specialist (``eosfed train-specialist --init-weights``) or a federated group.
 """
 
@@ -18,28 +19,40 @@ import torch
 import torch.nn.functional as F
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from geodata.errors import InputError
 
-__all__ = ["FcmaeConfig", "Fcmae", "random_patch_mask", "pretrain"]
+from geodata.dataset import collate_samples
+from specialists.train import resolve_device
+
+__all__ = ["FcmaeOptim", "FcmaeConfig", "Fcmae", "random_patch_mask", "fcmae_loader", "planned_steps", "pretrain"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FcmaeConfig:
-    """Masked-autoencoding pretraining: ``patch`` px masking squares (dividing the tile size), the
-    fraction ``mask_ratio`` of them masked, AdamW at ``lr`` with cosine decay over ``epochs``."""
+class FcmaeOptim:
+    """How masked autoencoding runs, locally or in federated rounds: ``patch`` px masking squares
+    (dividing the tile size), the fraction ``mask_ratio`` of them masked, AdamW at ``lr``;
+    ``max_steps`` caps the optimiser steps (0: no cap); ``device`` ``auto``: the GPU if there is one."""
 
-    epochs: int = 10
     batch_size: int = 64
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     mask_ratio: float = 0.6
     patch: int = 8
+    device: str = "auto"
+    max_steps: int = 0
+
+
+@dataclass
+class FcmaeConfig(FcmaeOptim):
+    """One pretraining: ``epochs`` epochs (or ``max_steps`` steps), the learning rate decayed by a cosine over
+    its steps, seeded by ``seed``."""
+
+    epochs: int = 10
     seed: int = 0
-    device: str = "cpu"
 
 
 def random_patch_mask(batch: int, height: int, width: int, patch: int, ratio: float,
@@ -93,22 +106,38 @@ class Fcmae(nn.Module):
         return (error * masked).sum() / masked.sum().clamp(min=1.0)
 
 
-def pretrain(encoder: nn.Module, loader: DataLoader, mean: torch.Tensor, std: torch.Tensor,
+def fcmae_loader(data: Dataset, cfg: FcmaeConfig) -> DataLoader:
+    """``data`` in shuffled batches of ``cfg.batch_size`` (the order seeded by ``cfg.seed``)."""
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_samples, drop_last=False,
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def planned_steps(cfg: FcmaeConfig, batches: int) -> int:
+    """The optimiser steps :func:`pretrain` takes with ``batches`` batches an epoch."""
+    return min(cfg.max_steps or cfg.epochs * batches, cfg.epochs * batches)
+
+
+def pretrain(model: Fcmae, loader: DataLoader, mean: torch.Tensor, std: torch.Tensor,
              cfg: FcmaeConfig) -> list[float]:
-    """Pretrain ``encoder`` in place on ``loader``'s images (normalised by ``mean``/``std`` per band);
-    returns the mean masked-patch loss of each epoch. Stops with an error if the loss becomes non-finite."""
+    """Pretrain ``model`` (its encoder and decoder) in place on ``loader``'s images (normalised by
+    ``mean``/``std`` per band), at most ``cfg.max_steps`` steps when given; returns the mean masked-patch
+    loss of each epoch begun. Stops with an error if the loss becomes non-finite."""
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    in_chans = len(mean)
-    model = Fcmae(encoder, in_chans, cfg.patch).to(device).train()
+    device = torch.device(resolve_device(cfg.device))
+    model.to(device).train()
+    left = planned_steps(cfg, len(loader))
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(1, cfg.epochs * len(loader)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(1, left))
     generator = torch.Generator().manual_seed(cfg.seed)
     mean, std = mean.view(1, -1, 1, 1).to(device), std.view(1, -1, 1, 1).to(device)
-    history = []
+    history: list[float] = []
     for epoch in range(cfg.epochs):
+        if left <= 0:
+            break
         total, count = 0.0, 0
         for batch in tqdm(loader, desc=f"fcmae epoch {epoch + 1}/{cfg.epochs}", leave=False):
+            if left <= 0:
+                break
             x = ((batch["image"].to(device) - mean) / std).float()
             mask = random_patch_mask(x.shape[0], x.shape[2], x.shape[3], cfg.patch, cfg.mask_ratio,
                                      generator).to(device)
@@ -119,6 +148,7 @@ def pretrain(encoder: nn.Module, loader: DataLoader, mean: torch.Tensor, std: to
             loss.backward()
             optim.step()
             sched.step()
+            left -= 1
             total += loss.item() * x.shape[0]
             count += x.shape[0]
         history.append(total / max(count, 1))

@@ -33,7 +33,7 @@ def test_quick_preset_through_flwr_run(tmp_path: Path) -> None:
     assert len([p for p in (out / "cache" / "worlds").iterdir() if p.is_dir()]) == 5  # 4 institutions + proxy
     phases = json.loads((run_dir / "checkpoint.json").read_text())["phases"]
     assert [name for name, p in phases.items() if p["status"] == "done"] == [
-        "discover", "train", "enrol", "distill", "evaluate", "prune", "report"]
+        "discover", "pretrain", "train", "enrol", "distill", "evaluate", "prune", "report"]
     assert sorted(Registry(run_dir / "registry").names) == sorted(roster["groups"])
     assert load_student(run_dir / "student").card.teachers
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())

@@ -15,8 +15,9 @@ from fusion.probes import ProbeResult
 from specialists.io import bytes_tensor
 from wire.messages import (DataSummary, DescribeReply, DescribeRequest, EnrolReply, EnrolRequest, EnsembleFiles,
                            EvaluateReply, EvaluateRequest, FeaturesReply, FeaturesRequest, FusionEvalReply,
-                           FusionEvalRequest, IdentifyReply, IdentifyRequest, ProbeSettings, StudentFiles,
-                           RoundTraining, TrainReply, TrainRequest, WireError)
+                           FusionEvalRequest, IdentifyReply, IdentifyRequest, PretrainReply, PretrainRequest,
+                           ProbeSettings, StudentFiles, RoundTraining, TrainReply, TrainRequest, WireError)
+from specialists.fcmae import FcmaeConfig
 
 SHA = "ab" * 32
 NAN, INF = float("nan"), float("inf")
@@ -45,6 +46,9 @@ def _examples() -> dict[str, Any]:
         "describe reply": DescribeReply(summary),
         "train request": TrainRequest(institution, '{"name": "g"}', settings, state, head),
         "train reply": TrainReply(state, head, {"num_examples": 8, "train_loss": 0.5, "peak_rss_mb": 120.5}),
+        "pretrain request": PretrainRequest(institution, '{"name": "g"}', FcmaeConfig(epochs=1, batch_size=2, seed=1001),
+                                            state, head),
+        "pretrain reply": PretrainReply(state, head, {"num_examples": 8, "loss": 0.7, "steps": 4}),
         "evaluate request": EvaluateRequest(institution, '{"name": "g"}', settings, state, head, keep=True),
         "evaluate reply": EvaluateReply({"val_accuracy": 0.5, "val_count": 2}),
         "enrol request": EnrolRequest(institution, SHA, True),
@@ -143,6 +147,18 @@ CASES: list[tuple[str, Tamper, str]] = [
     ("train reply", _set("metrics", "train_loss", [0.5]), "metrics.train_loss must be a finite number"),
     ("train reply", _set("metrics", "train_loss", INF), "metrics.train_loss must be a finite number, got inf"),
     ("train reply", lambda c: c.__setitem__("extra", ConfigRecord()), "unknown record(s) ['extra']"),
+    ("pretrain request", _set("pretrain", "mask_ratio", 1.0),
+     "train.pretrain request: pretrain.mask_ratio must be a number in (0, 1), got 1.0"),
+    ("pretrain request", _set("pretrain", "patch", 0), "pretrain.patch must be an integer in [1, "),
+    ("pretrain request", _set("pretrain", "epochs", 5000), "pretrain.epochs must be an integer in [1, 1000]"),
+    ("pretrain request", _set("pretrain", "lr", NAN), "pretrain.lr must be a positive number, got nan"),
+    ("pretrain request", _drop("pretrain", "max_steps"), "pretrain.max_steps is missing"),
+    ("pretrain request", _set("pretrain", "warmup_epochs", 1.0), "pretrain has unknown field(s) ['warmup_epochs']"),
+    ("pretrain request", _drop("decoder"), "train.pretrain request: record decoder is missing"),
+    ("pretrain reply", _set("metrics", "loss", NAN), "train.pretrain reply: metrics.loss must be a non-negative finite number, got nan"),
+    ("pretrain reply", _set("metrics", "loss", -1.0), "metrics.loss must be a non-negative finite number, got -1.0"),
+    ("pretrain reply", _drop("metrics", "num_examples"), "metrics.num_examples is missing"),
+    ("pretrain reply", _arrays("decoder", {}), "train.pretrain reply: decoder holds no tensor"),
     ("evaluate request", _drop("keep", "specialist"), "evaluate.specialist request: keep.specialist is missing"),
     ("evaluate request", _set("keep", "specialist", "yes"), "keep.specialist must be true or false"),
     ("evaluate request", _set("keep", "also", True), "keep has unknown field(s) ['also']"),

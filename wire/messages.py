@@ -12,6 +12,8 @@ numbers in ``MetricRecord``; a card travels as its JSON document. The records of
 ``train.specialist``   request ``institution``, ``card`` {json}, ``train`` {settings},
                        ``encoder``, ``head`` (tensors); reply ``encoder``, ``head``, ``metrics``
 ``evaluate.specialist`` request as ``train.specialist`` + ``keep`` {specialist}; reply ``metrics``
+``train.pretrain``     request ``institution``, ``card`` {json}, ``pretrain`` {settings},
+                       ``encoder``, ``decoder`` (tensors); reply ``encoder``, ``decoder``, ``metrics``
 ``query.enrol``        request ``institution``, ``request`` {sha256, weights}; reply ``card``
                        {json} (+ ``weights`` {safetensors})
 ``query.features``     request ``institution``, ``request`` {sha256, bands, ids, tolerance_nm},
@@ -43,6 +45,7 @@ from fusion.probes import ProbeResult
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
 from specialists.card import MAX_CLASSES
+from specialists.fcmae import FcmaeConfig
 from specialists.io import bytes_tensor, tensor_bytes
 from specialists.train import TrainConfig
 from geodata.errors import InputError
@@ -50,7 +53,8 @@ from geodata.errors import InputError
 __all__ = [
     "WireError", "State", "INSTITUTION_KEYS", "TRAIN_MAXIMA", "SIZE_MAXIMA", "NODE_KINDS", "DataSummary", "RoundTraining", "ProbeSettings",
     "StudentFiles", "EnsembleFiles", "IdentifyRequest", "IdentifyReply", "DescribeRequest", "DescribeReply",
-    "TrainRequest", "TrainReply", "EvaluateRequest", "EvaluateReply", "EnrolRequest", "EnrolReply",
+    "TrainRequest", "TrainReply", "PretrainRequest", "PretrainReply", "EvaluateRequest", "EvaluateReply",
+    "EnrolRequest", "EnrolReply",
     "FeaturesRequest", "FeaturesReply", "FUSION_FILES", "FusionEvalRequest", "FusionEvalReply",
 ]
 
@@ -588,6 +592,62 @@ class EvaluateReply(_Reply):
     @classmethod
     def decode(cls, content: RecordDict, source: str) -> Self:
         return cls(cls._read(content, source, {"metrics"}).metrics("metrics"))
+
+
+# ---------------------------------------------------------------------------------------------
+# train.pretrain
+
+_PRETRAIN_RULES = {"epochs": _bounded("epochs", 1), "batch_size": _bounded("batch_size", 1), "lr": POSITIVE,
+                   "weight_decay": NON_NEGATIVE,
+                   "mask_ratio": _Rule(lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+                   "patch": _Rule(lambda v: _is_int(v) and 1 <= v <= SIZE_MAXIMA["image_px"],
+                                  f"an integer in [1, {SIZE_MAXIMA['image_px']}] (SIZE_MAXIMA)"),
+                   "seed": INT, "device": TEXT, "max_steps": _bounded("max_steps", 0)}
+
+
+@dataclass(frozen=True)
+class PretrainRequest(_Request):
+    """One round of federated FCMAE: the group's card (its band statistics normalise), the global
+    encoder and decoder, and how to pretrain them (``pretrain.max_steps`` 0: no cap)."""
+
+    MESSAGE_TYPE = "train.pretrain"
+    institution: dict[str, str]
+    card: str
+    pretrain: FcmaeConfig
+    encoder: State
+    decoder: State
+
+    def encode(self) -> RecordDict:
+        return RecordDict({"institution": ConfigRecord(self.institution), "card": _json_record(self.card),
+                           "pretrain": ConfigRecord(asdict(self.pretrain)), "encoder": ArrayRecord(self.encoder),
+                           "decoder": ArrayRecord(self.decoder)})
+
+    @classmethod
+    def decode(cls, content: RecordDict, source: str) -> Self:
+        read = cls._read(content, source, {"institution", "card", "pretrain", "encoder", "decoder"})
+        return cls(_institution(read), _card(read), FcmaeConfig(**read.config("pretrain", _PRETRAIN_RULES)),
+                   read.arrays("encoder"), read.arrays("decoder"))
+
+
+@dataclass(frozen=True)
+class PretrainReply(_Reply):
+    """The locally pretrained encoder and decoder and the round's metrics (``num_examples`` positive,
+    ``loss``: the last epoch's masked-patch loss)."""
+
+    MESSAGE_TYPE = "train.pretrain"
+    encoder: State
+    decoder: State
+    metrics: dict[str, float]
+
+    def encode(self) -> RecordDict:
+        return RecordDict({"encoder": ArrayRecord(self.encoder), "decoder": ArrayRecord(self.decoder),
+                           "metrics": MetricRecord(self.metrics)})
+
+    @classmethod
+    def decode(cls, content: RecordDict, source: str) -> Self:
+        read = cls._read(content, source, {"encoder", "decoder", "metrics"})
+        return cls(read.arrays("encoder"), read.arrays("decoder"),
+                   read.metrics("metrics", {"num_examples": POSITIVE, "loss": NON_NEGATIVE}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
 
 from eosfed.commands.args import (add_output, add_sensor_files, add_settings, add_tile_size, check_split, settings_from,
                                  staged_output)
-from geodata.dataset import TileDataset, collate_samples
+from geodata.dataset import TileDataset
 from geodata.manifest import Manifest
 from geodata.sensors import get_sensor
 from geodata.stats import load_or_compute_stats
 from specialists.artifact import WEIGHTS_FILE
 from specialists.encoder import build_encoder
-from specialists.fcmae import FcmaeConfig, pretrain
+from specialists.fcmae import Fcmae, FcmaeConfig, fcmae_loader, pretrain
 from specialists.trunk import DEFAULT_VARIANT
 
 log = logging.getLogger(__name__)
@@ -49,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = settings_from(args, FcmaeConfig)
     stats = load_or_compute_stats(manifest, sensor, split)
     data = TileDataset(manifest, sensor, split=split, size=args.size, stats=stats, resize=args.resize)
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_samples, drop_last=False,
-                        generator=torch.Generator().manual_seed(cfg.seed))
     with staged_output(args.out, args.overwrite) as stage:
         encoder = build_encoder(args.variant, in_chans=len(data.bands), init_weights=args.init_weights)
-        history = pretrain(encoder, loader, torch.tensor(stats.mean), torch.tensor(stats.std), cfg)
+        torch.manual_seed(cfg.seed)
+        model = Fcmae(encoder, len(data.bands), cfg.patch)
+        history = pretrain(model, fcmae_loader(data, cfg), torch.tensor(stats.mean), torch.tensor(stats.std), cfg)
         weights = stage / WEIGHTS_FILE
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(weights))
         record = {"method": "fcmae", "variant": args.variant, "sensor": sensor.name, "bands": list(data.bands),

@@ -9,14 +9,16 @@ from typing import Any, Callable
 
 from flwr.serverapp import Grid
 
+from fusion.registry import Registry, RegistryError
 from geodata.names import inside
 
 from server.checkpoint import RunCheckpoint
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, Traffic, exchange
 from pipeline.roster import Roster
+from specialists.card import SpecialistCard
 
-__all__ = ["Phase", "PhaseContext"]
+__all__ = ["Phase", "PhaseContext", "integrated_cards"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,17 @@ class PhaseContext:
         if self.roster is None:
             raise RuntimeError("no roster: the discover phase must run first")
         return self.roster
+
+
+def integrated_cards(ctx: PhaseContext) -> dict[str, SpecialistCard]:
+    """In integrate mode, the cards enrolled in the extended run's registry (name -> card); else none."""
+    if ctx.integrated_run_dir is None:
+        return {}
+    try:
+        registry = Registry(ctx.integrated_run_dir / "registry")
+    except RegistryError as exc:
+        raise RuntimeError(f"integrate: run {ctx.cfg.integrate!r} has no enrolled registry ({exc})") from None
+    return {name: registry.card(name) for name in registry.names}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fusion.plots import save_plot
 from geodata.files import atomic_write_text
 from server.phases.base import Phase, PhaseContext
 
-__all__ = ["PHASE", "report"]
+__all__ = ["HEADLINE", "PHASE", "headline_probes", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,18 @@ def _privacy(dp: dict | None) -> str:
             f"{dp['delta']:g}, {dp['mode']}-side clipping ({dp['rounds']} noised rounds)")
 
 
+def _pretrain(result: dict) -> list[str]:
+    if result.get("skipped"):
+        return []
+    rows = [[group, r["rounds_applied"] if r.get("file") else 0,
+             " -> ".join(f"{sum(m['loss'] for m in h['institutions'].values()) / len(h['institutions']):.4f}"
+                         for h in r["history"] if h["institutions"]) or "-",
+             r["sha256"][:12] if r.get("file") else "none (train starts without it)"]
+            for group, r in result["groups"].items()]
+    return ["## Pretrain (federated FCMAE per group)", ""] + _table(
+        ["group", "rounds applied", "members' mean masked-patch loss per round", "encoder sha256"], rows)
+
+
 def _train(ctx: PhaseContext, result: dict) -> list[str]:
     rows, curves = [], {}
     for group, r in result["groups"].items():
@@ -138,13 +150,22 @@ def _distill(result: dict) -> list[str]:
 HEADLINE = ("student", "ensemble", RANDOM_INIT, BAND_STATS)
 
 
+def headline_probes(result: dict) -> dict[str, tuple[float, dict[str, dict]]]:
+    """Per institution of phase *evaluate*'s ``result``: its largest label fraction and, at it, the linear (or
+    segmentation) probe of each encoder."""
+    out = {}
+    for inst, r in result["institutions"].items():
+        most = max(p["fraction"] for p in r["results"])
+        out[inst] = most, {p["encoder"]: p for p in r["results"]
+                           if p["fraction"] == most and p["method"] in ("linear", "segmentation")}
+    return out
+
+
 def _headline(result: dict) -> list[str]:
     """Student, ensemble and both baselines per institution (linear or segmentation probe, most labels)."""
     rows, scores = [], {k: [] for k in HEADLINE}
-    for inst, r in result["institutions"].items():
-        most = max(p["fraction"] for p in r["results"])
-        best = {p["encoder"]: p for p in r["results"]
-                if p["fraction"] == most and p["method"] in ("linear", "segmentation")}
+    for inst, (most, best) in headline_probes(result).items():
+        r = result["institutions"][inst]
         for k in HEADLINE:
             if k in best:
                 scores[k].append(best[k]["mean"])
@@ -241,7 +262,7 @@ def report(ctx: PhaseContext) -> dict[str, Any]:
     lines += _phases(ctx, results)
     energy_lines, energy = _energy(results)
     lines += energy_lines
-    sections = {"discover": _discover, "enrol": _enrol, "distill": _distill}
+    sections = {"discover": _discover, "pretrain": _pretrain, "enrol": _enrol, "distill": _distill}
     for name in ctx.phase_order:
         if name not in results:
             continue

@@ -1,7 +1,9 @@
 """Phase *train*: each group trains one specialist with FedAvg (a lone institution: local training).
 
 The coordinator builds the group's card (reported bands, the members' train-split band statistics
-pooled, task, classes, variant) and a seeded initial encoder and head. Each round it sends the
+pooled, task, classes, variant) and a seeded initial encoder and head; the encoder is the one phase
+*pretrain* made for the group, when it made one (checked against its recorded sha256; the card's
+``extra["pretrain"]`` says so). Each round it sends the
 global weights to every member (``train.specialist``); a member first measures them on its ``val``
 split, then trains ``train.local_epochs`` epochs and returns its weights. Replies are checked (same
 tensors, shapes, dtypes, finite values, positive example count) and averaged weighted by train
@@ -20,17 +22,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fusion.registry import Registry, RegistryError
 from geodata.files import atomic_write_text
 from pipeline.fedavg import GroupTraining, Update, round_config
 from server.messaging import Outcome, Request
-from server.phases.base import Phase, PhaseContext
+from server.phases.base import Phase, PhaseContext, integrated_cards
+from server.phases.pretrain import pretrained_start
 from specialists.card import SpecialistCard
 from specialists.train import MONITOR, TrainConfig
 from wire.messages import EvaluateReply, EvaluateRequest, RoundTraining, TrainReply, TrainRequest
 from geodata.errors import InputError
 
-__all__ = ["PHASE", "train", "integrated_cards"]
+__all__ = ["PHASE", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +111,6 @@ def _group_result(card: SpecialistCard) -> dict[str, Any]:
             **{k: card.extra["federation"][k] for k in ("rounds_applied", "per_institution", "history")}}
 
 
-def integrated_cards(ctx: PhaseContext) -> dict[str, SpecialistCard]:
-    """In integrate mode, the cards enrolled in the extended run's registry (name -> card); else none."""
-    if ctx.integrated_run_dir is None:
-        return {}
-    try:
-        registry = Registry(ctx.integrated_run_dir / "registry")
-    except RegistryError as exc:
-        raise RuntimeError(f"integrate: run {ctx.cfg.integrate!r} has no enrolled registry ({exc})") from None
-    return {name: registry.card(name) for name in registry.names}
-
-
 def train(ctx: PhaseContext) -> dict[str, Any]:
     roster = ctx.require_roster()
     results: dict[str, Any] = {}
@@ -140,8 +131,14 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
                 results[group.name] = _group_result(card)
                 continue
         try:
-            runs.append(GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
-                                            ctx.cfg.seed))
+            run = GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
+                                      ctx.cfg.seed)
+            pretrained = pretrained_start(ctx, group.name)
+            if pretrained is not None:
+                run.start_from(*pretrained)
+                log.info("Group %s: starts from its pretrained encoder (%s, sha256 %s...)", group.name,
+                         pretrained[1]["method"], pretrained[1]["sha256"][:12])
+            runs.append(run)
         except ValueError as exc:  # one group's bad start must not stop the others
             log.error("Group %s: cannot start training: %s", group.name, exc)
             failures.append({"phase": "train", "group": group.name, "institution": None, "reason": str(exc)})
