@@ -18,14 +18,15 @@ from pipeline.settings import PretrainSettings, RunSettings, TrainSettings, load
 from server.phases.report import _pretrain
 from server.run import run_experiment
 from specialists.card import SpecialistCard
+from wire.messages import DataSummary
 from tiny_run import simulated_nodes, tamper_replies, tiny_run_config
 
 BANDS = ["RED", "GREEN", "BLUE", "NIR"]
 
 
 def _pair() -> GroupPretraining:
-    members = [Member(name, "aerial_rgbn", "landcover", 100 + i, True, {}, {
-        "tiles": {"train": n, "val": 2}, "norm": {"mean": [0.3] * 4, "std": [0.1] * 4}}, BANDS)
+    members = [Member(name, "aerial_rgbn", "landcover", 100 + i, True, {}, DataSummary(
+        name, "segmentation", ["x", "y"], BANDS, {"train": n, "val": 2}, [0.3] * 4, [0.1] * 4, "manifest.json"), BANDS)
         for i, (name, n) in enumerate((("a", 6), ("b", 2)))]
     group = Group("aerial_rgbn-landcover", "aerial_rgbn", "landcover", "segmentation", ["x", "y"], ["a", "b"])
     return GroupPretraining.start(group, members, TrainSettings(init="random"), PretrainSettings(rounds=2), seed=0)
