@@ -83,14 +83,17 @@ class PhaseContext:
 
 
 def integrated_cards(ctx: PhaseContext) -> dict[str, SpecialistCard]:
-    """In integrate mode, the cards enrolled in the extended run's registry (name -> card); else none."""
+    """In integrate mode, the cards enrolled in the extended run's registry for this run's groups with the same
+    members (group name -> card): groups that need no training again; else none."""
     if ctx.integrated_run_dir is None:
         return {}
     try:
         registry = Registry(ctx.integrated_run_dir / "registry")
     except RegistryError as exc:
         raise RuntimeError(f"integrate: run {ctx.cfg.integrate!r} has no enrolled registry ({exc})") from None
-    return {name: registry.card(name) for name in registry.names}
+    groups = ctx.require_roster().groups
+    cards = {name: registry.card(name) for name in registry.names if name in groups}
+    return {name: card for name, card in cards.items() if sorted(card.institutions) == sorted(groups[name].members)}
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def pretrain(ctx: PhaseContext) -> dict[str, Any]:
     runs = []
     earlier = integrated_cards(ctx)
     for group in roster.groups.values():
-        if group.name in earlier and sorted(earlier[group.name].institutions) == sorted(group.members):
+        if group.name in earlier:
             log.info("Group %s: enrolled in run %s, not pretrained", group.name, ctx.cfg.integrate)
             continue
         if ctx.card_path(group.name).is_file():

@@ -119,7 +119,7 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
     earlier = integrated_cards(ctx)
     for group in roster.groups.values():
         path = ctx.card_path(group.name)
-        if group.name in earlier and sorted(earlier[group.name].institutions) == sorted(group.members):
+        if group.name in earlier:
             log.info("Group %s: enrolled in run %s, not trained again", group.name, ctx.cfg.integrate)
             results[group.name] = {"integrated_from": ctx.cfg.integrate,
                                    "weights_sha256": earlier[group.name].weights_sha256, "members": group.members}
