@@ -17,7 +17,7 @@ from torch import nn
 from specialists.card import TASK_TYPES
 from geodata.errors import InputError
 
-__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "UPerNetSkipHead", "CrossEntropyDice", "DECODERS",
+__all__ = ["PooledLinearHead", "FPNSegmentationHead", "UPerNetHead", "UPerNetSkipHead", "SegmentationLoss", "DECODERS",
            "LOSSES", "build_head", "task_loss"]
 
 DECODERS = ("fpn", "upernet", "upernet_skip")
@@ -141,32 +141,45 @@ def build_head(task_type: str, feature_dims: Sequence[int], num_classes: int, de
     raise InputError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
 
 
-LOSSES = ("ce", "ce_dice")
+LOSSES = ("ce", "ce_dice", "focal", "focal_dice")
+FOCAL_GAMMA = 2.0  # Lin et al. 2017's choice
 
 
-class CrossEntropyDice(nn.Module):
-    """Segmentation cross-entropy plus soft Dice loss (one minus the mean over classes of
-    ``2|P.Y| / (|P| + |Y|)`` on the batch's softmax ``P`` and one-hot ``Y``), pixels at ``ignore_index``
-    left out: Dice weighs a class by its own area, so a rare class (burned pixels) counts as much as the
-    background, and it rewards overlap rather than per-pixel confidence."""
+class SegmentationLoss(nn.Module):
+    """Segmentation cross-entropy, optionally focal (each pixel's term scaled by ``(1 - p_t)^gamma``: the
+    easy, confidently right pixels fade, the hard ones (edges, look-alikes of the rare class) count), plus
+    optionally soft Dice (one minus the mean over classes of ``2|P.Y| / (|P| + |Y|)`` on the batch's softmax
+    ``P`` and one-hot ``Y``: a class weighs by its own area, so a rare class (burned pixels) counts as much as
+    the background). Pixels at ``ignore_index`` are left out of every term."""
 
-    def __init__(self, weight: torch.Tensor | None, ignore_index: int) -> None:
+    def __init__(self, weight: torch.Tensor | None, ignore_index: int, gamma: float = 0.0, dice: bool = False) -> None:
         super().__init__()
-        self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
-        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.gamma, self.dice = ignore_index, gamma, dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = (target != self.ignore_index).unsqueeze(1)
-        probs = logits.float().softmax(1) * valid
-        onehot = F.one_hot(target.where(valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+        valid = target != self.ignore_index
+        safe = target.where(valid, 0)
+        log_probs = logits.float().log_softmax(1)
+        log_pt = log_probs.gather(1, safe.unsqueeze(1))[:, 0]
+        weight = self.weight[safe] * valid if self.weight is not None else valid.float()
+        terms = -log_pt * weight
+        if self.gamma:
+            terms = terms * (1 - log_pt.exp()).pow(self.gamma)
+        loss = terms.sum() / weight.sum().clamp_min(1e-12)
+        if not self.dice:
+            return loss
+        mask = valid.unsqueeze(1)
+        probs = log_probs.exp() * mask
+        onehot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2) * mask
         inter, total = (probs * onehot).sum((0, 2, 3)), (probs + onehot).sum((0, 2, 3))
-        return self.ce(logits, target) + 1 - ((2 * inter + 1) / (total + 1)).mean()
+        return loss + 1 - ((2 * inter + 1) / (total + 1)).mean()
 
 
 def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
               loss: str = "ce") -> nn.Module:
-    """Cross-entropy (classification; segmentation with ``ignore_index``, plus soft Dice with ``loss``
-    ``ce_dice``) or BCE on logits (multilabel).
+    """Cross-entropy (classification; segmentation with ``ignore_index``: ``ce``, focal with ``focal``, plus soft
+    Dice with ``ce_dice``/``focal_dice``, :class:`SegmentationLoss`) or BCE on logits (multilabel).
 
     ``class_weights``: one weight per class (cross-entropy) or positive weight per label (BCE)."""
     if loss not in LOSSES:
@@ -179,6 +192,8 @@ def task_loss(task_type: str, ignore_index: int = 255, class_weights: Sequence[f
     if task_type == "multilabel":
         return nn.BCEWithLogitsLoss(pos_weight=weight)
     if task_type == "segmentation":
-        return (CrossEntropyDice(weight, ignore_index) if loss == "ce_dice"
-                else nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index))
+        if loss == "ce":
+            return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        return SegmentationLoss(weight, ignore_index, FOCAL_GAMMA if loss.startswith("focal") else 0.0,
+                                dice=loss.endswith("_dice"))
     raise InputError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")

@@ -74,7 +74,7 @@ class TrainConfig(OptimConfig):
     """How to train one specialist (``max_steps`` caps optimiser steps over all epochs; ``augment``: random
     flips/rotations; ``gain_jitter``: the std of a random log-gain per sample and band that multiplies the
     training images, against illumination and sensor-calibration shifts between scenes, 0: off; ``loss``:
-    ``ce``, or ``ce_dice`` (segmentation: cross-entropy plus soft Dice, :class:`specialists.heads.CrossEntropyDice`))."""
+    ``ce``, or for segmentation ``ce_dice``, ``focal``, ``focal_dice`` (:class:`specialists.heads.SegmentationLoss`))."""
 
     epochs: int = 30
     patience: int = 5

@@ -227,13 +227,13 @@ def test_eurosat_specialist_beats_chance(tmp_path, shared_data):
 
 
 def test_cross_entropy_dice_leaves_ignored_pixels_out_and_rewards_overlap():
-    from specialists.heads import CrossEntropyDice, task_loss
+    from specialists.heads import SegmentationLoss, task_loss
 
     target = torch.zeros(2, 8, 8, dtype=torch.long)
     target[:, 2:4, 2:4] = 1  # a rare class: 8 of 128 pixels
     perfect = torch.where(torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).bool(), 20.0, -20.0)
     loss = task_loss("segmentation", loss="ce_dice")
-    assert isinstance(loss, CrossEntropyDice) and loss(perfect, target).item() < 1e-3
+    assert isinstance(loss, SegmentationLoss) and loss(perfect, target).item() < 1e-3
     blind = torch.stack([torch.full((2, 8, 8), 3.0), torch.zeros(2, 8, 8)], 1)  # "background everywhere"
     ce, dice = torch.nn.CrossEntropyLoss()(blind, target), loss(blind, target) - torch.nn.CrossEntropyLoss()(blind, target)
     assert dice > 0.4 > ce  # Dice sees the missed rare class that the pixel-mean cross-entropy hardly does
@@ -248,4 +248,24 @@ def test_cross_entropy_dice_leaves_ignored_pixels_out_and_rewards_overlap():
     with pytest.raises(ValueError, match="segmentation"):
         task_loss("classification", loss="ce_dice")
     with pytest.raises(ValueError, match="TrainConfig.loss"):
-        TrainConfig(loss="focal")
+        TrainConfig(loss="lovasz")
+
+
+def test_focal_loss_fades_easy_pixels_and_matches_cross_entropy_at_gamma_zero():
+    from specialists.heads import SegmentationLoss, task_loss
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 6, 6), torch.randint(0, 3, (2, 6, 6))
+    target[0, :2] = 255
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    assert torch.allclose(SegmentationLoss(weight, 255)(logits, target),
+                          torch.nn.CrossEntropyLoss(weight=weight, ignore_index=255)(logits, target), atol=1e-6)
+    focal = task_loss("segmentation", loss="focal")
+    easy = torch.where(torch.nn.functional.one_hot(target.where(target != 255, 0), 3).permute(0, 3, 1, 2).bool(), 4.0, 0.0)
+    ce = torch.nn.CrossEntropyLoss(ignore_index=255)
+    assert focal(easy, target) < 0.01 * ce(easy, target)  # confidently right pixels hardly count
+    hard = -easy
+    assert focal(hard, target) > 0.9 * ce(hard, target)  # confidently wrong ones keep nearly their whole term
+    with_dice = task_loss("segmentation", loss="focal_dice")
+    assert with_dice(hard, target) > focal(hard, target) + 0.5
+    assert TrainConfig(loss="focal_dice").loss == "focal_dice"
