@@ -255,7 +255,7 @@ def write_cv(cv: dict, stem: str, args: argparse.Namespace, runtime_s: float) ->
               **cv, "runtime_s": runtime_s}
     atomic_write_text(args.results / f"{stem}_cv.json", json.dumps(record, indent=1))
     oof, first = cv["oof"], cv["oof_precision_first"]
-    lines = [f"# Wildfire {stem}: {cv['folds']}-fold cross-validation over the 14 train events (selection only)", "",
+    lines = [f"# {stem}: {cv['folds']}-fold cross-validation over the 14 train events (selection only)", "",
              "| out-of-fold scores | precision | recall | F1 | threshold |", "|---|---|---|---|---|",
              f"| best-F1 threshold | {oof['precision']:.4f} | {oof['recall']:.4f} | {oof['f1']:.4f} | {oof['threshold']:.2f} |",
              f"| precision-first (recall >= {args.recall_floor:g}) | {first['precision']:.4f} | {first['recall']:.4f} | "
