@@ -254,6 +254,14 @@ def main() -> None:
     parser.add_argument("--balance", default=DistillConfig.balance, choices=BALANCES,
                         help="distill.balance: teacher standardisation per channel, or PHI-S "
                              "(results in real[_<init>]_phi_s.json)")
+    parser.add_argument("--crop-sizes", default="",
+                        help="distill.crop_sizes: multi-resolution distillation on proxy centre crops of these "
+                             "sizes, e.g. 32,48,64 (results in real[...]_crops.json); empty: one size, 64")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where samples, registry, teacher cache and student go (default: --out); the "
+                             "specialists are read from (or trained into) --out")
+    parser.add_argument("--cache-from", type=Path, action="append", default=[],
+                        help="another run's teacher cache, read (never written): its targets are not recomputed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -262,24 +270,26 @@ def main() -> None:
     fractions = [1.0] if args.quick else [float(f) for f in args.fractions.split(",")]
     epochs = 1 if args.quick else args.specialist_epochs
     config = DistillConfig(epochs=1 if args.quick else args.distill_epochs, depths=[int(d) for d in args.depths.split(",")],
-                           device=args.device, init=args.init, balance=args.balance)
+                           device=args.device, init=args.init, balance=args.balance,
+                           crop_sizes=[int(c) for c in args.crop_sizes.split(",") if c])
+    work = args.work or args.out
 
-    paths = build_samples(DATA, args.out / "samples")
+    paths = build_samples(DATA, work / "samples")
     manifests = {name: Manifest.load(path) for name, path in paths.items()}
-    proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
+    proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, work / "samples" / "proxy")
     folders = train_specialists(paths, args.out / args.init, epochs, args.init)
 
     for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
-        shutil.rmtree(args.out / stale, ignore_errors=True)
-    registry = Registry.create(args.out / "registry")
+        shutil.rmtree(work / stale, ignore_errors=True)
+    registry = Registry.create(work / "registry")
     for folder in folders:
         registry.add(load_specialist(folder))
     batches = ProxyBatches(proxy, None, None, PROXY_SIZE, batch_size=32, seed=0,
                            resize={t.sensor: t.resize for t in TASKS if t.resize})
     calibrate(registry, registry.load_all(), batches, TOLERANCE_NM)
-    distilled = distil(registry, batches, TeacherCache(args.out / "cache"), config, seed=0, tolerance_nm=TOLERANCE_NM,
-                       name="student")
-    save_distilled(distilled, args.out / "distilled", args.out / "distilled" / "history.png")
+    distilled = distil(registry, batches, TeacherCache(work / "cache", read_from=args.cache_from), config, seed=0,
+                       tolerance_nm=TOLERANCE_NM, name="student")
+    save_distilled(distilled, work / "distilled", work / "distilled" / "history.png")
     student = distilled.student.cpu().eval()
     ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
 
@@ -294,7 +304,8 @@ def main() -> None:
               "runtime_s": time.perf_counter() - begin}
     args.results.mkdir(parents=True, exist_ok=True)
     name = (("real_quick" if args.quick else "real") + ("" if args.init == "base" else f"_{args.init}")
-            + ("" if args.balance == DistillConfig.balance else f"_{args.balance}"))
+            + ("" if args.balance == DistillConfig.balance else f"_{args.balance}")
+            + ("_crops" if config.crop_sizes else ""))
     atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1))
     atomic_write_text(args.results / f"{name}.md", markdown(record))
     log.info("results in %s\n%s", args.results / f"{name}.json", markdown(record))
