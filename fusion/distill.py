@@ -53,7 +53,8 @@ class DistillConfig:
     student's spectral stem is first fitted (``stem_fit_steps`` Adam steps) to generate it for each proxy sensor. ``balance``: how each
     teacher's targets are standardised, ``channel`` or ``phi_s`` (module docstring). ``crop_sizes``: multi-resolution
     distillation, each proxy batch centre-cropped to one of these sizes (px, drawn per batch; targets cached per
-    size: :class:`fusion.data.CropSizes`); empty: the proxy tiles as they are. ``gsd_aware``: the student's card
+    size: :class:`fusion.data.CropSizes`; a remote teacher, which sent features of full tiles, teaches the batches drawn
+    at full size only); empty: the proxy tiles as they are. ``gsd_aware``: the student's card
     records the ground sampling distance of every proxy band (its working GSD, :attr:`StudentCard.gsd`), and
     an input at another GSD is resampled to it before the trunk."""
 

@@ -83,6 +83,9 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
         raise RuntimeError(f"{registry.root}: no teacher: no local specialist and no remote teacher features")
     calibrate(registry, specialists, batches, tolerance_nm)
     crops = CropSizes(batches, config.crop_sizes, seed) if config.crop_sizes else None
+    if crops and remote:
+        log.warning("distill.crop_sizes: remote teachers %s sent features of full tiles only; they teach the batches "
+                    "drawn at full size", [t.name for t in remote])
     start = time.perf_counter()
     extractions = fill_cache(cache, specialists, crops.every_size() if crops else batches, tolerance_nm)
     fill_s = time.perf_counter() - start
