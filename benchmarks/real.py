@@ -42,6 +42,7 @@ from fusion.baselines import BAND_STATS, RANDOM_INIT, baseline_encoders
 from fusion.data import ProxyBatches, labelled_loader
 from fusion.distill import BALANCES, DistillConfig
 from fusion.probes import FeatureSet, extract_features, linear_probe, probe_features, segmentation_probe, task_metric
+from fusion.student import load_student
 from fusion.teacher_cache import TeacherCache
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
@@ -119,9 +120,12 @@ def plus_input(features: FeatureSet, band_stats: FeatureSet) -> FeatureSet:
     return FeatureSet(torch.cat([features.pooled, band_stats.pooled], dim=1), features.targets, features.ids, maps)
 
 
-def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fractions, seeds, device: str) -> dict:
+def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble | None, fractions, seeds, device: str,
+               reuse: dict | None = None) -> dict:
     """Every encoder on task ``t`` under both protocols (deep features; features ⊕ input), the best specialist
-    of each protocol chosen on val."""
+    of each protocol chosen on val. With ``reuse`` (this task's record of an earlier run on the same specialists
+    and splits) only the student and both baselines are probed; the specialists' and ensemble's results, and the
+    best specialist, are that record's."""
     spec = manifest.task(t.task)
     seg = spec.type == "segmentation"
     stats = load_or_compute_stats(manifest, t.sensor, "train")
@@ -129,13 +133,13 @@ def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fra
     loaders = {s: labelled_loader(manifest, t.sensor, t.task, s, None, 64, stats, resize=t.resize)
                for s in splits}
     bands = loaders["train"].dataset.bands
-    applicable = ensemble.applicable(bands)
+    applicable = reuse["applicable"] if reuse else ensemble.applicable(bands)
     encoders = {"student": student, **baseline_encoders(stats, student),
                 **{n: Ensemble({n: ensemble.specialists[n]}, {n: ensemble.stats[n]}, tolerance_nm=TOLERANCE_NM)
-                   for n in applicable}}
+                   for n in ([] if reuse else applicable)}}
     features = {name: {s: extract_features(enc, loader, seg, device, f"{t.name} {name} {s}")
                        for s, loader in loaders.items()} for name, enc in encoders.items()}
-    if len(applicable) > 1:
+    if len(applicable) > 1 and not reuse:
         features["ensemble"] = {s: FeatureSet.concat([features[n][s] for n in applicable]) for s in splits}
     learned = [n for n in features if n != BAND_STATS]
     features |= {n + PLUS: {s: plus_input(features[n][s], features[BAND_STATS][s]) for s in splits} for n in learned}
@@ -143,16 +147,23 @@ def probe_task(t: RealTask, manifest: Manifest, student, ensemble: Ensemble, fra
     for name, f in features.items():
         results += probe_features(name, t.name, spec, f["train"], f["test"], f.get("val"), fractions, seeds,
                                   methods=("segmentation",) if seg else ("linear",))
-    best = {}
-    for suffix in ("", PLUS):
-        selection = {n: selection_score(features[n + suffix]["train"], features[n + suffix].get("val"), spec)
-                     for n in applicable}
-        best[suffix or "deep"] = max(selection, key=selection.get) + suffix if selection else None
+    results = [r.to_dict() for r in results]
+    if reuse:
+        probed = {r["encoder"] for r in results}
+        results += [r for r in reuse["results"] if r["encoder"] not in probed]
+        best, ensemble_params = reuse["best_specialist"], reuse["params"]["ensemble"]
+    else:
+        best = {}
+        for suffix in ("", PLUS):
+            selection = {n: selection_score(features[n + suffix]["train"], features[n + suffix].get("val"), spec)
+                         for n in applicable}
+            best[suffix or "deep"] = max(selection, key=selection.get) + suffix if selection else None
+        ensemble_params = ensemble.num_params(bands) if applicable else None
     return {**asdict(t), "type": spec.type, "metric": task_metric(spec), "bands": list(bands),
             "tiles": {s: len(loader.dataset) for s, loader in loaders.items()}, "applicable": applicable,
             "best_specialist": best, "params": {"student": student.inference_params(bands),
-                                                "ensemble": ensemble.num_params(bands) if applicable else None},
-            "results": [r.to_dict() for r in results]}
+                                                "ensemble": ensemble_params},
+            "results": results}
 
 
 def scores_at(record: dict, fraction: float) -> dict[str, dict]:
@@ -221,7 +232,10 @@ def markdown(record: dict) -> str:
              f"{record['proxy_tiles']} unlabelled proxy tiles ({', '.join(PROXY_SETS)}). Runtime "
              f"{record['runtime_s'] / 60:.1f} min ({record['setup']['threads']} thread). Protocols: **deep** probes "
              "the frozen features alone (classification: every stage's channel means and stds, `pyramid_pool`); **+input** appends the input's per-band mean and std to pooled features and "
-             "the input bands (pooled onto the finest map's grid) to the maps, for every learned encoder alike.", "", "## Targets", "",
+             "the input bands (pooled onto the finest map's grid) to the maps, for every learned encoder alike."
+             + (f" The specialists' and ensemble's rows (and the best specialist) are those of `{Path(record['reused']).name}` "
+                "(the same specialists and splits); the student and both baselines were probed here."
+                if record.get("reused") else ""), "", "## Targets", "",
              "| target | value | threshold | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:+.4f} | {t['threshold']} | {'yes' if t['met'] else 'no'} |"
               for t in record["targets"]]
@@ -254,6 +268,20 @@ def main() -> None:
     parser.add_argument("--balance", default=DistillConfig.balance, choices=BALANCES,
                         help="distill.balance: teacher standardisation per channel, or PHI-S "
                              "(results in real[_<init>]_phi_s.json)")
+    parser.add_argument("--crop-sizes", default="",
+                        help="distill.crop_sizes: multi-resolution distillation on proxy centre crops of these "
+                             "sizes, e.g. 32,48,64 (results in real[...]_crops.json); empty: one size, 64")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where samples, registry, teacher cache and student go (default: --out); the "
+                             "specialists are read from (or trained into) --out")
+    parser.add_argument("--cache-from", type=Path, action="append", default=[],
+                        help="another run's teacher cache, read (never written): its targets are not recomputed")
+    parser.add_argument("--student", type=Path,
+                        help="a student this benchmark distilled before (its distilled/student folder): probed, not "
+                             "distilled again; with --reuse")
+    parser.add_argument("--reuse", type=Path,
+                        help="an earlier result of this benchmark on the same specialists and splits: only the student "
+                             "and both baselines are probed, the specialists' and ensemble's rows are taken from it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -262,28 +290,38 @@ def main() -> None:
     fractions = [1.0] if args.quick else [float(f) for f in args.fractions.split(",")]
     epochs = 1 if args.quick else args.specialist_epochs
     config = DistillConfig(epochs=1 if args.quick else args.distill_epochs, depths=[int(d) for d in args.depths.split(",")],
-                           device=args.device, init=args.init, balance=args.balance)
+                           device=args.device, init=args.init, balance=args.balance,
+                           crop_sizes=[int(c) for c in args.crop_sizes.split(",") if c])
+    work = args.work or args.out
 
-    paths = build_samples(DATA, args.out / "samples")
+    paths = build_samples(DATA, work / "samples")
     manifests = {name: Manifest.load(path) for name, path in paths.items()}
-    proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, args.out / "samples" / "proxy")
+    proxy = proxy_union({n: manifests[n] for n in PROXY_SETS}, work / "samples" / "proxy")
     folders = train_specialists(paths, args.out / args.init, epochs, args.init)
 
-    for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
-        shutil.rmtree(args.out / stale, ignore_errors=True)
-    registry = Registry.create(args.out / "registry")
-    for folder in folders:
-        registry.add(load_specialist(folder))
-    batches = ProxyBatches(proxy, None, None, PROXY_SIZE, batch_size=32, seed=0,
-                           resize={t.sensor: t.resize for t in TASKS if t.resize})
-    calibrate(registry, registry.load_all(), batches, TOLERANCE_NM)
-    distilled = distil(registry, batches, TeacherCache(args.out / "cache"), config, seed=0, tolerance_nm=TOLERANCE_NM,
-                       name="student")
-    save_distilled(distilled, args.out / "distilled", args.out / "distilled" / "history.png")
-    student = distilled.student.cpu().eval()
-    ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
+    reused = {t["name"]: t for t in json.loads(args.reuse.read_text())["tasks"]} if args.reuse else {}
+    if args.student is not None:
+        if not reused:
+            parser.error("--student probes a saved student beside the rows of --reuse; give both")
+        student, ensemble = load_student(args.student).eval(), None
+        config = DistillConfig(**{**student.card.distill["last_config"], "device": args.device})
+    else:
+        for stale in ("registry", "cache"):  # rebuilt each run from the specialists on disk
+            shutil.rmtree(work / stale, ignore_errors=True)
+        registry = Registry.create(work / "registry")
+        for folder in folders:
+            registry.add(load_specialist(folder))
+        batches = ProxyBatches(proxy, None, None, PROXY_SIZE, batch_size=32, seed=0,
+                               resize={t.sensor: t.resize for t in TASKS if t.resize})
+        calibrate(registry, registry.load_all(), batches, TOLERANCE_NM)
+        distilled = distil(registry, batches, TeacherCache(work / "cache", read_from=args.cache_from), config, seed=0,
+                           tolerance_nm=TOLERANCE_NM, name="student")
+        save_distilled(distilled, work / "distilled", work / "distilled" / "history.png")
+        student = distilled.student.cpu().eval()
+        ensemble = Ensemble.from_registry(registry, tolerance_nm=TOLERANCE_NM)
 
-    tasks = [probe_task(t, manifests[t.set], student, ensemble, fractions, seeds, args.device) for t in TASKS]
+    tasks = [probe_task(t, manifests[t.set], student, ensemble, fractions, seeds, args.device, reused.get(t.name))
+             for t in TASKS]
     summaries = [summarise(tasks, f, p) for p in ("deep", PLUS) for f in sorted(fractions, reverse=True)]
     record = {"benchmark": "real", "quick": args.quick, "seeds": seeds, "fractions": fractions,
               "specialist_epochs": epochs, "distill": asdict(config), "proxy_tiles": len(proxy.tiles),
@@ -291,10 +329,12 @@ def main() -> None:
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
               "tasks": tasks, "summaries": summaries,
               "targets": [t for p in summaries for t in targets(tasks, p, p["fraction"] == max(fractions))],
-              "runtime_s": time.perf_counter() - begin}
+              "runtime_s": time.perf_counter() - begin,
+              "reused": str(args.reuse) if args.reuse else None, "student": str(args.student) if args.student else None}
     args.results.mkdir(parents=True, exist_ok=True)
     name = (("real_quick" if args.quick else "real") + ("" if args.init == "base" else f"_{args.init}")
-            + ("" if args.balance == DistillConfig.balance else f"_{args.balance}"))
+            + ("" if args.balance == DistillConfig.balance else f"_{args.balance}")
+            + ("_crops" if config.crop_sizes else ""))
     atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1))
     atomic_write_text(args.results / f"{name}.md", markdown(record))
     log.info("results in %s\n%s", args.results / f"{name}.json", markdown(record))

@@ -27,6 +27,9 @@ OPTIONS = [
      "real.py --init base before and after pyramid pooling"),
     ("PHI-S teacher balancing (distill.balance=phi_s)", "real.json", "real_phi_s.json",
      "real.py --init base --balance channel vs phi_s: the same specialists, distillation only differs"),
+    ("multi-resolution distillation (distill.crop_sizes=[32,48,64])", "real.json", "real_crops.json",
+     "real.py --init base vs --crop-sizes 32,48,64 (centre crops, one size per batch, targets cached per size): "
+     "the same specialists and 64 px targets, distillation only differs"),
 ]
 
 

@@ -40,6 +40,8 @@ __all__ = ["DistillConfig", "DistillHistory", "Distiller", "distill_student", "f
 
 log = logging.getLogger(__name__)
 
+MIN_CROP_PX = 32  # a crop must cover one cell of the trunk's coarsest (stride 32) map
+
 
 @dataclass
 class DistillConfig:
@@ -49,7 +51,12 @@ class DistillConfig:
     ``auto`` picks a GPU when there is one. ``init``: the checkpoint a new student's trunk starts from
     (:mod:`specialists.init`): ``base`` (shipped), a file, or ``random``; where the file's stem names its bands, the
     student's spectral stem is first fitted (``stem_fit_steps`` Adam steps) to generate it for each proxy sensor. ``balance``: how each
-    teacher's targets are standardised, ``channel`` or ``phi_s`` (module docstring)."""
+    teacher's targets are standardised, ``channel`` or ``phi_s`` (module docstring). ``crop_sizes``: multi-resolution
+    distillation, each proxy batch centre-cropped to one of these sizes (px, drawn per batch; targets cached per
+    size: :class:`fusion.data.CropSizes`; a remote teacher, which sent features of full tiles, teaches the batches drawn
+    at full size only); empty: the proxy tiles as they are. ``gsd_aware``: the student's card
+    records the ground sampling distance of every proxy band (its working GSD, :attr:`StudentCard.gsd`), and
+    an input at another GSD is resampled to it before the trunk."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -62,8 +69,13 @@ class DistillConfig:
     init: str = BASE
     stem_fit_steps: int = STEM_FIT_STEPS
     balance: str = "channel"
+    crop_sizes: List[int] = field(default_factory=list)
+    gsd_aware: bool = False
 
     def __post_init__(self) -> None:
+        if any(not isinstance(c, int) or c < MIN_CROP_PX for c in self.crop_sizes):
+            raise InputError(f"distill.crop_sizes must be sizes in pixels >= {MIN_CROP_PX} (the trunk's coarsest "
+                             f"stride), got {list(self.crop_sizes)}")
         if self.balance not in BALANCES:
             raise InputError(f"distill.balance must be one of {BALANCES}, got {self.balance!r}")
         if self.stem_fit_steps < 0:

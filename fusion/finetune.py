@@ -56,12 +56,17 @@ class BandView(nn.Module):
 
     A specialist's bands come from ``bands`` through its view (:func:`fusion.views.plan_view` within
     ``tolerance_nm``); a specialist that has none is a :class:`~geodata.sensors.BandError` naming its bands.
+    A student is told the input's GSD per band (``gsd``) and reads it at ``working_gsd`` (m) when given, else at
+    its card's working GSD (:mod:`fusion.student`: nothing is resampled for a GSD-blind student).
     """
 
-    def __init__(self, encoder: nn.Module, bands: tuple[str, ...], tolerance_nm: float | None) -> None:
+    def __init__(self, encoder: nn.Module, bands: tuple[str, ...], tolerance_nm: float | None,
+                 gsd: tuple[float, ...] | None = None, working_gsd: float | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.bands = tuple(bands)
+        self.gsd, self.working_gsd = None, None
+        self.set_gsd(gsd, working_gsd)
         self.plan = None
         if isinstance(encoder, Specialist):
             if tolerance_nm is None:
@@ -71,9 +76,21 @@ class BandView(nn.Module):
                 raise BandError(f"specialist {encoder.card.name!r} cannot read bands {list(self.bands)}: "
                                 f"{self.plan.reason}")
 
+    def set_gsd(self, gsd: tuple[float, ...] | None, working_gsd: float | None = None) -> None:
+        """The input's GSD per band and, when given, the working GSD a student reads it at (class docstring)."""
+        if working_gsd is not None and not isinstance(self.encoder, Student):
+            raise InputError(f"a working GSD ({working_gsd} m, --gsd) needs a student encoder; "
+                             f"{type(self.encoder).__name__} reads its input as it is")
+        if working_gsd is not None and not working_gsd > 0:
+            raise InputError(f"the working GSD (--gsd) must be > 0 m, got {working_gsd}")
+        self.gsd = gsd
+        self.working_gsd = working_gsd if working_gsd is not None else self.working_gsd
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.plan is not None:
             return self.encoder(self.plan.select(x))
+        if isinstance(self.encoder, Student):
+            return self.encoder(x, self.bands, self.gsd, self.working_gsd)
         features = self.encoder(x, self.bands)
         # the ensemble runs in inference mode; its features become ordinary tensors the head can train on
         return [f.clone() for f in features] if isinstance(self.encoder, Ensemble) else features
@@ -176,10 +193,11 @@ def class_balance(dataset: TileDataset) -> list[float]:
 def finetune(
     encoder_spec: str, manifest: Manifest, sensor: Sensor, task_name: str, cfg: TrainConfig,
     *, tolerance_nm: float, unfreeze: str = "none", decoder: str = "upernet", size: int | None = None,
-    balance: bool = False, name: str | None = None,
+    balance: bool = False, name: str | None = None, gsd: float | None = None,
 ) -> tuple[TaskModel, list[dict[str, Any]]]:
     """Fine-tune ``encoder_spec`` with a task head on ``manifest``'s ``train`` tiles (early stopping on
-    ``val``, test metrics on ``test`` when present); ``balance``: class weights from :func:`class_balance`."""
+    ``val``, test metrics on ``test`` when present); ``balance``: class weights from :func:`class_balance`;
+    ``gsd``: a student's working GSD (m; :class:`BandView`), recorded in the card's ``extra["gsd"]``."""
     task = manifest.task(task_name)
     stats = load_or_compute_stats(manifest, sensor, "train")
     datasets: dict[str, Dataset] = {}
@@ -193,7 +211,8 @@ def finetune(
         log.info("class weights %s", [round(w, 3) for w in cfg.class_weights])
     seed_everything(cfg.seed)
     encoder, record = _open(encoder_spec, stats, cfg.seed, tolerance_nm, cfg.device, cfg.init_weights)
-    view = BandView(encoder, stats.bands, tolerance_nm).to(cfg.device)
+    input_gsd = tuple(sensor.band_gsd(b) for b in stats.bands)
+    view = BandView(encoder, stats.bands, tolerance_nm, input_gsd, gsd).to(cfg.device)
     if view.plan is not None and view.plan.substitutions:
         log.info("specialist %s reads %s", encoder.card.name, view.plan.stand_ins())
     dims, reductions = view.feature_shapes()
@@ -207,7 +226,7 @@ def finetune(
         variant=record["card"]["variant"] if "card" in record else next(iter(record["members"].values()))["variant"],
         feature_dims=dims, feature_reductions=reductions, data_summary={"manifest": manifest.name},
         extra={"kind": TASK_MODEL_KIND, "encoder": record, "head": {"decoder": decoder}, "unfreeze": unfreeze,
-               "ignore_index": task.ignore_index,
+               "ignore_index": task.ignore_index, "gsd": {"input": list(input_gsd), "working": gsd},
                "tile_size": size or (first.window[2] if first.window is not None else None)},
     )
     history, best = fit(view, head, datasets["train"], datasets.get("val"), task.type, task.num_classes, cfg,
@@ -245,7 +264,9 @@ def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskMod
     stats = {k: v for k, v in state.items() if k.startswith(_STATS_PREFIX)}
     record = card.extra["encoder"]
     # finetune records the tolerance of a specialist's view; a student or an ensemble needs none here
-    view = BandView(_rebuild(record, stats, source), tuple(card.bands), record.get("tolerance_nm"))
+    gsd = card.extra.get("gsd") or {}  # absent from task models written before GSD-aware students
+    view = BandView(_rebuild(record, stats, source), tuple(card.bands), record.get("tolerance_nm"),
+                    tuple(gsd["input"]) if gsd.get("input") else None, gsd.get("working"))
     head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"],
                       len(card.bands))
     model = TaskModel(view, head, card)

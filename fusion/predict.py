@@ -95,8 +95,12 @@ def _has_cog() -> bool:
 def predict_scene(
     model: TaskModel, sensor: Sensor, path: str | Path, out: str | Path, probabilities: str | Path | None = None,
     *, tolerance_nm: float, tile: int = 256, overlap: int = 64, batch_size: int = 16, device: str = "cpu",
+    gsd: float | None = None,
 ) -> dict[str, float]:
-    """Write the class map of the scene at ``path`` to ``out`` (and probabilities); returns timing facts."""
+    """Write the class map of the scene at ``path`` to ``out`` (and probabilities); returns timing facts. A
+    student encoder is told the scene's GSD (``sensor``'s, per band) and reads it at ``gsd`` (m) when given,
+    else at the working GSD it was fine-tuned with (:class:`~fusion.finetune.BandView`); the map is on the
+    scene's own grid."""
     if model.card.task_type != "segmentation":
         raise InputError(f"model {model.card.name!r} is a {model.card.task_type} model; predict maps need "
                          "a segmentation model")
@@ -115,6 +119,7 @@ def predict_scene(
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB))
             src = stack.enter_context(open_raster(path))
             indexes, view = _input_view(src, sensor, model, path, tolerance_nm)
+            model.encoder.set_gsd(tuple(sensor.band_gsd(b) for b in view.source_bands), gsd)
             nodata = src.nodata if src.nodata is not None else sensor.nodata
             height, width = src.height, src.width
             extent_h, extent_w = max(height, tile), max(width, tile)

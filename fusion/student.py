@@ -19,6 +19,15 @@ absolute level carries class information; an unknown SAR polarisation takes the 
 the known SAR bands. Only a band with no known band of its kind (optical vs SAR) is normalised per
 instance (its own mean and std over each image).
 
+Ground sampling distance. A GSD-aware student's card holds its working GSD per band (``gsd``: the metres
+per pixel each band was distilled at). Told its input's GSD (``forward(x, bands, gsd=...)``, per band, e.g.
+:meth:`geodata.sensors.Sensor.band_gsd`), it resamples the input to its working grid before the stem
+(area averaging to coarser pixels, bilinear to finer; bands of one input share its grid, so the resampling
+factor is the geometric mean of each band's ``input GSD / working GSD``; a band with no working GSD does
+not count); ``working_gsd`` overrides the card for one call. Without an input GSD, or with no working GSD for
+any of the bands (a GSD-blind student: ``gsd`` empty), the input goes to the trunk as it is. The card's
+``gsd`` is not sealed (cards written before it existed load unchanged).
+
 On disk: a sealed artifact (:mod:`specialists.artifact`), ``weights.safetensors`` + ``card.json``.
 Load in one line: ``from fusion import load_student; student = load_student("outputs/<run>/student")``.
 """
@@ -56,6 +65,7 @@ __all__ = [
     "band_stats_table",
     "POLARISATIONS",
     "RANGE_SAMPLES",
+    "resample_to_gsd",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +92,7 @@ class StudentCard(Card):
     stem: dict[str, int] = field(default_factory=lambda: {"embed_dim": 64, "num_freqs": 16})
     teachers: list[dict[str, str]] = field(default_factory=list)
     distill: dict[str, Any] = field(default_factory=dict)
+    gsd: dict[str, float] = field(default_factory=dict)  # working GSD (m) per band; empty: GSD-blind
 
     def validate(self, source: str = "student card") -> None:
         """Raise :class:`~specialists.artifact.ArtifactError` naming the first bad field."""
@@ -105,6 +116,15 @@ class StudentCard(Card):
                 isinstance(v, int) and v > 0 for v in self.stem.values()):
             raise field_error(source, "stem", f"must map some of {list(_STEM_KEYS)} to positive integers, "
                               f"got {self.stem!r}")
+        if not isinstance(self.gsd, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.gsd.values()):
+            raise field_error(source, "gsd", f"must map bands to a ground sampling distance > 0 (m), got {self.gsd!r}")
+        for band in self.gsd:
+            try:
+                get_band(band)
+            except BandError as exc:
+                raise field_error(source, "gsd", f"names an unknown band: {exc}") from None
         for name, kind in (("teachers", list), ("distill", dict)):
             if not isinstance(getattr(self, name), kind):
                 raise field_error(source, name, f"must be a JSON {'array' if kind is list else 'object'}")
@@ -119,6 +139,17 @@ def band_stats_table(sources: Iterable[BandStats | Mapping[str, Sequence[float]]
         for band, (mean, std) in source.items():
             table[band] = [float(mean), max(float(std), _MIN_STD)]
     return table
+
+
+def resample_to_gsd(x: torch.Tensor, factor: float, min_side: int = 1) -> torch.Tensor:
+    """``x`` ``[B, C, H, W]`` at ``factor`` times its pixel size: each side ``round(side / factor)`` (at least
+    ``min_side``), area averaging when the pixels grow, bilinear when they shrink; unchanged at the same size."""
+    size = tuple(max(min_side, round(side / factor)) for side in x.shape[-2:])
+    if size == tuple(x.shape[-2:]):
+        return x
+    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _image_band_objects(bands: Sequence[str]) -> list[Band]:
@@ -308,6 +339,24 @@ class Student(nn.Module):
         self.card.validate()
         self._norm_cache.clear()
 
+    def set_gsd(self, table: Mapping[str, float]) -> None:
+        """Set the working GSD (m) per band (module docstring); an empty table makes the student GSD-blind."""
+        self.card.gsd = {b: float(v) for b, v in table.items()}
+        self.card.validate()
+
+    def gsd_factor(self, bands: Sequence[str], gsd: float | Sequence[float] | None,
+                   working_gsd: float | None = None) -> float:
+        """How many times the working pixel is larger than the input's: the geometric mean over ``bands`` with a
+        working GSD (``working_gsd`` for all, when given) of ``working / input``; 1 when nothing is known."""
+        if gsd is None:
+            return 1.0
+        given = [float(gsd)] * len(bands) if isinstance(gsd, (int, float)) else [float(g) for g in gsd]
+        if len(given) != len(bands) or not all(math.isfinite(g) and g > 0 for g in given):
+            raise BandError(f"input GSD {gsd!r} must be one positive value or one per band of {tuple(bands)}")
+        pairs = [(g, working_gsd if working_gsd is not None else self.card.gsd.get(b)) for b, g in zip(bands, given)]
+        logs = [math.log(w / g) for g, w in pairs if w is not None]
+        return math.exp(sum(logs) / len(logs)) if logs else 1.0
+
     def normalise(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
         bands = tuple(bands)
         if x.ndim != 4 or x.shape[1] != len(bands):
@@ -347,12 +396,19 @@ class Student(nn.Module):
                      len(targets), record["stem_fit_error"])
         return record
 
-    def forward(self, x: torch.Tensor, bands: Sequence[str]) -> list[torch.Tensor]:
-        return list(self.trunk(self.stem(self.normalise(x, bands), bands)))
+    def forward(self, x: torch.Tensor, bands: Sequence[str], gsd: float | Sequence[float] | None = None,
+                working_gsd: float | None = None) -> list[torch.Tensor]:
+        """4 scales of ``x`` (``gsd``: the input's GSD in m, one value or one per band; module docstring)."""
+        x = self.normalise(x, bands)
+        factor = self.gsd_factor(bands, gsd, working_gsd)
+        if factor != 1.0:
+            x = resample_to_gsd(x, factor, min_side=self.feature_reductions[-1])
+        return list(self.trunk(self.stem(x, bands)))
 
-    def pooled(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor, bands: Sequence[str], gsd: float | Sequence[float] | None = None,
+               working_gsd: float | None = None) -> torch.Tensor:
         """``[B, 2 * sum(feature_dims)]``: :func:`specialists.trunk.pyramid_pool` of every scale."""
-        return pyramid_pool(self.forward(x, bands))
+        return pyramid_pool(self.forward(x, bands, gsd, working_gsd))
 
 
 def save_student(student: Student, directory: str | Path) -> Path:

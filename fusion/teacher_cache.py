@@ -11,7 +11,8 @@ On disk (optional) the cache mirrors every ``put`` as one shard::
     <cache_dir>/<weights_sha256>/<shard:05d>.safetensors   tensors stage2/stage3/pooled [N, ...] fp16,
                                                            metadata {"ids": JSON list of N sample ids}
 
-and a new cache over the same folder loads every shard, so a rerun never calls the teachers again.
+and a new cache over the same folder loads every shard, so a rerun never calls the teachers again; the
+shards of ``read_from`` folders (another run's cache) are loaded too, and never written.
 """
 
 from __future__ import annotations
@@ -95,13 +96,16 @@ def extract_teacher_features(
 class TeacherCache:
     """fp16 targets per ``(weights_sha256, sample id)``, in memory and optionally on disk (module docstring)."""
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, read_from: Sequence[str | Path] = ()) -> None:
         self.directory = Path(directory) if directory is not None else None
         self._shards: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._rows: dict[str, dict[str, tuple[int, int]]] = {}
-        if self.directory is not None and self.directory.is_dir():
-            for path in sorted(self.directory.glob("*/*.safetensors")):
+        self._written: dict[str, int] = {}  # shards this cache wrote per teacher: the next file's number
+        for folder in [*map(Path, read_from), *([self.directory] if self.directory is not None else [])]:
+            for path in sorted(folder.glob("*/*.safetensors")) if folder.is_dir() else ():
                 self._load_shard(path)
+        if self.directory is not None and self.directory.is_dir():
+            self._written = {d.name: len(list(d.glob("*.safetensors"))) for d in self.directory.iterdir() if d.is_dir()}
 
     def _load_shard(self, path: Path) -> None:
         with safe_open(str(path), framework="pt") as f:
@@ -130,7 +134,9 @@ class TeacherCache:
         shard = self._index(sha, features)
         if self.directory is not None:
             data = save_safetensors_bytes(self._shards[sha][shard], metadata={"ids": json.dumps(features.ids)})
-            atomic_write_bytes(self.directory / sha / f"{shard:05d}.safetensors", data)
+            number = self._written.get(sha, 0)
+            atomic_write_bytes(self.directory / sha / f"{number:05d}.safetensors", data)
+            self._written[sha] = number + 1
 
     def has(self, sha: str, ids: Iterable[str]) -> bool:
         rows = self._rows.get(sha, {})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion.adaptors import Adaptors, TeacherRef, load_adaptors, save_adaptors
-from fusion.data import ProxyBatches
+from fusion.data import CropSizes, ProxyBatches
 from fusion.distill import DistillConfig, DistillHistory, distill_student, plot_history
 from fusion.ensemble import Ensemble
 from fusion.registry import Registry
@@ -82,13 +82,21 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
     if not specialists and not remote:
         raise RuntimeError(f"{registry.root}: no teacher: no local specialist and no remote teacher features")
     calibrate(registry, specialists, batches, tolerance_nm)
+    crops = CropSizes(batches, config.crop_sizes, seed) if config.crop_sizes else None
+    if crops and remote:
+        log.warning("distill.crop_sizes: remote teachers %s sent features of full tiles only; they teach the batches "
+                    "drawn at full size", [t.name for t in remote])
     start = time.perf_counter()
-    extractions = fill_cache(cache, specialists, batches, tolerance_nm)
+    extractions = fill_cache(cache, specialists, crops.every_size() if crops else batches, tolerance_nm)
     fill_s = time.perf_counter() - start
     teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote)
-    paired = cache.share(batches.scene_partners(), [t.weights_sha256 for t in teachers]) if pair_scenes else 0
+    paired = (cache.share((crops or batches).scene_partners(), [t.weights_sha256 for t in teachers])
+              if pair_scenes else 0)
     student, adaptors = _student(config, batches, name, seed, init)
-    adaptors, history = distill_student(student, teachers, batches, cache, config, seed=seed, adaptors=adaptors)
+    if config.gsd_aware:
+        student.set_gsd({**batches.band_gsd(), **student.card.gsd})  # a warm start keeps its own
+    adaptors, history = distill_student(student, teachers, crops or batches, cache, config, seed=seed,
+                                        adaptors=adaptors)
     history.teacher_extractions = extractions
     log.info("Student distilled from %s (final loss %.4f)", ", ".join(adaptors.teachers), history.total[-1])
     return Distilled(student, adaptors, history, paired, extractions, fill_s)

@@ -328,3 +328,30 @@ def test_finetune_from_the_base_fits_the_student_stem_to_the_base_stem(fire_mode
                  "--unfreeze", "none", "--decoder", "fpn", "--init-weights", "base"]) == 0
     init = json.loads((tmp_path / "model" / "card.json").read_text())["extra"]["encoder"]["card"]["distill"]["init"]
     assert len(init["sha256"]) == 64 and init["stem_fit_error"] < 0.05
+
+
+def test_finetune_and_predict_take_a_working_gsd(fire_model, shared_data, tmp_path, monkeypatch):
+    """``--gsd``: a student reads its tiles at that GSD (resampled from the sensor's, per band) and the map stays on
+    the scene's grid; a task model records the GSD it was fine-tuned at."""
+    import fusion.student
+
+    card = json.loads((fire_model / "card.json").read_text())
+    assert card["extra"]["gsd"] == {"input": [10.0, 10.0, 10.0, 10.0, 20.0], "working": None}  # the sensor's
+    factors = []
+    original = fusion.student.resample_to_gsd
+    monkeypatch.setattr(fusion.student, "resample_to_gsd", lambda x, f, **k: factors.append(f) or original(x, f, **k))
+    scene = _crop(shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif", tmp_path / "in" / "scene.tif", 96)
+    assert main(["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path / "out"),
+                 "--tile-size", "64", "--gsd", "40"]) == 0
+    assert factors and factors[0] == pytest.approx(2 ** 1.8)  # 40 m over 10 m (4 bands) and 20 m (B12)
+    with rasterio.open(scene) as src, rasterio.open(tmp_path / "out" / "scene_classes.tif") as cls:
+        assert cls.shape == src.shape and cls.transform == src.transform
+    assert main(["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path / "out"),
+                 "--tile-size", "64", "--gsd", "0", "--overwrite"]) == 2  # a user error, in one line
+
+    manifest = fire_model.parent / "manifest" / "manifest.json"
+    assert main(["finetune", "--encoder", "random:convnextv2_atto", "--manifest", str(manifest), "--task", "burned",
+                 "--out", str(tmp_path / "model"), "--epochs", "1", "--batch-size", "8", "--decoder", "fpn",
+                 "--gsd", "20"]) == 0
+    assert json.loads((tmp_path / "model" / "card.json").read_text())["extra"]["gsd"]["working"] == 20.0
+    assert load_task_model(tmp_path / "model").encoder.working_gsd == 20.0

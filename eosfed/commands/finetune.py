@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'balanced', 'none' or one weight per class (multilabel: positive weight per label)")
     parser.add_argument("--size", type=int, help="centre-crop tiles to this size")
     parser.add_argument("--name", help="model name (default: <manifest>-<task>)")
+    parser.add_argument("--gsd", type=float, metavar="METRES",
+                        help="a student's working GSD: the tiles (at their sensor's GSD) are resampled to it before "
+                             "the trunk (default: the student card's working GSD; none for a GSD-blind student)")
     add_sensor_files(parser)
     add_settings(parser, ExperimentConfig, "band equivalence (a band a specialist or registry ensemble was trained "
                  "on and the tiles lack is read from the tiles' band within this many nm)", only=("tolerance_nm",))
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = settings_from(args, TrainConfig, class_weights=weights, device=resolve_device(args.device))
     model, _ = finetune(args.encoder, manifest, get_sensor(args.sensor), args.task, cfg,
                         tolerance_nm=args.tolerance_nm, unfreeze=args.unfreeze, decoder=args.decoder, size=args.size,
-                        balance=balanced, name=args.name)
+                        balance=balanced, name=args.name, gsd=args.gsd)
     with staged_output(args.out, args.overwrite) as stage:
         save_task_model(model.cpu(), stage)
     scores = {k: round(v, 4) for k, v in model.card.metrics.items() if isinstance(v, float)}

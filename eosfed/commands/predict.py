@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, help="tile size (default: the model's training tile size)")
     parser.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--gsd", type=float, metavar="METRES",
+                        help="a student model's working GSD: the scene (at its sensor's GSD) is read at this GSD "
+                             "and the map written on the scene's grid (default: the GSD it was fine-tuned at)")
     parser.add_argument("--device", default="cpu")
     add_settings(parser, ExperimentConfig, "band equivalence (a model band the input lacks is read from the input "
                  "band within this many nm)", only=("tolerance_nm",))
@@ -93,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
             staged = [stack.enter_context(staged_output(p, args.overwrite, folder=False)) for p in outputs[scene]]
             predict_scene(model, sensor, scene, staged[0], staged[1] if len(staged) > 1 else None,
                           tolerance_nm=args.tolerance_nm, tile=tile, overlap=overlap, batch_size=args.batch_size,
-                          device=args.device)
+                          device=args.device, gsd=args.gsd)
     log.info("%d class maps written to %s", len(scenes), args.out)
     return 0
