@@ -16,7 +16,6 @@ from pathlib import Path
 
 from clients.institution import InstitutionSpec
 from geodata.manifest import Manifest, TileEntry
-from geodata.sensors import get_sensor
 from geodata.stats import compute_band_stats
 from geodata.synth import WorldConfig, cached_world
 from wire.messages import DataSummary
@@ -46,7 +45,7 @@ def open_manifest(spec: InstitutionSpec) -> Manifest:
     path = Path(spec.data_path).expanduser()
     if path.is_dir():
         path = path / "manifest.json"
-    return Manifest.load(path)
+    return Manifest.load(path, spec.catalog())
 
 
 def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | None = None) -> list[TileEntry]:
@@ -65,7 +64,7 @@ def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | No
 def summarize(manifest: Manifest, spec: InstitutionSpec) -> DataSummary:
     """What the coordinator learns about the data: task, classes, bands, tiles per split and the
     train split's per-band mean and std (a group's specialist normalises with their pooled value)."""
-    sensor = get_sensor(spec.sensor)
+    sensor = manifest.sensor(spec.sensor)
     task = manifest.task(spec.task)
     splits = Counter(tile.split for tile in institution_tiles(manifest, spec))
     if not splits.get("train"):
@@ -73,4 +72,4 @@ def summarize(manifest: Manifest, spec: InstitutionSpec) -> DataSummary:
                          f"(splits: {dict(splits)})")
     stats = compute_band_stats(manifest, institution_tiles(manifest, spec, "train"), sensor)
     return DataSummary(spec.name, task.type, list(task.classes), list(sensor.image_bands), dict(sorted(splits.items())),
-                       list(stats.mean), list(stats.std), manifest.name)
+                       list(stats.mean), list(stats.std), manifest.name, sensor.describe())

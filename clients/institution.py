@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping
 
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import check_name
-from geodata.sensors import load_sensor_files
+from geodata.sensors import Catalog, default, load_sensor_files
 from geodata.errors import InputError
 
 __all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "weights_policy", "DECLARED_KEYS",
@@ -67,7 +67,7 @@ class InstitutionSpec:
     world: str = ""
     cache_dir: str = ""
     store: str = ""
-    sensors: str = ""  # sensor YAML files or folders, os.pathsep-separated, registered when the spec is read
+    sensors: str = ""  # sensor YAML files or folders, os.pathsep-separated: read into its catalog()
     resize: int = 0  # each tile read whole and resampled to resize x resize pixels (0: as it is)
 
     @property
@@ -103,8 +103,16 @@ class InstitutionSpec:
             raise InputError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
         if spec.world and not spec.cache_dir:
             raise InputError(f"{source}: institution {spec.name!r} has a 'world' but no 'cache-dir'")
-        load_sensor_files(p for p in spec.sensors.split(os.pathsep) if p)
+        try:
+            spec.catalog()
+        except ValueError as exc:
+            raise InputError(f"{source}: sensors: {exc}") from None
         return spec
+
+    def catalog(self) -> Catalog:
+        """What this institution's band and sensor names mean: the default catalog plus its ``sensors`` files
+        (registering nothing: its node's requests run inside :func:`geodata.sensors.using` it)."""
+        return load_sensor_files((p for p in self.sensors.split(os.pathsep) if p), default())
 
     def to_record(self) -> dict[str, str]:
         record = {

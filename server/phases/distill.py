@@ -53,7 +53,7 @@ def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
                     batches: list[dict]) -> tuple[Request, list[str], tuple[int, int]] | None:
     images, ids, bands = [], [], None
     for batch in batches:
-        plan = plan_view(card.name, card.bands, batch["bands"], ctx.cfg.tolerance_nm)
+        plan = plan_view(card.name, card.descriptors(), batch["bands"], ctx.cfg.tolerance_nm)
         if plan.applicable and (bands is None or tuple(batch["bands"]) == bands):
             bands = tuple(batch["bands"])
             images.append(batch["image"])
