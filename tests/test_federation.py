@@ -11,7 +11,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from flower_harness import InProcessGrid
+from flower_harness import InProcessGrid, as_new_sensor
 from fusion import Registry, load_student
 from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
@@ -345,27 +345,11 @@ def test_prune_without_scorable_proxy_tiles_is_reported_not_available(tmp_path: 
 
 def _user_sensor_manifest(tmp_path: Path, eurosat_manifest: Path, name: str = "lab_s2",
                           prefix: str = "") -> tuple[Path, Path]:
-    """EuroSAT's tiles relabelled as sensor ``name``, declared in a YAML outside the checkout and outside the
-    manifest's folder (nothing beside the manifest: only the YAML's path makes it known). With ``prefix``
-    its 13 bands are new bands (``<prefix>B01`` ...) at Sentinel-2's wavelengths and GSDs, unknown to every
-    other process."""
-    from geodata.manifest import Manifest
-    from geodata.sensors import load_sensor_files
-
-    s2 = get_sensor("sentinel2_l1c")
-    yaml_path = tmp_path / "elsewhere" / f"{name}.yaml"
-    yaml_path.parent.mkdir(exist_ok=True)
-    bands = "\n".join(f"  - {{name: {prefix}{b.name}, wavelength_nm: {b.wavelength_nm}, gsd_m: {b.gsd_m}}}" if prefix
-                      else f"  - {{name: {b.name}}}" for b in s2.band_objects())
-    yaml_path.write_text(f"name: {name}\ndtype: uint16\nscale: {s2.scale}\nnodata: 0\nbands:\n{bands}\n")
+    """EuroSAT's first 40 tiles relabelled as sensor ``name``, known only from a YAML elsewhere (:func:`as_new_sensor`)."""
     manifest = Manifest.load(eurosat_manifest)
-    for tile in manifest.tiles:
-        tile.sensor = name
     manifest.tiles = manifest.tiles[:40]
-    manifest.catalog = load_sensor_files([yaml_path], manifest.catalog)
-    path = manifest.save(tmp_path / name / "manifest.json")
-    (tmp_path / name / "sensors.yaml").unlink()
-    return path, yaml_path
+    manifest.save(tmp_path / "first40" / "manifest.json")
+    return as_new_sensor(tmp_path / "first40" / "manifest.json", tmp_path, name, prefix)
 
 
 def test_user_sensor_from_node_config_and_run_config(tmp_path: Path, eurosat_manifest: Path) -> None:
@@ -386,15 +370,17 @@ def test_user_sensor_from_node_config_and_run_config(tmp_path: Path, eurosat_man
         get_sensor("lab_s2")  # neither the node's nor the run config's file registered anything here
 
 
+@pytest.mark.parametrize("weights", ["send", "home"])
 def test_a_partner_sensor_known_only_at_its_node_trains_enrols_and_reaches_the_student(
-        tmp_path: Path, eurosat_manifest: Path) -> None:
+        tmp_path: Path, eurosat_manifest: Path, weights: str) -> None:
     """Issue 22: a declared partner with a new sensor (new band names) in its node config only; the coordinator is
     given no sensor file. Its summary carries the descriptors, so it is admitted, trains, enrols; the proxy
     renders its sensor from the federation catalog; the student learns its bands and reads them after loading."""
     manifest, yaml_path = _user_sensor_manifest(tmp_path, eurosat_manifest, "t_labcam", "LAB_")
     node = {"institution": "lab", "sensor": "t_labcam", "task": "scene", "data-path": str(manifest),
             "sensors": str(yaml_path)}
-    config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial federation.min_nodes=2")
+    config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial federation.min_nodes=2 "
+                                       f"enrol.weights={weights}")
     run_dir = run_experiment(InProcessGrid({**simulated_nodes(1), 300: node}), config, flower_run_id=1)
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert roster["failures"] == [] and roster["groups"]["t_labcam-scene"]["members"] == ["lab"]
@@ -407,6 +393,8 @@ def test_a_partner_sensor_known_only_at_its_node_trains_enrols_and_reaches_the_s
     assert "LAB_B04" in student.card.band_stats and student.catalog.band("LAB_B04").wavelength_nm == 664.6
     lab_bands = tuple(card.bands)
     assert student.pooled(torch.rand(1, len(lab_bands), 32, 32), lab_bands).shape[0] == 1
-    assert "t_labcam-scene" in json.loads((run_dir / "phases" / "distill.json").read_text())["teachers"]
+    distilled = json.loads((run_dir / "phases" / "distill.json").read_text())
+    assert "t_labcam-scene" in distilled["teachers"] and distilled["failures"] == []
+    assert ("t_labcam-scene" in distilled["remote_teachers"]) == (weights == "home")
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())["institutions"]
     assert any(r["encoder"] == "student" for r in evaluation["lab"]["results"])
