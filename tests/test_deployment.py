@@ -35,12 +35,12 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
         "experiment": "quick",
         "overrides": (f"~institutions output_dir={out} federation.min_nodes=3 federation.node_wait_s=30 "
                       "train.rounds=1 train.max_steps=1 train.batch_size=8 proxy.tiles_per_institution=6 "
-                      "distill.epochs=1 prune.permutations=5"),
+                      "distill.epochs=1 distill.stem_fit_steps=5 prune.permutations=5"),
         "run-name": "loopback",
     }
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
         procs.insecure_partners(env, data, tmp_path, nodes)
-        run_id, output = flwr_run(env, "partners", run_config, timeout_s=300)
+        run_id, output = flwr_run(env, "partners", run_config, timeout_s=480)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
