@@ -6,8 +6,8 @@ A partner's SuperNode declares itself::
                                         data-path="/data/lab-a/manifest.json"'
 
 (optional ``region="..."`` keeps only that region's tiles; optional ``resize=N`` reads each tile whole,
-resampled to N x N pixels, for training and probing; optional ``sensors="FILE[:FILE...]"`` registers
-sensor YAML files or folders the node's data needs; optional ``store="DIR"`` is where the node
+resampled to N x N pixels, for training and probing; optional ``sensors="FILE[:FILE...]"`` names
+sensor YAML files or folders the node's data needs (its catalog: the coordinator needs none of them); optional ``store="DIR"`` is where the node
 keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``; optional ``weights="home"``
 makes the node refuse every request for a kept specialist's weights, whatever the coordinator's
 ``enrol.weights``: they never leave the node after training). A simulated SuperNode has only Flower's

@@ -9,7 +9,8 @@ specialist reads each of its bands from the band of that name or a stand-in with
 (:func:`fusion.views.plan_view`), a student reads any bands, an ensemble runs the members that can
 read them. The input is in physical units, or, with ``sensor``, that sensor's stored values, calibrated
 with its per-band scale and offset (:func:`geodata.raster.band_calibration`); ``sensor_files``: sensor
-YAML files to register first (bands such as ``TCI_R`` are declared only there). The backbone exposes
+YAML files the band names are read in (bands such as ``TCI_R`` are declared only there; a student's or
+specialist's own bands are described by its card). The backbone exposes
 what TerraTorch's ``EncoderDecoderFactory`` and its UPerNet decoder read: ``out_channels`` (one width
 per scale, strides 4, 8, 16, 32) and ``forward(x) -> list[Tensor]``.
 

@@ -228,7 +228,7 @@ class Manifest:
         """Tiles matching every given filter (``task``: tiles that carry a target for it).
 
         Sensors match by canonical name, so an alias (``s2``) selects ``sentinel2_l2a`` tiles; only the
-        selected sensor must be registered, not those of the other tiles."""
+        selected sensor must be known (its catalog), not those of the other tiles."""
         wanted_sensor = self.sensor(sensor).name if sensor is not None else None
         out = []
         for t in self.tiles:

@@ -1,6 +1,6 @@
 """Sensors as lists of named bands, and the one function that selects bands by name.
 
-Every band name is unique across the registry (``B04`` is Sentinel-2's red, ``OLI_B4`` is
+Every band name is unique within a catalog (``B04`` is Sentinel-2's red, ``OLI_B4`` is
 Landsat's, ``RED`` is a broadband camera red), so a tensor's band tuple says exactly what each
 channel is. Values travel in physical units: reflectance for optical bands, dB for SAR.
 
@@ -21,8 +21,8 @@ resolve in for a block (:func:`using`: a run's federation catalog, a node's, a c
     name: my_sensor            # plus optional: scale, offset, nodata, dtype, description, aliases,
     scale: 0.0001              #   complex: intensity_db (complex SAR read as intensity in dB)
     bands:
-      - B04                                          # a registered band, used as registered
-      - {name: VV, gsd_m: 5}                         # a registered band at this sensor's GSD
+      - B04                                          # a known band (of the catalog read into), as known
+      - {name: VV, gsd_m: 5}                         # a known band at this sensor's GSD
       - {name: PAN, range_nm: [450, 900], gsd_m: 2}  # a new spectral band (or bandwidth_nm)
       - {name: HH, polarisation: HH, frequency_band: L}
       - {name: RE, wavelength_nm: 717, scale: 0.0001, offset: -0.1}  # per-band scale/offset
@@ -85,7 +85,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SENSORS_ENV = "EOSFED_SENSORS"
-SENSOR_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"  # registered at import
+SENSOR_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"  # part of the built-in catalog
 SPECTRAL, SAR = "spectral", "sar"
 AUXILIARY_KINDS = ("mask", "quality", "probability")
 FREQUENCY_BANDS = ("P", "L", "S", "C", "X", "Ku", "K", "Ka")
@@ -110,7 +110,7 @@ def _finite(value: Any) -> bool:
 
 
 class BandError(InputError, KeyError):
-    """A band is missing from an input or unknown to the registry."""
+    """A band is missing from an input or unknown to the catalog."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
@@ -216,7 +216,7 @@ class Sensor:
 
     ``physical = raw * scale + offset`` per band (``band_scale``/``band_offset`` when given, else the
     sensor's ``scale``/``offset``); raw values equal to ``nodata`` (or NaN) are invalid. ``gsd`` is
-    this sensor's ground sampling distance per band (filled at registration). ``complex``: how to read
+    this sensor's ground sampling distance per band (filled when a catalog takes it). ``complex``: how to read
     complex rasters (``intensity_db``: ``10 log10 |z|^2``); without it they are refused.
     """
 
