@@ -10,7 +10,7 @@ does not apply, and the plan's ``reason`` says which bands are missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,7 +46,7 @@ class ViewPlan:
             raise InputError(f"specialist {self.specialist!r} cannot read bands {self.input_bands}: {self.reason}")
         return select_bands(x, self.input_bands, self.source_bands)
 
-    catalog: Catalog | None = None  # the descriptors the plan was made with (None: the current catalog)
+    catalog: Catalog | None = field(default=None, compare=False, repr=False)  # its descriptors (None: current)
 
     def stand_ins(self) -> str:
         """The stand-ins, each with what makes it one: ``TCI_R <- B04 (664.6 vs 664.6 nm)``."""
