@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping
 
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import check_name
+from geodata.manifest import sensors_beside
 from geodata.sensors import Catalog, default, load_sensor_files
 from geodata.errors import InputError
 
@@ -111,8 +112,13 @@ class InstitutionSpec:
 
     def catalog(self) -> Catalog:
         """What this institution's band and sensor names mean: the default catalog plus its ``sensors`` files
-        (registering nothing: its node's requests run inside :func:`geodata.sensors.using` it)."""
-        return load_sensor_files((p for p in self.sensors.split(os.pathsep) if p), default())
+        and the sensor files beside its ``data-path`` manifest (registering nothing: its node's requests run
+        inside :func:`geodata.sensors.using` it)."""
+        catalog = load_sensor_files((p for p in self.sensors.split(os.pathsep) if p), default())
+        data = Path(self.data_path).expanduser() if self.data_path else None
+        if data is not None and data.exists():
+            catalog = sensors_beside(data if data.is_dir() else data.parent, catalog)
+        return catalog
 
     def to_record(self) -> dict[str, str]:
         record = {
