@@ -42,7 +42,7 @@ def proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches, 
     manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sorted({e.sensor for e in registry.entries}))
     pc = ctx.cfg.proxy
     present = proxy_sensors(manifest, pc.split or None)
-    resize = {s: px for s, px in pc.resize.items() if manifest.sensor_name(s) in present}
+    resize = {s: px for s, px in pc.resize.items() if manifest.sensor(s).name in present}
     if len(resize) < len(pc.resize):
         log.info("proxy.resize: no proxy tiles of %s; ignored", sorted(set(pc.resize) - set(resize)))
     return ProxyBatches(manifest, split=pc.split or None, batch_size=pc.batch_size, seed=ctx.cfg.seed,
