@@ -3,7 +3,7 @@
 A declared institution's data are a manifest on its disk. A simulated institution's data are its
 own scenes of the synthetic world, for its sensor only, generated on first use into the shared
 cache (``<cache-dir>/worlds/<world>-<institution>-<sensor>-<config hash>/``, see
-:func:`geodata.synth.cached_world`). Only the summary (task, classes, tile counts per split, bands) leaves the node.
+:func:`geodata.synth.cached_world`). Only the summary (task, classes, tile counts per split, bands, band statistics, its sensor described) leaves the node.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 
 from clients.institution import InstitutionSpec
 from geodata.manifest import Manifest, TileEntry
-from geodata.sensors import get_sensor
 from geodata.stats import compute_band_stats
 from geodata.synth import WorldConfig, cached_world
 from wire.messages import DataSummary
@@ -46,7 +45,7 @@ def open_manifest(spec: InstitutionSpec) -> Manifest:
     path = Path(spec.data_path).expanduser()
     if path.is_dir():
         path = path / "manifest.json"
-    return Manifest.load(path)
+    return Manifest.load(path, spec.catalog())
 
 
 def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | None = None) -> list[TileEntry]:
@@ -65,12 +64,13 @@ def institution_tiles(manifest: Manifest, spec: InstitutionSpec, split: str | No
 def summarize(manifest: Manifest, spec: InstitutionSpec) -> DataSummary:
     """What the coordinator learns about the data: task, classes, bands, tiles per split and the
     train split's per-band mean and std (a group's specialist normalises with their pooled value)."""
-    sensor = get_sensor(spec.sensor)
+    sensor = manifest.sensor(spec.sensor)
     task = manifest.task(spec.task)
-    splits = Counter(tile.split for tile in institution_tiles(manifest, spec))
+    tiles = institution_tiles(manifest, spec)
+    splits = Counter(tile.split for tile in tiles)
     if not splits.get("train"):
         raise InputError(f"institution {spec.name!r}: manifest {manifest.root}: no 'train' tiles "
                          f"(splits: {dict(splits)})")
-    stats = compute_band_stats(manifest, institution_tiles(manifest, spec, "train"), sensor)
+    stats = compute_band_stats(manifest, [t for t in tiles if t.split == "train"], sensor)
     return DataSummary(spec.name, task.type, list(task.classes), list(sensor.image_bands), dict(sorted(splits.items())),
-                       list(stats.mean), list(stats.std), manifest.name)
+                       list(stats.mean), list(stats.std), manifest.name, sensor.describe())

@@ -8,9 +8,12 @@ coordinator logs and reports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import resource
+from collections.abc import Callable, Iterator
 from typing import Any, Mapping
 
 import torch
@@ -26,6 +29,7 @@ from clients.training import build_model, evaluate_splits, fit, fit_fcmae
 from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.student import student_from_bytes
+from geodata.sensors import default, using
 from pipeline.privacy import clip_update
 from specialists.card import SpecialistCard
 from specialists.io import specialist_from_bytes, specialist_to_bytes
@@ -51,6 +55,14 @@ def _institution(record: Mapping[str, str], context: Context) -> InstitutionSpec
     return institution_for(context.node_config, record)
 
 
+@contextlib.contextmanager
+def _serving(record: Mapping[str, str], context: Context) -> Iterator[InstitutionSpec]:
+    """The institution a request addresses, with its catalog the one band names resolve in."""
+    spec = _institution(record, context)
+    with using(spec.catalog()):
+        yield spec
+
+
 def _card(card_json: str) -> SpecialistCard:
     return SpecialistCard.from_json(card_json, source="request card")
 
@@ -73,7 +85,8 @@ def identify(message: Message, context: Context) -> Message:
     summary = None
     if role.institution is not None:
         try:
-            summary = _summary(role.institution)
+            with using(role.institution.catalog()):
+                summary = _summary(role.institution)
         except Exception as exc:  # the coordinator knows only the node id: name the institution
             raise InputError(f"institution {role.institution.name!r}: {exc}") from exc
     institution = role.institution.to_record() if role.institution is not None else {}
@@ -83,15 +96,17 @@ def identify(message: Message, context: Context) -> Message:
 def describe(message: Message, context: Context) -> Message:
     """Open the requested (simulated) institution's data and summarise it."""
     request = DescribeRequest.decode(message.content, _SOURCE)
-    return _reply(message, DescribeReply(_summary(_institution(request.institution, context))))
+    with _serving(request.institution, context) as spec:
+        return _reply(message, DescribeReply(_summary(spec)))
 
 
 def train(message: Message, context: Context) -> Message:
     """One FedAvg round: validate the received specialist, train it locally, return the weights (the update
     clipped when the request says so)."""
     request = TrainRequest.decode(message.content, _SOURCE)
-    spec, card = _institution(request.institution, context), _card(request.card)
-    encoder, head, metrics = fit(spec, card, request.encoder, request.head, _train_config(request.train))
+    with _serving(request.institution, context) as spec:
+        encoder, head, metrics = fit(spec, _card(request.card), request.encoder, request.head,
+                                     _train_config(request.train))
     if request.train.clipping_norm > 0:  # train.dp.mode client: the update leaves clipped
         (encoder, head), _ = clip_update([request.encoder, request.head], [encoder, head], request.train.clipping_norm)
     metrics["peak_rss_mb"] = _peak_rss_mb()
@@ -101,8 +116,9 @@ def train(message: Message, context: Context) -> Message:
 def pretrain(message: Message, context: Context) -> Message:
     """One federated FCMAE round: pretrain the received encoder and decoder on the local train tiles, return them."""
     request = PretrainRequest.decode(message.content, _SOURCE)
-    spec, card = _institution(request.institution, context), _card(request.card)
-    encoder, decoder, metrics = fit_fcmae(spec, card, request.encoder, request.decoder, request.pretrain)
+    with _serving(request.institution, context) as spec:
+        encoder, decoder, metrics = fit_fcmae(spec, _card(request.card), request.encoder, request.decoder,
+                                              request.pretrain)
     metrics["peak_rss_mb"] = _peak_rss_mb()
     return _reply(message, PretrainReply(encoder, decoder, metrics))
 
@@ -111,12 +127,13 @@ def evaluate(message: Message, context: Context) -> Message:
     """Metrics of the received specialist on this institution's ``val`` and ``test`` splits; with
     ``keep``, the institution also keeps the specialist in its store."""
     request = EvaluateRequest.decode(message.content, _SOURCE)
-    spec, card, cfg = _institution(request.institution, context), _card(request.card), _train_config(request.train)
-    specialist, head = build_model(card, request.encoder, request.head)
-    specialist.to(cfg.device), head.to(cfg.device)
-    metrics = evaluate_splits(open_manifest(spec), spec, card, specialist, head, cfg, ("val", "test"))
-    if request.keep:
-        keep_specialist(spec, specialist.cpu())
+    with _serving(request.institution, context) as spec:
+        card, cfg = _card(request.card), _train_config(request.train)
+        specialist, head = build_model(card, request.encoder, request.head)
+        specialist.to(cfg.device), head.to(cfg.device)
+        metrics = evaluate_splits(open_manifest(spec), spec, card, specialist, head, cfg, ("val", "test"))
+        if request.keep:
+            keep_specialist(spec, specialist.cpu())
     metrics["peak_rss_mb"] = _peak_rss_mb()
     return _reply(message, EvaluateReply(metrics))
 
@@ -137,8 +154,9 @@ def enrol(message: Message, context: Context) -> Message:
 def features(message: Message, context: Context) -> Message:
     """Teacher targets of a kept specialist on the proxy images in the request."""
     request = FeaturesRequest.decode(message.content, _SOURCE)
-    result = teacher_features(_institution(request.institution, context), request.sha256, request.images.float(),
-                              request.bands, request.ids, request.tolerance_nm)
+    with _serving(request.institution, context) as spec:
+        result = teacher_features(spec, request.sha256, request.images.float(), request.bands, request.ids,
+                                  request.tolerance_nm)
     return _reply(message, FeaturesReply(result.ids, dict(result.targets)))
 
 
@@ -156,16 +174,17 @@ def _ensemble(files: EnsembleFiles) -> Ensemble:
 def evaluate_fusion(message: Message, context: Context) -> Message:
     """Probe the received student (and ensemble) on this institution's labels; reply scores only."""
     request = FusionEvalRequest.decode(message.content, _SOURCE)
-    spec, probe = _institution(request.institution, context), request.probe
-    student = student_from_bytes(request.student.card, request.student.weights, "received student card",
-                                 "received student weights")
-    encoders: dict[str, torch.nn.Module] = {"student": student}
-    if request.ensemble is not None:
-        ensemble = _ensemble(request.ensemble)
-        if ensemble.applicable(probe.bands):
-            encoders["ensemble"] = ensemble
-    results = probe_locally(spec, encoders, probe.fractions, probe.seeds, probe.batch_size,
-                            resolve_device(probe.device))
+    probe = request.probe
+    with _serving(request.institution, context) as spec:
+        student = student_from_bytes(request.student.card, request.student.weights, "received student card",
+                                     "received student weights")
+        encoders: dict[str, torch.nn.Module] = {"student": student}
+        if request.ensemble is not None:
+            ensemble = _ensemble(request.ensemble)
+            if ensemble.applicable(probe.bands):
+                encoders["ensemble"] = ensemble
+        results = probe_locally(spec, encoders, probe.fractions, probe.seeds, probe.batch_size,
+                                resolve_device(probe.device))
     return _reply(message, FusionEvalReply(results, {"peak_rss_mb": _peak_rss_mb()}))
 
 

@@ -6,8 +6,8 @@ A partner's SuperNode declares itself::
                                         data-path="/data/lab-a/manifest.json"'
 
 (optional ``region="..."`` keeps only that region's tiles; optional ``resize=N`` reads each tile whole,
-resampled to N x N pixels, for training and probing; optional ``sensors="FILE[:FILE...]"`` registers
-sensor YAML files or folders the node's data needs; optional ``store="DIR"`` is where the node
+resampled to N x N pixels, for training and probing; optional ``sensors="FILE[:FILE...]"`` names
+sensor YAML files or folders the node's data needs (its catalog: the coordinator needs none of them); optional ``store="DIR"`` is where the node
 keeps the specialists it trains, default ``~/.eosfed/stores/<institution>``; optional ``weights="home"``
 makes the node refuse every request for a kept specialist's weights, whatever the coordinator's
 ``enrol.weights``: they never leave the node after training). A simulated SuperNode has only Flower's
@@ -25,7 +25,8 @@ from typing import Any, Literal, Mapping
 
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import check_name
-from geodata.sensors import load_sensor_files
+from geodata.manifest import sensors_beside
+from geodata.sensors import Catalog, default, load_sensor_files
 from geodata.errors import InputError
 
 __all__ = ["InstitutionSpec", "NodeRole", "node_role", "institution_for", "weights_policy", "DECLARED_KEYS",
@@ -67,7 +68,7 @@ class InstitutionSpec:
     world: str = ""
     cache_dir: str = ""
     store: str = ""
-    sensors: str = ""  # sensor YAML files or folders, os.pathsep-separated, registered when the spec is read
+    sensors: str = ""  # sensor YAML files or folders, os.pathsep-separated: read into its catalog()
     resize: int = 0  # each tile read whole and resampled to resize x resize pixels (0: as it is)
 
     @property
@@ -103,8 +104,21 @@ class InstitutionSpec:
             raise InputError(f"{source}: institution {spec.name!r} needs exactly one of 'data-path' or 'world'")
         if spec.world and not spec.cache_dir:
             raise InputError(f"{source}: institution {spec.name!r} has a 'world' but no 'cache-dir'")
-        load_sensor_files(p for p in spec.sensors.split(os.pathsep) if p)
+        try:
+            spec.catalog()
+        except ValueError as exc:
+            raise InputError(f"{source}: sensors: {exc}") from None
         return spec
+
+    def catalog(self) -> Catalog:
+        """What this institution's band and sensor names mean: the default catalog plus its ``sensors`` files
+        and the sensor files beside its ``data-path`` manifest (registering nothing: its node's requests run
+        inside :func:`geodata.sensors.using` it)."""
+        catalog = load_sensor_files((p for p in self.sensors.split(os.pathsep) if p), default())
+        data = Path(self.data_path).expanduser() if self.data_path else None
+        if data is not None and data.exists():
+            catalog = sensors_beside(data if data.is_dir() else data.parent, catalog)
+        return catalog
 
     def to_record(self) -> dict[str, str]:
         record = {

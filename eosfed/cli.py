@@ -3,8 +3,8 @@
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; register it in
 ``COMMANDS`` with a one-line help. Modules are imported only when their command runs. A user error
 (:class:`geodata.errors.InputError`: a wrong flag, file, band or value; or a missing file) ends in one line on stderr
-and exit status 2; ``-v`` shows the traceback. Before a command runs, the sensors of ``$EOSFED_SENSORS``
-and of its ``--sensors FILE`` options are registered.
+and exit status 2; ``-v`` shows the traceback. The sensors of ``$EOSFED_SENSORS``
+and of its ``--sensors FILE`` options are what band names mean while it runs.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-        load_sensor_args(args)
-        return int(_module(args.command).run(args) or 0)
+        from geodata.sensors import using  # geodata imports torch: only when running
+
+        with using(load_sensor_args(args)):
+            return int(_module(args.command).run(args) or 0)
     except USER_ERRORS as exc:
         if verbose:
             raise

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 from geodata.dataset import TileDataset, collate_samples
 from geodata.manifest import Manifest
 from geodata.raster import read_source, tile_source, tile_window
-from geodata.sensors import get_sensor, sensor_name
 from geodata.stats import BandStats, load_or_compute_stats
 from geodata.errors import InputError
 
@@ -22,7 +21,7 @@ __all__ = ["CropSizes", "ProxyBatches", "crop_id", "dataset_gsd", "labelled_load
 
 def proxy_sensors(manifest: Manifest, split: str | None) -> list[str]:
     """Canonical names of the sensors with tiles in ``split`` (all splits when ``None``)."""
-    return sorted({get_sensor(t.sensor).name for t in manifest.tiles if split is None or t.split == split})
+    return sorted({manifest.sensor(t.sensor).name for t in manifest.tiles if split is None or t.split == split})
 
 
 def scene_partners(manifest: Manifest, sensors: Sequence[str] | None = None,
@@ -30,12 +29,12 @@ def scene_partners(manifest: Manifest, sensors: Sequence[str] | None = None,
     """For every tile of ``sensors`` (all when ``None``) in ``split``: the ids of the other selected
     sensors' tiles of the same ``scene`` (co-registered views of one place), in manifest order.
     Tiles without a scene, or alone in theirs, are left out."""
-    wanted = {get_sensor(s).name for s in sensors} if sensors else None
+    wanted = {manifest.sensor(s).name for s in sensors} if sensors else None
     scenes: dict[str, list[str]] = {}
     for tile in manifest.tiles:
         if tile.scene is None or (split is not None and tile.split != split):
             continue
-        if wanted is None or sensor_name(tile.sensor) in wanted:
+        if wanted is None or manifest.sensor_name(tile.sensor) in wanted:
             scenes.setdefault(tile.scene, []).append(tile.id)
     return {i: [j for j in ids if j != i] for ids in scenes.values() if len(ids) > 1 for i in ids}
 
@@ -70,13 +69,13 @@ class ProxyBatches:
         names = list(sensors) if sensors else proxy_sensors(self.manifest, split)
         self.sensors, self.split = names, split
         self.stats: dict[str, BandStats] = {s: load_or_compute_stats(self.manifest, s, split or "train") for s in names}
-        resize = {get_sensor(s).name: px for s, px in (resize or {}).items()}
-        unknown = sorted(set(resize) - {get_sensor(s).name for s in names})
+        resize = {self.manifest.sensor(s).name: px for s, px in (resize or {}).items()}
+        unknown = sorted(set(resize) - {self.manifest.sensor(s).name for s in names})
         if unknown:
             raise InputError(f"resize names sensors {unknown} that have no proxy tiles (sensors: {names})")
         self.loaders = [
-            DataLoader(TileDataset(self.manifest, s, split=split, size=None if get_sensor(s).name in resize else size,
-                                   stats=self.stats[s], resize=resize.get(get_sensor(s).name)),
+            DataLoader(TileDataset(self.manifest, s, split=split, size=None if self.manifest.sensor(s).name in resize else size,
+                                   stats=self.stats[s], resize=resize.get(self.manifest.sensor(s).name)),
                        batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_samples,
                        generator=torch.Generator().manual_seed(seed))
             for s in names

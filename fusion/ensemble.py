@@ -98,7 +98,7 @@ class Ensemble(nn.Module):
         """One view plan per specialist, in ensemble order (cached per band tuple)."""
         key = tuple(bands)
         if key not in self._plans:
-            self._plans[key] = [plan_view(n, s.bands, key, self.tolerance_nm) for n, s in self.specialists.items()]
+            self._plans[key] = [plan_view(n, s.descriptors, key, self.tolerance_nm) for n, s in self.specialists.items()]
         return self._plans[key]
 
     def applicable(self, bands: Sequence[str]) -> list[str]:

@@ -31,8 +31,8 @@ from fusion.featstats import FeatureStats
 from fusion.student import Student, StudentCard, band_stats_table
 from fusion.views import plan_view
 from geodata.dataset import TileDataset
-from geodata.manifest import Manifest, register_sensors_beside, write_sensors_beside
-from geodata.sensors import BandError, Sensor
+from geodata.manifest import Manifest
+from geodata.sensors import BandError, Catalog, Sensor, builtin
 from geodata.stats import BandStats, load_or_compute_stats
 from specialists import Specialist, SpecialistCard
 from specialists.encoder import freeze_encoder
@@ -61,7 +61,8 @@ class BandView(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, bands: tuple[str, ...], tolerance_nm: float | None,
-                 gsd: tuple[float, ...] | None = None, working_gsd: float | None = None) -> None:
+                 gsd: tuple[float, ...] | None = None, working_gsd: float | None = None,
+                 catalog: Catalog | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.bands = tuple(bands)
@@ -71,7 +72,7 @@ class BandView(nn.Module):
         if isinstance(encoder, Specialist):
             if tolerance_nm is None:
                 raise InputError(f"specialist {encoder.card.name!r}: reading it through a view needs tolerance_nm")
-            self.plan = plan_view(encoder.card.name, encoder.bands, self.bands, tolerance_nm)
+            self.plan = plan_view(encoder.card.name, encoder.descriptors, self.bands, tolerance_nm, catalog)
             if not self.plan.applicable:
                 raise BandError(f"specialist {encoder.card.name!r} cannot read bands {list(self.bands)}: "
                                 f"{self.plan.reason}")
@@ -113,6 +114,12 @@ class TaskModel(nn.Module):
     @property
     def bands(self) -> tuple[str, ...]:
         return self.encoder.bands
+
+    def catalog(self) -> Catalog:
+        """Its bands (the card's descriptors) and, when it is not built in, the sensor it was trained on."""
+        sensor = self.card.extra.get("sensor")
+        return self.card.catalog().merge(Catalog.from_records(sensors=[sensor], source=f"task model {self.card.name!r}: "
+                                                              "field 'extra.sensor'")) if sensor else self.card.catalog()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x), x.shape[-2:], x)
@@ -227,7 +234,8 @@ def finetune(
         feature_dims=dims, feature_reductions=reductions, data_summary={"manifest": manifest.name},
         extra={"kind": TASK_MODEL_KIND, "encoder": record, "head": {"decoder": decoder}, "unfreeze": unfreeze,
                "ignore_index": task.ignore_index, "gsd": {"input": list(input_gsd), "working": gsd},
-               "tile_size": size or (first.window[2] if first.window is not None else None)},
+               "tile_size": size or (first.window[2] if first.window is not None else None),
+               **({} if builtin().sensors.get(sensor.name) == sensor else {"sensor": sensor.describe()})},
     )
     history, best = fit(view, head, datasets["train"], datasets.get("val"), task.type, task.num_classes, cfg,
                         task.ignore_index, name=f"{card.name} ({record['kind']} {card.variant}, unfreeze {unfreeze})")
@@ -241,21 +249,19 @@ def finetune(
 
 
 def save_task_model(model: TaskModel, directory: str | Path) -> Path:
-    """Seal ``model`` into ``directory``, with the YAML of its sensor if it is a user sensor."""
+    """Seal ``model`` into ``directory`` (its card describes its bands and, unless built in, its sensor)."""
     directory = Path(directory)
     state = dict(model.state_dict())
     if isinstance(model.encoder.encoder, Ensemble):
         for name, stats in model.encoder.encoder.stats.items():
             state.update({f"{_STATS_PREFIX}{name}.{k}": v for k, v in stats.to_tensors().items()})
     save_state(model.card, state, directory)
-    write_sensors_beside(directory, [model.card.sensor])
     return directory
 
 
 def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskModel:
-    """A sealed task model (in eval mode), checked against its card; registers the sensor files beside it."""
+    """A sealed task model (in eval mode), checked against its card; its bands mean what its card says."""
     directory = Path(directory)
-    register_sensors_beside(directory)
     card, state = load_state(directory, SpecialistCard)
     source = str(directory / "card.json")
     if card.extra.get("kind") != TASK_MODEL_KIND:
@@ -266,7 +272,7 @@ def load_task_model(directory: str | Path, map_location: str = "cpu") -> TaskMod
     # finetune records the tolerance of a specialist's view; a student or an ensemble needs none here
     gsd = card.extra.get("gsd") or {}  # absent from task models written before GSD-aware students
     view = BandView(_rebuild(record, stats, source), tuple(card.bands), record.get("tolerance_nm"),
-                    tuple(gsd["input"]) if gsd.get("input") else None, gsd.get("working"))
+                    tuple(gsd["input"]) if gsd.get("input") else None, gsd.get("working"), catalog=card.catalog())
     head = build_head(card.task_type, card.feature_dims, card.num_classes, card.extra["head"]["decoder"],
                       len(card.bands))
     model = TaskModel(view, head, card)

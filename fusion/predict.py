@@ -57,7 +57,9 @@ def _input_view(src: rasterio.DatasetReader, sensor: Sensor, model: TaskModel, p
                 tolerance_nm: float) -> tuple[list[int], ViewPlan]:
     """The 1-based file bands that feed the model's bands, in its order, and the view that picked them."""
     held = file_bands(src.descriptions, sensor, path)
-    plan = plan_view(model.card.name, model.bands, [b for b in held if b is not None], tolerance_nm)
+    described = {b.name: b for b in sensor.band_objects()}  # the input sensor's descriptors, the model's card's
+    plan = plan_view(model.card.name, model.card.descriptors(), [described[b] for b in held if b is not None],
+                     tolerance_nm)
     if not plan.applicable:
         foreign = [d for d, b in zip(src.descriptions, held) if b is None]
         hint = f"; {foreign} are not bands of the input's sensor {sensor.name} (--sensor)" if foreign else ""

@@ -110,7 +110,7 @@ class Registry:
 
     def readers(self, bands: Sequence[str], tolerance_nm: float) -> list[RegistryEntry]:
         """The members that can read an input of ``bands`` (a view exists at ``tolerance_nm``)."""
-        return [e for e in self.entries if plan_view(e.name, e.bands, bands, tolerance_nm).applicable]
+        return [e for e in self.entries if plan_view(e.name, self.card(e.name).descriptors(), bands, tolerance_nm).applicable]
 
     def __len__(self) -> int:
         return len(self._entries)

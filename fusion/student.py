@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geodata.sensors import Band, BandError, get_band
+from geodata.sensors import Band, BandError, Catalog, get_band
 from geodata.stats import BandStats
 from specialists import artifact
 from specialists.artifact import Card, field_error
@@ -105,10 +105,6 @@ class StudentCard(Card):
         if not isinstance(self.band_stats, dict):
             raise field_error(source, "band_stats", f"must be an object, got {type(self.band_stats).__name__}")
         for band, pair in self.band_stats.items():
-            try:
-                get_band(band)
-            except BandError as exc:
-                raise field_error(source, "band_stats", f"names an unknown band: {exc}") from None
             if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair)
                     or not all(math.isfinite(v) for v in pair) or pair[1] <= 0):
                 raise field_error(source, "band_stats", f"entry {band!r} must be [mean, std>0], got {pair!r}")
@@ -152,12 +148,18 @@ def resample_to_gsd(x: torch.Tensor, factor: float, min_side: int = 1) -> torch.
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _image_band_objects(bands: Sequence[str]) -> list[Band]:
-    """The registered bands of ``bands``; auxiliary ones (masks, quality, probabilities) are refused."""
-    objects = [get_band(b) for b in bands]
-    auxiliary = [b.name for b in objects if b.is_auxiliary]
+def _resolve(bands: Sequence[str | Band], catalog: Catalog | None = None) -> list[Band]:
+    """The descriptors of ``bands``: given, else ``catalog``'s (a student's card), else the current catalog's."""
+    return [b if isinstance(b, Band) else (catalog.bands.get(b) if catalog is not None else None) or get_band(b)
+            for b in bands]
+
+
+def _image_band_objects(bands: Sequence[str | Band], catalog: Catalog | None = None) -> list[Band]:
+    """The descriptors of ``bands`` (:func:`_resolve`); auxiliary ones (masks, quality, probabilities) are refused."""
+    objects = _resolve(bands, catalog)
+    auxiliary = [b for b in objects if b.is_auxiliary]
     if auxiliary:
-        raise BandError(f"bands {auxiliary} are auxiliary ({', '.join(sorted({get_band(b).kind for b in auxiliary}))}), "
+        raise BandError(f"bands {[b.name for b in auxiliary]} are auxiliary ({', '.join(sorted({b.kind for b in auxiliary}))}), "
                         f"not image bands: the student reads only spectral and SAR bands")
     return objects
 
@@ -171,13 +173,16 @@ def _wavelength_samples(band: Band) -> list[float]:
     return [span[0] + (k + 0.5) * step for k in range(RANGE_SAMPLES)]
 
 
-def _resolve_stats(bands: Sequence[str], table: Mapping[str, Sequence[float]]) -> list[tuple[float, float, bool]]:
-    """``(mean, std, instance_norm)`` per band, with the fallbacks of the module docstring."""
-    optical = sorted((math.log(get_band(b).wavelength_nm), s) for b, s in table.items() if not get_band(b).is_sar)
-    sar = [s for b, s in table.items() if get_band(b).is_sar]
+def _resolve_stats(bands: Sequence[Band], table: Mapping[str, Sequence[float]],
+                   catalog: Catalog | None = None) -> list[tuple[float, float, bool]]:
+    """``(mean, std, instance_norm)`` per band, with the fallbacks of the module docstring (``table``'s bands
+    described in ``catalog``)."""
+    known = dict(zip(table, _resolve(list(table), catalog)))
+    optical = sorted((math.log(known[b].wavelength_nm), s) for b, s in table.items() if not known[b].is_sar)
+    sar = [s for b, s in table.items() if known[b].is_sar]
     resolved = []
-    for name in bands:
-        band = get_band(name)
+    for band in bands:
+        name = band.name
         if name in table:
             resolved.append((float(table[name][0]), float(table[name][1]), False))
         elif band.is_sar and sar:
@@ -217,8 +222,9 @@ class SpectralStem(nn.Module):
         self._kernels.clear()
         return super().train(mode)
 
-    def tokens(self, bands: Sequence[str]) -> torch.Tensor:
-        """``[C, embed_dim]`` descriptor tokens of ``bands``, mixed across the band set."""
+    def tokens(self, bands: Sequence[str | Band]) -> torch.Tensor:
+        """``[C, embed_dim]`` descriptor tokens of ``bands`` (descriptors, or names in the current catalog),
+        mixed across the band set."""
         device = self.freqs.device
         objects = _image_band_objects(bands)
         tokens = [None] * len(objects)
@@ -241,7 +247,7 @@ class SpectralStem(nn.Module):
                 tokens[i] = self.polarisation.weight[POLARISATIONS.index(band.polarisation)]
         return self.norm(self.mixer(torch.stack(tokens)[None])[0])
 
-    def kernel(self, bands: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def kernel(self, bands: Sequence[str | Band]) -> tuple[torch.Tensor, torch.Tensor]:
         """Generated conv weight ``[out_dim, C, patch, patch]`` and bias ``[out_dim]``."""
         tokens = self.tokens(bands)
         c, p = len(bands), self.patch
@@ -265,13 +271,13 @@ class SpectralStem(nn.Module):
         self._kernels.clear()
         return float(loss.detach())
 
-    def forward(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bands: Sequence[str | Band]) -> torch.Tensor:
         """Conv with the generated kernel; in eval mode without autograd the kernel is generated once
         per band set (and device), so inference costs exactly a plain ConvNeXt stem."""
         if self.training or torch.is_grad_enabled():
             weight, bias = self.kernel(bands)
         else:
-            key = (tuple(bands), x.device)
+            key = (tuple(b.name if isinstance(b, Band) else b for b in bands), x.device)
             if key not in self._kernels:
                 self._kernels[key] = self.kernel(bands)
             weight, bias = self._kernels[key]
@@ -279,11 +285,15 @@ class SpectralStem(nn.Module):
 
 
 class Student(nn.Module):
-    """Any-sensor encoder: ``forward(x, bands) -> 4 scales``; ``x`` is ``[B, len(bands), H, W]`` physical."""
+    """Any-sensor encoder: ``forward(x, bands) -> 4 scales``; ``x`` is ``[B, len(bands), H, W]`` physical.
+
+    ``bands`` are descriptors (:class:`~geodata.sensors.Band`) or names: a name means what the card's
+    ``band_descriptors`` say (the bands the student learnt), else what the current catalog says."""
 
     def __init__(self, card: StudentCard) -> None:
         super().__init__()
-        card.validate()
+        card.check()
+        self.catalog = card.catalog()
         trunk = build_trunk(card.variant, depths=card.depths)
         stem_conv = getattr(trunk, "stem_0", None)
         if not isinstance(stem_conv, nn.Conv2d):
@@ -334,9 +344,12 @@ class Student(nn.Module):
         return sum(p.numel() for p in self.trunk.parameters()) + stem
 
     def set_band_stats(self, table: Mapping[str, Sequence[float]]) -> None:
-        """Replace the normalisation table (e.g. with statistics measured on proxy data)."""
+        """Replace the normalisation table (e.g. with statistics measured on proxy data); a band new to the
+        card is described from the current catalog."""
         self.card.band_stats = band_stats_table([table])
-        self.card.validate()
+        self.card.describe_bands()
+        self.card.check()
+        self.catalog = self.card.catalog()
         self._norm_cache.clear()
 
     def set_gsd(self, table: Mapping[str, float]) -> None:
@@ -344,28 +357,33 @@ class Student(nn.Module):
         self.card.gsd = {b: float(v) for b, v in table.items()}
         self.card.validate()
 
-    def gsd_factor(self, bands: Sequence[str], gsd: float | Sequence[float] | None,
+    def gsd_factor(self, bands: Sequence[str | Band], gsd: float | Sequence[float] | None,
                    working_gsd: float | None = None) -> float:
         """How many times the working pixel is larger than the input's: the geometric mean over ``bands`` with a
         working GSD (``working_gsd`` for all, when given) of ``working / input``; 1 when nothing is known."""
         if gsd is None:
             return 1.0
-        given = [float(gsd)] * len(bands) if isinstance(gsd, (int, float)) else [float(g) for g in gsd]
-        if len(given) != len(bands) or not all(math.isfinite(g) and g > 0 for g in given):
-            raise BandError(f"input GSD {gsd!r} must be one positive value or one per band of {tuple(bands)}")
-        pairs = [(g, working_gsd if working_gsd is not None else self.card.gsd.get(b)) for b, g in zip(bands, given)]
+        names = tuple(b.name if isinstance(b, Band) else b for b in bands)
+        given = [float(gsd)] * len(names) if isinstance(gsd, (int, float)) else [float(g) for g in gsd]
+        if len(given) != len(names) or not all(math.isfinite(g) and g > 0 for g in given):
+            raise BandError(f"input GSD {gsd!r} must be one positive value or one per band of {names}")
+        pairs = [(g, working_gsd if working_gsd is not None else self.card.gsd.get(b)) for b, g in zip(names, given)]
         logs = [math.log(w / g) for g, w in pairs if w is not None]
         return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
-    def normalise(self, x: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
-        bands = tuple(bands)
+    def describe(self, bands: Sequence[str | Band]) -> tuple[Band, ...]:
+        """The descriptors of ``bands`` (class docstring); auxiliary bands are refused."""
+        return tuple(_image_band_objects(bands, self.catalog))
+
+    def normalise(self, x: torch.Tensor, bands: Sequence[str | Band]) -> torch.Tensor:
+        bands = self.describe(bands)
         if x.ndim != 4 or x.shape[1] != len(bands):
-            raise BandError(f"student input has shape {tuple(x.shape)} but {len(bands)} band names {bands}")
+            raise BandError(f"student input has shape {tuple(x.shape)} but {len(bands)} band names "
+                            f"{tuple(b.name for b in bands)}")
         if bands not in self._norm_cache:
-            _image_band_objects(bands)
-            means, stds, instance = zip(*_resolve_stats(bands, self.card.band_stats))
-            fallback = [b for b, inst in zip(bands, instance) if inst]
-            unseen = [b for b in bands if b not in self.card.band_stats]
+            means, stds, instance = zip(*_resolve_stats(bands, self.card.band_stats, self.catalog))
+            fallback = [b.name for b, inst in zip(bands, instance) if inst]
+            unseen = [b.name for b in bands if b.name not in self.card.band_stats]
             if unseen:
                 log.info("student: bands %s have no stored statistics; %s", unseen,
                             f"instance-normalising {fallback}" if fallback else "interpolating by wavelength")
@@ -396,16 +414,17 @@ class Student(nn.Module):
                      len(targets), record["stem_fit_error"])
         return record
 
-    def forward(self, x: torch.Tensor, bands: Sequence[str], gsd: float | Sequence[float] | None = None,
+    def forward(self, x: torch.Tensor, bands: Sequence[str | Band], gsd: float | Sequence[float] | None = None,
                 working_gsd: float | None = None) -> list[torch.Tensor]:
         """4 scales of ``x`` (``gsd``: the input's GSD in m, one value or one per band; module docstring)."""
+        bands = self.describe(bands)
         x = self.normalise(x, bands)
         factor = self.gsd_factor(bands, gsd, working_gsd)
         if factor != 1.0:
             x = resample_to_gsd(x, factor, min_side=self.feature_reductions[-1])
         return list(self.trunk(self.stem(x, bands)))
 
-    def pooled(self, x: torch.Tensor, bands: Sequence[str], gsd: float | Sequence[float] | None = None,
+    def pooled(self, x: torch.Tensor, bands: Sequence[str | Band], gsd: float | Sequence[float] | None = None,
                working_gsd: float | None = None) -> torch.Tensor:
         """``[B, 2 * sum(feature_dims)]``: :func:`specialists.trunk.pyramid_pool` of every scale."""
         return pyramid_pool(self.forward(x, bands, gsd, working_gsd))

@@ -76,7 +76,7 @@ def extract_teacher_features(
     parts: dict[str, list[torch.Tensor]] = {t: [] for t in TARGETS}
     specialist.eval()
     for batch in batches:
-        plan = plan_view(specialist.card.name, specialist.bands, batch["bands"], tolerance_nm)
+        plan = plan_view(specialist.card.name, specialist.descriptors, batch["bands"], tolerance_nm)
         if not plan.applicable:
             continue
         with torch.inference_mode():

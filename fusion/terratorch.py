@@ -9,7 +9,8 @@ specialist reads each of its bands from the band of that name or a stand-in with
 (:func:`fusion.views.plan_view`), a student reads any bands, an ensemble runs the members that can
 read them. The input is in physical units, or, with ``sensor``, that sensor's stored values, calibrated
 with its per-band scale and offset (:func:`geodata.raster.band_calibration`); ``sensor_files``: sensor
-YAML files to register first (bands such as ``TCI_R`` are declared only there). The backbone exposes
+YAML files the band names are read in (bands such as ``TCI_R`` are declared only there; a student's or
+specialist's own bands are described by its card). The backbone exposes
 what TerraTorch's ``EncoderDecoderFactory`` and its UPerNet decoder read: ``out_channels`` (one width
 per scale, strides 4, 8, 16, 32) and ``forward(x) -> list[Tensor]``.
 
@@ -33,7 +34,7 @@ from fusion.encoders import encoder_kind, load_encoder
 from fusion.finetune import BandView
 from geodata.errors import InputError
 from geodata.raster import band_calibration
-from geodata.sensors import BandError, get_sensor, load_sensor_files
+from geodata.sensors import BandError, Catalog, current, load_sensor_files, using
 
 __all__ = ["EosfedBackbone", "eosfed_student", "eosfed_specialist", "eosfed_ensemble"]
 
@@ -43,11 +44,12 @@ log = logging.getLogger(__name__)
 class EosfedBackbone(nn.Module):
     """An eosfed encoder on a fixed band tuple: ``forward(x) -> 4 scales``, ``out_channels`` their widths."""
 
-    def __init__(self, view: BandView, sensor: str | None = None) -> None:
+    def __init__(self, view: BandView, sensor: str | None = None, catalog: Catalog | None = None) -> None:
         super().__init__()
         self.view, self.bands = view, view.bands
+        self.catalog = catalog or current()  # what the band names mean (the backbone's --sensors files)
         n = len(self.bands)
-        scale, offset = (band_calibration(get_sensor(sensor), self.bands) if sensor is not None else
+        scale, offset = (band_calibration(self.catalog.sensor(sensor), self.bands) if sensor is not None else
                          (np.ones(n, np.float32), np.zeros(n, np.float32)))
         self.register_buffer("scale", torch.from_numpy(scale).view(1, n, 1, 1), persistent=False)
         self.register_buffer("offset", torch.from_numpy(offset).view(1, n, 1, 1), persistent=False)
@@ -57,7 +59,8 @@ class EosfedBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != len(self.bands):
             raise InputError(f"expected [B, {len(self.bands)}, H, W] in the bands {self.bands}, got {tuple(x.shape)}")
-        return self.view(x * self.scale + self.offset)
+        with using(self.catalog):
+            return self.view(x * self.scale + self.offset)
 
 
 def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str | None,
@@ -76,13 +79,13 @@ def _build(kind: str, path: str | Path, bands: Sequence[str] | None, sensor: str
         raise InputError(f"{path}: a {found}, not a {kind} (use the eosfed_{'ensemble' if found == 'registry' else found} "
                          "backbone)")
     try:
-        load_sensor_files(sensor_files)
-        encoder = load_encoder(path, tolerance_nm)
-        if bands is None:
-            if own_bands is None:
-                raise InputError(f"{path}: a {kind} reads any bands: give bands (backbone_bands) in the input's order")
-            bands = own_bands(encoder)
-        backbone = EosfedBackbone(BandView(encoder, tuple(bands), tolerance_nm), sensor)
+        with using(load_sensor_files(sensor_files)) as catalog:
+            encoder = load_encoder(path, tolerance_nm)
+            if bands is None:
+                if own_bands is None:
+                    raise InputError(f"{path}: a {kind} reads any bands: give bands (backbone_bands) in the input's order")
+                bands = own_bands(encoder)
+            backbone = EosfedBackbone(BandView(encoder, tuple(bands), tolerance_nm), sensor, catalog)
     except BandError as e:
         raise InputError(f"{path}: {e}") from None
     log.info("TerraTorch backbone eosfed_%s from %s on bands %s: out_channels %s", kind, path, backbone.bands,

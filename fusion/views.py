@@ -10,11 +10,11 @@ does not apply, and the plan's ``reason`` says which bands are missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from geodata.sensors import equivalent_band, get_band, select_bands
+from geodata.sensors import Band, Catalog, current, equivalent_band, select_bands
 from geodata.errors import InputError
 
 __all__ = ["ViewPlan", "plan_view"]
@@ -46,9 +46,13 @@ class ViewPlan:
             raise InputError(f"specialist {self.specialist!r} cannot read bands {self.input_bands}: {self.reason}")
         return select_bands(x, self.input_bands, self.source_bands)
 
+    catalog: Catalog | None = field(default=None, compare=False, repr=False)  # its descriptors (None: current)
+
     def stand_ins(self) -> str:
         """The stand-ins, each with what makes it one: ``TCI_R <- B04 (664.6 vs 664.6 nm)``."""
-        return ", ".join(f"{want} <- {have} ({_likeness(want, have)})" for want, have in self.substitutions)
+        catalog = self.catalog or current()
+        return ", ".join(f"{want} <- {have} ({_likeness(catalog.band(want), catalog.band(have))})"
+                         for want, have in self.substitutions)
 
     def describe(self) -> str:
         if not self.applicable:
@@ -56,8 +60,7 @@ class ViewPlan:
         return f"{self.specialist}: applicable" + (f" with {self.stand_ins()}" if self.substitutions else "")
 
 
-def _likeness(want: str, have: str) -> str:
-    a, b = get_band(want), get_band(have)
+def _likeness(a: Band, b: Band) -> str:
     if a.is_sar:
         return f"{b.polarisation}, {b.frequency_band or 'undeclared'} band"
     return f"{a.wavelength_nm:g} vs {b.wavelength_nm:g} nm"
@@ -65,12 +68,17 @@ def _likeness(want: str, have: str) -> str:
 
 def plan_view(
     specialist: str,
-    wanted: Sequence[str],
-    input_bands: Sequence[str],
+    wanted: Sequence[str | Band],
+    input_bands: Sequence[str | Band],
     tolerance_nm: float,
+    catalog: Catalog | None = None,
 ) -> ViewPlan:
-    """Plan how specialist ``specialist`` (trained on ``wanted``) reads an input of ``input_bands``."""
-    have = tuple(input_bands)
+    """Plan how specialist ``specialist`` (trained on ``wanted``) reads an input of ``input_bands``: bands
+    are descriptors, or names described by ``catalog`` (default: the current catalog)."""
+    given = [b for b in (*wanted, *input_bands) if isinstance(b, Band)]
+    catalog = (catalog or current()).with_bands(given) if given else catalog
+    wanted = [b.name if isinstance(b, Band) else b for b in wanted]
+    have = tuple(b.name if isinstance(b, Band) else b for b in input_bands)
     exact = set(wanted) & set(have)
     free = [b for b in have if b not in exact]  # input bands still available as stand-ins
     sources, subs, missing = [], [], []
@@ -78,7 +86,7 @@ def plan_view(
         if want in exact:
             sources.append(want)
             continue
-        stand_in = equivalent_band(want, free, tolerance_nm) if free else None
+        stand_in = equivalent_band(want, free, tolerance_nm, catalog) if free else None
         if stand_in is None:
             missing.append(want)
             continue
@@ -88,5 +96,5 @@ def plan_view(
     if missing:
         reason = (f"no input band for {missing} (input bands {have}; exact names, same polarisation, "
                   f"or wavelength within {tolerance_nm:g} nm, each input band used once)")
-        return ViewPlan(specialist, have, (), (), reason, tuple(missing))
-    return ViewPlan(specialist, have, tuple(sources), tuple(subs))
+        return ViewPlan(specialist, have, (), (), reason, tuple(missing), catalog)
+    return ViewPlan(specialist, have, tuple(sources), tuple(subs), catalog=catalog)

@@ -1,10 +1,7 @@
 """Sensors and bands, raster tiles and manifests, real-dataset readers and the synthetic world.
 
-Importing the package registers the built-in sensors, every ``configs/sensors/*.yaml`` of this
-checkout and the sensor files and folders of ``$EOSFED_SENSORS``, so the coordinator, partners and
-commands all know the same sensors.
+Sensors are values (:class:`geodata.sensors.Catalog`); importing the package registers nothing. The
+built-in sensors, every ``configs/sensors/*.yaml`` of this checkout and the sensor files and folders
+of ``$EOSFED_SENSORS`` make :func:`geodata.sensors.default`, the catalog names resolve in outside a
+:func:`geodata.sensors.using` block.
 """
-
-from geodata.sensors import SENSOR_CONFIG_DIR, env_sensor_paths, load_sensor_files
-
-load_sensor_files([SENSOR_CONFIG_DIR, *env_sensor_paths()] if SENSOR_CONFIG_DIR.is_dir() else env_sensor_paths())

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import read_labelled, read_source, tile_source, tile_window
-from geodata.sensors import BandError, Sensor, get_sensor
+from geodata.sensors import BandError, Sensor
 from geodata.stats import BandStats
 
 __all__ = ["TileDataset", "collate_samples", "resample", "MAX_TILE_PX"]
@@ -80,7 +80,7 @@ class TileDataset(Dataset):
         if resize is not None and not 1 <= resize <= MAX_TILE_PX:
             raise InputError(f"resize must be a size in pixels, 1..{MAX_TILE_PX}, got {resize}")
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
-        self.sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+        self.sensor = self.manifest.sensor(sensor) if isinstance(sensor, str) else sensor
         self.bands = self.sensor.image_bands
         self.size, self.resize = size, resize
         filters = dict(sensor=self.sensor.name, split=split, task=task, institution=institution, region=region)

@@ -24,10 +24,11 @@ path, or one that climbs out with ``..``, is refused at load naming the manifest
 the manifest says ``"allow_outside_paths": true`` (what the builders that index data in place, e.g.
 ``eosfed manifest eurosat``, write).
 
-A dataset may ship its own sensors: :meth:`Manifest.load` registers a ``sensors.yaml`` and every
-``sensors/*.yaml`` beside the manifest (see :mod:`geodata.sensors`); :meth:`Manifest.save` copies
-the YAML file of each user sensor its tiles use into ``sensors/<sensor>.yaml`` beside it, so the
-manifest reads anywhere without ``--sensors``.
+A dataset may ship its own sensors: :meth:`Manifest.load` reads a ``sensors.yaml`` and every
+``sensors/*.yaml`` beside the manifest into the manifest's ``catalog`` (:class:`geodata.sensors.Catalog`,
+registering nothing), where its tiles' sensor names are resolved (:meth:`Manifest.sensor`);
+:meth:`Manifest.save` writes every sensor its tiles use that is not built in, fully described, into
+``sensors.yaml`` beside it, so the manifest reads anywhere without ``--sensors``.
 
 :func:`merge_manifests` joins manifests (e.g. a release's train and test folders, each its own
 manifest), every tile keeping its split.
@@ -37,17 +38,18 @@ from __future__ import annotations
 
 import json
 import os
+import yaml
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from geodata.files import atomic_write_text
-from geodata.sensors import get_sensor, load_sensor_files, sensor_name, sensor_source
+from geodata.sensors import Catalog, Sensor, builtin, current, load_sensor_files
 from geodata.errors import InputError
 
 __all__ = ["TaskSpec", "TileEntry", "Manifest", "MANIFEST_VERSION", "TASK_TYPES", "SENSOR_FILES", "merge_manifests",
-           "register_sensors_beside", "write_sensors_beside"]
+           "sensors_beside"]
 
 MANIFEST_VERSION = 1
 TaskType = Literal["classification", "multilabel", "segmentation"]
@@ -55,19 +57,19 @@ TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 SENSOR_FILES = ("sensors.yaml", "sensors")  # beside a manifest: one YAML file, or a folder of them
 
 
-def register_sensors_beside(folder: str | Path) -> None:
-    """Register the sensor files in ``folder`` (a manifest's or a model's): ``sensors.yaml``, ``sensors/*.yaml``."""
-    load_sensor_files(p for p in (Path(folder) / name for name in SENSOR_FILES) if p.exists())
+def sensors_beside(folder: str | Path, base: Catalog | None = None) -> Catalog:
+    """``base`` (default: :func:`geodata.sensors.current`) plus the sensor files in a manifest's ``folder``:
+    ``sensors.yaml``, ``sensors/*.yaml``."""
+    return load_sensor_files((p for p in (Path(folder) / name for name in SENSOR_FILES) if p.exists()), base)
 
 
-def write_sensors_beside(folder: str | Path, sensors: Iterable[str]) -> None:
-    """Copy the YAML file of each user sensor of ``sensors`` into ``folder/sensors/<sensor>.yaml`` (built-in
-    sensors need none), so that what ``folder`` holds reads anywhere without ``--sensors``."""
-    folder = Path(folder)
-    for name in sorted({sensor_name(s) for s in sensors}):
-        source = sensor_source(name)
-        if source is not None and source.parent not in (folder.resolve(), (folder / "sensors").resolve()):
-            atomic_write_text(folder / "sensors" / f"{name}.yaml", source.read_text())
+def _write_sensors(folder: Path, sensors: Iterable[Sensor]) -> None:
+    """``folder/sensors.yaml``: each of ``sensors`` that is not built in, fully described (none: no file)."""
+    catalog = Catalog().merge(Catalog({}, {s.name: s for s in sensors}))
+    own = [catalog.describe(name) for name in sorted({s.name for s in sensors})
+           if builtin().sensors.get(name) != catalog.sensor(name)]
+    if own:
+        atomic_write_text(folder / SENSOR_FILES[0], yaml.safe_dump(own, sort_keys=False))
 
 
 @dataclass
@@ -138,10 +140,19 @@ class Manifest:
     version: int = MANIFEST_VERSION
     source: str = field(default="manifest", compare=False)  # the file it was read from, for messages
     allow_outside_paths: bool = False  # tile paths may be absolute or leave the manifest's folder
+    catalog: Catalog | None = field(default=None, compare=False, repr=False)  # None: geodata.sensors.current()
+
+    def sensor(self, name: str) -> Sensor:
+        """The sensor ``name`` (or alias) of this manifest's catalog (module docstring)."""
+        return (self.catalog or current()).sensor(name)
+
+    def sensor_name(self, name: str) -> str:
+        return (self.catalog or current()).sensor_name(name)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
-        """Read a manifest, registering the sensor files beside it first (module docstring)."""
+    def load(cls, path: str | Path, base: Catalog | None = None) -> "Manifest":
+        """Read a manifest; its ``catalog`` is ``base`` (default: :func:`geodata.sensors.current`) plus the
+        sensor files beside it (module docstring)."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
@@ -151,8 +162,8 @@ class Manifest:
             raise IsADirectoryError(f"{path} is a folder; give its manifest.json") from None
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON: {exc}") from exc
-        register_sensors_beside(path.parent)
-        return cls.from_dict(raw, root=path.parent, source=str(path))
+        catalog = sensors_beside(path.parent, base)
+        return replace(cls.from_dict(raw, root=path.parent, source=str(path)), catalog=catalog)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], root: str | Path = ".", source: str = "manifest") -> "Manifest":
@@ -196,7 +207,8 @@ class Manifest:
     def save(self, path: str | Path) -> Path:
         """Write the manifest and, beside it, the sensor files of its user sensors (module docstring)."""
         path = Path(path)
-        write_sensors_beside(path.parent, {t.sensor for t in self.tiles})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_sensors(path.parent, [self.sensor(name) for name in {t.sensor for t in self.tiles}])
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         self.root, self.source = path.parent, str(path)
         return path
@@ -216,11 +228,11 @@ class Manifest:
         """Tiles matching every given filter (``task``: tiles that carry a target for it).
 
         Sensors match by canonical name, so an alias (``s2``) selects ``sentinel2_l2a`` tiles; only the
-        selected sensor must be registered, not those of the other tiles."""
-        wanted_sensor = get_sensor(sensor).name if sensor is not None else None
+        selected sensor must be known (its catalog), not those of the other tiles."""
+        wanted_sensor = self.sensor(sensor).name if sensor is not None else None
         out = []
         for t in self.tiles:
-            if wanted_sensor is not None and sensor_name(t.sensor) != wanted_sensor:
+            if wanted_sensor is not None and self.sensor_name(t.sensor) != wanted_sensor:
                 continue
             if split is not None and t.split != split:
                 continue
@@ -279,4 +291,7 @@ def merge_manifests(manifests: Sequence[Manifest], root: str | Path, name: str, 
                 band_paths=tile.band_paths and {b: rebase(p) for b, p in tile.band_paths.items()},
                 targets={t: rebase(v) if t in masks else v for t, v in tile.targets.items()}))
     outside = any(_outside(t, tasks) is not None for t in tiles)
-    return Manifest(tasks=tasks, tiles=tiles, name=name, root=root, allow_outside_paths=outside)
+    catalog = current()
+    for manifest in manifests:
+        catalog = catalog.merge(manifest.catalog or current(), manifest.source)
+    return Manifest(tasks=tasks, tiles=tiles, name=name, root=root, allow_outside_paths=outside, catalog=catalog)

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from geodata.errors import RasterError
 from geodata.manifest import Manifest, TileEntry
-from geodata.sensors import BandError, Sensor, get_band, get_sensor
+from geodata.sensors import BandError, Sensor, get_sensor
 
 __all__ = [
     "open_raster", "READ_DRIVERS", "MAX_RASTER_PIXELS",
@@ -116,7 +116,7 @@ def _nodata(src: rasterio.DatasetReader, sensor: Sensor) -> float | None:
 
 def _image_index(sensor: Sensor) -> list[int]:
     """Positions of the sensor's image bands among all its (file) bands."""
-    return [i for i, b in enumerate(sensor.bands) if not get_band(b).is_auxiliary]
+    return [i for i, b in enumerate(sensor.band_objects()) if not b.is_auxiliary]
 
 
 def _physical(raw: np.ndarray, sensor: Sensor, path: str | Path) -> np.ndarray:

@@ -23,7 +23,7 @@ from geodata.errors import InputError, RasterError
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest, TileEntry
 from geodata.raster import read_source, tile_source, tile_window
-from geodata.sensors import Sensor, get_sensor
+from geodata.sensors import Sensor
 
 __all__ = ["BandStats", "compute_band_stats", "load_or_compute_stats", "stats_path"]
 
@@ -82,7 +82,7 @@ def stats_path(manifest: Manifest, sensor: Sensor, split: str, tiles: list[TileE
 
 def compute_band_stats(manifest: Manifest, tiles: list[TileEntry], sensor: str | Sensor) -> BandStats:
     """Mean and std per image band over the valid pixels of ``tiles`` (float64 accumulation)."""
-    sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+    sensor = manifest.sensor(sensor) if isinstance(sensor, str) else sensor
     bands = sensor.image_bands
     total = np.zeros(len(bands))
     total_sq = np.zeros(len(bands))
@@ -104,7 +104,7 @@ def load_or_compute_stats(
 ) -> BandStats:
     """Band statistics of the ``split`` tiles of ``sensor``: loaded if stored, else computed and stored."""
     manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
-    sensor = get_sensor(sensor) if isinstance(sensor, str) else sensor
+    sensor = manifest.sensor(sensor) if isinstance(sensor, str) else sensor
     tiles = manifest.select(sensor=sensor.name, split=split, institution=institution, region=region)
     if not tiles:
         raise RasterError(f"manifest {manifest.name!r} in {manifest.root}",

@@ -20,7 +20,6 @@ from fusion.student import Student, StudentCard, band_stats_table, load_student,
 from fusion.teacher_cache import TeacherCache, fill_cache
 from geodata.files import atomic_write_text
 from specialists import Specialist
-from geodata.sensors import get_sensor
 from specialists.artifact import CARD_FILE, read_card
 from specialists.init import RANDOM
 from specialists.train import resolve_device
@@ -63,7 +62,7 @@ def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
         student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths)
         if config.init != RANDOM:
             student.card.distill["init"] = student.start_from(
-                config.init, [get_sensor(s).image_bands for s in batches.sensors], config.stem_fit_steps)
+                config.init, [batches.manifest.sensor(s).image_bands for s in batches.sensors], config.stem_fit_steps)
         return student, None
     student = load_student(init / "student")
     student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with

@@ -27,12 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from geodata.manifest import Manifest, TaskSpec, register_sensors_beside, write_sensors_beside
+from geodata.manifest import Manifest, TaskSpec
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eolearn import build_eolearn_manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.readers.folders import build_folder_manifest
-from geodata.sensors import load_sensor_files
+from geodata.sensors import current, load_sensor_files, using
 from geodata.tiling import find_rasters, match_scenes, scenes_manifest, split_scenes
 from geodata.errors import InputError
 
@@ -68,32 +68,36 @@ def build_samples(root: str | Path, out: str | Path, parts: int = 2, aid_per_cla
     if unknown:
         raise InputError(f"unknown sample sets {unknown}; expected some of {list(SAMPLE_SETS)}")
     paths: dict[str, Path] = {}
-    for name in sets:
-        folder = out / name
-        if name == "eurosat":
-            manifest = _parts(build_eurosat_manifest(root / "eurosat-ms", folder, 6, 2, name="eurosat"), parts, "scene")
-        elif name == "aid":
-            manifest = _parts(build_folder_manifest(root / "aid", folder, "rgb", val=0.125, test=0.25,
-                                                    per_class=aid_per_class, name="aid"), parts, "scene")
-        elif name == "wildfire":
-            load_sensor_files([WILDFIRE_SENSOR_FILE])
-            fire = root / "wildfire-s2"
-            scenes = match_scenes({WILDFIRE_SENSOR: find_rasters(fire / "post_fire")}, find_rasters(fire / "masks"))
-            splits = split_scenes([s.name for s in scenes], val=WILDFIRE_VAL_EVENTS,
-                                  train_first=WILDFIRE_TRAIN_EVENTS)
-            manifest = scenes_manifest(scenes, [WILDFIRE_SENSOR], "burned", TaskSpec("segmentation",
-                                       ["not_burned", "burned"]), folder, 64, 64, splits, min_valid=0.25,
-                                       name="wildfire")
-            write_sensors_beside(folder, [WILDFIRE_SENSOR])
-        elif name == "eolearn":
-            manifest = build_eolearn_manifest(root / "eolearn-testpatch", folder, 32, name="eolearn")
-        else:
-            ben = root / "bigearthnet-tiny"
-            manifest = build_bigearthnet_manifest(ben / "BigEarthNet-S2-Example", folder, ben / "BigEarthNet-S1-Example",
-                                                  splits={p: "test" for p in BIGEARTHNET_TEST}, name="bigearthnet")
-        paths[name] = manifest.save(folder / "manifest.json")
-        log.info("sample set %s: %d tiles -> %s", name, len(manifest.tiles), paths[name])
+    with using(load_sensor_files([WILDFIRE_SENSOR_FILE])):  # each manifest saves the sensors it uses beside it
+        for name in sets:
+            paths[name] = _build_set(name, root, out / name, parts, aid_per_class)
     return paths
+
+
+def _build_set(name: str, root: Path, folder: Path, parts: int, aid_per_class: int | None) -> Path:
+    """Write the manifest of the sample set ``name`` into ``folder``; return its path."""
+    if name == "eurosat":
+        manifest = _parts(build_eurosat_manifest(root / "eurosat-ms", folder, 6, 2, name="eurosat"), parts, "scene")
+    elif name == "aid":
+        manifest = _parts(build_folder_manifest(root / "aid", folder, "rgb", val=0.125, test=0.25,
+                                                per_class=aid_per_class, name="aid"), parts, "scene")
+    elif name == "wildfire":
+        fire = root / "wildfire-s2"
+        scenes = match_scenes({WILDFIRE_SENSOR: find_rasters(fire / "post_fire")}, find_rasters(fire / "masks"))
+        splits = split_scenes([s.name for s in scenes], val=WILDFIRE_VAL_EVENTS,
+                              train_first=WILDFIRE_TRAIN_EVENTS)
+        manifest = scenes_manifest(scenes, [WILDFIRE_SENSOR], "burned", TaskSpec("segmentation",
+                                   ["not_burned", "burned"]), folder, 64, 64, splits, min_valid=0.25,
+                                   name="wildfire")
+    elif name == "eolearn":
+        manifest = build_eolearn_manifest(root / "eolearn-testpatch", folder, 32, name="eolearn")
+    else:
+        ben = root / "bigearthnet-tiny"
+        manifest = build_bigearthnet_manifest(ben / "BigEarthNet-S2-Example", folder, ben / "BigEarthNet-S1-Example",
+                                              splits={p: "test" for p in BIGEARTHNET_TEST}, name="bigearthnet")
+    path = manifest.save(folder / "manifest.json")
+    log.info("sample set %s: %d tiles -> %s", name, len(manifest.tiles), path)
+    return path
 
 
 def proxy_union(manifests: Mapping[str, Manifest], out: str | Path, splits: Sequence[str] = ("train", "val"),
@@ -113,8 +117,10 @@ def proxy_union(manifests: Mapping[str, Manifest], out: str | Path, splits: Sequ
                 path=str(manifest.resolve(tile.path).resolve()) if tile.path else None,
                 band_paths={b: str(manifest.resolve(p).resolve()) for b, p in tile.band_paths.items()}
                 if tile.band_paths else None))
-    union = Manifest(tasks=tasks, tiles=tiles, name=name, allow_outside_paths=True)
-    write_sensors_beside(out, {t.sensor for t in tiles})
+    catalog = current()
+    for manifest in manifests.values():
+        catalog = catalog.merge(manifest.catalog or current(), manifest.source)
+    union = Manifest(tasks=tasks, tiles=tiles, name=name, allow_outside_paths=True, catalog=catalog)
     union.save(Path(out) / "manifest.json")
     return union
 
@@ -125,7 +131,6 @@ def prepare_samples(root: str | Path, out: str | Path, labelled: str | None = "e
     renamed to ``out`` when complete, so an interrupted build leaves nothing half-written. Returns ``out``."""
     out = Path(out)
     if (out / "proxy" / "manifest.json").is_file():
-        register_sensors_beside(out / "proxy")  # the user sensors the sets need (wildfire's)
         return out
     if not Path(root).is_dir():
         raise FileNotFoundError(f"samples.root: folder of the real samples not found: {root}")
@@ -135,6 +140,5 @@ def prepare_samples(root: str | Path, out: str | Path, labelled: str | None = "e
     proxy_union({n: Manifest.load(paths[n]) for n in PROXY_SETS}, stage / "proxy", labelled=labelled)
     shutil.rmtree(out, ignore_errors=True)
     stage.rename(out)
-    register_sensors_beside(out / "proxy")
     log.info("real samples of %s: manifests in %s", root, out)
     return out

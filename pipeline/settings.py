@@ -28,7 +28,7 @@ from fusion.distill import DistillConfig
 from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
-from geodata.sensors import load_sensor_files
+from geodata.sensors import Catalog, default, load_sensor_files
 from geodata.synth.config import WorldConfig
 from geodata.synth.world import world_tasks
 from specialists.fcmae import FcmaeOptim
@@ -301,6 +301,11 @@ class ExperimentConfig:
     institutions: dict[str, Any] = field(default_factory=dict)
     world: dict[str, Any] = field(default_factory=dict)
 
+    def catalog(self) -> Catalog:
+        """What the coordinator's band and sensor names mean before discover: the default catalog plus
+        ``sensor_files`` (read, registering nothing)."""
+        return load_sensor_files(self.sensor_files, default())
+
     def _check_probes(self) -> None:
         """``evaluate``'s probes within what a node does (:data:`wire.messages.SIZE_MAXIMA`) and ``prune``'s
         task and method ones the proxy can have (from the world: its classification task)."""
@@ -450,5 +455,5 @@ def load_experiment(settings: RunSettings) -> tuple[ExperimentConfig, str]:
     except OmegaConfBaseException as exc:
         raise InputError(f"experiment {settings.experiment!r}: {exc}") from None
     assert isinstance(typed, ExperimentConfig)
-    load_sensor_files(typed.sensor_files)
+    typed.catalog()  # a bad sensor file fails here, naming it
     return typed, OmegaConf.to_yaml(cfg)

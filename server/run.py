@@ -19,6 +19,7 @@ from pipeline.settings import ExperimentConfig, RunSettings, load_experiment
 from server.messaging import Traffic
 from server.phases import PHASES, PhaseContext
 from geodata.errors import InputError
+from geodata.sensors import using
 
 __all__ = ["run_experiment"]
 
@@ -50,7 +51,7 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
     checkpoint = RunCheckpoint.open(run_dir, settings.experiment, config_yaml)
     checkpoint.add_flower_run(flower_run_id)
     phases = PHASES[: order.index(cfg.stop_after) + 1] if cfg.stop_after else PHASES
-    ctx = PhaseContext(grid, cfg, run_dir, cache_dir, checkpoint, order)
+    ctx = PhaseContext(grid, cfg, run_dir, cache_dir, checkpoint, order, catalog=cfg.catalog())
     energy = EnergyTracker(cfg.energy)
     for i, phase in enumerate(phases, 1):
         step = f"[{i}/{len(phases)}] {phase.name}"
@@ -62,7 +63,8 @@ def run_experiment(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int
         t0 = time.perf_counter()
         energy.start(phase.name)
         ctx.phase, ctx.traffic, ctx.node_peak_mb = phase.name, Traffic(), {}
-        result = phase.run(ctx)
+        with using(ctx.catalog):  # the federation catalog once discover has built it from the summaries
+            result = phase.run(ctx)
         result["traffic"] = {**asdict(ctx.traffic), "node_peak_mb": ctx.node_peak_mb,
                              "coordinator_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         result["energy"] = {**energy.stop().to_dict(), "method": energy.method}

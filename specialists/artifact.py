@@ -4,7 +4,10 @@ A card is a dataclass subclassing :class:`Card` (``SpecialistCard``, ``StudentCa
 card, ...). Its JSON carries its ``kind``, its ``schema_version`` and a ``seal``: the sha256 of each
 field that changes what the weights compute (the class's ``SEALED`` fields: bands, normalisation,
 variant, depths, task type, classes, ...; not metrics or free text), so a card edited after saving
-is refused. ``weights_sha256`` ties the card to exactly one weights file.
+is refused. ``weights_sha256`` ties the card to exactly one weights file. A card that reads bands
+carries and seals their full descriptors (``band_descriptors``, :func:`geodata.sensors.band_record`,
+filled from the catalog in use when the card is made or written): :meth:`Card.catalog` is what its band
+names mean wherever it is loaded, with no sensor file beside it and nothing registered.
 
 :func:`save` / :func:`to_bytes` write a module's tensors and fill the card's ``weights_sha256`` and
 ``num_params``. :func:`load` / :func:`from_bytes` trust nothing: the card's fields, kind, version and
@@ -30,8 +33,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from geodata.files import atomic_write_bytes, atomic_write_text
-from geodata.manifest import register_sensors_beside, write_sensors_beside
-from geodata.sensors import user_sensors_with
+from geodata.sensors import BandError, Catalog, current
 from specialists.trunk import DEFAULT_VARIANT, check_variant
 from geodata.errors import InputError
 
@@ -43,7 +45,7 @@ __all__ = [
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: cards carry their bands' descriptors (band_descriptors)
 
 
 class ArtifactError(InputError):
@@ -87,13 +89,29 @@ class Card:
     weights_sha256: str = ""
     created: str = field(default_factory=_utc_now)
     schema_version: int = SCHEMA_VERSION
+    band_descriptors: dict[str, dict[str, Any]] = field(default_factory=dict)  # {band: descriptor} of band_names()
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.describe_bands()
+        self.check()
 
     def band_names(self) -> tuple[str, ...]:
-        """The bands the weights read (their user sensors' files are written beside the artifact)."""
+        """The bands the weights read (``band_descriptors`` describes each)."""
         return tuple(getattr(self, "bands", None) or getattr(self, "band_stats", None) or ())
+
+    def describe_bands(self, catalog: Catalog | None = None) -> None:
+        """Fill ``band_descriptors`` for the bands the card reads: kept where present, else from ``catalog``
+        (default: :func:`geodata.sensors.current`); those of bands it no longer reads are dropped."""
+        catalog = catalog or current()
+        try:
+            self.band_descriptors = {name: self.band_descriptors.get(name) or catalog.band_records([name])[name]
+                                     for name in self.band_names()}
+        except BandError as exc:
+            raise field_error("card", "bands", f"names an unknown band: {exc}") from None
+
+    def catalog(self) -> Catalog:
+        """What the card's band names mean: a catalog of its ``band_descriptors``."""
+        return Catalog.from_records(self.band_descriptors, source=f"{self.KIND} card: field 'band_descriptors'")
 
     def validate(self, source: str = "card") -> None:
         """Raise :class:`ArtifactError` naming the first bad field (subclasses check their own after these)."""
@@ -115,9 +133,24 @@ class Card:
         if not isinstance(self.created, str):
             raise field_error(source, "created", "must be an ISO time string")
 
+    def check(self, source: str = "card") -> None:
+        """:meth:`validate`, then ``band_descriptors``: one valid descriptor per band the card reads."""
+        self.validate(source)
+        if not isinstance(self.band_descriptors, dict) or sorted(self.band_descriptors) != sorted(self.band_names()):
+            raise field_error(source, "band_descriptors", f"must describe each band the card reads "
+                              f"{sorted(self.band_names())}, got {sorted(self.band_descriptors) if isinstance(self.band_descriptors, dict) else self.band_descriptors!r}")
+        try:
+            Catalog.from_records(self.band_descriptors, source="descriptors")
+        except ValueError as exc:
+            raise field_error(source, "band_descriptors", f"is refused: {exc}") from None
+
+    def sealed_fields(self) -> tuple[str, ...]:
+        """``SEALED``, plus ``band_descriptors`` for a card that reads bands."""
+        return (*self.SEALED, "band_descriptors") if self.band_names() else self.SEALED
+
     def seal(self) -> dict[str, str]:
         """The sha256 of each sealed field's canonical JSON."""
-        return {name: _digest(getattr(self, name)) for name in self.SEALED}
+        return {name: _digest(getattr(self, name)) for name in self.sealed_fields()}
 
     def shared(self) -> Self:
         """A copy to send to partners: the :attr:`PRIVATE` fields (other partners' scores, counts, history)
@@ -132,7 +165,8 @@ class Card:
         return {"kind": self.KIND, **own, **{k: values[k] for k in common}, "seal": self.seal()}
 
     def to_json(self) -> str:
-        self.validate()
+        self.describe_bands()
+        self.check()
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
@@ -158,10 +192,10 @@ class Card:
             else:
                 value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             setattr(card, name, value)
-        card.validate(source)
+        card.check(source)
         seal = raw["seal"]
-        if not isinstance(seal, dict) or sorted(seal) != sorted(cls.SEALED):
-            raise field_error(source, "seal", f"must hold the sha256 of each of {list(cls.SEALED)}")
+        if not isinstance(seal, dict) or sorted(seal) != sorted(card.sealed_fields()):
+            raise field_error(source, "seal", f"must hold the sha256 of each of {list(card.sealed_fields())}")
         for name, digest in card.seal().items():
             if seal[name] != digest:
                 raise field_error(source, name, "does not match the card's seal (was the card edited after saving?)")
@@ -199,7 +233,7 @@ def state_bytes(card: Card, state: Mapping[str, torch.Tensor]) -> bytes:
 
 def _write(card: Card, data: bytes, directory: str | Path) -> Path:
     directory = Path(directory)
-    write_sensors_beside(directory, user_sensors_with(card.band_names()))  # reads anywhere without --sensors
+    card.describe_bands()
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
     atomic_write_text(directory / CARD_FILE, card.to_json())
     return directory
@@ -253,7 +287,6 @@ def from_bytes(card_type: type[C], card_json: str | bytes, data: bytes, build: C
 
 def _read(directory: str | Path, card_type: type[C]) -> tuple[C, bytes, str, str]:
     directory = Path(directory)
-    register_sensors_beside(directory)
     card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
     card = read_card(card_path, card_type)
     try:

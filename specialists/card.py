@@ -2,8 +2,9 @@
 
 A card travels beside the encoder weights as ``card.json`` (a sealed artifact, see
 :mod:`specialists.artifact`). Its ``bands`` fix the input order and its ``norm_mean``/``norm_std``
-(physical units, one per band) are what the specialist normalises with; every band must be known,
-and a band of the card's sensor when that sensor is declared.
+(physical units, one per band) are what the specialist normalises with; every band is described in
+its ``band_descriptors`` (:mod:`specialists.artifact`), and must be a band of the card's sensor when
+that sensor is known where the card is read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from geodata.names import NAME_RULE, is_safe_name
-from geodata.sensors import SENSORS, BandError, get_band
+from geodata.sensors import Band, current
 from specialists.artifact import Card, field_error
 
 __all__ = ["SpecialistCard", "TASK_TYPES", "MAX_CLASSES"]
@@ -51,6 +52,11 @@ class SpecialistCard(Card):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def descriptors(self) -> tuple[Band, ...]:
+        """The descriptors of :attr:`bands`, in order (from ``band_descriptors``)."""
+        catalog = self.catalog()
+        return tuple(catalog.band(b) for b in self.bands)
+
     def validate(self, source: str = "card") -> None:
         """Raise :class:`~specialists.artifact.ArtifactError` naming the first bad field."""
         super().validate(source)
@@ -68,12 +74,7 @@ class SpecialistCard(Card):
             raise field_error(source, "classes", f"has {len(self.classes)} entries, at most {MAX_CLASSES}")
         if len(set(self.bands)) != len(self.bands):
             raise field_error(source, "bands", f"has duplicates: {self.bands}")
-        for band in self.bands:
-            try:
-                get_band(band)
-            except BandError as exc:
-                raise field_error(source, "bands", f"names an unknown band: {exc}") from None
-        sensor = SENSORS.get(self.sensor)
+        sensor = current().sensors.get(self.sensor)
         if sensor is not None:
             foreign = [b for b in self.bands if b not in sensor.bands]
             if foreign:

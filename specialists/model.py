@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geodata.sensors import Band
 from specialists.card import SpecialistCard
 from specialists.encoder import build_encoder, encoder_in_chans
 from specialists.trunk import pyramid_pool
@@ -54,6 +55,13 @@ class Specialist(nn.Module):
     @property
     def bands(self) -> tuple[str, ...]:
         return tuple(self.card.bands)
+
+    @property
+    def descriptors(self) -> tuple[Band, ...]:
+        """Its bands' descriptors, from its card (what its band names mean wherever it is loaded)."""
+        if getattr(self, "_descriptors", None) is None or len(self._descriptors) != len(self.card.bands):
+            self._descriptors = self.card.descriptors()
+        return self._descriptors
 
     @property
     def feature_dims(self) -> tuple[int, ...]:

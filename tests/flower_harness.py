@@ -181,13 +181,16 @@ class FlowerProcesses:
                 pass
         proc.wait(timeout=10)
 
-    def insecure_partners(self, env: dict[str, str], manifests: dict[str, Path], store_root: Path) -> str:
+    def insecure_partners(self, env: dict[str, str], manifests: dict[str, Path], store_root: Path,
+                          node_configs: dict[str, dict[str, str]] | None = None) -> str:
         """An insecure loopback SuperLink, one declared EuroSAT SuperNode per ``manifests`` entry (its store
-        under ``store_root/<name>/store``) and the ``partners`` connection; returns the SuperLink address."""
+        under ``store_root/<name>/store``; ``node_configs[name]`` adds to or replaces its node config, e.g. its
+        own ``sensor`` and ``sensors`` file) and the ``partners`` connection; returns the SuperLink address."""
         superlink = self.superlink(free_port(), ["--disable-runtime-dependency-installation"])
         for name, manifest in manifests.items():
             self.supernode(name, superlink, {"institution": name, "sensor": "sentinel2_l1c", "task": "scene",
-                                             "data-path": str(manifest), "store": str(store_root / name / "store")})
+                                             "data-path": str(manifest), "store": str(store_root / name / "store"),
+                                             **(node_configs or {}).get(name, {})})
         write_connection(env, "partners", superlink)
         return superlink
 
@@ -222,6 +225,31 @@ def partner_manifest(shared_data: Path, out: Path, train_per_class: int) -> Path
             first_test.setdefault(tile.targets["scene"], tile.id)
     manifest.tiles = [t for t in manifest.tiles if t.split != "test" or t.id in first_test.values()]
     return manifest.save(out / "manifest.json")
+
+
+def as_new_sensor(manifest_path: Path, out: Path, name: str, prefix: str = "") -> tuple[Path, Path]:
+    """The EuroSAT manifest at ``manifest_path`` relabelled as sensor ``name`` into ``out/<name>/``, the sensor
+    declared in ``out/elsewhere/<name>.yaml`` only (nothing beside the manifest). With ``prefix`` its 13 bands
+    are new bands (``<prefix>B01`` ...) at Sentinel-2's wavelengths and GSDs, unknown to every other process."""
+    from geodata.manifest import Manifest
+    from geodata.sensors import get_sensor, load_sensor_files
+
+    s2 = get_sensor("sentinel2_l1c")
+    yaml_path = out / "elsewhere" / f"{name}.yaml"
+    yaml_path.parent.mkdir(parents=True, exist_ok=True)
+    bands = "\n".join(f"  - {{name: {prefix}{b.name}, wavelength_nm: {b.wavelength_nm}, gsd_m: {b.gsd_m}}}" if prefix
+                      else f"  - {{name: {b.name}}}" for b in s2.band_objects())
+    yaml_path.write_text(f"name: {name}\ndtype: uint16\nscale: {s2.scale}\nnodata: 0\nbands:\n{bands}\n")
+    manifest = Manifest.load(manifest_path)
+    for tile in manifest.tiles:
+        tile.sensor = name
+        if tile.path is not None and not Path(tile.path).is_absolute():
+            tile.path = str(manifest.resolve(tile.path).resolve())
+    manifest.allow_outside_paths = True
+    manifest.catalog = load_sensor_files([yaml_path], manifest.catalog)
+    path = manifest.save(out / name / "manifest.json")
+    (out / name / "sensors.yaml").unlink()
+    return path, yaml_path
 
 
 def write_connection(env: dict[str, str], name: str, address: str, root_cert: Path | None = None) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_specialist_round_trip_on_disk_and_wire(specialist, tmp_path):
     folder = save_specialist(specialist, tmp_path / "spec")
     assert sorted(p.name for p in folder.iterdir()) == [CARD_FILE, WEIGHTS_FILE]
     raw = json.loads((folder / CARD_FILE).read_text())
-    assert raw["kind"] == "specialist" and sorted(raw["seal"]) == sorted(SpecialistCard.SEALED)
+    assert raw["kind"] == "specialist" and sorted(raw["seal"]) == sorted((*SpecialistCard.SEALED, "band_descriptors"))
     x = torch.rand(2, len(S2_BANDS), 32, 32)
     wire = specialist_from_bytes((folder / CARD_FILE).read_text(), (folder / WEIGHTS_FILE).read_bytes(), "lab-x")
     for loaded in (load_specialist(folder).eval(), wire.eval()):
@@ -80,7 +81,7 @@ def test_specialist_round_trip_on_disk_and_wire(specialist, tmp_path):
 def test_student_round_trip_on_disk_and_wire(student, tmp_path):
     folder = save_student(student, tmp_path / "student")
     raw = json.loads((folder / CARD_FILE).read_text())
-    assert raw["kind"] == "student" and sorted(raw["seal"]) == sorted(StudentCard.SEALED)
+    assert raw["kind"] == "student" and sorted(raw["seal"]) == sorted((*StudentCard.SEALED, "band_descriptors"))
     x = torch.rand(1, len(S2_BANDS), 32, 32)
     wire = student_from_bytes((folder / CARD_FILE).read_text(), (folder / WEIGHTS_FILE).read_bytes(), "c", "w")
     for loaded in (load_student(folder), wire):
@@ -192,3 +193,54 @@ def test_hub_variant_in_a_saved_card_is_refused_before_timm(specialist, student,
             load(folder)
         with pytest.raises(ArtifactError, match="field 'variant' refused"):
             read_card(folder / CARD_FILE, card_type)
+
+
+# --- an artifact's bands travel in its card (issue 22) -----------------------------------------
+
+_LOAD_BOTH = """
+import json, sys, torch
+from fusion.ensemble import Ensemble
+from geodata.sensors import BandError, get_band
+from specialists import load_specialist
+seen = []
+for folder in sys.argv[1:]:
+    spec = load_specialist(folder)
+    catalog = spec.card.catalog()
+    run = Ensemble({"m": spec}, tolerance_nm=50.0)(torch.rand(1, len(spec.bands), 32, 32), spec.bands)
+    seen.append({"name": spec.card.name, "bands": sorted(catalog.bands),
+                 "wavelengths": [b.wavelength_nm for b in spec.descriptors], "ran": len(run) == 4})
+try:
+    get_band("TCI_R")
+    registered = True
+except BandError:
+    registered = False
+print(json.dumps({"seen": seen, "registered": registered}))
+"""
+
+
+def test_a_saved_artifact_loads_in_a_fresh_process_from_its_card_alone(tmp_path):
+    """A user sensor's specialist (the wildfire sensor) and a Sentinel-2 one, saved with no sensor file beside
+    them, load in a fresh process in both orders: each reads its own bands from its card, nothing is registered
+    (the order-dependent copy of the wildfire sensor into a Sentinel-2 artifact cannot happen)."""
+    import subprocess
+    import sys
+
+    from geodata.sensors import load_sensor_files, using
+
+    wildfire_yaml = Path(__file__).resolve().parents[1] / "configs" / "samples" / "wildfire_sensor.yaml"
+    with using(load_sensor_files([wildfire_yaml])):
+        fire = save_specialist(make_specialist("fire", "sentinel2_tci_nir_swir", ("TCI_R", "TCI_G", "TCI_B", "B08",
+                                                                                    "B12")), tmp_path / "fire")
+    s2 = save_specialist(make_specialist("s2", "sentinel2_l2a", S2_BANDS), tmp_path / "s2")
+    for folder in (fire, s2):
+        assert sorted(p.name for p in folder.iterdir()) == [CARD_FILE, WEIGHTS_FILE]  # no sensor file beside
+    expected = {"fire": (["B08", "B12", "TCI_B", "TCI_G", "TCI_R"], [664.6, 559.8, 492.4, 832.8, 2202.4]),
+                "s2": (sorted(S2_BANDS), [492.4, 559.8, 664.6, 832.8])}
+    for order in ((s2, fire), (fire, s2)):
+        out = subprocess.run([sys.executable, "-c", _LOAD_BOTH, *map(str, order)], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "EOSFED_SENSORS": ""})
+        assert out.returncode == 0, out.stderr[-2000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert not result["registered"]
+        for seen in result["seen"]:
+            assert (seen["bands"], seen["wavelengths"]) == expected[seen["name"]] and seen["ran"], (order, seen)

@@ -1,5 +1,7 @@
-"""A real (loopback) deployment: one SuperLink, two SuperNodes with their own node configs, and the
-app submitted with ``flwr run . partners``, as the README's deployment steps describe."""
+"""A real (loopback) deployment: one SuperLink, three SuperNodes with their own node configs, and the
+app submitted with ``flwr run . partners``, as the README's deployment steps describe. Two partners hold
+Sentinel-2 (one FedAvg group); the third a new sensor declared only in its own node config (``sensors``),
+with bands no other process knows: the coordinator is given no sensor file."""
 
 from __future__ import annotations
 
@@ -7,30 +9,38 @@ import json
 from pathlib import Path
 
 
+import pytest
+import torch
+
 from flower_harness import (
     FlowerProcesses,
+    as_new_sensor,
     isolated_flower,
     flwr_run,
     partner_manifest,
     pids_mentioning,
     run_status,
 )
-from fusion import Registry
+from fusion import Registry, load_student
+from geodata.sensors import BandError, get_sensor
 
 
 def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_data: Path) -> None:
     data = {name: partner_manifest(shared_data, tmp_path / name, train) for name, train in (("lab-a", 2), ("lab-b", 3))}
+    data["lab-c"], sensor_yaml = as_new_sensor(partner_manifest(shared_data, tmp_path / "lab-c-eurosat", 1),
+                                               tmp_path / "lab-c", "t_labcam", "LAB_")
+    nodes = {"lab-c": {"sensor": "t_labcam", "sensors": str(sensor_yaml)}}  # known at lab-c's node only
     out = tmp_path / "outputs"
     run_config = {
         "experiment": "quick",
-        "overrides": (f"~institutions output_dir={out} federation.min_nodes=2 federation.node_wait_s=30 "
+        "overrides": (f"~institutions output_dir={out} federation.min_nodes=3 federation.node_wait_s=30 "
                       "train.rounds=1 train.max_steps=1 train.batch_size=8 proxy.tiles_per_institution=6 "
-                      "distill.epochs=1 prune.permutations=5"),
+                      "distill.epochs=1 distill.stem_fit_steps=5 prune.permutations=5"),
         "run-name": "loopback",
     }
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
-        procs.insecure_partners(env, data, tmp_path)
-        run_id, output = flwr_run(env, "partners", run_config, timeout_s=300)
+        procs.insecure_partners(env, data, tmp_path, nodes)
+        run_id, output = flwr_run(env, "partners", run_config, timeout_s=480)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
@@ -38,20 +48,29 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
     run_dir = out / "loopback"
     assert f"Outputs: {run_dir}" in output
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
-    assert sorted(roster["institutions"]) == ["lab-a", "lab-b"]
+    assert sorted(roster["institutions"]) == ["lab-a", "lab-b", "lab-c"] and roster["failures"] == []
     assert roster["institutions"]["lab-a"]["summary"]["tiles"] == {"test": 10, "train": 20, "val": 10}
     assert roster["institutions"]["lab-b"]["summary"]["tiles"] == {"test": 10, "train": 30, "val": 10}
     assert not any(m["simulated"] for m in roster["institutions"].values())
     assert roster["groups"]["sentinel2_l1c-scene"]["members"] == ["lab-a", "lab-b"]
+    assert roster["groups"]["t_labcam-scene"]["members"] == ["lab-c"]
     assert json.loads((run_dir / "checkpoint.json").read_text())["flower_runs"] == [run_id]
     trained = json.loads((run_dir / "phases" / "train.json").read_text())
     assert trained["failures"] == []
     group = trained["groups"]["sentinel2_l1c-scene"]
     assert sorted(group["per_institution"]) == ["lab-a", "lab-b"] and "test_accuracy" in group["metrics"]
     registry = Registry(run_dir / "registry")
-    assert registry.names == ["sentinel2_l1c-scene"] and registry.load("sentinel2_l1c-scene").card.metrics
-    for name in data:  # each partner keeps the group's final weights in its own store
+    assert sorted(registry.names) == ["sentinel2_l1c-scene", "t_labcam-scene"]
+    assert registry.load("sentinel2_l1c-scene").card.metrics
+    lab_bands = tuple(registry.card("t_labcam-scene").bands)  # LAB_B01 ...: described by the card, known nowhere else
+    assert lab_bands[0] == "LAB_B01" and "t_labcam-scene" in json.loads((run_dir / "phases" / "distill.json").read_text())["teachers"]
+    student = load_student(run_dir / "student")
+    assert set(lab_bands) <= set(student.card.band_stats) and student.catalog.band("LAB_B04").wavelength_nm == 664.6
+    assert student.pooled(torch.rand(1, len(lab_bands), 32, 32), lab_bands).shape[0] == 1  # the stem reads its bands
+    with pytest.raises(BandError):
+        get_sensor("t_labcam")  # nothing was registered in this process either
+    for name in ("lab-a", "lab-b"):  # each partner keeps the group's final weights in its own store
         assert (tmp_path / name / "store" / "specialists" / group["weights_sha256"] / "weights.safetensors").is_file()
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
-    assert sorted(evaluation["institutions"]) == ["lab-a", "lab-b"]
+    assert sorted(evaluation["institutions"]) == ["lab-a", "lab-b", "lab-c"]
     assert (run_dir / "report.md").is_file() and (run_dir / "report.json").is_file()

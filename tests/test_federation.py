@@ -11,7 +11,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from flower_harness import InProcessGrid
+from flower_harness import InProcessGrid, as_new_sensor
 from fusion import Registry, load_student
 from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
@@ -81,27 +81,35 @@ def test_failed_and_silent_nodes_are_reported_and_left_out(tmp_path: Path, euros
 
 def test_reported_bands_are_checked_at_discover_and_carried_in_the_roster(tmp_path: Path,
                                                                           eurosat_manifest: Path) -> None:
-    def bands(message):  # b reports a radar band, c a band no sensor has
-        wrong = {"b": "VV", "c": "B99"}.get(message.content.config_records.get("institution", {}).get("institution"))
-        if message.metadata.message_type != "query.describe" or wrong is None:
+    def bands(message):  # b reports a radar band, c a band its sensor lacks, d redefines B04, e a GSD of 1e9 m
+        name = message.content.config_records.get("institution", {}).get("institution")
+        if message.metadata.message_type != "query.describe" or name not in ("b", "c", "d", "e"):
             return None
 
         def tamper(reply):
             summary = reply.content.config_records["summary"]
-            summary["bands"] = [wrong] + summary["bands"][1:]
+            if name in ("b", "c"):
+                summary["bands"] = [{"b": "VV", "c": "B99"}[name]] + summary["bands"][1:]
+                return reply
+            sensor = json.loads(summary["sensor"])
+            band = next(b for b in sensor["bands"] if b["name"] == "B04")
+            band.update({"wavelength_nm": 700.0} if name == "d" else {"gsd_m": 1e9})
+            summary["sensor"] = json.dumps(sensor)
             return reply
 
         return tamper
 
     grid = InProcessGrid(simulated_nodes(1), faults=bands)
-    run_dir = run_experiment(grid, _run_config(tmp_path, eurosat_manifest, ["a", "b", "c"]), flower_run_id=1)
+    run_dir = run_experiment(grid, _run_config(tmp_path, eurosat_manifest, ["a", "b", "c", "d", "e"]), flower_run_id=1)
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert list(roster["institutions"]) == ["a"]
     assert roster["institutions"]["a"]["bands"] == roster["institutions"]["a"]["summary"]["bands"]
     assert len(roster["institutions"]["a"]["bands"]) == 13
     reasons = {f["institution"]: f["reason"] for f in roster["failures"]}
-    assert "bands ['VV'] are not bands of sensor 'sentinel2_l1c'" in reasons["b"]
-    assert "unknown band 'B99'" in reasons["c"]
+    assert "summary.bands ['VV'] are not image bands of its sensor 'sentinel2_l1c'" in reasons["b"]
+    assert "summary.bands ['B99'] are not image bands" in reasons["c"]
+    assert "band 'B04' conflicts with its known definition: wavelength_nm 700.0 (known: 664.6)" in reasons["d"]
+    assert "summary.sensor is refused" in reasons["e"] and "gsd_m must be in" in reasons["e"]
 
 
 def test_bad_data_and_half_declared_nodes_fail_with_reasons(tmp_path: Path, eurosat_manifest: Path) -> None:
@@ -335,34 +343,16 @@ def test_prune_without_scorable_proxy_tiles_is_reported_not_available(tmp_path: 
     assert "not available" in (run_dir / "report.md").read_text()
 
 
-def _user_sensor_manifest(tmp_path: Path, eurosat_manifest: Path) -> tuple[Path, Path]:
-    """EuroSAT's tiles relabelled as a sensor declared in a YAML outside the checkout (and outside the
-    manifest's folder), which the registry then forgets: only its path makes it known again."""
-    from geodata.manifest import Manifest
-    from geodata.sensors import SENSORS, get_sensor
-
-    s2 = get_sensor("sentinel2_l1c")
-    yaml_path = tmp_path / "elsewhere" / "lab_s2.yaml"
-    yaml_path.parent.mkdir()
-    bands = "\n".join(f"  - {{name: {b}}}" for b in s2.bands)
-    yaml_path.write_text(f"name: lab_s2\ndtype: uint16\nscale: {s2.scale}\nnodata: 0\nbands:\n{bands}\n")
+def _user_sensor_manifest(tmp_path: Path, eurosat_manifest: Path, name: str = "lab_s2",
+                          prefix: str = "") -> tuple[Path, Path]:
+    """EuroSAT's first 40 tiles relabelled as sensor ``name``, known only from a YAML elsewhere (:func:`as_new_sensor`)."""
     manifest = Manifest.load(eurosat_manifest)
-    for tile in manifest.tiles:
-        tile.sensor = "lab_s2"
     manifest.tiles = manifest.tiles[:40]
-    from geodata.sensors import load_sensor_files
-
-    load_sensor_files([yaml_path])
-    path = manifest.save(tmp_path / "lab" / "manifest.json")
-    for copy in (tmp_path / "lab" / "sensors").glob("*.yaml"):
-        copy.unlink()
-    SENSORS.pop("lab_s2")
-    return path, yaml_path
+    manifest.save(tmp_path / "first40" / "manifest.json")
+    return as_new_sensor(tmp_path / "first40" / "manifest.json", tmp_path, name, prefix)
 
 
 def test_user_sensor_from_node_config_and_run_config(tmp_path: Path, eurosat_manifest: Path) -> None:
-    from geodata.sensors import SENSORS
-
     manifest, yaml_path = _user_sensor_manifest(tmp_path, eurosat_manifest)
     node = {"institution": "lab", "sensor": "lab_s2", "task": "scene", "data-path": str(manifest)}
     config = {"experiment": "default", "run-name": "u", "overrides": (
@@ -373,6 +363,38 @@ def test_user_sensor_from_node_config_and_run_config(tmp_path: Path, eurosat_man
     run_dir = run_experiment(InProcessGrid({300: {**node, "sensors": str(yaml_path)}}), config, flower_run_id=2)
     roster = json.loads((run_dir / "phases" / "discover.json").read_text())
     assert roster["institutions"]["lab"]["sensor"] == "lab_s2"
-    SENSORS.pop("lab_s2")
-    load_experiment(RunSettings("default", (f"sensor_files=[{yaml_path}]",), "r"))
-    assert "lab_s2" in SENSORS  # the run config's sensor files are registered at the coordinator
+    assert roster["institutions"]["lab"]["summary"]["sensor"]["name"] == "lab_s2"  # the summary describes it
+    cfg, _ = load_experiment(RunSettings("default", (f"sensor_files=[{yaml_path}]",), "r"))
+    assert "lab_s2" in cfg.catalog().sensors  # the run config's sensor files: the coordinator's own catalog
+    with pytest.raises(ValueError, match="unknown sensor 'lab_s2'"):
+        get_sensor("lab_s2")  # neither the node's nor the run config's file registered anything here
+
+
+@pytest.mark.parametrize("weights", ["send", "home"])
+def test_a_partner_sensor_known_only_at_its_node_trains_enrols_and_reaches_the_student(
+        tmp_path: Path, eurosat_manifest: Path, weights: str) -> None:
+    """Issue 22: a declared partner with a new sensor (new band names) in its node config only; the coordinator is
+    given no sensor file. Its summary carries the descriptors, so it is admitted, trains, enrols; the proxy
+    renders its sensor from the federation catalog; the student learns its bands and reads them after loading."""
+    manifest, yaml_path = _user_sensor_manifest(tmp_path, eurosat_manifest, "t_labcam", "LAB_")
+    node = {"institution": "lab", "sensor": "t_labcam", "task": "scene", "data-path": str(manifest),
+            "sensors": str(yaml_path)}
+    config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial federation.min_nodes=2 "
+                                       f"enrol.weights={weights}")
+    run_dir = run_experiment(InProcessGrid({**simulated_nodes(1), 300: node}), config, flower_run_id=1)
+    roster = json.loads((run_dir / "phases" / "discover.json").read_text())
+    assert roster["failures"] == [] and roster["groups"]["t_labcam-scene"]["members"] == ["lab"]
+    registry = Registry(run_dir / "registry")
+    card = registry.card("t_labcam-scene")
+    assert card.bands[0] == "LAB_B01" and card.band_descriptors["LAB_B04"]["wavelength_nm"] == 664.6
+    student = load_student(run_dir / "student")  # in this process t_labcam and its bands are unknown
+    with pytest.raises(ValueError, match="unknown sensor 't_labcam'"):
+        get_sensor("t_labcam")
+    assert "LAB_B04" in student.card.band_stats and student.catalog.band("LAB_B04").wavelength_nm == 664.6
+    lab_bands = tuple(card.bands)
+    assert student.pooled(torch.rand(1, len(lab_bands), 32, 32), lab_bands).shape[0] == 1
+    distilled = json.loads((run_dir / "phases" / "distill.json").read_text())
+    assert "t_labcam-scene" in distilled["teachers"] and distilled["failures"] == []
+    assert ("t_labcam-scene" in distilled["remote_teachers"]) == (weights == "home")
+    evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())["institutions"]
+    assert any(r["encoder"] == "student" for r in evaluation["lab"]["results"])

@@ -71,8 +71,10 @@ def test_finetune_writes_a_verified_task_model(fire_model):
     assert len(card["extra"]["encoder"]["card"]["distill"]["init"]["sha256"]) == 64
     assert {"val_miou", "test_miou", "best_epoch"} <= set(card["metrics"])
     assert 0 < card["metrics"]["trainable_params"] < card["num_params"]
-    assert (fire_model / "sensors" / f"{WILDFIRE}.yaml").is_file()
+    assert not (fire_model / "sensors").exists() and card["band_descriptors"]["TCI_R"]["wavelength_nm"] == 664.6
+    assert card["extra"]["sensor"]["name"] == WILDFIRE  # its user sensor travels in the card, no file beside
     model = load_task_model(fire_model)
+    assert model.catalog().sensor(WILDFIRE).calibration()[0][0] == PRODUCT_SCALES["tci"]
     assert model(torch.zeros(2, 5, 64, 64)).shape == (2, 2, 64, 64)
 
     weights = fire_model / "weights.safetensors"

@@ -7,7 +7,7 @@ import torch
 
 from fusion import load_student
 from fusion.student import POLARISATIONS, Student, save_student
-from geodata.sensors import Band, BandError, Sensor, get_band, register_sensor
+from geodata.sensors import Band, BandError, Sensor, builtin, get_band, using
 
 LANDSAT = ("OLI_B1", "OLI_B2", "OLI_B3", "OLI_B4", "OLI_B5", "OLI_B6", "OLI_B7")
 S2 = ("B02", "B03", "B04", "B08")
@@ -133,10 +133,9 @@ def test_bands_without_a_range_embed_exactly_as_before(student):
 
 
 def test_a_wide_band_is_not_its_centre_line(student):
-    register_sensor(Sensor("t_pan_stem", ("T_STEM_PAN", "T_STEM_LINE", "T_STEM_NARROW")), [
-        Band("T_STEM_PAN", range_nm=(450, 900)), Band("T_STEM_LINE", 675.0),
-        Band("T_STEM_NARROW", 675.0, bandwidth_nm=2.0)])
-    with torch.no_grad():
+    catalog = builtin().with_bands([Band("T_STEM_PAN", range_nm=(450, 900)), Band("T_STEM_LINE", 675.0),
+                                    Band("T_STEM_NARROW", 675.0, bandwidth_nm=2.0)])
+    with torch.no_grad(), using(catalog):
         pan, line, narrow = (student.stem.tokens((b, "B03"))[0] for b in ("T_STEM_PAN", "T_STEM_LINE", "T_STEM_NARROW"))
         x = torch.rand(1, 2, 32, 32)
         pooled_pan = student.pooled(x, ("T_STEM_PAN", "B03"))
@@ -147,8 +146,7 @@ def test_a_wide_band_is_not_its_centre_line(student):
 
 
 def test_auxiliary_bands_are_refused(student):
-    register_sensor(Sensor("t_qa_stem", ("T_STEM_QA",)), [Band("T_STEM_QA", kind="quality")])
-    with pytest.raises(BandError, match=r"bands \['T_STEM_QA'\] are auxiliary \(quality\)"):
+    with using(builtin().with_bands([Band("T_STEM_QA", kind="quality")])), pytest.raises(BandError, match=r"bands \['T_STEM_QA'\] are auxiliary \(quality\)"):
         student(torch.rand(1, 2, 32, 32), ("B02", "T_STEM_QA"))
     with pytest.raises(BandError, match="auxiliary"):
-        student.stem.tokens(("T_STEM_QA",))
+        student.stem.tokens((Band("T_STEM_QA", kind="quality"),))

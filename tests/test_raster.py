@@ -10,7 +10,7 @@ from rasterio.windows import Window
 
 from geodata.errors import RasterError
 from geodata.raster import check_aligned, read_band_files, read_labelled, read_mask, read_tile, write_geotiff
-from geodata.sensors import Band, Sensor, get_sensor, register_sensor
+from geodata.sensors import Band, Sensor, builtin, get_sensor
 
 UTM33 = "EPSG:32633"
 
@@ -172,8 +172,8 @@ def aux_sensor():
     """Sentinel-2 L1C's 13 bands, then a QA60 bit mask and a cloud probability (percent)."""
     bands = [Band("QA60", kind="quality"), Band("CLOUD_PROB", kind="probability")]
     l1c = get_sensor("sentinel2_l1c")
-    return register_sensor(Sensor("t_s2_qa", (*l1c.bands, "QA60", "CLOUD_PROB"), scale=1e-4, nodata=0,
-                                  dtype="uint16"), bands)
+    return builtin().with_sensor(Sensor("t_s2_qa", (*l1c.bands, "QA60", "CLOUD_PROB"), scale=1e-4, nodata=0,
+                                        dtype="uint16"), bands).sensor("t_s2_qa")
 
 
 def test_auxiliary_bands_read_with_the_file_but_not_returned(tmp_path):
@@ -194,7 +194,7 @@ def test_complex_sar_as_intensity_db_or_refused(tmp_path):
     with pytest.raises(RasterError, match=r"slc\.tif: complex values \(complex64\) but sensor sentinel1_grd does "
                                           r"not declare how to read them \(complex: intensity_db\)"):
         read_tile(path, "sentinel1_grd")
-    slc = register_sensor(Sensor("t_s1_slc", ("VV", "VH"), complex="intensity_db"))
+    slc = builtin().with_sensor(Sensor("t_s1_slc", ("VV", "VH"), complex="intensity_db")).sensor("t_s1_slc")
     raster = read_tile(path, slc)
     assert raster.data.dtype == np.float32 and not raster.valid[0, 0] and raster.valid.sum() == 63
     np.testing.assert_allclose(raster.data[0, 1:, 1:], -20.0, rtol=1e-5)  # |0.1|^2 = 0.01

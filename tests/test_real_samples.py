@@ -46,7 +46,8 @@ def test_proxy_union_holds_no_test_tile_and_only_eurosat_labels(samples: Path) -
     assert {t.id.split("-")[0] for t in proxy.tiles} == set(PROXY_SETS)
     assert list(proxy.tasks) == ["scene"] and all(bool(t.targets) == t.id.startswith("eurosat-") for t in proxy.tiles)
     assert {t.sensor for t in proxy.tiles} >= {"rgb", "sentinel2_tci_nir_swir", "sentinel1_grd"}
-    assert (samples / "proxy" / "sensors" / "sentinel2_tci_nir_swir.yaml").is_file()
+    assert "sentinel2_tci_nir_swir" in proxy.catalog.sensors  # described in full beside the proxy manifest
+    assert "sentinel2_tci_nir_swir" in (samples / "proxy" / "sensors.yaml").read_text()
 
 
 def test_baselines() -> None:
@@ -79,10 +80,13 @@ def test_real_experiment_in_process(samples: Path, tmp_path: Path) -> None:
 def test_artifacts_carry_their_user_sensors(samples: Path, tmp_path: Path) -> None:
     from fusion.student import load_student, save_student
 
-    Manifest.load(samples / "wildfire" / "manifest.json")  # registers the wildfire sensor beside it
-    student = Student.create(band_stats={"TCI_R": [100.0, 30.0], "B08": [0.3, 0.1]}, depths=(1, 1, 1, 1), seed=0)
+    from geodata.sensors import using
+
+    with using(Manifest.load(samples / "wildfire" / "manifest.json").catalog):  # the wildfire sensor beside it
+        student = Student.create(band_stats={"TCI_R": [100.0, 30.0], "B08": [0.3, 0.1]}, depths=(1, 1, 1, 1), seed=0)
     save_student(student, tmp_path / "student")
-    assert (tmp_path / "student" / "sensors" / "sentinel2_tci_nir_swir.yaml").is_file()
-    assert load_student(tmp_path / "student").card.band_stats == student.card.band_stats
-    save_student(Student.create(band_stats={"B08": [0.3, 0.1]}, depths=(1, 1, 1, 1), seed=0), tmp_path / "s2")
-    assert not (tmp_path / "s2" / "sensors").exists()  # built-in bands need no sensor file, though wildfire has B08
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["card.json", "weights.safetensors"]
+    loaded = load_student(tmp_path / "student")  # its card describes TCI_R: no sensor file, nothing registered
+    assert loaded.card.band_stats == student.card.band_stats
+    assert loaded.catalog.band("TCI_R").wavelength_nm == 664.6 and loaded.card.band_descriptors["TCI_R"]["kind"] == "spectral"
+    assert loaded.pooled(torch.rand(1, 2, 32, 32), ("TCI_R", "B08")).shape[0] == 1

@@ -14,7 +14,7 @@ from rasterio.windows import Window, bounds
 from eosfed.cli import main
 from geodata.dataset import TileDataset
 from geodata.raster import read_labelled, read_tile, tile_source, tile_window
-from geodata.sensors import PRODUCT_SCALES, SENSORS
+from geodata.sensors import PRODUCT_SCALES, BandError, get_sensor
 from geodata.manifest import Manifest
 from geodata.tiling import split_scenes
 
@@ -33,10 +33,11 @@ def test_wildfire_scenes_become_windows_with_the_sensor_beside(shared_data, tmp_
     out = tmp_path / "fire"
     assert main(_wildfire_args(shared_data, out, "--size", "64", "--stride", "64", "--train-first", "14",
                                "--val", "2")) == 0
-    assert (out / "sensors" / f"{WILDFIRE}.yaml").read_text() == SENSOR_YAML.read_text()
-    SENSORS.pop(WILDFIRE)  # what a fresh process knows: Manifest.load registers the YAML beside the manifest
-    manifest = Manifest.load(out / "manifest.json")
-    assert SENSORS[WILDFIRE].bands == ("TCI_R", "TCI_G", "TCI_B", "B08", "B12")
+    assert WILDFIRE in (out / "sensors.yaml").read_text()  # the sensor, described in full beside the manifest
+    with pytest.raises(BandError):
+        get_sensor(WILDFIRE)  # what this process knows: nothing was registered
+    manifest = Manifest.load(out / "manifest.json")  # its catalog: the sensors beside it
+    assert manifest.sensor(WILDFIRE).bands == ("TCI_R", "TCI_G", "TCI_B", "B08", "B12")
     events = sorted({t.region for t in manifest.tiles})
     assert len(events) == 20
     by_split = {s: {t.region for t in manifest.tiles if t.split == s} for s in ("train", "val", "test")}
@@ -101,7 +102,8 @@ def test_one_file_per_band_scenes_read_as_their_multiband_originals(shared_data,
     dataset = TileDataset(manifest, WILDFIRE, task="burned")
     for index in (0, len(dataset) - 1):
         tile = dataset.tiles[index]
-        original = read_tile(tile_source(reference, reference.tiles[index]), WILDFIRE, window=tile_window(tile))
+        original = read_tile(tile_source(reference, reference.tiles[index]), reference.sensor(WILDFIRE),
+                             window=tile_window(tile))
         np.testing.assert_array_equal(dataset[index]["image"].numpy(), original.data)
 
 

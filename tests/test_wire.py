@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from geodata.sensors import default
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
@@ -28,7 +29,7 @@ def _examples() -> dict[str, Any]:
     institution = {"institution": "lab", "sensor": "sentinel2_l2a", "task": "scene", "world": "{}",
                    "cache-dir": "/tmp/cache"}
     summary = DataSummary("lab", "classification", ["forest", "water"], ["B02", "B03"], {"test": 3, "train": 8},
-                          [0.1, 0.2], [0.3, 0.4], "tiny")
+                          [0.1, 0.2], [0.3, 0.4], "tiny", default().describe("sentinel2_l2a"))
     settings = RoundTraining(epochs=1, batch_size=2, lr=1e-3, weight_decay=0.05, warmup_epochs=0.5, seed=1001, device="cpu", amp=False,
                              max_steps=0)
     state = {"stem.weight": torch.randn(4, 2, 3, 3), "stem.steps": torch.tensor(3)}

@@ -32,6 +32,7 @@ state (tensors against its model, ids it sent, bands of the declared sensor) sta
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -44,6 +45,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fusion.probes import ProbeResult
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
+from geodata.sensors import Catalog
 from specialists.card import MAX_CLASSES
 from specialists.fcmae import FcmaeConfig
 from specialists.io import bytes_tensor, tensor_bytes
@@ -245,8 +247,10 @@ def _file_record(data: bytes) -> ArrayRecord:
 
 @dataclass(frozen=True)
 class DataSummary:
-    """What an institution tells about its labelled data: task, classes, bands, tiles per split and
-    the train split's per-band mean and std."""
+    """What an institution tells about its labelled data: task, classes, bands, tiles per split, the
+    train split's per-band mean and std, and its sensor, every band fully described (the mapping of a
+    sensor YAML file, :meth:`geodata.sensors.Sensor.describe`): what its band names mean, for the
+    coordinator and the student, which need no sensor file of it."""
 
     institution: str
     task_type: str
@@ -256,9 +260,16 @@ class DataSummary:
     norm_mean: list[float]
     norm_std: list[float]
     manifest: str
+    sensor: dict[str, Any] = field(default_factory=dict)
+
+    def catalog(self) -> Catalog:
+        """The summary's sensor and its bands as a catalog (empty without a sensor)."""
+        return Catalog.from_records(sensors=[self.sensor], source=f"institution {self.institution!r}: summary.sensor") \
+            if self.sensor else Catalog()
 
     def record(self) -> ConfigRecord:
         return ConfigRecord({
+            "sensor": json.dumps(self.sensor),
             "institution": self.institution, "task_type": self.task_type, "classes": list(self.classes),
             "bands": list(self.bands), "splits": list(self.tiles), "tiles": [int(n) for n in self.tiles.values()],
             "norm_mean": [float(x) for x in self.norm_mean], "norm_std": [float(x) for x in self.norm_std],
@@ -270,7 +281,9 @@ class DataSummary:
         f = read.config("summary", {
             "institution": NAME, "task_type": TEXT, "classes": CLASSES, "bands": BANDS, "splits": NAMES,
             "tiles": _list(COUNT, "a non-empty list of non-negative integers"), "norm_mean": NUMBERS,
-            "norm_std": _list(NON_NEGATIVE, "a non-empty list of non-negative finite numbers"), "manifest": STRING})
+            "norm_std": _list(NON_NEGATIVE, "a non-empty list of non-negative finite numbers"), "manifest": STRING,
+            "sensor": _Rule(lambda v: isinstance(v, str) and len(v) <= MAX_SENSOR_JSON, "a sensor descriptor (JSON) "
+                            f"of at most {MAX_SENSOR_JSON} characters")})
         if len(f["tiles"]) != len(f["splits"]):
             read.fail(f"summary.tiles must hold one count per split ({len(f['splits'])}), got {len(f['tiles'])}")
         tiles = dict(zip(f["splits"], f["tiles"]))
@@ -279,8 +292,30 @@ class DataSummary:
         for key in ("norm_mean", "norm_std"):
             if len(f[key]) != len(f["bands"]):
                 read.fail(f"summary.{key} must hold one value per band ({len(f['bands'])}), got {len(f[key])}")
-        return cls(f["institution"], f["task_type"], f["classes"], f["bands"], tiles, f["norm_mean"], f["norm_std"],
-                   f["manifest"])
+        summary = cls(f["institution"], f["task_type"], f["classes"], f["bands"], tiles, f["norm_mean"], f["norm_std"],
+                      f["manifest"], _sensor_descriptor(read, f["sensor"]))
+        try:
+            sensor = summary.catalog().sensor(summary.sensor["name"])
+        except ValueError as exc:
+            read.fail(f"summary.sensor is refused: {exc}")
+        foreign = [b for b in summary.bands if b not in sensor.image_bands]
+        if foreign:
+            read.fail(f"summary.bands {foreign} are not image bands of its sensor {sensor.name!r} {list(sensor.image_bands)}")
+        return summary
+
+
+MAX_SENSOR_JSON = 65536  # characters of a summary's sensor descriptor (64 bands of a few hundred characters each)
+
+
+def _sensor_descriptor(read: _Reader, text: str) -> dict[str, Any]:
+    """The JSON object of a summary's sensor descriptor; its contents are checked by :class:`Catalog`."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        read.fail(f"summary.sensor is not JSON: {exc}")
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        read.fail("summary.sensor must be a JSON object naming its sensor")
+    return value
 
 
 TRAIN_MAXIMA = {"epochs": 1000, "batch_size": 1024, "max_steps": 1_000_000, "warmup_epochs": 1000}

@@ -17,6 +17,7 @@ from geodata.errors import InputError
 
 if TYPE_CHECKING:
     from geodata.manifest import Manifest
+    from geodata.sensors import Catalog
 
 __all__ = ["HelpFormatter", "UsageError", "add_output", "add_settings", "check_output", "overrides_from",
            "settings_from", "staged_output",
@@ -156,16 +157,24 @@ def add_tile_size(parser: argparse.ArgumentParser, note: str = "") -> None:
 
 def add_sensor_files(parser: argparse.ArgumentParser) -> None:
     """Add ``--sensors FILE`` (repeatable): sensor YAML files or folders registered before the command runs
-    (by :func:`load_sensor_args`, which ``eosfed.cli.main`` calls for every command)."""
+    (read by :func:`load_sensor_args` into the catalog ``eosfed.cli.main`` runs every command in)."""
     parser.add_argument("--sensors", dest="sensor_files", action="append", type=Path, metavar="FILE",
-                        help="sensor YAML file or folder to register; repeat for several (also $EOSFED_SENSORS)")
+                        help="sensor YAML file or folder to read; repeat for several (also $EOSFED_SENSORS)")
 
 
-def load_sensor_args(args: argparse.Namespace) -> None:
-    """Register the sensors of ``$EOSFED_SENSORS``, then those of the command's ``--sensors`` files."""
-    from geodata.sensors import env_sensor_paths, load_sensor_files  # geodata imports torch: only when running
+def load_sensor_args(args: argparse.Namespace) -> "Catalog":
+    """The catalog a command runs in: the default one (built-ins, ``$EOSFED_SENSORS``) plus the command's
+    ``--sensors`` files and the sensor files beside the manifests it reads (``--manifest``, ``--proxy``);
+    ``eosfed.cli.main`` runs the command inside :func:`geodata.sensors.using` it."""
+    from geodata.manifest import sensors_beside  # geodata imports torch: only when running
+    from geodata.sensors import default, load_sensor_files
 
-    load_sensor_files([*env_sensor_paths(), *(getattr(args, "sensor_files", None) or ())])
+    catalog = load_sensor_files(getattr(args, "sensor_files", None) or (), default())
+    given = [getattr(args, name, None) for name in ("manifest", "proxy")] + list(getattr(args, "manifests", None) or ())
+    for path in (Path(p) for p in given if isinstance(p, (str, Path))):
+        if path.exists():
+            catalog = sensors_beside(path if path.is_dir() else path.parent, catalog)
+    return catalog
 
 
 def check_split(manifest: "Manifest", split: str, flag: str, **filters: str | None) -> str:

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if tile < 32:
         raise UsageError(f"--tile-size must be at least 32, got {tile}")
     overlap = tile // 4 if args.overlap is None else args.overlap
-    sensor = get_sensor(args.sensor or model.card.sensor)
+    name = args.sensor or model.card.sensor
+    sensor = model.catalog().sensors.get(name) or get_sensor(name)  # the model's own sensor, else --sensors'
     for scene in tqdm(scenes, desc="scenes", unit="scene", leave=False):
         with ExitStack() as stack:
             staged = [stack.enter_context(staged_output(p, args.overwrite, folder=False)) for p in outputs[scene]]

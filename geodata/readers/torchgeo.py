@@ -22,7 +22,7 @@ from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest
 from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eurosat import class_files, eurosat_manifest
-from geodata.sensors import SENSORS, BandError, Sensor, get_sensor
+from geodata.sensors import BandError, Sensor, current, get_sensor
 from geodata.tiling import Scene, band_key
 
 __all__ = ["EUROSAT_VARIANTS", "map_sensor", "build_torchgeo_eurosat_manifest", "build_torchgeo_bigearthnet_manifest",
@@ -56,7 +56,7 @@ def map_sensor(bands: Sequence[str], what: str, name: str | None = None, ordered
         if (text := problem(sensor)) is not None:
             raise BandError(text)
         return sensor
-    sensor = next((s for s in {s.name: s for s in SENSORS.values()}.values() if problem(s) is None), None)
+    sensor = next((s for s in {s.name: s for s in current().sensors.values()}.values() if problem(s) is None), None)
     if sensor is None:
         raise BandError(f"no registered sensor has exactly the bands of {what} ({', '.join(bands)}); name one "
                         f"with --sensor, or register one with --sensors FILE")

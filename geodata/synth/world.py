@@ -27,7 +27,7 @@ from tqdm import tqdm
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import write_geotiff
-from geodata.sensors import Sensor, get_band, get_sensor
+from geodata.sensors import Sensor, get_sensor
 from geodata.synth.config import InstitutionConfig, WorldConfig
 from geodata.synth.landcover import SceneGrid, SceneLatent, class_fractions
 from geodata.synth.render import OpticalLook, RadarLook, encode, render_optical, render_sar
@@ -114,7 +114,7 @@ def grid_factor(sensor: Sensor, config: WorldConfig) -> int:
 
 
 def _is_sar(sensor: Sensor) -> bool:
-    kinds = {get_band(b).is_sar for b in sensor.bands}
+    kinds = {b.is_sar for b in sensor.band_objects()}
     if len(kinds) > 1:
         raise InputError(f"sensor {sensor.name!r} mixes SAR and optical bands; cannot render it")
     return kinds.pop()

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 
 from fusion.registry import Registry, RegistryError
 from geodata.names import inside
+from geodata.sensors import Catalog
 
 from server.checkpoint import RunCheckpoint
 from pipeline.settings import ExperimentConfig
@@ -36,6 +37,7 @@ class PhaseContext:
     node_peak_mb: dict[str, float] = field(default_factory=dict)  # institution -> peak RSS its replies reported
     phase: str = ""  # the phase that runs now
     silent_nodes: dict[int, str] = field(default_factory=dict)  # node id -> phase where it first gave no reply
+    catalog: Catalog = field(default_factory=Catalog)  # what band names mean in this run (discover: the federation's)
 
     def note_memory(self, institution: str, metrics: dict[str, float]) -> None:
         """Take a reply's ``peak_rss_mb`` out of its metrics into :attr:`node_peak_mb`."""

@@ -8,8 +8,13 @@
 3. ask the hosts to open each simulated institution's data and summarise it (``query.describe``);
 4. group institutions by sensor, bands and task.
 
-A summary's bands must be registry bands of the institution's declared sensor; they become the
-roster's ``Member.bands``; their declared mean and std must be values the sensor's data type can hold;
+A summary carries its sensor with every band fully described (checked at decode: known kinds, finite
+wavelengths, sane GSD); the sensor must be the one the institution declares, and must not conflict with
+a sensor or band of the same name already in the federation (the coordinator's own catalog, then the
+summaries admitted before it): the admitted summaries make the run's federation catalog
+(``ctx.catalog``), in which every later phase resolves band names, so a partner's new sensor needs no
+sensor file at the coordinator. The summary's bands become the roster's ``Member.bands``; their declared
+mean and std must be values the sensor's data type can hold;
 the summary must make a valid specialist card on its own (known task type, finite band statistics
 with positive spread), so no partner's summary can break a group's training;
 and its band statistics must be plausible beside its group's others (``federation.stats_factor``):
@@ -31,7 +36,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from geodata.sensors import BandError, get_band, get_sensor
+from geodata.sensors import Catalog, using
 from pipeline.fedavg import group_card, implausible_norms
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, wait_for_nodes
@@ -101,27 +106,31 @@ def _described(outcome: Outcome, source: str) -> DataSummary:
     return DescribeReply.decode(outcome.content, source).summary
 
 
-def _check_summary(summary: DataSummary, name: str, sensor: str, source: str) -> None:
-    """The summary is ``name``'s, its bands are registry bands of its declared ``sensor``, and their
-    declared mean and std are values the sensor's data type can hold."""
+def _check_summary(summary: DataSummary, name: str, sensor: str, source: str, federation: Catalog) -> Catalog:
+    """The summary is ``name``'s, describes its declared ``sensor`` without conflicting with ``federation``
+    (returned with it added), its bands are bands of that sensor, and their declared mean and std are values
+    the sensor's data type can hold."""
     if summary.institution != name:
         raise InputError(f"{source}: reply is for institution {summary.institution!r}")
-    try:
-        own = get_sensor(sensor).bands
-        for band in summary.bands:
-            get_band(band)
-    except BandError as exc:
-        raise InputError(f"{source}: {exc}") from None
+    if not summary.sensor:
+        raise InputError(f"{source}: the summary does not describe its sensor (an older eosfed at the node?)")
+    described = summary.catalog().sensor(summary.sensor["name"])
+    if sensor not in (described.name, *described.aliases):
+        raise InputError(f"{source}: the summary describes sensor {described.name!r}, the institution declares "
+                         f"{sensor!r}")
+    federation = federation.merge(summary.catalog(), source)
+    own = described.bands
     foreign = [b for b in summary.bands if b not in own]
     if foreign:
         raise InputError(f"{source}: bands {foreign} are not bands of sensor {sensor!r} {list(own)}")
-    ranges = get_sensor(sensor).physical_ranges()
+    ranges = described.physical_ranges()
     for band, mean, std in zip(summary.bands, summary.norm_mean, summary.norm_std):
         low, high = ranges[own.index(band)] if ranges else (-math.inf, math.inf)
         if not (low <= mean <= high and std <= (high - low) / 2):
             raise InputError(f"{source}: band {band}: declared mean {mean:.4g} and std {std:.4g} are beyond what "
                              f"sensor {sensor!r} can hold (values in [{low:.4g}, {high:.4g}], so std <= "
                              f"{(high - low) / 2:.4g})")
+    return federation
 
 
 def _check_card(member: Member, variant: str, source: str) -> None:
@@ -188,14 +197,16 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
         source = f"node {node}, institution {name!r}"
         try:
             reported = summary(source)
-            _check_summary(reported, name, record["sensor"], source)
+            federation = _check_summary(reported, name, record["sensor"], source, ctx.catalog)
             member = Member(name, record["sensor"], record["task"], node, simulated, record, reported,
                             list(reported.bands))
-            _check_card(member, cfg.train.variant, source)
+            with using(federation):
+                _check_card(member, cfg.train.variant, source)
         except ValueError as exc:
             roster.failures.append({"node_id": node, "institution": name, "step": step, "reason": str(exc)})
             return
         members.append(member)
+        ctx.catalog = federation
 
     # Declared institutions: the identify reply already holds their data summary.
     bound = _earlier_bindings(ctx)

@@ -2,8 +2,9 @@
 
 Teacher targets are cached once (``<cache_dir>/teachers/<proxy key>/``, fp16, keyed by sample and
 weights sha256): specialists whose weights are in the registry run here; for one whose weights stay
-home the coordinator sends its holder the proxy tiles it can read (``query.features``) and caches
-the checked reply (every id it was sent, shapes from the card, finite in float16, ``pooled`` the mean
+home the coordinator sends its holder the proxy tiles it can read (``query.features``), already in the
+specialist's own bands (the view's stand-ins in place: the holder needs no descriptor of another partner's
+sensor), and caches the checked reply (every id it was sent, shapes from the card, finite in float16, ``pooled`` the mean
 of ``stage3``); a teacher whose reply fails is left out with its reason in the phase's failures. With
 ``proxy.pair_scenes`` the other sensors' tiles of a scene learn the targets too. In integrate mode
 the extended run's student and adaptor heads are the starting point. Writes ``student/``,
@@ -23,7 +24,6 @@ from fusion.featstats import global_pool
 from fusion.registry import Registry
 from fusion.teacher_cache import TARGETS, TeacherCache, TeacherFeatures
 from fusion.views import plan_view
-from geodata.sensors import get_sensor
 from pipeline.distill import distil, save_distilled
 from pipeline.proxy import proxy_manifest
 from server.messaging import Outcome, Request
@@ -42,7 +42,7 @@ def proxy_batches(ctx: PhaseContext, registry: Registry) -> tuple[ProxyBatches, 
     manifest, key = proxy_manifest(ctx.cfg, ctx.cache_dir, sorted({e.sensor for e in registry.entries}))
     pc = ctx.cfg.proxy
     present = proxy_sensors(manifest, pc.split or None)
-    resize = {s: px for s, px in pc.resize.items() if get_sensor(s).name in present}
+    resize = {s: px for s, px in pc.resize.items() if manifest.sensor(s).name in present}
     if len(resize) < len(pc.resize):
         log.info("proxy.resize: no proxy tiles of %s; ignored", sorted(set(pc.resize) - set(resize)))
     return ProxyBatches(manifest, split=pc.split or None, batch_size=pc.batch_size, seed=ctx.cfg.seed,
@@ -53,15 +53,15 @@ def _remote_request(ctx: PhaseContext, card: SpecialistCard, holder: str,
                     batches: list[dict]) -> tuple[Request, list[str], tuple[int, int]] | None:
     images, ids, bands = [], [], None
     for batch in batches:
-        plan = plan_view(card.name, card.bands, batch["bands"], ctx.cfg.tolerance_nm)
+        plan = plan_view(card.name, card.descriptors(), batch["bands"], ctx.cfg.tolerance_nm)
         if plan.applicable and (bands is None or tuple(batch["bands"]) == bands):
             bands = tuple(batch["bands"])
-            images.append(batch["image"])
+            images.append(plan.select(batch["image"]))  # the holder gets its own bands, stand-ins in place
             ids.extend(batch["id"])
     if not ids:
         return None
     member = ctx.require_roster().institutions[holder]
-    request = FeaturesRequest(member.record, card.weights_sha256, list(bands), ids, ctx.cfg.tolerance_nm,
+    request = FeaturesRequest(member.record, card.weights_sha256, list(card.bands), ids, ctx.cfg.tolerance_nm,
                               torch.cat(images))
     return Request(card.name, member.node_id, request.encode()), ids, tuple(request.images.shape[-2:])
 

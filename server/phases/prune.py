@@ -34,7 +34,6 @@ from fusion.registry import Registry
 from fusion.student import Student
 from fusion.teacher_cache import TeacherCache
 from geodata.manifest import Manifest, TileEntry
-from geodata.sensors import get_sensor
 from server.phases.base import Phase, PhaseContext
 from server.phases.distill import proxy_batches
 from pipeline.contrib import play, prune_by, solo_scores
@@ -84,11 +83,11 @@ def _games(ctx: PhaseContext, registry: Registry, manifest: Manifest,
     if task.type != "classification":
         raise InputError(f"prune.task {pc.task!r} is a {task.type} task of the proxy data; choose a classification task")
     per_game, cka, played = [], None, {}
-    for sensor in sorted({get_sensor(t.sensor).name for t in manifest.tiles}):
+    for sensor in sorted({manifest.sensor(t.sensor).name for t in manifest.tiles}):
         tiles = manifest.select(sensor=sensor, task=pc.task)
         fit = [t for t in tiles if t.split == "train"]
         score = [t for t in tiles if t.split != "train"]
-        bands = get_sensor(sensor).image_bands
+        bands = manifest.sensor(sensor).image_bands
         players = [e for e in registry.readers(bands, tolerance) if cache.has(e.weights_sha256, [t.id for t in tiles])]
         if not players or not fit or not score:
             continue
