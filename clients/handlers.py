@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import resource
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 import torch
@@ -29,7 +28,7 @@ from clients.training import build_model, evaluate_splits, fit, fit_fcmae
 from fusion.ensemble import Ensemble
 from fusion.featstats import FeatureStats
 from fusion.student import student_from_bytes
-from geodata.sensors import default, using
+from geodata.sensors import using
 from pipeline.privacy import clip_update
 from specialists.card import SpecialistCard
 from specialists.io import specialist_from_bytes, specialist_to_bytes
