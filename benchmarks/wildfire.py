@@ -8,7 +8,7 @@ beside), ``eosfed finetune``, ``eosfed predict`` over every full val and test sc
 F1, IoU) at the threshold that maximises F1 on the val events, and at the precision-first operating point:
 the threshold of highest val precision among those whose val recall is at least ``--recall-floor``.
 
-Rows: the model (an atto ConvNeXtV2 trained from scratch with an UPerNet head, refined at full
+Rows: the model (an atto ConvNeXtV2 fine-tuned from ``--init`` with an UPerNet head, refined at full
 resolution by default (``--decoder``): a specialist of these
 14 events); a random-init atto, frozen, with the same head; and a per-pixel logistic regression on
 the 5 bands (z-scored, full-batch L-BFGS in torch; trained on all 14 events, scored at 0.5 and at the
@@ -19,8 +19,9 @@ B03, B02 stand-ins), scored at the fine-tuned row's threshold; its target: F1 wi
 
 Usage: OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/wildfire.py [--size 128 --stride 64 --batch-size 8
 --epochs 40 --patience 8 --gain-jitter 0.1 --seeds 3 --recall-floor 0.85 --decoder upernet_skip --work outputs/wildfire --results benchmarks/results]
-(the defaults: the configuration chosen on the val events; see benchmarks/results/wildfire.md)
-Writes benchmarks/results/wildfire.json and wildfire.md.
+(the defaults, --init base --loss ce_dice: the configuration chosen by 3-fold cross-validation over the 14
+train events, ``--cv 3``; see the README's wildfire section)
+Writes benchmarks/results/wildfire[_<init stem>][_<loss>].json and .md (the defaults: wildfire_base_ce_dice.*).
 """
 
 from __future__ import annotations
@@ -281,11 +282,11 @@ def main() -> None:
     parser.add_argument("--decoder", default="upernet_skip", help="eosfed finetune --decoder (both model rows)")
     parser.add_argument("--recall-floor", type=float, default=0.85,
                         help="the precision-first operating point keeps at least this recall on the val events")
-    parser.add_argument("--init", default="random",
+    parser.add_argument("--init", default="base",
                         help="the fine-tuned model's start: random, base (the shipped base checkpoint) or a checkpoint "
                              "file (eosfed finetune --init-weights); other than random, results go to "
                              "wildfire_<stem>.json/.md")
-    parser.add_argument("--loss", default="ce", help="eosfed finetune --loss (ce, ce_dice); other than ce, results "
+    parser.add_argument("--loss", default="ce_dice", help="eosfed finetune --loss (ce, ce_dice, focal, focal_dice); other than ce, results "
                                                      "go to wildfire[_<init stem>]_<loss>.json/.md")
     parser.add_argument("--cv", type=int, default=0, help="instead: cross-validate the fine-tuned configuration over "
                         "the 14 train events in this many folds (one seed; a selection score, test events never read); "
