@@ -42,7 +42,7 @@ import time
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -290,14 +290,15 @@ MARKS = (
 
 
 def way_flower(experiment: str, overrides: list[str], work: Path, federation: list[str], warm: bool,
-               threads: int | None) -> list[dict[str, Any]]:
+               threads: int | None, save: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
     """``eosfed run``'s path (its federation config: :func:`eosfed.commands.run.client_cpus` unless given), cold
     (fresh Flower home: a SuperLink is started) and, with ``warm``, again on the SuperLink the first left
     running; every streamed line time-stamped. ``threads``: OMP_NUM_THREADS of Flower's processes (default:
-    unset, as from a plain shell: Ray gives each ClientApp its CPUs' count)."""
+    unset, as from a plain shell: Ray gives each ClientApp its CPUs' count). ``save(runs)`` after each run."""
     from eosfed.commands.run import client_cpus, federation_args
     from server.local import flwr_run, flower_env, local_superlink_ports, run_status, stop_local_superlink
 
+    work.mkdir(parents=True, exist_ok=True)
     state = Path(tempfile.mkdtemp(prefix="profile-flower-", dir=work))
     runs = []
     envs: list[dict[str, str]] = []
@@ -336,6 +337,7 @@ def way_flower(experiment: str, overrides: list[str], work: Path, federation: li
                          "omp_num_threads": env.get("OMP_NUM_THREADS"),
                          "load_before": load, "load_after": _load()})
             log.info("flower %s: %.1f s (%s)", attempt, t_end - t0, status)
+            save(runs)
     finally:
         for env in envs:  # the first started the SuperLink (its Ray temp dir too); the others only made a dir
             stop_local_superlink(env)
@@ -399,9 +401,14 @@ def render(record: dict[str, Any]) -> str:
                   f"{record['meta']['min_row_s']} s left out (they are in the JSON).", ""]
         lines += _rows(r["table"], r["wall_s"], record["meta"]["min_row_s"])
         lines.append("")
-    quality = {k: v for k, v in (("in process", record.get("in_process", {}).get("quality")),
+    quality = {k: v for k, v in (("baseline", record.get("baseline", {}).get("quality")),
+                                 ("in process", record.get("in_process", {}).get("quality")),
                                  *((f"flower {r['attempt']}", r["quality"]) for r in record.get("flower", []))) if v}
     if quality:
+        if "baseline" in record:
+            b = record["baseline"]
+            lines += [f"Baseline: {b['source']}; its phases: "
+                      + ", ".join(f"{n} {s:.0f} s" for n, s in b["phases"].items()) + ".", ""]
         lines += ["## Quality numbers of these runs (largest label fraction; the report's)", "",
                   "| run | institution | scores |", "|---|---|---|"]
         for run, q in quality.items():
@@ -428,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", type=Path, default=None, help="run folders here (default: a temp dir, removed)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="profile_default", help="result file stem")
+    parser.add_argument("--baseline-run-dir", type=Path, default=None,
+                        help="a finished default run of the code to compare with (e.g. main's `eosfed run`, same "
+                             "seeds): its phases and quality numbers are stored as `baseline`")
+    parser.add_argument("--baseline-note", default="", help="what the baseline run is (commit, wall time, load)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = shlex.split(args.overrides)
@@ -444,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="profile-default-") if args.work is None else None
     work = Path(tmp.name) if tmp else args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.baseline_run_dir is not None:
+        record["baseline"] = {"source": args.baseline_note or str(args.baseline_run_dir),
+                              "phases": {n: p["seconds"] for n, p in _phases(args.baseline_run_dir).items()},
+                              "quality": _quality(args.baseline_run_dir)}
+        atomic_write_text(path, json.dumps(record, indent=1))
+        atomic_write_text(args.out / f"{args.name}.md", render(record))
     try:
         for way in [w for w in WAYS if w in args.ways]:
             log.info("profile: %s ...", way)
@@ -454,8 +471,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                               args.interval_ms / 1000, args.nodes, args.threads)
                 atomic_write_text(args.out / f"{args.name}.folded", folded)
             else:
-                record["flower"] = way_flower(args.experiment, overrides, work / "flower", args.federation_config,
-                                              args.warm, args.flower_threads)
+                def save(runs: list[dict[str, Any]]) -> None:
+                    record["flower"] = runs
+                    atomic_write_text(path, json.dumps(record, indent=1))
+                    atomic_write_text(args.out / f"{args.name}.md", render(record))
+
+                way_flower(args.experiment, overrides, work / "flower", args.federation_config, args.warm,
+                           args.flower_threads, save)
             atomic_write_text(path, json.dumps(record, indent=1))
             atomic_write_text(args.out / f"{args.name}.md", render(record))
     finally:
