@@ -405,8 +405,9 @@ def section_scaling(args: argparse.Namespace, work: Path,
     """One ``flwr run .`` per institution count; ``save(section)`` after each (a failed count is recorded)."""
     worlds = work / "worlds-cache"
     small = shlex.split(args.scale_overrides)
-    rows: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
+    kept = args.previous_scaling if args.scale_append else {}  # earlier counts' rows, kept beside the new ones
+    rows: list[dict[str, Any]] = [r for r in kept.get("rows", []) if r["institutions"] not in args.scales]
+    failures: list[dict[str, Any]] = [f for f in kept.get("failures", []) if f["institutions"] not in args.scales]
     for n in args.scales:
         base = [*scale_overrides(n, args.scale_tiles, args.scale_real), *small]
         warm = warm_worlds(args.experiment, [f"cache_dir={worlds}", *base])
@@ -431,6 +432,7 @@ def section_scaling(args: argparse.Namespace, work: Path,
                          "groups": {g: len(v["members"]) for g, v in roster["groups"].items()},
                          "warmup_s": warm, "worlds_generated_during_run": _worlds_made(worlds / "worlds", before),
                          **_strip(run)})
+        rows.sort(key=lambda row: row["institutions"])
         save({"experiment": args.experiment, "overrides": small, "tiles_per_institution": args.scale_tiles,
               "max_nodes": args.scale_nodes, "rows": rows, "failures": failures, "growth": _growth(rows)})
     return {"experiment": args.experiment, "overrides": small, "tiles_per_institution": args.scale_tiles,
@@ -652,6 +654,7 @@ def _scaling_md(r: dict[str, Any]) -> list[str]:
 def _default_md(r: dict[str, Any]) -> list[str]:
     phases = ", ".join(f"{n} {p['seconds']:.0f} s" for n, p in r["phases"].items())
     lines = ["## Default experiment through `flwr run .` (2 SuperNodes, cold cache)", "",
+             *([f"**Superseded**: {r['superseded']}", ""] if r.get("superseded") else []),
              f"Wall times {r.get('walls_s', [r['wall_s']])} s (median {r.get('median_wall_s', r['wall_s']):.0f} s); "
              f"evaluate share {r.get('evaluate_shares', '-')}. "
              f"First run: phases {phases}. Peak PSS sum {_peak(r)} MB, peak RSS sum {_peak(r, 'rss_mb')} MB; "
@@ -698,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--scales", type=int, nargs="+", default=[4, 8, 16], help="institution counts")
     parser.add_argument("--scale-tiles", type=int, default=16, help="scenes per institution in the scaling runs")
     parser.add_argument("--scale-nodes", type=int, default=4, help="at most this many simulated SuperNodes")
+    parser.add_argument("--scale-append", action="store_true",
+                        help="keep the stored scaling rows of other institution counts beside the new ones")
     parser.add_argument("--scale-real", type=int, default=3,
                         help="institutions of the scaling runs that hold real samples of ../shared/data (at most 3)")
     parser.add_argument("--scale-overrides", default=("train.rounds=1 train.local_epochs=1 distill.epochs=1 "
@@ -723,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     record["meta"] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                       "cpus": os.cpu_count(), "torch": torch.__version__, "flwr": flwr.__version__,
                       "sample_s": args.sample_s}
+    args.previous_scaling = record.get("scaling") or {}
     if args.suite_s is not None and args.fast_lane_s is not None:
         record["suite"] = {"suite_s": args.suite_s, "fast_lane_s": args.fast_lane_s, "source": args.suite_source}
     profile_path = args.out / "profile_default.json"
