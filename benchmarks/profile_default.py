@@ -66,6 +66,7 @@ ACTIVITIES = (
     ("prune: contributions", "pipeline/contrib.py", None),
     ("prune: redistill", "pipeline/distill.py", "redistil"),
     ("distill: teacher targets", "fusion/teacher_cache.py", None),
+    ("distill: proxy tiles (world generation, statistics)", "pipeline/proxy.py", None),
     ("distill: student epochs", "fusion/distill.py", None),
     ("distill: student epochs", "pipeline/distill.py", None),
     ("train: validation", "specialists/train.py", "evaluate"),
@@ -408,7 +409,8 @@ def render(record: dict[str, Any]) -> str:
         if "baseline" in record:
             b = record["baseline"]
             lines += [f"Baseline: {b['source']}; its phases: "
-                      + ", ".join(f"{n} {s:.0f} s" for n, s in b["phases"].items()) + ".", ""]
+                      + ", ".join(f"{n} {s:.0f} s" for n, s in b["phases"].items())
+                      + (f"; its report means: {b['means']}" if b.get("means") else "") + ".", ""]
         lines += ["## Quality numbers of these runs (largest label fraction; the report's)", "",
                   "| run | institution | scores |", "|---|---|---|"]
         for run, q in quality.items():
