@@ -21,22 +21,29 @@ Sections (``--sections``, each stored under its own key of the JSON, so they can
 - ``bytes``: message bytes per phase, ``enrol.weights=send`` (the ``overhead`` in-process run when both
   sections run) vs features-only ``enrol.weights=home``
   (in-process; the counts are those of the messages' records, the same through Flower).
-- ``scaling``: N institutions (default 4, 8, 16) of a generated world (small data: 32 px tiles,
-  ``--scale-tiles`` scenes each, 1 round, 1 distillation epoch), sensors and tasks cycling through
-  Sentinel-2 scene, Sentinel-1 scene, aerial land cover (so 3 groups whose sizes grow with N), four
-  regions; through ``flwr run .`` with ``num-supernodes = min(N, --scale-nodes)``. Wall time, phase
-  seconds, peak memory of the process tree, messages and bytes.
+- ``scaling``: N institutions (default 4, 8, 16): ``--scale-real`` (3) of them hold real samples of
+  ``../shared/data`` (the EuroSAT halves, one FedAvg group; AID, 4 images per class), the others a
+  generated world (small data: 32 px tiles, ``--scale-tiles`` scenes each, 1 round, 1 distillation
+  epoch), sensors and tasks cycling through Sentinel-2 scene, Sentinel-1 scene, aerial land cover (so
+  5 groups, 3 of them growing with N), four regions; through ``flwr run .`` with
+  ``num-supernodes = min(N, --scale-nodes)``. Wall time, phase seconds, peak memory of the process
+  tree, messages and bytes.
 - ``default``: the default experiment through ``flwr run .``, ``--default-repeats`` times (cold cache: a
   fresh user's run); the evaluate phase's share of the wall time.
 
-``targets`` (JSON and markdown) sets the measured figures against issue 15's goals: default run <= 180 s
-and evaluate <= 15 % of it, quick preset <= 60 s through Flower and <= 1.25 x its in-process time (medians
-of the repeats), and an energy estimate (:mod:`pipeline.energy`, in every phase result) for every phase.
+``targets`` (JSON and markdown) sets the measured figures against issue 24's goals (:func:`targets`): the
+default ``eosfed run`` <= 180 s cold and <= 150 s warm with evaluate <= 15 % of it and no quality number
+lower than the baseline's (read from ``benchmarks/results/profile_default.json``, written by
+``benchmarks/profile_default.py``), the quick preset <= 60 s through Flower and <= 1.25 x its in-process time
+(medians of the repeats), 128 institutions in <= 10 min and <= 6 GB (``scaling``), the suite <= 15 min and the
+fast lane <= 4 min (``--suite-s``/``--fast-lane-s``, measured by ``.ci/run``), and an energy estimate
+(:mod:`pipeline.energy`) for every phase. ``--sections`` with no name only recomputes the targets.
 
 Synthetic worlds are generated before each measured run (``warmup_s``) into a shared cache; each run
 gets its own cache folder linking to those worlds, so no run reuses another run's teacher features.
 Everything runs with one torch thread (this process: ``torch.set_num_threads(1)``; Flower's
-processes: ``OMP_NUM_THREADS=1``). Every Flower run is checked ``finished:completed`` with
+processes: ``OMP_NUM_THREADS=1``); Flower runs get ``eosfed run``'s federation config
+(:func:`eosfed.commands.run.client_cpus`: the CPUs shared among the SuperNodes, so they work at once). Every Flower run is checked ``finished:completed`` with
 ``flwr ls`` and no process it started may outlive it.
 
 Usage: python benchmarks/federation_cost.py [--sections overhead bytes scaling default]
@@ -65,7 +72,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from clients.data import open_manifest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code, whatever is installed
+
+from clients.data import open_manifest  # noqa: E402
+from eosfed.commands.run import client_cpus, federation_args
 from clients.institution import InstitutionSpec
 from geodata.files import atomic_write_text
 from geodata.synth.spectra import CLASSES
@@ -198,7 +208,9 @@ def warm_worlds(experiment: str, overrides: Sequence[str]) -> float:
     t0 = time.perf_counter()
     cfg, _ = load_experiment(RunSettings(experiment, tuple(overrides), "warmup"))
     cache_dir = Path(cfg.cache_dir).expanduser().resolve()
-    for name in cfg.institutions:
+    for name, inst in cfg.institutions.items():
+        if inst.manifest:  # a real-sample institution: its manifest is written at the run's start
+            continue
         record = simulated_record(cfg, name, cache_dir)
         open_manifest(InstitutionSpec.from_record(record, f"institution {name!r}"))
     proxy_manifest(cfg, cache_dir, sorted({inst.sensor for inst in cfg.institutions.values()}))
@@ -237,7 +249,9 @@ def run_flower(root: Path, experiment: str, overrides: Sequence[str], run_name: 
     """The run through ``flwr run .`` on a fresh isolated local SuperLink (simulation); checks it
     finished completed and that nothing it started survives; wall time, phases, memory."""
     config = {"experiment": experiment, "overrides": shlex.join(overrides), "run-name": run_name}
-    extra = ["--federation-config", f"num-supernodes={num_supernodes}"] if num_supernodes else []
+    given = [f"num-supernodes={num_supernodes}"] if num_supernodes else []
+    federation = [*client_cpus(given), *given]  # as eosfed run passes them
+    extra = federation_args(federation)
     root.mkdir(parents=True, exist_ok=True)
     flower_root = Path(tempfile.mkdtemp(prefix="fed-", dir=root))
     load = _load()
@@ -263,7 +277,8 @@ def run_flower(root: Path, experiment: str, overrides: Sequence[str], run_name: 
     for phase in phases.values():
         phase["tree_peak"] = sampler.peak(*phase["window"])
     return {"wall_s": round(wall, 2), "run_id": run_id, "status": status, "phases": phases, **_totals(phases),
-            "peak": sampler.peak(), "num_supernodes": num_supernodes or 2, "load_before": load,
+            "peak": sampler.peak(), "num_supernodes": num_supernodes or 2, "federation_config": federation,
+            "load_before": load,
             "load_after": _load(), "run_dir": str(run_dir)}
 
 
@@ -356,41 +371,72 @@ def section_bytes(args: argparse.Namespace, work: Path, overhead: dict[str, Any]
     return {"experiment": args.experiment, "overrides": base, "warmup_s": warm, "modes": modes}
 
 
-def scale_overrides(n: int, tiles: int) -> list[str]:
-    """Hydra overrides for a world and an experiment of ``n`` generated institutions (see module doc)."""
+# Real-sample institutions (configs/institutions/real_samples.yaml) put among the generated ones: the EuroSAT
+# halves (one FedAvg group of their own) and AID capped at SCALE_AID_PER_CLASS images per class.
+SCALE_REAL = {
+    "eurosat_a": '{sensor:sentinel2_l1c,task:scene,manifest:${samples.out}/eurosat/manifest.json,region:part0}',
+    "eurosat_b": '{sensor:sentinel2_l1c,task:scene,manifest:${samples.out}/eurosat/manifest.json,region:part1}',
+    "aid": '{sensor:rgb,task:scene,manifest:${samples.out}/aid/manifest.json,region:part0,resize:64}',
+}
+SCALE_AID_PER_CLASS = 4
+
+
+def scale_overrides(n: int, tiles: int, real: int = 0) -> list[str]:
+    """Hydra overrides for a world and an experiment of ``n`` institutions (see module doc): ``real`` of them
+    (at most 3) hold real samples of ``../shared/data`` (:data:`SCALE_REAL`), the others are generated."""
     priors = "{" + ",".join(f"{c}:1.0" for c in CLASSES) + "}"
     world, insts = [], []
-    for i in range(n):
+    real = min(real, len(SCALE_REAL), n - 1)
+    extra = [f"+institutions.{name}={spec}" for name, spec in list(SCALE_REAL.items())[:real]]
+    if real:
+        extra += ["samples.root=../shared/data", f"samples.aid_per_class={SCALE_AID_PER_CLASS}"]
+    for i in range(n - real):
         sensor, task = SCALE_KINDS[i % len(SCALE_KINDS)]
         name = f"inst{i:02d}"
         world.append(f"{{name:{name},region:{SCALE_REGIONS[i % len(SCALE_REGIONS)]},sensors:[{sensor}],"
                      f"class_priors:{priors},domain_shift:{0.2 + 0.6 * i / max(n - 1, 1):.2f}}}")
         insts.append(f"+institutions.{name}={{sensor:{sensor},task:{task}}}")
     return [f"world.name=scale{n}", f"world.tiles_per_institution={tiles}", "world.tile_size=32",
-            "world.aerial_factor=2", f"world.institutions=[{','.join(world)}]", "~institutions", *insts]
+            "world.aerial_factor=2", f"world.institutions=[{','.join(world)}]", "~institutions", *insts, *extra]
 
 
-def section_scaling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def section_scaling(args: argparse.Namespace, work: Path,
+                    save: Callable[[dict[str, Any]], None] = lambda section: None) -> dict[str, Any]:
+    """One ``flwr run .`` per institution count; ``save(section)`` after each (a failed count is recorded)."""
     worlds = work / "worlds-cache"
     small = shlex.split(args.scale_overrides)
-    rows = []
+    kept = args.previous_scaling if args.scale_append else {}  # earlier counts' rows, kept beside the new ones
+    rows: list[dict[str, Any]] = [r for r in kept.get("rows", []) if r["institutions"] not in args.scales]
+    failures: list[dict[str, Any]] = [f for f in kept.get("failures", []) if f["institutions"] not in args.scales]
     for n in args.scales:
-        base = [*scale_overrides(n, args.scale_tiles), *small]
+        base = [*scale_overrides(n, args.scale_tiles, args.scale_real), *small]
         warm = warm_worlds(args.experiment, [f"cache_dir={worlds}", *base])
         before = {p.name for p in (worlds / "worlds").iterdir()}
         root = work / f"scale-{n}"
         cache = _run_cache(root, worlds / "worlds")
         nodes = min(n, args.scale_nodes)
         log.info("scaling: %d institutions on %d simulated nodes ...", n, nodes)
-        run = run_flower(root, args.experiment, _overrides(cache, root / "outputs", base), "run", args.timeout_s,
-                         args.sample_s, num_supernodes=nodes)
-        roster = json.loads((Path(run["run_dir"]) / "phases" / "discover.json").read_text())
-        log.info("scaling %d: %.1f s, peak PSS %s MB", n, run["wall_s"], run["peak"].get("pss_mb"))
-        rows.append({"institutions": n, "groups": {g: len(v["members"]) for g, v in roster["groups"].items()},
-                     "warmup_s": warm, "worlds_generated_during_run": _worlds_made(worlds / "worlds", before),
-                     **_strip(run)})
+        real = min(args.scale_real, len(SCALE_REAL), n - 1)
+        t0 = time.perf_counter()
+        try:
+            run = run_flower(root, args.experiment, _overrides(cache, root / "outputs", base), "run", args.timeout_s,
+                             args.sample_s, num_supernodes=nodes)
+        except (RuntimeError, TimeoutError) as exc:  # where it breaks is a result too
+            log.error("scaling %d failed: %s", n, str(exc).splitlines()[0])
+            failures.append({"institutions": n, "real_institutions": real, "num_supernodes": nodes,
+                             "after_s": round(time.perf_counter() - t0, 1), "error": str(exc)[-3000:]})
+        else:
+            roster = json.loads((Path(run["run_dir"]) / "phases" / "discover.json").read_text())
+            log.info("scaling %d: %.1f s, peak PSS %s MB", n, run["wall_s"], run["peak"].get("pss_mb"))
+            rows.append({"institutions": n, "real_institutions": real,
+                         "groups": {g: len(v["members"]) for g, v in roster["groups"].items()},
+                         "warmup_s": warm, "worlds_generated_during_run": _worlds_made(worlds / "worlds", before),
+                         **_strip(run)})
+        rows.sort(key=lambda row: row["institutions"])
+        save({"experiment": args.experiment, "overrides": small, "tiles_per_institution": args.scale_tiles,
+              "max_nodes": args.scale_nodes, "rows": rows, "failures": failures, "growth": _growth(rows)})
     return {"experiment": args.experiment, "overrides": small, "tiles_per_institution": args.scale_tiles,
-            "max_nodes": args.scale_nodes, "rows": rows, "growth": _growth(rows)}
+            "max_nodes": args.scale_nodes, "rows": rows, "failures": failures, "growth": _growth(rows)}
 
 
 def _growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -431,15 +477,66 @@ def _energy_present(runs: list[dict[str, Any]]) -> bool:
                               for n, p in r["phases"].items() if n != "report")
 
 
-def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's goals against what the sections measured (those whose section ran)."""
+def _lower_scores(run: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> list[str]:
+    """``institution encoder method: value < baseline`` for every score of ``baseline`` that ``run`` has lower."""
+    return [f"{inst} {key}: {run[inst][key]:.4f} < {value:.4f}" for inst, scores in baseline.items()
+            for key, value in scores.items() if key in run.get(inst, {}) and run[inst][key] < value]
+
+
+def report_means(quality: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The report's per-institution mean of each encoder (the linear probe, or the segmentation probe), 3 decimals."""
+    scores: dict[str, list[float]] = {}
+    for inst in quality.values():
+        for key, value in inst.items():
+            encoder, method = key.rsplit(" ", 1)
+            if method in ("linear", "segmentation"):
+                scores.setdefault(encoder, []).append(value)
+    return {encoder: round(float(np.mean(v)), 3) for encoder, v in scores.items()}
+
+
+def targets(record: dict[str, Any], profile: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Issue 24's goals against what was measured: the default run (cold, warm, evaluate share, quality) from
+    ``profile`` (benchmarks/results/profile_default.json, its ``flower`` runs; else this file's ``default``
+    section), the quick preset from ``overhead``, 128 institutions from ``scaling``, the suite and fast
+    lane from ``suite``. Each note gives the load average the wall time was measured under."""
     out = []
 
     def add(target: str, value: Any, threshold: str, met: bool, note: str) -> None:
         out.append({"target": target, "value": value, "threshold": threshold, "met": bool(met), "note": note})
 
+    flower = {r["attempt"]: r for r in (profile or {}).get("flower", [])}
     default, overhead = record.get("default"), record.get("overhead")
-    if default and "walls_s" in default:
+    if flower:
+        src = f"profile_default.json {profile['meta']['date']}"
+        cold = flower.get("cold")
+        if cold:
+            add("default eosfed run seconds, cold (fresh Flower home: SuperLink started, worlds generated)",
+                cold["wall_s"], "<= 180", cold["wall_s"] <= 180, f"{src}; load before {cold['load_before']}")
+        warm = flower.get("warm")
+        if warm:
+            add("default eosfed run seconds, warm (SuperLink of the same checkout reused)", warm["wall_s"], "<= 150",
+                warm["wall_s"] <= 150, f"{src}; load before {warm['load_before']}")
+        else:
+            add("default eosfed run seconds, warm (SuperLink of the same checkout reused)", "not measured", "<= 150",
+                False, "run `python benchmarks/profile_default.py --ways flower --warm` (the warm attempt of "
+                       f"{src} was stopped to free the machine)")
+        for attempt, run in flower.items():
+            share = round(run["phases"]["evaluate"] / run["wall_s"], 3)
+            add(f"evaluate share of the default run ({attempt})", share, "<= 0.15", share <= 0.15,
+                f"evaluate {run['phases']['evaluate']:.0f} s of {run['wall_s']:.0f} s; load before {run['load_before']}")
+        baseline = (profile or {}).get("baseline")
+        if baseline and cold and baseline.get("quality"):
+            lower = _lower_scores(cold["quality"], baseline["quality"])
+            add("no quality number of the default report lower than main's (same seeds)", not lower,
+                "none lower", not lower, ("; ".join(lower) or "every score equal or higher")
+                + f" (baseline: {baseline['source']})")
+        elif baseline and cold and baseline.get("means"):
+            means = report_means(cold["quality"])
+            lower = [f"{k} {means[k]:.3f} < {v:.3f}" for k, v in baseline["means"].items() if k in means and means[k] < v]
+            add("no quality number of the default report lower than main's (same seeds; report means)", not lower,
+                "none lower", not lower, f"this run {means} vs {baseline['means']} ({baseline['source']})"
+                + (f"; lower: {'; '.join(lower)}" if lower else ""))
+    elif default and "walls_s" in default:
         n = len(default["walls_s"])
         add("default run seconds (flwr run ., cold cache)", default["median_wall_s"], "<= 180",
             default["median_wall_s"] <= 180, f"median of {n}; load before {default['load_before']}")
@@ -447,10 +544,31 @@ def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
             default["median_evaluate_share"] <= 0.15, f"median of {n}: evaluate phase seconds / wall")
     if overhead and overhead["experiment"] == "quick" and not overhead["overrides"]:
         quick = overhead["median_wall_s"]["flower"]
+        loads = overhead["flower"]["load_before"]
+        if "federation_config" not in overhead["flower"]:
+            loads = f"{loads}; measured with Flower's 2 CPUs per ClientApp, before eosfed run's client resources; not rerun"
         add("quick preset seconds (flwr run .)", quick, "<= 60", quick <= 60,
-            f"median of {len(overhead['walls_s']['flower'])}")
+            f"median of {len(overhead['walls_s']['flower'])}; load before {loads}")
         add("Flower overhead (quick through flwr run / in process)", overhead["ratio"], "<= 1.25",
-            overhead["ratio"] <= 1.25, "ratio of the medians of the wall times")
+            overhead["ratio"] <= 1.25, f"ratio of the medians of the wall times; load before {loads}")
+    rows = {r["institutions"]: r for r in (record.get("scaling") or {}).get("rows", [])}
+    big = rows.get(128)
+    if big:
+        add("128 institutions complete (flwr run ., Ray simulation)", big["wall_s"], "<= 600",
+            big["status"] == "finished:completed" and big["wall_s"] <= 600,
+            f"{big['status']}; {big['num_supernodes']} SuperNodes; load before {big['load_before']}")
+        add("128 institutions: peak memory of all processes (PSS sum, MB)", big["peak"]["pss_mb"], "<= 6000",
+            big["peak"]["pss_mb"] <= 6000, f"RSS sum {big['peak']['rss_mb']} MB over {big['peak']['processes']} processes")
+    elif rows:
+        most = max(rows)
+        add("128 institutions complete (flwr run ., Ray simulation)", f"not run (largest: {most})", "<= 600", False,
+            f"{most} institutions: {rows[most]['wall_s']:.0f} s, peak PSS {rows[most]['peak']['pss_mb']} MB")
+    suite = record.get("suite")
+    if suite:
+        add("python -m pytest (the whole suite, .ci/run) seconds", suite["suite_s"], "<= 900", suite["suite_s"] <= 900,
+            suite["source"])
+        add("fast lane (-m 'not flower and not federation and not slow') seconds", suite["fast_lane_s"], "<= 240",
+            suite["fast_lane_s"] <= 240, suite["source"])
     runs = [r for r in (default, overhead and overhead["flower"], overhead and overhead["in_process"]) if r]
     if runs:
         add("energy per phase present", _energy_present(runs), "every phase of every run", _energy_present(runs),
@@ -527,18 +645,25 @@ def _bytes_md(r: dict[str, Any]) -> list[str]:
 
 
 def _scaling_md(r: dict[str, Any]) -> list[str]:
-    lines = [f"## Scaling: institutions through `flwr run .` ({r['tiles_per_institution']} scenes of 32 px each, "
-             f"{' '.join(r['overrides'])}; num-supernodes = min(N, {r['max_nodes']}))", "",
-             "| institutions | SuperNodes | groups (members) | wall s | phase s | train s | distill s | evaluate s "
-             "| messages | MB moved | peak PSS MB | peak RSS MB | processes | world generation s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"## Scaling: institutions through `flwr run .` ({r['tiles_per_institution']} generated scenes of 32 px "
+             f"each, real-sample institutions among them, {' '.join(r['overrides'])}; num-supernodes = "
+             f"min(N, {r['max_nodes']}), eosfed run's client CPUs){' (partial)' if r.get('partial') else ''}", "",
+             "| institutions | real | SuperNodes | groups (members) | wall s | phase s | train s | distill s | evaluate s "
+             "| messages | MB moved | peak PSS MB | peak RSS MB | processes | world generation s | load before |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         ph = row["phases"]
         groups = ", ".join(f"{g.split('-')[0]} {m}" for g, m in row["groups"].items())
-        lines.append(f"| {row['institutions']} | {row['num_supernodes']} | {groups} | {row['wall_s']:.0f} | "
+        lines.append(f"| {row['institutions']} | {row.get('real_institutions', 0)} | {row['num_supernodes']} | {groups} | "
+                     f"{row['wall_s']:.0f} | "
                      f"{row['phase_seconds']:.0f} | {ph['train']['seconds']:.0f} | {ph['distill']['seconds']:.0f} | "
                      f"{ph['evaluate']['seconds']:.0f} | {row['messages']} | {_mb(row['sent'] + row['received'])} | "
-                     f"{_peak(row)} | {_peak(row, 'rss_mb')} | {row['peak'].get('processes')} | {row['warmup_s']:.0f} |")
+                     f"{_peak(row)} | {_peak(row, 'rss_mb')} | {row['peak'].get('processes')} | {row['warmup_s']:.0f} | "
+                     f"{row['load_before'][0]} |")
+    for fail in r.get("failures", []):
+        reason = " ".join(fail["error"].split())[-300:]
+        lines.append(f"| {fail['institutions']} | {fail['real_institutions']} | {fail['num_supernodes']} | failed after "
+                     f"{fail['after_s']:.0f} s: {reason} |" + " |" * 11)
     g = r.get("growth") or {}
     if g:
         lines += ["", f"Growth (log-log slope against N; 1 = linear): wall {g['wall_s_loglog_slope']}, phase time "
@@ -552,6 +677,7 @@ def _scaling_md(r: dict[str, Any]) -> list[str]:
 def _default_md(r: dict[str, Any]) -> list[str]:
     phases = ", ".join(f"{n} {p['seconds']:.0f} s" for n, p in r["phases"].items())
     lines = ["## Default experiment through `flwr run .` (2 SuperNodes, cold cache)", "",
+             *([f"**Superseded**: {r['superseded']}", ""] if r.get("superseded") else []),
              f"Wall times {r.get('walls_s', [r['wall_s']])} s (median {r.get('median_wall_s', r['wall_s']):.0f} s); "
              f"evaluate share {r.get('evaluate_shares', '-')}. "
              f"First run: phases {phases}. Peak PSS sum {_peak(r)} MB, peak RSS sum {_peak(r, 'rss_mb')} MB; "
@@ -568,7 +694,7 @@ def _default_md(r: dict[str, Any]) -> list[str]:
 
 
 def _targets_md(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["## Targets (issue 15)", "", "| target | value | threshold | met | note |", "|---|---|---|---|---|"]
+    lines = ["## Targets (issue 24)", "", "| target | value | threshold | met | note |", "|---|---|---|---|---|"]
     for t in rows:
         value = f"{t['value']:.3g}" if isinstance(t["value"], float) else t["value"]
         lines.append(f"| {t['target']} | {value} | {t['threshold']} | {'yes' if t['met'] else '**no**'} | {t['note']} |")
@@ -591,12 +717,17 @@ def render(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="*", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to (re)measure; none: only recompute the targets")
     parser.add_argument("--experiment", default="quick", help="configs/experiment/<name>.yaml of overhead, bytes, scaling")
     parser.add_argument("--overrides", default="", help="Hydra overrides of the overhead and bytes runs")
     parser.add_argument("--scales", type=int, nargs="+", default=[4, 8, 16], help="institution counts")
     parser.add_argument("--scale-tiles", type=int, default=16, help="scenes per institution in the scaling runs")
     parser.add_argument("--scale-nodes", type=int, default=4, help="at most this many simulated SuperNodes")
+    parser.add_argument("--scale-append", action="store_true",
+                        help="keep the stored scaling rows of other institution counts beside the new ones")
+    parser.add_argument("--scale-real", type=int, default=3,
+                        help="institutions of the scaling runs that hold real samples of ../shared/data (at most 3)")
     parser.add_argument("--scale-overrides", default=("train.rounds=1 train.local_epochs=1 distill.epochs=1 "
                                                       "proxy.tiles_per_institution=8 prune.permutations=10"),
                         help="Hydra overrides of the scaling runs (on top of the generated world)")
@@ -607,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--default-repeats", type=int, default=2, help="default experiment runs")
     parser.add_argument("--work", type=Path, default=None, help="keep run folders here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and markdown results")
+    parser.add_argument("--suite-s", type=float, default=None, help="the whole suite's seconds (measured elsewhere)")
+    parser.add_argument("--fast-lane-s", type=float, default=None, help="the fast lane's seconds")
+    parser.add_argument("--suite-source", default="", help="where the suite and fast-lane seconds come from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
@@ -617,16 +751,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
     record["meta"] = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                       "cpus": os.cpu_count(), "torch": torch.__version__, "flwr": flwr.__version__,
                       "sample_s": args.sample_s}
-    sections = {"overhead": section_overhead, "scaling": section_scaling, "default": section_default,
+    args.previous_scaling = record.get("scaling") or {}
+    if args.suite_s is not None and args.fast_lane_s is not None:
+        record["suite"] = {"suite_s": args.suite_s, "fast_lane_s": args.fast_lane_s, "source": args.suite_source}
+    profile_path = args.out / "profile_default.json"
+    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else None
+    def save_scaling(section: dict[str, Any]) -> None:
+        record["scaling"] = {**section, "partial": True, "argv": list(argv) if argv is not None else sys.argv[1:]}
+        record["targets"] = targets(record, profile)
+        atomic_write_text(path, json.dumps(record, indent=1))
+        atomic_write_text(args.out / "federation_cost.md", render(record))
+
+    sections = {"overhead": section_overhead, "scaling": lambda a, w: section_scaling(a, w, save_scaling),
+                "default": section_default,
                 "bytes": lambda a, w: section_bytes(a, w, record["overhead"] if "overhead" in a.sections else None)}
     t_all = time.perf_counter()
+    record["targets"] = targets(record, profile)
+    atomic_write_text(path, json.dumps(record, indent=1))
+    atomic_write_text(args.out / "federation_cost.md", render(record))
     with _workspace(args.work) as work:
         for name in [s for s in SECTIONS if s in args.sections]:
             t0 = time.perf_counter()
             record[name] = {**sections[name](args, work), "sample_s": args.sample_s,
                             "section_s": round(time.perf_counter() - t0, 1),
                             "argv": list(argv) if argv is not None else sys.argv[1:]}
-            record["targets"] = targets(record)
+            record["targets"] = targets(record, profile)
             atomic_write_text(path, json.dumps(record, indent=1))
             atomic_write_text(args.out / "federation_cost.md", render(record))
             log.info("section %s done in %.0f s", name, record[name]["section_s"])

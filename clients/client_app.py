@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from collections.abc import Iterator
 
 from flwr.app import Context, Message
@@ -18,9 +21,19 @@ app = ClientApp()
 
 @app.lifespan()
 def lifespan(context: Context) -> Iterator[None]:
-    """Show the project's INFO logs in the node's output (Flower configures only its own logger)."""
+    """Show the project's INFO logs in the node's output (Flower configures only its own logger); say how
+    many torch threads this ClientApp computes with (in the simulation: the CPUs Ray gave it)."""
     configure_logging()
+    _say_threads()
     yield
+
+
+@functools.cache
+def _say_threads() -> None:
+    """Once per process (the lifespan runs around every message)."""
+    import torch
+
+    logging.getLogger(__name__).info("ClientApp process %d: %d torch thread(s)", os.getpid(), torch.get_num_threads())
 
 
 @app.query("identify")

@@ -255,8 +255,9 @@ def segmentation_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, seed
         moments.update(scale)
         stats.append(moments.result())
 
-    def standardise(maps: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
-        return [(m[index].float() - mu.view(1, -1, 1, 1)) / sd.view(1, -1, 1, 1) for m, (mu, sd) in zip(maps, stats)]
+    def standardise(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every map standardised once (float32), not once per batch and epoch: the same values."""
+        return [(m.float() - mu.view(1, -1, 1, 1)) / sd.view(1, -1, 1, 1) for m, (mu, sd) in zip(maps, stats)]
 
     torch.manual_seed(seed)
     head = FPNSegmentationHead([m.shape[1] for m in train.maps], task.num_classes)
@@ -264,16 +265,19 @@ def segmentation_probe(train: FeatureSet, test: FeatureSet, task: TaskSpec, seed
     loss_fn = task_loss("segmentation", task.ignore_index)
     size = tuple(train.targets.shape[-2:])
     g = torch.Generator().manual_seed(seed)
+    maps = standardise(train.maps)
     with torch.enable_grad():
         for _ in range(epochs):
             for index in torch.randperm(len(train), generator=g).split(batch_size):
-                loss = loss_fn(head(standardise(train.maps, index), size), train.targets[index])
+                loss = loss_fn(head([m[index] for m in maps], size), train.targets[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+    del maps
     head.eval()
+    maps = standardise(test.maps)
     with torch.no_grad():
-        logits = torch.cat([head(standardise(test.maps, index), tuple(test.targets.shape[-2:]))
+        logits = torch.cat([head([m[index] for m in maps], tuple(test.targets.shape[-2:]))
                             for index in torch.arange(len(test)).split(batch_size)])
     return score_predictions(logits, test.targets, task)
 
@@ -330,7 +334,9 @@ def probe_encoder(
     maps = task.type == "segmentation"
     train = extract_features(encoder, train_batches, maps, device, f"{name} train")
     test = extract_features(encoder, test_batches, maps, device, f"{name} test")
-    val = extract_features(encoder, val_batches, maps, device, f"{name} val") if val_batches is not None else None
+    # the segmentation probe tunes nothing on val: its features are not extracted
+    val = (extract_features(encoder, val_batches, maps, device, f"{name} val")
+           if val_batches is not None and not maps else None)
     return probe_features(name, task_name, task, train, test, val, fractions, seeds, methods)
 
 

@@ -6,6 +6,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.sensors import get_sensor
 from geodata.synth import build_once
 from pipeline.settings import RunSettings, load_experiment
+from server.phases import train as train_phase
 from server.phases.discover import assign_hosts
 from server.run import run_experiment
 from tiny_run import simulated_nodes, tiny_run_config
@@ -43,6 +45,14 @@ def test_assign_hosts_round_robin() -> None:
     assert assign_hosts(["a", "b", "c"], [7, 9]) == {"a": 7, "b": 9, "c": 7}
     assert assign_hosts(["a"], [7, 9]) == {"a": 7}
     assert assign_hosts(["a"], []) == {}
+
+
+def test_train_batches_whole_groups_up_to_a_member_count() -> None:
+    """The coordinator holds one batch's weights at a time: groups packed in order, never split."""
+    runs = [SimpleNamespace(group=SimpleNamespace(members=[f"m{i}"] * size)) for i, size in enumerate((2, 1, 3, 5, 1))]
+    sizes = [[len(r.group.members) for r in batch] for batch in train_phase._batches(runs, most=4)]
+    assert sizes == [[2, 1], [3], [5], [1]]  # a group larger than the bound goes alone
+    assert train_phase._batches(runs, most=32) == [runs]  # the demo's groups: one exchange, as before
 
 
 def test_discover_binds_simulated_declared_and_idle_nodes(tmp_path: Path, eurosat_manifest: Path) -> None:

@@ -41,6 +41,14 @@ def test_federation_config_is_passed_per_value() -> None:
     assert run_command.federation_args(parse().federation_config) == []
 
 
+def test_client_cpus_share_the_machine_among_the_supernodes_unless_given() -> None:
+    assert run_command.client_cpus(None, cpus=2) == ["client-resources-num-cpus=1"]  # Flower's 2 nodes at once
+    assert run_command.client_cpus(["num-supernodes=4"], cpus=16) == ["client-resources-num-cpus=4"]
+    assert run_command.client_cpus(["num-supernodes=8 client-resources-num-gpus=0.25"], cpus=2) == [
+        "client-resources-num-cpus=1"]  # never below one
+    assert run_command.client_cpus(["client-resources-num-cpus=2"], cpus=2) == []  # the user's value stands
+
+
 def test_misspelt_override_or_bad_run_name_is_one_line_exit_2(capsys, tmp_path: Path) -> None:
     for argv, name in ((["--overrides", "train.roundz=1"], "train.roundz"), (["--run-name", "../x"], "run-name")):
         capsys.readouterr()

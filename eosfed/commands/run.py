@@ -4,7 +4,8 @@ A thin wrapper over ``flwr run . --stream`` (:mod:`server.local`): the experimen
 first (a misspelt override fails at once, exit 2); runtime dependency installation is off; the Flower
 home is this checkout's own (``--state``, so no SuperLink started from elsewhere serves it); the local
 SuperLink this home already runs is reused, else one is started on free ports and stopped (with its
-process tree) at the end. Exit 0 only when ``flwr ls`` says the run is ``finished:completed``;
+process tree) at the end. Each simulated ClientApp gets this machine's CPUs shared among the SuperNodes
+(:func:`client_cpus`) unless ``--federation-config`` sets ``client-resources-num-cpus``. Exit 0 only when ``flwr ls`` says the run is ``finished:completed``;
 otherwise 1, with the status and its reason on the last line.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -58,6 +60,20 @@ def federation_args(configs: list[str] | None) -> list[str]:
     return [arg for value in configs or () for arg in ("--federation-config", value)]
 
 
+def client_cpus(configs: list[str] | None, cpus: int | None = None) -> list[str]:
+    """The simulation's ClientApp CPUs, unless ``configs`` set them: this machine's ``cpus`` shared among the
+    ``num-supernodes`` (Flower's 2 unless set), at least 1, so every simulated node works at once (Flower's
+    default reserves 2 CPUs per ClientApp: on a 2-CPU machine one node worked at a time). Ray gives each
+    ClientApp as many torch threads (``OMP_NUM_THREADS``)."""
+    from flwr.common.config import parse_config_args
+
+    given = {k.replace("_", "-"): v for k, v in parse_config_args(list(configs or ())).items()}
+    if "client-resources-num-cpus" in given:
+        return []
+    nodes = int(given.get("num-supernodes", 2))
+    return [f"client-resources-num-cpus={max(1, (cpus or os.cpu_count() or 1) // max(nodes, 1))}"]
+
+
 def run(args: argparse.Namespace) -> int:
     config = run_config(args)
     ports = local_superlink_ports(args.state / "flwr-home")
@@ -65,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s local SuperLink (FLWR_HOME %s)", "Reusing the" if ports else "Starting a", env["FLWR_HOME"])
     try:
         try:
-            run_id, _ = flwr_run(env, None, config, None, federation_args(args.federation_config), sys.stdout.write)
+            federation = [*client_cpus(args.federation_config), *(args.federation_config or ())]
+            run_id, _ = flwr_run(env, None, config, None, federation_args(federation), sys.stdout.write)
         except RuntimeError as exc:
             log.error("%s before a run started", str(exc).splitlines()[0])
             return 1

@@ -34,8 +34,11 @@ __all__ = ["PHASE", "evaluate"]
 log = logging.getLogger(__name__)
 
 
-def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> EnsembleFiles | str:
-    """The ensemble part of the request for ``member``, or why there is none."""
+def _ensemble(ctx: PhaseContext, registry: Registry, member: Member,
+              built: dict[tuple[str, ...], EnsembleFiles]) -> EnsembleFiles | str:
+    """The ensemble part of the request for ``member``, or why there is none; members given the same
+    specialists share one :class:`EnsembleFiles` (``built``: its records are encoded once, whatever the
+    number of institutions)."""
     tolerance = ctx.cfg.tolerance_nm
     readers = registry.readers(member.bands, tolerance)
     local = [e for e in readers if not e.holder]
@@ -47,6 +50,9 @@ def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> Ensemble
         local = [e for e in local if member.name in registry.card(e.name).institutions]
         if not local:
             return "no specialist of its own group can read it (enrol.share_weights is false)"
+    names = tuple(entry.name for entry in local)
+    if names in built:
+        return built[names]
     cards, weights, stats = {}, {}, {}
     for entry in local:
         cards[entry.name] = registry.card(entry.name).shared().to_json()  # no member's counts or scores
@@ -54,7 +60,8 @@ def _ensemble(ctx: PhaseContext, registry: Registry, member: Member) -> Ensemble
         feature_stats = registry.feature_stats(entry.name)
         if feature_stats is not None:
             stats[entry.name] = feature_stats.to_tensors()
-    return EnsembleFiles(cards, weights, stats, tolerance)
+    built[names] = EnsembleFiles(cards, weights, stats, tolerance)
+    return built[names]
 
 
 def _in_waves(ctx: PhaseContext, requests: list[Request]) -> dict[str, Outcome]:
@@ -85,13 +92,10 @@ def evaluate(ctx: PhaseContext) -> dict[str, Any]:
     student = ctx.run_dir / "student"
     card = read_card(student / CARD_FILE, StudentCard).shared()  # no group's hash or distillation record
     files = StudentFiles(card.to_json(), (student / WEIGHTS_FILE).read_bytes())
-    ensembles: dict[tuple[str, ...], EnsembleFiles | str] = {}  # per bands (or institution): built once
+    built: dict[tuple[str, ...], EnsembleFiles] = {}  # per set of specialists: built (and encoded) once
     requests, no_ensemble, weights_sent = [], {}, {}
     for name, member in roster.institutions.items():
-        key = tuple(member.bands) if ctx.cfg.enrol.share_weights else (name,)
-        if key not in ensembles:
-            ensembles[key] = _ensemble(ctx, registry, member)
-        ensemble = ensembles[key]
+        ensemble = _ensemble(ctx, registry, member, built)
         if isinstance(ensemble, str):
             no_ensemble[name] = ensemble
         else:

@@ -10,6 +10,8 @@ tensors, shapes, dtypes, finite values, positive example count) and averaged wei
 examples; a bad or missing reply is logged and left out. With ``train.dp`` the updates are clipped (by the
 members, ``client``: the request carries the norm and a longer update is refused; or here, ``server``) and
 each round's average noised; the group's epsilon goes in its result and card (:mod:`pipeline.privacy`).
+Groups are exchanged together in batches of at most :data:`MAX_MEMBERS_AT_ONCE` members (a larger group
+alone), so the coordinator's memory grows with the largest batch, not with the federation.
 After the last round every member measures the final weights on ``val`` and ``test``
 (``evaluate.specialist``) and keeps them in its store (:mod:`clients.store`); the coordinator keeps only
 the card, with the weights' sha256, metrics and round history, in ``specialists/<group>/card.json`` (phase *enrol* brings the weights, or not).
@@ -35,6 +37,7 @@ from geodata.errors import InputError
 __all__ = ["PHASE", "train"]
 
 log = logging.getLogger(__name__)
+MAX_MEMBERS_AT_ONCE = 32  # requests (and replies) of at most this many members in flight, whole groups
 
 
 def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
@@ -68,8 +71,28 @@ def _update(ctx: PhaseContext, run: GroupTraining, outcome: Outcome, source: str
     return run.check(Update(institution, reply.encoder, reply.head, reply.metrics), source)
 
 
+def _batches(runs: list[GroupTraining], most: int = MAX_MEMBERS_AT_ONCE) -> list[list[GroupTraining]]:
+    """``runs`` in consecutive batches of at most ``most`` members (a larger group alone): the coordinator holds
+    one batch's requests and replies at a time (each carries the group's weights), not every institution's."""
+    batches: list[list[GroupTraining]] = []
+    size = 0
+    for run in runs:
+        if not batches or size + len(run.group.members) > most:
+            batches.append([])
+            size = 0
+        batches[-1].append(run)
+        size += len(run.group.members)
+    return batches
+
+
 def _round(ctx: PhaseContext, runs: list[GroupTraining], r: int, failures: list[dict[str, Any]]) -> None:
     config = round_config(ctx.cfg.train, ctx.cfg.seed, r)
+    for batch in _batches(runs):
+        _round_batch(ctx, batch, r, config, failures)
+
+
+def _round_batch(ctx: PhaseContext, runs: list[GroupTraining], r: int, config: TrainConfig,
+                 failures: list[dict[str, Any]]) -> None:
     outcomes = ctx.exchange("train.specialist", _requests(ctx, runs, config))
     for run in runs:
         updates = []
@@ -155,9 +178,10 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
         config = round_config(ctx.cfg.train, ctx.cfg.seed, ctx.cfg.train.rounds)
         for run in trained:
             run.seal()
-        outcomes = ctx.exchange("evaluate.specialist", _requests(ctx, trained, config, keep=True))
-        for run in trained:
-            results[run.group.name] = _finish(ctx, run, outcomes, failures)
+        for batch in _batches(trained):
+            outcomes = ctx.exchange("evaluate.specialist", _requests(ctx, batch, config, keep=True))
+            for run in batch:
+                results[run.group.name] = _finish(ctx, run, outcomes, failures)
     return {"groups": results, "failures": failures}
 
 
