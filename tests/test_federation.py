@@ -345,6 +345,39 @@ def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_stud
     assert {t["name"] for t in student.card.teachers} == set(after.names)
 
 
+def test_integrate_mode_admits_a_partner_whose_sensor_only_its_node_knows(tmp_path: Path, eurosat_manifest: Path) -> None:
+    """Issue 22 with ``integrate``: a new partner with a new sensor (its node config only) joins a finished
+    federation; only it trains, the earlier group is reused, and the warm-started student reads its bands."""
+    first = run_experiment(InProcessGrid(simulated_nodes(1)), tiny_run_config(
+        tmp_path, "~institutions.south_s2 ~institutions.city_aerial"), flower_run_id=1)
+    manifest, yaml_path = _user_sensor_manifest(tmp_path, eurosat_manifest, "t_labcam", "LAB_")
+    node = {"institution": "lab", "sensor": "t_labcam", "task": "scene", "data-path": str(manifest),
+            "sensors": str(yaml_path)}
+    config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial federation.min_nodes=2 "
+                                       "integrate=fl")
+    config["run-name"] = "fl-plus-lab"
+    trained = []
+
+    def record(message):
+        if message.metadata.message_type == "train.specialist":
+            trained.append(message.content.config_records["institution"]["institution"])
+        return None
+
+    second = run_experiment(InProcessGrid({**simulated_nodes(1), 300: node}, faults=record), config, flower_run_id=2)
+    assert set(trained) == {"lab"}
+    train = json.loads((second / "phases" / "train.json").read_text())
+    assert train["groups"]["sentinel2_l2a-scene"]["integrated_from"] == "fl"
+    after = Registry(second / "registry")
+    assert sorted(after.names) == ["sentinel2_l2a-scene", "t_labcam-scene"]
+    assert after.card("t_labcam-scene").band_descriptors["LAB_B04"]["wavelength_nm"] == 664.6
+    old = "sentinel2_l2a-scene/weights.safetensors"
+    assert (second / "registry" / old).read_bytes() == (first / "registry" / old).read_bytes()
+    student = load_student(second / "student")  # t_labcam is unknown in this process
+    assert student.card.distill["total_epochs"] == 2 and "LAB_B04" in student.card.band_stats
+    lab_bands = tuple(after.card("t_labcam-scene").bands)
+    assert student.pooled(torch.rand(1, len(lab_bands), 32, 32), lab_bands).shape[0] == 1
+
+
 def test_prune_without_scorable_proxy_tiles_is_reported_not_available(tmp_path: Path) -> None:
     config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial proxy.tiles_per_institution=1")
     run_dir = run_experiment(InProcessGrid(simulated_nodes(1)), config, flower_run_id=1)
