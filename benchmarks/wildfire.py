@@ -124,6 +124,14 @@ def lr_probs(model: tuple[torch.nn.Linear, np.ndarray, np.ndarray], x: np.ndarra
         return torch.sigmoid(layer(torch.from_numpy((x - mean) / std).float())[:, 0]).numpy()
 
 
+def scenes_manifest(out: Path, args: argparse.Namespace, *val: str) -> None:
+    """``eosfed manifest scenes`` of the 20 events into ``out``: the first 14 train, ``val`` (flags) chooses val."""
+    _run("manifest", "scenes", "--images", f"{SENSOR}={DATA / 'post_fire'}", "--labels", str(DATA / "masks"),
+         "--sensors", str(SENSOR_YAML), "--out", str(out), "--overwrite", "--task", "burned",
+         "--classes", "not_burned,burned", "--size", str(args.size), "--stride", str(args.stride),
+         "--train-first", str(TRAIN_EVENTS), *val, "--seed", str(args.seed), "--min-valid", "0.25")
+
+
 def finetune_model(model: Path, encoder: str, unfreeze: str, manifest: Path, args: argparse.Namespace, seed: int,
                    init: str) -> float:
     """``eosfed finetune`` one model into ``model``; returns its wall seconds."""
@@ -198,11 +206,7 @@ def cross_validate(work: Path, events: list[str], args: argparse.Namespace) -> d
     for k in range(args.cv):
         held = events[k::args.cv]
         folder = work / f"fold{k}"
-        _run("manifest", "scenes", "--images", f"{SENSOR}={DATA / 'post_fire'}", "--labels", str(DATA / "masks"),
-             "--sensors", str(SENSOR_YAML), "--out", str(folder / "manifest"), "--overwrite", "--task", "burned",
-             "--classes", "not_burned,burned", "--size", str(args.size), "--stride", str(args.stride),
-             "--train-first", str(TRAIN_EVENTS), "--val-scenes", ",".join(held), "--seed", str(args.seed),
-             "--min-valid", "0.25")
+        scenes_manifest(folder / "manifest", args, "--val-scenes", ",".join(held))
         finetune_model(folder / "model", "random:convnextv2_atto", "all", folder / "manifest" / "manifest.json", args,
                        args.seed, args.init)
         probs.update(predict_events(folder / "model", held, folder / "maps", args)[0])
@@ -298,10 +302,7 @@ def main() -> None:
     begin = time.perf_counter()
 
     manifest = args.work / "manifest" / "manifest.json"
-    _run("manifest", "scenes", "--images", f"{SENSOR}={DATA / 'post_fire'}", "--labels", str(DATA / "masks"),
-         "--sensors", str(SENSOR_YAML), "--out", str(manifest.parent), "--overwrite", "--task", "burned",
-         "--classes", "not_burned,burned", "--size", str(args.size), "--stride", str(args.stride),
-         "--train-first", str(TRAIN_EVENTS), "--val", str(args.val), "--seed", str(args.seed), "--min-valid", "0.25")
+    scenes_manifest(manifest.parent, args, "--val", str(args.val))
     Manifest.load(manifest)  # registers the sensor for the readers below
     names = sorted(p.stem for p in (DATA / "post_fire").glob("*.tif"))
     split = split_scenes(names, train_first=TRAIN_EVENTS, val=args.val, seed=args.seed)

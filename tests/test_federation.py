@@ -317,13 +317,8 @@ def test_weights_home_mode_enrols_cards_and_distils_from_remote_features(tmp_pat
     assert summary["prune"]["redistill"]["pruned"]["teachers"] == pruned["kept"]
 
 
-def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:
-    first = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, "~institutions.city_aerial"),
-                           flower_run_id=1)
-    before = Registry(first / "registry")
-    assert before.names == ["sentinel2_l2a-scene"]
-    config = tiny_run_config(tmp_path, "integrate=fl")
-    config["run-name"] = "fl-plus-aerial"
+def _training_recorder():
+    """A list and an :class:`InProcessGrid` fault hook that appends the institution of every train request."""
     trained = []
 
     def record(message):
@@ -331,6 +326,17 @@ def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_stud
             trained.append(message.content.config_records["institution"]["institution"])
         return None
 
+    return trained, record
+
+
+def test_integrate_mode_trains_only_the_new_institution_and_warm_starts_the_student(tmp_path: Path) -> None:
+    first = run_experiment(InProcessGrid(simulated_nodes(2)), tiny_run_config(tmp_path, "~institutions.city_aerial"),
+                           flower_run_id=1)
+    before = Registry(first / "registry")
+    assert before.names == ["sentinel2_l2a-scene"]
+    config = tiny_run_config(tmp_path, "integrate=fl")
+    config["run-name"] = "fl-plus-aerial"
+    trained, record = _training_recorder()
     second = run_experiment(InProcessGrid(simulated_nodes(2), faults=record), config, flower_run_id=2)
     assert set(trained) == {"city_aerial"}  # only the new institution trains
     train = json.loads((second / "phases" / "train.json").read_text())
@@ -356,13 +362,7 @@ def test_integrate_mode_admits_a_partner_whose_sensor_only_its_node_knows(tmp_pa
     config = tiny_run_config(tmp_path, "~institutions.south_s2 ~institutions.city_aerial federation.min_nodes=2 "
                                        "integrate=fl")
     config["run-name"] = "fl-plus-lab"
-    trained = []
-
-    def record(message):
-        if message.metadata.message_type == "train.specialist":
-            trained.append(message.content.config_records["institution"]["institution"])
-        return None
-
+    trained, record = _training_recorder()
     second = run_experiment(InProcessGrid({**simulated_nodes(1), 300: node}, faults=record), config, flower_run_id=2)
     assert set(trained) == {"lab"}
     train = json.loads((second / "phases" / "train.json").read_text())
