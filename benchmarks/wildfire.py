@@ -144,13 +144,14 @@ def finetune_model(model: Path, encoder: str, unfreeze: str, manifest: Path, arg
     return time.perf_counter() - start
 
 
-def predict_events(model: Path, events: list[str], out: Path, args: argparse.Namespace) -> tuple[dict[str, np.ndarray], float, int]:
-    """``eosfed predict`` the full scenes of ``events`` with ``model``: per event the burned probability of its
-    labelled pixels, plus wall seconds and pixels predicted."""
+def predict_events(model: Path, events: list[str], out: Path, args: argparse.Namespace,
+                   tta: str | None = None) -> tuple[dict[str, np.ndarray], float, int]:
+    """``eosfed predict`` the full scenes of ``events`` with ``model`` (test-time augmentation ``tta``, default
+    ``args.tta``): per event the burned probability of its labelled pixels, plus wall seconds and pixels predicted."""
     start = time.perf_counter()
     _run("predict", "--model", str(model), "--input", *(str(DATA / "post_fire" / f"{e}.tif") for e in events),
          "--out", str(out), "--probabilities", "--overwrite", "--tile-size", str(args.size),
-         "--overlap", str(args.size // 2))
+         "--overlap", str(args.size // 2), "--tta", tta or args.tta)
     seconds, probs, pixels = time.perf_counter() - start, {}, 0
     for event in events:
         with rasterio.open(out / f"{event}_probabilities.tif") as src:
@@ -200,19 +201,25 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
 def cross_validate(work: Path, events: list[str], args: argparse.Namespace) -> dict:
     """``args.cv``-fold cross-validation of the fine-tuned configuration over the 14 train events (test events
     never read): fold ``k`` holds out every ``args.cv``-th event (sorted) for early stopping and prediction, one
-    seed; the out-of-fold probabilities of all 14 events are pooled and scored at their best-F1 threshold and at
-    the precision-first point: a selection score on 14 events instead of the 3 val events."""
-    probs: dict[str, np.ndarray] = {}
+    seed; the held events are predicted once per test-time augmentation of ``args.cv_tta`` (the same models);
+    per augmentation, the out-of-fold probabilities of all 14 events are pooled and scored at their best-F1
+    threshold and at the precision-first point: a selection score on 14 events instead of the 3 val events."""
+    probs: dict[str, dict[str, np.ndarray]] = {tta: {} for tta in args.cv_tta}
     for k in range(args.cv):
         held = events[k::args.cv]
         folder = work / f"fold{k}"
         scenes_manifest(folder / "manifest", args, "--val-scenes", ",".join(held))
         finetune_model(folder / "model", "random:convnextv2_atto", "all", folder / "manifest" / "manifest.json", args,
                        args.seed, args.init)
-        probs.update(predict_events(folder / "model", held, folder / "maps", args)[0])
-    prob, truth = np.concatenate([probs[e] for e in events]), truth_of(events)
-    return {"folds": args.cv, "events": events, "oof": scores(prob, truth, best_threshold(prob, truth)),
-            "oof_precision_first": scores(prob, truth, precision_threshold(prob, truth, args.recall_floor))}
+        for tta in args.cv_tta:
+            probs[tta].update(predict_events(folder / "model", held, folder / f"maps_{tta}", args, tta)[0])
+    truth = truth_of(events)
+    by_tta = {}
+    for tta, scored in probs.items():
+        prob = np.concatenate([scored[e] for e in events])
+        by_tta[tta] = {"oof": scores(prob, truth, best_threshold(prob, truth)),
+                       "oof_precision_first": scores(prob, truth, precision_threshold(prob, truth, args.recall_floor))}
+    return {"folds": args.cv, "events": events, "tta": by_tta}
 
 
 def reflectance_scene(event: str, folder: Path) -> Path:
@@ -238,7 +245,7 @@ def reflectance_row(row: dict, work: Path, events: dict[str, list[str]], args: a
         start = time.perf_counter()
         _run("predict", "--model", model, "--input", *map(str, scenes), "--sensor", REFLECTANCE_SENSOR, "--out",
              str(out / "maps"), "--probabilities", "--overwrite", "--tile-size", str(args.size), "--overlap",
-             str(args.size // 2))
+             str(args.size // 2), "--tta", args.tta)
         predict_s += time.perf_counter() - start
         for event in events["test"]:
             with rasterio.open(out / "maps" / f"{event}_probabilities.tif") as src:
@@ -259,12 +266,16 @@ def write_cv(cv: dict, stem: str, args: argparse.Namespace, runtime_s: float) ->
     record = {"benchmark": "wildfire_cv", "config": vars(args) | {"work": str(args.work), "results": str(args.results)},
               **cv, "runtime_s": runtime_s}
     atomic_write_text(args.results / f"{stem}_cv.json", json.dumps(record, indent=1))
-    oof, first = cv["oof"], cv["oof_precision_first"]
     lines = [f"# {stem}: {cv['folds']}-fold cross-validation over the 14 train events (selection only)", "",
-             "| out-of-fold scores | precision | recall | F1 | threshold |", "|---|---|---|---|---|",
-             f"| best-F1 threshold | {oof['precision']:.4f} | {oof['recall']:.4f} | {oof['f1']:.4f} | {oof['threshold']:.2f} |",
-             f"| precision-first (recall >= {args.recall_floor:g}) | {first['precision']:.4f} | {first['recall']:.4f} | "
-             f"{first['f1']:.4f} | {first['threshold']:.2f} |", "", f"{runtime_s:.0f} s."]
+             "| test-time augmentation | out-of-fold scores | precision | recall | F1 | threshold |",
+             "|---|---|---|---|---|---|"]
+    for tta, scored in cv["tta"].items():
+        for label, key in (("best-F1 threshold", "oof"), (f"precision-first (recall >= {args.recall_floor:g})",
+                                                          "oof_precision_first")):
+            t = scored[key]
+            lines.append(f"| {tta} | {label} | {t['precision']:.4f} | {t['recall']:.4f} | {t['f1']:.4f} | "
+                         f"{t['threshold']:.2f} |")
+    lines += ["", f"{runtime_s:.0f} s."]
     atomic_write_text(args.results / f"{stem}_cv.md", "\n".join(lines) + "\n")
     log.info("cross-validation in %s\n%s", args.results / f"{stem}_cv.json", "\n".join(lines))
 
@@ -295,6 +306,10 @@ def main() -> None:
     parser.add_argument("--cv", type=int, default=0, help="instead: cross-validate the fine-tuned configuration over "
                         "the 14 train events in this many folds (one seed; a selection score, test events never read); "
                         "writes <results>_cv.json/.md")
+    parser.add_argument("--tta", default="none", choices=("none", "flip", "d4"),
+                        help="eosfed predict --tta of every model row; other than none, results go to ..._<tta>.json/.md")
+    parser.add_argument("--cv-tta", type=lambda v: v.split(","), default=["none", "flip", "d4"],
+                        help="with --cv: the test-time augmentations scored on the same fold models (comma list)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for wildfire.json/.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -309,7 +324,7 @@ def main() -> None:
     events = {s: [n for n in names if split[n] == s] for s in ("train", "val", "test")}
 
     stem = "_".join(["wildfire", *([Path(args.init).stem] if args.init != "random" else []),
-                     *([args.loss] if args.loss != "ce" else [])])
+                     *([args.loss] if args.loss != "ce" else []), *([args.tta] if args.tta != "none" else [])])
     if args.cv:
         return write_cv(cross_validate(args.work / "cv", sorted(events["train"] + events["val"]), args), stem, args,
                         time.perf_counter() - begin)

@@ -13,6 +13,10 @@ values. Invalid pixels (NaN, nodata) are filled with the model's band means and 
 Output: class indexes (uint8, nodata 255) with the input's CRS and transform, optionally class
 probabilities (float32, nodata NaN), as Cloud-Optimised GeoTIFFs (GDAL's COG driver; else tiled
 GeoTIFFs with overviews).
+
+Test-time augmentation (``tta``): ``flip`` averages each tile's logits over its 4 flips, ``d4`` over the 8
+symmetries of the square (flips and transposes), each mapped back before blending; burned areas, fields
+and floods have no preferred orientation, so the average cancels orientation-specific errors.
 """
 
 from __future__ import annotations
@@ -39,12 +43,30 @@ from geodata.raster import calibrate, open_raster
 from geodata.sensors import Sensor
 from geodata.tiling import file_bands, tile_windows
 
-__all__ = ["NODATA_CLASS", "blend_weights", "predict_scene"]
+__all__ = ["NODATA_CLASS", "TTA_VIEWS", "blend_weights", "dihedral_logits", "predict_scene"]
 
 log = logging.getLogger(__name__)
 
 NODATA_CLASS = 255
 _GDAL_CACHE_MB = 128
+TTA_VIEWS = {"none": 1, "flip": 4, "d4": 8}  # test-time augmentation -> symmetries of the tile averaged
+
+
+def dihedral_logits(model: torch.nn.Module, batch: torch.Tensor, views: int) -> torch.Tensor:
+    """Mean logits of ``model`` over the first ``views`` (1, 4 or 8) symmetries of square tiles ``batch``:
+    view ``k`` transposes when ``k >= 4``, flips columns when ``k & 1``, rows when ``k & 2``; each output is
+    mapped back to the tile's own orientation."""
+    if views not in TTA_VIEWS.values():
+        raise ValueError(f"views must be one of {sorted(TTA_VIEWS.values())}, got {views}")
+    total = None
+    for k in range(views):
+        dims = [d for d, on in ((-1, k & 1), (-2, k & 2)) if on]
+        x = batch.transpose(-1, -2) if k >= 4 else batch
+        out = model(x.flip(dims) if dims else x).float()
+        out = out.flip(dims) if dims else out
+        out = out.transpose(-1, -2) if k >= 4 else out
+        total = out if total is None else total + out
+    return total / views
 
 
 def blend_weights(size: int) -> np.ndarray:
@@ -97,12 +119,14 @@ def _has_cog() -> bool:
 def predict_scene(
     model: TaskModel, sensor: Sensor, path: str | Path, out: str | Path, probabilities: str | Path | None = None,
     *, tolerance_nm: float, tile: int = 256, overlap: int = 64, batch_size: int = 16, device: str = "cpu",
-    gsd: float | None = None,
+    gsd: float | None = None, tta: str = "none",
 ) -> dict[str, float]:
     """Write the class map of the scene at ``path`` to ``out`` (and probabilities); returns timing facts. A
     student encoder is told the scene's GSD (``sensor``'s, per band) and reads it at ``gsd`` (m) when given,
     else at the working GSD it was fine-tuned with (:class:`~fusion.finetune.BandView`); the map is on the
-    scene's own grid."""
+    scene's own grid. ``tta`` averages each tile over its symmetries (:data:`TTA_VIEWS`)."""
+    if tta not in TTA_VIEWS:
+        raise InputError(f"tta must be one of {sorted(TTA_VIEWS)}, got {tta!r}")
     if model.card.task_type != "segmentation":
         raise InputError(f"model {model.card.name!r} is a {model.card.task_type} model; predict maps need "
                          "a segmentation model")
@@ -148,7 +172,7 @@ def predict_scene(
                     for start in range(0, len(cols), batch_size):
                         chunk = cols[start:start + batch_size]
                         batch = torch.from_numpy(np.stack([data[:, :, c:c + tile] for c in chunk])).to(device)
-                        logits = model(batch).float().cpu()
+                        logits = dihedral_logits(model, batch, TTA_VIEWS[tta]).cpu()
                         for c, tile_logits in zip(chunk, logits):
                             acc[:, :, c:c + tile] += tile_logits * weights
                             norm[:, c:c + tile] += weights

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from eosfed.cli import main
 from fusion.finetune import load_task_model
-from fusion.predict import blend_weights
+from fusion.predict import blend_weights, dihedral_logits
 from geodata.sensors import PRODUCT_SCALES
 from specialists.artifact import ArtifactError
 
@@ -158,6 +158,33 @@ def test_predict_several_inputs_with_the_model_loaded_once(fire_model, shared_da
     assert main(["predict", "--model", str(fire_model), "--input", str(first), "--out", str(tmp_path / "m.tif")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eosfed")]
     assert len(err) == 1 and "is a folder" in err[0]
+
+
+def test_dihedral_logits_map_each_view_back_and_make_the_map_equivariant():
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv2d(3, 2, 1)  # orientation-free: every view gives the same map
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(dihedral_logits(pointwise, x, 8), pointwise(x), atol=1e-6)
+        skewed = torch.nn.Conv2d(3, 2, 3, padding=1)  # orientation-specific kernel
+        mean = dihedral_logits(skewed, x, 8)
+        assert not torch.allclose(mean, skewed(x), atol=1e-4)
+        for turn in (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.transpose(-1, -2)):
+            np.testing.assert_allclose(dihedral_logits(skewed, turn(x), 8), turn(mean), atol=1e-5)
+        np.testing.assert_allclose(dihedral_logits(skewed, x.flip(-1), 4), dihedral_logits(skewed, x, 4).flip(-1),
+                                   atol=1e-5)
+
+
+def test_predict_with_tta_averages_the_flips(fire_model, shared_data, tmp_path):
+    scene = _crop(shared_data / "wildfire-s2" / "post_fire" / "CANAL_20240530.tif", tmp_path / "CANAL.tif")
+    probs = {}
+    for tta in ("none", "d4"):
+        assert main(["predict", "--model", str(fire_model), "--input", str(scene), "--out", str(tmp_path / tta),
+                     "--probabilities", "--tta", tta]) == 0
+        with rasterio.open(tmp_path / tta / "CANAL_probabilities.tif") as src:
+            probs[tta] = src.read()
+    np.testing.assert_allclose(probs["d4"].sum(0), 1.0, atol=1e-5)
+    assert np.abs(probs["d4"] - probs["none"]).max() > 1e-4  # eight views differ from one
 
 
 def test_blend_weights_are_positive_and_peak_in_the_middle():

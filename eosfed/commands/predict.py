@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from eosfed.commands.args import UsageError, add_sensor_files, add_settings, check_output, staged_output
 from fusion.finetune import load_task_model
-from fusion.predict import predict_scene
+from fusion.predict import TTA_VIEWS, predict_scene
 from geodata.sensors import get_sensor
 from geodata.tiling import find_rasters
 from pipeline.settings import ExperimentConfig
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gsd", type=float, metavar="METRES",
                         help="a student model's working GSD: the scene (at its sensor's GSD) is read at this GSD "
                              "and the map written on the scene's grid (default: the GSD it was fine-tuned at)")
+    parser.add_argument("--tta", choices=sorted(TTA_VIEWS), default="none",
+                        help="test-time augmentation: average each tile's logits over its 4 flips (flip) or 8 "
+                             "flips and transposes (d4); costs as many forward passes")
     parser.add_argument("--device", default="cpu")
     add_settings(parser, ExperimentConfig, "band equivalence (a model band the input lacks is read from the input "
                  "band within this many nm)", only=("tolerance_nm",))
@@ -97,6 +100,6 @@ def run(args: argparse.Namespace) -> int:
             staged = [stack.enter_context(staged_output(p, args.overwrite, folder=False)) for p in outputs[scene]]
             predict_scene(model, sensor, scene, staged[0], staged[1] if len(staged) > 1 else None,
                           tolerance_nm=args.tolerance_nm, tile=tile, overlap=overlap, batch_size=args.batch_size,
-                          device=args.device, gsd=args.gsd)
+                          device=args.device, gsd=args.gsd, tta=args.tta)
     log.info("%d class maps written to %s", len(scenes), args.out)
     return 0
