@@ -8,14 +8,21 @@ SuperLink, SuperNodes); ``federation``: it runs the coordinator in this process
 (``server.run.run_experiment``, the ``InProcessGrid``); ``slow``: long single-process work, by hand.
 Unmarked tests are unit tests: ``python -m pytest -m "not flower and not federation and not slow"``
 is the fast lane.
+
+The suite runs on two pytest-xdist workers (``addopts``): every ``flower`` test goes to one worker, in turn
+(``xdist_group``: real deployments must not compete for ports, CPUs and timeouts), while the other worker
+takes the rest; each worker's torch uses one thread so the two share the machine's cores instead of fighting
+for them.
 """
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -43,8 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for lane, what in (("flower", "starts real Flower processes"), ("federation", "runs the coordinator in process"),
                        ("slow", "long single-process work")):
         config.addinivalue_line("markers", f"{lane}: {what} (tests/conftest.py)")
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         funcs = [getattr(item, "function", None)]
@@ -55,6 +65,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if any(_reaches(f, names, set()) for f in funcs if f is not None):
                 item.add_marker(lane)
                 break  # a Flower-process test is not counted again as in-process
+        if item.get_closest_marker("flower"):  # by lane or by hand
+            item.add_marker(pytest.mark.xdist_group("flower"))
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,7 @@ def test_tls_deployment_admits_only_registered_supernodes(tmp_path: Path, shared
         exit_codes = {name: procs.process(name).wait(timeout=30) for name in ("rogue", "keyless")}
         control = _partner_tries_control(env, tmp_path / "lab-a-home", gateway, tls.ca_cert, keys["rogue"][1])
 
-        run_id, output = flwr_run(env, "partners", run_config, timeout_s=60)
+        run_id, output = flwr_run(env, "partners", run_config, timeout_s=180)
         status = run_status(env, "partners", run_id)
         nodes = list_supernodes(env, "partners")
         logs = {name: procs.log(name) for name in ("superlink", "rogue", "keyless", "gateway")}
