@@ -41,14 +41,13 @@ from eosfed.cli import main as eosfed
 from fusion.finetune import load_task_model
 from geodata.files import atomic_write_text
 from geodata.raster import read_labelled
-from geodata.manifest import Manifest
-from geodata.sensors import PRODUCT_SCALES
+from geodata.sensors import PRODUCT_SCALES, load_sensor_yaml
 from geodata.tiling import split_scenes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SENSOR_YAML = Path(__file__).resolve().parents[1] / "configs" / "samples" / "wildfire_sensor.yaml"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wildfire-s2"
-SENSOR = "sentinel2_tci_nir_swir"
+SENSOR = load_sensor_yaml(SENSOR_YAML).sensor("sentinel2_tci_nir_swir")  # the events' own encoding
 TRAIN_EVENTS = 14
 LR_ISSUE = {"precision": 0.853, "recall": 0.822}
 REFLECTANCE_BANDS = ("B2", "B3", "B4", "B8", "B12")
@@ -126,7 +125,7 @@ def lr_probs(model: tuple[torch.nn.Linear, np.ndarray, np.ndarray], x: np.ndarra
 
 def scenes_manifest(out: Path, args: argparse.Namespace, *val: str) -> None:
     """``eosfed manifest scenes`` of the 20 events into ``out``: the first 14 train, ``val`` (flags) chooses val."""
-    _run("manifest", "scenes", "--images", f"{SENSOR}={DATA / 'post_fire'}", "--labels", str(DATA / "masks"),
+    _run("manifest", "scenes", "--images", f"{SENSOR.name}={DATA / 'post_fire'}", "--labels", str(DATA / "masks"),
          "--sensors", str(SENSOR_YAML), "--out", str(out), "--overwrite", "--task", "burned",
          "--classes", "not_burned,burned", "--size", str(args.size), "--stride", str(args.stride),
          "--train-first", str(TRAIN_EVENTS), *val, "--seed", str(args.seed), "--min-valid", "0.25")
@@ -134,8 +133,19 @@ def scenes_manifest(out: Path, args: argparse.Namespace, *val: str) -> None:
 
 def finetune_model(model: Path, encoder: str, unfreeze: str, manifest: Path, args: argparse.Namespace, seed: int,
                    init: str) -> float:
-    """``eosfed finetune`` one model into ``model``; returns its wall seconds."""
+    """``eosfed finetune`` one model into ``model``; returns its wall seconds. With ``--resume``, a model already
+    there whose card records the same training settings is kept (0 s)."""
     start = time.perf_counter()
+    if args.resume and (model / "card.json").is_file():
+        card = load_task_model(model).card
+        done = card.extra["train_config"]
+        wanted = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "patience": args.patience,
+                  "seed": seed, "loss": args.loss, "gain_jitter": args.gain_jitter,
+                  "init_weights": None if init == "random" else init}
+        if ({k: done.get(k) for k in wanted} == wanted and card.extra["unfreeze"] == unfreeze
+                and card.extra["head"]["decoder"] == args.decoder):
+            log.info("%s: kept (same training settings, --resume)", model)
+            return 0.0
     _run("finetune", "--encoder", encoder, "--manifest", str(manifest), "--task", "burned", "--out", str(model),
          "--overwrite", "--unfreeze", unfreeze, "--decoder", args.decoder, "--epochs", str(args.epochs), "--lr",
          str(args.lr), "--batch-size", str(args.batch_size), "--patience", str(args.patience),
@@ -310,6 +320,8 @@ def main() -> None:
                         help="eosfed predict --tta of every model row; other than none, results go to ..._<tta>.json/.md")
     parser.add_argument("--cv-tta", type=lambda v: v.split(","), default=["none", "flip", "d4"],
                         help="with --cv: the test-time augmentations scored on the same fold models (comma list)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep fine-tuned models already in --work whose cards record the same training settings")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for wildfire.json/.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -318,7 +330,6 @@ def main() -> None:
 
     manifest = args.work / "manifest" / "manifest.json"
     scenes_manifest(manifest.parent, args, "--val", str(args.val))
-    Manifest.load(manifest)  # registers the sensor for the readers below
     names = sorted(p.stem for p in (DATA / "post_fire").glob("*.tif"))
     split = split_scenes(names, train_first=TRAIN_EVENTS, val=args.val, seed=args.seed)
     events = {s: [n for n in names if split[n] == s] for s in ("train", "val", "test")}
