@@ -398,17 +398,18 @@ class Student(nn.Module):
             out = torch.where(instance, inst, out)
         return out
 
-    def start_from(self, init: str | Path, band_sets: Sequence[Sequence[str]],
+    def start_from(self, init: str | Path, band_sets: Sequence[Sequence[str]], tolerance_nm: float,
                    stem_fit_steps: int = STEM_FIT_STEPS) -> dict[str, Any]:
         """Load the checkpoint ``init`` into the trunk (:func:`specialists.init.load_encoder_weights`), then fit
-        the spectral stem to generate the checkpoint's stem adapted to each of ``band_sets``, so the loaded
+        the spectral stem to generate the checkpoint's stem adapted to each of ``band_sets`` (within
+        ``tolerance_nm``), so the loaded
         stages see what they were trained on (nothing to fit when the file names no stem bands); returns the
         card's record of the start (source, sha256, the fit's relative error)."""
-        ckpt = load_encoder_weights(self.trunk, init)
+        ckpt = load_encoder_weights(self.trunk, init, tolerance_nm=tolerance_nm)
         record = ckpt.record()
         if STEM_WEIGHT in ckpt.state and STEM_BIAS in ckpt.state and ckpt.bands is not None:
             weight, bias = ckpt.state[STEM_WEIGHT].float(), ckpt.state[STEM_BIAS].float()
-            targets = [(tuple(b), adapt_stem(weight, ckpt.bands, b, ckpt.path), bias) for b in band_sets]
+            targets = [(tuple(b), adapt_stem(weight, ckpt.bands, b, ckpt.path, tolerance_nm), bias) for b in band_sets]
             record["stem_fit_error"] = self.stem.fit_kernels(targets, stem_fit_steps)
             log.info("student stem fitted to %s's stem on %d band sets: relative error %.4f", ckpt.path.name,
                      len(targets), record["stem_fit_error"])

@@ -55,14 +55,15 @@ def calibrate(registry: Registry, specialists: dict[str, Specialist], batches: P
             registry.save_feature_stats(name, stats)
 
 
-def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
-             init: Path | None) -> tuple[Student, Adaptors | None]:
+def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int, init: Path | None,
+             tolerance_nm: float) -> tuple[Student, Adaptors | None]:
     proxy_stats = band_stats_table(batches.stats.values())
     if init is None:
         student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths)
         if config.init != RANDOM:
             student.card.distill["init"] = student.start_from(
-                config.init, [batches.manifest.sensor(s).image_bands for s in batches.sensors], config.stem_fit_steps)
+                config.init, [batches.manifest.sensor(s).image_bands for s in batches.sensors], tolerance_nm,
+                config.stem_fit_steps)
         return student, None
     student = load_student(init / "student")
     student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with
@@ -91,7 +92,7 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
     teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote)
     paired = (cache.share((crops or batches).scene_partners(), [t.weights_sha256 for t in teachers])
               if pair_scenes else 0)
-    student, adaptors = _student(config, batches, name, seed, init)
+    student, adaptors = _student(config, batches, name, seed, init, tolerance_nm)
     if config.gsd_aware:
         student.set_gsd({**batches.band_gsd(), **student.card.gsd})  # a warm start keeps its own
     adaptors, history = distill_student(student, teachers, crops or batches, cache, config, seed=seed,

@@ -313,13 +313,16 @@ class GroupTraining:
     rounds_done: int = 0
 
     @classmethod
-    def start(cls, group: Group, members: Sequence[Member], settings: TrainSettings, seed: int) -> "GroupTraining":
-        """The group's card and a seeded initial encoder (or ``settings.init``'s, recorded in the card) and head."""
+    def start(cls, group: Group, members: Sequence[Member], settings: TrainSettings, seed: int, *,
+              tolerance_nm: float) -> "GroupTraining":
+        """The group's card and a seeded initial encoder (or ``settings.init``'s, its stem adapted to the group's
+        bands within ``tolerance_nm``, recorded in the card) and head."""
         card = group_card(group, members, settings.variant, settings.max_weight_share)
         torch.manual_seed(seed)
         specialist = Specialist.from_card(card)
         if settings.init != RANDOM:
-            card.extra["init"] = load_encoder_weights(specialist.encoder, settings.init, card.bands).record()
+            card.extra["init"] = load_encoder_weights(specialist.encoder, settings.init, card.bands,
+                                                      tolerance_nm=tolerance_nm).record()
         head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
         return cls(group, card, _state(specialist.encoder), _state(head),
                    {m.name: int(m.summary.tiles["train"]) for m in members}, settings)

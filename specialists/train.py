@@ -353,8 +353,12 @@ def train_specialist(
     card: SpecialistCard,
     cfg: TrainConfig,
     ignore_index: int = 255,
+    *,
+    tolerance_nm: float | None,
 ) -> tuple[Specialist, nn.Module, list[dict[str, Any]]]:
-    """Train a new specialist described by ``card`` (bands, norm stats, task, variant) with :func:`fit`.
+    """Train a new specialist described by ``card`` (bands, norm stats, task, variant) with :func:`fit`,
+    from ``cfg.init_weights`` when given (its stem adapted to the card's bands within ``tolerance_nm``,
+    which is needed then).
 
     Returns the specialist (card metrics filled), its head, and one history record per epoch.
     """
@@ -363,7 +367,11 @@ def train_specialist(
     device = torch.device(cfg.device)
     specialist = Specialist.from_card(card, freeze=cfg.freeze)
     if cfg.init_weights is not None:
-        card.extra["init"] = load_encoder_weights(specialist.encoder, cfg.init_weights, card.bands).record()
+        if tolerance_nm is None:
+            raise InputError(f"init_weights {cfg.init_weights}: adapting its stem to {card.name!r}'s bands needs "
+                             "tolerance_nm")
+        card.extra["init"] = load_encoder_weights(specialist.encoder, cfg.init_weights, card.bands,
+                                                  tolerance_nm=tolerance_nm).record()
     specialist.to(device)
     head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)
     history, best = fit(specialist, head, train_ds, val_ds, card.task_type, card.num_classes, cfg, ignore_index,

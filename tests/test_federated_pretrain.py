@@ -29,7 +29,8 @@ def _pair() -> GroupPretraining:
         name, "segmentation", ["x", "y"], BANDS, {"train": n, "val": 2}, [0.3] * 4, [0.1] * 4, "manifest.json"), BANDS)
         for i, (name, n) in enumerate((("a", 6), ("b", 2)))]
     group = Group("aerial_rgbn-landcover", "aerial_rgbn", "landcover", "segmentation", ["x", "y"], ["a", "b"])
-    return GroupPretraining.start(group, members, TrainSettings(init="random"), PretrainSettings(rounds=2), seed=0)
+    return GroupPretraining.start(group, members, TrainSettings(init="random"), PretrainSettings(rounds=2), seed=0,
+                                   tolerance_nm=50.0)
 
 
 def _moved(state: dict[str, torch.Tensor], by: float) -> dict[str, torch.Tensor]:
