@@ -30,7 +30,7 @@ from pipeline.settings import AGGREGATIONS, TrainSettings
 from specialists.card import SpecialistCard
 from specialists.heads import build_head
 from specialists.init import RANDOM, load_encoder_weights
-from specialists.io import specialist_to_bytes
+from specialists.artifact import state_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 from geodata.errors import InputError
@@ -389,10 +389,9 @@ class GroupTraining:
         return record
 
     def seal(self) -> None:
-        """Fill the card's sha256 and parameter count from the final weights."""
-        specialist = Specialist.from_card(self.card)
-        specialist.encoder.load_state_dict(self.encoder, strict=True)
-        specialist_to_bytes(specialist)
+        """Fill the card's sha256 and parameter count from the final encoder tensors: the hash of the file its
+        keepers write (:func:`specialists.artifact.state_bytes`; the coordinator keeps only the hash)."""
+        state_bytes(self.card, self.encoder)
 
     def privacy(self) -> dict[str, Any] | None:
         """``train.dp`` and the epsilon its noised rounds spent (``None`` with DP off)."""
