@@ -244,7 +244,7 @@ def round_config(settings: TrainSettings, seed: int, round_index: int) -> TrainC
     warmup = min(settings.local_epochs, max(0.0, settings.warmup_epochs - (round_index - 1) * settings.local_epochs))
     return TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=lr,
                        weight_decay=settings.weight_decay, warmup_epochs=warmup, device=settings.device,
-                       amp=settings.amp, seed=seed * 1000 + round_index, max_steps=settings.max_steps or None)
+                       amp=settings.amp, seed=seed * 1000 + round_index, max_steps=settings.max_steps)
 
 
 def _state(module: nn.Module) -> State:
