@@ -106,7 +106,8 @@ def test_one_teacher_pass_fills_the_cache_and_measures_the_feature_statistics(fu
     expected = Ensemble(registry.load_all(), tolerance_nm=50).calibrate(batches)
     for name, stats in expected.items():
         saved = registry.feature_stats(name)
-        for got, want in zip([*saved.means, *saved.stds, saved.pooled_mean], [*stats.means, *stats.stds, stats.pooled_mean]):
+        for got, want in zip([*saved.means, *saved.stds, saved.pooled_mean],
+                             [*stats.means, *stats.stds, stats.pooled_mean]):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     monkeypatch.setattr(Specialist, "forward", counted)
     again = distil(registry, batches, TeacherCache(tmp_path / "cache"), CONFIG, seed=0, tolerance_nm=50, name="s")
