@@ -220,8 +220,9 @@ def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float
 
 
 def group_card(group: Group, members: Sequence[Member], variant: str, max_share: float) -> SpecialistCard:
-    """The card a group's specialist starts from: the members' bands, their train-split band statistics
-    pooled (each member's part at most ``max_share``), task and classes (metrics are filled in after training)."""
+    """The card a group's specialist starts from: the members' bands (described as the first member's data
+    summary describes them), their train-split band statistics pooled (each member's part at most
+    ``max_share``), task and classes (metrics are filled in after training)."""
     counts = capped_shares([m.summary.tiles["train"] for m in members], max_share)
     mean, std = pool_norm([m.summary.norm_mean for m in members],
                           [m.summary.norm_std for m in members], counts)
@@ -229,8 +230,10 @@ def group_card(group: Group, members: Sequence[Member], variant: str, max_share:
     for m in members:
         for split, n in m.summary.tiles.items():
             tiles[split] = tiles.get(split, 0) + n
+    first = members[0].summary
     return SpecialistCard(
         name=group.name, institutions=list(group.members), sensor=group.sensor,
+        band_descriptors=first.catalog().band_records(members[0].bands) if first.sensor else {},
         bands=list(members[0].bands), norm_mean=mean, norm_std=std, task=group.task,
         task_type=group.task_type, classes=list(group.classes), variant=variant,
         data_summary={"tiles": tiles, "institutions": {m.name: m.summary.tiles for m in members}},
