@@ -380,3 +380,15 @@ def test_one_tolerance_no_library_default():
     assert not found, found
     from pipeline.settings import ExperimentConfig
     assert ExperimentConfig().tolerance_nm == ExperimentConfig.tolerance_nm == 50.0
+
+
+def test_only_entry_points_open_a_catalog_scope():
+    """Issue 22: inside the library catalogs travel as values; a ``using(catalog)`` block is opened only where
+    names enter from outside: the run, a node's handlers, a command, a TerraTorch backbone."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    entries = {"server/run.py", "clients/handlers.py", "eosfed/cli.py", "fusion/terratorch.py", "geodata/sensors.py"}
+    opened = sorted(rel for path in root.rglob("*.py")
+                    if not (rel := path.relative_to(root).as_posix()).startswith(("tests/", ".", "benchmarks/"))
+                    and re.search(r"\busing\(", path.read_text()))
+    assert set(opened) <= entries, sorted(set(opened) - entries)
