@@ -317,11 +317,14 @@ class Student(nn.Module):
         num_freqs: int = 16,
         seed: int | None = None,
         depths: Sequence[int] | None = None,
+        catalog: Catalog | None = None,
     ) -> "Student":
         """A fresh student (deterministic when ``seed`` is given); ``depths`` overrides the variant's
-        blocks per stage (e.g. ``(2, 2, 5, 2)``: atto with one block fewer, smaller than an atto specialist)."""
-        card = StudentCard(name=name, variant=variant, depths=list(depths or []),
-                           band_stats=band_stats_table([band_stats or {}]),
+        blocks per stage (e.g. ``(2, 2, 5, 2)``: atto with one block fewer, smaller than an atto specialist);
+        ``catalog``: what the names of ``band_stats`` mean (default: the catalog in use)."""
+        table = band_stats_table([band_stats or {}])
+        card = StudentCard(name=name, variant=variant, depths=list(depths or []), band_stats=table,
+                           band_descriptors=catalog.band_records(table) if catalog is not None else {},
                            stem={"embed_dim": embed_dim, "num_freqs": num_freqs})
         if seed is None:
             return cls(card)
@@ -343,11 +346,11 @@ class Student(nn.Module):
         stem = self.stem.out_dim * (len(bands) * self.stem.patch**2 + 1)
         return sum(p.numel() for p in self.trunk.parameters()) + stem
 
-    def set_band_stats(self, table: Mapping[str, Sequence[float]]) -> None:
+    def set_band_stats(self, table: Mapping[str, Sequence[float]], catalog: Catalog | None = None) -> None:
         """Replace the normalisation table (e.g. with statistics measured on proxy data); a band new to the
-        card is described from the current catalog."""
+        card is described from ``catalog`` (default: the catalog in use)."""
         self.card.band_stats = band_stats_table([table])
-        self.card.describe_bands()
+        self.card.describe_bands(catalog)
         self.card.check()
         self.catalog = self.card.catalog()
         self._norm_cache.clear()

@@ -65,14 +65,16 @@ def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
              tolerance_nm: float) -> tuple[Student, Adaptors | None]:
     proxy_stats = band_stats_table(batches.stats.values())
     if init is None:
-        student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths)
+        student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths,
+                                 catalog=batches.manifest.catalog)  # the proxy's bands, as its manifest means them
         if config.init != RANDOM:
             student.card.distill["init"] = student.start_from(
                 config.init, [batches.manifest.sensor(s).image_bands for s in batches.sensors], tolerance_nm,
                 config.stem_fit_steps)
         return student, None
     student = load_student(init / "student")
-    student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with
+    student.set_band_stats({**proxy_stats, **student.card.band_stats},  # keep what it was trained with
+                           batches.manifest.catalog)
     log.info("Student warm-started from %s", init)
     return student, load_adaptors(init / "adaptors")
 
