@@ -121,7 +121,8 @@ def _copy(state: State) -> State:
 def _train(cfg: ExperimentConfig, group: Group, roster: Roster, members: Sequence[InstitutionSpec],
            label: str) -> tuple[GroupTraining, list[dict[str, Any]]]:
     """The train phase's rounds for ``group``'s specialist with ``members`` as the institutions."""
-    run = GroupTraining.start(group, [roster.institutions[m] for m in group.members], cfg.train, cfg.seed)
+    run = GroupTraining.start(group, [roster.institutions[m] for m in group.members], cfg.train, cfg.seed,
+                              tolerance_nm=cfg.tolerance_nm)
     run.train_counts = {spec.name: len(institution_tiles(open_manifest(spec), spec, "train")) for spec in members}
     for r in tqdm(range(1, cfg.train.rounds + 1), desc=label, unit="round"):
         tc = round_config(cfg.train, cfg.seed, r)

@@ -34,7 +34,8 @@ from fusion.distill import DistillConfig, Distiller
 from fusion.student import Student
 from fusion.teacher_cache import TeacherCache, extract_teacher_features, fill_cache
 from geodata.files import atomic_write_text
-from geodata.sensors import DEFAULT_TOLERANCE_NM, get_sensor
+from geodata.sensors import get_sensor
+from pipeline.settings import ExperimentConfig
 from specialists import Specialist, SpecialistCard
 from specialists.heads import PooledLinearHead
 from specialists.io import save_specialist
@@ -76,7 +77,7 @@ def plain_epoch(student: Student, head: nn.Module, optimizer: torch.optim.Optimi
 def epoch_cost(teachers: dict[str, Specialist], batches: list[dict], pairs: int) -> dict:
     cache = TeacherCache()
     start = time.perf_counter()
-    fill_cache(cache, teachers, batches, DEFAULT_TOLERANCE_NM)
+    fill_cache(cache, teachers, batches, ExperimentConfig.tolerance_nm)
     fill_seconds = time.perf_counter() - start
     calls = {n: 0 for n in teachers}
     for n, t in teachers.items():
@@ -118,7 +119,7 @@ def extraction_throughput(teacher: Specialist, batches: list[dict], pairs: int) 
 
     def wrapped() -> float:
         start = time.perf_counter()
-        extract_teacher_features(teacher, batches, DEFAULT_TOLERANCE_NM)
+        extract_teacher_features(teacher, batches, ExperimentConfig.tolerance_nm)
         return images / (time.perf_counter() - start)
 
     bare(), wrapped()  # warm-up

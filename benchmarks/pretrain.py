@@ -39,7 +39,9 @@ from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats
 from pipeline.samples import build_samples
+from pipeline.settings import ExperimentConfig
 from specialists.encoder import build_encoder
+from specialists.init import load_encoder_weights
 
 log = logging.getLogger("benchmarks.pretrain")
 
@@ -94,8 +96,9 @@ def run_set(name: str, manifest_path: Path, out: Path, epochs: int, seeds: list[
                 raise RuntimeError(f"eosfed pretrain failed on {name}")
         losses[seed] = json.loads((folder / "pretrain.json").read_text())["loss"]
         torch.manual_seed(seed)
-        encoders = {"fcmae": build_encoder(in_chans=len(stats.bands), init_weights=folder / "weights.safetensors"),
-                    "random-init": build_encoder(in_chans=len(stats.bands))}
+        fcmae = build_encoder(in_chans=len(stats.bands))
+        load_encoder_weights(fcmae, folder / "weights.safetensors", tolerance_nm=ExperimentConfig.tolerance_nm)
+        encoders = {"fcmae": fcmae, "random-init": build_encoder(in_chans=len(stats.bands))}
         for enc_name, encoder in encoders.items():
             f = {s: features(encoder, loader, mean, std) for s, loader in loaders.items()}
             rows = {enc_name: "encoder"} | ({"band-stats": "band-stats"} if enc_name == "fcmae" else {})

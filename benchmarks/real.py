@@ -49,6 +49,7 @@ from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats
 from pipeline.distill import calibrate, distil, save_distilled
 from pipeline.samples import PROXY_SETS, WILDFIRE_SENSOR, build_samples, proxy_union
+from pipeline.settings import ExperimentConfig
 from specialists import load_specialist
 
 log = logging.getLogger("benchmarks.real")
@@ -56,7 +57,7 @@ log = logging.getLogger("benchmarks.real")
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
-TOLERANCE_NM = 50.0
+TOLERANCE_NM = ExperimentConfig.tolerance_nm  # the run setting's one default
 
 
 @dataclass(frozen=True)

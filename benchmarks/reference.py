@@ -72,7 +72,6 @@ from fusion.prune import nonpositive_reason
 from fusion.student import band_stats_table
 from fusion.teacher_cache import TeacherCache
 from fusion.views import plan_view
-from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
@@ -80,7 +79,7 @@ from geodata.stats import load_or_compute_stats
 from geodata.synth import generate_world, load_world_config
 from pipeline.contrib import play, prune_by
 from pipeline.distill import calibrate, compare_students, distil, redistil, save_distilled
-from pipeline.settings import PruneSettings
+from pipeline.settings import ExperimentConfig, PruneSettings
 from specialists import load_specialist
 from specialists.train import TrainConfig
 
@@ -451,7 +450,7 @@ def probe_task(cfg: BenchmarkConfig, task: Downstream, manifest: Manifest, stude
         **dataclasses.asdict(task), "type": spec.type, "metric": task_metric(spec), "bands": list(bands),
         "tiles": n_split, "applicable": applicable,
         "applicable_at_default_tolerance": [n for n in ensemble.names if plan_view(
-            n, ensemble.specialists[n].bands, bands, DEFAULT_TOLERANCE_NM).applicable],
+            n, ensemble.specialists[n].bands, bands, ExperimentConfig.tolerance_nm).applicable],
         "params": {"student": student.inference_params(bands),
                    "ensemble": ensemble.num_params(bands) if applicable else None},
         "img_per_s": speed, "selection_scores": selection,
@@ -674,7 +673,7 @@ def markdown(record: dict) -> str:
                      s["means"]["student"] / s["means"]["ensemble"] if s["means"]["student"] is not None
                      and s["means"]["ensemble"] else None] for s in record["fractions"]])
     lines += ["", "## Cost (student vs the N applicable specialists)", ""]
-    lines += table(["task", "N", f"N at {DEFAULT_TOLERANCE_NM:g} nm", "student params", "ensemble params",
+    lines += table(["task", "N", f"N at {ExperimentConfig.tolerance_nm:g} nm", "student params", "ensemble params",
                     "student img/s", "ensemble img/s", "pruned ensemble runs"],
                    [[t["name"], len(t["applicable"]), len(t["applicable_at_default_tolerance"]), t["params"]["student"],
                      t["params"]["ensemble"], t["img_per_s"]["student"], t["img_per_s"]["ensemble"],

@@ -155,7 +155,7 @@ def specialist_accuracy(images: np.ndarray, labels: np.ndarray, splits: np.ndarr
     data = _splits_of(images, labels, splits, bands)
     card = _card(images[splits == "train"], bands, "scene", "classification", variant)
     start = time.perf_counter()
-    specialist, head, history = train_specialist(data["train"], data["val"], card, cfg)
+    specialist, head, history = train_specialist(data["train"], data["val"], card, cfg, tolerance_nm=None)
     test = evaluate(specialist, head, make_loader(data["test"], cfg, shuffle=False), "classification",
                     len(CLASSES), cfg, desc="test")
     return {"seed": cfg.seed, "test": test["accuracy"], "test_macro_f1": test["macro_f1"],
@@ -182,7 +182,8 @@ def segmenter_accuracy(images: np.ndarray, masks: np.ndarray, labels: np.ndarray
     data = _splits_of(images, masks, splits, bands)
     card = _card(images[splits == "train"], bands, "landcover", "segmentation", variant)
     start = time.perf_counter()
-    specialist, head, history = train_specialist(data["train"], data["val"], card, cfg, ignore_index=IGNORE_INDEX)
+    specialist, head, history = train_specialist(data["train"], data["val"], card, cfg, ignore_index=IGNORE_INDEX,
+                                                 tolerance_nm=None)
     train_s = time.perf_counter() - start
     test = evaluate(specialist, head, make_loader(data["test"], cfg, shuffle=False), "segmentation",
                     len(CLASSES), cfg, IGNORE_INDEX, desc="test")

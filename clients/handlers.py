@@ -68,7 +68,7 @@ def _card(card_json: str) -> SpecialistCard:
 
 def _train_config(settings: RoundTraining) -> TrainConfig:
     sent = {k: v for k, v in dataclasses.asdict(settings).items() if k != "clipping_norm"}
-    return TrainConfig(**{**sent, "device": resolve_device(settings.device), "max_steps": settings.max_steps or None})
+    return TrainConfig(**{**sent, "device": resolve_device(settings.device)})
 
 
 def _summary(spec: InstitutionSpec) -> DataSummary:

@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from clients.institution import InstitutionSpec
-from specialists import Specialist, load_specialist, save_specialist
+from specialists import Specialist, load_specialist
+from specialists.artifact import write
 from specialists.io import specialist_to_bytes
 from geodata.errors import InputError
 
@@ -30,11 +31,11 @@ def keep_specialist(spec: InstitutionSpec, specialist: Specialist) -> Path:
     """Save ``specialist`` into the store; its card's sha256 must match the weights."""
     expected = specialist.card.weights_sha256
     folder = _folder(spec, expected)
-    specialist_to_bytes(specialist)
+    data = specialist_to_bytes(specialist)  # serialised once: hashed, checked, written
     if specialist.card.weights_sha256 != expected:
         raise InputError(f"institution {spec.name!r}: received weights hash to {specialist.card.weights_sha256}, "
                          f"the card says {expected}")
-    save_specialist(specialist, folder)
+    write(specialist.card, data, folder)
     log.info("Institution %s keeps specialist %s in %s", spec.name, specialist.card.name, folder)
     return folder
 

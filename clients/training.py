@@ -94,7 +94,7 @@ def fit(spec: InstitutionSpec, card: SpecialistCard, encoder: State, head: State
     first_lr = optimizer.param_groups[0]["lr"]
     losses, steps = [], 0
     for epoch in range(cfg.epochs):
-        budget = None if cfg.max_steps is None else cfg.max_steps - steps
+        budget = cfg.max_steps - steps if cfg.max_steps else None
         if budget is not None and budget <= 0:
             break
         loss, done = train_one_epoch(specialist, task_head, loader, optimizer, card.task_type, cfg, scheduler,

@@ -3,14 +3,18 @@ eosfed artifact, :mod:`fusion.models`), imported on first use so the CLI starts 
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 __all__ = ["create_model"]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "create_model":
-        from fusion.models import create_model
+def create_model(path: str | Path, features_only: bool = False, bands: Sequence[str] | None = None,
+                 map_location: str = "cpu", tolerance_nm: float | None = None) -> Any:
+    """:func:`fusion.models.create_model`; ``tolerance_nm`` (how far a specialist's band may be stood in for
+    by an input band of another name) defaults to the run's setting, ``ExperimentConfig.tolerance_nm``."""
+    from fusion.models import create_model as create
+    from pipeline.settings import ExperimentConfig
 
-        return create_model
-    raise AttributeError(f"module 'eosfed' has no attribute {name!r}")
+    return create(path, features_only, bands, map_location,
+                  tolerance_nm=ExperimentConfig.tolerance_nm if tolerance_nm is None else tolerance_nm)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.featstats import FeatureMoments, FeatureStats
+from fusion.featstats import FeatureMoments, FeatureStats, measured_stats
 from fusion.registry import Registry
 from fusion.views import ViewPlan, plan_view
 from specialists import Specialist
@@ -172,12 +172,6 @@ class Ensemble(nn.Module):
             for plan in self.plan(batch["bands"]):
                 if plan.applicable:
                     moments[plan.specialist].update(run_view(self.specialists[plan.specialist], plan, batch["image"]))
-        unseen = [n for n, m in moments.items() if not m.scales]
-        if len(unseen) == len(moments):
-            raise InputError(f"calibration data has no input that any of {unseen} can read")
-        if unseen:
-            log.warning("calibration data has no input that specialists %s can read; they keep their statistics",
-                           unseen)
-        measured = {n: m.result() for n, m in moments.items() if m.scales}
+        measured = measured_stats(moments)
         self.stats.update(measured)
         return measured

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import logging
 
 import torch
 from geodata.errors import InputError
 
-__all__ = ["ChannelMoments", "FeatureMoments", "FeatureStats", "global_pool"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ChannelMoments", "FeatureMoments", "FeatureStats", "global_pool", "measured_stats"]
 
 _MIN_STD = 1e-4
 
@@ -110,3 +114,14 @@ class FeatureMoments:
             raise InputError("no features were seen; cannot compute feature statistics")
         results = [m.result() for m in self.scales]
         return FeatureStats([r[0] for r in results], [r[1] for r in results], *self.pooled.result())
+
+
+def measured_stats(moments: Mapping[str, FeatureMoments]) -> dict[str, FeatureStats]:
+    """Each specialist's statistics from its ``moments``; one that saw no input keeps its own (a warning says
+    so); an :class:`InputError` when none saw any."""
+    unseen = [n for n, m in moments.items() if not m.scales]
+    if moments and len(unseen) == len(moments):
+        raise InputError(f"calibration data has no input that any of {unseen} can read")
+    if unseen:
+        log.warning("calibration data has no input that specialists %s can read; they keep their statistics", unseen)
+    return {n: m.result() for n, m in moments.items() if m.scales}

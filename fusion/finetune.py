@@ -134,7 +134,7 @@ def _open(spec: str, stats: BandStats, seed: int, tolerance_nm: float, device: s
         raise InputError(f"init_weights {init}: only a new {RANDOM_PREFIX}<variant> encoder starts from a checkpoint")
     encoder = load_encoder(spec, tolerance_nm, seed, device, band_stats_table([stats]))
     if kind == "random" and init is not None:
-        encoder.card.distill["init"] = encoder.start_from(init, [stats.bands])
+        encoder.card.distill["init"] = encoder.start_from(init, [stats.bands], tolerance_nm)
     elif kind == "student":
         encoder.set_band_stats({**band_stats_table([stats]), **encoder.card.band_stats})
     return encoder, {"kind": kind, "source": str(spec), **_describe(encoder, tolerance_nm)}

@@ -81,12 +81,11 @@ def _card(path: Path) -> dict[str, Any]:
 
 
 def create_model(path: str | Path, features_only: bool = False, bands: Sequence[str] | None = None,
-                 map_location: str = "cpu", tolerance_nm: float | None = None) -> EosfedModel:
+                 map_location: str = "cpu", *, tolerance_nm: float) -> EosfedModel:
     """The artifact at ``path`` as an :class:`EosfedModel` (module docstring); ``bands``: the input's band
     order (default: the artifact's own; required for a student or an ensemble of several sensors);
     ``tolerance_nm``: how far a specialist's band may be stood in for by an input band of another name
-    (:func:`fusion.views.plan_view`; ``None``: same centre wavelength only, the run's setting is
-    ``tolerance_nm``)."""
+    (:func:`fusion.views.plan_view`; ``eosfed.create_model`` gives the run's setting by default)."""
     path = Path(path)
     card = _card(path)
     if card.get("extra", {}).get("kind") == TASK_MODEL_KIND:
@@ -98,7 +97,7 @@ def create_model(path: str | Path, features_only: bool = False, bands: Sequence[
                "weights_sha256": model.card.weights_sha256}
         return EosfedModel(model, own, features_only, {"kind": kind, "bands": list(own), "source": str(path), **cfg})
     kind = encoder_kind(path)
-    inner = open_encoder(path, tolerance_nm=0.0 if tolerance_nm is None else tolerance_nm, map_location=map_location)
+    inner = open_encoder(path, tolerance_nm=tolerance_nm, map_location=map_location)
     if isinstance(inner, Student):
         if bands is None:
             raise InputError(f"{path}: a student reads any bands: give bands=(...) in the input's order")

@@ -317,11 +317,14 @@ class Student(nn.Module):
         num_freqs: int = 16,
         seed: int | None = None,
         depths: Sequence[int] | None = None,
+        catalog: Catalog | None = None,
     ) -> "Student":
         """A fresh student (deterministic when ``seed`` is given); ``depths`` overrides the variant's
-        blocks per stage (e.g. ``(2, 2, 5, 2)``: atto with one block fewer, smaller than an atto specialist)."""
-        card = StudentCard(name=name, variant=variant, depths=list(depths or []),
-                           band_stats=band_stats_table([band_stats or {}]),
+        blocks per stage (e.g. ``(2, 2, 5, 2)``: atto with one block fewer, smaller than an atto specialist);
+        ``catalog``: what the names of ``band_stats`` mean (default: the catalog in use)."""
+        table = band_stats_table([band_stats or {}])
+        card = StudentCard(name=name, variant=variant, depths=list(depths or []), band_stats=table,
+                           band_descriptors=catalog.band_records(table) if catalog is not None else {},
                            stem={"embed_dim": embed_dim, "num_freqs": num_freqs})
         if seed is None:
             return cls(card)
@@ -343,11 +346,11 @@ class Student(nn.Module):
         stem = self.stem.out_dim * (len(bands) * self.stem.patch**2 + 1)
         return sum(p.numel() for p in self.trunk.parameters()) + stem
 
-    def set_band_stats(self, table: Mapping[str, Sequence[float]]) -> None:
+    def set_band_stats(self, table: Mapping[str, Sequence[float]], catalog: Catalog | None = None) -> None:
         """Replace the normalisation table (e.g. with statistics measured on proxy data); a band new to the
-        card is described from the current catalog."""
+        card is described from ``catalog`` (default: the catalog in use)."""
         self.card.band_stats = band_stats_table([table])
-        self.card.describe_bands()
+        self.card.describe_bands(catalog)
         self.card.check()
         self.catalog = self.card.catalog()
         self._norm_cache.clear()
@@ -398,17 +401,18 @@ class Student(nn.Module):
             out = torch.where(instance, inst, out)
         return out
 
-    def start_from(self, init: str | Path, band_sets: Sequence[Sequence[str]],
+    def start_from(self, init: str | Path, band_sets: Sequence[Sequence[str]], tolerance_nm: float,
                    stem_fit_steps: int = STEM_FIT_STEPS) -> dict[str, Any]:
         """Load the checkpoint ``init`` into the trunk (:func:`specialists.init.load_encoder_weights`), then fit
-        the spectral stem to generate the checkpoint's stem adapted to each of ``band_sets``, so the loaded
+        the spectral stem to generate the checkpoint's stem adapted to each of ``band_sets`` (within
+        ``tolerance_nm``), so the loaded
         stages see what they were trained on (nothing to fit when the file names no stem bands); returns the
         card's record of the start (source, sha256, the fit's relative error)."""
-        ckpt = load_encoder_weights(self.trunk, init)
+        ckpt = load_encoder_weights(self.trunk, init, tolerance_nm=tolerance_nm)
         record = ckpt.record()
         if STEM_WEIGHT in ckpt.state and STEM_BIAS in ckpt.state and ckpt.bands is not None:
             weight, bias = ckpt.state[STEM_WEIGHT].float(), ckpt.state[STEM_BIAS].float()
-            targets = [(tuple(b), adapt_stem(weight, ckpt.bands, b, ckpt.path), bias) for b in band_sets]
+            targets = [(tuple(b), adapt_stem(weight, ckpt.bands, b, ckpt.path, tolerance_nm), bias) for b in band_sets]
             record["stem_fit_error"] = self.stem.fit_kernels(targets, stem_fit_steps)
             log.info("student stem fitted to %s's stem on %d band sets: relative error %.4f", ckpt.path.name,
                      len(targets), record["stem_fit_error"])

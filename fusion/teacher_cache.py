@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_safetensors_bytes
 from tqdm import tqdm
 
-from fusion.featstats import ChannelMoments, global_pool
+from fusion.featstats import ChannelMoments, FeatureMoments, global_pool
 from fusion.phis import phi_s
 from fusion.views import plan_view
 from specialists import Specialist
@@ -67,8 +67,11 @@ def extract_teacher_features(
     specialist: Specialist,
     batches: Iterable[Mapping],
     tolerance_nm: float,
+    moments: FeatureMoments | None = None,
 ) -> TeacherFeatures:
-    """Run ``specialist`` on its view of every batch it can read (``{"image", "bands", "id"}``).
+    """Run ``specialist`` on its view of every batch it can read (``{"image", "bands", "id"}``); with
+    ``moments``, its full multi-scale features also update them (its proxy feature statistics, measured in
+    the same pass).
 
     Batches it cannot read are skipped; the result lists only the samples it saw.
     """
@@ -80,7 +83,10 @@ def extract_teacher_features(
         if not plan.applicable:
             continue
         with torch.inference_mode():
-            targets = _targets_of(specialist(plan.select(batch["image"])))
+            features = specialist(plan.select(batch["image"]))
+        if moments is not None:
+            moments.update(features)
+        targets = _targets_of(features)
         for t in TARGETS:
             parts[t].append(targets[t].cpu())
         ids.extend(batch["id"])
@@ -208,22 +214,28 @@ def fill_cache(
     specialists: Mapping[str, Specialist],
     batches: Iterable[Mapping],
     tolerance_nm: float,
+    moments: Mapping[str, FeatureMoments] | None = None,
 ) -> int:
-    """Cache every local specialist's targets for every batch it can read and has not cached yet.
+    """Cache every local specialist's targets for every batch it can read and has not cached yet; the
+    specialists named in ``moments`` run on every batch they can read, cached or not, and their features
+    update their moments (their proxy feature statistics, in the same pass as their targets).
 
-    Returns the number of (batch, teacher) extractions run; ``0`` means the cache was already full.
+    Returns the number of (batch, teacher) extractions run; ``0`` means no teacher ran.
     """
+    moments = moments or {}
     calls = 0
     for batch in tqdm(batches, desc="teacher features", unit="batch", leave=False):
-        for spec in specialists.values():
+        for name, spec in specialists.items():
             sha = spec.card.weights_sha256
             if not sha:
                 raise InputError(f"specialist {spec.card.name!r} has no weights_sha256; save or load it first")
-            if cache.has(sha, batch["id"]):
+            cached = cache.has(sha, batch["id"])
+            if cached and name not in moments:
                 continue
-            features = extract_teacher_features(spec, [batch], tolerance_nm)
+            features = extract_teacher_features(spec, [batch], tolerance_nm, moments.get(name))
             if features.ids:
-                cache.put(sha, features)
+                if not cached:
+                    cache.put(sha, features)
                 calls += 1
     return calls
 

@@ -78,7 +78,6 @@ __all__ = [
     "env_sensor_paths",
     "select_bands",
     "equivalent_band",
-    "DEFAULT_TOLERANCE_NM",
     "PRODUCT_SCALES",
 ]
 
@@ -611,11 +610,6 @@ def select_bands(
     if order == list(range(len(have))):
         return x
     return x.index_select(dim, torch.as_tensor(order, device=x.device))
-
-
-DEFAULT_TOLERANCE_NM = 50.0
-"""How far apart (nm) two centre wavelengths may be for one band to stand in for the other: the one
-default, read by the run settings and the CLI."""
 
 
 def equivalent_band(want: str | Band, have: Sequence[str | Band], tolerance_nm: float,

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from geodata.errors import InputError, RasterError
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.raster import TileSource, open_raster, read_labelled
-from geodata.sensors import Sensor, get_sensor
+from geodata.sensors import Catalog, Sensor, get_sensor
 
 __all__ = [
     "Scene", "find_rasters", "band_files", "match_scenes", "parse_label_map", "band_key", "band_indexes", "file_bands",
@@ -422,8 +422,10 @@ def scenes_manifest(
     stride: int, splits: Mapping[str, str] | None = None, block_size: float | None = None,
     block_fractions: tuple[float, float] = (0.2, 0.1), min_valid: float = 0.5,
     label_map: Mapping[int, int | None] | None = None, seed: int = 0, name: str = "scenes",
+    catalog: Catalog | None = None,
 ) -> Manifest:
-    """The manifest of ``scenes`` cut into ``size`` tiles every ``stride`` pixels (see module docstring).
+    """The manifest of ``scenes`` cut into ``size`` tiles every ``stride`` pixels (see module docstring);
+    ``catalog``: what the ``sensors`` names mean (the manifest keeps it; default: the catalog in use).
 
     Give ``splits`` (scene -> split) or ``block_size``, the side of a map block in the CRS's units (pixels
     without a CRS), with ``(test, val)`` fractions of the blocks (module docstring).
@@ -435,7 +437,7 @@ def scenes_manifest(
         raise InputError("split either by scene (splits) or by spatial block (block_size)")
     if size < 1 or stride < 1:
         raise InputError(f"tile size and stride must be positive, got {size} and {stride}")
-    resolved = {s: get_sensor(s) for s in sensors}
+    resolved = {s: get_sensor(s, catalog) for s in sensors}
     tiles: list[TileEntry] = []
     for scene in tqdm(scenes, desc="scenes", unit="scene", leave=False):
         files, label, grid = _scene_sources(scene, resolved, task, label_map or {}, out)
@@ -479,6 +481,7 @@ def scenes_manifest(
                                f"are smaller than {size} px")
     outside = any(Path(p).is_absolute() for t in tiles
                   for p in [*([t.path] if t.band_paths is None else t.band_paths.values()), t.targets[task_name]])
-    return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out, allow_outside_paths=outside)
+    return Manifest(tasks={task_name: task}, tiles=tiles, name=name, root=out, allow_outside_paths=outside,
+                    catalog=catalog)
 
 

@@ -1,5 +1,5 @@
-"""The distillation step: calibrate the ensemble, fill the teacher cache, build (or warm-start) the
-student, distil it, and save what it produced."""
+"""The distillation step: fill the teacher cache (measuring, in the same pass, the proxy feature statistics
+of the specialists that have none), build (or warm-start) the student, distil it, and save what it produced."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fusion.adaptors import Adaptors, TeacherRef, load_adaptors, save_adaptors
 from fusion.data import CropSizes, ProxyBatches
 from fusion.distill import DistillConfig, DistillHistory, distill_student, plot_history
 from fusion.ensemble import Ensemble
+from fusion.featstats import FeatureMoments, measured_stats
 from fusion.registry import Registry
 from fusion.student import Student, StudentCard, band_stats_table, load_student, save_student
 from fusion.teacher_cache import TeacherCache, fill_cache
@@ -45,27 +46,35 @@ class Distilled:
     cache_fill_s: float
 
 
+def _uncalibrated(registry: Registry, specialists: dict[str, Specialist]) -> dict[str, Specialist]:
+    return {n: s for n, s in specialists.items() if registry.feature_stats(n) is None}
+
+
 def calibrate(registry: Registry, specialists: dict[str, Specialist], batches: ProxyBatches,
               tolerance_nm: float) -> None:
     """Measure, once, the proxy feature statistics the ensemble standardises with, for every local
-    specialist of ``registry`` that has none yet."""
-    missing = {n: s for n, s in specialists.items() if registry.feature_stats(n) is None}
+    specialist of ``registry`` that has none yet (without distilling; :func:`distil` measures them while it
+    fills the teacher cache)."""
+    missing = _uncalibrated(registry, specialists)
     if missing:
         for name, stats in Ensemble(missing, tolerance_nm=tolerance_nm).calibrate(batches).items():
             registry.save_feature_stats(name, stats)
 
 
-def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int,
-             init: Path | None) -> tuple[Student, Adaptors | None]:
+def _student(config: DistillConfig, batches: ProxyBatches, name: str, seed: int, init: Path | None,
+             tolerance_nm: float) -> tuple[Student, Adaptors | None]:
     proxy_stats = band_stats_table(batches.stats.values())
     if init is None:
-        student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths)
+        student = Student.create(config.variant, proxy_stats, name=name, seed=seed, depths=config.depths,
+                                 catalog=batches.manifest.catalog)  # the proxy's bands, as its manifest means them
         if config.init != RANDOM:
             student.card.distill["init"] = student.start_from(
-                config.init, [batches.manifest.sensor(s).image_bands for s in batches.sensors], config.stem_fit_steps)
+                config.init, [batches.manifest.sensor(s).image_bands for s in batches.sensors], tolerance_nm,
+                config.stem_fit_steps)
         return student, None
     student = load_student(init / "student")
-    student.set_band_stats({**proxy_stats, **student.card.band_stats})  # keep what it was trained with
+    student.set_band_stats({**proxy_stats, **student.card.band_stats},  # keep what it was trained with
+                           batches.manifest.catalog)
     log.info("Student warm-started from %s", init)
     return student, load_adaptors(init / "adaptors")
 
@@ -80,18 +89,22 @@ def distil(registry: Registry, batches: ProxyBatches, cache: TeacherCache, confi
     specialists = registry.load_all(map_location=resolve_device(config.device))
     if not specialists and not remote:
         raise RuntimeError(f"{registry.root}: no teacher: no local specialist and no remote teacher features")
-    calibrate(registry, specialists, batches, tolerance_nm)
     crops = CropSizes(batches, config.crop_sizes, seed) if config.crop_sizes else None
     if crops and remote:
         log.warning("distill.crop_sizes: remote teachers %s sent features of full tiles only; they teach the batches "
                     "drawn at full size", [t.name for t in remote])
+    if crops:  # the cache holds crops: the statistics of full tiles take a pass of their own
+        calibrate(registry, specialists, batches, tolerance_nm)
+    moments = {n: FeatureMoments() for n in _uncalibrated(registry, specialists)}
     start = time.perf_counter()
-    extractions = fill_cache(cache, specialists, crops.every_size() if crops else batches, tolerance_nm)
+    extractions = fill_cache(cache, specialists, crops.every_size() if crops else batches, tolerance_nm, moments)
     fill_s = time.perf_counter() - start
+    for teacher, stats in measured_stats(moments).items():
+        registry.save_feature_stats(teacher, stats)
     teachers = [TeacherRef.of(s, n) for n, s in specialists.items()] + list(remote)
     paired = (cache.share((crops or batches).scene_partners(), [t.weights_sha256 for t in teachers])
               if pair_scenes else 0)
-    student, adaptors = _student(config, batches, name, seed, init)
+    student, adaptors = _student(config, batches, name, seed, init, tolerance_nm)
     if config.gsd_aware:
         student.set_gsd({**batches.band_gsd(), **student.card.gsd})  # a warm start keeps its own
     adaptors, history = distill_student(student, teachers, crops or batches, cache, config, seed=seed,

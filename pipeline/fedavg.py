@@ -30,7 +30,7 @@ from pipeline.settings import AGGREGATIONS, TrainSettings
 from specialists.card import SpecialistCard
 from specialists.heads import build_head
 from specialists.init import RANDOM, load_encoder_weights
-from specialists.io import specialist_to_bytes
+from specialists.artifact import state_bytes
 from specialists.model import Specialist
 from specialists.train import MONITOR, TrainConfig
 from geodata.errors import InputError
@@ -220,8 +220,9 @@ def weighted_metrics(per_member: dict[str, dict[str, float]]) -> dict[str, float
 
 
 def group_card(group: Group, members: Sequence[Member], variant: str, max_share: float) -> SpecialistCard:
-    """The card a group's specialist starts from: the members' bands, their train-split band statistics
-    pooled (each member's part at most ``max_share``), task and classes (metrics are filled in after training)."""
+    """The card a group's specialist starts from: the members' bands (described as the first member's data
+    summary describes them), their train-split band statistics pooled (each member's part at most
+    ``max_share``), task and classes (metrics are filled in after training)."""
     counts = capped_shares([m.summary.tiles["train"] for m in members], max_share)
     mean, std = pool_norm([m.summary.norm_mean for m in members],
                           [m.summary.norm_std for m in members], counts)
@@ -229,8 +230,10 @@ def group_card(group: Group, members: Sequence[Member], variant: str, max_share:
     for m in members:
         for split, n in m.summary.tiles.items():
             tiles[split] = tiles.get(split, 0) + n
+    first = members[0].summary
     return SpecialistCard(
         name=group.name, institutions=list(group.members), sensor=group.sensor,
+        band_descriptors=first.catalog().band_records(members[0].bands) if first.sensor else {},
         bands=list(members[0].bands), norm_mean=mean, norm_std=std, task=group.task,
         task_type=group.task_type, classes=list(group.classes), variant=variant,
         data_summary={"tiles": tiles, "institutions": {m.name: m.summary.tiles for m in members}},
@@ -244,7 +247,7 @@ def round_config(settings: TrainSettings, seed: int, round_index: int) -> TrainC
     warmup = min(settings.local_epochs, max(0.0, settings.warmup_epochs - (round_index - 1) * settings.local_epochs))
     return TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=lr,
                        weight_decay=settings.weight_decay, warmup_epochs=warmup, device=settings.device,
-                       amp=settings.amp, seed=seed * 1000 + round_index, max_steps=settings.max_steps or None)
+                       amp=settings.amp, seed=seed * 1000 + round_index, max_steps=settings.max_steps)
 
 
 def _state(module: nn.Module) -> State:
@@ -313,13 +316,16 @@ class GroupTraining:
     rounds_done: int = 0
 
     @classmethod
-    def start(cls, group: Group, members: Sequence[Member], settings: TrainSettings, seed: int) -> "GroupTraining":
-        """The group's card and a seeded initial encoder (or ``settings.init``'s, recorded in the card) and head."""
+    def start(cls, group: Group, members: Sequence[Member], settings: TrainSettings, seed: int, *,
+              tolerance_nm: float) -> "GroupTraining":
+        """The group's card and a seeded initial encoder (or ``settings.init``'s, its stem adapted to the group's
+        bands within ``tolerance_nm``, recorded in the card) and head."""
         card = group_card(group, members, settings.variant, settings.max_weight_share)
         torch.manual_seed(seed)
         specialist = Specialist.from_card(card)
         if settings.init != RANDOM:
-            card.extra["init"] = load_encoder_weights(specialist.encoder, settings.init, card.bands).record()
+            card.extra["init"] = load_encoder_weights(specialist.encoder, settings.init, card.bands,
+                                                      tolerance_nm=tolerance_nm).record()
         head = build_head(card.task_type, specialist.feature_dims, card.num_classes)
         return cls(group, card, _state(specialist.encoder), _state(head),
                    {m.name: int(m.summary.tiles["train"]) for m in members}, settings)
@@ -386,10 +392,9 @@ class GroupTraining:
         return record
 
     def seal(self) -> None:
-        """Fill the card's sha256 and parameter count from the final weights."""
-        specialist = Specialist.from_card(self.card)
-        specialist.encoder.load_state_dict(self.encoder, strict=True)
-        specialist_to_bytes(specialist)
+        """Fill the card's sha256 and parameter count from the final encoder tensors: the hash of the file its
+        keepers write (:func:`specialists.artifact.state_bytes`; the coordinator keeps only the hash)."""
+        state_bytes(self.card, self.encoder)
 
     def privacy(self) -> dict[str, Any] | None:
         """``train.dp`` and the epsilon its noised rounds spent (``None`` with DP off)."""

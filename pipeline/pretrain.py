@@ -53,9 +53,9 @@ class GroupPretraining:
 
     @classmethod
     def start(cls, group: Group, members: Sequence[Member], train: TrainSettings, settings: PretrainSettings,
-              seed: int) -> "GroupPretraining":
+              seed: int, *, tolerance_nm: float) -> "GroupPretraining":
         """Phase *train*'s card and starting encoder (``train.init``) and a seeded FCMAE decoder."""
-        start = GroupTraining.start(group, members, train, seed)
+        start = GroupTraining.start(group, members, train, seed, tolerance_nm=tolerance_nm)
         specialist = Specialist.from_card(start.card)
         specialist.encoder.load_state_dict(start.encoder, strict=True)
         torch.manual_seed(seed)

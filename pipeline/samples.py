@@ -32,7 +32,7 @@ from geodata.readers.bigearthnet import build_bigearthnet_manifest
 from geodata.readers.eolearn import build_eolearn_manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.readers.folders import build_folder_manifest
-from geodata.sensors import current, load_sensor_files, using
+from geodata.sensors import Catalog, current, load_sensor_files
 from geodata.tiling import find_rasters, match_scenes, scenes_manifest, split_scenes
 from geodata.errors import InputError
 
@@ -67,15 +67,14 @@ def build_samples(root: str | Path, out: str | Path, parts: int = 2, aid_per_cla
     unknown = sorted(set(sets) - set(SAMPLE_SETS))
     if unknown:
         raise InputError(f"unknown sample sets {unknown}; expected some of {list(SAMPLE_SETS)}")
-    paths: dict[str, Path] = {}
-    with using(load_sensor_files([WILDFIRE_SENSOR_FILE])):  # each manifest saves the sensors it uses beside it
-        for name in sets:
-            paths[name] = _build_set(name, root, out / name, parts, aid_per_class)
-    return paths
+    wildfire = load_sensor_files([WILDFIRE_SENSOR_FILE])  # its manifest saves the sensor beside it
+    return {name: _build_set(name, root, out / name, parts, aid_per_class, wildfire) for name in sets}
 
 
-def _build_set(name: str, root: Path, folder: Path, parts: int, aid_per_class: int | None) -> Path:
-    """Write the manifest of the sample set ``name`` into ``folder``; return its path."""
+def _build_set(name: str, root: Path, folder: Path, parts: int, aid_per_class: int | None,
+               wildfire: Catalog) -> Path:
+    """Write the manifest of the sample set ``name`` into ``folder`` (the wildfire set's sensor from
+    ``wildfire``); return its path."""
     if name == "eurosat":
         manifest = _parts(build_eurosat_manifest(root / "eurosat-ms", folder, 6, 2, name="eurosat"), parts, "scene")
     elif name == "aid":
@@ -88,7 +87,7 @@ def _build_set(name: str, root: Path, folder: Path, parts: int, aid_per_class: i
                               train_first=WILDFIRE_TRAIN_EVENTS)
         manifest = scenes_manifest(scenes, [WILDFIRE_SENSOR], "burned", TaskSpec("segmentation",
                                    ["not_burned", "burned"]), folder, 64, 64, splits, min_valid=0.25,
-                                   name="wildfire")
+                                   name="wildfire", catalog=wildfire)
     elif name == "eolearn":
         manifest = build_eolearn_manifest(root / "eolearn-testpatch", folder, 32, name="eolearn")
     else:

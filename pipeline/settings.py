@@ -25,7 +25,6 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra.core.config_store import ConfigStore
 
 from fusion.distill import DistillConfig
-from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.dataset import MAX_TILE_PX
 from geodata.names import NAME_RULE, is_safe_name
 from geodata.sensors import Catalog, default, load_sensor_files
@@ -275,7 +274,8 @@ class EnergySettings:
 @dataclass
 class ExperimentConfig:
     """The typed experiment: the one settings tree (each phase reads its own section; ``tolerance_nm``,
-    the band-equivalence tolerance of specialists' views, is shared by distill, evaluate and prune).
+    how far apart (nm) two centre wavelengths may be for one band to stand in for the other, is shared by
+    the specialists' views in distill, evaluate and prune and by stem adaptation of a starting checkpoint).
     ``stop_after`` names the last phase to run (empty: all). ``integrate`` names a finished run (in
     ``output_dir``) to extend: its enrolled specialists are kept as they are, only groups it lacks are
     trained, and its student is warm-started."""
@@ -284,7 +284,7 @@ class ExperimentConfig:
     stop_after: str = ""
     output_dir: str = "outputs"
     cache_dir: str = "${output_dir}/cache"
-    tolerance_nm: float = DEFAULT_TOLERANCE_NM
+    tolerance_nm: float = 50.0  # the one default: no library function has one (the CLI reads this)
     sensor_files: list[str] = field(default_factory=list)  # sensor YAML files or folders (here and at simulated hosts)
     federation: FederationSettings = field(default_factory=FederationSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)

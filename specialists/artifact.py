@@ -10,7 +10,7 @@ filled from the catalog in use when the card is made or written): :meth:`Card.ca
 names mean wherever it is loaded, with no sensor file beside it and nothing registered.
 
 :func:`save` / :func:`to_bytes` write a module's tensors and fill the card's ``weights_sha256`` and
-``num_params``. :func:`load` / :func:`from_bytes` trust nothing: the card's fields, kind, version and
+``num_params`` (:func:`write` puts bytes already made into a folder). :func:`load` / :func:`from_bytes` trust nothing: the card's fields, kind, version and
 seal, the weights' hash and safetensors format, every tensor's name, shape and finiteness, and the
 parameter count are checked; any disagreement raises :class:`ArtifactError` naming the file and
 field at fault. Weights are only ever parsed as safetensors, never unpickled.
@@ -39,7 +39,7 @@ from geodata.errors import InputError
 
 __all__ = [
     "ArtifactError", "Card", "field_error", "save", "save_state", "load", "load_state", "to_bytes", "state_bytes",
-    "from_bytes", "read_card", "verify",
+    "write", "from_bytes", "read_card", "verify",
     "CARD_FILE", "WEIGHTS_FILE", "SCHEMA_VERSION",
 ]
 
@@ -231,7 +231,9 @@ def state_bytes(card: Card, state: Mapping[str, torch.Tensor]) -> bytes:
     return data
 
 
-def _write(card: Card, data: bytes, directory: str | Path) -> Path:
+def write(card: Card, data: bytes, directory: str | Path) -> Path:
+    """Write ``data`` (the bytes :func:`to_bytes` or :func:`state_bytes` made, which filled ``card``) and the
+    sealed card into ``directory``; return it."""
     directory = Path(directory)
     card.describe_bands()
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
@@ -241,13 +243,13 @@ def _write(card: Card, data: bytes, directory: str | Path) -> Path:
 
 def save(card: Card, module: nn.Module, directory: str | Path) -> Path:
     """Write ``weights.safetensors`` and the sealed ``card.json`` into ``directory``; return it."""
-    return _write(card, to_bytes(card, module), directory)
+    return write(card, to_bytes(card, module), directory)
 
 
 def save_state(card: Card, state: Mapping[str, torch.Tensor], directory: str | Path) -> Path:
     """:func:`save` for a set of tensors that no single module holds (e.g. an encoder, its task head and
     feature statistics); :func:`load_state` reads it back."""
-    return _write(card, state_bytes(card, state), directory)
+    return write(card, state_bytes(card, state), directory)
 
 
 def read_card(path: str | Path, card_type: type[C]) -> C:

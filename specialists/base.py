@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from geodata.dataset import TileDataset, collate_samples
 from geodata.files import atomic_write_bytes
-from geodata.sensors import DEFAULT_TOLERANCE_NM, equivalent_band, get_sensor
+from geodata.sensors import equivalent_band, get_sensor
 from geodata.stats import load_or_compute_stats
 from geodata.synth.cache import cached_world
 from geodata.synth.config import load_world_config
@@ -60,16 +60,16 @@ class BaseConfig:
     seed: int = 0
 
 
-def union_bands(sensors: Sequence[str]) -> tuple[tuple[str, ...], dict[str, list[int]]]:
+def union_bands(sensors: Sequence[str], tolerance_nm: float) -> tuple[tuple[str, ...], dict[str, list[int]]]:
     """The stem's bands and, per sensor, the stem channel of each of its image bands: the sensors with the
-    most bands first, each band at its equivalent already listed, else (or if another band of its sensor
+    most bands first, each band at its equivalent already listed (within ``tolerance_nm``), else (or if another band of its sensor
     took that one) a new channel."""
     bands: list[str] = []
     index: dict[str, list[int]] = {}
     for name in sorted(sensors, key=lambda s: (-len(get_sensor(s).image_bands), s)):
         index[name] = []
         for band in get_sensor(name).image_bands:
-            match = equivalent_band(band, bands, DEFAULT_TOLERANCE_NM)
+            match = equivalent_band(band, bands, tolerance_nm)
             if match is None or bands.index(match) in index[name]:
                 bands.append(band)
                 match = band
@@ -128,11 +128,12 @@ def _accuracy(trunk: nn.Module, head: nn.Module, scatter: _Scatter, ds: TileData
     return right / len(ds)
 
 
-def train_base(cfg: BaseConfig, cache_dir: str | Path) -> tuple[nn.Module, tuple[str, ...], dict]:
-    """The base trunk, its stem's bands and the recipe (module docstring)."""
+def train_base(cfg: BaseConfig, cache_dir: str | Path, tolerance_nm: float) -> tuple[nn.Module, tuple[str, ...], dict]:
+    """The base trunk, its stem's bands (sensors' bands merged within ``tolerance_nm``) and the recipe
+    (module docstring)."""
     seed_everything(cfg.seed)
     manifest, data = _sensor_data(cfg, Path(cache_dir))
-    union, index = union_bands(list(data))
+    union, index = union_bands(list(data), tolerance_nm)
     trunk = build_trunk(cfg.variant, in_chans=len(union))
     dims = [int(c) for c in trunk.feature_info.channels()]
     head = build_head("classification", dims, manifest.task("scene").num_classes)
@@ -161,7 +162,7 @@ def train_base(cfg: BaseConfig, cache_dir: str | Path) -> tuple[nn.Module, tuple
         log.info("base epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
     val = {name: _accuracy(trunk, head, scatters[name], valid, cfg.batch_size) for name, (_, valid, _) in data.items()}
     log.info("base val accuracy (scene): %s", {k: round(v, 3) for k, v in val.items()})
-    recipe = {"config": asdict(cfg), "world": manifest.name, "objective": "supervised scene classification",
+    recipe = {"config": asdict(cfg), "tolerance_nm": tolerance_nm, "world": manifest.name, "objective": "supervised scene classification",
               "tiles": {name: len(ds) for name, ds in trains.items()}, "loss": losses, "val_accuracy": val}
     return trunk, union, recipe
 

@@ -6,12 +6,9 @@ eosfed or EoS-FM checkpoints, bands adapted by wavelength).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 from torch import nn
 
-from specialists.init import STEM_WEIGHT, load_encoder_weights
+from specialists.init import STEM_WEIGHT
 from specialists.trunk import DEFAULT_VARIANT, build_trunk
 from geodata.errors import InputError
 
@@ -22,18 +19,10 @@ __all__ = [
 FREEZE_POLICIES = ("none", "stem", "stages:K", "backbone")
 
 
-def build_encoder(
-    variant: str = DEFAULT_VARIANT,
-    in_chans: int = 3,
-    init_weights: str | Path | None = None,
-    freeze: str = "none",
-    bands: Sequence[str] | None = None,
-) -> nn.Module:
-    """A features-only encoder (4 scales), optionally initialised from a local file (its stem reading
-    ``bands``) and frozen."""
+def build_encoder(variant: str = DEFAULT_VARIANT, in_chans: int = 3, freeze: str = "none") -> nn.Module:
+    """A features-only encoder (4 scales), randomly initialised and frozen by ``freeze``; starting weights
+    are loaded by :func:`specialists.init.load_encoder_weights`."""
     encoder = build_trunk(variant, in_chans=in_chans)
-    if init_weights is not None:
-        load_encoder_weights(encoder, init_weights, bands)
     freeze_encoder(encoder, freeze)
     return encoder
 

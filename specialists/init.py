@@ -16,7 +16,7 @@ A starting checkpoint (``train.init``, ``distill.init``, ``--init``) is one of:
   most of the target's bands is used.
 
 Bands are adapted by wavelength: each target band takes the stem kernel of its equivalent band
-(:func:`geodata.sensors.equivalent_band`); bands without one take the mean kernel (the stem's
+(:func:`geodata.sensors.equivalent_band` within the caller's ``tolerance_nm``: the run's setting); bands without one take the mean kernel (the stem's
 LayerNorm absorbs the change of scale). Keys of the file that the encoder lacks (heads, decoders,
 ``head.*``) are skipped and logged; encoder tensors the file lacks keep their initial values (logged);
 a tensor of another shape, a non-finite value or a file with no stage tensor is one ``ValueError``
@@ -40,7 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from geodata.sensors import DEFAULT_TOLERANCE_NM, BandError, equivalent_band
+from geodata.sensors import BandError, equivalent_band
 from specialists import artifact
 from specialists.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError
 from geodata.errors import InputError
@@ -152,13 +152,14 @@ def _tensors(raw: Any, path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in raw.items()}
 
 
-def _overlap(bands: Sequence[str] | None, want: Sequence[str] | None) -> int:
+def _overlap(bands: Sequence[str] | None, want: Sequence[str] | None, tolerance_nm: float) -> int:
     if not bands or not want:
         return 0
-    return sum(equivalent_band(b, bands, DEFAULT_TOLERANCE_NM) is not None for b in want)
+    return sum(equivalent_band(b, bands, tolerance_nm) is not None for b in want)
 
 
-def _eosfm_entry(entries: list, path: Path, want: Sequence[str] | None) -> tuple[dict, tuple[str, ...] | None]:
+def _eosfm_entry(entries: list, path: Path, want: Sequence[str] | None,
+                 tolerance_nm: float) -> tuple[dict, tuple[str, ...] | None]:
     """The EoS-FM entry covering most of ``want`` (the first on a tie): its tensors and bands."""
     parsed = []
     for i, entry in enumerate(entries):
@@ -169,7 +170,7 @@ def _eosfm_entry(entries: list, path: Path, want: Sequence[str] | None) -> tuple
         if bands is not None and len(bands) != int(entry[0]):
             raise InputError(f"{path}: entry {i} lists {len(bands)} bands for in_chans {entry[0]}")
         try:
-            parsed.append((_overlap(bands, want), i, _tensors(entry[1], path), bands))
+            parsed.append((_overlap(bands, want, tolerance_nm), i, _tensors(entry[1], path), bands))
         except BandError as exc:
             raise InputError(f"{path}: entry {i}: {exc}") from None
     if not parsed:
@@ -197,8 +198,9 @@ def _artifact(directory: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
     return state, tuple(card.bands) if kind == SpecialistCard.KIND else None
 
 
-def read_checkpoint(path: str | Path, want: Sequence[str] | None = None) -> Checkpoint:
-    """The checkpoint at ``path`` (module docstring); ``want``, the target's bands, picks an EoS-FM entry."""
+def read_checkpoint(path: str | Path, tolerance_nm: float, want: Sequence[str] | None = None) -> Checkpoint:
+    """The checkpoint at ``path`` (module docstring); ``want``, the target's bands, picks an EoS-FM entry
+    (the one with most bands equivalent within ``tolerance_nm``)."""
     path = base_path() if str(path) == BASE else Path(path)
     if path.is_file() and path.name == WEIGHTS_FILE and (path.parent / CARD_FILE).is_file():
         path = path.parent
@@ -223,17 +225,19 @@ def read_checkpoint(path: str | Path, want: Sequence[str] | None = None) -> Chec
             except Exception as exc:  # noqa: BLE001 - pickle and zip errors of every kind
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise InputError(f"{path}: not a torch file of tensors (torch.load weights_only=True): {first}") from None
-            state, bands = _eosfm_entry(raw, path, want) if isinstance(raw, (list, tuple)) else (_tensors(raw, path), None)
+            state, bands = _eosfm_entry(raw, path, want, tolerance_nm) if isinstance(raw, (list, tuple)) else (_tensors(raw, path), None)
     state = {_encoder_key(k): v for k, v in state.items()}
     return Checkpoint(path, state, bands, _sha256(source))
 
 
-def adapt_stem(weight: torch.Tensor, have: Sequence[str], want: Sequence[str], path: Path) -> torch.Tensor:
-    """The stem kernel reading ``want``: each band's equivalent in ``have``, else the mean kernel."""
+def adapt_stem(weight: torch.Tensor, have: Sequence[str], want: Sequence[str], path: Path,
+               tolerance_nm: float) -> torch.Tensor:
+    """The stem kernel reading ``want``: each band's equivalent in ``have`` (within ``tolerance_nm``), else the
+    mean kernel."""
     mean = weight.mean(dim=1)
     columns, unmatched = [], []
     for band in want:
-        match = equivalent_band(band, have, DEFAULT_TOLERANCE_NM)
+        match = equivalent_band(band, have, tolerance_nm)
         columns.append(weight[:, have.index(match)] if match is not None else mean)
         if match is None:
             unmatched.append(band)
@@ -242,9 +246,11 @@ def adapt_stem(weight: torch.Tensor, have: Sequence[str], want: Sequence[str], p
     return torch.stack(columns, dim=1)
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path, bands: Sequence[str] | None = None) -> Checkpoint:
-    """Load the checkpoint at ``path`` into ``encoder`` (whose stem reads ``bands``; module docstring)."""
-    ckpt = read_checkpoint(path, bands)
+def load_encoder_weights(encoder: nn.Module, path: str | Path, bands: Sequence[str] | None = None, *,
+                         tolerance_nm: float) -> Checkpoint:
+    """Load the checkpoint at ``path`` into ``encoder`` (whose stem reads ``bands``, adapted from the file's
+    within ``tolerance_nm``; module docstring)."""
+    ckpt = read_checkpoint(path, tolerance_nm, bands)
     own = encoder.state_dict()
     state = dict(ckpt.state)
     if STEM_WEIGHT in state and STEM_WEIGHT in own:
@@ -253,7 +259,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, bands: Sequence[s
             raise InputError(f"{ckpt.path}: tensor {STEM_WEIGHT!r} reads {state[STEM_WEIGHT].shape[1]} bands, "
                              f"its bands are {list(have)}")
         if have is not None and bands is not None:
-            state[STEM_WEIGHT] = adapt_stem(state[STEM_WEIGHT], have, bands, ckpt.path)
+            state[STEM_WEIGHT] = adapt_stem(state[STEM_WEIGHT], have, bands, ckpt.path, tolerance_nm)
     skipped = sorted(k for k in state if k not in own)
     loaded = {k: v for k, v in state.items() if k in own}
     for key, value in loaded.items():

@@ -71,7 +71,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig(OptimConfig):
-    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs; ``augment``: random
+    """How to train one specialist (``max_steps`` caps optimiser steps over all epochs, 0: no cap; ``augment``: random
     flips/rotations; ``gain_jitter``: the std of a random log-gain per sample and band that multiplies the
     training images, against illumination and sensor-calibration shifts between scenes, 0: off; ``loss``:
     ``ce``, or for segmentation ``ce_dice``, ``focal``, ``focal_dice`` (:class:`specialists.heads.SegmentationLoss`))."""
@@ -80,7 +80,7 @@ class TrainConfig(OptimConfig):
     patience: int = 5
     seed: int = 0
     num_workers: int = 0
-    max_steps: int | None = None
+    max_steps: int = 0
     augment: bool = True
     init_weights: str | None = None
     freeze: str = "none"
@@ -98,8 +98,8 @@ class TrainConfig(OptimConfig):
             raise InputError(f"TrainConfig.gain_jitter must be >= 0, got {self.gain_jitter}")
         if self.loss not in LOSSES:
             raise InputError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise InputError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.max_steps < 0:
+            raise InputError(f"TrainConfig.max_steps must be >= 0 (0: no cap), got {self.max_steps}")
 
 
 def resolve_device(device: str) -> str:
@@ -309,7 +309,7 @@ def fit(
     train_loader = make_loader(train_ds, cfg, shuffle=True)
     val_loader = make_loader(val_ds, cfg, shuffle=False) if val_ds is not None else None
     total_steps = cfg.epochs * len(train_loader)
-    if cfg.max_steps is not None:
+    if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     optimizer = make_optimizer([encoder, head], cfg)
     scheduler = make_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * len(train_loader)))
@@ -353,8 +353,12 @@ def train_specialist(
     card: SpecialistCard,
     cfg: TrainConfig,
     ignore_index: int = 255,
+    *,
+    tolerance_nm: float | None,
 ) -> tuple[Specialist, nn.Module, list[dict[str, Any]]]:
-    """Train a new specialist described by ``card`` (bands, norm stats, task, variant) with :func:`fit`.
+    """Train a new specialist described by ``card`` (bands, norm stats, task, variant) with :func:`fit`,
+    from ``cfg.init_weights`` when given (its stem adapted to the card's bands within ``tolerance_nm``,
+    which is needed then).
 
     Returns the specialist (card metrics filled), its head, and one history record per epoch.
     """
@@ -363,7 +367,11 @@ def train_specialist(
     device = torch.device(cfg.device)
     specialist = Specialist.from_card(card, freeze=cfg.freeze)
     if cfg.init_weights is not None:
-        card.extra["init"] = load_encoder_weights(specialist.encoder, cfg.init_weights, card.bands).record()
+        if tolerance_nm is None:
+            raise InputError(f"init_weights {cfg.init_weights}: adapting its stem to {card.name!r}'s bands needs "
+                             "tolerance_nm")
+        card.extra["init"] = load_encoder_weights(specialist.encoder, cfg.init_weights, card.bands,
+                                                  tolerance_nm=tolerance_nm).record()
     specialist.to(device)
     head = build_head(card.task_type, specialist.feature_dims, card.num_classes).to(device)
     history, best = fit(specialist, head, train_ds, val_ds, card.task_type, card.num_classes, cfg, ignore_index,

@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 
 from fusion.registry import Registry
-from geodata.sensors import DEFAULT_TOLERANCE_NM as TOLERANCE_NM  # the run's default setting
+from pipeline.settings import ExperimentConfig
 from specialists import Specialist, SpecialistCard
+
+TOLERANCE_NM = ExperimentConfig.tolerance_nm  # the run's default setting
 
 S2_BANDS = ("B02", "B03", "B04", "B08")
 S1_BANDS = ("VV", "VH")

@@ -29,7 +29,8 @@ def _pair() -> GroupPretraining:
         name, "segmentation", ["x", "y"], BANDS, {"train": n, "val": 2}, [0.3] * 4, [0.1] * 4, "manifest.json"), BANDS)
         for i, (name, n) in enumerate((("a", 6), ("b", 2)))]
     group = Group("aerial_rgbn-landcover", "aerial_rgbn", "landcover", "segmentation", ["x", "y"], ["a", "b"])
-    return GroupPretraining.start(group, members, TrainSettings(init="random"), PretrainSettings(rounds=2), seed=0)
+    return GroupPretraining.start(group, members, TrainSettings(init="random"), PretrainSettings(rounds=2), seed=0,
+                                   tolerance_nm=50.0)
 
 
 def _moved(state: dict[str, torch.Tensor], by: float) -> dict[str, torch.Tensor]:
@@ -122,3 +123,30 @@ def test_pretrain_phase_starts_train_from_its_encoder_and_zero_rounds_skip_it(tm
     assert "train.pretrain" not in sent and not (run_dir / "pretrained").exists()
     card = SpecialistCard.from_json((run_dir / "specialists" / "sentinel2_l2a-scene" / "card.json").read_text())
     assert "pretrain" not in card.extra
+
+
+def test_a_sealed_group_card_names_the_file_its_keepers_write(tmp_path: Path) -> None:
+    """Issue 22: the coordinator seals a group's card from the final tensors, no specialist rebuilt; a keeper's
+    store writes exactly the file that hash names, serialised once, and loads it back checked."""
+    from clients.institution import InstitutionSpec
+    from clients.store import keep_specialist, kept_specialist
+    from pipeline.fedavg import GroupTraining
+    from specialists import Specialist
+
+    pretraining = _pair()
+    members = [Member(name, "aerial_rgbn", "landcover", 100 + i, True, {}, DataSummary(
+        name, "segmentation", ["x", "y"], BANDS, {"train": 4, "val": 2}, [0.3] * 4, [0.1] * 4, "manifest.json"), BANDS)
+        for i, name in enumerate(("a", "b"))]
+    run = GroupTraining.start(pretraining.group, members, TrainSettings(init="random"), seed=0, tolerance_nm=50.0)
+    run.encoder = _moved(run.encoder, 0.01)  # the weights after some rounds
+    run.seal()
+    assert len(run.card.weights_sha256) == 64
+    specialist = Specialist.from_card(SpecialistCard.from_json(run.card.shared().to_json()))
+    specialist.encoder.load_state_dict(run.encoder, strict=True)
+    spec = InstitutionSpec("a", "aerial_rgbn", "landcover", store=str(tmp_path / "store"))
+    folder = keep_specialist(spec, specialist)
+    assert folder.name == run.card.weights_sha256
+    assert hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest() == run.card.weights_sha256
+    kept = kept_specialist(spec, run.card.weights_sha256)
+    assert kept.card.num_params == run.card.num_params
+    assert all(torch.equal(v, run.encoder[k]) for k, v in kept.encoder.state_dict().items())

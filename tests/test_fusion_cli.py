@@ -73,3 +73,36 @@ def test_a_random_encoder_and_the_random_init_baseline_are_one_row(tmp_path, sha
                  "--size", "32", "--methods", "linear"]) == 0
     assert [r["encoder"] for r in json.loads(out.read_text())] == ["random:convnextv2_atto", "band-stats"]
     assert "baseline random-init is the requested random:convnextv2_atto" in caplog.text
+
+
+def test_phase_and_command_games_are_one_function(tmp_path):
+    """Issue 22: ``pipeline.contrib.play_games`` builds every prune game (phase *prune* and ``eosfed prune``): a
+    player's features come from the teacher cache when it holds them (a specialist whose weights stay home takes
+    part this way), else from its local weights; a holder without cached features sits out."""
+    from fusion.data import labelled_loader
+    from fusion.teacher_cache import TeacherCache, extract_teacher_features
+    from geodata.manifest import Manifest
+    from pipeline.contrib import Game, play_games
+    from pipeline.settings import PruneSettings
+    from specialists import load_specialist
+
+    manifest = generate_world(load_world_config("tiny"), tmp_path / "world", progress=False)
+    full = make_registry(tmp_path / "full")
+    mixed = Registry.create(tmp_path / "mixed")
+    mixed.add_card(full.card("s2"), holder="north")  # its weights stay at institution north
+    mixed.add(load_specialist(full.root / "aerial"))
+    sensor, task = "sentinel2_l2a", "presence"
+    game = Game(task, sensor, manifest.select(sensor=sensor, split="train", task=task),
+                manifest.select(sensor=sensor, split="test", task=task), 32)
+    settings = PruneSettings(permutations=4)
+    kwargs = {"seed": 0, "tolerance_nm": TOLERANCE_NM, "batch_size": 8}
+
+    alone, _, played = play_games([game], Manifest.load(manifest.source), mixed, settings, **kwargs)
+    assert played == [game] and {c.name for c in alone[0]} == {"aerial"}  # s2 sits out: no weights, no features
+    cache = TeacherCache()
+    s2 = full.load("s2")
+    for split in ("train", "test"):
+        cache.put(s2.card.weights_sha256, extract_teacher_features(
+            s2, labelled_loader(manifest, sensor, task, split, 32, 8), TOLERANCE_NM))
+    both, cka, _ = play_games([game], manifest, mixed, settings, cache=cache, **kwargs)
+    assert {c.name for c in both[0]} == {"s2", "aerial"} and sorted(cka[0]) == ["aerial", "s2"]

@@ -14,6 +14,8 @@ from eosfed.cli import main
 from geodata.readers.eurosat import build_eurosat_manifest
 from specialists.encoder import build_encoder
 from specialists.fcmae import Fcmae, random_patch_mask
+from specialists.init import load_encoder_weights
+from fusion_toys import TOLERANCE_NM
 
 
 def test_mask_covers_the_ratio_in_whole_patches() -> None:
@@ -49,7 +51,8 @@ def test_pretrain_command_on_real_tiles(shared_data: Path, tmp_path: Path) -> No
     assert record["tiles"] == len(manifest.select(split="train")) == 20 and len(record["loss"]) == 2
     assert all(torch.isfinite(torch.tensor(record["loss"])))
     # The weights start a specialist: the encoder loads them strictly, every tensor equal.
-    encoder = build_encoder(in_chans=len(record["bands"]), init_weights=out / "weights.safetensors")
+    encoder = build_encoder(in_chans=len(record["bands"]))
+    load_encoder_weights(encoder, out / "weights.safetensors", record["bands"], tolerance_nm=TOLERANCE_NM)
     saved = load_file(str(out / "weights.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in encoder.state_dict().items())
     assert main(argv) == 2  # an existing output is refused without --overwrite

@@ -9,10 +9,13 @@ from fusion_toys import make_registry
 
 from fusion.data import ProxyBatches
 from fusion.distill import DistillConfig
+from fusion.ensemble import Ensemble
 from fusion.student import load_student
 from fusion.teacher_cache import TeacherCache
 from geodata.synth import generate_world, load_world_config
+from fusion.views import plan_view
 from pipeline.distill import compare_students, distil, redistil, save_distilled
+from specialists import Specialist
 
 CONFIG = DistillConfig(epochs=1, init="random")
 
@@ -79,3 +82,33 @@ def test_a_kept_teacher_missing_from_the_cache_is_extracted_alone(full, tmp_path
     assert moved.history.teacher_extractions > 0
     assert cache.num_samples(shas["s1"]) > 0 and cache.num_samples(shas["s2"]) == cache.num_samples(shas["aerial"]) == 0
     assert [t["name"] for t in moved.student.card.teachers] == ["s1"]
+
+
+def test_one_teacher_pass_fills_the_cache_and_measures_the_feature_statistics(full, tmp_path, monkeypatch):
+    """Issue 22: a distillation runs each teacher once per proxy batch it reads: the targets it caches and the
+    proxy feature statistics the ensemble standardises with come from the same forward pass."""
+    _, _, batches, _ = full
+    registry = make_registry(tmp_path / "registry")  # no feature statistics yet
+    readable = {e.name: sum(plan_view(e.name, registry.card(e.name).descriptors(), b["bands"], 50).applicable
+                            for b in batches) for e in registry.entries}
+    forwards = dict.fromkeys(readable, 0)
+    original = Specialist.forward
+
+    def counted(self, x):
+        forwards[self.card.name] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(Specialist, "forward", counted)
+    distilled = distil(registry, batches, TeacherCache(tmp_path / "cache"), CONFIG, seed=0, tolerance_nm=50, name="s")
+    assert forwards == readable and min(readable.values()) > 0
+    assert distilled.cache_fill_extractions == sum(readable.values())
+    monkeypatch.setattr(Specialist, "forward", original)
+    expected = Ensemble(registry.load_all(), tolerance_nm=50).calibrate(batches)
+    for name, stats in expected.items():
+        saved = registry.feature_stats(name)
+        for got, want in zip([*saved.means, *saved.stds, saved.pooled_mean],
+                             [*stats.means, *stats.stds, stats.pooled_mean]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(Specialist, "forward", counted)
+    again = distil(registry, batches, TeacherCache(tmp_path / "cache"), CONFIG, seed=0, tolerance_nm=50, name="s")
+    assert again.cache_fill_extractions == 0 and forwards == readable  # calibrated and cached: no teacher runs

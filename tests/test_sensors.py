@@ -354,3 +354,41 @@ def test_no_module_assigns_into_a_global_sensor_table():
     assert not found, found
     source = (root / "geodata" / "sensors.py").read_text()
     assert not re.search(r"^[A-Z_]+\s*:\s*dict\[|^[A-Z_]+\s*=\s*\{\}", source, re.M), "a mutable module-level table"
+
+
+def test_one_tolerance_no_library_default():
+    """Issue 22: the band-equivalence tolerance has one default, the run setting
+    (``ExperimentConfig.tolerance_nm``): no function or dataclass field of the library packages has one."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for package in ("geodata", "specialists", "fusion", "pipeline", "wire", "clients", "server"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                    args = node.args
+                    positional = [*args.posonlyargs, *args.args]
+                    defaulted = positional[len(positional) - len(args.defaults):] if args.defaults else []
+                    defaulted += [a for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+                    found += [f"{rel}:{a.lineno}" for a in defaulted if a.arg == "tolerance_nm"]
+                elif (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                      and node.target.id == "tolerance_nm" and node.value is not None
+                      and rel != "pipeline/settings.py"):
+                    found.append(f"{rel}:{node.lineno}")
+            assert "DEFAULT_TOLERANCE" not in path.read_text(), rel
+    assert not found, found
+    from pipeline.settings import ExperimentConfig
+    assert ExperimentConfig().tolerance_nm == ExperimentConfig.tolerance_nm == 50.0
+
+
+def test_only_entry_points_open_a_catalog_scope():
+    """Issue 22: inside the library catalogs travel as values; a ``using(catalog)`` block is opened only where
+    names enter from outside: the run, a node's handlers, a command, a TerraTorch backbone."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    entries = {"server/run.py", "clients/handlers.py", "eosfed/cli.py", "fusion/terratorch.py", "geodata/sensors.py"}
+    opened = sorted(rel for path in root.rglob("*.py")
+                    if not (rel := path.relative_to(root).as_posix()).startswith(("tests/", ".", "benchmarks/"))
+                    and re.search(r"\busing\(", path.read_text()))
+    assert set(opened) <= entries, sorted(set(opened) - entries)

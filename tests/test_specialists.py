@@ -21,6 +21,7 @@ from specialists import (
 from specialists.artifact import SCHEMA_VERSION
 from specialists.encoder import build_encoder, freeze_encoder
 from specialists.init import load_encoder_weights
+from fusion_toys import TOLERANCE_NM
 
 L1C = list(get_sensor("sentinel2_l1c").bands)
 
@@ -201,7 +202,8 @@ def test_init_from_timm_checkpoint_adapts_bands_by_wavelength(tmp_path):
     path = tmp_path / "timm.safetensors"
     save_file(full.state_dict(), str(path))
     bands = get_sensor("sentinel2_l1c").bands
-    enc = build_encoder("convnextv2_atto", in_chans=13, init_weights=path, bands=bands)
+    enc = build_encoder("convnextv2_atto", in_chans=13)
+    load_encoder_weights(enc, path, bands, tolerance_nm=TOLERANCE_NM)
     torch.testing.assert_close(enc.state_dict()["stages_3.blocks.1.mlp.fc2.weight"], full.stages[3].blocks[1].mlp.fc2.weight)
     torch.testing.assert_close(enc.state_dict()["stem_0.weight"][:, bands.index("B04")], full.stem[0].weight[:, 0])
 
@@ -209,7 +211,7 @@ def test_init_from_timm_checkpoint_adapts_bands_by_wavelength(tmp_path):
 def test_init_from_saved_specialist(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
     enc = build_encoder("convnextv2_atto", in_chans=13)
-    assert load_encoder_weights(enc, out, specialist.bands).sha256 == specialist.card.weights_sha256
+    assert load_encoder_weights(enc, out, specialist.bands, tolerance_nm=TOLERANCE_NM).sha256 == specialist.card.weights_sha256
     for k, v in specialist.encoder.state_dict().items():
         torch.testing.assert_close(enc.state_dict()[k], v)
 
@@ -217,9 +219,9 @@ def test_init_from_saved_specialist(specialist, tmp_path):
 def test_init_refuses_wrong_variant_and_missing_file(specialist, tmp_path):
     out = save_specialist(specialist, tmp_path / "spec")
     with pytest.raises(ValueError, match=r"spec: tensor '[^']+' has shape"):
-        build_encoder("convnextv2_femto", in_chans=13, init_weights=out)
+        load_encoder_weights(build_encoder("convnextv2_femto", in_chans=13), out, tolerance_nm=TOLERANCE_NM)
     with pytest.raises(FileNotFoundError, match="initial weights not found"):
-        build_encoder(in_chans=13, init_weights=tmp_path / "nope.safetensors")
+        load_encoder_weights(build_encoder(in_chans=13), tmp_path / "nope.safetensors", tolerance_nm=TOLERANCE_NM)
 
 
 def _frozen_children(enc) -> dict[str, bool]:

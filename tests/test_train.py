@@ -112,7 +112,7 @@ def test_build_head_refuses_unknown_task():
 def test_each_task_trains(task_type, metric):
     ds = ToyTiles(task_type)
     cfg = TrainConfig(epochs=6, batch_size=6, lr=3e-3, warmup_epochs=0, patience=0, seed=0)
-    specialist, head, history = train_specialist(ds, ds, toy_card(task_type), cfg)
+    specialist, head, history = train_specialist(ds, ds, toy_card(task_type), cfg, tolerance_nm=None)
     assert len(history) == 6
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert specialist.card.metrics[f"val_{metric}"] == max(h[f"val_{metric}"] for h in history)
@@ -140,7 +140,7 @@ def test_augmentation_moves_each_sample_and_its_mask_together():
 def test_training_is_deterministic():
     ds = ToyTiles("classification")
     cfg = TrainConfig(epochs=2, batch_size=4, seed=3, patience=0)
-    (a, _, ha), (b, _, hb) = (train_specialist(ds, None, toy_card("classification"), cfg) for _ in range(2))
+    (a, _, ha), (b, _, hb) = (train_specialist(ds, None, toy_card("classification"), cfg, tolerance_nm=None) for _ in range(2))
     assert ha == hb
     for (k, va), vb in zip(a.encoder.state_dict().items(), b.encoder.state_dict().values()):
         assert torch.equal(va, vb), k
@@ -160,7 +160,7 @@ def test_early_stopping_restores_best_epoch(monkeypatch):
     monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": next(scripted)})
     ds = ToyTiles("classification")
     cfg = TrainConfig(epochs=6, batch_size=6, lr=1e-2, patience=2, seed=0)
-    specialist, _, history = train_specialist(ds, ds, toy_card("classification"), cfg)
+    specialist, _, history = train_specialist(ds, ds, toy_card("classification"), cfg, tolerance_nm=None)
     assert [h["val_accuracy"] for h in history] == [0.2, 0.9, 0.5, 0.4]  # stopped 2 epochs after the best
     assert specialist.card.metrics["best_epoch"] == 2
     assert specialist.card.metrics["epochs_run"] == 4
@@ -172,14 +172,14 @@ def test_early_stopping_restores_best_epoch(monkeypatch):
 def test_max_steps_caps_training():
     ds = ToyTiles("classification")
     _, _, history = train_specialist(ds, None, toy_card("classification"),
-                                     TrainConfig(epochs=5, batch_size=4, max_steps=4, patience=0))
+                                     TrainConfig(epochs=5, batch_size=4, max_steps=4, patience=0), tolerance_nm=None)
     assert [h["steps"] for h in history] == [3, 4]
 
 
 def test_freeze_backbone_trains_only_the_head():
     ds = ToyTiles("classification")
     cfg = TrainConfig(epochs=1, batch_size=6, freeze="backbone", seed=0)
-    specialist, head, _ = train_specialist(ds, None, toy_card("classification"), cfg)
+    specialist, head, _ = train_specialist(ds, None, toy_card("classification"), cfg, tolerance_nm=None)
     train_module.seed_everything(0)  # replay the initialisation train_specialist did
     fresh = Specialist.from_card(toy_card("classification"))
     fresh_head = build_head("classification", fresh.feature_dims, NUM_CLASSES)
@@ -217,7 +217,7 @@ def test_eurosat_specialist_beats_chance(tmp_path, shared_data):
         classes=manifest.task(TASK).classes,
     )
     cfg = TrainConfig(epochs=20, batch_size=16, lr=2e-3, patience=0, seed=0)
-    specialist, head, _ = train_specialist(train_ds, None, card, cfg)
+    specialist, head, _ = train_specialist(train_ds, None, card, cfg, tolerance_nm=None)
     scores = evaluate(specialist, head, make_loader(test_ds, cfg, shuffle=False), "classification", 10, cfg)
     assert scores["accuracy"] >= 0.35, scores  # measured 0.575 / 0.60 / 0.625 for seeds 0 / 1 / 2
 

@@ -354,9 +354,8 @@ class RoundTraining:
 
     @classmethod
     def of(cls, config: TrainConfig, clipping_norm: float = 0.0) -> RoundTraining:
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if f.name not in ("max_steps",
-                                                                                            "clipping_norm")},
-                   max_steps=config.max_steps or 0, clipping_norm=float(clipping_norm))
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if f.name != "clipping_norm"},
+                   clipping_norm=float(clipping_norm))
 
     def record(self) -> ConfigRecord:
         return ConfigRecord(asdict(self))

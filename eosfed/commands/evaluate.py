@@ -19,16 +19,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eosfed.commands.args import add_output, add_sensor_files, add_tile_size, check_output, check_split, optional_split
+from eosfed.commands.args import (add_output, add_sensor_files, add_settings, add_tile_size, check_output, check_split,
+                                  optional_split)
 from fusion.baselines import baseline_encoders
 from fusion.data import labelled_loader
 from fusion.encoders import RANDOM_PREFIX, open_encoder
 from fusion.probes import DEFAULT_FRACTIONS, DEFAULT_SEEDS, probe_encoder, results_markdown
 from fusion.student import Student, band_stats_table
-from geodata.sensors import DEFAULT_TOLERANCE_NM
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
 from geodata.stats import load_or_compute_stats
+from pipeline.settings import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", help="comma-separated: linear, knn, segmentation (default by task type)")
     add_tile_size(parser)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--tolerance-nm", type=float, default=DEFAULT_TOLERANCE_NM)
+    add_settings(parser, ExperimentConfig, "band equivalence (a specialist's band the tiles lack is read from the "
+                 "tiles' band within this many nm)", only=("tolerance_nm",))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                         help="also probe a random-init student of the same size and band statistics")

@@ -22,8 +22,10 @@ from geodata.manifest import Manifest
 from geodata.sensors import get_sensor
 from geodata.stats import load_or_compute_stats
 from specialists.artifact import WEIGHTS_FILE
+from pipeline.settings import ExperimentConfig
 from specialists.encoder import build_encoder
 from specialists.fcmae import Fcmae, FcmaeConfig, fcmae_loader, pretrain
+from specialists.init import load_encoder_weights
 from specialists.trunk import DEFAULT_VARIANT
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
     add_tile_size(parser, " (the size read must be a multiple of --patch)")
     parser.add_argument("--init-weights", type=Path, help="start from this local checkpoint")
+    add_settings(parser, ExperimentConfig, "band equivalence (the checkpoint's stem adapted to the tiles' bands "
+                 "within this many nm)", only=("tolerance_nm",))
     add_settings(parser, FcmaeConfig, "pretraining (specialists.fcmae.FcmaeConfig)")
 
 
@@ -49,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     stats = load_or_compute_stats(manifest, sensor, split)
     data = TileDataset(manifest, sensor, split=split, size=args.size, stats=stats, resize=args.resize)
     with staged_output(args.out, args.overwrite) as stage:
-        encoder = build_encoder(args.variant, in_chans=len(data.bands), init_weights=args.init_weights)
+        encoder = build_encoder(args.variant, in_chans=len(data.bands))
+        if args.init_weights is not None:
+            load_encoder_weights(encoder, args.init_weights, data.bands, tolerance_nm=args.tolerance_nm)
         torch.manual_seed(cfg.seed)
         model = Fcmae(encoder, len(data.bands), cfg.patch)
         history = pretrain(model, fcmae_loader(data, cfg), torch.tensor(stats.mean), torch.tensor(stats.std), cfg)

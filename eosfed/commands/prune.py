@@ -20,17 +20,15 @@ from pathlib import Path
 
 from eosfed.commands.args import (UsageError, add_output, add_sensor_files, add_settings, check_output, settings_from,
                                   staged_output)
-from fusion.contrib import combine_contributions, extract_member_features, with_twins
-from fusion.data import ProxyBatches, labelled_loader, proxy_sensors
+from fusion.contrib import combine_contributions
+from fusion.data import ProxyBatches, proxy_sensors
 from fusion.distill import DistillConfig
-from fusion.ensemble import Ensemble
-from fusion.probes import extract_features
 from fusion.registry import Registry
-from fusion.student import Student, StudentCard
+from fusion.student import StudentCard
 from fusion.teacher_cache import TeacherCache
 from geodata.files import atomic_write_text
 from geodata.manifest import Manifest
-from pipeline.contrib import play, prune_by, solo_scores
+from pipeline.contrib import Game, play_games, prune_by, student_scores
 from pipeline.distill import HISTORY_FILE, redistil, save_pruned
 from pipeline.settings import ExperimentConfig, ProxySettings, PruneSettings
 from specialists.artifact import CARD_FILE, read_card
@@ -98,23 +96,22 @@ def _config(card: StudentCard, epochs: int) -> DistillConfig:
     return DistillConfig(**{k: v for k, v in card.distill.get("last_config", {}).items() if k in known}, epochs=epochs)
 
 
-def _probe_students(args: argparse.Namespace, manifest: Manifest, settings: PruneSettings,
-                    students: dict[str, Student]) -> dict[str, float]:
-    """Each student's score alone with the games' probe, averaged over ``--eval``."""
-    maps, totals = settings.method == "segmentation", dict.fromkeys(students, 0.0)
-    for task_name, sensor in args.evals:
-        parts = {}
-        for split in (args.train_split, args.test_split):
-            loader = labelled_loader(manifest, sensor, task_name, split, args.size, args.batch_size)
-            parts[split] = {n: extract_features(s, loader, maps) for n, s in students.items()}
-        for name, score in solo_scores(parts[args.train_split], parts[args.test_split], manifest.task(task_name),
-                                       settings, args.seed).items():
-            totals[name] += score / len(args.evals)
-    return totals
+def _games(args: argparse.Namespace, manifest: Manifest) -> list[Game]:
+    """One game per ``--eval TASK@SENSOR``: fit on ``--train-split``, scored on ``--test-split``."""
+    games = []
+    for task, sensor in args.evals:
+        manifest.task(task)
+        fit, score = (manifest.select(sensor=sensor, split=s, task=task) for s in (args.train_split, args.test_split))
+        for split, tiles in ((args.train_split, fit), (args.test_split, score)):
+            if not tiles:
+                raise UsageError(f"--eval {task}@{sensor}: {manifest.source} has no {split!r} tiles of that sensor "
+                                 f"with {task!r} targets")
+        games.append(Game(task, sensor, fit, score, args.size))
+    return games
 
 
 def _redistill(args: argparse.Namespace, settings: PruneSettings, manifest: Manifest, pruned: Registry,
-               out: Path) -> None:
+               out: Path, games: list[Game]) -> None:
     """Write ``out/student_pruned/`` and ``out/redistill.json``."""
     proxy = Manifest.load(args.proxy) if args.proxy else manifest
     split = args.proxy_split or None
@@ -126,7 +123,8 @@ def _redistill(args: argparse.Namespace, settings: PruneSettings, manifest: Mani
     distilled = redistil(pruned, batches, TeacherCache(folder), config, full=args.student, seed=args.seed,
                          tolerance_nm=args.tolerance_nm, pair_scenes=args.pair_scenes)
     record = save_pruned(distilled, args.student, out / "student_pruned",
-                         lambda students: _probe_students(args, manifest, settings, students))
+                         lambda students: student_scores(games, manifest, students, settings, seed=args.seed,
+                                                         batch_size=args.batch_size))
     record = {"student": "student_pruned", "full_student": str(args.student), "cache": str(folder) if folder else None,
               "probe_task": f"{', '.join(f'{t}@{s}' for t, s in args.evals)}, {settings.method} probe", **record}
     atomic_write_text(out / "redistill.json", json.dumps(record, indent=1))
@@ -143,24 +141,15 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     registry = Registry(args.registry)
     manifest = Manifest.load(args.manifest)
-    ensemble = Ensemble.from_registry(registry, tolerance_nm=args.tolerance_nm)
-    if settings.baseline == "random_twin":
-        ensemble = with_twins(ensemble, args.seed)
-    per_game, cka = [], None
-    for task_name, sensor in args.evals:
-        task = manifest.task(task_name)
-        maps = settings.method == "segmentation"
-        splits = {s: extract_member_features(
-            ensemble, labelled_loader(manifest, sensor, task_name, s, args.size, args.batch_size), maps)
-            for s in (args.train_split, args.test_split)}
-        scores, matrix = play(splits[args.train_split], splits[args.test_split], task, f"{task_name}@{sensor}",
-                              settings, args.seed)
-        per_game.append(scores)
-        cka = cka or matrix
+    per_game, cka, played = play_games(_games(args, manifest), manifest, registry, settings, seed=args.seed,
+                                       tolerance_nm=args.tolerance_nm, batch_size=args.batch_size)
+    if not per_game:
+        raise UsageError(f"no specialist of {args.registry} reads the sensor of any --eval "
+                         f"{[f'{t}@{s}' for t, s in args.evals]} within --tolerance-nm {args.tolerance_nm:g}")
     with staged_output(args.out, args.overwrite) as stage:
         pruned, _ = prune_by(registry, combine_contributions(per_game), stage, settings, cka)
         if settings.redistill and len(pruned) < len(registry):
-            _redistill(args, settings, manifest, pruned, stage)
+            _redistill(args, settings, manifest, pruned, stage, played)
         elif settings.redistill:
             log.warning("no specialist was dropped: no pruned student to distil")
     log.info("pruned registry at %s: %s", args.out, pruned.names)

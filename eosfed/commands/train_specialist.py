@@ -21,6 +21,7 @@ from geodata.dataset import TileDataset
 from geodata.manifest import Manifest, TaskSpec, TileEntry
 from geodata.sensors import get_sensor
 from geodata.stats import load_or_compute_stats
+from pipeline.settings import ExperimentConfig
 from specialists.card import SpecialistCard
 from specialists.encoder import FREEZE_POLICIES
 from specialists.io import save_specialist
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="timm ConvNeXtV2 variant")
     add_tile_size(parser)
     add_settings(parser, TrainConfig, f"training (specialists.train.TrainConfig; --freeze: {', '.join(FREEZE_POLICIES)})")
+    add_settings(parser, ExperimentConfig, "band equivalence (--init-weights' stem adapted to the tiles' bands within "
+                 "this many nm)", only=("tolerance_nm",))
 
 
 def _summary(tiles: dict[str, list[TileEntry]], task: str, spec: TaskSpec) -> dict[str, Any]:
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                       **_summary(tiles, args.task, spec)},
     )
     cfg = settings_from(args, TrainConfig)
-    specialist, head, _ = train_specialist(datasets["train"], datasets.get("val"), card, cfg, spec.ignore_index)
+    specialist, head, _ = train_specialist(datasets["train"], datasets.get("val"), card, cfg, spec.ignore_index,
+                                           tolerance_nm=args.tolerance_nm)
     if "test" in datasets:
         scores = evaluate(specialist, head, make_loader(datasets["test"], cfg, shuffle=False), spec.type,
                           spec.num_classes, cfg, spec.ignore_index, desc="test")

@@ -36,7 +36,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from geodata.sensors import Catalog, using
+from geodata.sensors import Catalog
 from pipeline.fedavg import group_card, implausible_norms
 from pipeline.settings import ExperimentConfig
 from server.messaging import Outcome, Request, wait_for_nodes
@@ -200,8 +200,7 @@ def discover(ctx: PhaseContext) -> dict[str, Any]:
             federation = _check_summary(reported, name, record["sensor"], source, ctx.catalog)
             member = Member(name, record["sensor"], record["task"], node, simulated, record, reported,
                             list(reported.bands))
-            with using(federation):
-                _check_card(member, cfg.train.variant, source)
+            _check_card(member, cfg.train.variant, source)
         except ValueError as exc:
             roster.failures.append({"node_id": node, "institution": name, "step": step, "reason": str(exc)})
             return

@@ -99,7 +99,7 @@ def pretrain(ctx: PhaseContext) -> dict[str, Any]:
             continue
         try:
             runs.append(GroupPretraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
-                                               settings, ctx.cfg.seed))
+                                               settings, ctx.cfg.seed, tolerance_nm=ctx.cfg.tolerance_nm))
         except ValueError as exc:  # one group's bad start must not stop the others
             log.error("Group %s: cannot start pretraining: %s", group.name, exc)
             failures.append({"phase": "pretrain", "group": group.name, "institution": None, "reason": str(exc)})

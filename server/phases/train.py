@@ -155,7 +155,7 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
                 continue
         try:
             run = GroupTraining.start(group, [roster.institutions[m] for m in group.members], ctx.cfg.train,
-                                      ctx.cfg.seed)
+                                      ctx.cfg.seed, tolerance_nm=ctx.cfg.tolerance_nm)
             pretrained = pretrained_start(ctx, group.name)
             if pretrained is not None:
                 run.start_from(*pretrained)
