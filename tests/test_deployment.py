@@ -1,7 +1,9 @@
-"""A real (loopback) deployment: one SuperLink, three SuperNodes with their own node configs, and the
-app submitted with ``flwr run . partners``, as the README's deployment steps describe. Two partners hold
+"""A real (loopback) deployment: one SuperLink, SuperNodes with their own node configs, and the app
+submitted with ``flwr run . partners``, as the README's deployment steps describe. Two partners hold
 Sentinel-2 (one FedAvg group); the third a new sensor declared only in its own node config (``sensors``),
-with bands no other process knows: the coordinator is given no sensor file."""
+with bands no other process knows: the coordinator is given no sensor file. Weights stay home (each
+specialist's features come from its holders). Then a fourth partner with another node-only sensor joins
+the finished federation in integrate mode: only it trains, and the warm-started student reads its bands."""
 
 from __future__ import annotations
 
@@ -30,19 +32,26 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
     data["lab-c"], sensor_yaml = as_new_sensor(partner_manifest(shared_data, tmp_path / "lab-c-eurosat", 1),
                                                tmp_path / "lab-c", "t_labcam", "LAB_")
     nodes = {"lab-c": {"sensor": "t_labcam", "sensors": str(sensor_yaml)}}  # known at lab-c's node only
+    lab_d, lab_d_yaml = as_new_sensor(partner_manifest(shared_data, tmp_path / "lab-d-eurosat", 1), tmp_path / "lab-d",
+                                      "t_labdam", "LBD_")
     out = tmp_path / "outputs"
-    run_config = {
-        "experiment": "quick",
-        "overrides": (f"~institutions output_dir={out} federation.min_nodes=3 federation.node_wait_s=30 "
-                      "train.rounds=1 train.max_steps=1 train.batch_size=8 proxy.tiles_per_institution=6 "
-                      "distill.epochs=1 distill.stem_fit_steps=5 prune.permutations=5"),
-        "run-name": "loopback",
-    }
+    settings = (f"~institutions output_dir={out} federation.node_wait_s=30 enrol.weights=home train.rounds=1 "
+                "train.max_steps=1 train.batch_size=8 proxy.tiles_per_institution=6 distill.epochs=1 "
+                "distill.stem_fit_steps=5 prune.permutations=5")
+    run_config = {"experiment": "quick", "overrides": f"{settings} federation.min_nodes=3", "run-name": "loopback"}
+    joined = {"experiment": "quick", "run-name": "loopback-plus",
+              "overrides": f"{settings} federation.min_nodes=4 integrate=loopback stop_after=distill"}
     with isolated_flower(tmp_path) as env, FlowerProcesses(env, tmp_path / "procs") as procs:
-        procs.insecure_partners(env, data, tmp_path, nodes)
+        superlink = procs.insecure_partners(env, data, tmp_path, nodes)
         run_id, output = flwr_run(env, "partners", run_config, timeout_s=480)
         status = run_status(env, "partners", run_id)
         assert status == "finished:completed", f"run {run_id} is {status}\n{output[-4000:]}\n{procs.logs()}"
+        procs.supernode("lab-d", superlink, {"institution": "lab-d", "sensor": "t_labdam", "task": "scene",
+                                             "data-path": str(lab_d), "sensors": str(lab_d_yaml),
+                                             "store": str(tmp_path / "lab-d" / "store")})
+        second_id, second_output = flwr_run(env, "partners", joined, timeout_s=480)
+        status = run_status(env, "partners", second_id)
+        assert status == "finished:completed", f"run {second_id} is {status}\n{second_output[-4000:]}\n{procs.logs()}"
     assert not pids_mentioning(str(tmp_path)), "a Flower process outlived the test"
 
     run_dir = out / "loopback"
@@ -61,9 +70,12 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
     assert sorted(group["per_institution"]) == ["lab-a", "lab-b"] and "test_accuracy" in group["metrics"]
     registry = Registry(run_dir / "registry")
     assert sorted(registry.names) == ["sentinel2_l1c-scene", "t_labcam-scene"]
-    assert registry.load("sentinel2_l1c-scene").card.metrics
+    assert registry.card("sentinel2_l1c-scene").metrics
+    assert not list((run_dir / "registry").rglob("*.safetensors"))  # weights home: cards only
     lab_bands = tuple(registry.card("t_labcam-scene").bands)  # LAB_B01 ...: described by the card, known nowhere else
-    assert lab_bands[0] == "LAB_B01" and "t_labcam-scene" in json.loads((run_dir / "phases" / "distill.json").read_text())["teachers"]
+    distilled = json.loads((run_dir / "phases" / "distill.json").read_text())
+    assert lab_bands[0] == "LAB_B01" and distilled["failures"] == []
+    assert sorted(distilled["remote_teachers"]) == sorted(distilled["teachers"]) == ["sentinel2_l1c-scene", "t_labcam-scene"]
     student = load_student(run_dir / "student")
     assert set(lab_bands) <= set(student.card.band_stats) and student.catalog.band("LAB_B04").wavelength_nm == 664.6
     assert student.pooled(torch.rand(1, len(lab_bands), 32, 32), lab_bands).shape[0] == 1  # the stem reads its bands
@@ -74,3 +86,18 @@ def test_partners_run_through_superlink_and_supernodes(tmp_path: Path, shared_da
     evaluation = json.loads((run_dir / "phases" / "evaluate.json").read_text())
     assert sorted(evaluation["institutions"]) == ["lab-a", "lab-b", "lab-c"]
     assert (run_dir / "report.md").is_file() and (run_dir / "report.json").is_file()
+
+    # Integrate mode: lab-d (sensor t_labdam, known at its node only) joins; the earlier groups are reused.
+    plus = out / "loopback-plus"
+    assert json.loads((plus / "checkpoint.json").read_text())["flower_runs"] == [second_id]
+    trained = json.loads((plus / "phases" / "train.json").read_text())["groups"]
+    assert {g: r.get("integrated_from") for g, r in trained.items()} == {
+        "sentinel2_l1c-scene": "loopback", "t_labcam-scene": "loopback", "t_labdam-scene": None}
+    after = Registry(plus / "registry")
+    assert sorted(after.names) == ["sentinel2_l1c-scene", "t_labcam-scene", "t_labdam-scene"]
+    assert after.card("t_labdam-scene").band_descriptors["LBD_B04"]["wavelength_nm"] == 664.6
+    plus_student = load_student(plus / "student")
+    assert plus_student.card.distill["total_epochs"] == 2  # warm-started from the first run's student
+    lbd_bands = tuple(after.card("t_labdam-scene").bands)
+    assert set(lbd_bands) <= set(plus_student.card.band_stats)
+    assert plus_student.pooled(torch.rand(1, len(lbd_bands), 32, 32), lbd_bands).shape[0] == 1
