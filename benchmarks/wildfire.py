@@ -178,7 +178,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
     every val and test scene, score at the val-chosen threshold."""
     out = work / name
     probs: dict[str, np.ndarray] = {}
-    train_s, predict_s, pixels, cards, models = 0.0, 0.0, 0, [], []
+    train_s, predict_s, pixels, cards, models, val_by_seeds = 0.0, 0.0, 0, [], [], []
     for k in range(seeds):
         model = out / ("model" if k == 0 else f"model_seed{args.seed + k}")
         models.append(str(model))
@@ -188,6 +188,8 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
         predict_s, pixels = predict_s + seconds, pixels + count
         for event, burned in scored.items():
             probs[event] = probs.get(event, 0.0) + burned / seeds
+        first = np.concatenate([probs[e] for e in events["val"]]) * seeds / (k + 1)  # the first k + 1 seeds' mean
+        val_by_seeds.append(scores(first, truth_of(events["val"]), best_threshold(first, truth_of(events["val"]))))
     val_p = np.concatenate([probs[e] for e in events["val"]])
     test_p = np.concatenate([probs[e] for e in events["test"]])
     val_truth, test_truth = truth_of(events["val"]), truth_of(events["test"])
@@ -201,6 +203,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
         "val": scores(val_p, val_truth, threshold),
         "test_precision_first": scores(test_p, test_truth, operating),
         "val_precision_first": scores(val_p, val_truth, operating),
+        "val_by_seeds": val_by_seeds,  # val scores of the first 1, 2, ... seeds' mean, each at its best-F1 threshold
         "test_at_0.5": scores(test_p, truth_of(events["test"]), 0.5),
         "params": card.num_params, "trainable_params": card.metrics["trainable_params"],
         "epochs_run": [c.metrics["epochs_run"] for c in cards], "best_epoch": [c.metrics.get("best_epoch") for c in cards],
@@ -335,7 +338,8 @@ def main() -> None:
     events = {s: [n for n in names if split[n] == s] for s in ("train", "val", "test")}
 
     stem = "_".join(["wildfire", *([Path(args.init).stem] if args.init != "random" else []),
-                     *([args.loss] if args.loss != "ce" else []), *([args.tta] if args.tta != "none" else [])])
+                     *([args.loss] if args.loss != "ce" else []), *([args.tta] if args.tta != "none" else []),
+                     *([f"seeds{args.seeds}"] if args.seeds != 3 else [])])
     if args.cv:
         return write_cv(cross_validate(args.work / "cv", sorted(events["train"] + events["val"]), args), stem, args,
                         time.perf_counter() - begin)
