@@ -192,7 +192,7 @@ def aggregate(states: Sequence[State], weights: Sequence[float], how: str) -> St
         if not first.is_floating_point():
             out[key] = first.clone()
             continue
-        value, at = torch.empty_like(first).reshape(-1), 0
+        value, at = torch.empty(first.numel(), dtype=first.dtype), 0
         for block in _columns(states, [key]):
             if how == "median":
                 part = block.median(dim=0).values
