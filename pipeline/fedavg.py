@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 State = dict[str, torch.Tensor]
 SAME = 0.01  # updates closer than this fraction of their step from the global state are one member's
+BLOCK_VALUES = 1 << 22  # values (float64) of one working block of the screen and coordinate-wise aggregation
 CLIP_SLACK = 1e-4  # a member's clipped update may exceed train.dp.clipping_norm by this fraction (float32 rounding)
 
 
@@ -98,10 +99,43 @@ def capped_shares(counts: Sequence[float], max_share: float) -> list[float]:
             left -= cap
 
 
-def _flat(states: Sequence[State]) -> torch.Tensor:
-    """The floating tensors of each state as one float64 row per state."""
-    return torch.stack([torch.cat([v.reshape(-1).to(torch.float64) for v in s.values() if v.is_floating_point()])
-                        for s in states])
+def _floating(reference: State) -> list[str]:
+    return [key for key, value in reference.items() if value.is_floating_point()]
+
+
+def _columns(states: Sequence[State], keys: Sequence[str]) -> Iterator[torch.Tensor]:
+    """The floating tensors ``keys`` of ``states`` flattened and laid end to end, as float64 blocks of one row
+    per state and at most :data:`BLOCK_VALUES` values (at least one column): the coordinates in order, a
+    block at a time, so that the working copies stay bounded whatever the number of states."""
+    width = max(1, BLOCK_VALUES // len(states))
+    segments: list[tuple[str, int, int]] = []
+    filled = 0
+    for key in keys:
+        total, start = states[0][key].numel(), 0
+        while start < total:
+            stop = min(total, start + width - filled)
+            segments.append((key, start, stop))
+            filled, start = filled + stop - start, stop
+            if filled == width:
+                yield _gather(states, segments, filled)
+                segments, filled = [], 0
+    if segments:
+        yield _gather(states, segments, filled)
+
+
+def _gather(states: Sequence[State], segments: Sequence[tuple[str, int, int]], width: int) -> torch.Tensor:
+    block = torch.empty(len(states), width, dtype=torch.float64)
+    for row, state in zip(block, states):
+        at = 0
+        for key, start, stop in segments:
+            row[at:at + stop - start].copy_(state[key].reshape(-1)[start:stop])
+            at += stop - start
+    return block
+
+
+def _squared_steps(block: torch.Tensor) -> torch.Tensor:
+    """Squared distances of a block's rows but the last from its last row (the reference)."""
+    return (block[:-1] - block[-1]).square().sum(dim=1)
 
 
 def indistinct(states: Sequence[State], reference: State) -> list[list[int]]:
@@ -109,13 +143,18 @@ def indistinct(states: Sequence[State], reference: State) -> list[list[int]]:
     than :data:`SAME` times the smaller of their distances from ``reference`` share a class."""
     if not states:
         return []
-    flat = _flat(states)
-    steps = torch.linalg.vector_norm(flat - _flat([reference]), dim=1)
+    n = len(states)
+    steps, pairs = torch.zeros(n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64)
+    for block in _columns([*states, reference], _floating(reference)):
+        steps += _squared_steps(block)
+        for i in range(1, n):  # pairs[i, j]: squared distance of states i and j < i
+            pairs[i, :i] += (block[:i] - block[i]).square().sum(dim=1)
+    steps, pairs = steps.sqrt(), pairs.sqrt()
     classes: list[list[int]] = []
-    for i in range(len(states)):
+    for i in range(n):
         for members in classes:
             j = members[0]
-            if float(torch.linalg.vector_norm(flat[i] - flat[j])) <= SAME * min(float(steps[i]), float(steps[j])):
+            if float(pairs[i, j]) <= SAME * min(float(steps[i]), float(steps[j])):
                 members.append(i)
                 break
         else:
@@ -129,9 +168,12 @@ def screen(states: Sequence[State], factor: float, reference: State) -> dict[int
     is larger (0 or fewer than three states: none refused)."""
     if factor <= 0 or len(states) < 3:
         return {}
-    flat = _flat(states)
-    distances = torch.linalg.vector_norm(flat - flat.median(dim=0).values, dim=1)
-    steps = torch.linalg.vector_norm(flat - _flat([reference]), dim=1)
+    distances, steps = torch.zeros(len(states), dtype=torch.float64), torch.zeros(len(states), dtype=torch.float64)
+    for block in _columns([*states, reference], _floating(reference)):
+        rows = block[:-1]
+        distances += (rows - rows.median(dim=0).values).square().sum(dim=1)
+        steps += _squared_steps(block)
+    distances, steps = distances.sqrt(), steps.sqrt()
     scale = max(float(distances.median()), float(steps.median()))
     return {i: f"update is {float(d):.4g} from the round's coordinate-wise median, more than train.update_factor "
                f"{factor:g} x the median distance (or step) {scale:.4g}"
@@ -139,22 +181,26 @@ def screen(states: Sequence[State], factor: float, reference: State) -> dict[int
 
 
 def aggregate(states: Sequence[State], weights: Sequence[float], how: str) -> State:
-    """``states`` combined by ``how`` (one of :data:`AGGREGATIONS`; ``weights`` serve ``fedavg``)."""
+    """``states`` combined by ``how`` (one of :data:`AGGREGATIONS`; ``weights`` serve ``fedavg``); the
+    coordinate-wise ones a block of coordinates at a time."""
     if how == "fedavg":
         return fedavg(states, weights)
+    if how not in ("median", "trimmed_mean"):
+        raise InputError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {how!r}")
     out: State = {}
     for key, first in states[0].items():
         if not first.is_floating_point():
             out[key] = first.clone()
             continue
-        stack = torch.stack([s[key].to(torch.float64) for s in states])
-        if how == "median":
-            value = stack.median(dim=0).values
-        elif how == "trimmed_mean":
-            value = stack.sort(dim=0).values[1:-1].mean(dim=0) if len(states) >= 3 else stack.mean(dim=0)
-        else:
-            raise InputError(f"train.aggregation must be one of {list(AGGREGATIONS)}, got {how!r}")
-        out[key] = value.to(first.dtype)
+        value, at = torch.empty(first.numel(), dtype=first.dtype), 0
+        for block in _columns(states, [key]):
+            if how == "median":
+                part = block.median(dim=0).values
+            else:
+                part = block.sort(dim=0).values[1:-1].mean(dim=0) if len(states) >= 3 else block.mean(dim=0)
+            value[at:at + part.numel()].copy_(part)
+            at += part.numel()
+        out[key] = value.reshape(first.shape)
     return out
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 
 from flower_harness import InProcessGrid, as_new_sensor
 from fusion import Registry, load_student
@@ -18,11 +18,16 @@ from geodata.manifest import Manifest
 from geodata.readers.eurosat import build_eurosat_manifest
 from geodata.sensors import get_sensor
 from geodata.synth import build_once
+from pipeline import fedavg
+from pipeline.roster import Group, Member, Roster
 from pipeline.settings import RunSettings, load_experiment
+from server.checkpoint import RunCheckpoint
+from server.phases.base import PhaseContext
 from server.phases import train as train_phase
 from server.phases.discover import assign_hosts
 from server.run import run_experiment
 from tiny_run import simulated_nodes, tiny_run_config
+from wire.messages import DataSummary, EvaluateReply, TrainReply, TrainRequest
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +53,107 @@ def test_assign_hosts_round_robin() -> None:
 
 
 def test_train_batches_whole_groups_up_to_a_member_count() -> None:
-    """The coordinator holds one batch's weights at a time: groups packed in order, never split."""
-    runs = [SimpleNamespace(group=SimpleNamespace(members=[f"m{i}"] * size)) for i, size in enumerate((2, 1, 3, 5, 1))]
-    sizes = [[len(r.group.members) for r in batch] for batch in train_phase._batches(runs, most=4)]
-    assert sizes == [[2, 1], [3], [5], [1]]  # a group larger than the bound goes alone
-    assert train_phase._batches(runs, most=32) == [runs]  # the demo's groups: one exchange, as before
+    """The coordinator holds one batch's messages at a time: groups packed in order, a larger one in chunks."""
+    runs = [SimpleNamespace(group=SimpleNamespace(members=[f"m{i}.{j}" for j in range(size)]))
+            for i, size in enumerate((2, 1, 3, 5, 1))]
+    batches = train_phase._batches(runs, most=4)
+    sizes = [[(runs.index(run), len(names)) for run, names in batch] for batch in batches]
+    assert sizes == [[(0, 2), (1, 1)], [(2, 3)], [(3, 4)], [(3, 1), (4, 1)]]  # the 5-member group in 4 + 1
+    assert [n for batch in batches for _, names in batch for n in names] == [m for r in runs for m in r.group.members]
+    assert [[run for run, _ in batch] for batch in train_phase._batches(runs, most=32)] == [runs]  # the demo: one
+
+
+def _states(rows: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """One state per row: the row's values laid out as three floating tensors and one integer tensor."""
+    return [{"a": row[:6].reshape(2, 3).float(), "n": torch.tensor([i]), "b": row[6:7].float(),
+             "c": row[7:].reshape(3, 3).float()} for i, row in enumerate(rows)]
+
+
+@pytest.mark.parametrize("block", [1, 5, 1 << 22])
+def test_screen_and_coordinate_wise_aggregation_a_block_at_a_time_match_the_whole(monkeypatch, block: int) -> None:
+    """The working copies are float64 blocks of coordinates; the result is the one of the whole float64 matrix."""
+    monkeypatch.setattr(fedavg, "BLOCK_VALUES", block)
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(16, generator=g)
+    rows = reference + 0.1 * torch.randn(6, 16, generator=g, dtype=torch.float64)
+    rows[2] = rows[1] + 1e-6  # indistinct from 1
+    rows[5] = reference + 5.0  # far from the rest
+    states, ref = _states(rows), _states(reference[None])[0]
+    flat = torch.stack([torch.cat([v.reshape(-1).double() for k, v in s.items() if k != "n"]) for s in states])
+    assert fedavg.indistinct(states, ref) == [[0], [1, 2], [3], [4], [5]]
+    distances = torch.linalg.vector_norm(flat - flat.median(dim=0).values, dim=1)
+    refused = fedavg.screen(states, 5.0, ref)
+    assert list(refused) == [5] and f"{float(distances[5]):.4g} from the round's" in refused[5]
+    for how, whole in (("median", flat.median(dim=0).values), ("trimmed_mean", flat.sort(dim=0).values[1:-1].mean(0))):
+        out = fedavg.aggregate(states, [1.0] * 6, how)
+        assert torch.equal(torch.cat([out[k].reshape(-1) for k in ("a", "b", "c")]), whole.float())
+        assert list(out) == list(states[0]) and torch.equal(out["n"], states[0]["n"])
+
+
+def _member_app(outlier: str, clones: tuple[str, str]):
+    """A ClientApp of fake members (no data, no training): each returns the global weights moved by its own
+    seeded noise (the ``clones`` the same, ``outlier`` by 1 more) and measures nothing."""
+
+    def app(message: Message, context) -> Message:
+        if message.metadata.message_type != "train.specialist":
+            return Message(EvaluateReply({"val_miou": 0.5, "val_count": 2.0}).encode(), reply_to=message)
+        request = TrainRequest.decode(message.content, "test")
+        name = request.institution["institution"]
+        g = torch.Generator().manual_seed(0 if name in clones else int(name[1:]) + 1)
+        shift = 1.0 if name == outlier else 0.0
+        moved = [{k: v + shift + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                  for k, v in part.items()} for part in (request.encoder, request.head)]
+        return Message(TrainReply(*moved, {"num_examples": 8.0, "train_loss": 1.0}).encode(), reply_to=message)
+
+    return app
+
+
+def _train_fake_group(out: Path, monkeypatch, most: int, block: int) -> tuple[dict, list[list[Message]]]:
+    """Phase train of one five-member group of fake members in batches of at most ``most`` members (working
+    blocks of ``block`` values): the phase's result and the requests of each exchange."""
+    monkeypatch.setattr(train_phase, "MAX_MEMBERS_AT_ONCE", most)
+    monkeypatch.setattr(fedavg, "BLOCK_VALUES", block)
+    bands = ["RED", "GREEN", "BLUE", "NIR"]
+    names = [f"m{i}" for i in range(5)]
+    cfg, yaml = load_experiment(RunSettings("quick", (f"output_dir={out}", "train.init=random", "train.rounds=2",
+                                                      "train.aggregation=median"), "r"))
+    roster = Roster(num_nodes=2)
+    for i, name in enumerate(names):
+        summary = DataSummary(name, "segmentation", ["x", "y"], bands, {"train": 8, "val": 2}, [0.3] * 4, [0.1] * 4,
+                              "manifest.json")
+        roster.institutions[name] = Member(name, "aerial_rgbn", "landcover", 100 + i % 2, True,
+                                           {"institution": name, "sensor": "aerial_rgbn", "task": "landcover"},
+                                           summary, bands)
+    roster.groups["g"] = Group("g", "aerial_rgbn", "landcover", "segmentation", ["x", "y"], names)
+    grid = InProcessGrid(simulated_nodes(2), app=_member_app("m4", ("m1", "m2")))
+    pushes: list[list[Message]] = []
+    push = grid.push_messages
+    grid.push_messages = lambda messages: (pushes.append(list(messages)), push(pushes[-1]))[1]
+    run_dir = out / "r"
+    ctx = PhaseContext(grid, cfg, run_dir, out / "cache", RunCheckpoint.open(run_dir, "quick", yaml), ["train"],
+                       roster=roster)
+    return train_phase.train(ctx), pushes
+
+
+def test_a_group_trained_in_chunks_of_two_members_gives_the_weights_of_all_at_once(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """The coordinator holds a chunk's messages at a time; the screen and robust aggregation still see every
+    member's update of the round, so the specialist is the same (median aggregation, an outlier, two clones)."""
+    whole, whole_pushes = _train_fake_group(tmp_path / "whole", monkeypatch, most=32, block=1 << 22)
+    chunked, pushes = _train_fake_group(tmp_path / "chunked", monkeypatch, most=2, block=1 << 16)
+    assert [len(p) for p in whole_pushes] == [5, 5, 5]  # two rounds and the final evaluation
+    assert [len(p) for p in pushes] == [2, 2, 1] * 3
+    for push in pushes:  # the chunk's requests share one encoding of the group's weights
+        assert all(m.content["encoder"] is push[0].content["encoder"] for m in push)
+        assert len({m.content["institution"]["institution"] for m in push}) == len(push)
+    a, b = whole["groups"]["g"], chunked["groups"]["g"]
+    assert a["weights_sha256"] == b["weights_sha256"] and a["rounds_applied"] == b["rounds_applied"] == 2
+    assert [r["refused"].keys() for r in a["history"]] == [r["refused"].keys() for r in b["history"]] == [{"m4"}] * 2
+    assert [r["shares"] for r in a["history"]] == [r["shares"] for r in b["history"]]
+    assert a["history"][0]["shares"]["m1"] == a["history"][0]["shares"]["m2"] == a["history"][0]["shares"]["m0"] / 2
+    assert whole["failures"] == chunked["failures"] == [
+        {"phase": "train", "round": r, "institution": "m4", "reason": a["history"][r - 1]["refused"]["m4"]}
+        for r in (1, 2)]
 
 
 def test_discover_binds_simulated_declared_and_idle_nodes(tmp_path: Path, eurosat_manifest: Path) -> None:

@@ -92,6 +92,19 @@ def test_every_message_round_trips(name: str) -> None:
     assert _same(_decode(message, wired), message)
 
 
+@pytest.mark.parametrize("name", ["train request", "evaluate request", "pretrain request"])
+def test_encode_each_gives_each_institution_its_request_and_shares_the_weights(name: str) -> None:
+    message = _examples()[name]
+    others = [{**message.institution, "institution": n} for n in ("a", "b")]
+    contents = message.encode_each(others)
+    for institution, content in zip(others, contents, strict=True):
+        assert _same(_decode(message, content), dataclasses.replace(message, institution=institution))
+        assert list(content) == list(message.encode())
+    assert contents[0]["encoder"] is contents[1]["encoder"] and contents[0]["institution"] is not contents[1]["institution"]
+    with pytest.raises(TypeError, match="IdentifyRequest carries no institution record"):
+        _examples()["identify request"].encode_each(others)
+
+
 # (example, tamper with its encoded records, what the error must say)
 Tamper = Callable[[RecordDict], None]
 

@@ -451,6 +451,15 @@ class EnsembleFiles:
 class _Request(_Message):
     SIDE = "request"
 
+    def encode_each(self, institutions: Iterable[dict[str, str]]) -> list[RecordDict]:
+        """:meth:`encode` once per institution record of ``institutions`` (in place of this request's own,
+        for a request that carries one): the other records, the weights among them, are encoded once and
+        shared by every content, so a group's round costs one copy of its weights, not one per member."""
+        shared = self.encode()
+        if "institution" not in shared:
+            raise TypeError(f"{type(self).__name__} carries no institution record")
+        return [RecordDict({**shared, "institution": ConfigRecord(institution)}) for institution in institutions]
+
 
 class _Reply(_Message):
     SIDE = "reply"

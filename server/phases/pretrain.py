@@ -57,10 +57,12 @@ def pretrained_start(ctx: PhaseContext, group: str) -> tuple[State, dict[str, An
 def _round(ctx: PhaseContext, runs: list[GroupPretraining], r: int, failures: list[dict[str, Any]]) -> None:
     roster = ctx.require_roster()
     config = pretrain_config(ctx.cfg.pretrain, ctx.cfg.seed, r)
-    requests = [Request(f"{run.group.name}/{name}", roster.institutions[name].node_id,
-                        PretrainRequest(roster.institutions[name].record, run.card.shared().to_json(), config,
-                                        run.encoder, run.decoder).encode())
-                for run in runs for name in run.group.members]
+    requests = []
+    for run in runs:  # a group's members share one encoding of its weights
+        members = [roster.institutions[name] for name in run.group.members]
+        message = PretrainRequest(members[0].record, run.card.shared().to_json(), config, run.encoder, run.decoder)
+        requests += [Request(f"{run.group.name}/{m.name}", m.node_id, content)
+                     for m, content in zip(members, message.encode_each(m.record for m in members), strict=True)]
     outcomes = ctx.exchange("train.pretrain", requests)
     for run in runs:
         updates = []

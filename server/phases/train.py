@@ -11,7 +11,9 @@ examples; a bad or missing reply is logged and left out. With ``train.dp`` the u
 members, ``client``: the request carries the norm and a longer update is refused; or here, ``server``) and
 each round's average noised; the group's epsilon goes in its result and card (:mod:`pipeline.privacy`).
 Groups are exchanged together in batches of at most :data:`MAX_MEMBERS_AT_ONCE` members (a larger group
-alone), so the coordinator's memory grows with the largest batch, not with the federation.
+in chunks of that many), each batch's requests sharing one encoding of each group's weights and its replies
+decoded and released before the next batch, so the coordinator's memory grows with the batch and the
+largest group's decoded updates (the screen and robust aggregation see every member's), not with the federation.
 After the last round every member measures the final weights on ``val`` and ``test``
 (``evaluate.specialist``) and keeps them in its store (:mod:`clients.store`); the coordinator keeps only
 the card, with the weights' sha256, metrics and round history, in ``specialists/<group>/card.json`` (phase *enrol* brings the weights, or not).
@@ -37,22 +39,22 @@ from geodata.errors import InputError
 __all__ = ["PHASE", "train"]
 
 log = logging.getLogger(__name__)
-MAX_MEMBERS_AT_ONCE = 32  # requests (and replies) of at most this many members in flight, whole groups
+MAX_MEMBERS_AT_ONCE = 16  # requests (and replies) of at most this many members in flight; a larger group in chunks
+Part = tuple[GroupTraining, list[str]]  # a group's training and some of its members
 
 
-def _requests(ctx: PhaseContext, runs: list[GroupTraining], config: TrainConfig,
-              keep: bool = False) -> list[Request]:
+def _requests(ctx: PhaseContext, parts: list[Part], config: TrainConfig, keep: bool = False) -> list[Request]:
+    """One request per member of ``parts``; a part's members share one encoding of the group's weights."""
     roster = ctx.require_roster()
     dp = ctx.cfg.train.dp
     settings = RoundTraining.of(config, dp.clipping_norm if dp.mode == "client" and not keep else 0.0)
     requests = []
-    for run in runs:
-        card_json = run.card.shared().to_json()  # no member's counts or scores travel
-        for name in run.group.members:
-            member = roster.institutions[name]
-            job = (member.record, card_json, settings, run.encoder, run.head)
-            message = EvaluateRequest(*job, keep=True) if keep else TrainRequest(*job)
-            requests.append(Request(f"{run.group.name}/{name}", member.node_id, message.encode()))
+    for run, names in parts:
+        members = [roster.institutions[name] for name in names]
+        job = (members[0].record, run.card.shared().to_json(), settings, run.encoder, run.head)  # no member's counts
+        message = EvaluateRequest(*job, keep=True) if keep else TrainRequest(*job)
+        for member, content in zip(members, message.encode_each(m.record for m in members), strict=True):
+            requests.append(Request(f"{run.group.name}/{member.name}", member.node_id, content))
     return requests
 
 
@@ -71,40 +73,47 @@ def _update(ctx: PhaseContext, run: GroupTraining, outcome: Outcome, source: str
     return run.check(Update(institution, reply.encoder, reply.head, reply.metrics), source)
 
 
-def _batches(runs: list[GroupTraining], most: int = MAX_MEMBERS_AT_ONCE) -> list[list[GroupTraining]]:
-    """``runs`` in consecutive batches of at most ``most`` members (a larger group alone): the coordinator holds
-    one batch's requests and replies at a time (each carries the group's weights), not every institution's."""
-    batches: list[list[GroupTraining]] = []
-    size = 0
+def _batches(runs: list[GroupTraining], most: int) -> list[list[Part]]:
+    """``runs``' members in consecutive batches of at most ``most``: whole groups packed together, a larger
+    group in chunks of ``most`` members (its last chunk packed with the groups after it). The coordinator
+    holds one batch's requests and replies at a time (each request refers to its group's weights, each
+    reply carries a member's), besides the decoded updates of the groups whose round is not complete."""
+    batches: list[list[Part]] = []
+    size = most
     for run in runs:
-        if not batches or size + len(run.group.members) > most:
-            batches.append([])
-            size = 0
-        batches[-1].append(run)
-        size += len(run.group.members)
+        members = list(run.group.members)
+        chunks = [members] if len(members) <= most else [members[i:i + most] for i in range(0, len(members), most)]
+        for chunk in chunks:
+            if size + len(chunk) > most:
+                batches.append([])
+                size = 0
+            batches[-1].append((run, chunk))
+            size += len(chunk)
     return batches
 
 
 def _round(ctx: PhaseContext, runs: list[GroupTraining], r: int, failures: list[dict[str, Any]]) -> None:
+    """One round of every group, a batch of members at a time: each reply decoded (checked) as its batch
+    returns and its message released; a group's updates screened and aggregated once all its members answered."""
     config = round_config(ctx.cfg.train, ctx.cfg.seed, r)
-    for batch in _batches(runs):
-        _round_batch(ctx, batch, r, config, failures)
-
-
-def _round_batch(ctx: PhaseContext, runs: list[GroupTraining], r: int, config: TrainConfig,
-                 failures: list[dict[str, Any]]) -> None:
-    outcomes = ctx.exchange("train.specialist", _requests(ctx, runs, config))
-    for run in runs:
-        updates = []
-        for name in run.group.members:
-            source = f"round {r}, institution {name!r}"
-            try:
-                updates.append(_update(ctx, run, outcomes[f"{run.group.name}/{name}"], source, name))
-            except ValueError as exc:
-                log.warning("Rejected %s: %s", source, exc)
-                failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
-        for name, reason in run.apply(r, config.lr, updates)["refused"].items():
-            failures.append({"phase": "train", "round": r, "institution": name, "reason": reason})
+    updates: dict[str, list[Update]] = {run.group.name: [] for run in runs}
+    waiting = {run.group.name: len(run.group.members) for run in runs}
+    for batch in _batches(runs, MAX_MEMBERS_AT_ONCE):
+        outcomes = ctx.exchange("train.specialist", _requests(ctx, batch, config))
+        for run, names in batch:
+            for name in names:
+                source = f"round {r}, institution {name!r}"
+                try:
+                    updates[run.group.name].append(_update(ctx, run, outcomes.pop(f"{run.group.name}/{name}"),
+                                                           source, name))
+                except ValueError as exc:
+                    log.warning("Rejected %s: %s", source, exc)
+                    failures.append({"phase": "train", "round": r, "institution": name, "reason": str(exc)})
+            waiting[run.group.name] -= len(names)
+            if waiting[run.group.name] == 0:
+                for name, reason in run.apply(r, config.lr, updates.pop(run.group.name))["refused"].items():
+                    failures.append({"phase": "train", "round": r, "institution": name, "reason": reason})
+        del outcomes
 
 
 def _finish(ctx: PhaseContext, run: GroupTraining, outcomes: dict[str, Outcome],
@@ -178,10 +187,14 @@ def train(ctx: PhaseContext) -> dict[str, Any]:
         config = round_config(ctx.cfg.train, ctx.cfg.seed, ctx.cfg.train.rounds)
         for run in trained:
             run.seal()
-        for batch in _batches(trained):
-            outcomes = ctx.exchange("evaluate.specialist", _requests(ctx, batch, config, keep=True))
-            for run in batch:
-                results[run.group.name] = _finish(ctx, run, outcomes, failures)
+        outcomes: dict[str, Outcome] = {}
+        waiting = {run.group.name: len(run.group.members) for run in trained}
+        for batch in _batches(trained, MAX_MEMBERS_AT_ONCE):
+            outcomes.update(ctx.exchange("evaluate.specialist", _requests(ctx, batch, config, keep=True)))
+            for run, names in batch:
+                waiting[run.group.name] -= len(names)
+                if waiting[run.group.name] == 0:
+                    results[run.group.name] = _finish(ctx, run, outcomes, failures)
     return {"groups": results, "failures": failures}
 
 
