@@ -11,8 +11,8 @@ is the fast lane.
 
 The suite runs on two pytest-xdist workers (``addopts``): every ``flower`` test goes to one worker, in turn
 (``xdist_group``: real deployments must not compete for ports, CPUs and timeouts), while the other worker
-takes the rest; each worker's torch uses one thread so the two share the machine's cores instead of fighting
-for them.
+takes the rest; each worker's torch, and every process a test starts, uses one thread so the two share the
+machine's cores instead of fighting for them (two-thread OpenMP processes beside a busy worker ran 5x slower).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{lane}: {what} (tests/conftest.py)")
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the processes tests start (CLI, Flower): no oversubscription
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
