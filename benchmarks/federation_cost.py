@@ -473,8 +473,13 @@ def section_default(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def _energy_present(runs: list[dict[str, Any]]) -> bool:
     """Every phase (but report, which records it after writing the report) of every run has an energy estimate."""
-    return bool(runs) and all((p.get("energy") or {}).get("joules", 0) > 0 for r in runs
-                              for n, p in r["phases"].items() if n != "report")
+    return bool(runs) and all(_wh(p.get("energy") or {}) > 0 for r in runs for n, p in r["phases"].items()
+                              if n != "report")
+
+
+def _wh(energy: dict[str, Any]) -> float:
+    """A phase's estimated watt-hours (:class:`pipeline.energy.Energy`; records older than it carry joules)."""
+    return energy["wh"] if "wh" in energy else energy.get("joules", 0.0) / 3600
 
 
 def _lower_scores(run: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> list[str]:
@@ -685,10 +690,9 @@ def _default_md(r: dict[str, Any]) -> list[str]:
              f"{r['load_before']} / {r['load_after']}.", ""]
     energy = {n: p["energy"] for n, p in r["phases"].items() if p.get("energy")}
     if energy:
-        lines += ["Estimated energy per phase of the first run (`pipeline.energy`: machine-wide CPU busy seconds x W "
-                  "per core + memory in use x W/GB; settings `energy.*`):", "",
-                  "| phase | CPU busy s | total Wh | gCO2e |", "|---|---|---|---|"]
-        lines += [f"| {n} | {e['cpu_s']:.1f} | {e['joules'] / 3600:.3f} | {e['co2e_g']:.3f} |" for n, e in energy.items()]
+        lines += ["Estimated energy per phase of the first run (`pipeline.energy`; settings `energy.*`):", "",
+                  "| phase | seconds | total Wh | gCO2e |", "|---|---|---|---|"]
+        lines += [f"| {n} | {e['seconds']:.1f} | {_wh(e):.3f} | {e['co2e_g']:.3f} |" for n, e in energy.items()]
         lines.append("")
     return lines
 

@@ -88,7 +88,7 @@ def test_scaling_row_through_flwr_run(benchmark, tmp_path: Path) -> None:
 
 
 def test_targets_set_the_medians_against_the_goals(benchmark) -> None:
-    phases = {n: {"seconds": 10.0, "energy": {"joules": 5.0}} for n in benchmark.PHASES}
+    phases = {n: {"seconds": 10.0, "energy": {"seconds": 10.0, "wh": 0.01, "co2e_g": 0.005}} for n in benchmark.PHASES}
     run = {"phases": phases, "load_before": [0.1], "federation_config": ["client-resources-num-cpus=1"]}
     record = {"default": {"walls_s": [170.0, 190.0], "median_wall_s": 180.0, "median_evaluate_share": 0.2,
                           "load_before": [0.1], **run},
