@@ -179,6 +179,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
     out = work / name
     probs: dict[str, np.ndarray] = {}
     train_s, predict_s, pixels, cards, models, val_by_seeds = 0.0, 0.0, 0, [], [], []
+    val_truth, test_truth = truth_of(events["val"]), truth_of(events["test"])  # read once
     for k in range(seeds):
         model = out / ("model" if k == 0 else f"model_seed{args.seed + k}")
         models.append(str(model))
@@ -189,10 +190,9 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
         for event, burned in scored.items():
             probs[event] = probs.get(event, 0.0) + burned / seeds
         first = np.concatenate([probs[e] for e in events["val"]]) * seeds / (k + 1)  # the first k + 1 seeds' mean
-        val_by_seeds.append(scores(first, truth_of(events["val"]), best_threshold(first, truth_of(events["val"]))))
+        val_by_seeds.append(scores(first, val_truth, best_threshold(first, val_truth)))
     val_p = np.concatenate([probs[e] for e in events["val"]])
     test_p = np.concatenate([probs[e] for e in events["test"]])
-    val_truth, test_truth = truth_of(events["val"]), truth_of(events["test"])
     threshold = best_threshold(val_p, val_truth)
     operating = precision_threshold(val_p, val_truth, args.recall_floor)
     card = cards[0]
@@ -204,7 +204,7 @@ def model_row(name: str, encoder: str, unfreeze: str, manifest: Path, work: Path
         "test_precision_first": scores(test_p, test_truth, operating),
         "val_precision_first": scores(val_p, val_truth, operating),
         "val_by_seeds": val_by_seeds,  # val scores of the first 1, 2, ... seeds' mean, each at its best-F1 threshold
-        "test_at_0.5": scores(test_p, truth_of(events["test"]), 0.5),
+        "test_at_0.5": scores(test_p, test_truth, 0.5),
         "params": card.num_params, "trainable_params": card.metrics["trainable_params"],
         "epochs_run": [c.metrics["epochs_run"] for c in cards], "best_epoch": [c.metrics.get("best_epoch") for c in cards],
         "train_s": train_s, "predict_s_per_mpix": predict_s / (pixels / 1e6),
